@@ -1,0 +1,69 @@
+//! Everything the XDP programs and the controller must agree on: map names and
+//! sizes, `#[repr(C)]` keys and values, counter indices, the flow hash.
+//! Userspace never restates a layout; it imports it from here.
+#![no_std]
+
+pub mod backend;
+pub mod config;
+pub mod flow;
+pub mod hash;
+pub mod limits;
+pub mod stats;
+pub mod vip;
+
+pub use backend::{Backend, BackendState};
+pub use config::{ForwardingMode, LbConfig};
+pub use flow::{ConnValue, FlowKey};
+pub use stats::{Counter, CounterSet, Traffic};
+pub use vip::{VipKey, VipMeta};
+
+/// Address family tags stored in keys (not the AF_* values: those differ per OS).
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// IP protocol numbers used in keys.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Names of the maps in the `xdp-lb` object; the controller opens them by these.
+pub mod map_names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const RINGS: &str = "RINGS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNS: &str = "CONNS";
+    pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const SCRATCH: &str = "SCRATCH";
+    /// In the `xdp-decap` object: outer destination addresses to strip.
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+}
+
+/// An IPv4 or IPv6 address as four 32-bit words in network byte order
+/// (IPv4 uses the first word, the rest is zero), so one key shape serves both.
+pub type Addr = [u32; 4];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], made of integers and arrays of integers,
+    // with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ConnValue {}
+    unsafe impl aya::Pod for super::LbConfig {}
+    unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::CounterSet {}
+    unsafe impl aya::Pod for super::vip::VipAddrKey {}
+}

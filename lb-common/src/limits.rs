@@ -1,0 +1,22 @@
+//! Map sizes. The kernel indexes with these; the controller allocates within them.
+
+/// Slots in one Maglev ring: a prime > 100 x backends per VIP keeps imbalance <= 1%
+/// (as in the Maglev paper and Katran).
+pub const RING_SIZE: u32 = 65_537;
+/// VIPs (address, port, protocol) one balancer serves.
+pub const MAX_VIPS: u32 = 32;
+/// Each VIP owns two rings: the writer fills the idle one, then flips `VipMeta::ring`,
+/// so a packet never sees a half-written table.
+pub const RINGS_PER_VIP: u32 = 2;
+/// Entries in the ring map: every ring of every VIP, back to back.
+pub const RING_ENTRIES: u32 = MAX_VIPS * RINGS_PER_VIP * RING_SIZE;
+/// (VIP, backend) pairs. A ring slot holding an index >= this means "no backend".
+pub const MAX_BACKENDS: u32 = 4096;
+/// Ring slot value for a VIP with no usable backend.
+pub const NO_BACKEND: u32 = u32::MAX;
+/// Default connection-table size (entries, shared by all CPUs, LRU per CPU).
+pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Distinct VIP addresses (fragments are matched by address alone).
+pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
+/// Outer header TTL / hop limit for encapsulated packets.
+pub const ENCAP_TTL: u8 = 64;

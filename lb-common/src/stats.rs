@@ -1,0 +1,94 @@
+/// Packets and bytes, the value of the per-VIP and per-backend per-CPU arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Index into the global per-CPU STATS array: one per action, per pass/drop
+        /// reason and per connection-table event. The controller exports each by `name()`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            /// Entries of the STATS array.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name, used as a metric label.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Verdict XDP_PASS.
+    ActionPass => "action_pass",
+    /// Verdict XDP_TX.
+    ActionTx => "action_tx",
+    /// Verdict XDP_DROP.
+    ActionDrop => "action_drop",
+    /// Verdict XDP_ABORTED (an internal error; should stay 0).
+    ActionAborted => "action_aborted",
+    /// Passed: not IPv4/IPv6 (ARP, LLDP, ...).
+    PassNotIp => "pass_not_ip",
+    /// Passed: IP but not to a VIP (or not TCP/UDP to a VIP port).
+    PassNotVip => "pass_not_vip",
+    /// Passed: ICMP to a VIP address that is not frag-needed / packet-too-big about a VIP flow.
+    PassIcmp => "pass_icmp",
+    /// Passed: IPv6 with an extension header we do not walk.
+    PassIpv6Ext => "pass_ipv6_ext",
+    /// Dropped: a header was cut short.
+    DropMalformed => "drop_malformed",
+    /// Dropped: IPv4 or IPv6 fragment to a VIP address.
+    DropFragment => "drop_fragment",
+    /// Dropped: the VIP has no usable backend.
+    DropNoBackend => "drop_no_backend",
+    /// Dropped: the encapsulated packet would exceed the MTU.
+    DropTooBig => "drop_too_big",
+    /// Dropped: bpf_xdp_adjust_head failed (no headroom).
+    DropEncapFailed => "drop_encap_failed",
+    /// Dropped: CONFIG has no forwarding settings yet.
+    DropNoConfig => "drop_no_config",
+    /// Connection table hit, backend used as is.
+    ConnHit => "conn_hit",
+    /// Connection table miss (non-SYN): hashed.
+    ConnMiss => "conn_miss",
+    /// TCP SYN: hashed without looking at the table.
+    ConnSyn => "conn_syn",
+    /// Hit on a backend that is down or was replaced: re-hashed.
+    ConnRehash => "conn_rehash",
+    /// ICMP frag-needed / packet-too-big forwarded to the flow's backend.
+    IcmpForwarded => "icmp_forwarded",
+}
+
+/// The value of the one-entry per-CPU STATS array: every `Counter`, so the data
+/// path pays one map lookup per packet for all of its counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterSet {
+    pub values: [u64; Counter::COUNT as usize],
+}
+
+impl Default for CounterSet {
+    fn default() -> Self {
+        Self { values: [0; Counter::COUNT as usize] }
+    }
+}
+
+impl CounterSet {
+    #[must_use]
+    pub const fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize]
+    }
+}

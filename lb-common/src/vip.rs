@@ -1,0 +1,32 @@
+use crate::Addr;
+
+/// Key of the VIP map. `port` 0 is the wildcard: it matches every port of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into the per-VIP statistics (0..MAX_VIPS).
+    pub index: u32,
+    /// The active ring: the ring map slice `ring * RING_SIZE .. (ring + 1) * RING_SIZE`.
+    pub ring: u32,
+}
+
+/// Key of the VIP address set: an address that holds at least one VIP. Used for
+/// packets whose ports cannot be read (fragments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipAddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}

@@ -1,0 +1,57 @@
+//! `xdp-tools`: baselines and lab plumbing, built with the balancer so that
+//! benchmarks compare like with like.
+//! - `xdp_pass`: a pass-through for veth peers that receive XDP_TX'd frames (a
+//!   veth drops redirected frames unless the receiver runs XDP).
+//! - `xdp_tx`: returns XDP_TX and nothing else, the cost of the test harness.
+//! - `xdp_mac_swap`: swaps MACs and returns XDP_TX, the floor for any forwarder.
+//! - `xdp_count`: counts frames and bytes per CPU and drops them (traffic sink).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use lb_common::Traffic;
+use lb_ebpf::net::{EthHdr, ptr_at};
+
+#[map(name = "SINK_STATS")]
+static SINK_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
+    let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let eth = unsafe { &mut *eth };
+    core::mem::swap(&mut eth.dst, &mut eth.src);
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn xdp_count(ctx: XdpContext) -> u32 {
+    if let Some(t) = SINK_STATS.get_ptr_mut(0) {
+        let t = unsafe { &mut *t };
+        t.packets += 1;
+        t.bytes += (ctx.data_end() - ctx.data()) as u64;
+    }
+    xdp_action::XDP_DROP
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,125 @@
+//! Sending the packet to its backend: `dsr` rewrites MACs; `ipip` pushes an outer
+//! IPv4 or IPv6 header (IPIP, 6in4, IP6IP6, 4in6) chosen by the backend's family.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    Backend, Counter, FlowKey, ForwardingMode, LbConfig, family, hash::flow_hash,
+    limits::ENCAP_TTL, proto,
+};
+use lb_ebpf::net::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, VLAN_HLEN,
+    ipv4_checksum, ptr_at,
+};
+
+use crate::{
+    parse::Packet,
+    verdict::{MALFORMED, Verdict},
+};
+
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &FlowKey,
+    b: &Backend,
+    cfg: &LbConfig,
+) -> Result<Verdict, Verdict> {
+    if cfg.mode == ForwardingMode::Dsr as u32 {
+        let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
+        eth.dst = b.mac;
+        eth.src = cfg.src_mac;
+        return Ok(Verdict::Tx);
+    }
+    let inner = if pkt.family == family::V4 { proto::IPIP } else { proto::IPV6 };
+    if b.family == family::V4 {
+        encap_v4(ctx, pkt, b, cfg, inner)
+    } else {
+        encap_v6(ctx, pkt, flow, b, cfg, inner)
+    }
+}
+
+/// Grows the head by `outer` bytes and writes the L2 header in front: new MACs, the
+/// VLAN tag if there was one, `ether_type`. Returns the offset of the outer L3 header.
+#[inline(always)]
+fn push_l2(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    outer: usize,
+    b: &Backend,
+    cfg: &LbConfig,
+    ether_type: u16,
+) -> Result<usize, Verdict> {
+    if pkt.l3_len + outer as u32 > cfg.mtu {
+        return Err(Verdict::Drop(Counter::DropTooBig));
+    }
+    let tagged = pkt.l3_off != ETH_HLEN;
+    // The VLAN tag (TPID, TCI) moves with the MACs.
+    let tag = if tagged { unsafe { *ptr_at::<[u16; 2]>(ctx, 12).map_err(|()| MALFORMED)? } } else { [0; 2] };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
+        return Err(Verdict::Drop(Counter::DropEncapFailed));
+    }
+    let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
+    eth.dst = b.mac;
+    eth.src = cfg.src_mac;
+    if tagged {
+        let vlan = ptr_at::<[u16; 3]>(ctx, 12).map_err(|()| MALFORMED)?;
+        unsafe { vlan.write([tag[0], tag[1], ether_type.to_be()]) };
+        Ok(ETH_HLEN + VLAN_HLEN)
+    } else {
+        eth.proto = ether_type.to_be();
+        Ok(ETH_HLEN)
+    }
+}
+
+#[inline(always)]
+fn encap_v4(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    b: &Backend,
+    cfg: &LbConfig,
+    inner: u8,
+) -> Result<Verdict, Verdict> {
+    let off = push_l2(ctx, pkt, IPV4_HLEN, b, cfg, ETH_P_IP)?;
+    let mut hdr = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: ((pkt.l3_len + IPV4_HLEN as u32) as u16).to_be(),
+        id: 0,
+        // The encapsulated packet is never above the MTU (checked): no fragmenting on the way.
+        frag_off: IP_DF.to_be(),
+        ttl: ENCAP_TTL,
+        proto: inner,
+        check: 0,
+        src: cfg.tunnel_src_v4,
+        dst: b.addr[0],
+    };
+    hdr.check = ipv4_checksum(&hdr);
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off).map_err(|()| MALFORMED)?;
+    unsafe { ip.write(hdr) };
+    Ok(Verdict::Tx)
+}
+
+#[inline(always)]
+fn encap_v6(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &FlowKey,
+    b: &Backend,
+    cfg: &LbConfig,
+    inner: u8,
+) -> Result<Verdict, Verdict> {
+    let off = push_l2(ctx, pkt, IPV6_HLEN, b, cfg, ETH_P_IPV6)?;
+    // Flow label from the flow hash: routers on the way spread tunnels by flow (RFC 6438).
+    let label = flow_hash(flow) & 0x000f_ffff;
+    let hdr = Ipv6Hdr {
+        version_tc_flow: ((6 << 28) | label).to_be(),
+        payload_len: (pkt.l3_len as u16).to_be(),
+        next_hdr: inner,
+        hop_limit: ENCAP_TTL,
+        src: cfg.tunnel_src_v6,
+        dst: b.addr,
+    };
+    let ip = ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)?;
+    unsafe { ip.write(hdr) };
+    Ok(Verdict::Tx)
+}

@@ -1,0 +1,96 @@
+//! `xdp-lb`: hashes every flow to a VIP to a healthy backend and forwards it.
+//! Parse -> VIP lookup -> connection table / Maglev ring -> dsr or ipip -> XDP_TX.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod icmp;
+mod maps;
+mod parse;
+mod select;
+mod verdict;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{Counter, CounterSet, Traffic, VipMeta, vip::VipAddrKey};
+
+use crate::{
+    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, VIP_ADDRS, VIP_STATS, VIPS, Scratch},
+    parse::Kind,
+    verdict::{Verdict, bump},
+};
+
+#[xdp]
+pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    let Some(stats) = STATS.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let stats = unsafe { &mut *stats };
+    match process(&ctx, stats) {
+        Ok(v) | Err(v) => v.record(stats),
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict> {
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let s = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Verdict::Pass(Counter::PassNotVip))? };
+    let pkt = parse::packet(ctx, &mut s.flow)?;
+    if pkt.kind == Kind::Fragment {
+        return Err(fragment(s));
+    }
+    let vip = lookup_vip(s, pkt.kind)?;
+    let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
+    let syn = pkt.kind == Kind::Flow { syn: true };
+    let (index, backend) = select::backend(&s.flow, vip, syn, stats)?;
+    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
+    account(&VIP_STATS, vip.index, frame_len);
+    account(&BACKEND_STATS, index, frame_len);
+    if pkt.kind == Kind::IcmpError {
+        bump(stats, Counter::IcmpForwarded);
+    }
+    Ok(verdict)
+}
+
+/// The VIP for the flow's (address, port, protocol), or the address's port-0 wildcard.
+#[inline(always)]
+fn lookup_vip(s: &mut Scratch, kind: Kind) -> Result<&'static VipMeta, Verdict> {
+    s.vip.addr = s.flow.dst;
+    s.vip.port = s.flow.ports[1];
+    s.vip.proto = s.flow.proto;
+    s.vip.family = s.flow.family;
+    if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
+        return Ok(meta);
+    }
+    s.vip.port = 0;
+    if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
+        return Ok(meta);
+    }
+    Err(Verdict::Pass(if kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip }))
+}
+
+/// Fragments carry no ports: one to a VIP address is dropped (as Katran and GLB do),
+/// any other goes to the kernel.
+#[inline(always)]
+fn fragment(s: &mut Scratch) -> Verdict {
+    s.vip_addr = VipAddrKey { addr: s.flow.dst, family: s.flow.family, _pad: [0; 3] };
+    if unsafe { VIP_ADDRS.get(&s.vip_addr) }.is_some() {
+        Verdict::Drop(Counter::DropFragment)
+    } else {
+        Verdict::Pass(Counter::PassNotVip)
+    }
+}
+
+#[inline(always)]
+fn account(map: &aya_ebpf::maps::PerCpuArray<Traffic>, index: u32, bytes: u64) {
+    if let Some(t) = map.get_ptr_mut(index) {
+        let t = unsafe { &mut *t };
+        t.packets += 1;
+        t.bytes += bytes;
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

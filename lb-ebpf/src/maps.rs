@@ -1,0 +1,62 @@
+//! Every map of `xdp-lb`, one line of why each. Names come from `lb_common::map_names`
+//! (the `#[map]` name must be a literal; a unit test in lb-userspace checks they agree).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, ConnValue, CounterSet, FlowKey, LbConfig, Traffic, VipKey, VipMeta,
+    limits::{CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES},
+    vip::VipAddrKey,
+};
+
+/// Forwarding mode, MTU, our MAC, tunnel sources: one entry.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// (address, port, protocol) -> VIP index and active ring.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Addresses that hold a VIP: lets fragments (no ports) be recognised.
+#[map(name = "VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+
+/// Maglev rings, two per VIP; the controller fills them through mmap.
+#[map(name = "RINGS")]
+pub static RINGS: Array<u32> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
+
+/// (VIP, backend) pairs: address, next-hop MAC, state.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Flow -> backend. One hash for all CPUs, an LRU list per CPU (as Katran) so
+/// eviction needs no cross-CPU lock.
+#[map(name = "CONNS")]
+pub static CONNS: LruHashMap<FlowKey, ConnValue> =
+    LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Every global counter, one entry per CPU.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<CounterSet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Packets and bytes per VIP index.
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Packets and bytes per backend index.
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-packet scratch: map keys built here, not on the 512-byte stack.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct Scratch {
+    pub flow: FlowKey,
+    pub vip: VipKey,
+    pub vip_addr: VipAddrKey,
+}

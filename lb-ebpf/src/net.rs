@@ -1,0 +1,136 @@
+//! Wire headers and the one bounds-checked accessor every parser uses.
+//!
+//! Multi-byte fields are kept in network byte order; compare them against
+//! constants converted with `to_be()` at compile time.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const ICMP_HLEN: usize = 8;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+
+/// IPv4 `frag_off`: more-fragments flag and offset bits (host order).
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET: u16 = 0x1fff;
+pub const IP_DF: u16 = 0x4000;
+
+/// IPv6 next-header values.
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct VlanHdr {
+    pub tci: u16,
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_tc_flow: u32,
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+/// The first bytes of TCP and UDP: the ports.
+#[repr(C)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub ports: Ports,
+    pub seq: u32,
+    pub ack: u32,
+    pub off_res: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg: u16,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub ports: Ports,
+    pub len: u16,
+    pub check: u16,
+}
+
+#[repr(C)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    pub rest: u32,
+}
+
+/// Pointer to a `T` at `offset` bytes into the frame, or `Err` when the frame is
+/// shorter. The only way the programs touch packet memory.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// Internet checksum of an IPv4 header without options, `check` taken as zero.
+#[inline(always)]
+#[must_use]
+pub fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain integers, readable as ten u16 words.
+    let words: &[u16; 10] = unsafe { &*core::ptr::from_ref(h).cast::<[u16; 10]>() };
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 10 {
+        if i != 5 {
+            sum += u32::from(words[i]);
+        }
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

@@ -1,0 +1,37 @@
+use aya_ebpf::bindings::xdp_action;
+use lb_common::{Counter, CounterSet};
+
+/// What becomes of a packet: the XDP action and, for pass and drop, the reason.
+/// Every early exit carries one, so the entry point counts all verdicts in one place.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    Pass(Counter),
+    Drop(Counter),
+    Tx,
+}
+
+pub const MALFORMED: Verdict = Verdict::Drop(Counter::DropMalformed);
+
+impl Verdict {
+    /// Counts the action and its reason, and returns the XDP action.
+    #[inline(always)]
+    pub fn record(self, stats: &mut CounterSet) -> u32 {
+        let (action, counter, reason) = match self {
+            Self::Pass(r) => (xdp_action::XDP_PASS, Counter::ActionPass, Some(r)),
+            Self::Drop(r) => (xdp_action::XDP_DROP, Counter::ActionDrop, Some(r)),
+            Self::Tx => (xdp_action::XDP_TX, Counter::ActionTx, None),
+        };
+        bump(stats, counter);
+        if let Some(r) = reason {
+            bump(stats, r);
+        }
+        action
+    }
+}
+
+#[inline(always)]
+pub fn bump(stats: &mut CounterSet, c: Counter) {
+    if let Some(v) = stats.values.get_mut(c as usize) {
+        *v += 1;
+    }
+}

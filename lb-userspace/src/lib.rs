@@ -1,0 +1,8 @@
+//! The xdplb controller as a library: the binary `xdplb` and the test suites use
+//! the same code to load the XDP programs and fill their maps.
+
+pub mod dataplane;
+pub mod maglev;
+pub mod maps;
+pub mod objects;
+pub mod writer;

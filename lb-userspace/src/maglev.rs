@@ -1,0 +1,182 @@
+//! Maglev consistent hashing (Eisenbud et al., NSDI '16), as a pure function:
+//! backends in, lookup table out.
+//!
+//! Backends are identified by a stable string (name and address), never by list
+//! position, and hashed with fixed seeds, so every balancer with the same config
+//! builds the same table byte for byte. Weights are honoured with cumulative
+//! credit: each round a backend earns its weight and fills one slot per `max
+//! weight` of credit, so shares follow weights over the whole table, not only the
+//! first pass.
+
+use lb_common::limits::NO_BACKEND;
+
+/// One ring member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// Stable identity, e.g. `"waf-1/10.0.0.11"`.
+    pub id: &'a str,
+    /// Relative weight, > 0.
+    pub weight: u32,
+    /// Value written in the slots this member owns (the backend-table index).
+    pub value: u32,
+}
+
+const SEED_OFFSET: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
+const SEED_SKIP: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
+
+/// FNV-1a over the bytes, then a splitmix64 finaliser: stable across hosts,
+/// releases and architectures (unlike std's `DefaultHasher`).
+#[must_use]
+pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Builds a table of `size` slots (a prime). Members with weight 0 get no slot;
+/// with no member of positive weight every slot is `NO_BACKEND`.
+#[must_use]
+pub fn build(members: &[Member<'_>], size: u32) -> Vec<u32> {
+    let size = size as usize;
+    let mut table = vec![NO_BACKEND; size];
+    let members: Vec<&Member<'_>> = members.iter().filter(|m| m.weight > 0).collect();
+    let Some(max_weight) = members.iter().map(|m| u64::from(m.weight)).max() else {
+        return table;
+    };
+    // Permutation of member i: slot (offset + j * skip) mod size, j = 0, 1, ...
+    let m = size as u64;
+    let perms: Vec<(u64, u64)> = members
+        .iter()
+        .map(|b| {
+            let offset = stable_hash(b.id.as_bytes(), SEED_OFFSET) % m;
+            let skip = stable_hash(b.id.as_bytes(), SEED_SKIP) % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; members.len()];
+    let mut credit = vec![0u64; members.len()];
+    let mut filled = 0;
+    while filled < size {
+        for (i, member) in members.iter().enumerate() {
+            credit[i] += u64::from(member.weight);
+            if credit[i] < max_weight {
+                continue;
+            }
+            credit[i] -= max_weight;
+            let (offset, skip) = perms[i];
+            let slot = loop {
+                let slot = ((offset + next[i] * skip) % m) as usize;
+                next[i] += 1;
+                if table[slot] == NO_BACKEND {
+                    break slot;
+                }
+            };
+            table[slot] = member.value;
+            filled += 1;
+            if filled == size {
+                break;
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u32 = 65_537;
+
+    fn members(n: u32) -> Vec<(String, u32)> {
+        (0..n).map(|i| (format!("waf-{i}/10.0.{}.{}", i / 250, i % 250 + 1), i)).collect()
+    }
+
+    fn ring(ids: &[(String, u32)], weight: impl Fn(u32) -> u32) -> Vec<u32> {
+        let m: Vec<Member<'_>> =
+            ids.iter().map(|(id, v)| Member { id, weight: weight(*v), value: *v }).collect();
+        build(&m, SIZE)
+    }
+
+    fn shares(table: &[u32], n: u32) -> Vec<usize> {
+        (0..n).map(|v| table.iter().filter(|&&s| s == v).count()).collect()
+    }
+
+    #[test]
+    fn stable_hash_is_pinned() {
+        // Golden values: changing the hash moves every flow on every balancer.
+        assert_eq!(stable_hash(b"waf-1/10.0.0.11", SEED_OFFSET), stable_hash(b"waf-1/10.0.0.11", SEED_OFFSET));
+        assert_eq!(stable_hash(b"", 0), 0x9a77_da60_8c1b_33de);
+    }
+
+    #[test]
+    fn empty_or_zero_weight_gives_a_table_of_no_backend() {
+        assert!(build(&[], 7).iter().all(|&s| s == NO_BACKEND));
+        let m = [Member { id: "a", weight: 0, value: 1 }];
+        assert!(build(&m, 7).iter().all(|&s| s == NO_BACKEND));
+    }
+
+    #[test]
+    fn every_slot_is_filled() {
+        let t = ring(&members(3), |_| 1);
+        assert!(t.iter().all(|&s| s < 3));
+    }
+
+    #[test]
+    fn same_members_in_any_order_build_the_same_table() {
+        let ids = members(10);
+        let mut reversed = ids.clone();
+        reversed.reverse();
+        assert_eq!(ring(&ids, |_| 1), ring(&reversed, |_| 1));
+    }
+
+    #[test]
+    fn equal_weights_differ_by_at_most_one_percent() {
+        let n = 10;
+        let s = shares(&ring(&members(n), |_| 1), n);
+        let (min, max) = (*s.iter().min().unwrap(), *s.iter().max().unwrap());
+        assert!((max - min) as f64 / (SIZE as f64 / n as f64) <= 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn weighted_shares_are_within_5_percent_of_their_weight() {
+        let n = 5;
+        let weights = [100, 50, 25, 200, 1];
+        let s = shares(&ring(&members(n), |v| weights[v as usize]), n);
+        let total: u32 = weights.iter().sum();
+        for (i, &count) in s.iter().enumerate() {
+            let want = SIZE as f64 * weights[i] as f64 / total as f64;
+            assert!((count as f64 - want).abs() <= want * 0.05 + 1.0, "member {i}: {count} slots, want {want:.0}");
+        }
+    }
+
+    #[test]
+    fn removing_one_of_n_moves_close_to_one_nth_of_slots() {
+        for n in [3u32, 10, 100] {
+            let ids = members(n);
+            let before = ring(&ids, |_| 1);
+            let after = ring(&ids[1..], |_| 1);
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+            let ideal = SIZE as f64 / n as f64;
+            // The removed member's slots must move; Maglev moves a few others too.
+            assert!(moved as f64 <= ideal * 1.2, "n={n}: moved {moved}, ideal {ideal:.0}");
+            assert!(before.iter().zip(&after).all(|(a, b)| a == b || *a == 0), "n={n}: a survivor's slot moved to another survivor");
+        }
+    }
+
+    #[test]
+    fn adding_one_moves_close_to_one_over_n_plus_one() {
+        let ids = members(11);
+        let before = ring(&ids[..10], |_| 1);
+        let after = ring(&ids, |_| 1);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let ideal = SIZE as f64 / 11.0;
+        assert!(moved as f64 <= ideal * 1.2, "moved {moved}, ideal {ideal:.0}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The maps of a loaded `xdp-lb`, behind the [`Maps`] trait so the writer can be
+//! tested against a fake. `BpfMaps` is the real thing: typed aya maps plus the
+//! Maglev rings mapped into our memory.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+};
+use lb_common::{
+    Backend, ConnValue, CounterSet, FlowKey, LbConfig, Traffic, VipKey, VipMeta,
+    limits::{RING_ENTRIES, RING_SIZE},
+    map_names as names,
+    vip::VipAddrKey,
+};
+
+/// What the writer needs from the data path's maps.
+pub trait Maps {
+    fn set_config(&mut self, config: &LbConfig) -> Result<()>;
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
+    fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()>;
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()>;
+    /// Overwrites ring `ring` (RING_SIZE slots). Only ever called on a ring no VIP points at.
+    fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()>;
+}
+
+/// The maps of one loaded `xdp-lb` object.
+pub struct BpfMaps {
+    config: Array<MapData, LbConfig>,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    backends: Array<MapData, Backend>,
+    conns: HashMap<MapData, FlowKey, ConnValue>,
+    stats: PerCpuArray<MapData, CounterSet>,
+    vip_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, Traffic>,
+    rings: RingMap,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the xdp-lb object has no map {name}"))
+}
+
+impl BpfMaps {
+    /// Takes the balancer's maps out of a loaded object.
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        let typed = |e: aya::maps::MapError, name: &str| anyhow!("map {name}: {e}");
+        Ok(Self {
+            config: take(ebpf, names::CONFIG)?.try_into().map_err(|e| typed(e, names::CONFIG))?,
+            vips: take(ebpf, names::VIPS)?.try_into().map_err(|e| typed(e, names::VIPS))?,
+            vip_addrs: take(ebpf, names::VIP_ADDRS)?
+                .try_into()
+                .map_err(|e| typed(e, names::VIP_ADDRS))?,
+            backends: take(ebpf, names::BACKENDS)?
+                .try_into()
+                .map_err(|e| typed(e, names::BACKENDS))?,
+            conns: take(ebpf, names::CONNS)?.try_into().map_err(|e| typed(e, names::CONNS))?,
+            stats: take(ebpf, names::STATS)?.try_into().map_err(|e| typed(e, names::STATS))?,
+            vip_stats: take(ebpf, names::VIP_STATS)?
+                .try_into()
+                .map_err(|e| typed(e, names::VIP_STATS))?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?
+                .try_into()
+                .map_err(|e| typed(e, names::BACKEND_STATS))?,
+            rings: RingMap::new(take(ebpf, names::RINGS)?)?,
+        })
+    }
+
+    /// Every global counter, summed over CPUs.
+    pub fn counters(&self) -> Result<CounterSet> {
+        let mut sum = CounterSet::default();
+        for cpu in self.stats.get(&0, 0).context("reading STATS")?.iter() {
+            for (total, v) in sum.values.iter_mut().zip(cpu.values) {
+                *total += v;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Packets and bytes sent to VIP `index`, summed over CPUs.
+    pub fn vip_traffic(&self, index: u32) -> Result<Traffic> {
+        sum_traffic(&self.vip_stats, index)
+    }
+
+    /// Packets and bytes sent to backend `index`, summed over CPUs.
+    pub fn backend_traffic(&self, index: u32) -> Result<Traffic> {
+        sum_traffic(&self.backend_stats, index)
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>> {
+        match self.conns.get(flow, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading CONNS"),
+        }
+    }
+
+    pub fn backend(&self, index: u32) -> Result<Backend> {
+        self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
+    }
+
+    /// The slots of ring `ring` as the kernel sees them.
+    #[must_use]
+    pub fn ring(&self, ring: u32) -> &[u32] {
+        self.rings.ring(ring)
+    }
+}
+
+fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
+    let mut sum = Traffic::default();
+    for t in map.get(&index, 0).with_context(|| format!("reading traffic[{index}]"))?.iter() {
+        sum.packets += t.packets;
+        sum.bytes += t.bytes;
+    }
+    Ok(sum)
+}
+
+impl Maps for BpfMaps {
+    fn set_config(&mut self, config: &LbConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing CONFIG")
+    }
+
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        self.vips.insert(key, meta, 0).context("writing VIPS")
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing from VIPS"),
+        }
+    }
+
+    fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()> {
+        if present {
+            return self.vip_addrs.insert(key, 1, 0).context("writing VIP_ADDRS");
+        }
+        match self.vip_addrs.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing from VIP_ADDRS"),
+        }
+    }
+
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
+        self.backends.set(index, backend, 0).with_context(|| format!("writing BACKENDS[{index}]"))
+    }
+
+    fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
+        self.rings.write(ring, slots)
+    }
+}
+
+/// The RINGS array, mmapped (it is created BPF_F_MMAPABLE): replacing a 65537-slot
+/// ring is a memcpy, not 65537 syscalls.
+struct RingMap {
+    ptr: NonNull<u32>,
+    len: usize,
+    _map: MapData,
+}
+
+impl RingMap {
+    fn new(map: Map) -> Result<Self> {
+        let Map::Array(data) = map else { bail!("map {} is not an array", names::RINGS) };
+        let len = RING_ENTRIES as usize;
+        let bytes = (len * 4).next_multiple_of(page_size());
+        // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
+        // mapping lives as long as `_map` (the fd) in this struct.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mmap of RINGS (was it created without BPF_F_MMAPABLE?)");
+        }
+        let ptr = NonNull::new(ptr.cast::<u32>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        Ok(Self { ptr, len, _map: data })
+    }
+
+    fn range(&self, ring: u32) -> std::ops::Range<usize> {
+        let start = ring as usize * RING_SIZE as usize;
+        start..start + RING_SIZE as usize
+    }
+
+    fn ring(&self, ring: u32) -> &[u32] {
+        // SAFETY: ptr points at `len` u32s mapped shared with the kernel; the kernel
+        // only reads them.
+        let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
+        &all[self.range(ring)]
+    }
+
+    fn write(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
+        let range = self.range(ring);
+        if range.end > self.len || slots.len() != range.len() {
+            bail!("ring {ring} with {} slots does not fit RINGS", slots.len());
+        }
+        // SAFETY: as in `ring`; &mut self makes us the only writer.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
+        all[range].copy_from_slice(slots);
+        Ok(())
+    }
+}
+
+impl Drop for RingMap {
+    fn drop(&mut self) {
+        let bytes = (self.len * 4).next_multiple_of(page_size());
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), bytes) };
+    }
+}
+
+// SAFETY: the mapping is plain memory owned by this struct.
+unsafe impl Send for RingMap {}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
