@@ -15,7 +15,7 @@ pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
 pub use flow::{ConnValue, FlowKey};
 pub use stats::{Counter, CounterSet, Traffic};
-pub use vip::{VipKey, VipMeta};
+pub use vip::{RingSlot, VipKey, VipMeta};
 
 /// Address family tags stored in keys (not the AF_* values: those differ per OS).
 pub mod family {
@@ -66,4 +66,5 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::CounterSet {}
     unsafe impl aya::Pod for super::vip::VipAddrKey {}
+    unsafe impl aya::Pod for super::RingSlot {}
 }

@@ -30,3 +30,14 @@ pub struct VipAddrKey {
     pub family: u8,
     pub _pad: [u8; 3],
 }
+
+/// One slot of a Maglev ring (the RINGS array value). Array maps store values
+/// 8-byte aligned, so a slot is 8 bytes whatever its type; saying so here keeps the
+/// controller's mmapped view of the rings in step with the kernel's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingSlot {
+    /// Backend-table index, or `NO_BACKEND`.
+    pub backend: u32,
+    pub _reserved: u32,
+}

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, ConnValue, CounterSet, FlowKey, LbConfig, Traffic, VipKey, VipMeta,
+    Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
     limits::{CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES},
     vip::VipAddrKey,
 };
@@ -26,7 +26,7 @@ pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_V
 
 /// Maglev rings, two per VIP; the controller fills them through mmap.
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
+pub static RINGS: Array<RingSlot> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
 
 /// (VIP, backend) pairs: address, next-hop MAC, state.
 #[map(name = "BACKENDS")]

@@ -42,7 +42,7 @@ pub fn backend(
     }
 
     let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(flow_hash(flow) % RING_SIZE);
-    let index = *RINGS.get(slot).ok_or(NO_BACKEND)?;
+    let index = RINGS.get(slot).ok_or(NO_BACKEND)?.backend;
     // An empty ring holds NO_BACKEND, which is past the end of BACKENDS.
     let b = BACKENDS.get(index).ok_or(NO_BACKEND)?;
     let conn = ConnValue { backend: index, generation: b.generation };

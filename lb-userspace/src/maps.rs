@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    Backend, ConnValue, CounterSet, FlowKey, LbConfig, Traffic, VipKey, VipMeta,
+    Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
     limits::{RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -108,7 +108,7 @@ impl BpfMaps {
 
     /// The slots of ring `ring` as the kernel sees them.
     #[must_use]
-    pub fn ring(&self, ring: u32) -> &[u32] {
+    pub fn ring(&self, ring: u32) -> Vec<u32> {
         self.rings.ring(ring)
     }
 }
@@ -158,9 +158,9 @@ impl Maps for BpfMaps {
 }
 
 /// The RINGS array, mmapped (it is created BPF_F_MMAPABLE): replacing a 65537-slot
-/// ring is a memcpy, not 65537 syscalls.
+/// ring is one pass over memory, not 65537 syscalls.
 struct RingMap {
-    ptr: NonNull<u32>,
+    ptr: NonNull<RingSlot>,
     len: usize,
     _map: MapData,
 }
@@ -169,7 +169,7 @@ impl RingMap {
     fn new(map: Map) -> Result<Self> {
         let Map::Array(data) = map else { bail!("map {} is not an array", names::RINGS) };
         let len = RING_ENTRIES as usize;
-        let bytes = (len * 4).next_multiple_of(page_size());
+        let bytes = (len * size_of::<RingSlot>()).next_multiple_of(page_size());
         // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
         // mapping lives as long as `_map` (the fd) in this struct.
         let ptr = unsafe {
@@ -186,7 +186,7 @@ impl RingMap {
             return Err(std::io::Error::last_os_error())
                 .context("mmap of RINGS (was it created without BPF_F_MMAPABLE?)");
         }
-        let ptr = NonNull::new(ptr.cast::<u32>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        let ptr = NonNull::new(ptr.cast::<RingSlot>()).ok_or_else(|| anyhow!("mmap returned null"))?;
         Ok(Self { ptr, len, _map: data })
     }
 
@@ -195,11 +195,11 @@ impl RingMap {
         start..start + RING_SIZE as usize
     }
 
-    fn ring(&self, ring: u32) -> &[u32] {
-        // SAFETY: ptr points at `len` u32s mapped shared with the kernel; the kernel
+    fn ring(&self, ring: u32) -> Vec<u32> {
+        // SAFETY: ptr points at `len` slots mapped shared with the kernel; the kernel
         // only reads them.
         let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
-        &all[self.range(ring)]
+        all[self.range(ring)].iter().map(|s| s.backend).collect()
     }
 
     fn write(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
@@ -209,14 +209,16 @@ impl RingMap {
         }
         // SAFETY: as in `ring`; &mut self makes us the only writer.
         let all = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
-        all[range].copy_from_slice(slots);
+        for (dst, &backend) in all[range].iter_mut().zip(slots) {
+            dst.backend = backend;
+        }
         Ok(())
     }
 }
 
 impl Drop for RingMap {
     fn drop(&mut self) {
-        let bytes = (self.len * 4).next_multiple_of(page_size());
+        let bytes = (self.len * size_of::<RingSlot>()).next_multiple_of(page_size());
         // SAFETY: unmapping exactly what `new` mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), bytes) };
     }

@@ -1,1 +1,7 @@
+//! Shared fixtures for xdplb's integration tests: frames built and decoded with
+//! an independent implementation (etherparse), the real compiled XDP objects run
+//! through BPF_PROG_TEST_RUN, and maps filled by the controller's own writer.
 
+pub mod balancer;
+pub mod packet;
+pub mod privilege;

@@ -1,0 +1,273 @@
+//! A loaded `xdp-lb` with its maps under the controller's writer, driven frame by
+//! frame through BPF_PROG_TEST_RUN.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::{
+    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic,
+    family, hash::flow_hash, limits::RING_SIZE, map_names, proto,
+};
+use lb_userspace::{
+    dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
+    maps::BpfMaps,
+    objects,
+    writer::{Applied, MapWriter},
+};
+
+use crate::packet::{Decoded, Flow, L4, LB_MAC, Outer, decode};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const MTU: u32 = 1500;
+pub const TUNNEL_V4: &str = "10.0.0.2";
+pub const TUNNEL_V6: &str = "fd00::2";
+
+/// Output of one run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub action: u32,
+    pub frame: Vec<u8>,
+}
+
+impl Run {
+    #[must_use]
+    pub fn decoded(&self) -> Decoded {
+        decode(&self.frame)
+    }
+}
+
+pub struct Balancer {
+    ebpf: Ebpf,
+    pub writer: MapWriter<BpfMaps>,
+    pub plan: DataPlane,
+}
+
+/// MAC of a test backend: derived from its address so tests can tell who got a frame.
+#[must_use]
+pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0x01, last]
+}
+
+#[must_use]
+pub fn backend(name: &str, addr: &str) -> BackendPlan {
+    let address: IpAddr = addr.parse().expect("backend address");
+    BackendPlan {
+        name: name.to_owned(),
+        address,
+        mac: Some(backend_mac(address)),
+        weight: 100,
+        state: BackendState::Up,
+    }
+}
+
+#[must_use]
+pub fn vip(name: &str, addr: &str, port: u16, l4: u8, backends: Vec<BackendPlan>) -> VipPlan {
+    VipPlan { name: name.to_owned(), address: addr.parse().expect("vip address"), port, proto: l4, backends }
+}
+
+pub const VIP4: &str = "203.0.113.10";
+pub const VIP6: &str = "2001:db8::10";
+pub const WILDCARD_VIP4: &str = "203.0.113.20";
+pub const MIXED_VIP4: &str = "203.0.113.30";
+pub const MIXED_VIP6: &str = "2001:db8::30";
+
+fn wafs4() -> Vec<BackendPlan> {
+    vec![backend("waf-1", "10.0.0.11"), backend("waf-2", "10.0.0.12"), backend("waf-3", "10.0.0.13")]
+}
+
+fn wafs6() -> Vec<BackendPlan> {
+    vec![backend("waf-1", "fd00::11"), backend("waf-2", "fd00::12"), backend("waf-3", "fd00::13")]
+}
+
+/// The fixtures' balancer: TCP and UDP VIPs on v4 and v6 with three backends each,
+/// a wildcard-port VIP, and two VIPs whose backend is of the other family.
+#[must_use]
+pub fn standard_plan(mode: ForwardingMode) -> DataPlane {
+    let v4: std::net::Ipv4Addr = TUNNEL_V4.parse().expect("v4");
+    let (v6, _) = addr_words(TUNNEL_V6.parse().expect("v6"));
+    DataPlane {
+        config: LbConfig {
+            mode: mode as u32,
+            mtu: MTU,
+            src_mac: LB_MAC,
+            _pad: [0; 2],
+            tunnel_src_v4: u32::from_ne_bytes(v4.octets()),
+            tunnel_src_v6: v6,
+        },
+        vips: vec![
+            vip("web4", VIP4, 80, proto::TCP, wafs4()),
+            vip("dns4", VIP4, 53, proto::UDP, wafs4()),
+            vip("web6", VIP6, 80, proto::TCP, wafs6()),
+            vip("dns6", VIP6, 53, proto::UDP, wafs6()),
+            vip("any4", WILDCARD_VIP4, 0, proto::TCP, wafs4()),
+            vip("mixed4", MIXED_VIP4, 80, proto::TCP, vec![backend("v6-node", "fd00::21")]),
+            vip("mixed6", MIXED_VIP6, 80, proto::TCP, vec![backend("v4-node", "10.0.0.31")]),
+        ],
+    }
+}
+
+impl Balancer {
+    /// Loads `xdp-lb` (a small connection table: tests use few flows) with no state.
+    #[must_use]
+    pub fn empty() -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::CONNS, 8192)
+            .load(objects::XDP_LB)
+            .expect("loading the xdp-lb object");
+        let prog: &mut Xdp =
+            ebpf.program_mut("xdp_lb").expect("xdp_lb program").try_into().expect("an XDP program");
+        prog.load().expect("the verifier accepts xdp_lb");
+        let maps = BpfMaps::take_from(&mut ebpf).expect("xdp-lb maps");
+        Self { ebpf, writer: MapWriter::new(maps), plan: DataPlane::default() }
+    }
+
+    /// The standard plan, applied.
+    #[must_use]
+    pub fn new(mode: ForwardingMode) -> Self {
+        let mut b = Self::empty();
+        b.plan = standard_plan(mode);
+        b.apply();
+        b
+    }
+
+    pub fn apply(&mut self) -> Applied {
+        self.writer.apply(&self.plan).expect("applying the plan")
+    }
+
+    /// Sets a backend's state in every VIP it serves, and applies.
+    pub fn set_state(&mut self, vip_name: &str, backend_name: &str, state: BackendState) {
+        let v = self.plan.vips.iter_mut().find(|v| v.name == vip_name).expect("vip");
+        v.backends.iter_mut().find(|b| b.name == backend_name).expect("backend").state = state;
+        self.apply();
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf.program("xdp_lb").expect("xdp_lb").try_into().expect("xdp")
+    }
+
+    /// One frame through the program.
+    #[must_use]
+    pub fn run(&self, frame: &[u8]) -> Run {
+        run_program(self.program(), frame)
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> CounterSet {
+        self.writer.maps().counters().expect("reading counters")
+    }
+
+    /// Runs a frame and returns the counters it moved (name -> delta), zero ones left out.
+    #[must_use]
+    pub fn run_counted(&self, frame: &[u8]) -> (Run, BTreeMap<&'static str, u64>) {
+        let before = self.counters();
+        let run = self.run(frame);
+        (run, deltas(&before, &self.counters()))
+    }
+
+    #[must_use]
+    pub fn vip_traffic(&self, vip_name: &str) -> Traffic {
+        let i = self.writer.vip_index(vip_name).expect("vip index");
+        self.writer.maps().vip_traffic(i).expect("vip traffic")
+    }
+
+    #[must_use]
+    pub fn backend_traffic(&self, vip_name: &str, backend_name: &str) -> Traffic {
+        let i = self.writer.backend_index(vip_name, backend_name).expect("backend index");
+        self.writer.maps().backend_traffic(i).expect("backend traffic")
+    }
+
+    /// Which backend a forwarded frame was sent to: by outer destination (ipip)
+    /// or destination MAC (dsr).
+    #[must_use]
+    pub fn receiver(&self, run: &Run) -> String {
+        assert_eq!(run.action, XDP_TX, "frame was not forwarded");
+        let d = run.decoded();
+        let by = |pred: &dyn Fn(&BackendPlan) -> bool| {
+            self.plan
+                .vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .find(|b| pred(b))
+                .map(|b| b.name.clone())
+                .expect("frame went to no known backend")
+        };
+        match d.outer {
+            Some(Outer::V4(h)) => by(&|b| b.address == IpAddr::from(h.destination)),
+            Some(Outer::V6(h)) => by(&|b| b.address == IpAddr::from(h.destination)),
+            None => by(&|b| b.mac == Some(d.dst_mac)),
+        }
+    }
+
+    /// The backend the ring of `vip_name` gives `flow`, computed in userspace from the
+    /// written table and the shared flow hash (what a miss or a SYN must pick).
+    #[must_use]
+    pub fn predict(&self, vip_name: &str, flow: &Flow) -> String {
+        let table = self.writer.table(vip_name).expect("vip table");
+        let index = table[(flow_hash(&flow_key(flow)) % RING_SIZE) as usize];
+        let v = self.plan.vips.iter().find(|v| v.name == vip_name).expect("vip");
+        v.backends
+            .iter()
+            .find(|b| self.writer.backend_index(vip_name, &b.name) == Some(index))
+            .map(|b| b.name.clone())
+            .expect("ring slot names a backend of this vip")
+    }
+
+    #[must_use]
+    pub fn conn(&self, flow: &Flow) -> Option<lb_common::ConnValue> {
+        self.writer.maps().conn(&flow_key(flow)).expect("reading conns")
+    }
+}
+
+/// Runs `frame` through an XDP program once.
+#[must_use]
+pub fn run_program(prog: &Xdp, frame: &[u8]) -> Run {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    Run { action: r.return_value, frame: out }
+}
+
+/// The connection-table key of a client flow.
+#[must_use]
+pub fn flow_key(flow: &Flow) -> FlowKey {
+    let (src, fam) = addr_words(flow.src);
+    let (dst, _) = addr_words(flow.dst);
+    FlowKey {
+        src,
+        dst,
+        ports: [flow.sport.to_be(), flow.dport.to_be()],
+        proto: if matches!(flow.l4, L4::Udp) { proto::UDP } else { proto::TCP },
+        family: if fam == family::V4 { family::V4 } else { family::V6 },
+        _pad: [0; 2],
+    }
+}
+
+#[must_use]
+pub fn deltas(before: &CounterSet, after: &CounterSet) -> BTreeMap<&'static str, u64> {
+    Counter::ALL
+        .iter()
+        .filter_map(|&c| {
+            let d = after.get(c) - before.get(c);
+            (d != 0).then_some((c.name(), d))
+        })
+        .collect()
+}
+
+/// Expected counter deltas, for comparing with `run_counted`.
+#[must_use]
+pub fn counts(list: &[(Counter, u64)]) -> BTreeMap<&'static str, u64> {
+    list.iter().map(|(c, n)| (c.name(), *n)).collect()
+}

@@ -1,0 +1,747 @@
+//! Packet-level specification of `xdp-lb`: every case runs the real compiled
+//! object through BPF_PROG_TEST_RUN, with maps filled by the controller's writer,
+//! and checks the verdict, the frame that comes out, and the counters it moved.
+
+use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
+use lb_common::{BackendState::*, Counter::*, ForwardingMode, ForwardingMode::*, proto};
+use xdplb_tests::{
+    balancer::*,
+    packet::{
+        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer, ethernet,
+        ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
+    },
+    privilege::have_root,
+};
+
+const CLIENT4: &str = "198.51.100.7";
+const CLIENT6: &str = "2001:db8:c::7";
+
+macro_rules! needs_root {
+    () => {
+        if !have_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn tcp4() -> Flow {
+    Flow::tcp(CLIENT4, 40000, VIP4, 80)
+}
+fn tcp6() -> Flow {
+    Flow::tcp(CLIENT6, 40000, VIP6, 80)
+}
+fn udp4() -> Flow {
+    Flow::udp(CLIENT4, 40000, VIP4, 53)
+}
+fn udp6() -> Flow {
+    Flow::udp(CLIENT6, 40000, VIP6, 53)
+}
+
+/// Forwarded in dsr mode: only the MACs change, the IP packet arrives byte for byte.
+fn assert_dsr(lb: &Balancer, flow: &Flow, vip: &str, run: &Run) {
+    assert_eq!(run.action, XDP_TX);
+    let d = run.decoded();
+    let want = lb.predict(vip, flow);
+    assert_eq!(lb.receiver(run), want);
+    assert_eq!(d.src_mac, LB_MAC, "source MAC is the balancer's");
+    assert!(d.outer.is_none(), "dsr adds no header");
+    assert_eq!(d.inner, flow.l3(), "IP packet untouched (addresses, TTL, checksums)");
+}
+
+/// Forwarded in ipip mode: the original IP packet, intact, under a correct outer header.
+fn assert_encapsulated(lb: &Balancer, flow: &Flow, vip: &str, run: &Run) -> Outer {
+    assert_eq!(run.action, XDP_TX);
+    let d = run.decoded();
+    let want = lb.predict(vip, flow);
+    assert_eq!(lb.receiver(run), want);
+    assert_eq!(d.src_mac, LB_MAC);
+    let inner = flow.l3();
+    assert_eq!(d.inner, inner, "inner packet untouched");
+    let outer = d.outer.clone().expect("an outer header");
+    let inner_is_v4 = flow.src.is_ipv4();
+    match &outer {
+        Outer::V4(h) => {
+            assert_eq!(d.ether_type, ETH_P_IP);
+            assert_eq!(h.header_checksum, h.calc_header_checksum(), "outer IPv4 checksum");
+            assert_eq!(h.total_len as usize, inner.len() + 20, "outer total length");
+            assert_eq!(h.time_to_live, 64);
+            assert!(h.dont_fragment);
+            assert_eq!(h.source, TUNNEL_V4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+            assert_eq!(h.protocol, if inner_is_v4 { IpNumber::IPV4 } else { IpNumber::IPV6 });
+        }
+        Outer::V6(h) => {
+            assert_eq!(d.ether_type, ETH_P_IPV6);
+            assert_eq!(h.payload_length as usize, inner.len(), "outer payload length");
+            assert_eq!(h.hop_limit, 64);
+            assert_eq!(h.source, TUNNEL_V6.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            assert_eq!(h.next_header, if inner_is_v4 { IpNumber::IPV4 } else { IpNumber::IPV6 });
+        }
+    }
+    outer
+}
+
+fn new_flow_counts(syn: bool) -> std::collections::BTreeMap<&'static str, u64> {
+    counts(&[(ActionTx, 1), (if syn { ConnSyn } else { ConnMiss }, 1)])
+}
+
+// ---- forwarding, dsr ------------------------------------------------------
+
+#[test]
+fn dsr_tcp_syn_v4_goes_to_the_ring_backend_with_only_macs_rewritten() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&tcp4().frame());
+    assert_dsr(&lb, &tcp4(), "web4", &run);
+    assert_eq!(c, new_flow_counts(true));
+}
+
+#[test]
+fn dsr_tcp_syn_v6_goes_to_the_ring_backend_with_only_macs_rewritten() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&tcp6().frame());
+    assert_dsr(&lb, &tcp6(), "web6", &run);
+    assert_eq!(c, new_flow_counts(true));
+}
+
+#[test]
+fn dsr_udp_v4_is_forwarded_and_creates_a_connection_entry() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&udp4().frame());
+    assert_dsr(&lb, &udp4(), "dns4", &run);
+    assert_eq!(c, new_flow_counts(false));
+    assert!(lb.conn(&udp4()).is_some());
+}
+
+#[test]
+fn dsr_udp_v6_is_forwarded() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&udp6().frame());
+    assert_dsr(&lb, &udp6(), "dns6", &run);
+    assert_eq!(c, new_flow_counts(false));
+}
+
+// ---- forwarding, ipip -----------------------------------------------------
+
+#[test]
+fn ipip_tcp_v4_is_encapsulated_in_ipv4_to_the_backend() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let (run, c) = lb.run_counted(&tcp4().frame());
+    let Outer::V4(h) = assert_encapsulated(&lb, &tcp4(), "web4", &run) else { panic!("want IPIP") };
+    let want = lb.predict("web4", &tcp4());
+    let addr = lb.plan.vips[0].backends.iter().find(|b| b.name == want).unwrap().address;
+    assert_eq!(std::net::IpAddr::from(h.destination), addr);
+    assert_eq!(c, new_flow_counts(true));
+}
+
+#[test]
+fn ipip_tcp_v6_is_encapsulated_in_ipv6_with_a_flow_label() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let run = lb.run(&tcp6().frame());
+    let Outer::V6(h) = assert_encapsulated(&lb, &tcp6(), "web6", &run) else { panic!("want IP6IP6") };
+    let label = lb_common::hash::flow_hash(&flow_key(&tcp6())) & 0xfffff;
+    assert_eq!(h.flow_label.value(), label, "flow label carries the flow hash");
+}
+
+#[test]
+fn ipip_udp_v4_is_encapsulated() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let run = lb.run(&udp4().frame());
+    assert!(matches!(assert_encapsulated(&lb, &udp4(), "dns4", &run), Outer::V4(_)));
+}
+
+#[test]
+fn ipip_udp_v6_is_encapsulated() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let run = lb.run(&udp6().frame());
+    assert!(matches!(assert_encapsulated(&lb, &udp6(), "dns6", &run), Outer::V6(_)));
+}
+
+#[test]
+fn ipip_v4_vip_to_v6_backend_is_4in6() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = Flow::tcp(CLIENT4, 40000, MIXED_VIP4, 80);
+    let run = lb.run(&flow.frame());
+    let Outer::V6(h) = assert_encapsulated(&lb, &flow, "mixed4", &run) else { panic!("want 4in6") };
+    assert_eq!(h.destination, "fd00::21".parse::<std::net::Ipv6Addr>().unwrap().octets());
+}
+
+#[test]
+fn ipip_v6_vip_to_v4_backend_is_6in4() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = Flow::tcp(CLIENT6, 40000, MIXED_VIP6, 80);
+    let run = lb.run(&flow.frame());
+    let Outer::V4(h) = assert_encapsulated(&lb, &flow, "mixed6", &run) else { panic!("want 6in4") };
+    assert_eq!(h.destination, [10, 0, 0, 31]);
+}
+
+#[test]
+fn ipip_packet_exactly_at_mtu_after_encapsulation_is_forwarded() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    // 20 (IP) + 20 (TCP) + payload + 20 (outer) == MTU
+    let flow = tcp4().ack().payload(MTU as usize - 60);
+    let run = lb.run(&flow.frame());
+    assert_encapsulated(&lb, &flow, "web4", &run);
+}
+
+#[test]
+fn ipip_packet_over_mtu_after_encapsulation_is_counted_and_dropped() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = tcp4().ack().payload(MTU as usize - 59);
+    let (run, c) = lb.run_counted(&flow.frame());
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropTooBig, 1), (ConnMiss, 1)]));
+    assert_eq!(lb.backend_traffic("web4", &lb.predict("web4", &flow)).packets, 0);
+}
+
+#[test]
+fn dsr_full_size_packet_is_forwarded_because_dsr_adds_nothing() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4().ack().payload(MTU as usize - 40);
+    let run = lb.run(&flow.frame());
+    assert_dsr(&lb, &flow, "web4", &run);
+}
+
+// ---- VIP matching ---------------------------------------------------------
+
+#[test]
+fn wildcard_port_vip_matches_every_port() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    for port in [1, 80, 443, 8443, 65535] {
+        let flow = Flow::tcp(CLIENT4, 40000, WILDCARD_VIP4, port);
+        let run = lb.run(&flow.frame());
+        assert_dsr(&lb, &flow, "any4", &run);
+    }
+    assert_eq!(lb.vip_traffic("any4").packets, 5);
+}
+
+#[test]
+fn exact_port_vip_wins_over_a_wildcard_on_the_same_address() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    lb.plan.vips.push(vip("all4", VIP4, 0, proto::TCP, vec![backend("catch-all", "10.0.0.99")]));
+    lb.apply();
+    let run = lb.run(&tcp4().frame());
+    assert_dsr(&lb, &tcp4(), "web4", &run);
+    let other = Flow::tcp(CLIENT4, 40000, VIP4, 8080);
+    assert_eq!(lb.receiver(&lb.run(&other.frame())), "catch-all");
+}
+
+#[test]
+fn vip_address_on_an_unconfigured_port_passes_untouched() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let frame = Flow::tcp(CLIENT4, 40000, VIP4, 22).frame();
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+}
+
+#[test]
+fn udp_to_a_tcp_only_vip_port_passes() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let frame = Flow::udp(CLIENT4, 40000, VIP4, 80).frame();
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+}
+
+#[test]
+fn non_vip_traffic_passes_untouched() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    for flow in [Flow::tcp(CLIENT4, 1, "192.0.2.1", 80), Flow::udp(CLIENT6, 1, "2001:db8::99", 53)] {
+        let frame = flow.frame();
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+    }
+}
+
+#[test]
+fn arp_passes_untouched() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let mut arp = vec![0u8; 28];
+    arp[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    let frame = ethernet(ETH_P_ARP, &arp);
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotIp, 1)]));
+}
+
+#[test]
+fn other_ip_protocols_to_a_vip_address_pass() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let gre = ipv4_packet(ipv4_header(CLIENT4, VIP4, IpNumber::GRE), &[0; 8]);
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &gre));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+}
+
+#[test]
+fn ipv6_with_an_extension_header_passes_to_the_kernel() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    // Hop-by-hop options (next header 0) in front of TCP.
+    let mut payload = vec![6, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&tcp6().l3()[40..]);
+    let p = ipv6_packet(ipv6_header(CLIENT6, VIP6, IpNumber::IPV6_HEADER_HOP_BY_HOP), &payload);
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IPV6, &p));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassIpv6Ext, 1)]));
+}
+
+// ---- L2 / L3 variants -----------------------------------------------------
+
+#[test]
+fn vlan_tagged_frame_is_forwarded_dsr_with_its_tag() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4().vlan(100);
+    let run = lb.run(&flow.frame());
+    assert_dsr(&lb, &flow, "web4", &run);
+    assert_eq!(run.decoded().vlan, Some((ETH_P_8021Q, 100)));
+}
+
+#[test]
+fn vlan_tagged_frame_is_encapsulated_behind_its_tag() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    for flow in [tcp4().vlan(7), tcp6().vlan(4094)] {
+        let run = lb.run(&flow.frame());
+        let vip = if flow.src.is_ipv4() { "web4" } else { "web6" };
+        assert_encapsulated(&lb, &flow, vip, &run);
+        assert_eq!(run.decoded().vlan, Some((ETH_P_8021Q, flow.vlan.unwrap())));
+    }
+}
+
+fn tcp4_with_options() -> Vec<u8> {
+    let tcp = &tcp4().l3()[20..];
+    let mut h = ipv4_header(CLIENT4, VIP4, IpNumber::TCP);
+    h.options = Ipv4Options::try_from(&[1u8, 1, 1, 0, 0x94, 4, 0, 0][..]).unwrap();
+    ipv4_packet(h, tcp)
+}
+
+#[test]
+fn ipv4_with_options_is_matched_on_the_ports_after_the_options() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        let l3 = tcp4_with_options();
+        let run = lb.run(&ethernet(ETH_P_IP, &l3));
+        assert_eq!(run.action, XDP_TX);
+        assert_eq!(lb.receiver(&run), lb.predict("web4", &tcp4()));
+        assert_eq!(run.decoded().inner, l3, "options kept ({mode:?})");
+    }
+}
+
+// ---- fragments ------------------------------------------------------------
+
+fn fragment4(dst: &str, more: bool, offset: u16) -> Vec<u8> {
+    let mut h = ipv4_header(CLIENT4, dst, IpNumber::UDP);
+    h.more_fragments = more;
+    h.fragment_offset = IpFragOffset::try_new(offset).unwrap();
+    ethernet(ETH_P_IP, &ipv4_packet(h, &[0u8; 64]))
+}
+
+#[test]
+fn first_ipv4_fragment_to_a_vip_is_counted_and_dropped() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&fragment4(VIP4, true, 0));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropFragment, 1)]));
+}
+
+#[test]
+fn later_ipv4_fragment_to_a_vip_is_counted_and_dropped() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (run, c) = lb.run_counted(&fragment4(VIP4, false, 185));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropFragment, 1)]));
+}
+
+#[test]
+fn ipv6_fragment_to_a_vip_is_counted_and_dropped() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let frag_hdr = [17u8, 0, 0, 1, 0, 0, 0, 42]; // next UDP, offset 0, M=1
+    let mut payload = frag_hdr.to_vec();
+    payload.extend_from_slice(&[0u8; 64]);
+    let p = ipv6_packet(ipv6_header(CLIENT6, VIP6, IpNumber::IPV6_FRAGMENTATION_HEADER), &payload);
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IPV6, &p));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropFragment, 1)]));
+}
+
+#[test]
+fn fragment_to_a_non_vip_address_passes() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let frame = fragment4("192.0.2.1", true, 0);
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+}
+
+// ---- truncated frames -----------------------------------------------------
+
+#[test]
+fn frame_truncated_at_any_header_boundary_is_dropped_as_malformed() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let cases = [
+        ("tcp4", tcp4().frame(), vec![14, 18, 33, 34, 40, 53]),
+        ("udp4", udp4().frame(), vec![14, 33, 34, 41]),
+        ("tcp6", tcp6().frame(), vec![14, 30, 53, 54, 60, 73]),
+        ("udp6", udp6().frame(), vec![14, 53, 54, 61]),
+        ("vlan tcp4", tcp4().vlan(5).frame(), vec![14, 15, 17, 18, 37, 38, 57]),
+    ];
+    for (name, frame, lens) in cases {
+        for len in lens {
+            let (run, c) = lb.run_counted(&frame[..len]);
+            assert_eq!(run.action, XDP_DROP, "{name} cut to {len} bytes");
+            assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]), "{name} cut to {len} bytes");
+        }
+        // One byte more than the headers is a whole packet as far as we read.
+        assert_eq!(lb.run(&frame).action, XDP_TX, "{name} whole");
+    }
+}
+
+#[test]
+fn ipv4_header_length_below_20_is_malformed() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let mut l3 = tcp4().l3();
+    l3[0] = 0x44; // IHL 4 = 16 bytes
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &l3));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]));
+}
+
+// ---- connection table -----------------------------------------------------
+
+#[test]
+fn established_flow_stays_on_its_backend_when_the_backend_set_changes() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    // Open 200 flows, then add a fourth backend: the ring moves ~1/4 of the slots.
+    let flows: Vec<Flow> = (0..200).map(|i| tcp4().sport(10000 + i)).collect();
+    let first: Vec<String> = flows.iter().map(|f| lb.receiver(&lb.run(&f.frame()))).collect();
+    lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
+    lb.apply();
+    let moved_in_ring = flows.iter().zip(&first).filter(|(f, b)| lb.predict("web4", f) != **b).count();
+    assert!(moved_in_ring > 10, "the new ring must move some of these flows ({moved_in_ring})");
+    let before = lb.counters();
+    for (flow, backend) in flows.iter().zip(&first) {
+        assert_eq!(&lb.receiver(&lb.run(&flow.ack().frame())), backend, "{flow:?} moved");
+    }
+    let c = deltas(&before, &lb.counters());
+    assert_eq!(c, counts(&[(ActionTx, 200), (ConnHit, 200)]));
+}
+
+#[test]
+fn non_syn_without_an_entry_is_hashed_and_then_remembered() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4().ack();
+    let (run, c) = lb.run_counted(&flow.frame());
+    assert_dsr(&lb, &flow, "web4", &run);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+    let conn = lb.conn(&flow).expect("an entry");
+    assert_eq!(Some(conn.backend), lb.writer.backend_index("web4", &lb.predict("web4", &flow)));
+    let (_, c) = lb.run_counted(&flow.frame());
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+/// A flow whose connection entry names `from`, while the ring would now pick another.
+fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
+    // Find a flow the ring gives `from`; open it; then take `from` out of the ring by
+    // adding its twin weight elsewhere is not possible, so the callers change state.
+    (0..1000)
+        .map(|i| tcp4().sport(20000 + i))
+        .find(|f| lb.predict("web4", f) == from)
+        .map(|f| {
+            assert_eq!(lb.receiver(&lb.run(&f.frame())), from);
+            f
+        })
+        .expect("some flow hashes to the backend")
+}
+
+#[test]
+fn hit_on_a_down_backend_is_rehashed_to_a_live_one_at_once() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    lb.set_state("web4", "waf-2", Down);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    let now = lb.receiver(&run);
+    assert_ne!(now, "waf-2");
+    assert_eq!(now, lb.predict("web4", &flow));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
+    // The entry now names the new backend: the next packet is a plain hit.
+    let (_, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+#[test]
+fn syn_is_hashed_even_when_the_table_names_another_backend() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    // Drain waf-1: the table still names it (draining keeps flows), the ring does not.
+    lb.set_state("web4", "waf-1", Draining);
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1");
+    let (run, c) = lb.run_counted(&flow.syn().frame());
+    assert_ne!(lb.receiver(&run), "waf-1");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnSyn, 1)]));
+}
+
+#[test]
+fn draining_backend_keeps_its_established_flow() {
+    needs_root!();
+    let mut lb = Balancer::new(Ipip);
+    let flow = pinned_flow(&mut lb, "waf-3");
+    lb.set_state("web4", "waf-3", Draining);
+    for _ in 0..3 {
+        let (run, c) = lb.run_counted(&flow.ack().frame());
+        assert_eq!(lb.receiver(&run), "waf-3");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    }
+}
+
+#[test]
+fn draining_backend_gets_no_new_flow() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    lb.set_state("web4", "waf-3", Draining);
+    for i in 0..300 {
+        let f = Flow::tcp(CLIENT4, 30000 + i, VIP4, 80);
+        assert_ne!(lb.receiver(&lb.run(&f.frame())), "waf-3");
+        let u = Flow::tcp(CLIENT4, 30000 + i, VIP4, 80).ack().sport(50000 + i);
+        assert_ne!(lb.receiver(&lb.run(&u.frame())), "waf-3", "a miss must not pick it either");
+    }
+}
+
+#[test]
+fn slot_given_to_another_backend_does_not_inherit_old_flows() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    let old_index = lb.writer.backend_index("web4", "waf-2").unwrap();
+    // waf-2 leaves; a new backend takes its table slot.
+    lb.plan.vips[0].backends.retain(|b| b.name != "waf-2");
+    lb.apply();
+    lb.plan.vips[0].backends.push(backend("waf-9", "10.0.0.19"));
+    lb.apply();
+    assert_eq!(lb.writer.backend_index("web4", "waf-9"), Some(old_index), "slot reused");
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow), "re-hashed, not sent to the slot's new owner blindly");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
+}
+
+#[test]
+fn same_flow_gets_the_same_backend_on_two_balancers_with_the_same_config() {
+    needs_root!();
+    let a = Balancer::new(Dsr);
+    let b = Balancer::new(Dsr);
+    for i in 0..100 {
+        let f = tcp4().sport(1000 + i * 7);
+        assert_eq!(a.receiver(&a.run(&f.frame())), b.receiver(&b.run(&f.frame())));
+    }
+}
+
+// ---- no backend -----------------------------------------------------------
+
+#[test]
+fn vip_with_every_backend_down_counts_and_drops() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    for b in ["waf-1", "waf-2", "waf-3"] {
+        lb.set_state("web4", b, Down);
+    }
+    for frame in [tcp4().frame(), tcp4().ack().frame()] {
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!(run.action, XDP_DROP);
+        assert_eq!(c[DropNoBackend.name()], 1);
+        assert_eq!(c[ActionDrop.name()], 1);
+    }
+}
+
+#[test]
+fn backend_without_a_resolved_mac_gets_no_traffic() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    lb.plan.vips[0].backends[0].mac = None;
+    lb.apply();
+    for i in 0..200 {
+        let f = tcp4().sport(3000 + i);
+        assert_ne!(lb.receiver(&lb.run(&f.frame())), "waf-1");
+    }
+}
+
+#[test]
+fn unconfigured_balancer_drops_vip_traffic_and_says_why() {
+    needs_root!();
+    let mut lb = Balancer::empty();
+    lb.plan = standard_plan(Dsr);
+    lb.plan.config.mtu = 0; // never written by a controller
+    lb.apply();
+    let (run, c) = lb.run_counted(&tcp4().frame());
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropNoConfig, 1)]));
+}
+
+// ---- ICMP -----------------------------------------------------------------
+
+/// An ICMP error from a router about a packet the backend sent on `flow` (VIP -> client).
+fn frag_needed(flow: &Flow) -> Vec<u8> {
+    let quoted = &flow.reversed().l3()[..28];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(quoted);
+    let sum = !ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ethernet(ETH_P_IP, &ipv4_packet(ipv4_header("192.0.2.254", VIP4, IpNumber::ICMP), &icmp))
+}
+
+fn packet_too_big(flow: &Flow) -> Vec<u8> {
+    let quoted = &flow.reversed().l3()[..48];
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    icmp.extend_from_slice(quoted);
+    ethernet(ETH_P_IPV6, &ipv6_packet(ipv6_header("2001:db8:f::1", VIP6, IpNumber::IPV6_ICMP), &icmp))
+}
+
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+#[test]
+fn icmp_frag_needed_goes_to_the_backend_that_owns_the_flow() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let mut lb = Balancer::new(mode);
+        let flow = pinned_flow(&mut lb, "waf-3");
+        let frame = frag_needed(&flow);
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!(lb.receiver(&run), "waf-3", "{mode:?}");
+        assert_eq!(run.decoded().inner, frame[14..], "ICMP forwarded whole ({mode:?})");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1), (IcmpForwarded, 1)]), "{mode:?}");
+    }
+}
+
+#[test]
+fn icmpv6_packet_too_big_goes_to_the_backend_that_owns_the_flow() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        let flow = tcp6().sport(41000);
+        let owner = lb.receiver(&lb.run(&flow.frame()));
+        let (run, c) = lb.run_counted(&packet_too_big(&flow));
+        assert_eq!(lb.receiver(&run), owner, "{mode:?}");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1), (IcmpForwarded, 1)]), "{mode:?}");
+    }
+}
+
+#[test]
+fn icmp_frag_needed_for_an_unknown_flow_follows_the_ring() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4().sport(777);
+    let (run, c) = lb.run_counted(&frag_needed(&flow));
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1), (IcmpForwarded, 1)]));
+}
+
+#[test]
+fn icmp_echo_to_a_vip_passes_to_the_kernel() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let echo = ipv4_packet(ipv4_header(CLIENT4, VIP4, IpNumber::ICMP), &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &echo));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));
+}
+
+#[test]
+fn icmp_error_about_a_non_vip_flow_passes() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = Flow::tcp(CLIENT4, 40000, "192.0.2.50", 80);
+    let mut frame = frag_needed(&flow);
+    // Address the error to the VIP anyway: the quoted flow is still not a VIP's.
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));
+    frame.truncate(14 + 20 + 8 + 10); // quote cut inside its IP header
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));
+}
+
+// ---- statistics -----------------------------------------------------------
+
+#[test]
+fn per_vip_and_per_backend_packets_and_bytes_are_counted() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = tcp4().ack().payload(300);
+    let frame = flow.frame();
+    for _ in 0..5 {
+        assert_eq!(lb.run(&frame).action, XDP_TX);
+    }
+    let owner = lb.predict("web4", &flow);
+    let want = lb_common::Traffic { packets: 5, bytes: 5 * frame.len() as u64 };
+    assert_eq!(lb.vip_traffic("web4"), want);
+    assert_eq!(lb.backend_traffic("web4", &owner), want);
+    for other in ["waf-1", "waf-2", "waf-3"].iter().filter(|b| **b != owner) {
+        assert_eq!(lb.backend_traffic("web4", other).packets, 0);
+    }
+    assert_eq!(lb.vip_traffic("dns4").packets, 0);
+}
+
+#[test]
+fn forwarding_mode_is_switched_by_the_config_alone() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    assert!(lb.run(&tcp4().frame()).decoded().outer.is_none());
+    lb.plan.config.mode = Ipip as u32;
+    lb.apply();
+    assert!(lb.run(&tcp4().frame()).decoded().outer.is_some());
+}
+
+#[test]
+fn traffic_is_spread_over_all_backends_by_the_ring() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..3000u32 {
+        let src = format!("198.51.{}.{}", 100 + i / 250, i % 250 + 1);
+        let f = Flow::tcp(&src, 1024 + (i % 50000) as u16, VIP4, 80);
+        *seen.entry(lb.receiver(&lb.run(&f.frame()))).or_default() += 1;
+    }
+    for (b, n) in &seen {
+        assert!((900..=1100).contains(n), "{b} got {n} of 3000: {seen:?}");
+    }
+    assert_eq!(seen.len(), 3);
+    let _ = CLIENT_MAC;
+}
