@@ -38,6 +38,7 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNS: &str = "CONNS";

@@ -16,6 +16,8 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const NO_BACKEND: u32 = u32::MAX;
 /// Default connection-table size (entries, shared by all CPUs, LRU per CPU).
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// 64-bit words of the VIP address filter (65536 bits).
+pub const VIP_FILTER_WORDS: u32 = 1024;
 /// Distinct VIP addresses (fragments are matched by address alone).
 pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
 /// Outer header TTL / hop limit for encapsulated packets.

@@ -8,7 +8,7 @@ use lb_common::{
 };
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, VLAN_HLEN,
-    ipv4_checksum, ptr_at,
+    copy_mac, copy_words, ipv4_checksum, ptr_at,
 };
 
 use crate::{
@@ -26,8 +26,8 @@ pub fn to_backend(
 ) -> Result<Verdict, Verdict> {
     if cfg.mode == ForwardingMode::Dsr as u32 {
         let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
-        eth.dst = b.mac;
-        eth.src = cfg.src_mac;
+        copy_mac(&mut eth.dst, &b.mac);
+        copy_mac(&mut eth.src, &cfg.src_mac);
         return Ok(Verdict::Tx);
     }
     let inner = if pkt.family == family::V4 { proto::IPIP } else { proto::IPV6 };
@@ -59,8 +59,8 @@ fn push_l2(
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
-    eth.dst = b.mac;
-    eth.src = cfg.src_mac;
+    copy_mac(&mut eth.dst, &b.mac);
+    copy_mac(&mut eth.src, &cfg.src_mac);
     if tagged {
         let vlan = ptr_at::<[u16; 3]>(ctx, 12).map_err(|()| MALFORMED)?;
         unsafe { vlan.write([tag[0], tag[1], ether_type.to_be()]) };
@@ -95,7 +95,7 @@ fn encap_v4(
     };
     hdr.check = ipv4_checksum(&hdr);
     let ip = ptr_at::<Ipv4Hdr>(ctx, off).map_err(|()| MALFORMED)?;
-    unsafe { ip.write(hdr) };
+    copy_words(ip, &raw const hdr);
     Ok(Verdict::Tx)
 }
 
@@ -111,15 +111,12 @@ fn encap_v6(
     let off = push_l2(ctx, pkt, IPV6_HLEN, b, cfg, ETH_P_IPV6)?;
     // Flow label from the flow hash: routers on the way spread tunnels by flow (RFC 6438).
     let label = flow_hash(flow) & 0x000f_ffff;
-    let hdr = Ipv6Hdr {
-        version_tc_flow: ((6 << 28) | label).to_be(),
-        payload_len: (pkt.l3_len as u16).to_be(),
-        next_hdr: inner,
-        hop_limit: ENCAP_TTL,
-        src: cfg.tunnel_src_v6,
-        dst: b.addr,
-    };
-    let ip = ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)?;
-    unsafe { ip.write(hdr) };
+    let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)? };
+    ip.version_tc_flow = ((6 << 28) | label).to_be();
+    ip.payload_len = (pkt.l3_len as u16).to_be();
+    ip.next_hdr = inner;
+    ip.hop_limit = ENCAP_TTL;
+    copy_words(&raw mut ip.src, &raw const cfg.tunnel_src_v6);
+    copy_words(&raw mut ip.dst, &raw const b.addr);
     Ok(Verdict::Tx)
 }

@@ -7,7 +7,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FlowKey, proto};
 use lb_ebpf::net::{
     ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMPV6_PKT_TOOBIG, IPV4_HLEN, IPV6_HLEN,
-    IcmpHdr, Ipv4Hdr, Ipv6Hdr, Ports, ptr_at,
+    IcmpHdr, Ipv4Hdr, Ipv6Hdr, Ports, copy_words, ptr_at,
 };
 
 use crate::{
@@ -50,8 +50,8 @@ pub fn packet_too_big(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Resul
         return Err(NOT_OURS);
     }
     let ports = unsafe { &*ptr_at::<Ports>(ctx, quote + IPV6_HLEN).map_err(|()| NOT_OURS)? };
-    flow.src = ip.dst;
-    flow.dst = ip.src;
+    copy_words(&raw mut flow.src, &raw const ip.dst);
+    copy_words(&raw mut flow.dst, &raw const ip.src);
     flow.ports = [ports.dst, ports.src];
     flow.proto = ip.next_hdr;
     Ok(Kind::IcmpError)

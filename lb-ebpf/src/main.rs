@@ -11,10 +11,14 @@ mod select;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, CounterSet, Traffic, VipMeta, vip::VipAddrKey};
+use lb_common::{
+    Counter, CounterSet, Traffic, VipMeta,
+    vip::filter_bit,
+};
+use lb_ebpf::net::copy_words;
 
 use crate::{
-    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, VIP_ADDRS, VIP_STATS, VIPS, Scratch},
+    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, Scratch, VIP_ADDRS, VIP_FILTER, VIP_STATS, VIPS},
     parse::Kind,
     verdict::{Verdict, bump},
 };
@@ -51,10 +55,21 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     Ok(verdict)
 }
 
+/// True when `addr` may hold a VIP (false positives are fine: the lookups decide).
+#[inline(always)]
+fn maybe_vip(addr: &lb_common::Addr) -> bool {
+    let bit = filter_bit(addr);
+    VIP_FILTER.get(bit / 64).is_some_and(|w| w & (1 << (bit % 64)) != 0)
+}
+
 /// The VIP for the flow's (address, port, protocol), or the address's port-0 wildcard.
 #[inline(always)]
 fn lookup_vip(s: &mut Scratch, kind: Kind) -> Result<&'static VipMeta, Verdict> {
-    s.vip.addr = s.flow.dst;
+    let not_vip = Verdict::Pass(if kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip });
+    if !maybe_vip(&s.flow.dst) {
+        return Err(not_vip);
+    }
+    copy_words(&raw mut s.vip.addr, &raw const s.flow.dst);
     s.vip.port = s.flow.ports[1];
     s.vip.proto = s.flow.proto;
     s.vip.family = s.flow.family;
@@ -65,15 +80,16 @@ fn lookup_vip(s: &mut Scratch, kind: Kind) -> Result<&'static VipMeta, Verdict> 
     if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
         return Ok(meta);
     }
-    Err(Verdict::Pass(if kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip }))
+    Err(not_vip)
 }
 
 /// Fragments carry no ports: one to a VIP address is dropped (as Katran and GLB do),
 /// any other goes to the kernel.
 #[inline(always)]
 fn fragment(s: &mut Scratch) -> Verdict {
-    s.vip_addr = VipAddrKey { addr: s.flow.dst, family: s.flow.family, _pad: [0; 3] };
-    if unsafe { VIP_ADDRS.get(&s.vip_addr) }.is_some() {
+    copy_words(&raw mut s.vip_addr.addr, &raw const s.flow.dst);
+    s.vip_addr.family = s.flow.family;
+    if maybe_vip(&s.flow.dst) && unsafe { VIP_ADDRS.get(&s.vip_addr) }.is_some() {
         Verdict::Drop(Counter::DropFragment)
     } else {
         Verdict::Pass(Counter::PassNotVip)

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
-    limits::{CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES},
+    limits::{CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS},
     vip::VipAddrKey,
 };
 
@@ -23,6 +23,10 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 /// Addresses that hold a VIP: lets fragments (no ports) be recognised.
 #[map(name = "VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+
+/// Bitmap of `vip::filter_bit` over every VIP address: rejects non-VIP traffic cheaply.
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Maglev rings, two per VIP; the controller fills them through mmap.
 #[map(name = "RINGS")]

@@ -116,6 +116,34 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     Ok((start + offset) as *mut T)
 }
 
+/// Copies `T` four bytes at a time. Plain assignment of arrays and structs becomes a
+/// call to a byte-wise `memmove` on BPF; volatile word copies stay a few loads and stores.
+/// `T` must be a multiple of four bytes (addresses, IP headers).
+#[inline(always)]
+pub fn copy_words<T>(dst: *mut T, src: *const T) {
+    const { assert!(size_of::<T>() % 4 == 0) };
+    let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: both point at a whole T (bounds-checked by the caller for packets);
+        // x86 BPF tolerates the 2-byte alignment IP headers have after Ethernet.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        i += 1;
+    }
+}
+
+/// Copies a MAC address as three 16-bit words (see `copy_words`).
+#[inline(always)]
+pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    let (d, s) = (dst.as_mut_ptr().cast::<u16>(), src.as_ptr().cast::<u16>());
+    let mut i = 0;
+    while i < 3 {
+        // SAFETY: 6 bytes on both sides; MACs sit at even offsets in frames and structs.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+        i += 1;
+    }
+}
+
 /// Internet checksum of an IPv4 header without options, `check` taken as zero.
 #[inline(always)]
 #[must_use]

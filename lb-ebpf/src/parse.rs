@@ -6,7 +6,7 @@ use lb_common::{Counter, FlowKey, family, proto};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET,
     IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_FRAGMENT, TCP_FLAG_ACK, TCP_FLAG_SYN,
-    TcpHdr, UdpHdr, VLAN_HLEN, VlanHdr, ptr_at,
+    TcpHdr, UdpHdr, VLAN_HLEN, VlanHdr, copy_words, ptr_at,
 };
 
 use crate::{
@@ -80,8 +80,8 @@ fn ipv4(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, V
 fn ipv6(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, Verdict> {
     let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off).map_err(|()| MALFORMED)? };
     flow.family = family::V6;
-    flow.src = ip.src;
-    flow.dst = ip.dst;
+    copy_words(&raw mut flow.src, &raw const ip.src);
+    copy_words(&raw mut flow.dst, &raw const ip.dst);
     flow.proto = ip.next_hdr;
     let l4_off = l3_off + IPV6_HLEN;
     let kind = match ip.next_hdr {

@@ -26,6 +26,8 @@ pub trait Maps {
     fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
     fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()>;
     fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()>;
+    /// Word `index` of the VIP address filter.
+    fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()>;
     /// Overwrites ring `ring` (RING_SIZE slots). Only ever called on a ring no VIP points at.
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()>;
 }
@@ -35,6 +37,7 @@ pub struct BpfMaps {
     config: Array<MapData, LbConfig>,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
+    vip_filter: Array<MapData, u64>,
     backends: Array<MapData, Backend>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
     stats: PerCpuArray<MapData, CounterSet>,
@@ -57,6 +60,9 @@ impl BpfMaps {
             vip_addrs: take(ebpf, names::VIP_ADDRS)?
                 .try_into()
                 .map_err(|e| typed(e, names::VIP_ADDRS))?,
+            vip_filter: take(ebpf, names::VIP_FILTER)?
+                .try_into()
+                .map_err(|e| typed(e, names::VIP_FILTER))?,
             backends: take(ebpf, names::BACKENDS)?
                 .try_into()
                 .map_err(|e| typed(e, names::BACKENDS))?,
@@ -150,6 +156,10 @@ impl Maps for BpfMaps {
 
     fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
         self.backends.set(index, backend, 0).with_context(|| format!("writing BACKENDS[{index}]"))
+    }
+
+    fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()> {
+        self.vip_filter.set(index, word, 0).with_context(|| format!("writing VIP_FILTER[{index}]"))
     }
 
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {

@@ -13,8 +13,8 @@ use std::{
 use anyhow::{Result, bail};
 use lb_common::{
     Backend, BackendState, LbConfig, VipKey, VipMeta,
-    limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP},
-    vip::VipAddrKey,
+    limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
+    vip::{VipAddrKey, filter_bit},
 };
 
 use crate::{
@@ -65,6 +65,8 @@ pub struct MapWriter<M: Maps> {
     vips: BTreeMap<String, VipSlot>,
     backends: BTreeMap<BackendId, (u32, Backend)>,
     vip_addrs: BTreeSet<VipAddrKey>,
+    /// The VIP address filter as written.
+    filter: Vec<u64>,
     /// Generation last given to each backend index.
     generations: Vec<u32>,
 }
@@ -77,6 +79,7 @@ impl<M: Maps> MapWriter<M> {
             vips: BTreeMap::new(),
             backends: BTreeMap::new(),
             vip_addrs: BTreeSet::new(),
+            filter: vec![0; VIP_FILTER_WORDS as usize],
             generations: vec![0; MAX_BACKENDS as usize],
         }
     }
@@ -148,6 +151,12 @@ impl<M: Maps> MapWriter<M> {
                 wanted.insert(id, (index_b, entry));
             }
         }
+
+        // The address filter lets new VIP addresses through before their VIP entries
+        // exist, and drops removed ones only after (step 4).
+        let filter = vip_filter(plan);
+        let union: Vec<u64> = filter.iter().zip(&self.filter).map(|(a, b)| a | b).collect();
+        self.write_filter(union)?;
 
         // 1. Entries that are new or not going down: before any ring points at them.
         for (id, (index, entry)) in &wanted {
@@ -237,7 +246,18 @@ impl<M: Maps> MapWriter<M> {
             self.maps.set_vip_addr(a, false)?;
         }
         self.vip_addrs = addrs;
+        self.write_filter(filter)?;
         Ok(applied)
+    }
+
+    fn write_filter(&mut self, filter: Vec<u64>) -> Result<()> {
+        for (i, (new, old)) in filter.iter().zip(&self.filter).enumerate() {
+            if new != old {
+                self.maps.set_vip_filter(i as u32, *new)?;
+            }
+        }
+        self.filter = filter;
+        Ok(())
     }
 
     fn vip_slot(&mut self, name: &str) -> Result<u32> {
@@ -262,6 +282,15 @@ impl<M: Maps> MapWriter<M> {
             None => bail!("more than {MAX_BACKENDS} (VIP, backend) pairs"),
         }
     }
+}
+
+fn vip_filter(plan: &DataPlane) -> Vec<u64> {
+    let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+    for vip in &plan.vips {
+        let bit = filter_bit(&vip.key().addr);
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    words
 }
 
 fn check_capacity(plan: &DataPlane) -> Result<()> {

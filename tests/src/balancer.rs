@@ -152,7 +152,8 @@ impl Balancer {
         self.apply();
     }
 
-    fn program(&self) -> &Xdp {
+    #[must_use]
+    pub fn program(&self) -> &Xdp {
         self.ebpf.program("xdp_lb").expect("xdp_lb").try_into().expect("xdp")
     }
 

@@ -3,7 +3,7 @@
 //! and checks the verdict, the frame that comes out, and the counters it moved.
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
-use lb_common::{BackendState::*, Counter::*, ForwardingMode, ForwardingMode::*, proto};
+use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
 use xdplb_tests::{
     balancer::*,
     packet::{

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{family, limits::MAX_VIP_ADDRS, proto, vip::VipAddrKey};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IPV4_HLEN, IPV6_HLEN,
-    Ipv4Hdr, Ipv6Hdr, VLAN_HLEN, ptr_at,
+    Ipv4Hdr, Ipv6Hdr, VLAN_HLEN, copy_mac, copy_words, ptr_at,
 };
 
 /// Outer destinations to decapsulate (this host's tunnel endpoints).
@@ -48,7 +48,7 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, u32> {
     } else if ether_type == ETH_P_IPV6.to_be() {
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3).map_err(|()| PASS)? };
         key.family = family::V6;
-        key.addr = ip.dst;
+        copy_words(&raw mut key.addr, &raw const ip.dst);
         (IPV6_HLEN, ip.next_hdr)
     } else {
         return Err(PASS);
@@ -65,8 +65,8 @@ fn try_decap(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(xdp_action::XDP_DROP);
     }
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| xdp_action::XDP_DROP)? };
-    eth.dst = dst;
-    eth.src = src;
+    copy_mac(&mut eth.dst, &dst);
+    copy_mac(&mut eth.src, &src);
     if l3 == ETH_HLEN {
         eth.proto = inner_type.to_be();
     } else {

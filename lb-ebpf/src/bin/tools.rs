@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::Traffic;
-use lb_ebpf::net::{EthHdr, ptr_at};
+use lb_ebpf::net::ptr_at;
 
 #[map(name = "SINK_STATS")]
 static SINK_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
@@ -32,11 +32,18 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
-    let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+    let Ok(macs) = ptr_at::<[u16; 6]>(&ctx, 0) else {
         return xdp_action::XDP_DROP;
     };
-    let eth = unsafe { &mut *eth };
-    core::mem::swap(&mut eth.dst, &mut eth.src);
+    // Destination and source MACs as six 16-bit words: three loads and stores each way.
+    let m = unsafe { &mut *macs };
+    let dst = [m[0], m[1], m[2]];
+    m[0] = m[3];
+    m[1] = m[4];
+    m[2] = m[5];
+    m[3] = dst[0];
+    m[4] = dst[1];
+    m[5] = dst[2];
     xdp_action::XDP_TX
 }
 
