@@ -1,1 +1,0 @@
-//! The YAML configuration (placeholder; being written).

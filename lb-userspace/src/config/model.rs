@@ -1,0 +1,326 @@
+//! The resolved configuration (every default filled in) and its YAML form.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use serde::Deserialize;
+
+use super::{
+    ConfigError, duration,
+    locate::{Pos, PosIndex},
+};
+use crate::health::{CheckKind, CheckSpec};
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native, in the NIC driver.
+    #[default]
+    Driver,
+    /// Generic (skb) mode: slower, works on any interface.
+    Skb,
+}
+
+/// How packets reach the backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// L2 direct server return: rewrite MACs; backends must be on-link.
+    #[default]
+    Dsr,
+    /// IP-in-IP (or IP6-in-IP6) encapsulation; works across L3.
+    Ipip,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    #[must_use]
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::proto::TCP,
+            Self::Udp => lb_common::proto::UDP,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// A backend's state before its first health-check verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    #[default]
+    Down,
+    Up,
+}
+
+/// Outer source addresses for `ipip`, one per backend family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelSource {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConf {
+    /// Identity with `address` (Maglev hashes both, never the list position).
+    pub name: String,
+    pub address: IpAddr,
+    /// Share of the VIP's connections, 1..=10000.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<BackendConf>,
+    /// `health_check_defaults` with this VIP's `health_check` keys laid over it.
+    pub health_check: CheckSpec,
+}
+
+/// The configuration with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interface: String,
+    pub xdp_mode: XdpMode,
+    pub forwarding: Forwarding,
+    pub tunnel_source: TunnelSource,
+    pub metrics_listen: SocketAddr,
+    pub admin_socket: PathBuf,
+    pub pin_path: PathBuf,
+    /// `None`: read from the interface.
+    pub mtu: Option<u32>,
+    /// Next hop for `ipip` when backends are not on-link.
+    pub gateway: Option<IpAddr>,
+    pub vips: Vec<Vip>,
+    /// Where this config came from; not part of its value.
+    pub origin: Origin,
+}
+
+/// The file a [`Config`] was read from and the position of each of its nodes, so
+/// that errors found later (an unknown interface, a backend that cannot be
+/// resolved) still point into the file. Equality ignores it: two configs with the
+/// same settings are equal wherever they came from.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    pub(super) file: String,
+    pub(super) index: Arc<PosIndex>,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+impl Origin {
+    /// The file name given to `parse` or `load`.
+    #[must_use]
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// An error about the node at `path` (e.g. `vips[0].backends[1].address`),
+    /// positioned at it or at its nearest ancestor present in the file.
+    #[must_use]
+    pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let Pos { line, column } = self.index.locate(path);
+        ConfigError {
+            file: self.file.clone(),
+            path: path.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// The resolved config in the file's key shape, defaults written out, so that
+    /// `parse(&cfg.to_yaml(), ..)` gives back an equal `Config`.
+    #[must_use]
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        let mut line = |indent: usize, text: String| {
+            let _ = writeln!(out, "{:indent$}{text}", "");
+        };
+        line(0, format!("interface: {}", scalar(&self.interface)));
+        line(
+            0,
+            format!(
+                "xdp_mode: {}",
+                match self.xdp_mode {
+                    XdpMode::Driver => "driver",
+                    XdpMode::Skb => "skb",
+                }
+            ),
+        );
+        line(
+            0,
+            format!(
+                "forwarding: {}",
+                match self.forwarding {
+                    Forwarding::Dsr => "dsr",
+                    Forwarding::Ipip => "ipip",
+                }
+            ),
+        );
+        let TunnelSource { ipv4, ipv6 } = self.tunnel_source;
+        if ipv4.is_some() || ipv6.is_some() {
+            line(0, "tunnel_source:".into());
+            if let Some(a) = ipv4 {
+                line(2, format!("ipv4: {}", scalar(&a.to_string())));
+            }
+            if let Some(a) = ipv6 {
+                line(2, format!("ipv6: {}", scalar(&a.to_string())));
+            }
+        }
+        line(
+            0,
+            format!(
+                "metrics_listen: {}",
+                scalar(&self.metrics_listen.to_string())
+            ),
+        );
+        line(
+            0,
+            format!(
+                "admin_socket: {}",
+                scalar(&self.admin_socket.to_string_lossy())
+            ),
+        );
+        line(
+            0,
+            format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())),
+        );
+        if let Some(mtu) = self.mtu {
+            line(0, format!("mtu: {mtu}"));
+        }
+        if let Some(gw) = self.gateway {
+            line(0, format!("gateway: {}", scalar(&gw.to_string())));
+        }
+        line(0, "vips:".into());
+        for vip in &self.vips {
+            line(2, format!("- name: {}", scalar(&vip.name)));
+            line(4, format!("address: {}", scalar(&vip.address.to_string())));
+            line(4, format!("port: {}", vip.port));
+            line(4, format!("protocol: {}", vip.protocol.name()));
+            line(4, "backends:".into());
+            for b in &vip.backends {
+                line(6, format!("- name: {}", scalar(&b.name)));
+                line(8, format!("address: {}", scalar(&b.address.to_string())));
+                line(8, format!("weight: {}", b.weight));
+            }
+            let hc = &vip.health_check;
+            line(4, "health_check:".into());
+            line(6, format!("kind: {}", kind_name(hc.kind)));
+            line(6, format!("port: {}", hc.port));
+            line(6, format!("path: {}", scalar(&hc.path)));
+            if let Some(host) = &hc.host {
+                line(6, format!("host: {}", scalar(host)));
+            }
+            let statuses: Vec<String> = hc.expect_status.iter().map(u16::to_string).collect();
+            line(6, format!("expect_status: [{}]", statuses.join(", ")));
+            line(6, format!("tls_verify: {}", hc.tls_verify));
+            line(6, format!("interval: {}", duration::format(hc.interval)));
+            line(6, format!("timeout: {}", duration::format(hc.timeout)));
+            line(6, format!("rise: {}", hc.rise));
+            line(6, format!("fall: {}", hc.fall));
+            line(
+                6,
+                format!(
+                    "initial_state: {}",
+                    if hc.initially_up { "up" } else { "down" }
+                ),
+            );
+        }
+        out
+    }
+}
+
+pub(super) fn kind_name(kind: CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Tcp => "tcp",
+        CheckKind::Http => "http",
+        CheckKind::Https => "https",
+    }
+}
+
+/// `s` as a YAML scalar that reads back as the same string: plain when that is
+/// unambiguous (names, paths, IP addresses), double-quoted otherwise.
+fn scalar(s: &str) -> String {
+    let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
+    let special = ["true", "false", "yes", "no", "on", "off", "y", "n", "null"];
+    let plain_word = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '/')
+        && s.chars().all(word)
+        && !special.iter().any(|w| s.eq_ignore_ascii_case(w));
+    // `fd00::2` is plain-safe; a leading or trailing `:` would not be.
+    let plain_ip = s.parse::<IpAddr>().is_ok() && !s.starts_with(':') && !s.ends_with(':');
+    if plain_word || plain_ip {
+        return s.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scalar;
+
+    #[test]
+    fn scalars_are_quoted_only_when_yaml_would_misread_them() {
+        assert_eq!(scalar("waf-1"), "waf-1");
+        assert_eq!(scalar("/run/xdplb/admin.sock"), "/run/xdplb/admin.sock");
+        assert_eq!(scalar("10.0.0.1"), "10.0.0.1");
+        assert_eq!(scalar("fd00::2"), "fd00::2");
+        assert_eq!(scalar("::1"), "\"::1\"");
+        assert_eq!(scalar("yes"), "\"yes\"");
+        assert_eq!(scalar("123"), "\"123\"");
+        assert_eq!(scalar("127.0.0.1:9650"), "\"127.0.0.1:9650\"");
+        assert_eq!(scalar("a \"b\"\\\n"), "\"a \\\"b\\\"\\\\\\n\"");
+        for s in [
+            "yes", "123", "::1", "a: b", "#x", "[x]", "a\u{1}b", "~", "1.5", "-x",
+        ] {
+            let back: String = serde_yaml::from_str(&scalar(s)).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+}

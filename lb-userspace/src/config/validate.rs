@@ -1,0 +1,627 @@
+//! From what serde read to a resolved [`Config`]: fill in defaults, merge the
+//! health-check layers, and check everything, collecting every error with the
+//! position of the node it is about.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use lb_common::limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE};
+
+use super::{
+    ConfigError, defaults, duration,
+    locate::{Pos, PosIndex, child},
+    model::{BackendConf, Config, Forwarding, InitialState, Origin, TunnelSource, Vip},
+    raw::{DurationText, RawBackend, RawCheck, RawConfig, RawKind, RawVip},
+};
+use crate::health::{CheckKind, CheckSpec};
+
+/// Maglev spreads load within ~1% only while the ring is over 100 x the backends.
+const MAX_BACKENDS_PER_VIP: usize = (RING_SIZE / 100) as usize;
+
+pub struct Collector<'a> {
+    pub file: &'a str,
+    pub index: &'a PosIndex,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn error_at(&mut self, path: &str, pos: Pos, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            path: path.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+        });
+    }
+
+    /// An error about `path`, at its position or its nearest ancestor's.
+    fn error(&mut self, path: &str, message: String) {
+        let pos = self.index.locate(path);
+        self.error_at(path, pos, message);
+    }
+
+    fn line_of(&self, path: &str) -> usize {
+        self.index.locate(path).line
+    }
+}
+
+/// Checks `raw` and resolves it. Errors go to `c`; the returned config is only
+/// meaningful when none were added.
+pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
+    let interface = raw.interface.unwrap_or_default();
+    check_interface_name(&interface, c);
+
+    let tunnel = raw.tunnel_source.unwrap_or_default();
+    let tunnel_source = TunnelSource {
+        ipv4: tunnel
+            .ipv4
+            .as_deref()
+            .and_then(|t| family_addr(t, "tunnel_source.ipv4", c)),
+        ipv6: tunnel
+            .ipv6
+            .as_deref()
+            .and_then(|t| family_addr(t, "tunnel_source.ipv6", c)),
+    };
+
+    let metrics_listen = match raw.metrics_listen {
+        None => defaults::METRICS_LISTEN,
+        Some(text) => text.trim().parse::<SocketAddr>().unwrap_or_else(|_| {
+            c.error(
+                "metrics_listen",
+                format!("invalid listen address `{text}`: expected ADDRESS:PORT, e.g. 127.0.0.1:9650 or [::1]:9650"),
+            );
+            defaults::METRICS_LISTEN
+        }),
+    };
+
+    let admin_socket = PathBuf::from(
+        raw.admin_socket
+            .unwrap_or_else(|| defaults::ADMIN_SOCKET.into()),
+    );
+    if admin_socket.as_os_str().is_empty() {
+        c.error("admin_socket", "admin_socket must not be empty".into());
+    }
+    let pin_path = PathBuf::from(raw.pin_path.unwrap_or_else(|| defaults::PIN_PATH.into()));
+    if !pin_path.is_absolute() {
+        c.error(
+            "pin_path",
+            format!(
+                "pin_path `{}` must be an absolute path (under a bpffs mount)",
+                pin_path.display()
+            ),
+        );
+    }
+
+    if let Some(mtu) = raw.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        c.error("mtu", format!("mtu {mtu} is out of range 68..=65535"));
+    }
+    let gateway = raw
+        .gateway
+        .as_deref()
+        .and_then(|t| unicast_addr(t, "gateway", c));
+
+    let defaults_layer = raw.health_check_defaults.unwrap_or_default();
+    check_layer(&defaults_layer, "health_check_defaults", c);
+
+    let raw_vips = raw.vips.unwrap_or_default();
+    if raw_vips.is_empty() {
+        c.error("vips", "at least one VIP is required".into());
+    }
+    if raw_vips.len() > MAX_VIPS as usize {
+        c.error(
+            "vips",
+            format!(
+                "{} VIPs configured, at most {MAX_VIPS} are supported",
+                raw_vips.len()
+            ),
+        );
+    }
+    let total: usize = raw_vips
+        .iter()
+        .map(|v| v.backends.as_ref().map_or(0, Vec::len))
+        .sum();
+    if total > MAX_BACKENDS as usize {
+        c.error(
+            "vips",
+            format!("{total} backends over all VIPs, at most {MAX_BACKENDS} are supported"),
+        );
+    }
+
+    let vips: Vec<Vip> = raw_vips
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| resolve_vip(v, &format!("vips[{i}]"), &defaults_layer, c))
+        .collect();
+
+    let cfg = Config {
+        interface,
+        xdp_mode: raw.xdp_mode.unwrap_or_default(),
+        forwarding: raw.forwarding.unwrap_or_default(),
+        tunnel_source,
+        metrics_listen,
+        admin_socket,
+        pin_path,
+        mtu: raw.mtu,
+        gateway,
+        vips,
+        origin: Origin::default(),
+    };
+    check_vip_set(&cfg, c);
+    check_forwarding(&cfg, c);
+    cfg
+}
+
+/// Linux's rule for device names (`dev_valid_name`).
+fn check_interface_name(name: &str, c: &mut Collector<'_>) {
+    if name.is_empty() {
+        c.error(
+            "interface",
+            "interface is required: the NIC that receives VIP traffic".into(),
+        );
+    } else if name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        c.error(
+            "interface",
+            format!("`{name}` is not a valid interface name"),
+        );
+    }
+}
+
+/// Names identify VIPs and backends in metrics, the admin socket and Maglev's
+/// hash, so they are kept to one plain word.
+fn check_name(name: Option<&str>, path: &str, what: &str, c: &mut Collector<'_>) -> String {
+    let Some(name) = name else {
+        c.error(path, format!("{what} name is required"));
+        return String::new();
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+    if !valid {
+        c.error(
+            path,
+            format!("{what} name `{name}` must be 1 to 63 characters of A-Z a-z 0-9 _ - ."),
+        );
+    }
+    name.to_owned()
+}
+
+fn parse_ip(text: &str, path: &str, c: &mut Collector<'_>) -> Option<IpAddr> {
+    let ip = text.trim().parse::<IpAddr>().ok();
+    if ip.is_none() {
+        c.error(path, format!("`{text}` is not an IPv4 or IPv6 address"));
+    }
+    ip
+}
+
+/// An address packets can be sent to or from: not unspecified, multicast or broadcast.
+fn unicast_addr(text: &str, path: &str, c: &mut Collector<'_>) -> Option<IpAddr> {
+    let ip = parse_ip(text, path, c)?;
+    let bad = ip.is_unspecified()
+        || ip.is_multicast()
+        || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if bad {
+        c.error(path, format!("{ip} is not a unicast address"));
+    }
+    Some(ip)
+}
+
+fn family_addr<A: FamilyAddr>(text: &str, path: &str, c: &mut Collector<'_>) -> Option<A> {
+    let ip = unicast_addr(text, path, c)?;
+    let a = A::from_ip(ip);
+    if a.is_none() {
+        c.error(path, format!("{ip} is not an {} address", A::NAME));
+    }
+    a
+}
+
+trait FamilyAddr: Sized {
+    const NAME: &'static str;
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+}
+
+impl FamilyAddr for Ipv4Addr {
+    const NAME: &'static str = "IPv4";
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        if let IpAddr::V4(a) = ip {
+            Some(a)
+        } else {
+            None
+        }
+    }
+}
+
+impl FamilyAddr for Ipv6Addr {
+    const NAME: &'static str = "IPv6";
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        if let IpAddr::V6(a) = ip {
+            Some(a)
+        } else {
+            None
+        }
+    }
+}
+
+fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collector<'_>) -> Vip {
+    let name = check_name(v.name.as_deref(), &child(path, "name"), "VIP", c);
+    let addr_path = child(path, "address");
+    let address = match v.address.as_deref() {
+        None => {
+            c.error(&addr_path, "VIP address is required".into());
+            None
+        }
+        Some(t) => unicast_addr(t, &addr_path, c),
+    };
+    let port = v.port.unwrap_or_else(|| {
+        c.error(
+            &child(path, "port"),
+            "VIP port is required (0 = every port)".into(),
+        );
+        0
+    });
+
+    let raw_backends = v.backends.unwrap_or_default();
+    let backends_path = child(path, "backends");
+    if raw_backends.is_empty() {
+        c.error(&backends_path, "a VIP needs at least one backend".into());
+    }
+    if raw_backends.len() > MAX_BACKENDS_PER_VIP {
+        c.error(
+            &backends_path,
+            format!("{} backends, at most {MAX_BACKENDS_PER_VIP} per VIP keep Maglev's imbalance under 1%", raw_backends.len()),
+        );
+    }
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut addrs: HashMap<IpAddr, String> = HashMap::new();
+    let mut backends = Vec::with_capacity(raw_backends.len());
+    for (j, b) in raw_backends.into_iter().enumerate() {
+        let bpath = format!("{backends_path}[{j}]");
+        let Some(backend) = resolve_backend(&b, &bpath, c) else {
+            continue;
+        };
+        if !backend.name.is_empty() {
+            if let Some(first) = names.get(&backend.name) {
+                let line = c.line_of(first);
+                c.error(
+                    &child(&bpath, "name"),
+                    format!(
+                        "duplicate backend name `{}` (first at line {line})",
+                        backend.name
+                    ),
+                );
+            } else {
+                names.insert(backend.name.clone(), child(&bpath, "name"));
+            }
+        }
+        if let Some(first) = addrs.get(&backend.address) {
+            let line = c.line_of(first);
+            c.error(
+                &child(&bpath, "address"),
+                format!(
+                    "duplicate backend address {} (first at line {line})",
+                    backend.address
+                ),
+            );
+        } else {
+            addrs.insert(backend.address, child(&bpath, "address"));
+        }
+        backends.push(backend);
+    }
+
+    let hc_path = child(path, "health_check");
+    let layer = v.health_check.unwrap_or_default();
+    check_layer(&layer, &hc_path, c);
+    let health_check = merge_checks(&layer, &hc_path, defaults_layer, port, c);
+
+    Vip {
+        name,
+        address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        port,
+        protocol: v.protocol.unwrap_or_default(),
+        backends,
+        health_check,
+    }
+}
+
+/// `None` when the address is missing or invalid (already reported), so later
+/// checks do not pile up errors about a placeholder.
+fn resolve_backend(b: &RawBackend, path: &str, c: &mut Collector<'_>) -> Option<BackendConf> {
+    let name = check_name(b.name.as_deref(), &child(path, "name"), "backend", c);
+    let weight = b.weight.unwrap_or(defaults::WEIGHT);
+    if !(1..=10_000).contains(&weight) {
+        c.error(
+            &child(path, "weight"),
+            format!("weight {weight} is out of range 1..=10000"),
+        );
+    }
+    let addr_path = child(path, "address");
+    let address = match b.address.as_deref() {
+        None => {
+            c.error(&addr_path, "backend address is required".into());
+            None
+        }
+        Some(t) => unicast_addr(t, &addr_path, c),
+    }?;
+    Some(BackendConf {
+        name,
+        address,
+        weight,
+    })
+}
+
+/// Checks the keys one health-check layer sets, where they are written, so that
+/// an error in the defaults is reported once however many VIPs inherit it.
+fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
+    if layer.port == Some(0) {
+        c.error(
+            &child(path, "port"),
+            "health-check port must not be 0".into(),
+        );
+    }
+    if let Some(p) = &layer.path
+        && (!p.starts_with('/') || p.contains(|ch: char| ch.is_whitespace() || ch.is_control()))
+    {
+        c.error(
+            &child(path, "path"),
+            format!("http path `{p}` must start with `/` and contain no spaces"),
+        );
+    }
+    if let Some(h) = &layer.host
+        && (h.is_empty()
+            || h.contains(|ch: char| ch.is_whitespace() || ch.is_control() || ch == '/'))
+    {
+        c.error(
+            &child(path, "host"),
+            format!("host `{h}` is not a valid host name"),
+        );
+    }
+    if let Some(statuses) = &layer.expect_status {
+        if statuses.is_empty() {
+            c.error(
+                &child(path, "expect_status"),
+                "expect_status must list at least one status".into(),
+            );
+        }
+        let list = child(path, "expect_status");
+        for (k, s) in statuses.iter().enumerate() {
+            if !(100..=599).contains(s) {
+                c.error(
+                    &format!("{list}[{k}]"),
+                    format!("status {s} is not an HTTP status (100..=599)"),
+                );
+            }
+        }
+    }
+    for (key, value) in [("rise", layer.rise), ("fall", layer.fall)] {
+        if value == Some(0) {
+            c.error(&child(path, key), format!("{key} must be at least 1"));
+        }
+    }
+    for (key, text) in [("interval", &layer.interval), ("timeout", &layer.timeout)] {
+        if let Some(DurationText(t)) = text
+            && let Err(e) = duration::parse(t)
+        {
+            c.error(&child(path, key), e);
+        }
+    }
+}
+
+/// A duration key's parsed value, `Err` when written but invalid (reported by `check_layer`).
+fn timing(text: Option<&DurationText>) -> Result<Option<Duration>, ()> {
+    text.map(|DurationText(t)| duration::parse(t))
+        .transpose()
+        .map_err(|_| ())
+}
+
+/// The VIP's layer over the defaults layer over the built-in defaults.
+fn merge_checks(
+    vip: &RawCheck,
+    vip_path: &str,
+    base: &RawCheck,
+    vip_port: u16,
+    c: &mut Collector<'_>,
+) -> CheckSpec {
+    let kind = match vip.kind.or(base.kind) {
+        None => defaults::CHECK_KIND,
+        Some(RawKind::Tcp) => CheckKind::Tcp,
+        Some(RawKind::Http) => CheckKind::Http,
+        Some(RawKind::Https) => CheckKind::Https,
+    };
+    let port = vip.port.or(base.port).unwrap_or_else(|| match kind {
+        CheckKind::Http => 80,
+        CheckKind::Https => 443,
+        CheckKind::Tcp => {
+            if vip_port == 0 {
+                c.error(
+                    &child(vip_path, "port"),
+                    "a tcp check on a VIP with port 0 (every port) needs a port".into(),
+                );
+            }
+            vip_port
+        }
+    });
+
+    let (vip_interval, vip_timeout) = (timing(vip.interval.as_ref()), timing(vip.timeout.as_ref()));
+    let (base_interval, base_timeout) = (
+        timing(base.interval.as_ref()),
+        timing(base.timeout.as_ref()),
+    );
+    let pick = |top: Result<Option<Duration>, ()>,
+                bottom: Result<Option<Duration>, ()>,
+                builtin| match top {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => bottom.map(|d| d.unwrap_or(builtin)),
+        Err(()) => Err(()),
+    };
+    let interval = pick(vip_interval, base_interval, defaults::INTERVAL);
+    let timeout = pick(vip_timeout, base_timeout, defaults::TIMEOUT);
+    if let (Ok(interval), Ok(timeout)) = (interval, timeout)
+        && timeout > interval
+    {
+        // Blame the key closest to the VIP; identical errors from a shared defaults
+        // layer collapse into one when errors are de-duplicated.
+        let culprit = if vip.timeout.is_some() {
+            child(vip_path, "timeout")
+        } else if vip.interval.is_some() {
+            child(vip_path, "interval")
+        } else if base.timeout.is_some() {
+            "health_check_defaults.timeout".to_owned()
+        } else {
+            "health_check_defaults.interval".to_owned()
+        };
+        c.error(
+            &culprit,
+            format!(
+                "timeout {} must not be longer than interval {}",
+                duration::format(timeout),
+                duration::format(interval)
+            ),
+        );
+    }
+
+    CheckSpec {
+        kind,
+        port,
+        path: vip
+            .path
+            .clone()
+            .or_else(|| base.path.clone())
+            .unwrap_or_else(|| defaults::CHECK_PATH.into()),
+        host: vip.host.clone().or_else(|| base.host.clone()),
+        expect_status: vip
+            .expect_status
+            .clone()
+            .or_else(|| base.expect_status.clone())
+            .unwrap_or_else(|| defaults::EXPECT_STATUS.to_vec()),
+        tls_verify: vip.tls_verify.or(base.tls_verify).unwrap_or(true),
+        interval: interval.unwrap_or(defaults::INTERVAL),
+        timeout: timeout.unwrap_or(defaults::TIMEOUT),
+        rise: vip.rise.or(base.rise).unwrap_or(defaults::RISE),
+        fall: vip.fall.or(base.fall).unwrap_or(defaults::FALL),
+        initially_up: vip.initial_state.or(base.initial_state).unwrap_or_default()
+            == InitialState::Up,
+    }
+}
+
+/// Checks across VIPs: unique names and unique (address, port, protocol).
+fn check_vip_set(cfg: &Config, c: &mut Collector<'_>) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<(IpAddr, u16, u8), usize> = HashMap::new();
+    for (i, vip) in cfg.vips.iter().enumerate() {
+        if !vip.name.is_empty() {
+            if let Some(&first) = names.get(vip.name.as_str()) {
+                let line = c.line_of(&format!("vips[{first}].name"));
+                c.error(
+                    &format!("vips[{i}].name"),
+                    format!("duplicate VIP name `{}` (first at line {line})", vip.name),
+                );
+            } else {
+                names.insert(&vip.name, i);
+            }
+        }
+        if vip.address.is_unspecified() {
+            continue; // missing or invalid, already reported
+        }
+        if let Some(&first) = keys.get(&(vip.address, vip.port, vip.protocol.number())) {
+            let line = c.line_of(&format!("vips[{first}].address"));
+            c.error(
+                &format!("vips[{i}].address"),
+                format!(
+                    "duplicate VIP {} port {} {} (same as vips[{first}] at line {line})",
+                    vip.address,
+                    vip.port,
+                    vip.protocol.name()
+                ),
+            );
+        } else {
+            keys.insert((vip.address, vip.port, vip.protocol.number()), i);
+        }
+    }
+}
+
+/// What the forwarding mode asks of the addresses.
+fn check_forwarding(cfg: &Config, c: &mut Collector<'_>) {
+    let v6_anywhere = cfg
+        .vips
+        .iter()
+        .any(|v| v.address.is_ipv6() || v.backends.iter().any(|b| b.address.is_ipv6()));
+    if let Some(mtu) = cfg.mtu
+        && mtu < 1280
+        && v6_anywhere
+    {
+        c.error("mtu", format!("mtu {mtu} is below IPv6's minimum of 1280"));
+    }
+    match cfg.forwarding {
+        Forwarding::Dsr => {
+            for (i, vip) in cfg.vips.iter().enumerate() {
+                if vip.address.is_unspecified() {
+                    continue;
+                }
+                for (j, b) in vip.backends.iter().enumerate() {
+                    if b.address.is_ipv6() != vip.address.is_ipv6() {
+                        c.error(
+                            &format!("vips[{i}].backends[{j}].address"),
+                            format!(
+                                "forwarding dsr keeps the VIP as destination, so backend {} must be of the VIP's family ({}); use forwarding: ipip to mix families",
+                                b.address,
+                                if vip.address.is_ipv6() { "IPv6" } else { "IPv4" }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Forwarding::Ipip => {
+            let first_of = |v6: bool| {
+                cfg.vips.iter().enumerate().find_map(|(i, v)| {
+                    v.backends
+                        .iter()
+                        .position(|b| b.address.is_ipv6() == v6)
+                        .map(|j| (i, j))
+                })
+            };
+            for (v6, set, key) in [
+                (false, cfg.tunnel_source.ipv4.is_some(), "ipv4"),
+                (true, cfg.tunnel_source.ipv6.is_some(), "ipv6"),
+            ] {
+                if set {
+                    continue;
+                }
+                if let Some((i, j)) = first_of(v6) {
+                    let path = format!("tunnel_source.{key}");
+                    let pos = c.index.locate_any(&[&path, "tunnel_source", "forwarding"]);
+                    let family = if v6 { "IPv6" } else { "IPv4" };
+                    c.error_at(
+                        &path,
+                        pos,
+                        format!(
+                            "forwarding ipip to {family} backends (first: vips[{i}].backends[{j}]) needs tunnel_source.{key}, the outer source address"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Wraps a finished collector's position index for the config to keep.
+pub fn origin(file: &str, index: Arc<PosIndex>) -> Origin {
+    Origin {
+        file: file.to_owned(),
+        index,
+    }
+}
