@@ -1,1 +1,103 @@
-fn main() {}
+//! `cargo xtask`: the developer tasks of xdplb. Every task that builds runs
+//! `setup` first, so a fresh machine needs no manual step.
+
+mod bench;
+mod cmd;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    cmd::{run, step},
+    setup::{Extras, setup},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for xdplb",
+    long_about = "Developer tasks for xdplb.\n\n\
+        Fresh machine? `cargo xtask test` installs what is missing (nightly rust-src,\n\
+        bpf-linker built against nightly's LLVM, lab packages) and runs every test.",
+    after_help = "Examples:\n  cargo xtask setup           # toolchain only\n  cargo xtask test            # unit, packet and namespace tests (needs root)\n  cargo xtask bench xdp       # ns/packet through BPF_PROG_TEST_RUN -> BENCHMARKS.md"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing prerequisites: nightly rust-src, bpf-linker (and LLVM dev files),
+    /// and with --lab / --bench the Debian packages the lab and benchmarks use.
+    Setup {
+        /// Also nginx, ethtool, nftables, bpftool, curl (lab and end-to-end tests).
+        #[arg(long)]
+        lab: bool,
+        /// Also haproxy and wrk (benchmarks against peers); implies --lab.
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Build the `xdplb` binary (and the XDP programs it embeds).
+    Build {
+        /// Optimised build, as deployed.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit tests, then packet-level and namespace tests (root).
+    /// Under CI=true a privileged test that cannot run fails instead of skipping.
+    Test,
+    /// Run benchmarks and write their tables into BENCHMARKS.md.
+    Bench {
+        /// Which: xdp (ns/packet through BPF_PROG_TEST_RUN). Default: all.
+        which: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = try_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn try_main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup { lab, bench } => setup(if bench {
+            Extras::Bench
+        } else if lab {
+            Extras::Lab
+        } else {
+            Extras::Build
+        }),
+        Task::Build { release } => {
+            setup(Extras::Build)?;
+            step("building xdplb");
+            let mut c = Command::new("cargo");
+            c.args(["build", "--package", "lb-userspace"]);
+            if release {
+                c.arg("--release");
+            }
+            run(&mut c)
+        }
+        Task::Test => test(),
+        Task::Bench { which } => {
+            setup(Extras::Bench)?;
+            bench::run(&which)
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup(Extras::Lab)?;
+    step("unit tests (config, Maglev, health checks, map writer, xtask)");
+    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "xdplb-tests", "--exclude", "lb-ebpf"]))?;
+    step("packet-level and namespace tests (xdplb-tests; need root)");
+    run(Command::new("cargo").args(["test", "--package", "xdplb-tests"]))?;
+    step("all tests passed");
+    Ok(())
+}
