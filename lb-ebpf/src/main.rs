@@ -20,6 +20,7 @@ use lb_ebpf::net::copy_words;
 use crate::{
     maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, Scratch, VIP_ADDRS, VIP_FILTER, VIP_STATS, VIPS},
     parse::Kind,
+    select::Lookup,
     verdict::{Verdict, bump},
 };
 
@@ -42,12 +43,32 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     if pkt.kind == Kind::Fragment {
         return Err(fragment(s));
     }
-    let vip = lookup_vip(s, pkt.kind)?;
+    let not_vip =
+        Verdict::Pass(if pkt.kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip });
+    if !maybe_vip(&s.flow.dst) {
+        return Err(not_vip);
+    }
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
+    // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let (index, backend) = select::backend(&s.flow, vip, syn, stats)?;
+    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow) };
+    let (index, backend) = if let Lookup::Hit(index, backend) = lookup {
+        bump(stats, Counter::ConnHit);
+        (index, backend)
+    } else {
+        let vip = lookup_vip(s).ok_or(not_vip)?;
+        bump(
+            stats,
+            match lookup {
+                _ if syn => Counter::ConnSyn,
+                Lookup::Stale => Counter::ConnRehash,
+                _ => Counter::ConnMiss,
+            },
+        );
+        select::from_ring(&s.flow, vip)?
+    };
     let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
-    account(&VIP_STATS, vip.index, frame_len);
+    account(&VIP_STATS, backend.vip, frame_len);
     account(&BACKEND_STATS, index, frame_len);
     if pkt.kind == Kind::IcmpError {
         bump(stats, Counter::IcmpForwarded);
@@ -64,23 +85,16 @@ fn maybe_vip(addr: &lb_common::Addr) -> bool {
 
 /// The VIP for the flow's (address, port, protocol), or the address's port-0 wildcard.
 #[inline(always)]
-fn lookup_vip(s: &mut Scratch, kind: Kind) -> Result<&'static VipMeta, Verdict> {
-    let not_vip = Verdict::Pass(if kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip });
-    if !maybe_vip(&s.flow.dst) {
-        return Err(not_vip);
-    }
+fn lookup_vip(s: &mut Scratch) -> Option<&'static VipMeta> {
     copy_words(&raw mut s.vip.addr, &raw const s.flow.dst);
     s.vip.port = s.flow.ports[1];
     s.vip.proto = s.flow.proto;
     s.vip.family = s.flow.family;
     if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
-        return Ok(meta);
+        return Some(meta);
     }
     s.vip.port = 0;
-    if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
-        return Ok(meta);
-    }
-    Err(not_vip)
+    unsafe { VIPS.get(&s.vip) }
 }
 
 /// Fragments carry no ports: one to a VIP address is dropped (as Katran and GLB do),
