@@ -1,10 +1,13 @@
 //! The xdplb controller as a library: the binary `xdplb` and the test suites use
 //! the same code to load the XDP programs and fill their maps.
 
+pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
+pub mod neighbors;
 pub mod objects;
 pub mod writer;

@@ -1,0 +1,530 @@
+//! The admin Unix socket: the CLI (`xdplb status | drain | undrain | reload`)
+//! sends one JSON line per request to the running daemon and reads one JSON line
+//! back.
+
+use std::{
+    fs,
+    io::{self, BufRead, BufReader, Read, Write},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow, bail};
+use log::{debug, warn};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+};
+
+/// What the CLI asks the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Status,
+    Drain { vip: String, backend: String },
+    Undrain { vip: String, backend: String },
+    Reload,
+}
+
+/// The daemon's answer: text for humans; `Error` makes the CLI exit 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok(String),
+    Error(String),
+}
+
+/// Longest request or response line, newline excluded.
+const MAX_LINE: usize = 64 * 1024;
+/// How long the daemon waits for the next request on an open connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the CLI waits for the daemon (a reload may take a moment).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the admin socket at `path`. Creates the parent directory (mode 0700)
+/// if missing; replaces a stale socket file only when nothing answers on it;
+/// refuses to start if another daemon does; leaves the socket mode 0600.
+/// Must be called inside a tokio runtime.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            // Never delete something that is not ours to delete.
+            bail!("{} exists and is not a socket", path.display());
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => bail!("another xdplb is running ({} answers)", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                debug!("admin: removing stale socket {}", path.display());
+                fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale {}", path.display()))?;
+            }
+            // Deleted meanwhile: bind below decides.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot check {}", path.display())),
+        },
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            // Another daemon bound it between our check and our bind.
+            anyhow!("another xdplb is running ({} answers)", path.display())
+        } else {
+            anyhow!("cannot bind {}: {e}", path.display())
+        }
+    })?;
+    // Whoever can connect can drain backends: owner only. (The umask-sized window
+    // before this chmod only matters with a permissive umask in a shared directory.)
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .context("admin socket: set_nonblocking")?;
+    UnixListener::from_std(listener).context("admin socket: register with tokio")
+}
+
+/// Bounds of one admin connection.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_line: usize,
+    idle_timeout: Duration,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        max_line: MAX_LINE,
+        idle_timeout: IDLE_TIMEOUT,
+    };
+}
+
+/// Serves requests until the task is dropped: one JSON line in, one JSON line
+/// out, several requests per connection in sequence, each connection in its own task.
+pub async fn serve<F, Fut>(listener: UnixListener, handler: F) -> anyhow::Result<()>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
+    serve_with(listener, handler, Limits::DEFAULT).await
+}
+
+async fn serve_with<F, Fut>(
+    listener: UnixListener,
+    handler: F,
+    limits: Limits,
+) -> anyhow::Result<()>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends pass; spinning on them would burn a core.
+                warn!("admin: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = Arc::clone(&handler);
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &*handler, limits).await {
+                debug!("admin: connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// One line read from a connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads up to and including `\n`, at most `max` bytes before it.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        Ok(Line::Text(buf))
+    } else if buf.len() > max {
+        Ok(Line::TooLong)
+    } else {
+        // The last line of a client that closed without a newline still counts.
+        Ok(Line::Text(buf))
+    }
+}
+
+async fn connection<F, Fut>(stream: UnixStream, handler: &F, limits: Limits) -> anyhow::Result<()>
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let line =
+            tokio::time::timeout(limits.idle_timeout, read_line(&mut reader, limits.max_line))
+                .await
+                .map_err(|_| anyhow!("idle for {:?}", limits.idle_timeout))??;
+        let (response, close) = match line {
+            Line::Eof => return Ok(()),
+            // Cannot find the next request boundary reliably: answer and close.
+            Line::TooLong => (
+                Response::Error(format!("request longer than {} bytes", limits.max_line)),
+                true,
+            ),
+            Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
+                Ok(request) => (handler(request).await, false),
+                Err(e) => (Response::Error(format!("bad request: {e}")), false),
+            },
+        };
+        let mut out = serde_json::to_vec(&response).context("encode response")?;
+        out.push(b'\n');
+        tokio::time::timeout(limits.idle_timeout, write.write_all(&out))
+            .await
+            .map_err(|_| anyhow!("client stopped reading"))??;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends one request to the daemon at `path` and waits for the answer
+/// (blocking; for the CLI).
+pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
+    let shown = path.display();
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            anyhow!("cannot connect to {shown}: {e} (is xdplb running?)")
+        }
+        io::ErrorKind::PermissionDenied => anyhow!("cannot connect to {shown}: {e} (run as root?)"),
+        _ => anyhow!("cannot connect to {shown}: {e}"),
+    })?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = serde_json::to_vec(request).context("encode request")?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .with_context(|| format!("cannot send to {shown}"))?;
+
+    let mut answer = Vec::new();
+    let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
+    BufReader::new(stream.take(limit))
+        .read_until(b'\n', &mut answer)
+        .map_err(|e| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                anyhow!(
+                    "no answer from {shown} within {} s",
+                    CLIENT_TIMEOUT.as_secs()
+                )
+            } else {
+                anyhow!("cannot read from {shown}: {e}")
+            }
+        })?;
+    if answer.last() != Some(&b'\n') {
+        if answer.is_empty() {
+            bail!("{shown} closed the connection without answering");
+        }
+        bail!("incomplete answer from {shown}");
+    }
+    serde_json::from_slice(&answer).with_context(|| format!("bad answer from {shown}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        path::PathBuf,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("xdplb-admin-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("create temp dir");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn echo(request: Request) -> Response {
+        match request {
+            Request::Status => Response::Ok("status: fine".to_owned()),
+            Request::Drain { vip, backend } => Response::Ok(format!("draining {backend} of {vip}")),
+            Request::Undrain { vip, backend } => {
+                Response::Error(format!("{backend} of {vip} is not draining"))
+            }
+            Request::Reload => Response::Ok("reloaded".to_owned()),
+        }
+    }
+
+    /// `call` from a blocking thread, as the CLI does.
+    async fn call_async(path: &Path, request: Request) -> anyhow::Result<Response> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || call(&path, &request))
+            .await
+            .expect("join")
+    }
+
+    #[tokio::test]
+    async fn every_request_kind_gets_the_handlers_answer() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        let drain = Request::Drain {
+            vip: "web".into(),
+            backend: "waf1".into(),
+        };
+        let undrain = Request::Undrain {
+            vip: "web".into(),
+            backend: "waf1".into(),
+        };
+        assert_eq!(
+            call_async(&path, Request::Status).await.expect("status"),
+            Response::Ok("status: fine".into())
+        );
+        assert_eq!(
+            call_async(&path, drain).await.expect("drain"),
+            Response::Ok("draining waf1 of web".into())
+        );
+        assert_eq!(
+            call_async(&path, undrain).await.expect("undrain"),
+            Response::Error("waf1 of web is not draining".into())
+        );
+        assert_eq!(
+            call_async(&path, Request::Reload).await.expect("reload"),
+            Response::Ok("reloaded".into())
+        );
+    }
+
+    #[test]
+    fn requests_and_responses_are_single_json_lines() {
+        let drain = Request::Drain {
+            vip: "web".into(),
+            backend: "waf1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&drain).expect("encode"),
+            r#"{"Drain":{"vip":"web","backend":"waf1"}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).expect("encode"),
+            r#""Status""#
+        );
+        let text = Response::Ok("a\nb".into());
+        assert!(!serde_json::to_string(&text).expect("encode").contains('\n'));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_mode_0600_in_a_created_0700_directory() {
+        let dir = TempDir::new();
+        let parent = dir.0.join("run").join("xdplb");
+        let path = parent.join("admin.sock");
+        let _listener = bind(&path).expect("bind");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&parent), 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_second_daemon_on_the_same_socket_is_refused() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        let err = bind(&path).expect_err("second bind must fail").to_string();
+        assert_eq!(
+            err,
+            format!("another xdplb is running ({} answers)", path.display())
+        );
+        // The first daemon is unharmed.
+        assert_eq!(
+            call_async(&path, Request::Status).await.expect("status"),
+            Response::Ok("status: fine".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        drop(bind(&path).expect("first bind"));
+        assert!(path.exists(), "the dropped listener leaves its file behind");
+        tokio::spawn(serve(bind(&path).expect("bind over a stale socket"), echo));
+        assert_eq!(
+            call_async(&path, Request::Reload).await.expect("reload"),
+            Response::Ok("reloaded".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_left_alone() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        fs::write(&path, "precious").expect("write");
+        let err = bind(&path).expect_err("must refuse").to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "precious");
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_an_error_and_the_connection_and_server_keep_working() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        let stream = UnixStream::connect(&path).await.expect("connect");
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        write
+            .write_all(b"this is not json\n{\"Drain\":{}}\n\"Status\"\n")
+            .await
+            .expect("send");
+        for _ in 0..2 {
+            let line = lines.next_line().await.expect("read").expect("a line");
+            let response: Response = serde_json::from_str(&line).expect("json response");
+            assert!(
+                matches!(&response, Response::Error(e) if e.starts_with("bad request")),
+                "{response:?}"
+            );
+        }
+        let line = lines.next_line().await.expect("read").expect("a line");
+        assert_eq!(
+            serde_json::from_str::<Response>(&line).expect("json"),
+            Response::Ok("status: fine".into())
+        );
+        drop(write);
+        assert_eq!(
+            call_async(&path, Request::Status).await.expect("status"),
+            Response::Ok("status: fine".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_64_kib_is_refused_and_the_connection_closed() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        let mut stream = UnixStream::connect(&path).await.expect("connect");
+        let (read, mut write) = stream.split();
+        let send = async {
+            // The server stops reading after 64 KiB; a failed write after that is fine.
+            let _ = write.write_all(&vec![b'x'; 70 * 1024]).await;
+        };
+        let receive = async {
+            let mut answer = String::new();
+            tokio::io::BufReader::new(read)
+                .read_to_string(&mut answer)
+                .await
+                .expect("read");
+            answer
+        };
+        let ((), answer) = tokio::join!(send, receive);
+        let response: Response =
+            serde_json::from_str(answer.trim_end()).expect("one json line, then close");
+        assert!(
+            matches!(&response, Response::Error(e) if e.contains("longer than")),
+            "{response:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_read_timeout() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(200),
+            ..Limits::DEFAULT
+        };
+        tokio::spawn(serve_with(bind(&path).expect("bind"), echo, limits));
+        let mut stream = UnixStream::connect(&path).await.expect("connect");
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    }
+
+    #[test]
+    fn call_without_a_daemon_names_the_socket_and_asks_if_xdplb_runs() {
+        let dir = TempDir::new();
+        let path = dir.0.join("missing.sock");
+        let err = call(&path, &Request::Status)
+            .expect_err("no daemon")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("is xdplb running?"),
+            "{err}"
+        );
+
+        // A socket file nobody listens on: refused.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let err = call(&path, &Request::Status)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("is xdplb running?"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_line_bounds_the_length_and_keeps_a_final_unterminated_line() {
+        let mut input: &[u8] = b"short\nlast";
+        assert_eq!(
+            read_line(&mut input, 8).await.expect("read"),
+            Line::Text(b"short".to_vec())
+        );
+        assert_eq!(
+            read_line(&mut input, 8).await.expect("read"),
+            Line::Text(b"last".to_vec())
+        );
+        assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::Eof);
+        let mut input: &[u8] = b"123456789\n";
+        assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::TooLong);
+        let mut input: &[u8] = b"12345678\n";
+        assert_eq!(
+            read_line(&mut input, 8).await.expect("read"),
+            Line::Text(b"12345678".to_vec())
+        );
+    }
+}

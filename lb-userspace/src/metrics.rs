@@ -1,0 +1,1423 @@
+//! Prometheus metrics of the controller and the data path, and the small HTTP
+//! endpoint (`/metrics`, `/healthz`) that serves them.
+//!
+//! Every `Metrics` owns its registry (not the process-global default), so tests
+//! and several instances never see each other's series.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use lb_common::{BackendState, Counter, CounterSet, Traffic};
+use log::{debug, warn};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+/// Probe durations: a LAN TCP connect takes ~0.1 ms, a slow TLS handshake up to a
+/// second (longer ones land in +Inf, and the timeout shows as a failure anyway).
+const PROBE_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// State change to maps written: a slot update takes microseconds, a full ring
+/// rebuild milliseconds; anything near a second breaks the failover budget.
+const MAP_WRITE_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+const STATES: [BackendState; 3] = [BackendState::Up, BackendState::Down, BackendState::Draining];
+
+fn state_label(state: BackendState) -> &'static str {
+    match state {
+        BackendState::Up => "up",
+        BackendState::Down => "down",
+        BackendState::Draining => "draining",
+    }
+}
+
+/// Where a data-path counter is exported, derived from its name so a counter
+/// added to `lb_common` shows up without touching this file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// `action_X` -> `xdplb_xdp_actions_total{action="X"}`.
+    Action(&'static str),
+    /// `pass_X` -> `xdplb_xdp_pass_total{reason="X"}`.
+    Pass(&'static str),
+    /// `drop_X` -> `xdplb_xdp_drop_total{reason="X"}`.
+    Drop(&'static str),
+    /// `conn_X` -> `xdplb_conntrack_total{event="X"}`.
+    Conntrack(&'static str),
+    /// Anything else, e.g. `icmp_forwarded` -> `xdplb_icmp_forwarded_total`.
+    Own(&'static str),
+}
+
+fn family(counter: Counter) -> Family {
+    let name = counter.name();
+    if let Some(rest) = name.strip_prefix("action_") {
+        Family::Action(rest)
+    } else if let Some(rest) = name.strip_prefix("pass_") {
+        Family::Pass(rest)
+    } else if let Some(rest) = name.strip_prefix("drop_") {
+        Family::Drop(rest)
+    } else if let Some(rest) = name.strip_prefix("conn_") {
+        Family::Conntrack(rest)
+    } else {
+        Family::Own(name)
+    }
+}
+
+/// Last values read from the kernel, to turn absolute totals into increments.
+#[derive(Default)]
+struct Seen {
+    counters: Vec<u64>,
+    vips: HashMap<String, Traffic>,
+    backends: HashMap<(String, String), Traffic>,
+    /// Failure reasons seen per probe target, so `forget_target` can find its series.
+    reasons: HashMap<String, BTreeSet<String>>,
+}
+
+/// Adds to `counter` what the kernel counted since `last`; a value that went down
+/// means the map was recreated, so all of it is new.
+fn advance(counter: &IntCounter, last: &mut u64, now: u64) {
+    counter.inc_by(now.checked_sub(*last).unwrap_or(now));
+    *last = now;
+}
+
+/// The controller's and the data path's metrics, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    probe_duration: HistogramVec,
+    probe_failures: IntCounterVec,
+    probes: IntCounterVec,
+    backend_state: IntGaugeVec,
+    transitions: IntCounterVec,
+    map_write: HistogramVec,
+    reloads: IntCounterVec,
+    unresolved: IntGaugeVec,
+    vip_packets: IntCounterVec,
+    vip_bytes: IntCounterVec,
+    backend_packets: IntCounterVec,
+    backend_bytes: IntCounterVec,
+    /// One handle per `Counter`, in `Counter::ALL` order.
+    dataplane_counters: Vec<IntCounter>,
+    seen: Mutex<Seen>,
+}
+
+// Metric definitions are constants of this file: a failure to register one is a
+// programming error that the unit tests catch, hence `expect`.
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique counter");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique gauge");
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("valid histogram");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique histogram");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    #[must_use]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let probe_duration = histogram_vec(
+            &r,
+            "xdplb_probe_duration_seconds",
+            "Duration of finished health probes.",
+            &["kind"],
+            PROBE_BUCKETS,
+        );
+        let probe_failures = counter_vec(
+            &r,
+            "xdplb_probe_failures_total",
+            "Failed health probes by reason.",
+            &["target", "reason"],
+        );
+        let probes = counter_vec(
+            &r,
+            "xdplb_probes_total",
+            "Finished health probes.",
+            &["target", "result"],
+        );
+        let backend_state = gauge_vec(
+            &r,
+            "xdplb_backend_state",
+            "Current state of a (VIP, backend), one-hot over up, down, draining.",
+            &["vip", "backend", "state"],
+        );
+        let transitions = counter_vec(
+            &r,
+            "xdplb_backend_transitions_total",
+            "State changes of a (VIP, backend), by new state.",
+            &["vip", "backend", "to"],
+        );
+        let map_write = histogram_vec(
+            &r,
+            "xdplb_map_write_latency_seconds",
+            "Time from a state change (health, drain, reload) to the BPF maps written.",
+            &[],
+            MAP_WRITE_BUCKETS,
+        );
+        let reloads = counter_vec(
+            &r,
+            "xdplb_config_reloads_total",
+            "Configuration reloads.",
+            &["result"],
+        );
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        let unresolved = gauge_vec(
+            &r,
+            "xdplb_backend_unresolved",
+            "1 while the next-hop MAC of a (VIP, backend) is unknown.",
+            &["vip", "backend"],
+        );
+        let vip_packets = counter_vec(
+            &r,
+            "xdplb_vip_packets_total",
+            "Packets forwarded per VIP.",
+            &["vip"],
+        );
+        let vip_bytes = counter_vec(
+            &r,
+            "xdplb_vip_bytes_total",
+            "Bytes forwarded per VIP.",
+            &["vip"],
+        );
+        let backend_packets = counter_vec(
+            &r,
+            "xdplb_backend_packets_total",
+            "Packets forwarded per (VIP, backend).",
+            &["vip", "backend"],
+        );
+        let backend_bytes = counter_vec(
+            &r,
+            "xdplb_backend_bytes_total",
+            "Bytes forwarded per (VIP, backend).",
+            &["vip", "backend"],
+        );
+        let dataplane_counters = Self::dataplane_families(&r);
+        Self {
+            registry: r,
+            probe_duration,
+            probe_failures,
+            probes,
+            backend_state,
+            transitions,
+            map_write,
+            reloads,
+            unresolved,
+            vip_packets,
+            vip_bytes,
+            backend_packets,
+            backend_bytes,
+            seen: Mutex::new(Seen {
+                counters: vec![0; dataplane_counters.len()],
+                ..Seen::default()
+            }),
+            dataplane_counters,
+        }
+    }
+
+    /// Registers the families of the global data-path counters and returns one
+    /// handle per `Counter`; every series exists (at 0) from the start.
+    fn dataplane_families(r: &Registry) -> Vec<IntCounter> {
+        let actions = counter_vec(r, "xdplb_xdp_actions_total", "XDP verdicts.", &["action"]);
+        let pass = counter_vec(
+            r,
+            "xdplb_xdp_pass_total",
+            "Packets passed to the kernel, by reason.",
+            &["reason"],
+        );
+        let drop = counter_vec(
+            r,
+            "xdplb_xdp_drop_total",
+            "Packets dropped, by reason.",
+            &["reason"],
+        );
+        let conntrack = counter_vec(
+            r,
+            "xdplb_conntrack_total",
+            "Connection-table events.",
+            &["event"],
+        );
+        Counter::ALL
+            .iter()
+            .map(|&c| match family(c) {
+                Family::Action(label) => actions.with_label_values(&[label]),
+                Family::Pass(label) => pass.with_label_values(&[label]),
+                Family::Drop(label) => drop.with_label_values(&[label]),
+                Family::Conntrack(label) => conntrack.with_label_values(&[label]),
+                Family::Own(name) => {
+                    let metric = IntCounter::new(
+                        format!("xdplb_{name}_total"),
+                        format!("Data-path counter {name}."),
+                    )
+                    .expect("valid counter");
+                    r.register(Box::new(metric.clone()))
+                        .expect("unique counter");
+                    metric
+                }
+            })
+            .collect()
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // The guarded maps stay consistent even if a holder panicked.
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A health probe finished. `target` like "10.0.0.11:80", `kind` "tcp"|"http"|"https".
+    pub fn probe(
+        &self,
+        target: &str,
+        kind: &str,
+        ok: bool,
+        failure: Option<&str>,
+        duration: Duration,
+    ) {
+        self.probe_duration
+            .with_label_values(&[kind])
+            .observe(duration.as_secs_f64());
+        self.probes
+            .with_label_values(&[target, if ok { "ok" } else { "failed" }])
+            .inc();
+        if !ok {
+            let reason = failure.unwrap_or("unknown");
+            self.probe_failures
+                .with_label_values(&[target, reason])
+                .inc();
+            self.seen()
+                .reasons
+                .entry(target.to_owned())
+                .or_default()
+                .insert(reason.to_owned());
+        }
+    }
+
+    /// Removes the probe series of a target no backend uses any more.
+    pub fn forget_target(&self, target: &str) {
+        for result in ["ok", "failed"] {
+            let _ = self.probes.remove_label_values(&[target, result]);
+        }
+        for reason in self.seen().reasons.remove(target).unwrap_or_default() {
+            let _ = self
+                .probe_failures
+                .remove_label_values(&[target, reason.as_str()]);
+        }
+    }
+
+    /// Current state of a (VIP, backend): exported as
+    /// `xdplb_backend_state{vip,backend,state="up|down|draining"}` one-hot 0/1.
+    pub fn backend_state(&self, vip: &str, backend: &str, state: BackendState) {
+        for s in STATES {
+            self.backend_state
+                .with_label_values(&[vip, backend, state_label(s)])
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Removes every series of a (VIP, backend) that left the config (state,
+    /// transitions, unresolved, traffic).
+    pub fn forget_backend(&self, vip: &str, backend: &str) {
+        // Removing a series that was never created is not an error here.
+        for s in STATES {
+            let _ = self
+                .backend_state
+                .remove_label_values(&[vip, backend, state_label(s)]);
+            let _ = self
+                .transitions
+                .remove_label_values(&[vip, backend, state_label(s)]);
+        }
+        let _ = self.unresolved.remove_label_values(&[vip, backend]);
+        let _ = self.backend_packets.remove_label_values(&[vip, backend]);
+        let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
+        self.seen()
+            .backends
+            .remove(&(vip.to_owned(), backend.to_owned()));
+    }
+
+    /// Removes the traffic series of a VIP that left the config (its backends go
+    /// through `forget_backend`).
+    pub fn forget_vip(&self, vip: &str) {
+        let _ = self.vip_packets.remove_label_values(&[vip]);
+        let _ = self.vip_bytes.remove_label_values(&[vip]);
+        self.seen().vips.remove(vip);
+    }
+
+    /// A (VIP, backend) changed state: `xdplb_backend_transitions_total{vip,backend,to}`.
+    pub fn transition(&self, vip: &str, backend: &str, to: BackendState) {
+        self.transitions
+            .with_label_values(&[vip, backend, state_label(to)])
+            .inc();
+    }
+
+    /// Time from a state change (health flip, drain command, reload) to the maps written.
+    pub fn map_write(&self, latency: Duration) {
+        self.map_write
+            .with_label_values::<&str>(&[])
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A configuration reload finished: `xdplb_config_reloads_total{result="ok|failed"}`.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// A backend whose next-hop MAC is unresolved: `xdplb_backend_unresolved{vip,backend}` 0/1.
+    pub fn unresolved(&self, vip: &str, backend: &str, unresolved: bool) {
+        self.unresolved
+            .with_label_values(&[vip, backend])
+            .set(i64::from(unresolved));
+    }
+
+    /// Data-path totals read from the BPF maps (already summed over CPUs) at
+    /// scrape time. The kernel's counters are monotonic; each call adds the
+    /// difference since the previous one (or the whole value if it went down, as
+    /// when the maps were recreated).
+    pub fn dataplane(
+        &self,
+        counters: &CounterSet,
+        vips: &[(String, Traffic)],
+        backends: &[(String, String, Traffic)],
+    ) {
+        // One lock for the whole update: concurrent scrapes must not add a delta twice.
+        let mut seen = self.seen();
+        let seen = &mut *seen;
+        for ((&c, metric), last) in Counter::ALL
+            .iter()
+            .zip(&self.dataplane_counters)
+            .zip(&mut seen.counters)
+        {
+            advance(metric, last, counters.get(c));
+        }
+        for (vip, now) in vips {
+            let last = seen.vips.entry(vip.clone()).or_default();
+            advance(
+                &self.vip_packets.with_label_values(&[vip]),
+                &mut last.packets,
+                now.packets,
+            );
+            advance(
+                &self.vip_bytes.with_label_values(&[vip]),
+                &mut last.bytes,
+                now.bytes,
+            );
+        }
+        for (vip, backend, now) in backends {
+            let last = seen
+                .backends
+                .entry((vip.clone(), backend.clone()))
+                .or_default();
+            let labels = [vip.as_str(), backend.as_str()];
+            advance(
+                &self.backend_packets.with_label_values(&labels),
+                &mut last.packets,
+                now.packets,
+            );
+            advance(
+                &self.backend_bytes.with_label_values(&labels),
+                &mut last.bytes,
+                now.bytes,
+            );
+        }
+    }
+
+    /// Text exposition format (version 0.0.4).
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        match TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+            Err(e) => {
+                warn!("metrics: encoding failed: {e}");
+                format!("# encoding failed: {e}\n")
+            }
+        }
+    }
+}
+
+/// What the HTTP endpoint serves; the controller implements it.
+pub trait Scrape: Send + Sync + 'static {
+    /// Full metrics text (the controller refreshes data-path values first).
+    fn metrics(&self) -> String;
+    /// Ok while the XDP program is attached and the control loop is alive; Err(reason) otherwise.
+    fn health(&self) -> Result<(), String>;
+}
+
+/// Bounds of one HTTP connection.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Request line and headers together.
+    max_request: usize,
+    /// For the whole request head, and again for writing the response.
+    timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    max_connections: usize,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        max_request: 8 * 1024,
+        timeout: Duration::from_secs(5),
+        max_connections: 64,
+    };
+}
+
+/// Serves `GET /metrics` and `GET /healthz` (HTTP/1.1, one request per
+/// connection) until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Arc<dyn Scrape>) -> anyhow::Result<()> {
+    serve_with(listener, source, Limits::DEFAULT).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    source: Arc<dyn Scrape>,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let permit = Arc::clone(&slots).acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends pass; spinning on them would burn a core.
+                warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = Arc::clone(&source);
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, source, limits).await {
+                debug!("metrics: {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Outcome of reading a request head.
+enum Head {
+    /// Request line and headers, without the blank line.
+    Complete(Vec<u8>),
+    TooLarge,
+    /// The peer closed before finishing the head.
+    Closed,
+}
+
+/// Position of the blank line that ends the head (CRLF or bare LF lines).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<Head> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buf) {
+            if end > max {
+                return Ok(Head::TooLarge);
+            }
+            buf.truncate(end);
+            return Ok(Head::Complete(buf));
+        }
+        if buf.len() >= max {
+            return Ok(Head::TooLarge);
+        }
+    }
+}
+
+/// An HTTP response, rendered by `bytes`.
+struct Reply {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: String,
+    allow: bool,
+}
+
+impl Reply {
+    fn text(status: u16, reason: &'static str, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            allow: false,
+        }
+    }
+
+    fn bytes(&self, head_only: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len()
+        );
+        if self.allow {
+            out.push_str("Allow: GET, HEAD\r\n");
+        }
+        out.push_str("\r\n");
+        if !head_only {
+            out.push_str(&self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+/// What a request asks for, from its head alone.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    Health,
+    NotFound,
+    BadMethod,
+    BadRequest,
+}
+
+/// Parses the request line; returns the route and whether the method was HEAD.
+fn route(head: &[u8]) -> (Route, bool) {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(line) = std::str::from_utf8(line) else {
+        return (Route::BadRequest, false);
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return (Route::BadRequest, false);
+    };
+    if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return (Route::BadRequest, false);
+    }
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return (Route::BadMethod, false);
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let route = match path {
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Health,
+        _ => Route::NotFound,
+    };
+    (route, head_only)
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    source: Arc<dyn Scrape>,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let head = match tokio::time::timeout(
+        limits.timeout,
+        read_head(&mut stream, limits.max_request),
+    )
+    .await
+    {
+        Ok(head) => head?,
+        // Too slow to finish the head: close without an answer.
+        Err(_) => Head::Closed,
+    };
+    let (reply, head_only) = match head {
+        Head::Closed => return Ok(()),
+        Head::TooLarge => (
+            Reply::text(
+                431,
+                "Request Header Fields Too Large",
+                "request too large\n",
+            ),
+            false,
+        ),
+        Head::Complete(head) => {
+            let (route, head_only) = route(&head);
+            (answer(route, &source).await?, head_only)
+        }
+    };
+    let bytes = reply.bytes(head_only);
+    tokio::time::timeout(limits.timeout, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await?;
+        // Read what the client still sends (an oversized head, a body) until it
+        // closes: closing with unread data would reset the connection and could
+        // destroy the response before the client reads it.
+        let mut sink = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out writing the response"))??;
+    Ok(())
+}
+
+async fn answer(route: Route, source: &Arc<dyn Scrape>) -> anyhow::Result<Reply> {
+    Ok(match route {
+        Route::Metrics => {
+            // The controller reads BPF maps here: keep it off the async workers.
+            let source = Arc::clone(source);
+            let body = tokio::task::spawn_blocking(move || source.metrics()).await?;
+            Reply {
+                content_type: "text/plain; version=0.0.4",
+                ..Reply::text(200, "OK", body)
+            }
+        }
+        Route::Health => {
+            let source = Arc::clone(source);
+            match tokio::task::spawn_blocking(move || source.health()).await? {
+                Ok(()) => Reply::text(200, "OK", "ok\n"),
+                Err(reason) => Reply::text(503, "Service Unavailable", format!("{reason}\n")),
+            }
+        }
+        Route::NotFound => Reply::text(404, "Not Found", "not found\n"),
+        Route::BadMethod => Reply {
+            allow: true,
+            ..Reply::text(405, "Method Not Allowed", "method not allowed\n")
+        },
+        Route::BadRequest => Reply::text(400, "Bad Request", "bad request\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+
+    use super::*;
+
+    /// One sample line: name, labels, value.
+    type Sample = (String, BTreeMap<String, String>, f64);
+
+    fn parse_samples(text: &str) -> Vec<Sample> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+                let value: f64 = value.parse().expect("numeric value");
+                let (name, labels) = match series.split_once('{') {
+                    None => (series, BTreeMap::new()),
+                    Some((name, rest)) => {
+                        let rest = rest.strip_suffix('}').expect("closing brace");
+                        let labels = rest
+                            .split("\",")
+                            .filter(|p| !p.is_empty())
+                            .map(|pair| {
+                                let (k, v) = pair.split_once("=\"").expect("label pair");
+                                (k.to_owned(), v.trim_end_matches('"').to_owned())
+                            })
+                            .collect();
+                        (name, labels)
+                    }
+                };
+                (name.to_owned(), labels, value)
+            })
+            .collect()
+    }
+
+    /// The value of `name{labels}` (exactly those labels), if exported.
+    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        parse_samples(text)
+            .into_iter()
+            .find(|(n, l, _)| n == name && *l == want)
+            .map(|(_, _, v)| v)
+    }
+
+    fn traffic(packets: u64, bytes: u64) -> Traffic {
+        Traffic { packets, bytes }
+    }
+
+    fn counters(f: impl Fn(usize) -> u64) -> CounterSet {
+        let mut set = CounterSet::default();
+        for (i, v) in set.values.iter_mut().enumerate() {
+            *v = f(i);
+        }
+        set
+    }
+
+    #[test]
+    fn every_data_path_counter_is_exported_with_its_own_value() {
+        let m = Metrics::new();
+        // Distinct values, so each counter's sample can be found by value alone.
+        let value_of = |i: usize| 1_000_003 + u32::try_from(i).expect("few counters") * 1_000;
+        m.dataplane(&counters(|i| u64::from(value_of(i))), &[], &[]);
+        let samples = parse_samples(&m.render());
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            let v = f64::from(value_of(i));
+            let hits: Vec<_> = samples
+                .iter()
+                .filter(|(_, _, x)| (*x - v).abs() < 0.5)
+                .collect();
+            assert_eq!(
+                hits.len(),
+                1,
+                "{} should appear exactly once, found {hits:?}",
+                c.name()
+            );
+            assert!(
+                hits[0].0.starts_with("xdplb_") && hits[0].0.ends_with("_total"),
+                "{}: {hits:?}",
+                c.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_data_path_counter_exists_at_zero_before_the_first_read() {
+        let samples = parse_samples(&Metrics::new().render());
+        let data_path = samples
+            .iter()
+            .filter(|(n, _, _)| {
+                ["xdplb_xdp_", "xdplb_conntrack_total"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+                    || n == "xdplb_icmp_forwarded_total"
+            })
+            .count();
+        assert_eq!(data_path, Counter::ALL.len());
+    }
+
+    #[test]
+    fn counter_names_map_to_families_by_prefix() {
+        assert_eq!(family(Counter::ActionPass), Family::Action("pass"));
+        assert_eq!(family(Counter::PassNotVip), Family::Pass("not_vip"));
+        assert_eq!(family(Counter::DropFragment), Family::Drop("fragment"));
+        assert_eq!(family(Counter::ConnRehash), Family::Conntrack("rehash"));
+        assert_eq!(
+            family(Counter::IcmpForwarded),
+            Family::Own("icmp_forwarded")
+        );
+
+        let m = Metrics::new();
+        m.dataplane(&counters(|i| i as u64 + 1), &[], &[]);
+        let text = m.render();
+        let at = |c: Counter| Some(f64::from(c as u32 + 1));
+        assert_eq!(
+            value(&text, "xdplb_xdp_actions_total", &[("action", "aborted")]),
+            at(Counter::ActionAborted)
+        );
+        assert_eq!(
+            value(&text, "xdplb_xdp_pass_total", &[("reason", "not_ip")]),
+            at(Counter::PassNotIp)
+        );
+        assert_eq!(
+            value(&text, "xdplb_xdp_drop_total", &[("reason", "no_backend")]),
+            at(Counter::DropNoBackend)
+        );
+        assert_eq!(
+            value(&text, "xdplb_conntrack_total", &[("event", "syn")]),
+            at(Counter::ConnSyn)
+        );
+        assert_eq!(
+            value(&text, "xdplb_icmp_forwarded_total", &[]),
+            at(Counter::IcmpForwarded)
+        );
+    }
+
+    #[test]
+    fn data_path_counters_add_the_difference_since_the_last_read() {
+        let m = Metrics::new();
+        let pass = |text: &str| value(text, "xdplb_xdp_actions_total", &[("action", "pass")]);
+        m.dataplane(&counters(|_| 10), &[], &[]);
+        assert_eq!(pass(&m.render()), Some(10.0));
+        m.dataplane(&counters(|_| 25), &[], &[]);
+        assert_eq!(pass(&m.render()), Some(25.0));
+        m.dataplane(&counters(|_| 25), &[], &[]);
+        assert_eq!(pass(&m.render()), Some(25.0));
+    }
+
+    #[test]
+    fn a_data_path_value_that_went_down_adds_the_new_value() {
+        let m = Metrics::new();
+        let vip = |t: Traffic| vec![("web".to_owned(), t)];
+        m.dataplane(&counters(|_| 100), &vip(traffic(100, 6_400)), &[]);
+        // The maps were recreated: the kernel starts again from 0 and has counted 7.
+        m.dataplane(&counters(|_| 7), &vip(traffic(7, 448)), &[]);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "xdplb_conntrack_total", &[("event", "hit")]),
+            Some(107.0)
+        );
+        assert_eq!(
+            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
+            Some(107.0)
+        );
+        assert_eq!(
+            value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]),
+            Some(6_848.0)
+        );
+    }
+
+    #[test]
+    fn vip_and_backend_traffic_are_counters_per_label_set() {
+        let m = Metrics::new();
+        let backends = |a: u64, b: u64| {
+            vec![
+                ("web".to_owned(), "waf1".to_owned(), traffic(a, a * 100)),
+                ("web".to_owned(), "waf2".to_owned(), traffic(b, b * 100)),
+            ]
+        };
+        m.dataplane(
+            &CounterSet::default(),
+            &[("web".to_owned(), traffic(3, 300))],
+            &backends(1, 2),
+        );
+        m.dataplane(
+            &CounterSet::default(),
+            &[("web".to_owned(), traffic(8, 800))],
+            &backends(5, 3),
+        );
+        let text = m.render();
+        assert!(text.contains("# TYPE xdplb_backend_packets_total counter"));
+        assert_eq!(
+            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
+            Some(8.0)
+        );
+        assert_eq!(
+            value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]),
+            Some(800.0)
+        );
+        let waf = |name, backend| value(&text, name, &[("vip", "web"), ("backend", backend)]);
+        assert_eq!(waf("xdplb_backend_packets_total", "waf1"), Some(5.0));
+        assert_eq!(waf("xdplb_backend_packets_total", "waf2"), Some(3.0));
+        assert_eq!(waf("xdplb_backend_bytes_total", "waf2"), Some(300.0));
+    }
+
+    #[test]
+    fn backend_state_is_one_hot_over_up_down_draining() {
+        let m = Metrics::new();
+        m.backend_state("web", "waf1", BackendState::Up);
+        m.backend_state("web", "waf1", BackendState::Draining);
+        let text = m.render();
+        let state = |s| {
+            value(
+                &text,
+                "xdplb_backend_state",
+                &[("vip", "web"), ("backend", "waf1"), ("state", s)],
+            )
+        };
+        assert_eq!(
+            (state("up"), state("down"), state("draining")),
+            (Some(0.0), Some(0.0), Some(1.0))
+        );
+    }
+
+    #[test]
+    fn transitions_count_per_target_state() {
+        let m = Metrics::new();
+        m.transition("web", "waf1", BackendState::Down);
+        m.transition("web", "waf1", BackendState::Up);
+        m.transition("web", "waf1", BackendState::Down);
+        let text = m.render();
+        let to = |s| {
+            value(
+                &text,
+                "xdplb_backend_transitions_total",
+                &[("vip", "web"), ("backend", "waf1"), ("to", s)],
+            )
+        };
+        assert_eq!(
+            (to("down"), to("up"), to("draining")),
+            (Some(2.0), Some(1.0), None)
+        );
+    }
+
+    #[test]
+    fn forget_backend_removes_its_state_transition_unresolved_and_traffic_series() {
+        let m = Metrics::new();
+        for b in ["waf1", "waf2"] {
+            m.backend_state("web", b, BackendState::Up);
+            m.transition("web", b, BackendState::Up);
+            m.unresolved("web", b, false);
+        }
+        let both = vec![
+            ("web".to_owned(), "waf1".to_owned(), traffic(4, 40)),
+            ("web".to_owned(), "waf2".to_owned(), traffic(4, 40)),
+        ];
+        m.dataplane(&CounterSet::default(), &[], &both);
+        m.forget_backend("web", "waf1");
+        let text = m.render();
+        let gone: Vec<_> = parse_samples(&text)
+            .into_iter()
+            .filter(|(_, l, _)| l.get("backend").is_some_and(|b| b == "waf1"))
+            .collect();
+        assert!(gone.is_empty(), "left behind: {gone:?}");
+        assert_eq!(
+            value(
+                &text,
+                "xdplb_backend_packets_total",
+                &[("vip", "web"), ("backend", "waf2")]
+            ),
+            Some(4.0)
+        );
+
+        // Back in the config later: its counter starts from what the kernel reports.
+        m.dataplane(&CounterSet::default(), &[], &both[..1]);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "xdplb_backend_packets_total",
+                &[("vip", "web"), ("backend", "waf1")]
+            ),
+            Some(4.0)
+        );
+    }
+
+    #[test]
+    fn forget_vip_removes_its_traffic_series() {
+        let m = Metrics::new();
+        m.dataplane(
+            &CounterSet::default(),
+            &[
+                ("web".to_owned(), traffic(1, 1)),
+                ("dns".to_owned(), traffic(1, 1)),
+            ],
+            &[],
+        );
+        m.forget_vip("web");
+        let text = m.render();
+        assert_eq!(
+            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
+            None
+        );
+        assert_eq!(
+            value(&text, "xdplb_vip_packets_total", &[("vip", "dns")]),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn probe_records_duration_by_kind_result_by_target_and_failure_reason() {
+        let m = Metrics::new();
+        m.probe(
+            "10.0.0.11:80",
+            "http",
+            true,
+            None,
+            Duration::from_micros(300),
+        );
+        m.probe(
+            "10.0.0.11:80",
+            "http",
+            false,
+            Some("timeout"),
+            Duration::from_secs(2),
+        );
+        m.probe(
+            "10.0.0.11:80",
+            "http",
+            false,
+            None,
+            Duration::from_millis(3),
+        );
+        let text = m.render();
+        let target = ("target", "10.0.0.11:80");
+        assert_eq!(
+            value(&text, "xdplb_probes_total", &[target, ("result", "ok")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "xdplb_probes_total", &[target, ("result", "failed")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xdplb_probe_failures_total",
+                &[target, ("reason", "timeout")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xdplb_probe_failures_total",
+                &[target, ("reason", "unknown")]
+            ),
+            Some(1.0)
+        );
+        let bucket = |le| {
+            value(
+                &text,
+                "xdplb_probe_duration_seconds_bucket",
+                &[("kind", "http"), ("le", le)],
+            )
+        };
+        assert_eq!(bucket("0.0001"), Some(0.0));
+        assert_eq!(bucket("0.0005"), Some(1.0));
+        assert_eq!(bucket("1"), Some(2.0));
+        assert_eq!(bucket("+Inf"), Some(3.0));
+
+        m.forget_target("10.0.0.11:80");
+        let text = m.render();
+        assert!(!text.contains("10.0.0.11:80"), "{text}");
+    }
+
+    #[test]
+    fn map_write_latency_buckets_span_10_microseconds_to_1_second() {
+        let m = Metrics::new();
+        m.map_write(Duration::from_micros(5));
+        m.map_write(Duration::from_micros(400));
+        let text = m.render();
+        let bucket = |le| {
+            value(
+                &text,
+                "xdplb_map_write_latency_seconds_bucket",
+                &[("le", le)],
+            )
+        };
+        assert_eq!(bucket("0.00001"), Some(1.0));
+        assert_eq!(bucket("0.0005"), Some(2.0));
+        assert_eq!(bucket("1"), Some(2.0));
+        assert_eq!(
+            value(&text, "xdplb_map_write_latency_seconds_count", &[]),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn reloads_count_ok_and_failed_both_exported_from_the_start() {
+        let m = Metrics::new();
+        assert_eq!(
+            value(
+                &m.render(),
+                "xdplb_config_reloads_total",
+                &[("result", "failed")]
+            ),
+            Some(0.0)
+        );
+        m.reload(true);
+        m.reload(false);
+        m.reload(true);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "xdplb_config_reloads_total", &[("result", "ok")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, "xdplb_config_reloads_total", &[("result", "failed")]),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn unresolved_is_a_0_or_1_gauge() {
+        let m = Metrics::new();
+        m.unresolved("web", "waf1", true);
+        let labels = [("vip", "web"), ("backend", "waf1")];
+        assert_eq!(
+            value(&m.render(), "xdplb_backend_unresolved", &labels),
+            Some(1.0)
+        );
+        m.unresolved("web", "waf1", false);
+        assert_eq!(
+            value(&m.render(), "xdplb_backend_unresolved", &labels),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn each_metrics_has_its_own_registry() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.reload(true);
+        assert_eq!(
+            value(
+                &b.render(),
+                "xdplb_config_reloads_total",
+                &[("result", "ok")]
+            ),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn every_metric_name_is_prefixed_xdplb() {
+        let m = Metrics::new();
+        m.probe("t", "tcp", false, Some("refused"), Duration::ZERO);
+        m.backend_state("v", "b", BackendState::Up);
+        m.transition("v", "b", BackendState::Up);
+        m.map_write(Duration::ZERO);
+        m.unresolved("v", "b", true);
+        m.dataplane(
+            &CounterSet::default(),
+            &[("v".to_owned(), traffic(1, 1))],
+            &[("v".to_owned(), "b".to_owned(), traffic(1, 1))],
+        );
+        for (name, _, _) in parse_samples(&m.render()) {
+            assert!(name.starts_with("xdplb_"), "{name}");
+        }
+    }
+
+    // --- HTTP endpoint ---
+
+    struct Fake {
+        healthy: AtomicBool,
+    }
+
+    impl Scrape for Fake {
+        fn metrics(&self) -> String {
+            "xdplb_fake_total 42\n".to_owned()
+        }
+        fn health(&self) -> Result<(), String> {
+            if self.healthy.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("xdp program detached".to_owned())
+            }
+        }
+    }
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Fake>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let fake = Arc::new(Fake {
+            healthy: AtomicBool::new(true),
+        });
+        tokio::spawn(serve_with(
+            listener,
+            Arc::clone(&fake) as Arc<dyn Scrape>,
+            limits,
+        ));
+        (addr, fake)
+    }
+
+    /// Sends `request` raw and returns (status, headers (lowercased names), body).
+    async fn exchange(
+        addr: std::net::SocketAddr,
+        request: &[u8],
+    ) -> (u16, Vec<(String, String)>, String) {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        let raw = String::from_utf8(raw).expect("utf-8 response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("status line");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .expect("status code")
+            .parse()
+            .expect("numeric status");
+        let headers = lines
+            .map(|l| {
+                let (k, v) = l.split_once(':').expect("header");
+                (k.to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        (status, headers, body.to_owned())
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn get_metrics_is_200_with_the_prometheus_text_content_type() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let (status, headers, body) =
+            exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("text/plain; version=0.0.4")
+        );
+        assert_eq!(header(&headers, "connection"), Some("close"));
+        assert_eq!(
+            header(&headers, "content-length"),
+            Some(body.len().to_string().as_str())
+        );
+        assert_eq!(body, "xdplb_fake_total 42\n");
+    }
+
+    #[tokio::test]
+    async fn metrics_serves_a_real_registry_and_ignores_a_query_string() {
+        struct Real(Metrics);
+        impl Scrape for Real {
+            fn metrics(&self) -> String {
+                self.0.render()
+            }
+            fn health(&self) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let metrics = Metrics::new();
+        metrics.reload(true);
+        tokio::spawn(serve(listener, Arc::new(Real(metrics))));
+        let (status, _, body) = exchange(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            value(&body, "xdplb_config_reloads_total", &[("result", "ok")]),
+            Some(1.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn healthz_is_200_ok_while_healthy_and_503_with_the_reason_otherwise() {
+        let (addr, fake) = start(Limits::DEFAULT).await;
+        let (status, _, body) = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        fake.healthy.store(false, Ordering::SeqCst);
+        let (status, _, body) = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (503, "xdp program detached\n"));
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_404() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let (status, _, body) = exchange(addr, b"GET /metricsx HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (404, "not found\n"));
+    }
+
+    #[tokio::test]
+    async fn other_methods_are_405_with_allow() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let (status, headers, _) = exchange(
+            addr,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+    }
+
+    #[tokio::test]
+    async fn head_answers_headers_without_a_body() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let (status, headers, body) = exchange(addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, ""));
+        assert_eq!(header(&headers, "content-length"), Some("3"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_line_is_400() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let (status, _, _) = exchange(addr, b"GET\r\n\r\n").await;
+        assert_eq!(status, 400);
+        let (status, _, _) = exchange(addr, b"GET /metrics SPDY/3\r\n\r\n").await;
+        assert_eq!(status, 400);
+    }
+
+    #[tokio::test]
+    async fn a_request_over_8_kib_is_431() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        let mut request = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', 9 * 1024));
+        request.extend_from_slice(b"\r\n\r\n");
+        let (status, _, _) = exchange(addr, &request).await;
+        assert_eq!(status, 431);
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_disconnected_after_the_read_timeout() {
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::DEFAULT
+        };
+        let (addr, _) = start(limits).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .expect("send");
+        let mut rest = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(0))),
+            "expected a close without a response, got {read:?} {rest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_are_served_concurrently() {
+        let (addr, _) = start(Limits::DEFAULT).await;
+        // A client that never finishes its request must not block the next one.
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        stalled.write_all(b"GET /met").await.expect("send");
+        let (status, _, _) = tokio::time::timeout(
+            Duration::from_secs(2),
+            exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n"),
+        )
+        .await
+        .expect("answered while another connection stalls");
+        assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn head_end_accepts_crlf_and_bare_lf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+}

@@ -1,0 +1,1003 @@
+//! Next-hop MAC resolution and interface facts. The data path rewrites
+//! destination MACs itself (dsr, and ipip towards the next hop), so the
+//! controller reads them from the kernel's neighbour table over rtnetlink and
+//! nudges the kernel to resolve the ones it lacks.
+//!
+//! The netlink messages are built and parsed here by hand (the two message types
+//! we need do not justify a netlink crate); parsing is bounds-checked throughout
+//! and treats anything odd as an error or a skipped entry, never a panic.
+
+use std::{
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow, bail};
+
+/// The balancer's interface as the data path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    // The name becomes a /sys path component and a SO_BINDTODEVICE argument.
+    let bad = name.is_empty()
+        || name.len() > IFNAME_MAX
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
+    if bad {
+        bail!("invalid interface name {name:?}");
+    }
+    Ok(())
+}
+
+/// Name, index, MAC and MTU of `name`, from /sys/class/net.
+pub fn interface(name: &str) -> anyhow::Result<Interface> {
+    check_name(name)?;
+    let read = |attr: &str| -> anyhow::Result<String> {
+        let path = format!("/sys/class/net/{name}/{attr}");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().to_owned()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!("no interface {name}")),
+            Err(e) => Err(e).with_context(|| format!("cannot read {path}")),
+        }
+    };
+    let index = read("ifindex")?;
+    let index = index
+        .parse()
+        .with_context(|| format!("{name}: bad ifindex {index:?}"))?;
+    let address = read("address")?;
+    let mac = parse_mac(&address)
+        .ok_or_else(|| anyhow!("interface {name} has no ethernet address ({address:?})"))?;
+    let mtu = read("mtu")?;
+    let mtu = mtu
+        .parse()
+        .with_context(|| format!("{name}: bad mtu {mtu:?}"))?;
+    Ok(Interface {
+        name: name.to_owned(),
+        index,
+        mac,
+        mtu,
+    })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (one or two hex digits per byte).
+#[must_use]
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The next hop for `dst` out of the interface: `gateway` if given, else `dst`
+/// itself (on-link).
+#[must_use]
+pub fn next_hop(dst: IpAddr, gateway: Option<IpAddr>) -> IpAddr {
+    gateway.unwrap_or(dst)
+}
+
+// Kernel ABI constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h).
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_DUMP: u16 = 0x300;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+/// `struct ndmsg`: family u8, 3 pad bytes, ifindex i32, state u16, flags u8, type u8.
+const NDMSG_LEN: usize = 12;
+const RTA_HDRLEN: usize = 4;
+/// Strips the `NLA_F_NESTED` / `NLA_F_NET_BYTEORDER` flag bits from an attribute type.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// Address families as `ndmsg` carries them (`u8`, where libc has `c_int`).
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+pub const NUD_INCOMPLETE: u16 = 0x01;
+pub const NUD_REACHABLE: u16 = 0x02;
+pub const NUD_STALE: u16 = 0x04;
+pub const NUD_DELAY: u16 = 0x08;
+pub const NUD_PROBE: u16 = 0x10;
+pub const NUD_FAILED: u16 = 0x20;
+pub const NUD_NOARP: u16 = 0x40;
+pub const NUD_PERMANENT: u16 = 0x80;
+/// States whose link-layer address the kernel itself would send to.
+const NUD_USABLE: u16 =
+    NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
+
+/// How long to wait for the kernel's answer to a dump.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One entry of the kernel's neighbour table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    /// `NUD_*` bits.
+    pub state: u16,
+    pub dst: Option<IpAddr>,
+    /// The link-layer address, when it is an Ethernet one.
+    pub lladdr: Option<[u8; 6]>,
+}
+
+impl Neighbour {
+    /// The MAC, if the kernel would use this entry to send.
+    #[must_use]
+    pub fn usable_mac(&self) -> Option<[u8; 6]> {
+        self.lladdr
+            .filter(|mac| self.state & NUD_USABLE != 0 && *mac != [0; 6])
+    }
+}
+
+/// Why a netlink answer could not be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum NetlinkError {
+    #[error("truncated netlink message")]
+    Truncated,
+    /// The kernel refused the request; the value is the positive errno.
+    #[error("netlink: {}", io::Error::from_raw_os_error(*.0))]
+    Kernel(i32),
+}
+
+/// Whether a dump continues past the datagram just parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    More,
+    Done,
+}
+
+fn align4(len: usize) -> usize {
+    len.saturating_add(3) & !3
+}
+
+fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(
+        buf.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        buf.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_ne_bytes(
+        buf.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// An `RTM_GETNEIGH` dump request for one address family (`AF_INET`/`AF_INET6`).
+fn dump_request(family: u8, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NDMSG_LEN;
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&RTM_GETNEIGH.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    // Port id 0: the kernel fills in ours.
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.push(family);
+    // Padding, ifindex, state, flags, type: all zero, i.e. every entry of the family.
+    msg.resize(len, 0);
+    msg
+}
+
+/// Parses one received datagram of a dump with sequence number `seq`,
+/// appending its neighbour entries to `out`.
+fn parse_datagram(
+    buf: &[u8],
+    seq: u32,
+    out: &mut Vec<Neighbour>,
+) -> Result<Progress, NetlinkError> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let len = u32_at(rest, 0).ok_or(NetlinkError::Truncated)? as usize;
+        let kind = u16_at(rest, 4).ok_or(NetlinkError::Truncated)?;
+        let msg_seq = u32_at(rest, 8).ok_or(NetlinkError::Truncated)?;
+        if len < NLMSG_HDRLEN {
+            return Err(NetlinkError::Truncated);
+        }
+        let payload = rest.get(NLMSG_HDRLEN..len).ok_or(NetlinkError::Truncated)?;
+        rest = rest.get(align4(len)..).unwrap_or_default();
+        if msg_seq != seq {
+            // Left over from some other request on this socket.
+            continue;
+        }
+        match kind {
+            NLMSG_DONE => {
+                // A dump that failed midway ends with DONE carrying the error.
+                return match i32_at(payload, 0) {
+                    Some(code) if code < 0 => Err(NetlinkError::Kernel(code.saturating_neg())),
+                    _ => Ok(Progress::Done),
+                };
+            }
+            NLMSG_ERROR => match i32_at(payload, 0).ok_or(NetlinkError::Truncated)? {
+                // An acknowledgement, not an error.
+                0 => {}
+                code => return Err(NetlinkError::Kernel(code.saturating_neg())),
+            },
+            RTM_NEWNEIGH => out.extend(parse_neighbour(payload)),
+            _ => {}
+        }
+    }
+    Ok(Progress::More)
+}
+
+/// Parses the payload of an `RTM_NEWNEIGH` message (`ndmsg` plus attributes).
+/// A payload too short for `ndmsg` yields `None`; a malformed attribute ends the
+/// attribute walk, keeping what was read before it.
+fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
+    let family = *payload.first()?;
+    let ifindex = u32_at(payload, 4)?;
+    let state = u16_at(payload, 8)?;
+    let mut neighbour = Neighbour {
+        ifindex,
+        state,
+        dst: None,
+        lladdr: None,
+    };
+    let mut attrs = payload.get(NDMSG_LEN..)?;
+    while attrs.len() >= RTA_HDRLEN {
+        let Some(len) = u16_at(attrs, 0).map(usize::from) else {
+            break;
+        };
+        let Some(kind) = u16_at(attrs, 2) else { break };
+        // A length below the header would never advance; one past the end lies.
+        if len < RTA_HDRLEN {
+            break;
+        }
+        let Some(data) = attrs.get(RTA_HDRLEN..len) else {
+            break;
+        };
+        match kind & NLA_TYPE_MASK {
+            NDA_DST => neighbour.dst = ip_from(family, data),
+            NDA_LLADDR => neighbour.lladdr = data.try_into().ok(),
+            _ => {}
+        }
+        attrs = attrs.get(align4(len)..).unwrap_or_default();
+    }
+    Some(neighbour)
+}
+
+fn ip_from(family: u8, data: &[u8]) -> Option<IpAddr> {
+    match family {
+        AF_INET => <[u8; 4]>::try_from(data)
+            .ok()
+            .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        AF_INET6 => <[u8; 16]>::try_from(data)
+            .ok()
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        _ => None,
+    }
+}
+
+/// A `NETLINK_ROUTE` socket with a receive timeout.
+struct Netlink(OwnedFd);
+
+impl Netlink {
+    fn open() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let sock = Self(unsafe { OwnedFd::from_raw_fd(fd) });
+        let timeout = libc::timeval {
+            tv_sec: NETLINK_TIMEOUT
+                .as_secs()
+                .try_into()
+                .unwrap_or(libc::time_t::MAX),
+            tv_usec: 0,
+        };
+        // SAFETY: the option value points at a live timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
+    }
+
+    fn kernel() -> libc::sockaddr_nl {
+        // SAFETY: sockaddr_nl is plain integers; all-zero is valid (port 0 = the kernel).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr
+    }
+
+    fn send(&self, msg: &[u8]) -> io::Result<()> {
+        let addr = Self::kernel();
+        // SAFETY: `msg` and `addr` are live for the call and their lengths are passed.
+        let rc = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Receives one datagram into `buf`; returns its length and whether the
+    /// kernel (port 0) sent it.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+        loop {
+            let mut from = Self::kernel();
+            let mut from_len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are live and writable for the lengths passed.
+            let rc = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    // Report the datagram's real length, so truncation is detectable.
+                    libc::MSG_TRUNC,
+                    (&raw mut from).cast(),
+                    &raw mut from_len,
+                )
+            };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let len = usize::try_from(rc).unwrap_or(0);
+            if len > buf.len() {
+                return Err(io::Error::other(format!(
+                    "netlink message of {len} bytes truncated"
+                )));
+            }
+            return Ok((len, from.nl_pid == 0));
+        }
+    }
+}
+
+/// The kernel's neighbour table for IPv4 or IPv6 (`RTM_GETNEIGH` dump).
+pub fn dump(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
+    let family = if ipv6 { AF_INET6 } else { AF_INET };
+    let sock = Netlink::open().context("cannot open a netlink socket")?;
+    // A fresh socket sees only its own request's answers; the sequence number
+    // still guards against anything else queued on it.
+    let seq = 1;
+    sock.send(&dump_request(family, seq))
+        .context("cannot send the neighbour dump request")?;
+    // Dump datagrams are at most 32 KiB on current kernels.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut table = Vec::new();
+    loop {
+        let (len, from_kernel) = sock.recv(&mut buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                anyhow!("no neighbour dump from the kernel within {NETLINK_TIMEOUT:?}")
+            } else {
+                anyhow!("cannot read the neighbour dump: {e}")
+            }
+        })?;
+        if !from_kernel {
+            continue;
+        }
+        let data = buf.get(..len).unwrap_or_default();
+        match parse_datagram(data, seq, &mut table).context("neighbour dump")? {
+            Progress::Done => return Ok(table),
+            Progress::More => {}
+        }
+    }
+}
+
+/// The MAC of `addr` in the kernel neighbour table on interface `ifindex`, if
+/// the entry is usable (reachable, stale, delay, probe, permanent or noarp with
+/// a non-zero address).
+pub fn lookup(ifindex: u32, addr: IpAddr) -> anyhow::Result<Option<[u8; 6]>> {
+    let addr = addr.to_canonical();
+    Ok(find(&dump(addr.is_ipv6())?, ifindex, addr))
+}
+
+fn find(table: &[Neighbour], ifindex: u32, addr: IpAddr) -> Option<[u8; 6]> {
+    table
+        .iter()
+        .filter(|n| n.ifindex == ifindex && n.dst == Some(addr))
+        .find_map(Neighbour::usable_mac)
+}
+
+/// Asks the kernel to resolve `addr` on `interface`: sends one empty UDP
+/// datagram to port 9 (discard) from a socket bound to the interface, which
+/// starts ARP / neighbour discovery. Callers may ignore errors: the next
+/// refresh tries again.
+pub fn solicit(interface: &str, addr: IpAddr) -> io::Result<()> {
+    check_name(interface)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let addr = addr.to_canonical();
+    let (socket, target) = match addr {
+        IpAddr::V4(a) => (
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+            SocketAddr::from((a, 9)),
+        ),
+        IpAddr::V6(a) => {
+            // A link-local address means nothing without its interface.
+            let scope = if a.is_unicast_link_local() {
+                ifindex_of(interface)?
+            } else {
+                0
+            };
+            (
+                UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
+                SocketAddr::V6(SocketAddrV6::new(a, 9, 0, scope)),
+            )
+        }
+    };
+    // SAFETY: the option value points at the name's bytes, of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            interface.as_ptr().cast(),
+            interface.len() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A full send buffer must not stall the caller; losing this datagram is fine.
+    socket.set_nonblocking(true)?;
+    socket.send_to(&[], target)?;
+    Ok(())
+}
+
+fn ifindex_of(name: &str) -> io::Result<u32> {
+    let text = fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("{name}: bad ifindex {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// A netlink message with the given type, sequence number and payload.
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&4242u32.to_ne_bytes());
+        msg.extend_from_slice(payload);
+        msg.resize(align4(len), 0);
+        msg
+    }
+
+    fn attr(kind: u16, data: &[u8]) -> Vec<u8> {
+        let len = RTA_HDRLEN + data.len();
+        let mut a = Vec::new();
+        a.extend_from_slice(&(len as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(data);
+        a.resize(align4(len), 0);
+        a
+    }
+
+    fn ndmsg(family: u8, ifindex: u32, state: u16, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = vec![family, 0, 0, 0];
+        p.extend_from_slice(&ifindex.to_ne_bytes());
+        p.extend_from_slice(&state.to_ne_bytes());
+        p.extend_from_slice(&[0, 1]); // flags, type (RTN_UNICAST)
+        for a in attrs {
+            p.extend_from_slice(a);
+        }
+        p
+    }
+
+    fn neigh_v4(seq: u32, ifindex: u32, state: u16, ip: [u8; 4], mac: &[u8]) -> Vec<u8> {
+        message(
+            RTM_NEWNEIGH,
+            seq,
+            &ndmsg(
+                AF_INET,
+                ifindex,
+                state,
+                &[attr(NDA_DST, &ip), attr(NDA_LLADDR, mac)],
+            ),
+        )
+    }
+
+    fn done(seq: u32, code: i32) -> Vec<u8> {
+        message(NLMSG_DONE, seq, &code.to_ne_bytes())
+    }
+
+    fn error(seq: u32, code: i32) -> Vec<u8> {
+        // nlmsgerr: the error code, then the offending request's header.
+        let mut payload = code.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&dump_request(AF_INET, seq)[..NLMSG_HDRLEN]);
+        message(NLMSG_ERROR, seq, &payload)
+    }
+
+    const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+    fn two_neighbours_and_done() -> Vec<u8> {
+        let mut buf = neigh_v4(7, 3, NUD_REACHABLE, [10, 0, 0, 11], &MAC_A);
+        let v6: Ipv6Addr = "fd00::12".parse().expect("ipv6");
+        buf.extend(message(
+            RTM_NEWNEIGH,
+            7,
+            &ndmsg(
+                AF_INET6,
+                4,
+                NUD_STALE,
+                &[attr(NDA_DST, &v6.octets()), attr(NDA_LLADDR, &MAC_B)],
+            ),
+        ));
+        buf.extend(done(7, 0));
+        buf
+    }
+
+    #[test]
+    fn address_family_constants_match_libc() {
+        assert_eq!(i32::from(AF_INET), libc::AF_INET);
+        assert_eq!(i32::from(AF_INET6), libc::AF_INET6);
+    }
+
+    #[test]
+    fn dump_request_is_a_getneigh_dump_for_the_family() {
+        let req = dump_request(AF_INET6, 9);
+        assert_eq!(req.len(), 28);
+        assert_eq!(u32_at(&req, 0), Some(28));
+        assert_eq!(u16_at(&req, 4), Some(RTM_GETNEIGH));
+        assert_eq!(u16_at(&req, 6), Some(NLM_F_REQUEST | NLM_F_DUMP));
+        assert_eq!(u32_at(&req, 8), Some(9));
+        assert_eq!(req[16], AF_INET6);
+        assert!(req[17..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_dump_with_two_entries_and_done_yields_both_and_finishes() {
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_datagram(&two_neighbours_and_done(), 7, &mut out),
+            Ok(Progress::Done)
+        );
+        assert_eq!(
+            out,
+            vec![
+                Neighbour {
+                    ifindex: 3,
+                    state: NUD_REACHABLE,
+                    dst: Some("10.0.0.11".parse().expect("ip")),
+                    lladdr: Some(MAC_A)
+                },
+                Neighbour {
+                    ifindex: 4,
+                    state: NUD_STALE,
+                    dst: Some("fd00::12".parse().expect("ip")),
+                    lladdr: Some(MAC_B)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_datagram_without_done_asks_for_more() {
+        let mut out = Vec::new();
+        let buf = neigh_v4(7, 3, NUD_REACHABLE, [10, 0, 0, 11], &MAC_A);
+        assert_eq!(parse_datagram(&buf, 7, &mut out), Ok(Progress::More));
+        assert_eq!(out.len(), 1);
+        assert_eq!(parse_datagram(&[], 7, &mut out), Ok(Progress::More));
+    }
+
+    #[test]
+    fn messages_of_another_sequence_number_are_ignored() {
+        let mut buf = neigh_v4(6, 3, NUD_REACHABLE, [10, 0, 0, 11], &MAC_A);
+        buf.extend(done(6, 0));
+        buf.extend(neigh_v4(7, 3, NUD_REACHABLE, [10, 0, 0, 12], &MAC_B));
+        let mut out = Vec::new();
+        assert_eq!(parse_datagram(&buf, 7, &mut out), Ok(Progress::More));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].lladdr, Some(MAC_B));
+    }
+
+    #[test]
+    fn truncated_messages_are_errors_not_panics() {
+        let full = two_neighbours_and_done();
+        let mut out = Vec::new();
+        // A header cut short.
+        assert_eq!(
+            parse_datagram(&full[..10], 7, &mut out),
+            Err(NetlinkError::Truncated)
+        );
+        // A length that runs past the datagram.
+        let first_len = u32_at(&full, 0).expect("len") as usize;
+        assert_eq!(
+            parse_datagram(&full[..first_len - 1], 7, &mut out),
+            Err(NetlinkError::Truncated)
+        );
+        // A length smaller than the header itself.
+        let mut tiny = full.clone();
+        tiny[..4].copy_from_slice(&8u32.to_ne_bytes());
+        assert_eq!(
+            parse_datagram(&tiny, 7, &mut out),
+            Err(NetlinkError::Truncated)
+        );
+        // An error message without its code.
+        assert_eq!(
+            parse_datagram(&message(NLMSG_ERROR, 7, &[0, 0]), 7, &mut out),
+            Err(NetlinkError::Truncated)
+        );
+    }
+
+    #[test]
+    fn nlmsg_error_reports_the_errno_and_an_ack_is_not_an_error() {
+        let mut out = Vec::new();
+        let err = parse_datagram(&error(7, -libc::EPERM), 7, &mut out).expect_err("eperm");
+        assert_eq!(err, NetlinkError::Kernel(libc::EPERM));
+        assert!(err.to_string().contains("not permitted"), "{err}");
+        let mut acked = error(7, 0);
+        acked.extend(done(7, 0));
+        assert_eq!(parse_datagram(&acked, 7, &mut out), Ok(Progress::Done));
+    }
+
+    #[test]
+    fn done_carrying_an_error_fails_the_dump() {
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_datagram(&done(7, -libc::EBUSY), 7, &mut out),
+            Err(NetlinkError::Kernel(libc::EBUSY))
+        );
+        // DONE without a payload (old kernels) just ends the dump.
+        assert_eq!(
+            parse_datagram(&message(NLMSG_DONE, 7, &[]), 7, &mut out),
+            Ok(Progress::Done)
+        );
+    }
+
+    #[test]
+    fn odd_neighbour_payloads_are_skipped_or_partially_read() {
+        let mut out = Vec::new();
+        // Shorter than ndmsg: skipped.
+        parse_datagram(&message(RTM_NEWNEIGH, 7, &[AF_INET, 0, 0]), 7, &mut out).expect("parse");
+        assert!(out.is_empty());
+        // An attribute claiming more bytes than there are: the walk stops there.
+        let mut bogus = attr(NDA_LLADDR, &MAC_A);
+        bogus[..2].copy_from_slice(&200u16.to_ne_bytes());
+        let payload = ndmsg(
+            AF_INET,
+            3,
+            NUD_REACHABLE,
+            &[attr(NDA_DST, &[10, 0, 0, 11]), bogus],
+        );
+        parse_datagram(&message(RTM_NEWNEIGH, 7, &payload), 7, &mut out).expect("parse");
+        assert_eq!(out[0].dst, Some("10.0.0.11".parse().expect("ip")));
+        assert_eq!(out[0].lladdr, None);
+        // An attribute length below its own header: the walk stops, no endless loop.
+        let mut zero = attr(NDA_DST, &[10, 0, 0, 11]);
+        zero[..2].copy_from_slice(&0u16.to_ne_bytes());
+        let payload = ndmsg(AF_INET, 3, NUD_REACHABLE, &[zero]);
+        parse_datagram(&message(RTM_NEWNEIGH, 7, &payload), 7, &mut out).expect("parse");
+        assert_eq!(out[1].dst, None);
+        // A non-Ethernet link-layer address (InfiniBand, 20 bytes) and a wrong-size address.
+        let payload = ndmsg(
+            AF_INET,
+            3,
+            NUD_REACHABLE,
+            &[attr(NDA_DST, &[10, 0, 0]), attr(NDA_LLADDR, &[7; 20])],
+        );
+        parse_datagram(&message(RTM_NEWNEIGH, 7, &payload), 7, &mut out).expect("parse");
+        assert_eq!((out[2].dst, out[2].lladdr), (None, None));
+    }
+
+    #[test]
+    fn no_prefix_or_byte_flip_of_a_dump_panics() {
+        let full = two_neighbours_and_done();
+        for end in 0..=full.len() {
+            let _ = parse_datagram(&full[..end], 7, &mut Vec::new());
+        }
+        // Deterministic pseudo-random corruption.
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..20_000 {
+            let mut buf = full.clone();
+            for _ in 0..3 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let at = x as usize % buf.len();
+                buf[at] = (x >> 24) as u8;
+            }
+            let _ = parse_datagram(&buf, 7, &mut Vec::new());
+        }
+    }
+
+    #[test]
+    fn only_usable_states_with_a_nonzero_mac_resolve() {
+        let entry = |state, mac| Neighbour {
+            ifindex: 3,
+            state,
+            dst: None,
+            lladdr: Some(mac),
+        };
+        for state in [
+            NUD_REACHABLE,
+            NUD_STALE,
+            NUD_DELAY,
+            NUD_PROBE,
+            NUD_PERMANENT,
+            NUD_NOARP,
+        ] {
+            assert_eq!(
+                entry(state, MAC_A).usable_mac(),
+                Some(MAC_A),
+                "state {state:#x}"
+            );
+        }
+        for state in [NUD_INCOMPLETE, NUD_FAILED, 0] {
+            assert_eq!(entry(state, MAC_A).usable_mac(), None, "state {state:#x}");
+        }
+        assert_eq!(entry(NUD_NOARP, [0; 6]).usable_mac(), None);
+        assert_eq!(
+            Neighbour {
+                lladdr: None,
+                ..entry(NUD_REACHABLE, MAC_A)
+            }
+            .usable_mac(),
+            None
+        );
+    }
+
+    #[test]
+    fn find_matches_interface_and_address_and_skips_unusable_entries() {
+        let ip: IpAddr = "10.0.0.11".parse().expect("ip");
+        let table = vec![
+            Neighbour {
+                ifindex: 2,
+                state: NUD_REACHABLE,
+                dst: Some(ip),
+                lladdr: Some(MAC_B),
+            },
+            Neighbour {
+                ifindex: 3,
+                state: NUD_FAILED,
+                dst: Some(ip),
+                lladdr: Some(MAC_B),
+            },
+            Neighbour {
+                ifindex: 3,
+                state: NUD_STALE,
+                dst: Some(ip),
+                lladdr: Some(MAC_A),
+            },
+        ];
+        assert_eq!(find(&table, 3, ip), Some(MAC_A));
+        assert_eq!(find(&table, 4, ip), None);
+        assert_eq!(find(&table, 3, "10.0.0.12".parse().expect("ip")), None);
+    }
+
+    #[test]
+    fn macs_parse_and_format() {
+        assert_eq!(parse_mac("02:fc:00:00:00:01"), Some([2, 0xfc, 0, 0, 0, 1]));
+        assert_eq!(parse_mac("2:FC:0:0:0:1"), Some([2, 0xfc, 0, 0, 0, 1]));
+        for bad in [
+            "",
+            "02:fc:00:00:00",
+            "02:fc:00:00:00:01:02",
+            "02:fc:00:00:00:001",
+            "02:fc::00:00:01",
+            "zz:00:00:00:00:00",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(format_mac(&[2, 0xfc, 0, 0, 0, 1]), "02:fc:00:00:00:01");
+    }
+
+    #[test]
+    fn next_hop_is_the_gateway_if_given_else_the_destination() {
+        let dst: IpAddr = "10.0.0.11".parse().expect("ip");
+        let gw: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(next_hop(dst, Some(gw)), gw);
+        assert_eq!(next_hop(dst, None), dst);
+    }
+
+    #[test]
+    fn loopback_is_index_1_with_mtu_65536() {
+        let lo = interface("lo").expect("lo");
+        assert_eq!(
+            lo,
+            Interface {
+                name: "lo".into(),
+                index: 1,
+                mac: [0; 6],
+                mtu: 65_536
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_and_invalid_interface_names_are_errors() {
+        let err = interface("xdplbnone0").expect_err("missing").to_string();
+        assert_eq!(err, "no interface xdplbnone0");
+        for bad in [
+            "",
+            "..",
+            "../../etc",
+            "a very long interface name",
+            "eth0\0",
+        ] {
+            assert!(
+                interface(bad)
+                    .expect_err(bad)
+                    .to_string()
+                    .starts_with("invalid interface name"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            solicit("../x", "10.0.0.1".parse().expect("ip"))
+                .expect_err("invalid")
+                .kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn lookup_on_loopback_answers_without_error() {
+        // lo has no neighbour entries; this exercises the real dump end to end.
+        assert_eq!(
+            lookup(1, "127.0.0.1".parse().expect("ip")).expect("v4 dump"),
+            None
+        );
+        assert_eq!(
+            lookup(1, "::1".parse().expect("ip")).expect("v6 dump"),
+            None
+        );
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// Skips a root-only test, unless CI demands every test runs.
+    fn skip(test: &str) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs root under CI"
+        );
+        eprintln!("SKIPPED {test}: needs root");
+    }
+
+    fn ip(args: &[&str]) {
+        let status = Command::new("ip").args(args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?} failed");
+    }
+
+    /// A veth pair made for one test, deleted on drop (panics included).
+    struct Veth(String);
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+
+    #[test]
+    fn lookup_finds_permanent_entries_on_their_interface_only() {
+        if !is_root() {
+            return skip("lookup_finds_permanent_entries_on_their_interface_only");
+        }
+        // Unique per process, so parallel test runs do not collide.
+        let name = format!("xlbt{}a", std::process::id() % 1_000_000);
+        let peer = format!("xlbt{}b", std::process::id() % 1_000_000);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let _guard = Veth(name.clone());
+        ip(&[
+            "neigh",
+            "add",
+            "10.254.254.1",
+            "lladdr",
+            "02:00:00:00:00:42",
+            "dev",
+            &name,
+            "nud",
+            "permanent",
+        ]);
+        ip(&[
+            "-6",
+            "neigh",
+            "add",
+            "fd00:db8:254::1",
+            "lladdr",
+            "02:00:00:00:00:43",
+            "dev",
+            &name,
+            "nud",
+            "permanent",
+        ]);
+        let this = interface(&name).expect("veth");
+        let other = interface(&peer).expect("peer");
+
+        let v4: IpAddr = "10.254.254.1".parse().expect("ip");
+        let v6: IpAddr = "fd00:db8:254::1".parse().expect("ip");
+        assert_eq!(
+            lookup(this.index, v4).expect("lookup"),
+            Some([2, 0, 0, 0, 0, 0x42])
+        );
+        assert_eq!(
+            lookup(this.index, v6).expect("lookup"),
+            Some([2, 0, 0, 0, 0, 0x43])
+        );
+        // An IPv4-mapped IPv6 address is the IPv4 entry.
+        assert_eq!(
+            lookup(this.index, "::ffff:10.254.254.1".parse().expect("ip")).expect("lookup"),
+            Some([2, 0, 0, 0, 0, 0x42])
+        );
+        assert_eq!(lookup(other.index, v4).expect("lookup"), None);
+        assert_eq!(
+            lookup(this.index, "10.254.254.2".parse().expect("ip")).expect("lookup"),
+            None
+        );
+    }
+
+    #[test]
+    fn solicit_sends_from_a_socket_bound_to_the_interface() {
+        if !is_root() {
+            return skip("solicit_sends_from_a_socket_bound_to_the_interface");
+        }
+        solicit("lo", "127.0.0.1".parse().expect("ip")).expect("solicit on lo");
+        solicit("lo", "::1".parse().expect("ip")).expect("solicit on lo over ipv6");
+    }
+}
