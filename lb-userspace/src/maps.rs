@@ -14,7 +14,7 @@ use aya::{
 };
 use lb_common::{
     Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
-    limits::{RING_ENTRIES, RING_SIZE},
+    limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
 };
@@ -30,6 +30,22 @@ pub trait Maps {
     fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()>;
     /// Overwrites ring `ring` (RING_SIZE slots). Only ever called on a ring no VIP points at.
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()>;
+    /// What the maps hold now, for a restarted controller to adopt.
+    fn snapshot(&self) -> Result<Snapshot>;
+    /// The slots of ring `ring`.
+    fn read_ring(&self, ring: u32) -> Result<Vec<u32>>;
+}
+
+/// The contents of the maps that say how traffic is forwarded (not the statistics
+/// or the connection table).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub config: LbConfig,
+    pub vips: Vec<(VipKey, VipMeta)>,
+    pub vip_addrs: Vec<VipAddrKey>,
+    /// Backend entries that were ever written (generation > 0).
+    pub backends: Vec<(u32, Backend)>,
+    pub filter: Vec<u64>,
 }
 
 /// The maps of one loaded `xdp-lb` object.
@@ -112,11 +128,6 @@ impl BpfMaps {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
 
-    /// The slots of ring `ring` as the kernel sees them.
-    #[must_use]
-    pub fn ring(&self, ring: u32) -> Vec<u32> {
-        self.rings.ring(ring)
-    }
 }
 
 fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
@@ -164,6 +175,27 @@ impl Maps for BpfMaps {
 
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
         self.rings.write(ring, slots)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let mut backends = Vec::new();
+        for index in 0..MAX_BACKENDS {
+            let b = self.backend(index)?;
+            if b.generation != 0 {
+                backends.push((index, b));
+            }
+        }
+        Ok(Snapshot {
+            config: self.config.get(&0, 0).context("reading CONFIG")?,
+            vips: self.vips.iter().collect::<Result<_, _>>().context("reading VIPS")?,
+            vip_addrs: self.vip_addrs.keys().collect::<Result<_, _>>().context("reading VIP_ADDRS")?,
+            backends,
+            filter: self.vip_filter.iter().collect::<Result<_, _>>().context("reading VIP_FILTER")?,
+        })
+    }
+
+    fn read_ring(&self, ring: u32) -> Result<Vec<u32>> {
+        Ok(self.rings.ring(ring))
     }
 }
 

@@ -45,6 +45,15 @@ impl Applied {
 /// (VIP name, backend name, backend address).
 type BackendId = (String, String, IpAddr);
 
+/// What a restarted controller found in pinned maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// The entry of each (VIP, backend) of the plan found in the maps (state, MAC).
+    pub entries: BTreeMap<(String, String), Backend>,
+    /// VIPs and backends in the maps that the plan no longer has; the next apply removes them.
+    pub orphans: usize,
+}
+
 struct VipSlot {
     index: u32,
     key: VipKey,
@@ -82,6 +91,60 @@ impl<M: Maps> MapWriter<M> {
             filter: vec![0; VIP_FILTER_WORDS as usize],
             generations: vec![0; MAX_BACKENDS as usize],
         }
+    }
+
+    /// Takes over maps a previous controller filled (pinned maps after a restart):
+    /// VIPs and backends of `plan` keep their slots, generations and rings, so
+    /// established flows keep their backends; anything else is removed by the next
+    /// `apply`.
+    pub fn adopt(maps: M, plan: &DataPlane) -> Result<(Self, Adopted)> {
+        let snap = maps.snapshot()?;
+        let mut w = Self::new(maps);
+        let mut adopted = Adopted::default();
+        w.config = Some(snap.config);
+        if snap.filter.len() == w.filter.len() {
+            w.filter = snap.filter;
+        }
+        w.vip_addrs = snap.vip_addrs.into_iter().collect();
+        for (index, b) in &snap.backends {
+            if let Some(g) = w.generations.get_mut(*index as usize) {
+                *g = b.generation;
+            }
+        }
+        let mut claimed = BTreeSet::new();
+        for (key, meta) in &snap.vips {
+            let Some(active) = meta.ring.checked_sub(meta.index * RINGS_PER_VIP).filter(|a| *a < RINGS_PER_VIP)
+            else {
+                continue;
+            };
+            let table = w.maps.read_ring(meta.ring)?;
+            let found = plan.vips.iter().find(|v| v.key() == *key && !w.vips.contains_key(&v.name));
+            let name = found.map_or_else(|| format!("(orphan vip {})", meta.index), |v| v.name.clone());
+            w.vips.insert(name, VipSlot { index: meta.index, key: *key, active, table });
+            let Some(vip) = found else {
+                adopted.orphans += 1;
+                continue;
+            };
+            for b in &vip.backends {
+                let (addr, family) = addr_words(b.address);
+                let hit = snap.backends.iter().find(|(i, e)| {
+                    e.vip == meta.index && e.addr == addr && e.family == family && !claimed.contains(i)
+                });
+                if let Some((index, entry)) = hit {
+                    claimed.insert(*index);
+                    w.backends.insert((vip.name.clone(), b.name.clone(), b.address), (*index, *entry));
+                    adopted.entries.insert((vip.name.clone(), b.name.clone()), *entry);
+                }
+            }
+        }
+        for (index, entry) in &snap.backends {
+            if !claimed.contains(index) && entry.state != BackendState::Down as u8 {
+                let id = ("(orphan)".to_owned(), index.to_string(), IpAddr::from([0u8; 4]));
+                w.backends.insert(id, (*index, *entry));
+                adopted.orphans += 1;
+            }
+        }
+        Ok((w, adopted))
     }
 
     pub fn maps(&self) -> &M {
@@ -302,4 +365,325 @@ fn check_capacity(plan: &DataPlane) -> Result<()> {
         bail!("{pairs} (VIP, backend) pairs configured; the data path holds at most {MAX_BACKENDS}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lb_common::{Backend, BackendState, LbConfig, VipKey, VipMeta, limits::NO_BACKEND, proto};
+
+    use super::*;
+    use crate::{
+        dataplane::{BackendPlan, DataPlane, VipPlan},
+        maps::{Maps, Snapshot},
+    };
+
+    /// Map writes, in order, as the fake saw them.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Op {
+        Config,
+        Vip(u16, u32),
+        RemoveVip(u16),
+        VipAddr(bool),
+        Backend(u32, u8),
+        Filter,
+        Ring(u32),
+    }
+
+    #[derive(Default)]
+    struct FakeMaps {
+        ops: Vec<Op>,
+        config: LbConfig,
+        vips: BTreeMap<[u8; 20], (VipKey, VipMeta)>,
+        addrs: BTreeSet<VipAddrKey>,
+        backends: BTreeMap<u32, Backend>,
+        filter: Vec<u64>,
+        rings: BTreeMap<u32, Vec<u32>>,
+    }
+
+    fn key_bytes(k: &VipKey) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        for (i, w) in k.addr.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        b[16..18].copy_from_slice(&k.port.to_ne_bytes());
+        b[18] = k.proto;
+        b[19] = k.family;
+        b
+    }
+
+    impl Maps for FakeMaps {
+        fn set_config(&mut self, config: &LbConfig) -> Result<()> {
+            self.config = *config;
+            self.ops.push(Op::Config);
+            Ok(())
+        }
+        fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+            self.vips.insert(key_bytes(key), (*key, *meta));
+            self.ops.push(Op::Vip(u16::from_be(key.port), meta.ring));
+            Ok(())
+        }
+        fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+            self.vips.remove(&key_bytes(key));
+            self.ops.push(Op::RemoveVip(u16::from_be(key.port)));
+            Ok(())
+        }
+        fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()> {
+            if present {
+                self.addrs.insert(*key);
+            } else {
+                self.addrs.remove(key);
+            }
+            self.ops.push(Op::VipAddr(present));
+            Ok(())
+        }
+        fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
+            self.backends.insert(index, *backend);
+            self.ops.push(Op::Backend(index, backend.state));
+            Ok(())
+        }
+        fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()> {
+            if self.filter.is_empty() {
+                self.filter = vec![0; VIP_FILTER_WORDS as usize];
+            }
+            self.filter[index as usize] = word;
+            self.ops.push(Op::Filter);
+            Ok(())
+        }
+        fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
+            self.rings.insert(ring, slots.to_vec());
+            self.ops.push(Op::Ring(ring));
+            Ok(())
+        }
+        fn snapshot(&self) -> Result<Snapshot> {
+            Ok(Snapshot {
+                config: self.config,
+                vips: self.vips.values().copied().collect(),
+                vip_addrs: self.addrs.iter().copied().collect(),
+                backends: self.backends.iter().map(|(i, b)| (*i, *b)).collect(),
+                filter: self.filter.clone(),
+            })
+        }
+        fn read_ring(&self, ring: u32) -> Result<Vec<u32>> {
+            Ok(self.rings.get(&ring).cloned().unwrap_or_else(|| vec![0; RING_SIZE as usize]))
+        }
+    }
+
+    fn backend(name: &str, last: u8) -> BackendPlan {
+        BackendPlan {
+            name: name.into(),
+            address: IpAddr::from([10, 0, 0, last]),
+            mac: Some([2, 0, 0, 0, 0, last]),
+            weight: 100,
+            state: BackendState::Up,
+        }
+    }
+
+    fn plan() -> DataPlane {
+        DataPlane {
+            config: LbConfig { mtu: 1500, ..LbConfig::default() },
+            vips: vec![VipPlan {
+                name: "web".into(),
+                address: IpAddr::from([192, 0, 2, 1]),
+                port: 80,
+                proto: proto::TCP,
+                backends: vec![backend("a", 1), backend("b", 2), backend("c", 3)],
+            }],
+        }
+    }
+
+    fn writer() -> MapWriter<FakeMaps> {
+        let mut w = MapWriter::new(FakeMaps::default());
+        w.apply(&plan()).unwrap();
+        w.maps.ops.clear();
+        w
+    }
+
+    fn position(ops: &[Op], pred: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(pred).unwrap_or_else(|| panic!("op not found in {ops:?}"))
+    }
+
+    #[test]
+    fn first_apply_writes_backends_before_the_ring_and_the_ring_before_the_vip() {
+        let mut w = MapWriter::new(FakeMaps::default());
+        let a = w.apply(&plan()).unwrap();
+        let ops = &w.maps.ops;
+        assert_eq!(ops[0], Op::Config);
+        let last_backend = ops.iter().rposition(|o| matches!(o, Op::Backend(..))).unwrap();
+        let ring = position(ops, |o| matches!(o, Op::Ring(_)));
+        let vip = position(ops, |o| matches!(o, Op::Vip(..)));
+        assert!(last_backend < ring && ring < vip, "{ops:?}");
+        assert!(position(ops, |o| *o == Op::Filter) < vip, "filter lets the address through first");
+        assert_eq!((a.backends_written, a.rings_switched, a.vips_added), (3, 1, 1));
+        assert_eq!(a.slots_moved, RING_SIZE as usize);
+    }
+
+    #[test]
+    fn applying_the_same_plan_again_writes_nothing() {
+        let mut w = writer();
+        let a = w.apply(&plan()).unwrap();
+        assert!(a.is_empty(), "{a:?}");
+        assert!(w.maps.ops.is_empty(), "{:?}", w.maps.ops);
+    }
+
+    #[test]
+    fn backend_going_down_leaves_the_ring_before_it_is_marked_down() {
+        let mut w = writer();
+        let b_index = w.backend_index("web", "b").unwrap();
+        let mut p = plan();
+        p.vips[0].backends[1].state = BackendState::Down;
+        let a = w.apply(&p).unwrap();
+        let ops = &w.maps.ops;
+        let ring = position(ops, |o| matches!(o, Op::Ring(_)));
+        let flip = position(ops, |o| matches!(o, Op::Vip(..)));
+        let down = position(ops, |o| *o == Op::Backend(b_index, BackendState::Down as u8));
+        assert!(ring < flip && flip < down, "{ops:?}");
+        assert_eq!(a.backends_written, 1, "only b's entry changes");
+        assert!(!w.table("web").unwrap().contains(&b_index));
+        // Only b's slots moved: about a third of the ring.
+        let third = RING_SIZE as usize / 3;
+        assert!(a.slots_moved > third * 9 / 10 && a.slots_moved < third * 11 / 10, "{}", a.slots_moved);
+    }
+
+    #[test]
+    fn backend_coming_up_is_written_before_the_ring_that_uses_it() {
+        let mut p = plan();
+        p.vips[0].backends[2].state = BackendState::Down;
+        let mut w = MapWriter::new(FakeMaps::default());
+        w.apply(&p).unwrap();
+        w.maps.ops.clear();
+        p.vips[0].backends[2].state = BackendState::Up;
+        w.apply(&p).unwrap();
+        let c = w.backend_index("web", "c").unwrap();
+        let ops = &w.maps.ops;
+        let up = position(ops, |o| *o == Op::Backend(c, BackendState::Up as u8));
+        assert!(up < position(ops, |o| matches!(o, Op::Ring(_))), "{ops:?}");
+    }
+
+    #[test]
+    fn each_change_writes_the_idle_ring_and_switches_to_it() {
+        let mut w = writer();
+        let first = w.maps.vips.values().next().unwrap().1.ring;
+        let mut p = plan();
+        p.vips[0].backends[0].state = BackendState::Down;
+        w.apply(&p).unwrap();
+        let second = w.maps.vips.values().next().unwrap().1.ring;
+        assert_ne!(first, second);
+        assert_eq!(w.maps.ops.iter().filter(|o| matches!(o, Op::Ring(r) if *r == first)).count(), 0, "active ring untouched");
+        p.vips[0].backends[0].state = BackendState::Up;
+        w.apply(&p).unwrap();
+        assert_eq!(w.maps.vips.values().next().unwrap().1.ring, first);
+    }
+
+    #[test]
+    fn draining_backend_leaves_the_ring_but_stays_reachable() {
+        let mut w = writer();
+        let mut p = plan();
+        p.vips[0].backends[0].state = BackendState::Draining;
+        w.apply(&p).unwrap();
+        let a = w.backend_index("web", "a").unwrap();
+        assert!(!w.table("web").unwrap().contains(&a));
+        assert_eq!(w.maps.backends[&a].state, BackendState::Draining as u8);
+    }
+
+    #[test]
+    fn backend_without_mac_is_down_in_the_maps() {
+        let mut w = writer();
+        let mut p = plan();
+        p.vips[0].backends[0].mac = None;
+        w.apply(&p).unwrap();
+        let a = w.backend_index("web", "a").unwrap();
+        assert_eq!(w.maps.backends[&a].state, BackendState::Down as u8);
+        assert!(!w.table("web").unwrap().contains(&a));
+    }
+
+    #[test]
+    fn removed_backend_is_marked_down_and_its_slot_reused_with_a_new_generation() {
+        let mut w = writer();
+        let b = w.backend_index("web", "b").unwrap();
+        let old_generation = w.maps.backends[&b].generation;
+        let mut p = plan();
+        p.vips[0].backends.remove(1);
+        w.apply(&p).unwrap();
+        assert_eq!(w.maps.backends[&b].state, BackendState::Down as u8);
+        assert_eq!(w.backend_index("web", "b"), None);
+        p.vips[0].backends.push(backend("d", 4));
+        w.apply(&p).unwrap();
+        assert_eq!(w.backend_index("web", "d"), Some(b));
+        assert!(w.maps.backends[&b].generation > old_generation);
+    }
+
+    #[test]
+    fn removed_vip_is_deleted_with_its_address() {
+        let mut w = writer();
+        let a = w.apply(&DataPlane { config: plan().config, vips: vec![] }).unwrap();
+        assert_eq!(a.vips_removed, 1);
+        assert!(w.maps.vips.is_empty());
+        assert!(w.maps.addrs.is_empty());
+        assert!(w.maps.filter.iter().all(|f| *f == 0));
+        assert!(w.maps.backends.values().all(|b| b.state == BackendState::Down as u8));
+    }
+
+    #[test]
+    fn vip_port_change_adds_the_new_key_before_removing_the_old() {
+        let mut w = writer();
+        let mut p = plan();
+        p.vips[0].port = 8080;
+        w.apply(&p).unwrap();
+        let ops = &w.maps.ops;
+        let add = position(ops, |o| matches!(o, Op::Vip(8080, _)));
+        let remove = position(ops, |o| *o == Op::RemoveVip(80));
+        assert!(add < remove, "{ops:?}");
+        assert_eq!(w.maps.vips.len(), 1);
+    }
+
+    #[test]
+    fn vip_with_no_usable_backend_gets_a_ring_of_no_backend() {
+        let mut w = writer();
+        let mut p = plan();
+        for b in &mut p.vips[0].backends {
+            b.state = BackendState::Down;
+        }
+        w.apply(&p).unwrap();
+        assert!(w.table("web").unwrap().iter().all(|s| *s == NO_BACKEND));
+    }
+
+    #[test]
+    fn plan_over_capacity_writes_nothing() {
+        let mut w = writer();
+        let mut p = plan();
+        p.vips[0].backends = (0..=MAX_BACKENDS).map(|i| backend(&format!("n{i}"), (i % 250) as u8)).collect();
+        assert!(w.apply(&p).is_err());
+        assert!(w.maps.ops.is_empty());
+    }
+
+    #[test]
+    fn adopting_maps_keeps_slots_and_rings_so_the_same_plan_writes_nothing() {
+        let mut w = writer();
+        let mut p = plan();
+        p.vips[0].backends[1].state = BackendState::Draining;
+        w.apply(&p).unwrap();
+        let maps = std::mem::take(&mut w.maps);
+        let (mut again, adopted) = MapWriter::adopt(maps, &p).unwrap();
+        assert_eq!(adopted.orphans, 0);
+        assert_eq!(adopted.entries[&("web".into(), "b".into())].state, BackendState::Draining as u8);
+        again.maps.ops.clear();
+        let a = again.apply(&p).unwrap();
+        assert!(a.is_empty(), "{a:?} {:?}", again.maps.ops);
+        assert_eq!(again.backend_index("web", "a"), w.backend_index("web", "a"));
+    }
+
+    #[test]
+    fn adopting_maps_removes_what_the_config_no_longer_has() {
+        let mut w = writer();
+        let maps = std::mem::take(&mut w.maps);
+        let mut p = plan();
+        p.vips[0].backends.truncate(1);
+        let (mut again, adopted) = MapWriter::adopt(maps, &p).unwrap();
+        assert_eq!(adopted.orphans, 2, "b and c");
+        again.apply(&p).unwrap();
+        let live = again.maps.backends.values().filter(|b| b.state != BackendState::Down as u8).count();
+        assert_eq!(live, 1);
+    }
 }

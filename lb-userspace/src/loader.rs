@@ -1,0 +1,217 @@
+//! Loading `xdp-lb`, pinning its maps and its XDP link under the pin directory,
+//! and adopting them after a restart: a restarted `xdplb run` finds the pinned
+//! maps (with the connection table and rings the old process wrote) and swaps its
+//! program into the pinned link atomically, so established flows never stop.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::map_names;
+
+use crate::{maps::BpfMaps, objects};
+
+const PROGRAM: &str = "xdp_lb";
+/// Maps whose contents must survive a restart. SCRATCH is per-packet scratch.
+const PINNED_MAPS: &[&str] = &[
+    map_names::CONFIG,
+    map_names::VIPS,
+    map_names::VIP_ADDRS,
+    map_names::VIP_FILTER,
+    map_names::RINGS,
+    map_names::BACKENDS,
+    map_names::CONNS,
+    map_names::STATS,
+    map_names::VIP_STATS,
+    map_names::BACKEND_STATS,
+];
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A loaded and attached balancer.
+pub struct Loaded {
+    pub attachment: Attachment,
+    pub maps: BpfMaps,
+    /// The maps were already pinned: a previous controller filled them.
+    pub adopted: bool,
+}
+
+/// The program and its place on the interface.
+pub struct Attachment {
+    ebpf: Ebpf,
+    /// Set when we created the link; an adopted link's fd belongs to the program.
+    _link: Option<PinnedLink>,
+    pin_dir: PathBuf,
+    interface: String,
+    if_index: u32,
+}
+
+/// Where things are pinned under `pin_dir`.
+fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+fn link_path(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("link")
+}
+
+/// Makes sure `/sys/fs/bpf` (or the bpffs holding `dir`) is mounted, then creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && !is_bpffs(root) {
+        let c = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+        let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+        }
+        log::info!("mounted bpffs on /sys/fs/bpf");
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && i64::from(st.f_type) == BPF_FS_MAGIC
+}
+
+/// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones)
+/// and attaches it to `interface` through a link pinned at `pin_dir/link` (replacing
+/// the program of an existing link atomically).
+pub fn load_and_attach(
+    pin_dir: &Path,
+    interface: &str,
+    mode: XdpMode,
+    conn_table_size: Option<u32>,
+) -> Result<Loaded> {
+    let maps_dir = maps_dir(pin_dir);
+    ensure_bpffs(&maps_dir)?;
+    let adopted = PINNED_MAPS.iter().all(|m| maps_dir.join(m).exists());
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    if let Some(n) = conn_table_size {
+        loader.map_max_entries(map_names::CONNS, n);
+    }
+    let mut ebpf = loader.load(objects::XDP_LB).map_err(|e| {
+        anyhow!(e).context(format!(
+            "loading xdp-lb with maps pinned in {} (if they come from an incompatible xdplb version, run `xdplb detach` first)",
+            maps_dir.display()
+        ))
+    })?;
+    let maps = BpfMaps::take_from(&mut ebpf)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| anyhow!("no program {PROGRAM} in the object"))?
+        .try_into()?;
+    prog.load().context("the kernel verifier rejected xdp_lb")?;
+
+    let if_index = if_index(interface)?;
+    let link_path = link_path(pin_dir);
+    let link = if link_path.exists() {
+        let pinned = PinnedLink::from_pin(&link_path)
+            .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
+        let fd: FdLink = pinned.into();
+        let xdp_link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
+        prog.attach_to_link(xdp_link).context("swapping our program into the pinned XDP link")?;
+        log::info!("adopted the XDP link pinned at {}", link_path.display());
+        // The link stays pinned; `prog` owns its fd now.
+        None
+    } else {
+        let id = prog.attach_to_if_index(if_index, mode).with_context(|| {
+            format!("attaching xdp_lb to {interface} ({mode:?} mode); is another XDP program attached?")
+        })?;
+        let link = prog.take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|_| {
+            anyhow!("the kernel attached xdp_lb without a BPF link (netlink fallback); it could not be pinned")
+        })?;
+        Some(fd.pin(&link_path).with_context(|| format!("pinning the XDP link at {}", link_path.display()))?)
+    };
+    let attachment =
+        Attachment { ebpf, _link: link, pin_dir: pin_dir.to_owned(), interface: interface.to_owned(), if_index };
+    Ok(Loaded { attachment, maps, adopted })
+}
+
+fn if_index(interface: &str) -> Result<u32> {
+    let path = format!("/sys/class/net/{interface}/ifindex");
+    let text = fs::read_to_string(&path).with_context(|| format!("interface {interface} not found ({path})"))?;
+    text.trim().parse().with_context(|| format!("reading {path}"))
+}
+
+impl Attachment {
+    /// Ok while the interface still exists and our program is the one the pinned link runs.
+    pub fn check_attached(&self) -> Result<(), String> {
+        match if_index(&self.interface) {
+            Ok(i) if i == self.if_index => {}
+            _ => return Err(format!("interface {} is gone or was recreated", self.interface)),
+        }
+        let link = PinnedLink::from_pin(link_path(&self.pin_dir))
+            .map_err(|e| format!("XDP link pin missing: {e}"))?;
+        let fd: FdLink = link.into();
+        let info = fd.info().map_err(|e| format!("reading the XDP link: {e}"))?;
+        let ours = self.program_id().map_err(|e| format!("{e:#}"))?;
+        if info.program_id() == ours {
+            Ok(())
+        } else {
+            Err(format!("the XDP link runs program {} instead of ours ({ours})", info.program_id()))
+        }
+    }
+
+    fn program_id(&self) -> Result<u32> {
+        let prog: &Xdp = self.ebpf.program(PROGRAM).context("program")?.try_into()?;
+        Ok(prog.info()?.id())
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Keeps the program attached and the maps pinned after we exit: traffic keeps
+    /// flowing with the last state written, and the next `xdplb run` adopts it.
+    pub fn leave_attached(self) {
+        drop(self);
+    }
+
+    /// Detaches the program and removes every pin.
+    pub fn detach(self) -> Result<()> {
+        let pin_dir = self.pin_dir.clone();
+        drop(self);
+        remove_pins(&pin_dir)
+    }
+}
+
+/// Removes the link pin (detaching XDP once no process holds it) and the map pins.
+pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+    let link = link_path(pin_dir);
+    if link.exists() {
+        fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+    }
+    let maps = maps_dir(pin_dir);
+    if maps.exists() {
+        for m in fs::read_dir(&maps)? {
+            let m = m?;
+            fs::remove_file(m.path()).with_context(|| format!("removing {}", m.path().display()))?;
+        }
+        fs::remove_dir(&maps)?;
+    }
+    if pin_dir.exists() && fs::read_dir(pin_dir)?.next().is_none() {
+        fs::remove_dir(pin_dir)?;
+    }
+    Ok(())
+}
