@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;

@@ -1,1 +1,185 @@
-fn main() {}
+//! `xdplb`: the balancer daemon and its admin commands.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use lb_userspace::{
+    admin::{self, Request, Response},
+    config, controller, loader,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xdplb",
+    version,
+    about = "L4 load balancer with failover on XDP: Maglev hashing to healthy backends",
+    long_about = "xdplb hashes every flow to a VIP onto a healthy backend in an XDP program and\n\
+        health-checks the backends from userspace, moving traffic within a second when one dies.\n\n\
+        Start with `xdplb check-config FILE`, then `xdplb run --config FILE`.",
+    after_help = "Example config:\n\n\
+        interface: eth0\n\
+        forwarding: dsr               # dsr | ipip\n\
+        health_check_defaults: { kind: http, port: 80, path: /healthz, interval: 200ms, rise: 2, fall: 3 }\n\
+        vips:\n\
+        \x20 - name: waf-https\n\
+        \x20   address: 203.0.113.10\n\
+        \x20   port: 443\n\
+        \x20   protocol: tcp\n\
+        \x20   backends:\n\
+        \x20     - { name: waf-1, address: 10.0.0.11, weight: 100 }\n\
+        \x20     - { name: waf-2, address: 10.0.0.12 }\n\
+        \x20   health_check: { kind: tcp, port: 443 }"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer in the foreground (logs to stderr; SIGHUP reloads; SIGTERM stops).
+    #[command(after_help = "Example:\n  xdplb run --config /etc/xdplb/xdplb.yaml\n\n\
+        On exit the XDP program stays attached and its maps stay pinned (pin_path), so traffic\n\
+        keeps flowing and the next `xdplb run` adopts them without dropping established flows.\n\
+        --detach-on-exit removes both instead; `xdplb detach` does it later.")]
+    Run {
+        /// The YAML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// On exit, detach XDP and remove the pins.
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Validate a config and print it resolved (defaults filled in), or every error found.
+    #[command(after_help = "Example:\n  xdplb check-config /etc/xdplb/xdplb.yaml")]
+    CheckConfig {
+        file: PathBuf,
+        /// Also check that the interface exists on this host.
+        #[arg(long)]
+        interface: bool,
+    },
+    /// Show VIPs and backends of the running daemon: state, health, drain, MAC, packets.
+    #[command(after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket")]
+    Status(Socket),
+    /// Stop sending new flows to a backend of a VIP; its established flows stay.
+    #[command(after_help = "Example:\n  xdplb drain waf-https waf-2")]
+    Drain {
+        vip: String,
+        backend: String,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Undo `drain`.
+    #[command(after_help = "Example:\n  xdplb undrain waf-https waf-2")]
+    Undrain {
+        vip: String,
+        backend: String,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Make the daemon re-read its config (as SIGHUP); an invalid config changes nothing.
+    #[command(after_help = "Example:\n  xdplb reload")]
+    Reload(Socket),
+    /// Detach XDP and remove the pins a previous `xdplb run` left behind.
+    #[command(after_help = "Example:\n  xdplb detach --config /etc/xdplb/xdplb.yaml")]
+    Detach {
+        /// Take pin_path from this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The pin directory (default /sys/fs/bpf/xdplb).
+        #[arg(long, conflicts_with = "config")]
+        pin_path: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Socket {
+    /// The daemon's admin socket (default /run/xdplb/admin.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Take admin_socket from this config.
+    #[arg(long, short, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+}
+
+impl Socket {
+    fn path(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            return Ok(config::load(c).map_err(|e| anyhow::anyhow!("{e}"))?.admin_socket);
+        }
+        Ok(PathBuf::from(config::defaults::ADMIN_SOCKET))
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match try_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xdplb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run { config, detach_on_exit } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(controller::run(&config, controller::RunOptions { detach_on_exit }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file, interface } => {
+            let cfg = match config::load(&file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if interface && let Err(e) = config::check_interfaces(&cfg, config::interface_exists) {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            print!("{}", cfg.to_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(s) => call(&s, &Request::Status),
+        Command::Drain { vip, backend, socket } => call(&socket, &Request::Drain { vip, backend }),
+        Command::Undrain { vip, backend, socket } => call(&socket, &Request::Undrain { vip, backend }),
+        Command::Reload(s) => call(&s, &Request::Reload),
+        Command::Detach { config: c, pin_path } => {
+            let dir = match (c, pin_path) {
+                (Some(c), _) => config::load(&c).map_err(|e| anyhow::anyhow!("{e}"))?.pin_path,
+                (None, Some(p)) => p,
+                (None, None) => PathBuf::from(config::defaults::PIN_PATH),
+            };
+            loader::remove_pins(&dir)?;
+            eprintln!("removed the pins in {} (XDP detaches once no xdplb runs)", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(socket: &Socket, request: &Request) -> Result<ExitCode> {
+    match admin::call(&socket.path()?, request)? {
+        Response::Ok(text) => {
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error(text) => {
+            eprintln!("xdplb: {}", text.trim_end());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
