@@ -149,9 +149,7 @@ pub fn load_and_attach(
 }
 
 fn if_index(interface: &str) -> Result<u32> {
-    let path = format!("/sys/class/net/{interface}/ifindex");
-    let text = fs::read_to_string(&path).with_context(|| format!("interface {interface} not found ({path})"))?;
-    text.trim().parse().with_context(|| format!("reading {path}"))
+    crate::neighbors::if_index(interface).ok_or_else(|| anyhow!("interface {interface} not found"))
 }
 
 impl Attachment {

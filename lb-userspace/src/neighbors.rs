@@ -46,31 +46,60 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 /// Name, index, MAC and MTU of `name`, from /sys/class/net.
 pub fn interface(name: &str) -> anyhow::Result<Interface> {
     check_name(name)?;
-    let read = |attr: &str| -> anyhow::Result<String> {
-        let path = format!("/sys/class/net/{name}/{attr}");
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(text.trim().to_owned()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(anyhow!("no interface {name}")),
-            Err(e) => Err(e).with_context(|| format!("cannot read {path}")),
-        }
-    };
-    let index = read("ifindex")?;
-    let index = index
-        .parse()
-        .with_context(|| format!("{name}: bad ifindex {index:?}"))?;
-    let address = read("address")?;
-    let mac = parse_mac(&address)
-        .ok_or_else(|| anyhow!("interface {name} has no ethernet address ({address:?})"))?;
-    let mtu = read("mtu")?;
-    let mtu = mtu
-        .parse()
-        .with_context(|| format!("{name}: bad mtu {mtu:?}"))?;
-    Ok(Interface {
-        name: name.to_owned(),
-        index,
-        mac,
-        mtu,
-    })
+    // ioctls, not /sys/class/net: sysfs shows the network namespace it was mounted
+    // in, and xdplb may run in another one (nsenter --net keeps the host's /sys).
+    let index = if_index(name).ok_or_else(|| anyhow!("no interface {name}"))?;
+    let sock = ioctl_socket().context("socket for interface ioctls")?;
+    let mut req = ifreq(name);
+    // SAFETY: SIOCGIFHWADDR fills `ifr_hwaddr` of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("{name}: reading its MAC"));
+    }
+    // SAFETY: the union member SIOCGIFHWADDR wrote.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        anyhow::bail!("interface {name} is not Ethernet (hardware type {})", hw.sa_family);
+    }
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data) {
+        *m = b as u8;
+    }
+    let mut req = ifreq(name);
+    // SAFETY: SIOCGIFMTU fills `ifr_mtu`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &raw mut req) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("{name}: reading its MTU"));
+    }
+    // SAFETY: the union member SIOCGIFMTU wrote.
+    let mtu = u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).unwrap_or(0);
+    Ok(Interface { name: name.to_owned(), index, mac, mtu })
+}
+
+/// The index of interface `name` in this process's network namespace.
+#[must_use]
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *d = s as libc::c_char;
+    }
+    req
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (one or two hex digits per byte).

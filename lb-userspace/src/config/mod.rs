@@ -244,7 +244,7 @@ pub fn interface_exists(name: &str) -> bool {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return false;
     }
-    Path::new("/sys/class/net").join(name).exists()
+    crate::neighbors::if_index(name).is_some()
 }
 
 /// A `serde_yaml` error as a positioned [`ConfigError`]. `serde_yaml` prints the

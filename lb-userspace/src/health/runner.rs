@@ -17,7 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use log::{debug, info, warn};
+use log::debug;
 use tokio::{
     runtime::Handle,
     sync::mpsc,
@@ -205,11 +205,8 @@ async fn probe_loop(
         let changed = health.observe(failure.is_none()).map(|flip| {
             up.store(flip.is_up(), Ordering::Release);
             let reason = reason(flip, &health, failure.as_ref());
-            if flip.is_up() {
-                info!("health: {target} is up: {reason}");
-            } else {
-                warn!("health: {target} is down: {reason}");
-            }
+            // The controller logs the flip with the backends it affects.
+            debug!("health: {target} is {}: {reason}", if flip.is_up() { "up" } else { "down" });
             HealthEvent::Changed {
                 target: target.clone(),
                 up: flip.is_up(),
