@@ -89,6 +89,28 @@ fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && i64::from(st.f_type) == BPF_FS_MAGIC
 }
 
+/// Loads the `xdp-lb` object with its maps pinned under `pin_dir/maps`, reusing
+/// the pinned ones: the program then runs on the live state of a running (or
+/// stopped) balancer. Not loaded into the kernel yet.
+pub fn load_with_pinned_maps(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
+    let maps_dir = maps_dir(pin_dir);
+    ensure_bpffs(&maps_dir)?;
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    if let Some(n) = conn_table_size {
+        loader.map_max_entries(map_names::CONNS, n);
+    }
+    loader.load(objects::XDP_LB).map_err(|e| {
+        anyhow!(e).context(format!(
+            "loading xdp-lb with maps pinned in {} (if they come from an incompatible xdplb version, run `xdplb detach` first)",
+            maps_dir.display()
+        ))
+    })
+}
+
 /// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones)
 /// and attaches it to `interface` through a link pinned at `pin_dir/link` (replacing
 /// the program of an existing link atomically).
@@ -98,23 +120,8 @@ pub fn load_and_attach(
     mode: XdpMode,
     conn_table_size: Option<u32>,
 ) -> Result<Loaded> {
-    let maps_dir = maps_dir(pin_dir);
-    ensure_bpffs(&maps_dir)?;
-    let adopted = PINNED_MAPS.iter().all(|m| maps_dir.join(m).exists());
-    let mut loader = EbpfLoader::new();
-    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    if let Some(n) = conn_table_size {
-        loader.map_max_entries(map_names::CONNS, n);
-    }
-    let mut ebpf = loader.load(objects::XDP_LB).map_err(|e| {
-        anyhow!(e).context(format!(
-            "loading xdp-lb with maps pinned in {} (if they come from an incompatible xdplb version, run `xdplb detach` first)",
-            maps_dir.display()
-        ))
-    })?;
+    let adopted = PINNED_MAPS.iter().all(|m| maps_dir(pin_dir).join(m).exists());
+    let mut ebpf = load_with_pinned_maps(pin_dir, conn_table_size)?;
     let maps = BpfMaps::take_from(&mut ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
