@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("lb-userspace has no parent directory"))?
         .join("lb-ebpf");
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
-    println!("cargo:rerun-if-changed={}", root);
+    println!("cargo:rerun-if-changed={root}");
     let common = root.replace("lb-ebpf", "lb-common");
     println!("cargo:rerun-if-changed={common}");
     aya_build::build_ebpf(

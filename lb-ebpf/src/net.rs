@@ -107,6 +107,7 @@ pub struct IcmpHdr {
 /// Pointer to a `T` at `offset` bytes into the frame, or `Err` when the frame is
 /// shorter. The only way the programs touch packet memory.
 #[inline(always)]
+#[expect(clippy::result_unit_err, reason = "callers map the one failure to their own verdict")]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     let start = ctx.data();
     let end = ctx.data_end();
@@ -121,7 +122,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
 /// `T` must be a multiple of four bytes (addresses, IP headers).
 #[inline(always)]
 pub fn copy_words<T>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 4 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(4)) };
     let (d, s) = (dst.cast::<u32>(), src.cast::<u32>());
     let mut i = 0;
     while i < size_of::<T>() / 4 {
@@ -134,6 +135,7 @@ pub fn copy_words<T>(dst: *mut T, src: *const T) {
 
 /// Copies a MAC address as three 16-bit words (see `copy_words`).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "MACs sit at even offsets; x86 BPF loads unaligned anyway")]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     let (d, s) = (dst.as_mut_ptr().cast::<u16>(), src.as_ptr().cast::<u16>());
     let mut i = 0;

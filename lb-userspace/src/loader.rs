@@ -36,7 +36,7 @@ const PINNED_MAPS: &[&str] = &[
     map_names::BACKEND_STATS,
 ];
 /// bpffs magic number (statfs f_type).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// A loaded and attached balancer.
 pub struct Loaded {
@@ -86,7 +86,7 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && i64::from(st.f_type) == BPF_FS_MAGIC
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && u64::try_from(st.f_type).ok() == Some(BPF_FS_MAGIC)
 }
 
 /// Loads the `xdp-lb` object with its maps pinned under `pin_dir/maps`, reusing
@@ -183,6 +183,7 @@ impl Attachment {
         Ok(prog.info()?.id())
     }
 
+    #[must_use]
     pub fn interface(&self) -> &str {
         &self.interface
     }

@@ -91,6 +91,7 @@ pub fn build(members: &[Member<'_>], size: u32) -> Vec<u32> {
 }
 
 #[cfg(test)]
+#[expect(clippy::cast_precision_loss, reason = "slot counts are far below 2^52")]
 mod tests {
     use super::*;
 

@@ -232,7 +232,7 @@ impl RingMap {
         Ok(Self { ptr, len, _map: data })
     }
 
-    fn range(&self, ring: u32) -> std::ops::Range<usize> {
+    fn range(ring: u32) -> std::ops::Range<usize> {
         let start = ring as usize * RING_SIZE as usize;
         start..start + RING_SIZE as usize
     }
@@ -241,11 +241,11 @@ impl RingMap {
         // SAFETY: ptr points at `len` slots mapped shared with the kernel; the kernel
         // only reads them.
         let all = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) };
-        all[self.range(ring)].iter().map(|s| s.backend).collect()
+        all[Self::range(ring)].iter().map(|s| s.backend).collect()
     }
 
     fn write(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
-        let range = self.range(ring);
+        let range = Self::range(ring);
         if range.end > self.len || slots.len() != range.len() {
             bail!("ring {ring} with {} slots does not fit RINGS", slots.len());
         }

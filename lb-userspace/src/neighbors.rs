@@ -62,7 +62,7 @@ pub fn interface(name: &str) -> anyhow::Result<Interface> {
     }
     let mut mac = [0u8; 6];
     for (m, b) in mac.iter_mut().zip(hw.sa_data) {
-        *m = b as u8;
+        *m = b.cast_unsigned();
     }
     let mut req = ifreq(name);
     // SAFETY: SIOCGIFMTU fills `ifr_mtu`.
@@ -97,7 +97,7 @@ fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-        *d = s as libc::c_char;
+        *d = s.cast_signed();
     }
     req
 }

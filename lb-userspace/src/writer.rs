@@ -184,23 +184,39 @@ impl<M: Maps> MapWriter<M> {
             self.config = Some(plan.config);
             applied.config_written = true;
         }
+        let wanted = self.allocate(plan)?;
+        // The address filter lets new VIP addresses through before their VIP entries
+        // exist, and drops removed ones only after them (step 4).
+        let filter = vip_filter(plan);
+        let union: Vec<u64> = filter.iter().zip(&self.filter).map(|(a, b)| a | b).collect();
+        self.write_filter(union)?;
+        // 1. Entries that are new or not going down: before any ring points at them.
+        self.write_entries(&wanted, false, &mut applied)?;
+        // 2. Rings and VIP entries.
+        for vip in &plan.vips {
+            self.switch_ring(vip, &wanted, &mut applied)?;
+        }
+        // 3. Entries going down, now that no ring points at them.
+        self.write_entries(&wanted, true, &mut applied)?;
+        // 4. Removed backends and VIPs.
+        self.remove_gone(plan, wanted, &mut applied)?;
+        self.write_filter(filter)?;
+        Ok(applied)
+    }
 
-        // Slots for new VIPs and backends; the entries each backend should have.
+    /// Slots for new VIPs and backends, and the entry each backend should have.
+    fn allocate(&mut self, plan: &DataPlane) -> Result<BTreeMap<BackendId, (u32, Backend)>> {
         let mut wanted: BTreeMap<BackendId, (u32, Backend)> = BTreeMap::new();
         for vip in &plan.vips {
-            let index = self.vip_slot(&vip.name)?;
+            let vip_index = self.vip_slot(&vip.name);
             for b in &vip.backends {
                 let id = (vip.name.clone(), b.name.clone(), b.address);
-                let index_b = match self.backends.get(&id) {
-                    Some((i, _)) => *i,
-                    None => self.free_backend(&wanted)?,
-                };
-                let generation = match self.backends.get(&id) {
-                    Some((_, e)) => e.generation,
-                    None => {
-                        self.generations[index_b as usize] += 1;
-                        self.generations[index_b as usize]
-                    }
+                let (index, generation) = if let Some((i, e)) = self.backends.get(&id) {
+                    (*i, e.generation)
+                } else {
+                    let i = self.free_backend(&wanted)?;
+                    self.generations[i as usize] += 1;
+                    (i, self.generations[i as usize])
                 };
                 let (addr, family) = addr_words(b.address);
                 let entry = Backend {
@@ -209,81 +225,84 @@ impl<M: Maps> MapWriter<M> {
                     family,
                     state: b.effective_state() as u8,
                     generation,
-                    vip: index,
+                    vip: vip_index,
                 };
-                wanted.insert(id, (index_b, entry));
+                wanted.insert(id, (index, entry));
             }
         }
+        Ok(wanted)
+    }
 
-        // The address filter lets new VIP addresses through before their VIP entries
-        // exist, and drops removed ones only after (step 4).
-        let filter = vip_filter(plan);
-        let union: Vec<u64> = filter.iter().zip(&self.filter).map(|(a, b)| a | b).collect();
-        self.write_filter(union)?;
-
-        // 1. Entries that are new or not going down: before any ring points at them.
-        for (id, (index, entry)) in &wanted {
+    /// Writes the changed entries that are going down (`down`) or not.
+    fn write_entries(
+        &mut self,
+        wanted: &BTreeMap<BackendId, (u32, Backend)>,
+        down: bool,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        for (id, (index, entry)) in wanted {
             let old = self.backends.get(id).map(|(_, e)| e);
-            if old != Some(entry) && entry.state != BackendState::Down as u8 {
+            if old != Some(entry) && (entry.state == BackendState::Down as u8) == down {
                 self.maps.set_backend(*index, entry)?;
                 applied.backends_written += 1;
             }
         }
+        Ok(())
+    }
 
-        // 2. Rings and VIP entries.
-        for vip in &plan.vips {
-            let members: Vec<(String, u32, u32)> = vip
-                .backends
-                .iter()
-                .filter(|b| b.effective_state() == BackendState::Up)
-                .map(|b| {
-                    let id = (vip.name.clone(), b.name.clone(), b.address);
-                    (b.ring_id(), b.weight, wanted[&id].0)
-                })
-                .collect();
-            let members: Vec<Member<'_>> = members
-                .iter()
-                .map(|(id, weight, value)| Member { id, weight: *weight, value: *value })
-                .collect();
-            let table = maglev::build(&members, RING_SIZE);
-            let key = vip.key();
-            let slot = self.vips.get_mut(&vip.name).expect("allocated above");
-            let is_new = slot.table.is_empty();
-            let old_key = slot.key;
-            if table != slot.table {
-                let idle = 1 - slot.active;
-                self.maps.write_ring(slot.ring(idle), &table)?;
-                applied.slots_moved += if is_new {
-                    table.len()
-                } else {
-                    table.iter().zip(&slot.table).filter(|(a, b)| a != b).count()
-                };
-                slot.active = idle;
-                slot.table = table;
-                applied.rings_switched += 1;
-                self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(idle) })?;
-            } else if key != old_key {
-                self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(slot.active) })?;
-            }
-            if !is_new && key != old_key {
-                self.maps.remove_vip(&old_key)?;
-            }
-            slot.key = key;
-            if is_new {
-                applied.vips_added += 1;
-            }
+    /// Builds the VIP's ring from its up backends; when it differs from the one in
+    /// use, writes it into the idle ring and switches the VIP entry to it.
+    fn switch_ring(
+        &mut self,
+        vip: &VipPlan,
+        wanted: &BTreeMap<BackendId, (u32, Backend)>,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        let members: Vec<(String, u32, u32)> = vip
+            .backends
+            .iter()
+            .filter(|b| b.effective_state() == BackendState::Up)
+            .map(|b| (b.ring_id(), b.weight, wanted[&(vip.name.clone(), b.name.clone(), b.address)].0))
+            .collect();
+        let members: Vec<Member<'_>> =
+            members.iter().map(|(id, weight, value)| Member { id, weight: *weight, value: *value }).collect();
+        let table = maglev::build(&members, RING_SIZE);
+        let key = vip.key();
+        let slot = self.vips.get_mut(&vip.name).expect("allocated by `allocate`");
+        let is_new = slot.table.is_empty();
+        let old_key = slot.key;
+        if table != slot.table {
+            let idle = 1 - slot.active;
+            self.maps.write_ring(slot.ring(idle), &table)?;
+            applied.slots_moved += if is_new {
+                table.len()
+            } else {
+                table.iter().zip(&slot.table).filter(|(a, b)| a != b).count()
+            };
+            slot.active = idle;
+            slot.table = table;
+            applied.rings_switched += 1;
+            self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(idle) })?;
+        } else if key != old_key {
+            self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(slot.active) })?;
         }
-
-        // 3. Entries going down, now that no ring points at them.
-        for (id, (index, entry)) in &wanted {
-            let old = self.backends.get(id).map(|(_, e)| e);
-            if old != Some(entry) && entry.state == BackendState::Down as u8 {
-                self.maps.set_backend(*index, entry)?;
-                applied.backends_written += 1;
-            }
+        if !is_new && key != old_key {
+            self.maps.remove_vip(&old_key)?;
         }
+        slot.key = key;
+        if is_new {
+            applied.vips_added += 1;
+        }
+        Ok(())
+    }
 
-        // 4. Removed backends and VIPs.
+    /// Marks removed backends down, deletes removed VIPs and their addresses.
+    fn remove_gone(
+        &mut self,
+        plan: &DataPlane,
+        wanted: BTreeMap<BackendId, (u32, Backend)>,
+        applied: &mut Applied,
+    ) -> Result<()> {
         for (id, (index, entry)) in &self.backends {
             if !wanted.contains_key(id) {
                 let down = Backend { state: BackendState::Down as u8, ..*entry };
@@ -293,8 +312,7 @@ impl<M: Maps> MapWriter<M> {
         }
         self.backends = wanted;
         let names: BTreeSet<&str> = plan.vips.iter().map(|v| v.name.as_str()).collect();
-        let gone: Vec<String> =
-            self.vips.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
+        let gone: Vec<String> = self.vips.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
         for name in gone {
             if let Some(slot) = self.vips.remove(&name) {
                 self.maps.remove_vip(&slot.key)?;
@@ -309,8 +327,7 @@ impl<M: Maps> MapWriter<M> {
             self.maps.set_vip_addr(a, false)?;
         }
         self.vip_addrs = addrs;
-        self.write_filter(filter)?;
-        Ok(applied)
+        Ok(())
     }
 
     fn write_filter(&mut self, filter: Vec<u64>) -> Result<()> {
@@ -323,9 +340,9 @@ impl<M: Maps> MapWriter<M> {
         Ok(())
     }
 
-    fn vip_slot(&mut self, name: &str) -> Result<u32> {
+    fn vip_slot(&mut self, name: &str) -> u32 {
         if let Some(slot) = self.vips.get(name) {
-            return Ok(slot.index);
+            return slot.index;
         }
         let used: BTreeSet<u32> = self.vips.values().map(|v| v.index).collect();
         let index = (0..MAX_VIPS).find(|i| !used.contains(i)).expect("capacity checked");
@@ -333,7 +350,7 @@ impl<M: Maps> MapWriter<M> {
             name.to_owned(),
             VipSlot { index, key: VipKey::default(), active: 1, table: Vec::new() },
         );
-        Ok(index)
+        index
     }
 
     /// A backend index used neither by the current maps nor by this plan so far.

@@ -1,5 +1,6 @@
 //! `xdplb check-config` as an operator runs it: the example passes and prints the
 //! resolved config; each broken config fails naming its field and line.
+#![allow(clippy::unwrap_used, reason = "test helpers")]
 
 use std::{path::Path, process::Command};
 

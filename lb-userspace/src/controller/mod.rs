@@ -65,7 +65,32 @@ pub struct Core {
     unresolved_logged: BTreeSet<Key>,
 }
 
+type AdminRx = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
+
 pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
+    let (core, health_rx, admin_listener, metrics_listener) = start(path).await?;
+    let admin_rx = spawn_admin(admin_listener);
+    let scrape: Arc<dyn metrics::Scrape> = Arc::new(Scraper(Arc::clone(&core)));
+    let metrics_task = tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, scrape).await {
+            error!("metrics endpoint stopped: {e:#}");
+        }
+    });
+    event_loop(&core, health_rx, admin_rx).await?;
+    // The metrics endpoint holds the core; stop it so we own the core again.
+    metrics_task.abort();
+    let _ = metrics_task.await;
+    let Ok(core) = Arc::try_unwrap(core) else {
+        bail!("internal error: the control state is still shared at exit");
+    };
+    shutdown(core.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner), &options)
+}
+
+/// Loads the config, attaches (or adopts) the data path, binds the endpoints and
+/// writes the first state.
+async fn start(
+    path: &Path,
+) -> Result<(Arc<Mutex<Core>>, mpsc::Receiver<HealthEvent>, tokio::net::UnixListener, tokio::net::TcpListener)> {
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     config::check_interfaces(&config, config::interface_exists).map_err(|e| anyhow::anyhow!("{e}"))?;
     let interface = neighbors::interface(&config.interface)?;
@@ -85,9 +110,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         .await
         .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
 
-    let (health_tx, mut health_rx) = mpsc::channel(4096);
-    let health = HealthRunner::new(health_tx);
-    let metrics = Arc::new(Metrics::new());
+    let (health_tx, health_rx) = mpsc::channel(4096);
     let lb = lb_config(&config, interface.mac, interface.mtu);
     let skeleton = plan(&config, lb, &BTreeMap::new());
     let (writer, adopted) = if loaded.adopted {
@@ -104,25 +127,26 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     }
     // Adopted backends start in their adopted state, so traffic keeps flowing while
     // health is re-learned.
-    let mut runtime = BTreeMap::new();
-    for (key, entry) in &adopted.entries {
-        let state = BackendState::from_u8(entry.state);
-        runtime.insert(
-            key.clone(),
-            Runtime {
+    let runtime = adopted
+        .entries
+        .iter()
+        .map(|(key, entry)| {
+            let state = BackendState::from_u8(entry.state);
+            let rt = Runtime {
                 healthy: state != BackendState::Down,
                 drained: state == BackendState::Draining,
                 mac: (entry.mac != [0; 6]).then_some(entry.mac),
-            },
-        );
-    }
+            };
+            (key.clone(), rt)
+        })
+        .collect();
     let core = Arc::new(Mutex::new(Core {
         config,
         path: path.to_owned(),
         writer,
         runtime,
-        health,
-        metrics: Arc::clone(&metrics),
+        health: HealthRunner::new(health_tx),
+        metrics: Arc::new(Metrics::new()),
         interface,
         attachment: loaded.attachment,
         targets: BTreeMap::new(),
@@ -135,9 +159,13 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         c.refresh_neighbours();
         c.apply("start");
     }
+    Ok((core, health_rx, admin_listener, metrics_listener))
+}
 
-    let (admin_tx, mut admin_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(16);
-    tokio::spawn(admin::serve(admin_listener, move |req| {
+/// Serves the admin socket; requests reach the loop through the returned channel.
+fn spawn_admin(listener: tokio::net::UnixListener) -> AdminRx {
+    let (admin_tx, admin_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(16);
+    tokio::spawn(admin::serve(listener, move |req| {
         let tx = admin_tx.clone();
         async move {
             let (reply_tx, reply_rx) = oneshot::channel();
@@ -147,43 +175,39 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
             reply_rx.await.unwrap_or_else(|_| Response::Error("xdplb is shutting down".into()))
         }
     }));
-    let scrape: Arc<dyn metrics::Scrape> = Arc::new(Scraper(Arc::clone(&core)));
-    let metrics_task = tokio::spawn(async move {
-        if let Err(e) = metrics::serve(metrics_listener, scrape).await {
-            error!("metrics endpoint stopped: {e:#}");
-        }
-    });
+    admin_rx
+}
 
+async fn event_loop(
+    core: &Arc<Mutex<Core>>,
+    mut health_rx: mpsc::Receiver<HealthEvent>,
+    mut admin_rx: AdminRx,
+) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(NEIGHBOUR_REFRESH);
-    info!("running; metrics on http://{}/metrics", lock(&core).config.metrics_listen);
+    info!("running; metrics on http://{}/metrics", lock(core).config.metrics_listen);
     loop {
         tokio::select! {
-            Some(ev) = health_rx.recv() => lock(&core).on_health(ev),
+            Some(ev) = health_rx.recv() => lock(core).on_health(ev),
             Some((req, reply)) = admin_rx.recv() => {
-                let resp = lock(&core).on_admin(req);
+                let resp = lock(core).on_admin(req);
                 let _ = reply.send(resp);
             }
-            _ = hup.recv() => { let _ = lock(&core).reload(); }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = lock(core).reload(); }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
             _ = tick.tick() => {
-                let mut c = lock(&core);
+                let mut c = lock(core);
                 c.last_tick = Instant::now();
                 c.refresh_neighbours();
             }
         }
     }
+}
 
-    // The metrics endpoint holds the core; stop it so we own the core again.
-    metrics_task.abort();
-    let _ = metrics_task.await;
-    let Ok(core) = Arc::try_unwrap(core) else {
-        bail!("internal error: the control state is still shared at exit");
-    };
-    let core = core.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+fn shutdown(core: Core, options: &RunOptions) -> Result<()> {
     let _ = std::fs::remove_file(&core.config.admin_socket);
     let Core { attachment, config, .. } = core;
     if options.detach_on_exit {
