@@ -3,5 +3,6 @@
 //! through BPF_PROG_TEST_RUN, and maps filled by the controller's own writer.
 
 pub mod balancer;
+pub mod lab;
 pub mod packet;
 pub mod privilege;

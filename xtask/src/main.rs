@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod lab;
 mod setup;
 
 use std::process::Command;
@@ -51,6 +52,12 @@ enum Task {
     /// Run every test: unit tests, then packet-level and namespace tests (root).
     /// Under CI=true a privileged test that cannot run fails instead of skipping.
     Test,
+    /// The network-namespace lab: client, lb, waf1..N on a bridge, nginx on each
+    /// WAF node (needs root). `cargo xtask lab up --help` for options.
+    Lab {
+        #[command(subcommand)]
+        action: lab::LabAction,
+    },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
         /// Which: xdp (ns/packet through BPF_PROG_TEST_RUN). Default: all.
@@ -85,6 +92,10 @@ fn try_main() -> Result<()> {
             run(&mut c)
         }
         Task::Test => test(),
+        Task::Lab { action } => {
+            setup(Extras::Lab)?;
+            lab::run_lab(&action)
+        }
         Task::Bench { which } => {
             setup(Extras::Bench)?;
             bench::run(&which)

@@ -1,0 +1,108 @@
+//! Entering a lab namespace from Rust, and attaching XDP programs that outlive
+//! the process that attached them.
+//!
+//! aya 0.14 always attaches XDP with a `bpf_link` when the kernel has them (it
+//! falls back to netlink only on EINVAL, and offers no way to ask for netlink), and
+//! a `bpf_link` is detached when its last fd closes. So every link is pinned under
+//! [`PIN_DIR`](super::PIN_DIR) on the host's bpffs: the pin keeps it, `down`
+//! unpins it. Namespaces are entered with `setns(CLONE_NEWNET)` only, so the mount
+//! namespace, and with it `/sys/fs/bpf`, stays the host's.
+
+use std::{
+    fs::File,
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::HashMap,
+    programs::{Xdp, XdpMode, links::FdLink},
+};
+use lb_common::vip::VipAddrKey;
+use lb_userspace::{dataplane::addr_words, objects};
+
+/// Where `ip netns add` leaves the namespace handle.
+#[must_use]
+pub fn ns_path(ns: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netns/{ns}"))
+}
+
+/// Runs `f` on a fresh thread whose network namespace is `ns` (`None`: the
+/// caller's). The namespace is per thread, so the caller's own stays untouched.
+pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let handle = match ns {
+        Some(ns) => {
+            let path = ns_path(ns);
+            Some(File::open(&path).with_context(|| format!("namespace {ns}: cannot open {}", path.display()))?)
+        }
+        None => None,
+    };
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(h) = handle {
+                // SAFETY: `h` is an open namespace file; setns only changes this thread.
+                if unsafe { libc::setns(h.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns into {}: {}", ns.unwrap_or("?"), io::Error::last_os_error());
+                }
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("the thread working in namespace {} panicked", ns.unwrap_or("(root)")))?
+    })
+}
+
+/// Which XDP program an interface gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdpProg {
+    /// `xdp_pass` from `xdp-tools`: makes a veth accept `XDP_TX`'d and redirected frames.
+    Pass,
+    /// `xdp_decap`, decapsulating what is addressed to these (the node's own) addresses.
+    Decap(Vec<IpAddr>),
+}
+
+impl XdpProg {
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pass => "xdp_pass",
+            Self::Decap(_) => "xdp_decap",
+        }
+    }
+}
+
+/// Loads `prog`, attaches it in driver mode to `ifname` in namespace `ns` and pins
+/// the link at `pin`, so it stays attached after this process exits.
+pub fn attach_pinned(ns: Option<&str>, ifname: &str, prog: &XdpProg, pin: &Path) -> Result<()> {
+    let what = format!("{} on {ifname} in {}", prog.name(), ns.unwrap_or("the root namespace"));
+    in_netns(ns, || {
+        let object = match prog {
+            XdpProg::Pass => objects::XDP_TOOLS,
+            XdpProg::Decap(_) => objects::XDP_DECAP,
+        };
+        let mut ebpf = Ebpf::load(object).context("loading the object")?;
+        if let XdpProg::Decap(addrs) = prog {
+            let mut map: HashMap<_, VipAddrKey, u32> =
+                HashMap::try_from(ebpf.map_mut("DECAP_ADDRS").context("no DECAP_ADDRS map")?)?;
+            for &a in addrs {
+                let (addr, family) = addr_words(a);
+                map.insert(VipAddrKey { addr, family, _pad: [0; 3] }, 1, 0)
+                    .with_context(|| format!("DECAP_ADDRS <- {a}"))?;
+            }
+        }
+        let p: &mut Xdp = ebpf.program_mut(prog.name()).context("program not in the object")?.try_into()?;
+        p.load().context("loading the program")?;
+        let id = p.attach(ifname, XdpMode::Driver).context("attaching in driver mode")?;
+        // A netlink attachment (the fallback) would not be an FdLink: it cannot be
+        // pinned, and aya would detach it when `ebpf` drops.
+        let link = FdLink::try_from(p.take_link(id)?).context("attached without a bpf_link")?;
+        // The returned PinnedLink only closes our fd when dropped; the pin holds the link.
+        link.pin(pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
+        Ok(())
+    })
+    .with_context(|| what)
+}

@@ -1,0 +1,69 @@
+//! `cargo xtask lab up|down|status`: runs the `lab` binary of the xdplb-tests
+//! crate, where the lab lives (xtask itself must not depend on the xdplb crates:
+//! it builds before the eBPF toolchain exists).
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Subcommand, ValueEnum};
+
+use crate::cmd::{is_root, run, step};
+
+#[derive(Subcommand)]
+pub enum LabAction {
+    /// Build the lab (namespaces client, lb, waf1..N on bridge xlb-br0), replacing any previous one.
+    Up {
+        /// How the balancer will forward: the WAF nodes get `xdp_decap` in ipip mode.
+        #[arg(long, value_enum, default_value_t = Mode::Dsr)]
+        mode: Mode,
+        /// Number of WAF nodes (nginx + UDP responder each).
+        #[arg(long, default_value_t = 3)]
+        wafs: usize,
+    },
+    /// Remove everything the lab made (also after a crash).
+    Down,
+    /// Show namespaces, addresses, XDP per interface, nginx per node, probes from the lb.
+    Status,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Mode {
+    Dsr,
+    Ipip,
+}
+
+fn args(action: &LabAction) -> Vec<String> {
+    match action {
+        LabAction::Up { mode, wafs } => {
+            let mode = match mode {
+                Mode::Dsr => "dsr",
+                Mode::Ipip => "ipip",
+            };
+            vec!["up".into(), "--mode".into(), mode.into(), "--wafs".into(), wafs.to_string()]
+        }
+        LabAction::Down => vec!["down".into()],
+        LabAction::Status => vec!["status".into()],
+    }
+}
+
+pub fn run_lab(action: &LabAction) -> Result<()> {
+    if !is_root() {
+        bail!("the lab needs root (network namespaces, XDP): run as root");
+    }
+    let args = args(action);
+    step(format!("lab {}", args.join(" ")));
+    run(Command::new("cargo")
+        .args(["run", "--release", "--quiet", "-p", "xdplb-tests", "--bin", "lab", "--"])
+        .args(&args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_passes_mode_and_wafs() {
+        assert_eq!(args(&LabAction::Up { mode: Mode::Ipip, wafs: 5 }), ["up", "--mode", "ipip", "--wafs", "5"]);
+        assert_eq!(args(&LabAction::Status), ["status"]);
+    }
+}
