@@ -1,0 +1,161 @@
+//! A running `xdplb run` inside a network namespace, driven the way an operator
+//! would: its admin socket, its metrics endpoint, its log.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use lb_userspace::admin::{self, Request, Response};
+
+use crate::lab::in_netns;
+
+/// The `xdplb` binary next to this test's binary (`cargo xtask test` builds it first).
+pub fn binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/xdplb
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test path {}", exe.display()))?;
+    let bin = dir.join("xdplb");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    for profile in ["debug", "release"] {
+        let alt = dir.parent().map(|t| t.join(profile).join("xdplb"));
+        if let Some(alt) = alt.filter(|p| p.exists()) {
+            return Ok(alt);
+        }
+    }
+    bail!("no xdplb binary near {}: run `cargo build -p lb-userspace` (cargo xtask test does)", dir.display())
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    ns: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `xdplb run --config CONFIG` in namespace `ns` (network namespace
+    /// only, so the host's bpffs stays visible and pins outlive the process).
+    pub fn start(ns: &str, config: &Path, socket: &Path, metrics: SocketAddr, extra: &[&str]) -> Result<Self> {
+        let log = config.with_extension("log");
+        let out = File::create(&log)?;
+        let netns = File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        let mut cmd = Command::new(binary()?);
+        cmd.args(["run", "--config"]).arg(config).args(extra);
+        cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
+        let fd = netns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; it only changes the child's namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        let child = cmd.spawn().context("starting xdplb")?;
+        drop(netns);
+        Ok(Self {
+            child: Some(child),
+            ns: ns.to_owned(),
+            config: config.to_owned(),
+            socket: socket.to_owned(),
+            metrics,
+            log,
+        })
+    }
+
+    pub fn admin(&self, req: &Request) -> Result<Response> {
+        admin::call(&self.socket, req)
+    }
+
+    /// `xdplb status` text.
+    pub fn status(&self) -> Result<String> {
+        match self.admin(&Request::Status)? {
+            Response::Ok(s) => Ok(s),
+            Response::Error(e) => bail!("status: {e}"),
+        }
+    }
+
+    /// Polls `check` every 50 ms until it holds or `timeout` passes.
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.exited()? {
+                bail!("xdplb exited while waiting for {what}:\n{}", self.log_text());
+            }
+            if check(self) {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("timed out after {timeout:?} waiting for {what}; status:\n{}\nlog:\n{}", self.status().unwrap_or_default(), self.log_text())
+    }
+
+    /// An HTTP GET on the metrics endpoint (from inside the namespace): (status, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.metrics;
+        let path = path.to_owned();
+        in_netns(Some(&self.ns), move || {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+            Ok((code, body))
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&self) -> Result<bool> {
+        // try_wait needs &mut; a zero-signal kill tells the same without reaping.
+        let Some(child) = &self.child else { return Ok(true) };
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: kill with signal 0 only checks the process exists.
+        Ok(unsafe { libc::kill(pid, 0) } != 0 || is_zombie(pid))
+    }
+
+    /// SIGTERM and wait; returns the log.
+    pub fn stop(&mut self) -> Result<String> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(i32::try_from(child.id())?, libc::SIGTERM) };
+            let start = Instant::now();
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    child.kill()?;
+                    child.wait()?;
+                    bail!("xdplb did not stop within 10 s of SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(self.log_text())
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,220 @@
+//! `xdplb run` end to end on veth pairs in network namespaces: the daemon health-
+//! checks real listeners, publishes metrics and status, and when a backend's check
+//! fails the live maps send its flows elsewhere — observed by running frames
+//! through the very maps the daemon writes (BPF_PROG_TEST_RUN).
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::programs::Xdp;
+use lb_userspace::{admin::Request, loader};
+use xdplb_tests::{
+    balancer::{XDP_TX, run_program},
+    daemon::{Daemon, binary},
+    lab::{
+        in_netns,
+        sh::{cmd, ns_sh, quietly, sh},
+    },
+    packet::{Flow, decode},
+    privilege::have_root,
+};
+
+const VIP: &str = "10.97.100.1";
+const BACKENDS: [(&str, &str); 3] = [("b1", "10.97.0.11"), ("b2", "10.97.0.12"), ("b3", "10.97.0.13")];
+const PIN: &str = "/sys/fs/bpf/xdplb-test-controller";
+
+/// Namespaces `xct-lb` (10.97.0.1) and `xct-b1..3`, one veth each into bridge `xct-br`.
+struct Net {
+    dir: PathBuf,
+}
+
+impl Net {
+    fn up() -> Self {
+        Self::down();
+        let dir = std::env::temp_dir().join("xdplb-test-controller");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&["ip", "link", "add", "xct-br", "type", "bridge"]).unwrap();
+        sh(&["ip", "link", "set", "xct-br", "up"]).unwrap();
+        let nodes = [("lb", "10.97.0.1")].into_iter().chain(BACKENDS);
+        for (name, addr) in nodes {
+            let ns = format!("xct-{name}");
+            let host = format!("xct-{name}-h");
+            sh(&["ip", "netns", "add", &ns]).unwrap();
+            sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns]).unwrap();
+            sh(&["ip", "link", "set", &host, "master", "xct-br", "up"]).unwrap();
+            ns_sh(&ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+            ns_sh(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
+            ns_sh(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn down() {
+        for name in ["lb", "b1", "b2", "b3"] {
+            quietly(&mut cmd(&["ip", "netns", "del", &format!("xct-{name}")]));
+            quietly(&mut cmd(&["ip", "link", "del", &format!("xct-{name}-h")]));
+        }
+        quietly(&mut cmd(&["ip", "link", "del", "xct-br"]));
+        let _ = loader::remove_pins(std::path::Path::new(PIN));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        Self::down();
+    }
+}
+
+/// A TCP listener on port 80 in a backend's namespace; dropping it refuses connections.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(name: &str, addr: &str) -> Self {
+        let sa: SocketAddr = format!("{addr}:80").parse().unwrap();
+        let l = in_netns(Some(&format!("xct-{name}")), move || Ok(TcpListener::bind(sa)?)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn mac_of(name: &str) -> [u8; 6] {
+    let text = ns_sh(&format!("xct-{name}"), &["cat", "/sys/class/net/eth0/address"]).unwrap();
+    lb_userspace::neighbors::parse_mac(text.trim()).unwrap()
+}
+
+fn backend_lines_in(status: &str, state: &str) -> usize {
+    status.lines().filter(|l| l.split_whitespace().nth(3) == Some(state)).count()
+}
+
+#[test]
+fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
+    if !have_root("xdplb run in network namespaces") {
+        return;
+    }
+    binary().expect("the xdplb binary");
+    let net = Net::up();
+    let mut listeners: BTreeMap<&str, Listener> =
+        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+    let socket = net.dir.join("admin.sock");
+    let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
+    let config = net.dir.join("xdplb.yaml");
+    let backends: String =
+        BACKENDS.iter().map(|(n, a)| format!("      - {{ name: {n}, address: {a} }}\n")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "interface: eth0\nxdp_mode: skb\nmetrics_listen: {metrics}\nadmin_socket: {}\npin_path: {PIN}\n\
+             health_check_defaults: {{ kind: tcp, port: 80, interval: 100ms, timeout: 80ms, rise: 2, fall: 3 }}\n\
+             vips:\n  - name: web\n    address: {VIP}\n    port: 80\n    protocol: tcp\n    backends:\n{backends}",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start("xct-lb", &config, &socket, metrics, &[]).unwrap();
+    daemon
+        .wait_until("three backends up", Duration::from_secs(15), |d| {
+            d.status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
+        })
+        .unwrap();
+
+    // Operator views.
+    let status = daemon.status().unwrap();
+    assert!(status.contains("xdp: attached"), "{status}");
+    let (code, body) = daemon.http_get("/healthz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = daemon.http_get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    for (b, _) in BACKENDS {
+        let line = format!("xdplb_backend_state{{backend=\"{b}\",state=\"up\",vip=\"web\"}} 1");
+        assert!(body.contains(&line), "missing {line}");
+    }
+    for family in ["xdplb_xdp_actions_total", "xdplb_conntrack_total", "xdplb_vip_packets_total"] {
+        assert!(body.contains(family), "missing {family}");
+    }
+
+    // The same data path, on the daemon's live maps.
+    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN), None).unwrap();
+    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
+    let receiver = |flow: &Flow| -> &str {
+        let run = run_program(prog, &flow.frame());
+        assert_eq!(run.action, XDP_TX, "{flow:?}");
+        macs[&decode(&run.frame).dst_mac]
+    };
+    let flows: Vec<Flow> = (0..90).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
+    let before: Vec<&str> = flows.iter().map(|f| receiver(f)).collect();
+    for (b, _) in BACKENDS {
+        assert!(before.contains(&b), "{b} got none of 90 flows: {before:?}");
+    }
+
+    // b2's check starts failing (connection refused): it must go down, and its flows move.
+    drop(listeners.remove("b2"));
+    let took = daemon
+        .wait_until("b2 down", Duration::from_secs(5), |d| {
+            d.status().is_ok_and(|s| s.lines().any(|l| l.trim_start().starts_with("b2") && l.contains(" down ")))
+        })
+        .unwrap();
+    eprintln!("b2 marked down {took:?} after its listener closed");
+    for (flow, was) in flows.iter().zip(&before) {
+        let now = receiver(&flow.ack());
+        assert_ne!(now, "b2", "{flow:?} still goes to the dead backend");
+        if *was != "b2" {
+            assert_eq!(now, *was, "{flow:?} moved off a live backend");
+        }
+    }
+    for i in 0..90 {
+        assert_ne!(receiver(&Flow::tcp("10.97.0.51", 30000 + i, VIP, 80)), "b2", "new flow to the dead backend");
+    }
+    let (_, body) = daemon.http_get("/metrics").unwrap();
+    assert!(
+        body.contains("xdplb_backend_transitions_total{backend=\"b2\",to=\"down\",vip=\"web\"} 1"),
+        "transition not counted"
+    );
+    assert!(body.contains("xdplb_probe_failures_total{reason=\"refused\",target=\"10.97.0.12:80\"}"), "failure reason");
+    assert!(body.contains("xdplb_map_write_latency_seconds_count"), "map-write latency");
+
+    // Drain over the admin socket, then stop: XDP and pins stay for the next run.
+    assert!(matches!(
+        daemon.admin(&Request::Drain { vip: "web".into(), backend: "b3".into() }).unwrap(),
+        lb_userspace::admin::Response::Ok(_)
+    ));
+    let log = daemon.stop().unwrap();
+    assert!(log.contains("stays attached"), "{log}");
+    assert!(std::path::Path::new(PIN).join("link").exists());
+    drop(ebpf);
+    drop(net);
+    assert!(!std::path::Path::new(PIN).exists(), "pins removed by cleanup");
+}
