@@ -57,7 +57,8 @@ pub fn interface(name: &str) -> anyhow::Result<Interface> {
     }
     // SAFETY: the union member SIOCGIFHWADDR wrote.
     let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
+    // Loopback (all-zero MAC) is allowed for tests; anything else must be Ethernet.
+    if hw.sa_family != libc::ARPHRD_ETHER && hw.sa_family != libc::ARPHRD_LOOPBACK {
         anyhow::bail!("interface {name} is not Ethernet (hardware type {})", hw.sa_family);
     }
     let mut mac = [0u8; 6];
