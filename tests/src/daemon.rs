@@ -19,19 +19,12 @@ use crate::lab::in_netns;
 /// The `xdplb` binary next to this test's binary (`cargo xtask test` builds it first).
 pub fn binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/xdplb
-    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| anyhow!("odd test path {}", exe.display()))?;
-    let bin = dir.join("xdplb");
-    if bin.exists() {
-        return Ok(bin);
-    }
-    for profile in ["debug", "release"] {
-        let alt = dir.parent().map(|t| t.join(profile).join("xdplb"));
-        if let Some(alt) = alt.filter(|p| p.exists()) {
-            return Ok(alt);
-        }
-    }
-    bail!("no xdplb binary near {}: run `cargo build -p lb-userspace` (cargo xtask test does)", dir.display())
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/xdplb
+    let dirs = exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect::<Vec<_>>();
+    dirs.iter()
+        .map(|d| d.join("xdplb"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("no xdplb binary near {}: run `cargo build -p lb-userspace` (cargo xtask test does)", exe.display()))
 }
 
 pub struct Daemon {

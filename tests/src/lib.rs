@@ -7,3 +7,5 @@ pub mod daemon;
 pub mod lab;
 pub mod packet;
 pub mod privilege;
+pub mod rig;
+pub mod traffic;

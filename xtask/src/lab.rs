@@ -32,14 +32,20 @@ pub enum Mode {
     Ipip,
 }
 
+impl Mode {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dsr => "dsr",
+            Self::Ipip => "ipip",
+        }
+    }
+}
+
 fn args(action: &LabAction) -> Vec<String> {
     match action {
         LabAction::Up { mode, wafs } => {
-            let mode = match mode {
-                Mode::Dsr => "dsr",
-                Mode::Ipip => "ipip",
-            };
-            vec!["up".into(), "--mode".into(), mode.into(), "--wafs".into(), wafs.to_string()]
+            vec!["up".into(), "--mode".into(), mode.as_str().into(), "--wafs".into(), wafs.to_string()]
         }
         LabAction::Down => vec!["down".into()],
         LabAction::Status => vec!["status".into()],

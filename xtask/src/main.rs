@@ -24,7 +24,7 @@ use crate::{
     long_about = "Developer tasks for xdplb.\n\n\
         Fresh machine? `cargo xtask test` installs what is missing (nightly rust-src,\n\
         bpf-linker built against nightly's LLVM, lab packages) and runs every test.",
-    after_help = "Examples:\n  cargo xtask setup           # toolchain only\n  cargo xtask test            # unit, packet and namespace tests (needs root)\n  cargo xtask bench xdp       # ns/packet through BPF_PROG_TEST_RUN -> BENCHMARKS.md"
+    after_help = "Examples:\n  cargo xtask setup           # toolchain only\n  cargo xtask demo            # failover, live, in the network-namespace lab (needs root)\n  cargo xtask test            # unit, packet and namespace tests (needs root)\n  cargo xtask bench xdp       # ns/packet through BPF_PROG_TEST_RUN -> BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,6 +48,13 @@ enum Task {
         /// Optimised build, as deployed.
         #[arg(long)]
         release: bool,
+    },
+    /// The failover demo: builds, brings the lab up, runs xdplb with HTTP load, kills and
+    /// revives WAF nodes and prints what happens once a second (needs root; < 60 s).
+    Demo {
+        /// Forwarding mode of the balancer.
+        #[arg(long, value_enum, default_value_t = lab::Mode::Dsr)]
+        mode: lab::Mode,
     },
     /// Run every test: unit tests, then packet-level and namespace tests (root).
     /// Under CI=true a privileged test that cannot run fails instead of skipping.
@@ -92,6 +99,12 @@ fn try_main() -> Result<()> {
             run(&mut c)
         }
         Task::Test => test(),
+        Task::Demo { mode } => {
+            setup(Extras::Lab)?;
+            step("building xdplb and the demo (release)");
+            run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "lb-userspace", "-p", "xdplb-tests", "--bin", "xdplb", "--bin", "demo"]))?;
+            run(Command::new("target/release/demo").arg(mode.as_str()))
+        }
         Task::Lab { action } => {
             setup(Extras::Lab)?;
             lab::run_lab(&action)
@@ -107,6 +120,8 @@ fn test() -> Result<()> {
     setup(Extras::Lab)?;
     step("unit tests (config, Maglev, health checks, map writer, xtask)");
     run(Command::new("cargo").args(["test", "--workspace", "--exclude", "xdplb-tests", "--exclude", "lb-ebpf"]))?;
+    step("building the xdplb binary the namespace tests run");
+    run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
     step("packet-level and namespace tests (xdplb-tests; need root)");
     run(Command::new("cargo").args(["test", "--package", "xdplb-tests"]))?;
     step("all tests passed");

@@ -1,0 +1,148 @@
+//! The lab with `xdplb run` balancing it: what the demo, the end-to-end tests and
+//! the failover benchmark start from. VIPs: `web4`/`web6` (HTTP, port 80) and
+//! `udp4`/`udp6` (port 5353), each over every WAF node, checked over HTTP.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    daemon::Daemon,
+    lab::{self, LabConfig, LabGuard, Mode, NS_LB, PIN_DIR, VIP4, VIP6},
+};
+
+/// Health-check settings written into `health_check_defaults`; `None` keeps
+/// xdplb's built-in default.
+#[derive(Clone, Debug, Default)]
+pub struct Checks {
+    pub interval: Option<&'static str>,
+    pub timeout: Option<&'static str>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+pub struct Rig {
+    pub daemon: Daemon,
+    pub lab: LabGuard,
+    pub config: PathBuf,
+}
+
+pub const METRICS: &str = "127.0.0.1:9650";
+
+#[must_use]
+pub fn web4() -> SocketAddr {
+    SocketAddr::new(VIP4.into(), lab::HTTP_PORT)
+}
+
+#[must_use]
+pub fn web6() -> SocketAddr {
+    SocketAddr::new(VIP6.into(), lab::HTTP_PORT)
+}
+
+#[must_use]
+pub fn udp4() -> SocketAddr {
+    SocketAddr::new(VIP4.into(), lab::UDP_PORT)
+}
+
+#[must_use]
+pub fn udp6() -> SocketAddr {
+    SocketAddr::new(VIP6.into(), lab::UDP_PORT)
+}
+
+fn dir() -> PathBuf {
+    Path::new(lab::LAB_DIR).join("xdplb")
+}
+
+/// The xdplb config for a lab of `wafs` nodes in `mode`.
+#[must_use]
+pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) -> String {
+    let d = dir();
+    let mut s = String::new();
+    let _ = writeln!(s, "interface: {}\nxdp_mode: driver\nforwarding: {mode}", lab::NS_IF);
+    let _ = writeln!(s, "tunnel_source: {{ ipv4: {}, ipv6: \"{}\" }}", lab::LB4, lab::LB6);
+    let _ = writeln!(s, "metrics_listen: {METRICS}\nadmin_socket: {}/admin.sock", d.display());
+    let _ = writeln!(s, "pin_path: {PIN_DIR}/xdplb");
+    let mut hc = String::from("kind: http, port: 80, path: /healthz");
+    for (k, v) in [("interval", checks.interval), ("timeout", checks.timeout)] {
+        if let Some(v) = v {
+            let _ = write!(hc, ", {k}: {v}");
+        }
+    }
+    for (k, v) in [("rise", checks.rise), ("fall", checks.fall)] {
+        if let Some(v) = v {
+            let _ = write!(hc, ", {k}: {v}");
+        }
+    }
+    let _ = writeln!(s, "health_check_defaults: {{ {hc} }}\nvips:");
+    let vips: [(&str, IpAddr, u16, &str); 4] = [
+        ("web4", VIP4.into(), lab::HTTP_PORT, "tcp"),
+        ("web6", VIP6.into(), lab::HTTP_PORT, "tcp"),
+        ("udp4", VIP4.into(), lab::UDP_PORT, "udp"),
+        ("udp6", VIP6.into(), lab::UDP_PORT, "udp"),
+    ];
+    for (name, addr, port, proto) in vips {
+        let _ = writeln!(s, "  - name: {name}\n    address: \"{addr}\"\n    port: {port}\n    protocol: {proto}\n    backends:");
+        for k in 1..=wafs {
+            let a: IpAddr = if addr.is_ipv4() { lab::waf4(k).into() } else { lab::waf6(k).into() };
+            let w = weights.get(k - 1).copied().unwrap_or(100);
+            let _ = writeln!(s, "      - {{ name: waf{k}, address: \"{a}\", weight: {w} }}");
+        }
+    }
+    s
+}
+
+impl Rig {
+    /// Lab up, xdplb started in the lb namespace, every backend up.
+    pub fn up(mode: Mode, wafs: usize, checks: &Checks) -> Result<Self> {
+        let lab = LabGuard::up(&LabConfig { mode, wafs })?;
+        std::fs::create_dir_all(dir())?;
+        let config = dir().join("xdplb.yaml");
+        std::fs::write(&config, config_text(mode, wafs, checks, &[]))?;
+        let daemon = Daemon::start(NS_LB, &config, &dir().join("admin.sock"), METRICS.parse()?, &["--detach-on-exit"])?;
+        let rig = Self { daemon, lab, config };
+        rig.wait_all(wafs * 4, "up", Duration::from_secs(20))?;
+        Ok(rig)
+    }
+
+    /// Waits until `count` (VIP, backend) lines of `xdplb status` show `state`.
+    pub fn wait_all(&self, count: usize, state: &str, timeout: Duration) -> Result<Duration> {
+        self.daemon
+            .wait_until(&format!("{count} backends {state}"), timeout, |d| {
+                d.status().is_ok_and(|s| states(&s).iter().filter(|(_, _, st)| st == state).count() >= count)
+            })
+            .context("waiting for backends")
+    }
+
+    /// The state of backend `waf` in VIP `vip` (`up`, `down`, `draining`).
+    pub fn state(&self, vip: &str, waf: &str) -> Result<String> {
+        let s = self.daemon.status()?;
+        states(&s)
+            .into_iter()
+            .find(|(v, b, _)| v == vip && b == waf)
+            .map(|(_, _, st)| st)
+            .with_context(|| format!("{vip}/{waf} not in status:\n{s}"))
+    }
+}
+
+/// (VIP, backend, state) for every backend line of `xdplb status`.
+#[must_use]
+pub fn states(status: &str) -> Vec<(String, String, String)> {
+    let mut vip = String::new();
+    let mut out = Vec::new();
+    for line in status.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["VIP", name, ..] => vip = (*name).to_owned(),
+            [name, _addr, _weight, state, _health, _drained, _mac, _packets] if *name != "BACKEND" => {
+                out.push((vip.clone(), (*name).to_owned(), (*state).to_owned()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
