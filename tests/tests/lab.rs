@@ -186,9 +186,17 @@ fn lab_ipip_mode_attaches_decap_on_every_waf() {
             };
             let mut inner = vec![];
             builder.udp(port, UDP_PORT).write(&mut inner, b"who?").expect("inner packet");
-            send_encapsulated(outer, &inner).expect("send");
+            // UDP may lose the first datagram while neighbour discovery completes: retry.
             let mut buf = [0u8; 64];
-            let (n, from) = client_sock.recv_from(&mut buf).unwrap_or_else(|e| panic!("{ns} via {outer}: {e}"));
+            let mut got = None;
+            for _ in 0..5 {
+                send_encapsulated(outer, &inner).expect("send");
+                if let Ok(r) = client_sock.recv_from(&mut buf) {
+                    got = Some(r);
+                    break;
+                }
+            }
+            let (n, from) = got.unwrap_or_else(|| panic!("{ns} via {outer}: no answer to 5 tries"));
             assert_eq!((&buf[..n], from), (format!("{ns}\n").as_bytes(), SocketAddr::new(vip, UDP_PORT)));
         }
     }
