@@ -119,11 +119,11 @@ fn try_main() -> Result<()> {
 fn test() -> Result<()> {
     setup(Extras::Lab)?;
     step("unit tests (config, Maglev, health checks, map writer, xtask)");
-    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "xdplb-tests", "--exclude", "lb-ebpf"]))?;
+    run(Command::new("cargo").args(["test", "--no-fail-fast", "--workspace", "--exclude", "xdplb-tests", "--exclude", "lb-ebpf"]))?;
     step("building the xdplb binary the namespace tests run");
     run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
     step("packet-level and namespace tests (xdplb-tests; need root)");
-    run(Command::new("cargo").args(["test", "--package", "xdplb-tests"]))?;
+    run(Command::new("cargo").args(["test", "--no-fail-fast", "--package", "xdplb-tests"]))?;
     step("all tests passed");
     Ok(())
 }
