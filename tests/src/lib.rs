@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod daemon;
+pub mod failover;
 pub mod lab;
 pub mod packet;
 pub mod privilege;

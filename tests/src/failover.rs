@@ -1,0 +1,273 @@
+//! `cargo xtask bench failover`: how fast a dead WAF node stops getting new
+//! connections, xdplb against HAProxy in TCP mode, in the same lab with the same
+//! load. Two failure kinds: nginx stopped (connections refused) and the node's
+//! link cut (silence). For each event: detection time (balancer marks the node
+//! down), the time after which no new connection reached the dead node (the last
+//! failed request's start; only requests to the dead node fail), and the number
+//! of failed connections.
+
+use std::{
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    lab::{self, Lab, NS_CLIENT, NS_LB, VIP4},
+    rig::{Checks, Rig, web4},
+    traffic::{HttpLoad, Record},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// nginx stopped: SYNs are answered with RST.
+    Refused,
+    /// Link cut: nothing comes back.
+    Silent,
+}
+
+impl Kind {
+    fn waf(self) -> usize {
+        match self {
+            Self::Refused => 2,
+            Self::Silent => 3,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "nginx stopped (refused)",
+            Self::Silent => "link cut (silent)",
+        }
+    }
+
+    fn inject(self, lab: &Lab) -> Result<()> {
+        match self {
+            Self::Refused => lab.stop_waf(self.waf()),
+            Self::Silent => lab.cut_link(self.waf()),
+        }
+    }
+
+    fn repair(self, lab: &Lab) -> Result<()> {
+        match self {
+            Self::Refused => lab.start_waf(self.waf()),
+            Self::Silent => lab.restore_link(self.waf()),
+        }
+    }
+}
+
+/// One failure event.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub detection: Duration,
+    /// Start of the last request that failed, after the failure.
+    pub last_new_connection: Duration,
+    pub failed: usize,
+}
+
+/// A balancer under test: how to see whether it has marked a node down.
+trait Balancer {
+    fn is_down(&self, waf: usize) -> Result<bool>;
+    fn all_up(&self, wafs: usize) -> Result<bool>;
+}
+
+impl Balancer for Rig {
+    fn is_down(&self, waf: usize) -> Result<bool> {
+        Ok(self.state("web4", &format!("waf{waf}"))? == "down")
+    }
+
+    fn all_up(&self, wafs: usize) -> Result<bool> {
+        Ok((1..=wafs).all(|k| self.state("web4", &format!("waf{k}")).is_ok_and(|s| s == "up")))
+    }
+}
+
+/// Client timeout: a request to a silent node fails after this.
+const TIMEOUT: Duration = Duration::from_secs(1);
+const WAFS: usize = 3;
+
+fn measure(b: &dyn Balancer, lab: &Lab, load: &HttpLoad, kind: Kind, runs: usize, label: &str) -> Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for run in 0..runs {
+        wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = Instant::now();
+        kind.inject(lab)?;
+        let detection = wait(|| b.is_down(kind.waf()), Duration::from_secs(30), "the node marked down")?;
+        // Let requests sent before detection finish (or time out).
+        std::thread::sleep(TIMEOUT + Duration::from_millis(300));
+        kind.repair(lab)?;
+        let records = load.log.records();
+        let failed: Vec<&Record> =
+            records.iter().filter(|r| r.start >= t0 && r.outcome.is_err()).collect();
+        let last = failed.iter().map(|r| r.start.duration_since(t0)).max().unwrap_or_default();
+        eprintln!(
+            "  {label}, {}, run {}: detected in {:.0} ms, last failed request started at {:.0} ms, {} failed",
+            kind.name(),
+            run + 1,
+            ms(detection),
+            ms(last),
+            failed.len()
+        );
+        out.push(Sample { detection, last_new_connection: last, failed: failed.len() });
+    }
+    wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
+    Ok(out)
+}
+
+fn wait(mut check: impl FnMut() -> Result<bool>, timeout: Duration, what: &str) -> Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().unwrap_or(false) {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// HAProxy in TCP mode in the lb namespace, the VIP on its loopback.
+struct Haproxy {
+    dir: PathBuf,
+    pid: i32,
+}
+
+impl Haproxy {
+    fn start(checks: &str) -> Result<Self> {
+        let dir = Path::new(lab::LAB_DIR).join("haproxy");
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("stats.sock");
+        let mut cfg = format!(
+            "global\n  stats socket {} mode 600 level admin\n  maxconn 4000\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend vip\n  bind {VIP4}:80\n  default_backend wafs\n\
+             backend wafs\n  balance roundrobin\n{checks}",
+            sock.display()
+        );
+        for k in 1..=WAFS {
+            let _ = writeln!(cfg, "  server waf{k} {}:80 check", lab::waf4(k));
+        }
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(&conf, cfg)?;
+        lab::sh::ns_sh(NS_LB, &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+        let pidfile = dir.join("haproxy.pid");
+        lab::sh::ns_sh(
+            NS_LB,
+            &["haproxy", "-D", "-f", &conf.to_string_lossy(), "-p", &pidfile.to_string_lossy()],
+        )?;
+        let pid = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+        Ok(Self { dir, pid })
+    }
+
+    fn status(&self, waf: usize) -> Result<String> {
+        let mut s = UnixStream::connect(self.dir.join("stats.sock"))?;
+        s.write_all(b"show stat\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let header: Vec<&str> = text.lines().next().context("empty stats")?.trim_start_matches("# ").split(',').collect();
+        let col = header.iter().position(|h| *h == "status").context("no status column")?;
+        let name = format!("waf{waf}");
+        text.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&"wafs") && f.get(1) == Some(&name.as_str()))
+            .and_then(|f| f.get(col).map(|s| (*s).to_owned()))
+            .context("server not in stats")
+    }
+}
+
+impl Balancer for Haproxy {
+    fn is_down(&self, waf: usize) -> Result<bool> {
+        Ok(self.status(waf)?.starts_with("DOWN"))
+    }
+
+    fn all_up(&self, wafs: usize) -> Result<bool> {
+        Ok((1..=wafs).all(|k| self.status(k).is_ok_and(|s| s.starts_with("UP"))))
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon we started.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = lab::sh::ns_sh(NS_LB, &["ip", "addr", "del", &format!("{VIP4}/32"), "dev", "lo"]);
+    }
+}
+
+struct Row {
+    system: &'static str,
+    checks: &'static str,
+    kind: Kind,
+    samples: Vec<Sample>,
+}
+
+/// Runs the benchmark and returns its Markdown section.
+pub fn run(runs: usize) -> Result<String> {
+    let mut rows = Vec::new();
+    let rig = Rig::up(lab::Mode::Dsr, WAFS, &Checks::default())?;
+    {
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+        for kind in [Kind::Refused, Kind::Silent] {
+            let samples = measure(&rig, &rig.lab, &load, kind, runs, "xdplb")?;
+            rows.push(Row { system: "xdplb (dsr)", checks: "defaults: http, 200ms, fall 3, rise 2", kind, samples });
+        }
+    }
+    let Rig { mut daemon, lab, .. } = rig;
+    daemon.stop()?; // --detach-on-exit: the lb namespace is free for HAProxy.
+    drop(daemon);
+    let variants = [
+        ("defaults: tcp connect, inter 2s, fall 3, rise 2", ""),
+        ("as xdplb: inter 200ms, fall 3, rise 2", "  default-server inter 200ms fall 3 rise 2\n  timeout check 150ms\n"),
+    ];
+    for (checks, extra) in variants {
+        let h = Haproxy::start(extra)?;
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+        for kind in [Kind::Refused, Kind::Silent] {
+            let samples = measure(&h, &lab, &load, kind, runs, "haproxy")?;
+            rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, kind, samples });
+        }
+    }
+    drop(lab);
+    Ok(report(&rows, runs))
+}
+
+fn stats(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let mut v: Vec<f64> = v.collect();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+fn report(rows: &[Row], runs: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| balancer | health checks | failure | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) |");
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
+    for r in rows {
+        let (d, dw) = stats(r.samples.iter().map(|x| ms(x.detection)));
+        let (l, lw) = stats(r.samples.iter().map(|x| ms(x.last_new_connection)));
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let (f, fw) = stats(r.samples.iter().map(|x| x.failed as f64));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {d:.0} ms ({dw:.0}) | {l:.0} ms ({lw:.0}) | {f:.0} ({fw:.0}) |",
+            r.system,
+            r.checks,
+            r.kind.name()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{runs} events per row. Load: 48 client threads × 8 requests/s, one HTTP request per new TCP connection \
+         (client timeout 1 s), to the VIP of 3 nginx WAF nodes in the lab (dsr for xdplb). A failure is nginx \
+         stopped on waf2 (connections refused) or waf3's traffic dropped by nftables (silence). Detection: from the \
+         failure to the balancer reporting the node down (xdplb status / HAProxy `show stat`, polled every 10 ms). \
+         'No new connection after': start of the last request that failed (only requests sent to the dead node fail)."
+    );
+    s
+}
