@@ -54,6 +54,7 @@ enum Command {
     /// Validate a config and print it resolved (defaults filled in), or every error found.
     #[command(after_help = "Example:\n  xdplb check-config /etc/xdplb/xdplb.yaml")]
     CheckConfig {
+        /// The YAML config to check.
         file: PathBuf,
         /// Also check that the interface exists on this host.
         #[arg(long)]
@@ -65,7 +66,9 @@ enum Command {
     /// Stop sending new flows to a backend of a VIP; its established flows stay.
     #[command(after_help = "Example:\n  xdplb drain waf-https waf-2")]
     Drain {
+        /// The VIP's `name` in the config.
         vip: String,
+        /// The backend's `name` in that VIP.
         backend: String,
         #[command(flatten)]
         socket: Socket,
@@ -73,7 +76,9 @@ enum Command {
     /// Undo `drain`.
     #[command(after_help = "Example:\n  xdplb undrain waf-https waf-2")]
     Undrain {
+        /// The VIP's `name` in the config.
         vip: String,
+        /// The backend's `name` in that VIP.
         backend: String,
         #[command(flatten)]
         socket: Socket,
