@@ -605,6 +605,11 @@ fn ensure_bpffs() -> Result<()> {
 fn add_node(node: Node) -> Result<()> {
     let (ns, veth) = (node.ns(), node.veth());
     sh(&["ip", "netns", "add", &ns])?;
+    // No duplicate address detection, link-local included: while an address is
+    // tentative, first IPv6 contacts stall for a SYN retry (~1 s).
+    for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+        ns_sh(&ns, &["sysctl", "-qw", &format!("{key}=0")])?;
+    }
     sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", NS_IF, "netns", &ns])?;
     sh(&["ip", "link", "set", &veth, "master", BRIDGE, "up"])?;
     sh(&["ethtool", "-K", &veth, "tx", "off"])?;
