@@ -3,6 +3,7 @@
 //! through BPF_PROG_TEST_RUN, and maps filled by the controller's own writer.
 
 pub mod balancer;
+pub mod bench;
 pub mod daemon;
 pub mod failover;
 pub mod lab;

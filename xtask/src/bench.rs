@@ -1,36 +1,60 @@
 //! `cargo xtask bench`: runs the benchmark binaries and splices their Markdown into
 //! BENCHMARKS.md, each table between markers so a rerun replaces it in place.
 
-use std::{fmt::Write as _, path::Path, process::Command};
+use std::{fmt::Write as _, path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cmd::{output, step};
+use crate::cmd::{output, run as run_cmd, step};
 
 const FILE: &str = "BENCHMARKS.md";
-const ALL: &[&str] = &["xdp"];
+
+/// Every benchmark, in the order `cargo xtask bench` runs them: its name (the
+/// subcommand of the `bench` binary, `tests/src/bench/NAME.rs`, and the marker in
+/// BENCHMARKS.md) and the heading it gets when its section is new. The one list:
+/// a new benchmark is a line here and a module there.
+const BENCHES: &[(&str, &str)] = &[
+    ("xdp", "XDP cost per packet"),
+    ("live", "Live packet rate: xdplb against the floor and nftables DNAT"),
+    ("http", "HTTP through the balancer: xdplb against HAProxy"),
+    ("maglev", "Maglev table: build time, disruption, balance"),
+    ("conntrack", "Connection table under pressure, and map memory"),
+];
 
 pub fn run(which: &[String]) -> Result<()> {
-    let which: Vec<&str> = if which.is_empty() { ALL.to_vec() } else { which.iter().map(String::as_str).collect() };
+    let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
+    let which: Vec<&str> = if which.is_empty() { names.clone() } else { which.iter().map(String::as_str).collect() };
     for w in &which {
-        if !ALL.contains(w) {
-            bail!("unknown benchmark `{w}`; known: {}", ALL.join(", "));
+        if !names.contains(w) {
+            bail!("unknown benchmark `{w}`; known: {}", names.join(", "));
         }
     }
     let machine = machine()?;
+    step("building the benchmarks and the xdplb binary they run (release)");
+    run_cmd(Command::new("cargo").args([
+        "build", "--release", "--quiet", "--package", "lb-userspace", "--package", "xdplb-tests", "--bin", "xdplb",
+        "--bin", "bench",
+    ]))?;
+    let started = Instant::now();
+    let mut took = Vec::new();
     for w in which {
         step(format!("benchmark {w}"));
+        let t = Instant::now();
         let body = output(Command::new("cargo").args([
             "run", "--release", "--quiet", "--package", "xdplb-tests", "--bin", "bench", "--", w,
         ]).stderr(std::process::Stdio::inherit()))?;
+        let secs = t.elapsed().as_secs();
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
         let mut section = String::new();
-        writeln!(section, "Measured {} on {machine}.", date.trim())?;
+        writeln!(section, "Measured {} on {machine}; this section took {secs} s.", date.trim())?;
         writeln!(section, "Command: `cargo xtask bench {w}`\n")?;
         section.push_str(&body);
-        splice(Path::new(FILE), w, &section)?;
-        eprintln!("    wrote the `{w}` section of {FILE}");
+        let title = BENCHES.iter().find(|(n, _)| *n == w).map_or(w, |(_, t)| *t);
+        splice(Path::new(FILE), w, &format!("## {title} (`cargo xtask bench {w}`)"), &section)?;
+        eprintln!("    wrote the `{w}` section of {FILE} ({secs} s)");
+        took.push(format!("{w} {secs} s"));
     }
+    step(format!("benchmarks done in {} s: {}", started.elapsed().as_secs(), took.join(", ")));
     Ok(())
 }
 
@@ -45,14 +69,14 @@ fn machine() -> Result<String> {
 }
 
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`,
-/// appending the pair when absent.
-fn splice(path: &Path, name: &str, body: &str) -> Result<()> {
+/// appending `heading` and the pair when absent.
+fn splice(path: &Path, name: &str, heading: &str, body: &str) -> Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
     let block = format!("{open}\n{body}\n{close}");
     let new = match (text.find(&open), text.find(&close)) {
         (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + close.len()..]),
-        _ => format!("{}\n{block}\n", text.trim_end()),
+        _ => format!("{}\n\n{heading}\n\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
@@ -67,11 +91,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("B.md");
         std::fs::write(&f, "# B\nintro\n").unwrap();
-        splice(&f, "a", "one").unwrap();
-        splice(&f, "b", "two").unwrap();
-        splice(&f, "a", "three").unwrap();
+        splice(&f, "a", "## A", "one").unwrap();
+        splice(&f, "b", "## B", "two").unwrap();
+        splice(&f, "a", "## A", "three").unwrap();
         let t = std::fs::read_to_string(&f).unwrap();
         assert!(t.contains("intro") && t.contains("three") && t.contains("two") && !t.contains("one"), "{t}");
         assert!(t.find("three").unwrap() < t.find("two").unwrap(), "a stays before b: {t}");
+        assert_eq!(t.matches("## A").count(), 1, "the heading is added once: {t}");
     }
 }

@@ -5,20 +5,53 @@
 //! - `xdp_tx`: returns XDP_TX and nothing else, the cost of the test harness.
 //! - `xdp_mac_swap`: swaps MACs and returns XDP_TX, the floor for any forwarder.
 //! - `xdp_count`: counts frames and bytes per CPU and drops them (traffic sink).
+//! - `xdp_gen`: a traffic generator for BPF_PROG_TEST_RUN in live-frames mode:
+//!   writes the frame of the next flow (from a template) and returns XDP_TX.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::Traffic;
-use lb_ebpf::net::ptr_at;
+use lb_ebpf::net::{copy_words, ptr_at};
 
 #[map(name = "SINK_STATS")]
 static SINK_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of a generated frame: 64 on the wire with the FCS.
+const GEN_FRAME: usize = 60;
+/// Offsets in the template (Ethernet, IPv4 without options, then TCP or UDP).
+const IP_CHECK: usize = 24;
+const SADDR_LOW: usize = 28;
+const SPORT: usize = 34;
+const TCP_CHECK: usize = 50;
+const UDP_CHECK: usize = 40;
+
+/// What `xdp_gen` sends, written by the benchmark before a run. Flow `i` comes from
+/// source port `sport + i % ports` and source address `saddr + i / ports` (the low
+/// 16 bits; the benchmark keeps both sums from overflowing 16 bits).
+#[repr(C)]
+pub struct GenConfig {
+    /// The frame of flow 0 with valid checksums, as 15 words.
+    pub frame: [u32; GEN_FRAME / 4],
+    /// Distinct flows (0 or 1: the template only).
+    pub flows: u32,
+    /// Source ports per source address, > 0.
+    pub ports: u32,
+    /// 1 for TCP (checksum at byte 50), else UDP (byte 40).
+    pub tcp: u32,
+}
+
+#[map(name = "GEN_CONFIG")]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Frames sent so far on this CPU: picks the flow of the next one.
+#[map(name = "GEN_SEQ")]
+static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
@@ -55,6 +88,65 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
         t.bytes += (ctx.data_end() - ctx.data()) as u64;
     }
     xdp_action::XDP_DROP
+}
+
+/// In live-frames mode the kernel hands the program pages it has sent before, and a
+/// receiver may have rewritten them (MACs, TTL, NAT): so every frame is written whole
+/// from the template, then given its flow's source port and address, with both
+/// checksums updated incrementally (RFC 1624). Returns XDP_TX (out of the veth the
+/// test run names as ingress).
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    match generate(&ctx) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn generate(ctx: &XdpContext) -> Result<(), ()> {
+    let cfg = GEN_CONFIG.get(0).ok_or(())?;
+    let seq = unsafe { &mut *GEN_SEQ.get_ptr_mut(0).ok_or(())? };
+    let frame = ptr_at::<[u32; GEN_FRAME / 4]>(ctx, 0)?;
+    copy_words(frame, &raw const cfg.frame);
+    if cfg.flows <= 1 || cfg.ports == 0 {
+        return Ok(());
+    }
+    let flow = (*seq % u64::from(cfg.flows)) as u32;
+    *seq += 1;
+    let (port_step, addr_step) = (flow % cfg.ports, flow / cfg.ports);
+    let field = |off: usize| -> Result<*mut u16, ()> { ptr_at::<u16>(ctx, off) };
+    let (sport, saddr) = (field(SPORT)?, field(SADDR_LOW)?);
+    let ip_check = field(IP_CHECK)?;
+    let l4_check = field(if cfg.tcp == 1 { TCP_CHECK } else { UDP_CHECK })?;
+    // SAFETY: every field was bounds-checked by ptr_at.
+    unsafe {
+        let (old_port, old_addr) = (u16::from_be(*sport), u16::from_be(*saddr));
+        let (new_port, new_addr) = (old_port.wrapping_add(port_step as u16), old_addr.wrapping_add(addr_step as u16));
+        *sport = new_port.to_be();
+        *saddr = new_addr.to_be();
+        *ip_check = csum_replace(u16::from_be(*ip_check), &[(old_addr, new_addr)]).to_be();
+        let l4 = u16::from_be(*l4_check);
+        let mut new = csum_replace(l4, &[(old_addr, new_addr), (old_port, new_port)]);
+        // UDP: a computed 0 is sent as 0xffff (0 means "no checksum").
+        if cfg.tcp != 1 && new == 0 {
+            new = 0xffff;
+        }
+        *l4_check = new.to_be();
+    }
+    Ok(())
+}
+
+/// Checksum `check` after 16-bit words `old` became `new` (RFC 1624, eqn. 3).
+#[inline(always)]
+fn csum_replace(check: u16, changes: &[(u16, u16)]) -> u16 {
+    let mut sum = u32::from(!check);
+    for &(old, new) in changes {
+        sum += u32::from(!old) + u32::from(new);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 #[cfg(not(test))]

@@ -1,124 +1,19 @@
-//! Benchmarks behind `cargo xtask bench`. Each subcommand prints a Markdown section
-//! for BENCHMARKS.md on stdout and its progress on stderr.
+//! Benchmarks behind `cargo xtask bench`: `bench NAME [ARGS]` runs one, printing its
+//! Markdown section for BENCHMARKS.md on stdout and its progress on stderr. The
+//! benchmarks live in `xdplb_tests::bench`, one module each.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
-
-use anyhow::{Context as _, Result, bail, ensure};
-use aya::{Ebpf, programs::{TestRun as _, TestRunOptions, Xdp}};
-use lb_common::ForwardingMode;
-use lb_userspace::objects;
-use xdplb_tests::{
-    balancer::{Balancer, VIP4, VIP6, XDP_PASS, XDP_TX},
-    packet::Flow,
-};
+use anyhow::{Result, bail};
+use xdplb_tests::bench;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some("xdp") => xdp(args.get(1).map_or(Ok(20_000), |s| s.parse()).context("runs per case")?),
-        _ => bail!("usage: bench xdp [RUNS]"),
+        Some("xdp") => bench::xdp::run(rest),
+        Some("live") => bench::live::run(rest),
+        Some("http") => bench::http::run(rest),
+        Some("maglev") => bench::maglev::run(rest),
+        Some("conntrack") => bench::conntrack::run(rest),
+        _ => bail!("usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS]"),
     }
-}
-
-/// One frame through a program, timed by the kernel (BPF_PROG_TEST_RUN, repeat 1,
-/// so every run sees the original frame). Returns the action and the nanoseconds.
-fn timed_run(prog: &Xdp, frame: &[u8], out: &mut [u8]) -> Result<(u32, u64)> {
-    let r = prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(out),
-        repeat: 1,
-        ..TestRunOptions::new()
-    })?;
-    Ok((r.return_value, r.duration.as_nanos() as u64))
-}
-
-struct Case<'a> {
-    name: &'static str,
-    prog: &'a Xdp,
-    frame: Vec<u8>,
-    want: u32,
-}
-
-fn xdp(runs: usize) -> Result<()> {
-    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx", "xdp_mac_swap"] {
-        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
-    let empty: &Xdp = tools.program("xdp_tx").context("xdp_tx")?.try_into()?;
-    let floor: &Xdp = tools.program("xdp_mac_swap").context("xdp_mac_swap")?.try_into()?;
-    let dsr = Balancer::new(ForwardingMode::Dsr);
-    let ipip = Balancer::new(ForwardingMode::Ipip);
-
-    let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
-    let ack4 = syn4.ack().payload(0);
-    let udp4 = Flow::udp("198.51.100.7", 40000, VIP4, 53).payload(18);
-    let syn6 = Flow::tcp("2001:db8:c::7", 40000, VIP6, 80);
-    let other = Flow::tcp("198.51.100.7", 40000, "192.0.2.1", 80);
-    let mut cases = vec![
-        Case { name: "empty XDP_TX (harness)", prog: empty, frame: syn4.frame(), want: XDP_TX },
-        Case { name: "MAC swap + XDP_TX (floor)", prog: floor, frame: syn4.frame(), want: XDP_TX },
-    ];
-    for (mode, lb) in [("dsr", &dsr), ("ipip", &ipip)] {
-        let p = lb.program();
-        // Seed the connection table, so ACK and UDP measure a table hit.
-        for f in [&ack4, &udp4] {
-            ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
-        }
-        let label = |s: &str| -> &'static str { Box::leak(format!("{s}, {mode}").into_boxed_str()) };
-        cases.push(Case { name: label("TCP SYN v4"), prog: p, frame: syn4.frame(), want: XDP_TX });
-        cases.push(Case { name: label("TCP ACK v4 (table hit)"), prog: p, frame: ack4.frame(), want: XDP_TX });
-        cases.push(Case { name: label("UDP v4 (table hit)"), prog: p, frame: udp4.frame(), want: XDP_TX });
-        cases.push(Case { name: label("TCP SYN v6"), prog: p, frame: syn6.frame(), want: XDP_TX });
-        cases.push(Case { name: label("non-VIP pass"), prog: p, frame: other.frame(), want: XDP_PASS });
-    }
-
-    // Interleave cases run by run, so a noisy neighbour hurts all of them alike.
-    let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(runs); cases.len()];
-    let mut out = vec![0u8; 2048];
-    let started = Instant::now();
-    for i in 0..runs {
-        for (case, s) in cases.iter().zip(&mut samples) {
-            let (action, ns) = timed_run(case.prog, &case.frame, &mut out)?;
-            ensure!(action == case.want, "{}: run {i} returned action {action}, want {}", case.name, case.want);
-            s.push(ns);
-        }
-        if i % 5000 == 0 {
-            eprintln!("  run {i}/{runs} ({:.1}s)", started.elapsed().as_secs_f64());
-        }
-    }
-
-    let stat = |s: &mut Vec<u64>| -> (f64, f64) {
-        s.sort_unstable();
-        // Median, and the mean of the middle 80% (both robust to preemption spikes).
-        let med = s[s.len() / 2] as f64;
-        let lo = s.len() / 10;
-        let mid = &s[lo..s.len() - lo];
-        (med, mid.iter().sum::<u64>() as f64 / mid.len() as f64)
-    };
-    let stats: Vec<(f64, f64)> = samples.iter_mut().map(stat).collect();
-    let harness = stats[0].1;
-    let floor_net = (stats[1].1 - harness).max(0.1);
-    let mut by_name = BTreeMap::new();
-    println!("| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (case, (med, mean)) in cases.iter().zip(&stats) {
-        let net = mean - harness;
-        by_name.insert(case.name, net);
-        println!(
-            "| {} | {med:.0} | {mean:.1} | {net:.1} | {:.1} | {:.2} |",
-            case.name,
-            net / floor_net,
-            mean / stats[1].1
-        );
-    }
-    println!();
-    println!(
-        "{runs} runs per case, interleaved; every run's action checked. Harness = the empty program's trimmed mean ({harness:.1} ns); floor (net) = MAC swap minus harness = {floor_net:.1} ns."
-    );
-    let _ = Duration::ZERO;
-    Ok(())
 }
