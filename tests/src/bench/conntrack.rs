@@ -83,9 +83,9 @@ fn report(samples: &[Samples], runs: usize, memory: &[MapMemory]) {
          table is the default one ({CONN_TABLE_SIZE} entries, `BPF_F_NO_COMMON_LRU`: one LRU list \
          per CPU, each holding {CONN_TABLE_SIZE} / {} possible CPUs = {per_cpu} entries). One \
          generator CPU is one RSS queue: all its flows live in that CPU's list, so 256 k flows fit \
-         and 1 M flows cycle through a list half their size (every packet a miss, an eviction and \
-         an insert: the worst case of LRU pressure, not the steady state of 1 M flows spread over \
-         every CPU). Rates are frames per CPU-second as in `bench live`; each case warms up by \
+         and 1 M flows cycle through a list half their size (most packets a miss, an eviction and \
+         an insert; the kernel's LRU is approximate, so some still hit): the worst case of LRU \
+         pressure, not the steady state of 1 M flows spread over every CPU's list. Rates are frames per CPU-second as in `bench live`; each case warms up by \
          offering every flow twice, then {runs} interleaved runs of {} s. Hits are xdp_lb's own \
          counters (`conn_hit` / (`conn_hit` + `conn_miss`)).\n",
         possible_cpus(),
