@@ -5,7 +5,6 @@
 pub mod balancer;
 pub mod bench;
 pub mod daemon;
-pub mod failover;
 pub mod lab;
 pub mod packet;
 pub mod privilege;

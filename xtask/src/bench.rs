@@ -19,6 +19,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("http", "HTTP through the balancer: xdplb against HAProxy"),
     ("maglev", "Maglev table: build time, disruption, balance"),
     ("conntrack", "Connection table under pressure, and map memory"),
+    ("failover", "Failover: a dead WAF node stops getting new connections — xdplb against HAProxy"),
 ];
 
 pub fn run(which: &[String]) -> Result<()> {

@@ -7,6 +7,7 @@
 )]
 
 pub mod conntrack;
+pub mod failover;
 pub mod http;
 pub mod live;
 pub mod maglev;

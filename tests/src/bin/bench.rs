@@ -14,6 +14,7 @@ fn main() -> Result<()> {
         Some("http") => bench::http::run(rest),
         Some("maglev") => bench::maglev::run(rest),
         Some("conntrack") => bench::conntrack::run(rest),
-        _ => bail!("usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS]"),
+        Some("failover") => bench::failover::run(rest),
+        _ => bail!("usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS]"),
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench failover`: how fast a dead WAF node stops getting new
+//! `bench failover`: how fast a dead WAF node stops getting new
 //! connections, xdplb against HAProxy in TCP mode, in the same lab with the same
 //! load. Two failure kinds: nginx stopped (connections refused) and the node's
 //! link cut (silence). For each event: detection time (balancer marks the node
@@ -104,14 +104,14 @@ fn measure(b: &dyn Balancer, lab: &Lab, load: &HttpLoad, kind: Kind, runs: usize
         let failed: Vec<&Record> =
             records.iter().filter(|r| r.start >= t0 && r.outcome.is_err()).collect();
         let last = failed.iter().map(|r| r.start.duration_since(t0)).max().unwrap_or_default();
-        eprintln!(
-            "  {label}, {}, run {}: detected in {:.0} ms, last failed request started at {:.0} ms, {} failed",
+        super::progress(format!(
+            "{label}, {}, run {}: detected in {:.0} ms, last failed request started at {:.0} ms, {} failed",
             kind.name(),
             run + 1,
             ms(detection),
             ms(last),
             failed.len()
-        );
+        ));
         out.push(Sample { detection, last_new_connection: last, failed: failed.len() });
     }
     wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
@@ -208,8 +208,14 @@ struct Row {
     samples: Vec<Sample>,
 }
 
-/// Runs the benchmark and returns its Markdown section.
-pub fn run(runs: usize) -> Result<String> {
+/// `bench failover [RUNS]` (default 10 events per failure kind and balancer).
+pub fn run(args: &[String]) -> Result<()> {
+    let runs = args.first().map_or(Ok(10), |s| s.parse()).context("events per row")?;
+    print!("{}", measure_all(runs)?);
+    Ok(())
+}
+
+fn measure_all(runs: usize) -> Result<String> {
     let mut rows = Vec::new();
     let rig = Rig::up(lab::Mode::Dsr, WAFS, &Checks::default())?;
     {
@@ -251,7 +257,6 @@ fn report(rows: &[Row], runs: usize) -> String {
     for r in rows {
         let (d, dw) = stats(r.samples.iter().map(|x| ms(x.detection)));
         let (l, lw) = stats(r.samples.iter().map(|x| ms(x.last_new_connection)));
-        #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let (f, fw) = stats(r.samples.iter().map(|x| x.failed as f64));
         let _ = writeln!(
             s,
