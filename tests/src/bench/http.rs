@@ -422,7 +422,10 @@ fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str)
         }
         println!();
     }
-    println!("Target (issue #5): xdplb's CPU per 100k requests ≤ 1/10 of HAProxy's.\n");
+    println!(
+        "Target (issue #5): xdplb's CPU per 100k requests ≤ 1/10 of HAProxy's, judged on the LB CPU \
+         column (the upper bound for xdplb).\n"
+    );
     for conns in [Conns::KeepAlive, Conns::PerRequest] {
         let find = |c: Case| results.iter().find(|r| r.case == c && r.conns == conns);
         let Some(h) = find(Case::Haproxy).and_then(|h| lb_cpu(h, None)) else { continue };
@@ -430,10 +433,14 @@ fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str)
             let Some(x) = find(Case::Xdplb(mode)) else { continue };
             let Some(v) = lb_cpu(x, reference(results, x)) else { continue };
             let r = v / h;
+            let program = Summary::of(&x.samples.iter().map(|s| s.per_100k(s.program)).collect::<Vec<_>>())
+                .map_or(f64::NAN, |p| p.median);
             println!(
-                "- {}, xdplb {mode}: {v:.3} vs HAProxy {h:.3} s/100k = {r:.3} of HAProxy's ({}).",
+                "- {}, xdplb {mode}: {v:.3} vs HAProxy {h:.3} s/100k = {r:.3} of HAProxy's ({}); \
+                 counting only the time inside `xdp_lb` (the lower bound): {:.3} of HAProxy's.",
                 conns.label(),
-                if r <= 0.1 { "met" } else { "**missed**" }
+                if r <= 0.1 { "met" } else { "**missed**" },
+                program / h
             );
         }
     }
