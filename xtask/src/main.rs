@@ -67,7 +67,7 @@ enum Task {
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
-        /// Which: xdp (ns/packet through BPF_PROG_TEST_RUN). Default: all.
+        /// Which: xdp, live, http, maglev, conntrack, failover (see BENCHMARKS.md). Default: all.
         which: Vec<String>,
     },
 }
