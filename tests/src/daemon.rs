@@ -108,6 +108,7 @@ impl Daemon {
         })
     }
 
+    #[must_use]
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

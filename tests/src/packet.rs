@@ -178,7 +178,7 @@ pub fn ipv6_header(src: &str, dst: &str, next: IpNumber) -> Ipv6Header {
     let d: std::net::Ipv6Addr = dst.parse().expect("v6 dst");
     Ipv6Header {
         traffic_class: 0,
-        flow_label: Default::default(),
+        flow_label: etherparse::Ipv6FlowLabel::default(),
         payload_length: 0,
         next_header: next,
         hop_limit: 61,

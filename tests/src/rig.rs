@@ -137,7 +137,7 @@ pub fn states(status: &str) -> Vec<(String, String, String)> {
     for line in status.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["VIP", name, ..] => vip = (*name).to_owned(),
+            ["VIP", name, ..] => (*name).clone_into(&mut vip),
             [name, _addr, _weight, state, _health, _drained, _mac, _packets] if *name != "BACKEND" => {
                 out.push((vip.clone(), (*name).to_owned(), (*state).to_owned()));
             }

@@ -156,6 +156,7 @@ impl HttpLoad {
     }
 
     /// Stops the workers (after their current request) and returns every record.
+    #[must_use]
     pub fn stop(mut self) -> Vec<Record> {
         self.halt();
         self.log.records()
@@ -221,6 +222,7 @@ impl LongLived {
     }
 
     /// Stops it; returns (answers from its first backend, any other outcome).
+    #[must_use]
     pub fn close(mut self) -> (usize, Vec<Record>) {
         self.halt();
         let records = self.log.records();
@@ -295,6 +297,7 @@ pub fn udp_spread(ns: &str, target: SocketAddr, count: usize, timeout: Duration)
 }
 
 /// Fails unless every name in `counts` is within `tolerance` (0.1 = 10%) of an equal share.
+#[expect(clippy::cast_precision_loss, reason = "request counts are far below 2^52")]
 pub fn check_spread(counts: &BTreeMap<String, usize>, nodes: usize, tolerance: f64) -> Result<()> {
     let total: usize = counts.values().sum();
     let share = total as f64 / nodes as f64;

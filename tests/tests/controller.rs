@@ -2,9 +2,11 @@
 //! checks real listeners, publishes metrics and status, and when a backend's check
 //! fails the live maps send its flows elsewhere — observed by running frames
 //! through the very maps the daemon writes (BPF_PROG_TEST_RUN).
+#![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{SocketAddr, TcpListener},
     path::PathBuf,
     sync::{
@@ -130,8 +132,10 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     let socket = net.dir.join("admin.sock");
     let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
     let config = net.dir.join("xdplb.yaml");
-    let backends: String =
-        BACKENDS.iter().map(|(n, a)| format!("      - {{ name: {n}, address: {a} }}\n")).collect();
+    let backends = BACKENDS.iter().fold(String::new(), |mut s, (n, a)| {
+        let _ = writeln!(s, "      - {{ name: {n}, address: {a} }}");
+        s
+    });
     std::fs::write(
         &config,
         format!(
@@ -175,7 +179,7 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
         macs[&decode(&run.frame).dst_mac]
     };
     let flows: Vec<Flow> = (0..90).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
-    let before: Vec<&str> = flows.iter().map(|f| receiver(f)).collect();
+    let before: Vec<&str> = flows.iter().map(&receiver).collect();
     for (b, _) in BACKENDS {
         assert!(before.contains(&b), "{b} got none of 90 flows: {before:?}");
     }

@@ -2,6 +2,7 @@
 //! balancer runs in it. Needs root; skipped otherwise (failed under CI=true).
 //! The tests share names (namespaces, bridge, pins), so they take turns: a
 //! static lock here, and `LabGuard`'s lock file across processes.
+#![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
 use std::{
     io::ErrorKind,

@@ -1,6 +1,7 @@
 //! Packet-level specification of `xdp-lb`: every case runs the real compiled
 //! object through BPF_PROG_TEST_RUN, with maps filled by the controller's writer,
 //! and checks the verdict, the frame that comes out, and the counters it moved.
+#![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
 use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
@@ -477,9 +478,8 @@ fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
     (0..1000)
         .map(|i| tcp4().sport(20000 + i))
         .find(|f| lb.predict("web4", f) == from)
-        .map(|f| {
+        .inspect(|f| {
             assert_eq!(lb.receiver(&lb.run(&f.frame())), from);
-            f
         })
         .expect("some flow hashes to the backend")
 }

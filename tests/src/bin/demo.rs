@@ -25,7 +25,7 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 const WAFS: usize = 3;
-const TIMEOUT: Duration = Duration::from_millis(1000);
+const TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Event {
     what: &'static str,
@@ -99,7 +99,8 @@ fn run(mode: Mode) -> Result<()> {
         if start.elapsed() >= next_row {
             let records = load.log.records();
             let row_end = start + next_row;
-            let (ok, failed) = tally_ended(&records, row_end - Duration::from_secs(1), row_end);
+            let row_start = row_end.checked_sub(Duration::from_secs(1)).unwrap_or(start);
+            let (ok, failed) = tally_ended(&records, row_start, row_end);
             let health: Vec<String> =
                 (1..=WAFS).map(|k| rig.state("web4", &format!("waf{k}")).unwrap_or_else(|_| "?".into())).collect();
             println!(
