@@ -475,7 +475,10 @@ pub fn lookup(ifindex: u32, addr: IpAddr) -> anyhow::Result<Option<[u8; 6]>> {
     Ok(find(&dump(addr.is_ipv6())?, ifindex, addr))
 }
 
-fn find(table: &[Neighbour], ifindex: u32, addr: IpAddr) -> Option<[u8; 6]> {
+/// The usable MAC of `addr` on `ifindex` in a table from [`dump`] (of `addr`'s family).
+#[must_use]
+pub fn find(table: &[Neighbour], ifindex: u32, addr: IpAddr) -> Option<[u8; 6]> {
+    let addr = addr.to_canonical();
     table
         .iter()
         .filter(|n| n.ifindex == ifindex && n.dst == Some(addr))

@@ -406,27 +406,32 @@ impl Core {
         }
     }
 
-    /// Re-reads next-hop MACs; applies when one appeared, changed or vanished.
+    /// Re-reads next-hop MACs (one neighbour-table dump per family, whatever the
+    /// number of backends); applies when one appeared or changed.
     fn refresh_neighbours(&mut self) {
+        let tables = match (neighbors::dump(false), neighbors::dump(true)) {
+            (Ok(v4), Ok(v6)) => [v4, v6],
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("reading the neighbour table: {e:#}");
+                return;
+            }
+        };
         let mut changed = false;
         let gateway = self.config.gateway.filter(|_| self.config.forwarding == config::Forwarding::Ipip);
         for v in &self.config.vips {
             for b in &v.backends {
                 let key = (v.name.clone(), b.name.clone());
                 let hop = neighbors::next_hop(b.address, gateway);
-                let found = match neighbors::lookup(self.interface.index, hop) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!("reading the neighbour table: {e:#}");
-                        continue;
-                    }
-                };
+                let found = neighbors::find(&tables[usize::from(hop.to_canonical().is_ipv6())], self.interface.index, hop);
                 let Some(rt) = self.runtime.get_mut(&key) else { continue };
                 if found.is_none() {
                     let _ = neighbors::solicit(&self.interface.name, hop);
                     // Keep a known MAC through a short neighbour-table gap.
                     if rt.mac.is_none() && self.unresolved_logged.insert(key.clone()) {
-                        warn!("{}/{}: no MAC for next hop {hop} on {} yet; kept out of the ring", v.name, b.name, self.interface.name);
+                        warn!(
+                            "{}/{}: no MAC for next hop {hop} on {} yet; kept out of the ring",
+                            v.name, b.name, self.interface.name
+                        );
                     }
                 } else if found != rt.mac {
                     if rt.mac.is_none() && self.unresolved_logged.remove(&key) {
