@@ -17,5 +17,7 @@ fn main() -> anyhow::Result<()> {
         [Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)")
+    .context(
+        "building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )
 }

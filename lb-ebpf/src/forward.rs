@@ -7,8 +7,8 @@ use lb_common::{
     limits::ENCAP_TTL, proto,
 };
 use lb_ebpf::net::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, VLAN_HLEN,
-    copy_mac, copy_words, ipv4_checksum, ptr_at,
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
+    VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at,
 };
 
 use crate::{
@@ -54,7 +54,11 @@ fn push_l2(
     }
     let tagged = pkt.l3_off != ETH_HLEN;
     // The VLAN tag (TPID, TCI) moves with the MACs.
-    let tag = if tagged { unsafe { *ptr_at::<[u16; 2]>(ctx, 12).map_err(|()| MALFORMED)? } } else { [0; 2] };
+    let tag = if tagged {
+        unsafe { *ptr_at::<[u16; 2]>(ctx, 12).map_err(|()| MALFORMED)? }
+    } else {
+        [0; 2]
+    };
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }

@@ -11,14 +11,13 @@ mod select;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{
-    Counter, CounterSet, Traffic, VipMeta,
-    vip::filter_bit,
-};
+use lb_common::{Counter, CounterSet, Traffic, VipMeta, vip::filter_bit};
 use lb_ebpf::net::copy_words;
 
 use crate::{
-    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, Scratch, VIP_ADDRS, VIP_FILTER, VIP_STATS, VIPS},
+    maps::{
+        BACKEND_STATS, CONFIG, SCRATCH, STATS, Scratch, VIP_ADDRS, VIP_FILTER, VIP_STATS, VIPS,
+    },
     parse::Kind,
     select::Lookup,
     verdict::{Verdict, bump},
@@ -43,8 +42,11 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     if pkt.kind == Kind::Fragment {
         return Err(fragment(s));
     }
-    let not_vip =
-        Verdict::Pass(if pkt.kind == Kind::IcmpError { Counter::PassIcmp } else { Counter::PassNotVip });
+    let not_vip = Verdict::Pass(if pkt.kind == Kind::IcmpError {
+        Counter::PassIcmp
+    } else {
+        Counter::PassNotVip
+    });
     if !maybe_vip(&s.flow.dst) {
         return Err(not_vip);
     }

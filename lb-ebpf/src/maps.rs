@@ -8,7 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
-    limits::{CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS},
+    limits::{
+        CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS,
+    },
     vip::VipAddrKey,
 };
 

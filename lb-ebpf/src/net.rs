@@ -135,7 +135,10 @@ pub fn copy_words<T>(dst: *mut T, src: *const T) {
 
 /// Copies a MAC address as three 16-bit words (see `copy_words`).
 #[inline(always)]
-#[expect(clippy::cast_ptr_alignment, reason = "MACs sit at even offsets; x86 BPF loads unaligned anyway")]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "MACs sit at even offsets; x86 BPF loads unaligned anyway"
+)]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     let (d, s) = (dst.as_mut_ptr().cast::<u16>(), src.as_ptr().cast::<u16>());
     let mut i = 0;

@@ -4,9 +4,9 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FlowKey, family, proto};
 use lb_ebpf::net::{
-    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET,
-    IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_FRAGMENT, TCP_FLAG_ACK, TCP_FLAG_SYN,
-    TcpHdr, UdpHdr, VLAN_HLEN, VlanHdr, copy_words, ptr_at,
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPV4_HLEN,
+    IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_FRAGMENT, TCP_FLAG_ACK, TCP_FLAG_SYN, TcpHdr, UdpHdr,
+    VLAN_HLEN, VlanHdr, copy_words, ptr_at,
 };
 
 use crate::{
@@ -97,7 +97,12 @@ fn ipv6(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, V
 
 /// Reads the ports (and the SYN flag) of a TCP or UDP header at `off`.
 #[inline(always)]
-pub fn transport(ctx: &XdpContext, off: usize, l4: u8, flow: &mut FlowKey) -> Result<Kind, Verdict> {
+pub fn transport(
+    ctx: &XdpContext,
+    off: usize,
+    l4: u8,
+    flow: &mut FlowKey,
+) -> Result<Kind, Verdict> {
     if l4 == proto::TCP {
         let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, off).map_err(|()| MALFORMED)? };
         flow.ports = [tcp.ports.src, tcp.ports.dst];

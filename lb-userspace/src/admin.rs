@@ -87,9 +87,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     // before this chmod only matters with a permissive umask in a shared directory.)
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .context("admin socket: set_nonblocking")?;
+    listener.set_nonblocking(true).context("admin socket: set_nonblocking")?;
     UnixListener::from_std(listener).context("admin socket: register with tokio")
 }
 
@@ -101,10 +99,7 @@ struct Limits {
 }
 
 impl Limits {
-    const DEFAULT: Self = Self {
-        max_line: MAX_LINE,
-        idle_timeout: IDLE_TIMEOUT,
-    };
+    const DEFAULT: Self = Self { max_line: MAX_LINE, idle_timeout: IDLE_TIMEOUT };
 }
 
 /// Serves requests until the task is dropped: one JSON line in, one JSON line
@@ -161,10 +156,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> io::Result<Line> {
     let mut buf = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    let n = (&mut *reader)
-        .take(limit)
-        .read_until(b'\n', &mut buf)
-        .await?;
+    let n = (&mut *reader).take(limit).read_until(b'\n', &mut buf).await?;
     if n == 0 {
         return Ok(Line::Eof);
     }
@@ -194,10 +186,9 @@ where
         let (response, close) = match line {
             Line::Eof => return Ok(()),
             // Cannot find the next request boundary reliably: answer and close.
-            Line::TooLong => (
-                Response::Error(format!("request longer than {} bytes", limits.max_line)),
-                true,
-            ),
+            Line::TooLong => {
+                (Response::Error(format!("request longer than {} bytes", limits.max_line)), true)
+            }
             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
                 Ok(request) => (handler(request).await, false),
@@ -230,27 +221,17 @@ pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = serde_json::to_vec(request).context("encode request")?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .with_context(|| format!("cannot send to {shown}"))?;
+    stream.write_all(&line).with_context(|| format!("cannot send to {shown}"))?;
 
     let mut answer = Vec::new();
     let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
-    BufReader::new(stream.take(limit))
-        .read_until(b'\n', &mut answer)
-        .map_err(|e| {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                anyhow!(
-                    "no answer from {shown} within {} s",
-                    CLIENT_TIMEOUT.as_secs()
-                )
-            } else {
-                anyhow!("cannot read from {shown}: {e}")
-            }
-        })?;
+    BufReader::new(stream.take(limit)).read_until(b'\n', &mut answer).map_err(|e| {
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            anyhow!("no answer from {shown} within {} s", CLIENT_TIMEOUT.as_secs())
+        } else {
+            anyhow!("cannot read from {shown}: {e}")
+        }
+    })?;
     if answer.last() != Some(&b'\n') {
         if answer.is_empty() {
             bail!("{shown} closed the connection without answering");
@@ -303,9 +284,7 @@ mod tests {
     /// `call` from a blocking thread, as the CLI does.
     async fn call_async(path: &Path, request: Request) -> anyhow::Result<Response> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || call(&path, &request))
-            .await
-            .expect("join")
+        tokio::task::spawn_blocking(move || call(&path, &request)).await.expect("join")
     }
 
     #[tokio::test]
@@ -313,14 +292,8 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
         tokio::spawn(serve(bind(&path).expect("bind"), echo));
-        let drain = Request::Drain {
-            vip: "web".into(),
-            backend: "waf1".into(),
-        };
-        let undrain = Request::Undrain {
-            vip: "web".into(),
-            backend: "waf1".into(),
-        };
+        let drain = Request::Drain { vip: "web".into(), backend: "waf1".into() };
+        let undrain = Request::Undrain { vip: "web".into(), backend: "waf1".into() };
         assert_eq!(
             call_async(&path, Request::Status).await.expect("status"),
             Response::Ok("status: fine".into())
@@ -341,18 +314,12 @@ mod tests {
 
     #[test]
     fn requests_and_responses_are_single_json_lines() {
-        let drain = Request::Drain {
-            vip: "web".into(),
-            backend: "waf1".into(),
-        };
+        let drain = Request::Drain { vip: "web".into(), backend: "waf1".into() };
         assert_eq!(
             serde_json::to_string(&drain).expect("encode"),
             r#"{"Drain":{"vip":"web","backend":"waf1"}}"#
         );
-        assert_eq!(
-            serde_json::to_string(&Request::Status).expect("encode"),
-            r#""Status""#
-        );
+        assert_eq!(serde_json::to_string(&Request::Status).expect("encode"), r#""Status""#);
         let text = Response::Ok("a\nb".into());
         assert!(!serde_json::to_string(&text).expect("encode").contains('\n'));
     }
@@ -374,10 +341,7 @@ mod tests {
         let path = dir.0.join("admin.sock");
         tokio::spawn(serve(bind(&path).expect("bind"), echo));
         let err = bind(&path).expect_err("second bind must fail").to_string();
-        assert_eq!(
-            err,
-            format!("another xdplb is running ({} answers)", path.display())
-        );
+        assert_eq!(err, format!("another xdplb is running ({} answers)", path.display()));
         // The first daemon is unharmed.
         assert_eq!(
             call_async(&path, Request::Status).await.expect("status"),
@@ -416,10 +380,7 @@ mod tests {
         let stream = UnixStream::connect(&path).await.expect("connect");
         let (read, mut write) = stream.into_split();
         let mut lines = tokio::io::BufReader::new(read).lines();
-        write
-            .write_all(b"this is not json\n{\"Drain\":{}}\n\"Status\"\n")
-            .await
-            .expect("send");
+        write.write_all(b"this is not json\n{\"Drain\":{}}\n\"Status\"\n").await.expect("send");
         for _ in 0..2 {
             let line = lines.next_line().await.expect("read").expect("a line");
             let response: Response = serde_json::from_str(&line).expect("json response");
@@ -453,10 +414,7 @@ mod tests {
         };
         let receive = async {
             let mut answer = String::new();
-            tokio::io::BufReader::new(read)
-                .read_to_string(&mut answer)
-                .await
-                .expect("read");
+            tokio::io::BufReader::new(read).read_to_string(&mut answer).await.expect("read");
             answer
         };
         let ((), answer) = tokio::join!(send, receive);
@@ -472,10 +430,7 @@ mod tests {
     async fn an_idle_connection_is_closed_after_the_read_timeout() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        let limits = Limits {
-            idle_timeout: Duration::from_millis(200),
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::DEFAULT };
         tokio::spawn(serve_with(bind(&path).expect("bind"), echo, limits));
         let mut stream = UnixStream::connect(&path).await.expect("connect");
         let mut rest = Vec::new();
@@ -488,9 +443,7 @@ mod tests {
     fn call_without_a_daemon_names_the_socket_and_asks_if_xdplb_runs() {
         let dir = TempDir::new();
         let path = dir.0.join("missing.sock");
-        let err = call(&path, &Request::Status)
-            .expect_err("no daemon")
-            .to_string();
+        let err = call(&path, &Request::Status).expect_err("no daemon").to_string();
         assert!(
             err.contains(&path.display().to_string()) && err.contains("is xdplb running?"),
             "{err}"
@@ -498,9 +451,7 @@ mod tests {
 
         // A socket file nobody listens on: refused.
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
-        let err = call(&path, &Request::Status)
-            .expect_err("refused")
-            .to_string();
+        let err = call(&path, &Request::Status).expect_err("refused").to_string();
         assert!(
             err.contains(&path.display().to_string()) && err.contains("is xdplb running?"),
             "{err}"
@@ -510,21 +461,12 @@ mod tests {
     #[tokio::test]
     async fn read_line_bounds_the_length_and_keeps_a_final_unterminated_line() {
         let mut input: &[u8] = b"short\nlast";
-        assert_eq!(
-            read_line(&mut input, 8).await.expect("read"),
-            Line::Text(b"short".to_vec())
-        );
-        assert_eq!(
-            read_line(&mut input, 8).await.expect("read"),
-            Line::Text(b"last".to_vec())
-        );
+        assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::Text(b"short".to_vec()));
+        assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::Text(b"last".to_vec()));
         assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::Eof);
         let mut input: &[u8] = b"123456789\n";
         assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::TooLong);
         let mut input: &[u8] = b"12345678\n";
-        assert_eq!(
-            read_line(&mut input, 8).await.expect("read"),
-            Line::Text(b"12345678".to_vec())
-        );
+        assert_eq!(read_line(&mut input, 8).await.expect("read"), Line::Text(b"12345678".to_vec()));
     }
 }

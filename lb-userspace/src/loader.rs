@@ -86,7 +86,8 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0) && u64::try_from(st.f_type).ok() == Some(BPF_FS_MAGIC)
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) } == 0)
+        && u64::try_from(st.f_type).ok() == Some(BPF_FS_MAGIC)
 }
 
 /// Loads the `xdp-lb` object with its maps pinned under `pin_dir/maps`, reusing
@@ -142,16 +143,26 @@ pub fn load_and_attach(
         None
     } else {
         let id = prog.attach_to_if_index(if_index, mode).with_context(|| {
-            format!("attaching xdp_lb to {interface} ({mode:?} mode); is another XDP program attached?")
+            format!(
+                "attaching xdp_lb to {interface} ({mode:?} mode); is another XDP program attached?"
+            )
         })?;
         let link = prog.take_link(id)?;
         let fd = FdLink::try_from(link).map_err(|_| {
             anyhow!("the kernel attached xdp_lb without a BPF link (netlink fallback); it could not be pinned")
         })?;
-        Some(fd.pin(&link_path).with_context(|| format!("pinning the XDP link at {}", link_path.display()))?)
+        Some(
+            fd.pin(&link_path)
+                .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?,
+        )
     };
-    let attachment =
-        Attachment { ebpf, _link: link, pin_dir: pin_dir.to_owned(), interface: interface.to_owned(), if_index };
+    let attachment = Attachment {
+        ebpf,
+        _link: link,
+        pin_dir: pin_dir.to_owned(),
+        interface: interface.to_owned(),
+        if_index,
+    };
     Ok(Loaded { attachment, maps, adopted })
 }
 
@@ -212,7 +223,8 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
     if maps.exists() {
         for m in fs::read_dir(&maps)? {
             let m = m?;
-            fs::remove_file(m.path()).with_context(|| format!("removing {}", m.path().display()))?;
+            fs::remove_file(m.path())
+                .with_context(|| format!("removing {}", m.path().display()))?;
         }
         fs::remove_dir(&maps)?;
     }

@@ -168,7 +168,10 @@ mod tests {
         let total: u32 = weights.iter().sum();
         for (i, &count) in s.iter().enumerate() {
             let want = SIZE as f64 * weights[i] as f64 / total as f64;
-            assert!((count as f64 - want).abs() <= want * 0.05 + 1.0, "member {i}: {count} slots, want {want:.0}");
+            assert!(
+                (count as f64 - want).abs() <= want * 0.05 + 1.0,
+                "member {i}: {count} slots, want {want:.0}"
+            );
         }
     }
 

@@ -61,7 +61,9 @@ enum Command {
         interface: bool,
     },
     /// Show VIPs and backends of the running daemon: state, health, drain, MAC, packets.
-    #[command(after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket")]
+    #[command(
+        after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket"
+    )]
     Status(Socket),
     /// Stop sending new flows to a backend of a VIP; its established flows stay.
     #[command(after_help = "Example:\n  xdplb drain waf-https waf-2")]
@@ -161,7 +163,9 @@ fn try_main() -> Result<ExitCode> {
         }
         Command::Status(s) => call(&s, &Request::Status),
         Command::Drain { vip, backend, socket } => call(&socket, &Request::Drain { vip, backend }),
-        Command::Undrain { vip, backend, socket } => call(&socket, &Request::Undrain { vip, backend }),
+        Command::Undrain { vip, backend, socket } => {
+            call(&socket, &Request::Undrain { vip, backend })
+        }
         Command::Reload(s) => call(&s, &Request::Reload),
         Command::Detach { config: c, pin_path } => {
             let dir = match (c, pin_path) {

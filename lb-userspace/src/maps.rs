@@ -127,7 +127,6 @@ impl BpfMaps {
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
-
 }
 
 fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
@@ -188,9 +187,17 @@ impl Maps for BpfMaps {
         Ok(Snapshot {
             config: self.config.get(&0, 0).context("reading CONFIG")?,
             vips: self.vips.iter().collect::<Result<_, _>>().context("reading VIPS")?,
-            vip_addrs: self.vip_addrs.keys().collect::<Result<_, _>>().context("reading VIP_ADDRS")?,
+            vip_addrs: self
+                .vip_addrs
+                .keys()
+                .collect::<Result<_, _>>()
+                .context("reading VIP_ADDRS")?,
             backends,
-            filter: self.vip_filter.iter().collect::<Result<_, _>>().context("reading VIP_FILTER")?,
+            filter: self
+                .vip_filter
+                .iter()
+                .collect::<Result<_, _>>()
+                .context("reading VIP_FILTER")?,
         })
     }
 
@@ -228,7 +235,8 @@ impl RingMap {
             return Err(std::io::Error::last_os_error())
                 .context("mmap of RINGS (was it created without BPF_F_MMAPABLE?)");
         }
-        let ptr = NonNull::new(ptr.cast::<RingSlot>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<RingSlot>()).ok_or_else(|| anyhow!("mmap returned null"))?;
         Ok(Self { ptr, len, _map: data })
     }
 

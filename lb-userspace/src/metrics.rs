@@ -25,9 +25,8 @@ use tokio::{
 
 /// Probe durations: a LAN TCP connect takes ~0.1 ms, a slow TLS handshake up to a
 /// second (longer ones land in +Inf, and the timeout shows as a failure anyway).
-const PROBE_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
+const PROBE_BUCKETS: &[f64] =
+    &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// State change to maps written: a slot update takes microseconds, a full ring
 /// rebuild milliseconds; anything near a second breaks the failover budget.
@@ -118,17 +117,13 @@ pub struct Metrics {
 // programming error that the unit tests catch, hence `expect`.
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique counter");
+    registry.register(Box::new(metric.clone())).expect("unique counter");
     metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique gauge");
+    registry.register(Box::new(metric.clone())).expect("unique gauge");
     metric
 }
 
@@ -141,9 +136,7 @@ fn histogram_vec(
 ) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, labels).expect("valid histogram");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique histogram");
+    registry.register(Box::new(metric.clone())).expect("unique histogram");
     metric
 }
 
@@ -170,12 +163,8 @@ impl Metrics {
             "Failed health probes by reason.",
             &["target", "reason"],
         );
-        let probes = counter_vec(
-            &r,
-            "xdplb_probes_total",
-            "Finished health probes.",
-            &["target", "result"],
-        );
+        let probes =
+            counter_vec(&r, "xdplb_probes_total", "Finished health probes.", &["target", "result"]);
         let backend_state = gauge_vec(
             &r,
             "xdplb_backend_state",
@@ -195,12 +184,8 @@ impl Metrics {
             &[],
             MAP_WRITE_BUCKETS,
         );
-        let reloads = counter_vec(
-            &r,
-            "xdplb_config_reloads_total",
-            "Configuration reloads.",
-            &["result"],
-        );
+        let reloads =
+            counter_vec(&r, "xdplb_config_reloads_total", "Configuration reloads.", &["result"]);
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
@@ -210,18 +195,10 @@ impl Metrics {
             "1 while the next-hop MAC of a (VIP, backend) is unknown.",
             &["vip", "backend"],
         );
-        let vip_packets = counter_vec(
-            &r,
-            "xdplb_vip_packets_total",
-            "Packets forwarded per VIP.",
-            &["vip"],
-        );
-        let vip_bytes = counter_vec(
-            &r,
-            "xdplb_vip_bytes_total",
-            "Bytes forwarded per VIP.",
-            &["vip"],
-        );
+        let vip_packets =
+            counter_vec(&r, "xdplb_vip_packets_total", "Packets forwarded per VIP.", &["vip"]);
+        let vip_bytes =
+            counter_vec(&r, "xdplb_vip_bytes_total", "Bytes forwarded per VIP.", &["vip"]);
         let backend_packets = counter_vec(
             &r,
             "xdplb_backend_packets_total",
@@ -267,18 +244,10 @@ impl Metrics {
             "Packets passed to the kernel, by reason.",
             &["reason"],
         );
-        let drop = counter_vec(
-            r,
-            "xdplb_xdp_drop_total",
-            "Packets dropped, by reason.",
-            &["reason"],
-        );
-        let conntrack = counter_vec(
-            r,
-            "xdplb_conntrack_total",
-            "Connection-table events.",
-            &["event"],
-        );
+        let drop =
+            counter_vec(r, "xdplb_xdp_drop_total", "Packets dropped, by reason.", &["reason"]);
+        let conntrack =
+            counter_vec(r, "xdplb_conntrack_total", "Connection-table events.", &["event"]);
         Counter::ALL
             .iter()
             .map(|&c| match family(c) {
@@ -292,8 +261,7 @@ impl Metrics {
                         format!("Data-path counter {name}."),
                     )
                     .expect("valid counter");
-                    r.register(Box::new(metric.clone()))
-                        .expect("unique counter");
+                    r.register(Box::new(metric.clone())).expect("unique counter");
                     metric
                 }
             })
@@ -314,22 +282,12 @@ impl Metrics {
         failure: Option<&str>,
         duration: Duration,
     ) {
-        self.probe_duration
-            .with_label_values(&[kind])
-            .observe(duration.as_secs_f64());
-        self.probes
-            .with_label_values(&[target, if ok { "ok" } else { "failed" }])
-            .inc();
+        self.probe_duration.with_label_values(&[kind]).observe(duration.as_secs_f64());
+        self.probes.with_label_values(&[target, if ok { "ok" } else { "failed" }]).inc();
         if !ok {
             let reason = failure.unwrap_or("unknown");
-            self.probe_failures
-                .with_label_values(&[target, reason])
-                .inc();
-            self.seen()
-                .reasons
-                .entry(target.to_owned())
-                .or_default()
-                .insert(reason.to_owned());
+            self.probe_failures.with_label_values(&[target, reason]).inc();
+            self.seen().reasons.entry(target.to_owned()).or_default().insert(reason.to_owned());
         }
     }
 
@@ -339,9 +297,7 @@ impl Metrics {
             let _ = self.probes.remove_label_values(&[target, result]);
         }
         for reason in self.seen().reasons.remove(target).unwrap_or_default() {
-            let _ = self
-                .probe_failures
-                .remove_label_values(&[target, reason.as_str()]);
+            let _ = self.probe_failures.remove_label_values(&[target, reason.as_str()]);
         }
     }
 
@@ -360,19 +316,13 @@ impl Metrics {
     pub fn forget_backend(&self, vip: &str, backend: &str) {
         // Removing a series that was never created is not an error here.
         for s in STATES {
-            let _ = self
-                .backend_state
-                .remove_label_values(&[vip, backend, state_label(s)]);
-            let _ = self
-                .transitions
-                .remove_label_values(&[vip, backend, state_label(s)]);
+            let _ = self.backend_state.remove_label_values(&[vip, backend, state_label(s)]);
+            let _ = self.transitions.remove_label_values(&[vip, backend, state_label(s)]);
         }
         let _ = self.unresolved.remove_label_values(&[vip, backend]);
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
         let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
-        self.seen()
-            .backends
-            .remove(&(vip.to_owned(), backend.to_owned()));
+        self.seen().backends.remove(&(vip.to_owned(), backend.to_owned()));
     }
 
     /// Removes the traffic series of a VIP that left the config (its backends go
@@ -385,30 +335,22 @@ impl Metrics {
 
     /// A (VIP, backend) changed state: `xdplb_backend_transitions_total{vip,backend,to}`.
     pub fn transition(&self, vip: &str, backend: &str, to: BackendState) {
-        self.transitions
-            .with_label_values(&[vip, backend, state_label(to)])
-            .inc();
+        self.transitions.with_label_values(&[vip, backend, state_label(to)]).inc();
     }
 
     /// Time from a state change (health flip, drain command, reload) to the maps written.
     pub fn map_write(&self, latency: Duration) {
-        self.map_write
-            .with_label_values::<&str>(&[])
-            .observe(latency.as_secs_f64());
+        self.map_write.with_label_values::<&str>(&[]).observe(latency.as_secs_f64());
     }
 
     /// A configuration reload finished: `xdplb_config_reloads_total{result="ok|failed"}`.
     pub fn reload(&self, ok: bool) {
-        self.reloads
-            .with_label_values(&[if ok { "ok" } else { "failed" }])
-            .inc();
+        self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     /// A backend whose next-hop MAC is unresolved: `xdplb_backend_unresolved{vip,backend}` 0/1.
     pub fn unresolved(&self, vip: &str, backend: &str, unresolved: bool) {
-        self.unresolved
-            .with_label_values(&[vip, backend])
-            .set(i64::from(unresolved));
+        self.unresolved.with_label_values(&[vip, backend]).set(i64::from(unresolved));
     }
 
     /// Data-path totals read from the BPF maps (already summed over CPUs) at
@@ -424,42 +366,25 @@ impl Metrics {
         // One lock for the whole update: concurrent scrapes must not add a delta twice.
         let mut seen = self.seen();
         let seen = &mut *seen;
-        for ((&c, metric), last) in Counter::ALL
-            .iter()
-            .zip(&self.dataplane_counters)
-            .zip(&mut seen.counters)
+        for ((&c, metric), last) in
+            Counter::ALL.iter().zip(&self.dataplane_counters).zip(&mut seen.counters)
         {
             advance(metric, last, counters.get(c));
         }
         for (vip, now) in vips {
             let last = seen.vips.entry(vip.clone()).or_default();
-            advance(
-                &self.vip_packets.with_label_values(&[vip]),
-                &mut last.packets,
-                now.packets,
-            );
-            advance(
-                &self.vip_bytes.with_label_values(&[vip]),
-                &mut last.bytes,
-                now.bytes,
-            );
+            advance(&self.vip_packets.with_label_values(&[vip]), &mut last.packets, now.packets);
+            advance(&self.vip_bytes.with_label_values(&[vip]), &mut last.bytes, now.bytes);
         }
         for (vip, backend, now) in backends {
-            let last = seen
-                .backends
-                .entry((vip.clone(), backend.clone()))
-                .or_default();
+            let last = seen.backends.entry((vip.clone(), backend.clone())).or_default();
             let labels = [vip.as_str(), backend.as_str()];
             advance(
                 &self.backend_packets.with_label_values(&labels),
                 &mut last.packets,
                 now.packets,
             );
-            advance(
-                &self.backend_bytes.with_label_values(&labels),
-                &mut last.bytes,
-                now.bytes,
-            );
+            advance(&self.backend_bytes.with_label_values(&labels), &mut last.bytes, now.bytes);
         }
     }
 
@@ -497,11 +422,8 @@ struct Limits {
 }
 
 impl Limits {
-    const DEFAULT: Self = Self {
-        max_request: 8 * 1024,
-        timeout: Duration::from_secs(5),
-        max_connections: 64,
-    };
+    const DEFAULT: Self =
+        Self { max_request: 8 * 1024, timeout: Duration::from_secs(5), max_connections: 64 };
 }
 
 /// Serves `GET /metrics` and `GET /healthz` (HTTP/1.1, one request per
@@ -673,14 +595,9 @@ async fn connection(
     };
     let (reply, head_only) = match head {
         Head::Closed => return Ok(()),
-        Head::TooLarge => (
-            Reply::text(
-                431,
-                "Request Header Fields Too Large",
-                "request too large\n",
-            ),
-            false,
-        ),
+        Head::TooLarge => {
+            (Reply::text(431, "Request Header Fields Too Large", "request too large\n"), false)
+        }
         Head::Complete(head) => {
             let (route, head_only) = route(&head);
             (answer(route, &source).await?, head_only)
@@ -714,10 +631,7 @@ async fn answer(route: Route, source: &Arc<dyn Scrape>) -> anyhow::Result<Reply>
             // The controller reads BPF maps here: keep it off the async workers.
             let source = Arc::clone(source);
             let body = tokio::task::spawn_blocking(move || source.metrics()).await?;
-            Reply {
-                content_type: "text/plain; version=0.0.4",
-                ..Reply::text(200, "OK", body)
-            }
+            Reply { content_type: "text/plain; version=0.0.4", ..Reply::text(200, "OK", body) }
         }
         Route::Health => {
             let source = Arc::clone(source);
@@ -727,10 +641,9 @@ async fn answer(route: Route, source: &Arc<dyn Scrape>) -> anyhow::Result<Reply>
             }
         }
         Route::NotFound => Reply::text(404, "Not Found", "not found\n"),
-        Route::BadMethod => Reply {
-            allow: true,
-            ..Reply::text(405, "Method Not Allowed", "method not allowed\n")
-        },
+        Route::BadMethod => {
+            Reply { allow: true, ..Reply::text(405, "Method Not Allowed", "method not allowed\n") }
+        }
         Route::BadRequest => Reply::text(400, "Bad Request", "bad request\n"),
     })
 }
@@ -775,14 +688,9 @@ mod tests {
 
     /// The value of `name{labels}` (exactly those labels), if exported.
     fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        parse_samples(text)
-            .into_iter()
-            .find(|(n, l, _)| n == name && *l == want)
-            .map(|(_, _, v)| v)
+        let want: BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        parse_samples(text).into_iter().find(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| v)
     }
 
     fn traffic(packets: u64, bytes: u64) -> Traffic {
@@ -806,16 +714,8 @@ mod tests {
         let samples = parse_samples(&m.render());
         for (i, c) in Counter::ALL.iter().enumerate() {
             let v = f64::from(value_of(i));
-            let hits: Vec<_> = samples
-                .iter()
-                .filter(|(_, _, x)| (*x - v).abs() < 0.5)
-                .collect();
-            assert_eq!(
-                hits.len(),
-                1,
-                "{} should appear exactly once, found {hits:?}",
-                c.name()
-            );
+            let hits: Vec<_> = samples.iter().filter(|(_, _, x)| (*x - v).abs() < 0.5).collect();
+            assert_eq!(hits.len(), 1, "{} should appear exactly once, found {hits:?}", c.name());
             assert!(
                 hits[0].0.starts_with("xdplb_") && hits[0].0.ends_with("_total"),
                 "{}: {hits:?}",
@@ -830,9 +730,7 @@ mod tests {
         let data_path = samples
             .iter()
             .filter(|(n, _, _)| {
-                ["xdplb_xdp_", "xdplb_conntrack_total"]
-                    .iter()
-                    .any(|p| n.starts_with(p))
+                ["xdplb_xdp_", "xdplb_conntrack_total"].iter().any(|p| n.starts_with(p))
                     || n == "xdplb_icmp_forwarded_total"
             })
             .count();
@@ -845,10 +743,7 @@ mod tests {
         assert_eq!(family(Counter::PassNotVip), Family::Pass("not_vip"));
         assert_eq!(family(Counter::DropFragment), Family::Drop("fragment"));
         assert_eq!(family(Counter::ConnRehash), Family::Conntrack("rehash"));
-        assert_eq!(
-            family(Counter::IcmpForwarded),
-            Family::Own("icmp_forwarded")
-        );
+        assert_eq!(family(Counter::IcmpForwarded), Family::Own("icmp_forwarded"));
 
         let m = Metrics::new();
         m.dataplane(&counters(|i| i as u64 + 1), &[], &[]);
@@ -870,10 +765,7 @@ mod tests {
             value(&text, "xdplb_conntrack_total", &[("event", "syn")]),
             at(Counter::ConnSyn)
         );
-        assert_eq!(
-            value(&text, "xdplb_icmp_forwarded_total", &[]),
-            at(Counter::IcmpForwarded)
-        );
+        assert_eq!(value(&text, "xdplb_icmp_forwarded_total", &[]), at(Counter::IcmpForwarded));
     }
 
     #[test]
@@ -896,18 +788,9 @@ mod tests {
         // The maps were recreated: the kernel starts again from 0 and has counted 7.
         m.dataplane(&counters(|_| 7), &vip(traffic(7, 448)), &[]);
         let text = m.render();
-        assert_eq!(
-            value(&text, "xdplb_conntrack_total", &[("event", "hit")]),
-            Some(107.0)
-        );
-        assert_eq!(
-            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
-            Some(107.0)
-        );
-        assert_eq!(
-            value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]),
-            Some(6_848.0)
-        );
+        assert_eq!(value(&text, "xdplb_conntrack_total", &[("event", "hit")]), Some(107.0));
+        assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "web")]), Some(107.0));
+        assert_eq!(value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]), Some(6_848.0));
     }
 
     #[test]
@@ -931,14 +814,8 @@ mod tests {
         );
         let text = m.render();
         assert!(text.contains("# TYPE xdplb_backend_packets_total counter"));
-        assert_eq!(
-            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
-            Some(8.0)
-        );
-        assert_eq!(
-            value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]),
-            Some(800.0)
-        );
+        assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "web")]), Some(8.0));
+        assert_eq!(value(&text, "xdplb_vip_bytes_total", &[("vip", "web")]), Some(800.0));
         let waf = |name, backend| value(&text, name, &[("vip", "web"), ("backend", backend)]);
         assert_eq!(waf("xdplb_backend_packets_total", "waf1"), Some(5.0));
         assert_eq!(waf("xdplb_backend_packets_total", "waf2"), Some(3.0));
@@ -978,10 +855,7 @@ mod tests {
                 &[("vip", "web"), ("backend", "waf1"), ("to", s)],
             )
         };
-        assert_eq!(
-            (to("down"), to("up"), to("draining")),
-            (Some(2.0), Some(1.0), None)
-        );
+        assert_eq!((to("down"), to("up"), to("draining")), (Some(2.0), Some(1.0), None));
     }
 
     #[test]
@@ -1005,11 +879,7 @@ mod tests {
             .collect();
         assert!(gone.is_empty(), "left behind: {gone:?}");
         assert_eq!(
-            value(
-                &text,
-                "xdplb_backend_packets_total",
-                &[("vip", "web"), ("backend", "waf2")]
-            ),
+            value(&text, "xdplb_backend_packets_total", &[("vip", "web"), ("backend", "waf2")]),
             Some(4.0)
         );
 
@@ -1017,11 +887,7 @@ mod tests {
         m.dataplane(&CounterSet::default(), &[], &both[..1]);
         let text = m.render();
         assert_eq!(
-            value(
-                &text,
-                "xdplb_backend_packets_total",
-                &[("vip", "web"), ("backend", "waf1")]
-            ),
+            value(&text, "xdplb_backend_packets_total", &[("vip", "web"), ("backend", "waf1")]),
             Some(4.0)
         );
     }
@@ -1031,80 +897,35 @@ mod tests {
         let m = Metrics::new();
         m.dataplane(
             &CounterSet::default(),
-            &[
-                ("web".to_owned(), traffic(1, 1)),
-                ("dns".to_owned(), traffic(1, 1)),
-            ],
+            &[("web".to_owned(), traffic(1, 1)), ("dns".to_owned(), traffic(1, 1))],
             &[],
         );
         m.forget_vip("web");
         let text = m.render();
-        assert_eq!(
-            value(&text, "xdplb_vip_packets_total", &[("vip", "web")]),
-            None
-        );
-        assert_eq!(
-            value(&text, "xdplb_vip_packets_total", &[("vip", "dns")]),
-            Some(1.0)
-        );
+        assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "web")]), None);
+        assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "dns")]), Some(1.0));
     }
 
     #[test]
     fn probe_records_duration_by_kind_result_by_target_and_failure_reason() {
         let m = Metrics::new();
-        m.probe(
-            "10.0.0.11:80",
-            "http",
-            true,
-            None,
-            Duration::from_micros(300),
-        );
-        m.probe(
-            "10.0.0.11:80",
-            "http",
-            false,
-            Some("timeout"),
-            Duration::from_secs(2),
-        );
-        m.probe(
-            "10.0.0.11:80",
-            "http",
-            false,
-            None,
-            Duration::from_millis(3),
-        );
+        m.probe("10.0.0.11:80", "http", true, None, Duration::from_micros(300));
+        m.probe("10.0.0.11:80", "http", false, Some("timeout"), Duration::from_secs(2));
+        m.probe("10.0.0.11:80", "http", false, None, Duration::from_millis(3));
         let text = m.render();
         let target = ("target", "10.0.0.11:80");
+        assert_eq!(value(&text, "xdplb_probes_total", &[target, ("result", "ok")]), Some(1.0));
+        assert_eq!(value(&text, "xdplb_probes_total", &[target, ("result", "failed")]), Some(2.0));
         assert_eq!(
-            value(&text, "xdplb_probes_total", &[target, ("result", "ok")]),
+            value(&text, "xdplb_probe_failures_total", &[target, ("reason", "timeout")]),
             Some(1.0)
         );
         assert_eq!(
-            value(&text, "xdplb_probes_total", &[target, ("result", "failed")]),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "xdplb_probe_failures_total",
-                &[target, ("reason", "timeout")]
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "xdplb_probe_failures_total",
-                &[target, ("reason", "unknown")]
-            ),
+            value(&text, "xdplb_probe_failures_total", &[target, ("reason", "unknown")]),
             Some(1.0)
         );
         let bucket = |le| {
-            value(
-                &text,
-                "xdplb_probe_duration_seconds_bucket",
-                &[("kind", "http"), ("le", le)],
-            )
+            value(&text, "xdplb_probe_duration_seconds_bucket", &[("kind", "http"), ("le", le)])
         };
         assert_eq!(bucket("0.0001"), Some(0.0));
         assert_eq!(bucket("0.0005"), Some(1.0));
@@ -1122,45 +943,26 @@ mod tests {
         m.map_write(Duration::from_micros(5));
         m.map_write(Duration::from_micros(400));
         let text = m.render();
-        let bucket = |le| {
-            value(
-                &text,
-                "xdplb_map_write_latency_seconds_bucket",
-                &[("le", le)],
-            )
-        };
+        let bucket = |le| value(&text, "xdplb_map_write_latency_seconds_bucket", &[("le", le)]);
         assert_eq!(bucket("0.00001"), Some(1.0));
         assert_eq!(bucket("0.0005"), Some(2.0));
         assert_eq!(bucket("1"), Some(2.0));
-        assert_eq!(
-            value(&text, "xdplb_map_write_latency_seconds_count", &[]),
-            Some(2.0)
-        );
+        assert_eq!(value(&text, "xdplb_map_write_latency_seconds_count", &[]), Some(2.0));
     }
 
     #[test]
     fn reloads_count_ok_and_failed_both_exported_from_the_start() {
         let m = Metrics::new();
         assert_eq!(
-            value(
-                &m.render(),
-                "xdplb_config_reloads_total",
-                &[("result", "failed")]
-            ),
+            value(&m.render(), "xdplb_config_reloads_total", &[("result", "failed")]),
             Some(0.0)
         );
         m.reload(true);
         m.reload(false);
         m.reload(true);
         let text = m.render();
-        assert_eq!(
-            value(&text, "xdplb_config_reloads_total", &[("result", "ok")]),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(&text, "xdplb_config_reloads_total", &[("result", "failed")]),
-            Some(1.0)
-        );
+        assert_eq!(value(&text, "xdplb_config_reloads_total", &[("result", "ok")]), Some(2.0));
+        assert_eq!(value(&text, "xdplb_config_reloads_total", &[("result", "failed")]), Some(1.0));
     }
 
     #[test]
@@ -1168,15 +970,9 @@ mod tests {
         let m = Metrics::new();
         m.unresolved("web", "waf1", true);
         let labels = [("vip", "web"), ("backend", "waf1")];
-        assert_eq!(
-            value(&m.render(), "xdplb_backend_unresolved", &labels),
-            Some(1.0)
-        );
+        assert_eq!(value(&m.render(), "xdplb_backend_unresolved", &labels), Some(1.0));
         m.unresolved("web", "waf1", false);
-        assert_eq!(
-            value(&m.render(), "xdplb_backend_unresolved", &labels),
-            Some(0.0)
-        );
+        assert_eq!(value(&m.render(), "xdplb_backend_unresolved", &labels), Some(0.0));
     }
 
     #[test]
@@ -1185,11 +981,7 @@ mod tests {
         let b = Metrics::new();
         a.reload(true);
         assert_eq!(
-            value(
-                &b.render(),
-                "xdplb_config_reloads_total",
-                &[("result", "ok")]
-            ),
+            value(&b.render(), "xdplb_config_reloads_total", &[("result", "ok")]),
             Some(0.0)
         );
     }
@@ -1234,14 +1026,8 @@ mod tests {
     async fn start(limits: Limits) -> (std::net::SocketAddr, Arc<Fake>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let fake = Arc::new(Fake {
-            healthy: AtomicBool::new(true),
-        });
-        tokio::spawn(serve_with(
-            listener,
-            Arc::clone(&fake) as Arc<dyn Scrape>,
-            limits,
-        ));
+        let fake = Arc::new(Fake { healthy: AtomicBool::new(true) });
+        tokio::spawn(serve_with(listener, Arc::clone(&fake) as Arc<dyn Scrape>, limits));
         (addr, fake)
     }
 
@@ -1258,12 +1044,8 @@ mod tests {
         let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
         let mut lines = head.split("\r\n");
         let status_line = lines.next().expect("status line");
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .expect("status code")
-            .parse()
-            .expect("numeric status");
+        let status =
+            status_line.split(' ').nth(1).expect("status code").parse().expect("numeric status");
         let headers = lines
             .map(|l| {
                 let (k, v) = l.split_once(':').expect("header");
@@ -1274,10 +1056,7 @@ mod tests {
     }
 
     fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     #[tokio::test]
@@ -1286,15 +1065,9 @@ mod tests {
         let (status, headers, body) =
             exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(status, 200);
-        assert_eq!(
-            header(&headers, "content-type"),
-            Some("text/plain; version=0.0.4")
-        );
+        assert_eq!(header(&headers, "content-type"), Some("text/plain; version=0.0.4"));
         assert_eq!(header(&headers, "connection"), Some("close"));
-        assert_eq!(
-            header(&headers, "content-length"),
-            Some(body.len().to_string().as_str())
-        );
+        assert_eq!(header(&headers, "content-length"), Some(body.len().to_string().as_str()));
         assert_eq!(body, "xdplb_fake_total 42\n");
     }
 
@@ -1316,10 +1089,7 @@ mod tests {
         tokio::spawn(serve(listener, Arc::new(Real(metrics))));
         let (status, _, body) = exchange(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
         assert_eq!(status, 200);
-        assert_eq!(
-            value(&body, "xdplb_config_reloads_total", &[("result", "ok")]),
-            Some(1.0)
-        );
+        assert_eq!(value(&body, "xdplb_config_reloads_total", &[("result", "ok")]), Some(1.0));
     }
 
     #[tokio::test]
@@ -1342,11 +1112,8 @@ mod tests {
     #[tokio::test]
     async fn other_methods_are_405_with_allow() {
         let (addr, _) = start(Limits::DEFAULT).await;
-        let (status, headers, _) = exchange(
-            addr,
-            b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-        )
-        .await;
+        let (status, headers, _) =
+            exchange(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").await;
         assert_eq!(status, 405);
         assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
     }
@@ -1380,16 +1147,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_silent_client_is_disconnected_after_the_read_timeout() {
-        let limits = Limits {
-            timeout: Duration::from_millis(200),
-            ..Limits::DEFAULT
-        };
+        let limits = Limits { timeout: Duration::from_millis(200), ..Limits::DEFAULT };
         let (addr, _) = start(limits).await;
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\n")
-            .await
-            .expect("send");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n").await.expect("send");
         let mut rest = Vec::new();
         let read =
             tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;

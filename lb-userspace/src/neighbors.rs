@@ -34,9 +34,7 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         || name.len() > IFNAME_MAX
         || name == "."
         || name == ".."
-        || name
-            .bytes()
-            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
+        || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
     if bad {
         bail!("invalid interface name {name:?}");
     }
@@ -121,10 +119,7 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 #[must_use]
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The next hop for `dst` out of the interface: `gateway` if given, else `dst`
@@ -183,8 +178,7 @@ impl Neighbour {
     /// The MAC, if the kernel would use this entry to send.
     #[must_use]
     pub fn usable_mac(&self) -> Option<[u8; 6]> {
-        self.lladdr
-            .filter(|mac| self.state & NUD_USABLE != 0 && *mac != [0; 6])
+        self.lladdr.filter(|mac| self.state & NUD_USABLE != 0 && *mac != [0; 6])
     }
 }
 
@@ -210,21 +204,15 @@ fn align4(len: usize) -> usize {
 }
 
 fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(
-        buf.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_ne_bytes(buf.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(
-        buf.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_ne_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
-    Some(i32::from_ne_bytes(
-        buf.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(i32::from_ne_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 /// An `RTM_GETNEIGH` dump request for one address family (`AF_INET`/`AF_INET6`).
@@ -291,12 +279,7 @@ fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
     let family = *payload.first()?;
     let ifindex = u32_at(payload, 4)?;
     let state = u16_at(payload, 8)?;
-    let mut neighbour = Neighbour {
-        ifindex,
-        state,
-        dst: None,
-        lladdr: None,
-    };
+    let mut neighbour = Neighbour { ifindex, state, dst: None, lladdr: None };
     let mut attrs = payload.get(NDMSG_LEN..)?;
     while attrs.len() >= RTA_HDRLEN {
         let Some(len) = u16_at(attrs, 0).map(usize::from) else {
@@ -322,12 +305,8 @@ fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
 
 fn ip_from(family: u8, data: &[u8]) -> Option<IpAddr> {
     match family {
-        AF_INET => <[u8; 4]>::try_from(data)
-            .ok()
-            .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
-        AF_INET6 => <[u8; 16]>::try_from(data)
-            .ok()
-            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        AF_INET => <[u8; 4]>::try_from(data).ok().map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        AF_INET6 => <[u8; 16]>::try_from(data).ok().map(|a| IpAddr::V6(Ipv6Addr::from(a))),
         _ => None,
     }
 }
@@ -339,11 +318,7 @@ impl Netlink {
     fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());
@@ -351,10 +326,7 @@ impl Netlink {
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let sock = Self(unsafe { OwnedFd::from_raw_fd(fd) });
         let timeout = libc::timeval {
-            tv_sec: NETLINK_TIMEOUT
-                .as_secs()
-                .try_into()
-                .unwrap_or(libc::time_t::MAX),
+            tv_sec: NETLINK_TIMEOUT.as_secs().try_into().unwrap_or(libc::time_t::MAX),
             tv_usec: 0,
         };
         // SAFETY: the option value points at a live timeval of the size passed.
@@ -393,11 +365,7 @@ impl Netlink {
                 size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Receives one datagram into `buf`; returns its length and whether the
@@ -427,9 +395,7 @@ impl Netlink {
             }
             let len = usize::try_from(rc).unwrap_or(0);
             if len > buf.len() {
-                return Err(io::Error::other(format!(
-                    "netlink message of {len} bytes truncated"
-                )));
+                return Err(io::Error::other(format!("netlink message of {len} bytes truncated")));
             }
             return Ok((len, from.nl_pid == 0));
         }
@@ -443,8 +409,7 @@ pub fn dump(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
     // A fresh socket sees only its own request's answers; the sequence number
     // still guards against anything else queued on it.
     let seq = 1;
-    sock.send(&dump_request(family, seq))
-        .context("cannot send the neighbour dump request")?;
+    sock.send(&dump_request(family, seq)).context("cannot send the neighbour dump request")?;
     // Dump datagrams are at most 32 KiB on current kernels.
     let mut buf = vec![0u8; 64 * 1024];
     let mut table = Vec::new();
@@ -494,17 +459,10 @@ pub fn solicit(interface: &str, addr: IpAddr) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let addr = addr.to_canonical();
     let (socket, target) = match addr {
-        IpAddr::V4(a) => (
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?,
-            SocketAddr::from((a, 9)),
-        ),
+        IpAddr::V4(a) => (UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?, SocketAddr::from((a, 9))),
         IpAddr::V6(a) => {
             // A link-local address means nothing without its interface.
-            let scope = if a.is_unicast_link_local() {
-                ifindex_of(interface)?
-            } else {
-                0
-            };
+            let scope = if a.is_unicast_link_local() { ifindex_of(interface)? } else { 0 };
             (
                 UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
                 SocketAddr::V6(SocketAddrV6::new(a, 9, 0, scope)),
@@ -532,9 +490,7 @@ pub fn solicit(interface: &str, addr: IpAddr) -> io::Result<()> {
 
 fn ifindex_of(name: &str) -> io::Result<u32> {
     let text = fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::other(format!("{name}: bad ifindex {text:?}")))
+    text.trim().parse().map_err(|_| io::Error::other(format!("{name}: bad ifindex {text:?}")))
 }
 
 #[cfg(test)]
@@ -582,12 +538,7 @@ mod tests {
         message(
             RTM_NEWNEIGH,
             seq,
-            &ndmsg(
-                AF_INET,
-                ifindex,
-                state,
-                &[attr(NDA_DST, &ip), attr(NDA_LLADDR, mac)],
-            ),
+            &ndmsg(AF_INET, ifindex, state, &[attr(NDA_DST, &ip), attr(NDA_LLADDR, mac)]),
         )
     }
 
@@ -643,10 +594,7 @@ mod tests {
     #[test]
     fn a_dump_with_two_entries_and_done_yields_both_and_finishes() {
         let mut out = Vec::new();
-        assert_eq!(
-            parse_datagram(&two_neighbours_and_done(), 7, &mut out),
-            Ok(Progress::Done)
-        );
+        assert_eq!(parse_datagram(&two_neighbours_and_done(), 7, &mut out), Ok(Progress::Done));
         assert_eq!(
             out,
             vec![
@@ -691,10 +639,7 @@ mod tests {
         let full = two_neighbours_and_done();
         let mut out = Vec::new();
         // A header cut short.
-        assert_eq!(
-            parse_datagram(&full[..10], 7, &mut out),
-            Err(NetlinkError::Truncated)
-        );
+        assert_eq!(parse_datagram(&full[..10], 7, &mut out), Err(NetlinkError::Truncated));
         // A length that runs past the datagram.
         let first_len = u32_at(&full, 0).expect("len") as usize;
         assert_eq!(
@@ -704,10 +649,7 @@ mod tests {
         // A length smaller than the header itself.
         let mut tiny = full.clone();
         tiny[..4].copy_from_slice(&8u32.to_ne_bytes());
-        assert_eq!(
-            parse_datagram(&tiny, 7, &mut out),
-            Err(NetlinkError::Truncated)
-        );
+        assert_eq!(parse_datagram(&tiny, 7, &mut out), Err(NetlinkError::Truncated));
         // An error message without its code.
         assert_eq!(
             parse_datagram(&message(NLMSG_ERROR, 7, &[0, 0]), 7, &mut out),
@@ -734,10 +676,7 @@ mod tests {
             Err(NetlinkError::Kernel(libc::EBUSY))
         );
         // DONE without a payload (old kernels) just ends the dump.
-        assert_eq!(
-            parse_datagram(&message(NLMSG_DONE, 7, &[]), 7, &mut out),
-            Ok(Progress::Done)
-        );
+        assert_eq!(parse_datagram(&message(NLMSG_DONE, 7, &[]), 7, &mut out), Ok(Progress::Done));
     }
 
     #[test]
@@ -749,12 +688,7 @@ mod tests {
         // An attribute claiming more bytes than there are: the walk stops there.
         let mut bogus = attr(NDA_LLADDR, &MAC_A);
         bogus[..2].copy_from_slice(&200u16.to_ne_bytes());
-        let payload = ndmsg(
-            AF_INET,
-            3,
-            NUD_REACHABLE,
-            &[attr(NDA_DST, &[10, 0, 0, 11]), bogus],
-        );
+        let payload = ndmsg(AF_INET, 3, NUD_REACHABLE, &[attr(NDA_DST, &[10, 0, 0, 11]), bogus]);
         parse_datagram(&message(RTM_NEWNEIGH, 7, &payload), 7, &mut out).expect("parse");
         assert_eq!(out[0].dst, Some("10.0.0.11".parse().expect("ip")));
         assert_eq!(out[0].lladdr, None);
@@ -798,62 +732,24 @@ mod tests {
 
     #[test]
     fn only_usable_states_with_a_nonzero_mac_resolve() {
-        let entry = |state, mac| Neighbour {
-            ifindex: 3,
-            state,
-            dst: None,
-            lladdr: Some(mac),
-        };
-        for state in [
-            NUD_REACHABLE,
-            NUD_STALE,
-            NUD_DELAY,
-            NUD_PROBE,
-            NUD_PERMANENT,
-            NUD_NOARP,
-        ] {
-            assert_eq!(
-                entry(state, MAC_A).usable_mac(),
-                Some(MAC_A),
-                "state {state:#x}"
-            );
+        let entry = |state, mac| Neighbour { ifindex: 3, state, dst: None, lladdr: Some(mac) };
+        for state in [NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_PERMANENT, NUD_NOARP] {
+            assert_eq!(entry(state, MAC_A).usable_mac(), Some(MAC_A), "state {state:#x}");
         }
         for state in [NUD_INCOMPLETE, NUD_FAILED, 0] {
             assert_eq!(entry(state, MAC_A).usable_mac(), None, "state {state:#x}");
         }
         assert_eq!(entry(NUD_NOARP, [0; 6]).usable_mac(), None);
-        assert_eq!(
-            Neighbour {
-                lladdr: None,
-                ..entry(NUD_REACHABLE, MAC_A)
-            }
-            .usable_mac(),
-            None
-        );
+        assert_eq!(Neighbour { lladdr: None, ..entry(NUD_REACHABLE, MAC_A) }.usable_mac(), None);
     }
 
     #[test]
     fn find_matches_interface_and_address_and_skips_unusable_entries() {
         let ip: IpAddr = "10.0.0.11".parse().expect("ip");
         let table = vec![
-            Neighbour {
-                ifindex: 2,
-                state: NUD_REACHABLE,
-                dst: Some(ip),
-                lladdr: Some(MAC_B),
-            },
-            Neighbour {
-                ifindex: 3,
-                state: NUD_FAILED,
-                dst: Some(ip),
-                lladdr: Some(MAC_B),
-            },
-            Neighbour {
-                ifindex: 3,
-                state: NUD_STALE,
-                dst: Some(ip),
-                lladdr: Some(MAC_A),
-            },
+            Neighbour { ifindex: 2, state: NUD_REACHABLE, dst: Some(ip), lladdr: Some(MAC_B) },
+            Neighbour { ifindex: 3, state: NUD_FAILED, dst: Some(ip), lladdr: Some(MAC_B) },
+            Neighbour { ifindex: 3, state: NUD_STALE, dst: Some(ip), lladdr: Some(MAC_A) },
         ];
         assert_eq!(find(&table, 3, ip), Some(MAC_A));
         assert_eq!(find(&table, 4, ip), None);
@@ -888,40 +784,21 @@ mod tests {
     #[test]
     fn loopback_is_index_1_with_mtu_65536() {
         let lo = interface("lo").expect("lo");
-        assert_eq!(
-            lo,
-            Interface {
-                name: "lo".into(),
-                index: 1,
-                mac: [0; 6],
-                mtu: 65_536
-            }
-        );
+        assert_eq!(lo, Interface { name: "lo".into(), index: 1, mac: [0; 6], mtu: 65_536 });
     }
 
     #[test]
     fn unknown_and_invalid_interface_names_are_errors() {
         let err = interface("xdplbnone0").expect_err("missing").to_string();
         assert_eq!(err, "no interface xdplbnone0");
-        for bad in [
-            "",
-            "..",
-            "../../etc",
-            "a very long interface name",
-            "eth0\0",
-        ] {
+        for bad in ["", "..", "../../etc", "a very long interface name", "eth0\0"] {
             assert!(
-                interface(bad)
-                    .expect_err(bad)
-                    .to_string()
-                    .starts_with("invalid interface name"),
+                interface(bad).expect_err(bad).to_string().starts_with("invalid interface name"),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            solicit("../x", "10.0.0.1".parse().expect("ip"))
-                .expect_err("invalid")
-                .kind(),
+            solicit("../x", "10.0.0.1".parse().expect("ip")).expect_err("invalid").kind(),
             io::ErrorKind::InvalidInput
         );
     }
@@ -929,14 +806,8 @@ mod tests {
     #[test]
     fn lookup_on_loopback_answers_without_error() {
         // lo has no neighbour entries; this exercises the real dump end to end.
-        assert_eq!(
-            lookup(1, "127.0.0.1".parse().expect("ip")).expect("v4 dump"),
-            None
-        );
-        assert_eq!(
-            lookup(1, "::1".parse().expect("ip")).expect("v6 dump"),
-            None
-        );
+        assert_eq!(lookup(1, "127.0.0.1".parse().expect("ip")).expect("v4 dump"), None);
+        assert_eq!(lookup(1, "::1".parse().expect("ip")).expect("v6 dump"), None);
     }
 
     fn is_root() -> bool {
@@ -946,10 +817,7 @@ mod tests {
 
     /// Skips a root-only test, unless CI demands every test runs.
     fn skip(test: &str) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test} needs root under CI"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root under CI");
         eprintln!("SKIPPED {test}: needs root");
     }
 
@@ -1005,24 +873,15 @@ mod tests {
 
         let v4: IpAddr = "10.254.254.1".parse().expect("ip");
         let v6: IpAddr = "fd00:db8:254::1".parse().expect("ip");
-        assert_eq!(
-            lookup(this.index, v4).expect("lookup"),
-            Some([2, 0, 0, 0, 0, 0x42])
-        );
-        assert_eq!(
-            lookup(this.index, v6).expect("lookup"),
-            Some([2, 0, 0, 0, 0, 0x43])
-        );
+        assert_eq!(lookup(this.index, v4).expect("lookup"), Some([2, 0, 0, 0, 0, 0x42]));
+        assert_eq!(lookup(this.index, v6).expect("lookup"), Some([2, 0, 0, 0, 0, 0x43]));
         // An IPv4-mapped IPv6 address is the IPv4 entry.
         assert_eq!(
             lookup(this.index, "::ffff:10.254.254.1".parse().expect("ip")).expect("lookup"),
             Some([2, 0, 0, 0, 0, 0x42])
         );
         assert_eq!(lookup(other.index, v4).expect("lookup"), None);
-        assert_eq!(
-            lookup(this.index, "10.254.254.2".parse().expect("ip")).expect("lookup"),
-            None
-        );
+        assert_eq!(lookup(this.index, "10.254.254.2".parse().expect("ip")).expect("lookup"), None);
     }
 
     #[test]

@@ -113,13 +113,15 @@ impl<M: Maps> MapWriter<M> {
         }
         let mut claimed = BTreeSet::new();
         for (key, meta) in &snap.vips {
-            let Some(active) = meta.ring.checked_sub(meta.index * RINGS_PER_VIP).filter(|a| *a < RINGS_PER_VIP)
+            let Some(active) =
+                meta.ring.checked_sub(meta.index * RINGS_PER_VIP).filter(|a| *a < RINGS_PER_VIP)
             else {
                 continue;
             };
             let table = w.maps.read_ring(meta.ring)?;
             let found = plan.vips.iter().find(|v| v.key() == *key && !w.vips.contains_key(&v.name));
-            let name = found.map_or_else(|| format!("(orphan vip {})", meta.index), |v| v.name.clone());
+            let name =
+                found.map_or_else(|| format!("(orphan vip {})", meta.index), |v| v.name.clone());
             w.vips.insert(name, VipSlot { index: meta.index, key: *key, active, table });
             let Some(vip) = found else {
                 adopted.orphans += 1;
@@ -128,11 +130,15 @@ impl<M: Maps> MapWriter<M> {
             for b in &vip.backends {
                 let (addr, family) = addr_words(b.address);
                 let hit = snap.backends.iter().find(|(i, e)| {
-                    e.vip == meta.index && e.addr == addr && e.family == family && !claimed.contains(i)
+                    e.vip == meta.index
+                        && e.addr == addr
+                        && e.family == family
+                        && !claimed.contains(i)
                 });
                 if let Some((index, entry)) = hit {
                     claimed.insert(*index);
-                    w.backends.insert((vip.name.clone(), b.name.clone(), b.address), (*index, *entry));
+                    w.backends
+                        .insert((vip.name.clone(), b.name.clone(), b.address), (*index, *entry));
                     adopted.entries.insert((vip.name.clone(), b.name.clone()), *entry);
                 }
             }
@@ -262,10 +268,14 @@ impl<M: Maps> MapWriter<M> {
             .backends
             .iter()
             .filter(|b| b.effective_state() == BackendState::Up)
-            .map(|b| (b.ring_id(), b.weight, wanted[&(vip.name.clone(), b.name.clone(), b.address)].0))
+            .map(|b| {
+                (b.ring_id(), b.weight, wanted[&(vip.name.clone(), b.name.clone(), b.address)].0)
+            })
             .collect();
-        let members: Vec<Member<'_>> =
-            members.iter().map(|(id, weight, value)| Member { id, weight: *weight, value: *value }).collect();
+        let members: Vec<Member<'_>> = members
+            .iter()
+            .map(|(id, weight, value)| Member { id, weight: *weight, value: *value })
+            .collect();
         let table = maglev::build(&members, RING_SIZE);
         let key = vip.key();
         let slot = self.vips.get_mut(&vip.name).expect("allocated by `allocate`");
@@ -284,7 +294,8 @@ impl<M: Maps> MapWriter<M> {
             applied.rings_switched += 1;
             self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(idle) })?;
         } else if key != old_key {
-            self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(slot.active) })?;
+            self.maps
+                .set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(slot.active) })?;
         }
         if !is_new && key != old_key {
             self.maps.remove_vip(&old_key)?;
@@ -312,7 +323,8 @@ impl<M: Maps> MapWriter<M> {
         }
         self.backends = wanted;
         let names: BTreeSet<&str> = plan.vips.iter().map(|v| v.name.as_str()).collect();
-        let gone: Vec<String> = self.vips.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
+        let gone: Vec<String> =
+            self.vips.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
         for name in gone {
             if let Some(slot) = self.vips.remove(&name) {
                 self.maps.remove_vip(&slot.key)?;
@@ -379,7 +391,9 @@ fn check_capacity(plan: &DataPlane) -> Result<()> {
     }
     let pairs: usize = plan.vips.iter().map(|v| v.backends.len()).sum();
     if pairs > MAX_BACKENDS as usize {
-        bail!("{pairs} (VIP, backend) pairs configured; the data path holds at most {MAX_BACKENDS}");
+        bail!(
+            "{pairs} (VIP, backend) pairs configured; the data path holds at most {MAX_BACKENDS}"
+        );
     }
     Ok(())
 }
@@ -560,7 +574,11 @@ mod tests {
         assert!(!w.table("web").unwrap().contains(&b_index));
         // Only b's slots moved: about a third of the ring.
         let third = RING_SIZE as usize / 3;
-        assert!(a.slots_moved > third * 9 / 10 && a.slots_moved < third * 11 / 10, "{}", a.slots_moved);
+        assert!(
+            a.slots_moved > third * 9 / 10 && a.slots_moved < third * 11 / 10,
+            "{}",
+            a.slots_moved
+        );
     }
 
     #[test]
@@ -587,7 +605,11 @@ mod tests {
         w.apply(&p).unwrap();
         let second = w.maps.vips.values().next().unwrap().1.ring;
         assert_ne!(first, second);
-        assert_eq!(w.maps.ops.iter().filter(|o| matches!(o, Op::Ring(r) if *r == first)).count(), 0, "active ring untouched");
+        assert_eq!(
+            w.maps.ops.iter().filter(|o| matches!(o, Op::Ring(r) if *r == first)).count(),
+            0,
+            "active ring untouched"
+        );
         p.vips[0].backends[0].state = BackendState::Up;
         w.apply(&p).unwrap();
         assert_eq!(w.maps.vips.values().next().unwrap().1.ring, first);
@@ -670,7 +692,8 @@ mod tests {
     fn plan_over_capacity_writes_nothing() {
         let mut w = writer();
         let mut p = plan();
-        p.vips[0].backends = (0..=MAX_BACKENDS).map(|i| backend(&format!("n{i}"), (i % 250) as u8)).collect();
+        p.vips[0].backends =
+            (0..=MAX_BACKENDS).map(|i| backend(&format!("n{i}"), (i % 250) as u8)).collect();
         assert!(w.apply(&p).is_err());
         assert!(w.maps.ops.is_empty());
     }
@@ -684,7 +707,10 @@ mod tests {
         let maps = std::mem::take(&mut w.maps);
         let (mut again, adopted) = MapWriter::adopt(maps, &p).unwrap();
         assert_eq!(adopted.orphans, 0);
-        assert_eq!(adopted.entries[&("web".into(), "b".into())].state, BackendState::Draining as u8);
+        assert_eq!(
+            adopted.entries[&("web".into(), "b".into())].state,
+            BackendState::Draining as u8
+        );
         again.maps.ops.clear();
         let a = again.apply(&p).unwrap();
         assert!(a.is_empty(), "{a:?} {:?}", again.maps.ops);
@@ -700,7 +726,8 @@ mod tests {
         let (mut again, adopted) = MapWriter::adopt(maps, &p).unwrap();
         assert_eq!(adopted.orphans, 2, "b and c");
         again.apply(&p).unwrap();
-        let live = again.maps.backends.values().filter(|b| b.state != BackendState::Down as u8).count();
+        let live =
+            again.maps.backends.values().filter(|b| b.state != BackendState::Down as u8).count();
         assert_eq!(live, 1);
     }
 }

@@ -8,8 +8,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic,
-    family, hash::flow_hash, limits::RING_SIZE, map_names, proto,
+    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic, family,
+    hash::flow_hash, limits::RING_SIZE, map_names, proto,
 };
 use lb_userspace::{
     dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
@@ -73,7 +73,13 @@ pub fn backend(name: &str, addr: &str) -> BackendPlan {
 
 #[must_use]
 pub fn vip(name: &str, addr: &str, port: u16, l4: u8, backends: Vec<BackendPlan>) -> VipPlan {
-    VipPlan { name: name.to_owned(), address: addr.parse().expect("vip address"), port, proto: l4, backends }
+    VipPlan {
+        name: name.to_owned(),
+        address: addr.parse().expect("vip address"),
+        port,
+        proto: l4,
+        backends,
+    }
 }
 
 pub const VIP4: &str = "203.0.113.10";
@@ -83,7 +89,11 @@ pub const MIXED_VIP4: &str = "203.0.113.30";
 pub const MIXED_VIP6: &str = "2001:db8::30";
 
 fn wafs4() -> Vec<BackendPlan> {
-    vec![backend("waf-1", "10.0.0.11"), backend("waf-2", "10.0.0.12"), backend("waf-3", "10.0.0.13")]
+    vec![
+        backend("waf-1", "10.0.0.11"),
+        backend("waf-2", "10.0.0.12"),
+        backend("waf-3", "10.0.0.13"),
+    ]
 }
 
 fn wafs6() -> Vec<BackendPlan> {
@@ -235,7 +245,11 @@ impl Balancer {
 pub fn run_program(prog: &Xdp, frame: &[u8]) -> Run {
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     Run { action: r.return_value, frame: out }

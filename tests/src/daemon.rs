@@ -21,10 +21,12 @@ pub fn binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/xdplb
     let dirs = exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect::<Vec<_>>();
-    dirs.iter()
-        .map(|d| d.join("xdplb"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("no xdplb binary near {}: run `cargo build -p lb-userspace` (cargo xtask test does)", exe.display()))
+    dirs.iter().map(|d| d.join("xdplb")).find(|p| p.is_file()).ok_or_else(|| {
+        anyhow!(
+            "no xdplb binary near {}: run `cargo build -p lb-userspace` (cargo xtask test does)",
+            exe.display()
+        )
+    })
 }
 
 pub struct Daemon {
@@ -39,10 +41,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `xdplb run --config CONFIG` in namespace `ns` (network namespace
     /// only, so the host's bpffs stays visible and pins outlive the process).
-    pub fn start(ns: &str, config: &Path, socket: &Path, metrics: SocketAddr, extra: &[&str]) -> Result<Self> {
+    pub fn start(
+        ns: &str,
+        config: &Path,
+        socket: &Path,
+        metrics: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let log = config.with_extension("log");
         let out = File::create(&log)?;
-        let netns = File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
+        let netns =
+            File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
         let mut cmd = Command::new(binary()?);
         cmd.args(["run", "--config"]).arg(config).args(extra);
         cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
@@ -50,7 +59,11 @@ impl Daemon {
         // SAFETY: setns is async-signal-safe; it only changes the child's namespace.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
             });
         }
         let child = cmd.spawn().context("starting xdplb")?;
@@ -78,7 +91,12 @@ impl Daemon {
     }
 
     /// Polls `check` every 50 ms until it holds or `timeout` passes.
-    pub fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) -> Result<Duration> {
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> bool,
+    ) -> Result<Duration> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if self.exited()? {
@@ -89,7 +107,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("timed out after {timeout:?} waiting for {what}; status:\n{}\nlog:\n{}", self.status().unwrap_or_default(), self.log_text())
+        bail!(
+            "timed out after {timeout:?} waiting for {what}; status:\n{}\nlog:\n{}",
+            self.status().unwrap_or_default(),
+            self.log_text()
+        )
     }
 
     /// An HTTP GET on the metrics endpoint (from inside the namespace): (status, body).
@@ -144,8 +166,9 @@ impl Daemon {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 impl Drop for Daemon {

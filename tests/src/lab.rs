@@ -214,7 +214,9 @@ pub fn waf6(k: usize) -> Ipv6Addr {
 pub fn is_lab_ns(name: &str) -> bool {
     name == NS_CLIENT
         || name == NS_LB
-        || name.strip_prefix("waf").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        || name
+            .strip_prefix("waf")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Prints a progress line.
@@ -231,7 +233,11 @@ pub struct Lab {
 impl Lab {
     /// Builds the lab, removing any previous one first.
     pub fn up(config: &LabConfig) -> Result<Self> {
-        ensure!((1..=MAX_WAFS).contains(&config.wafs), "a lab has 1 to {MAX_WAFS} WAF nodes, not {}", config.wafs);
+        ensure!(
+            (1..=MAX_WAFS).contains(&config.wafs),
+            "a lab has 1 to {MAX_WAFS} WAF nodes, not {}",
+            config.wafs
+        );
         ensure_root()?;
         Self::down()?;
         let lab = Self { config: *config };
@@ -242,7 +248,10 @@ impl Lab {
             }
             return Err(e.context("building the lab"));
         }
-        step(format!("lab up: {} mode, {} WAF nodes, VIPs {VIP4} and {VIP6}", config.mode, config.wafs));
+        step(format!(
+            "lab up: {} mode, {} WAF nodes, VIPs {VIP4} and {VIP6}",
+            config.mode, config.wafs
+        ));
         Ok(lab)
     }
 
@@ -259,7 +268,8 @@ impl Lab {
             match line.split_once('=') {
                 Some(("mode", v)) => config.mode = v.parse()?,
                 Some(("wafs", v)) => {
-                    config.wafs = v.parse().with_context(|| format!("wafs={v:?} in {}", path.display()))?;
+                    config.wafs =
+                        v.parse().with_context(|| format!("wafs={v:?} in {}", path.display()))?;
                 }
                 _ => {}
             }
@@ -315,12 +325,21 @@ impl Lab {
         }
         sh(&["ip", "link", "set", BRIDGE, "up"])?;
         for node in self.nodes() {
-            step(format!("namespace {}: {} {} {}", node.ns(), node.v4(), node.v6(), node.mac_string()));
+            step(format!(
+                "namespace {}: {} {} {}",
+                node.ns(),
+                node.v4(),
+                node.v6(),
+                node.mac_string()
+            ));
             add_node(node)?;
         }
         step(format!("client routes {VIP4} and {VIP6} via the lb ({LB4}, {LB6})"));
         ns_sh(NS_CLIENT, &["ip", "route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
-        ns_sh(NS_CLIENT, &["ip", "-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()])?;
+        ns_sh(
+            NS_CLIENT,
+            &["ip", "-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()],
+        )?;
         for k in self.wafs() {
             self.add_waf(k)?;
         }
@@ -336,7 +355,10 @@ impl Lab {
             };
             attach(Some(&node.ns()), NS_IF, &prog, &node.ns())?;
         }
-        std::fs::write(state_file(), format!("mode={}\nwafs={}\n", self.config.mode, self.config.wafs))?;
+        std::fs::write(
+            state_file(),
+            format!("mode={}\nwafs={}\n", self.config.mode, self.config.wafs),
+        )?;
         step("checking every WAF node answers /healthz from the lb");
         for k in self.wafs() {
             let url = format!("http://{}/healthz", waf4(k));
@@ -386,7 +408,11 @@ impl Lab {
         let mut pids = udp_responders();
         for ns in &namespaces {
             let out = output(&mut cmd(&["ip", "netns", "pids", ns]))?;
-            pids.extend(String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
@@ -465,7 +491,10 @@ impl Lab {
         if let Some(pid) = read_pid(&pid_file).filter(|&p| udp_responders().contains(&p)) {
             // SAFETY: a pid that carries the responders' name.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            ensure!(nginx::wait_gone(pid, Duration::from_secs(5)), "udp responder {pid} survives SIGKILL");
+            ensure!(
+                nginx::wait_gone(pid, Duration::from_secs(5)),
+                "udp responder {pid} survives SIGKILL"
+            );
         }
         Ok(())
     }
@@ -529,7 +558,11 @@ impl Lab {
     }
 
     fn check_waf(&self, k: usize) -> Result<()> {
-        ensure!((1..=self.config.wafs).contains(&k), "no waf{k}: the lab has waf1..waf{}", self.config.wafs);
+        ensure!(
+            (1..=self.config.wafs).contains(&k),
+            "no waf{k}: the lab has waf1..waf{}",
+            self.config.wafs
+        );
         Ok(())
     }
 }
@@ -588,7 +621,8 @@ fn ensure_root() -> Result<()> {
 
 /// bpffs on /sys/fs/bpf in the root namespace (not mounted at boot here).
 fn ensure_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     let mounted = mounts.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
@@ -616,7 +650,10 @@ fn add_node(node: Node) -> Result<()> {
     ns_sh(&ns, &["ip", "link", "set", "lo", "up"])?;
     ns_sh(&ns, &["ip", "link", "set", NS_IF, "address", &node.mac_string()])?;
     ns_sh(&ns, &["ip", "addr", "add", &format!("{}/{PREFIX4}", node.v4()), "dev", NS_IF])?;
-    ns_sh(&ns, &["ip", "-6", "addr", "add", &format!("{}/{PREFIX6}", node.v6()), "dev", NS_IF, "nodad"])?;
+    ns_sh(
+        &ns,
+        &["ip", "-6", "addr", "add", &format!("{}/{PREFIX6}", node.v6()), "dev", NS_IF, "nodad"],
+    )?;
     ns_sh(&ns, &["ip", "link", "set", NS_IF, "up"])?;
     ns_sh(&ns, &["ethtool", "-K", NS_IF, "tx", "off"])?;
     Ok(())
@@ -624,7 +661,12 @@ fn add_node(node: Node) -> Result<()> {
 
 fn attach(ns: Option<&str>, ifname: &str, prog: &XdpProg, pin_owner: &str) -> Result<()> {
     let pin = Path::new(PIN_DIR).join(format!("{pin_owner}-{ifname}"));
-    eprintln!("    {} on {ifname} ({}), pinned at {}", prog.name(), ns.unwrap_or("root"), pin.display());
+    eprintln!(
+        "    {} on {ifname} ({}), pinned at {}",
+        prog.name(),
+        ns.unwrap_or("root"),
+        pin.display()
+    );
     netns::attach_pinned(ns, ifname, prog, &pin)
 }
 
@@ -651,7 +693,12 @@ fn run_with_stdin(c: &mut std::process::Command, input: &str) -> Result<()> {
         .with_context(|| format!("cannot start `{line}`"))?;
     child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(
+        out.status.success(),
+        "`{line}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
@@ -663,7 +710,12 @@ fn read_pid(path: &Path) -> Option<i32> {
 fn lab_namespaces() -> Result<Vec<String>> {
     let list = sh(&["ip", "netns", "list"])?;
     // Lines look like "waf1 (id: 3)" or "waf1".
-    Ok(list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| is_lab_ns(n)).map(str::to_owned).collect())
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| is_lab_ns(n))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Links of the lab in the root namespace (`xlb-*`).
@@ -684,7 +736,8 @@ fn udp_responders() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(udp::COMM_PREFIX))
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with(udp::COMM_PREFIX))
         })
         .collect()
 }

@@ -4,9 +4,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{
-    IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId,
-};
+use etherparse::{IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId};
 
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -99,19 +97,29 @@ impl Flow {
                         }
                         t.write(&mut out, &payload).expect("tcp frame");
                     }
-                    L4::Udp => ip.udp(self.sport, self.dport).write(&mut out, &payload).expect("udp frame"),
+                    L4::Udp => {
+                        ip.udp(self.sport, self.dport).write(&mut out, &payload).expect("udp frame")
+                    }
                 }
             }};
         }
         match (self.vlan, self.src, self.dst) {
             (None, IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 61)),
             (None, IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 61)),
-            (Some(v), IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth
-                .single_vlan(VlanId::try_new(v).expect("vlan id"))
-                .ipv4(s.octets(), d.octets(), 61)),
-            (Some(v), IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth
-                .single_vlan(VlanId::try_new(v).expect("vlan id"))
-                .ipv6(s.octets(), d.octets(), 61)),
+            (Some(v), IpAddr::V4(s), IpAddr::V4(d)) => {
+                finish!(eth.single_vlan(VlanId::try_new(v).expect("vlan id")).ipv4(
+                    s.octets(),
+                    d.octets(),
+                    61
+                ))
+            }
+            (Some(v), IpAddr::V6(s), IpAddr::V6(d)) => {
+                finish!(eth.single_vlan(VlanId::try_new(v).expect("vlan id")).ipv6(
+                    s.octets(),
+                    d.octets(),
+                    61
+                ))
+            }
             _ => panic!("mixed address families in one flow"),
         }
         out

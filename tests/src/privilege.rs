@@ -9,7 +9,10 @@ pub fn have_root(what: &str) -> bool {
         return true;
     }
     let msg = format!("{what} needs root (BPF_PROG_TEST_RUN, network namespaces)");
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {msg}: failing instead of skipping");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and {msg}: failing instead of skipping"
+    );
     eprintln!("SKIPPED: {msg}");
     false
 }

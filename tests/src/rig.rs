@@ -86,7 +86,10 @@ pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) ->
         ("udp6", VIP6.into(), lab::UDP_PORT, "udp"),
     ];
     for (name, addr, port, proto) in vips {
-        let _ = writeln!(s, "  - name: {name}\n    address: \"{addr}\"\n    port: {port}\n    protocol: {proto}\n    backends:");
+        let _ = writeln!(
+            s,
+            "  - name: {name}\n    address: \"{addr}\"\n    port: {port}\n    protocol: {proto}\n    backends:"
+        );
         for k in 1..=wafs {
             let a: IpAddr = if addr.is_ipv4() { lab::waf4(k).into() } else { lab::waf6(k).into() };
             let w = weights.get(k - 1).copied().unwrap_or(100);
@@ -103,7 +106,13 @@ impl Rig {
         std::fs::create_dir_all(dir())?;
         let config = dir().join("xdplb.yaml");
         std::fs::write(&config, config_text(mode, wafs, checks, &[]))?;
-        let daemon = Daemon::start(NS_LB, &config, &dir().join("admin.sock"), METRICS.parse()?, &["--detach-on-exit"])?;
+        let daemon = Daemon::start(
+            NS_LB,
+            &config,
+            &dir().join("admin.sock"),
+            METRICS.parse()?,
+            &["--detach-on-exit"],
+        )?;
         let rig = Self { daemon, lab, config };
         rig.wait_all(wafs * 4, "up", Duration::from_secs(20))?;
         Ok(rig)
@@ -113,7 +122,9 @@ impl Rig {
     pub fn wait_all(&self, count: usize, state: &str, timeout: Duration) -> Result<Duration> {
         self.daemon
             .wait_until(&format!("{count} backends {state}"), timeout, |d| {
-                d.status().is_ok_and(|s| states(&s).iter().filter(|(_, _, st)| st == state).count() >= count)
+                d.status().is_ok_and(|s| {
+                    states(&s).iter().filter(|(_, _, st)| st == state).count() >= count
+                })
             })
             .context("waiting for backends")
     }
@@ -138,7 +149,9 @@ pub fn states(status: &str) -> Vec<(String, String, String)> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["VIP", name, ..] => (*name).clone_into(&mut vip),
-            [name, _addr, _weight, state, _health, _drained, _mac, _packets] if *name != "BACKEND" => {
+            [name, _addr, _weight, state, _health, _drained, _mac, _packets]
+                if *name != "BACKEND" =>
+            {
                 out.push((vip.clone(), (*name).to_owned(), (*state).to_owned()));
             }
             _ => {}

@@ -38,7 +38,9 @@ impl Failure {
         match e.kind() {
             ErrorKind::ConnectionRefused => Self::Refused,
             ErrorKind::TimedOut | ErrorKind::WouldBlock => Self::Timeout,
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => Self::Reset,
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+                Self::Reset
+            }
             _ => Self::Other,
         }
     }
@@ -70,17 +72,28 @@ impl Log {
 
 /// Answers per WAF and failures among `records` that started in `[from, to)`.
 #[must_use]
-pub fn tally(records: &[Record], from: Instant, to: Instant) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+pub fn tally(
+    records: &[Record],
+    from: Instant,
+    to: Instant,
+) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
     tally_by(records, |r| r.start >= from && r.start < to)
 }
 
 /// As `tally`, for requests that ended in `[from, to)` (what a per-second rate shows).
 #[must_use]
-pub fn tally_ended(records: &[Record], from: Instant, to: Instant) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+pub fn tally_ended(
+    records: &[Record],
+    from: Instant,
+    to: Instant,
+) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
     tally_by(records, |r| r.end >= from && r.end < to)
 }
 
-fn tally_by(records: &[Record], pick: impl Fn(&Record) -> bool) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+fn tally_by(
+    records: &[Record],
+    pick: impl Fn(&Record) -> bool,
+) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
     let mut ok = BTreeMap::new();
     let mut failed = BTreeMap::new();
     for r in records.iter().filter(|r| pick(r)) {
@@ -97,7 +110,8 @@ pub fn http_once(target: SocketAddr, timeout: Duration) -> Result<String, Failur
     let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| Failure::from_io(&e))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| Failure::from_io(&e))?;
     s.set_write_timeout(Some(timeout)).map_err(|e| Failure::from_io(&e))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n").map_err(|e| Failure::from_io(&e))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")
+        .map_err(|e| Failure::from_io(&e))?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| Failure::from_io(&e))?;
     body_name(&text).ok_or(Failure::Other)
@@ -120,7 +134,13 @@ pub struct HttpLoad {
 }
 
 impl HttpLoad {
-    pub fn start(ns: &str, target: SocketAddr, workers: usize, rate_per_worker: f64, timeout: Duration) -> Result<Self> {
+    pub fn start(
+        ns: &str,
+        target: SocketAddr,
+        workers: usize,
+        rate_per_worker: f64,
+        timeout: Duration,
+    ) -> Result<Self> {
         let log = Log::default();
         let stop = Arc::new(AtomicBool::new(false));
         let period = Duration::from_secs_f64(1.0 / rate_per_worker);
@@ -202,7 +222,9 @@ impl LongLived {
                     let start = Instant::now();
                     let outcome = keepalive_request(&mut s);
                     if let Some(tx) = first.take() {
-                        let _ = tx.send(outcome.clone().map_err(|f| anyhow!("first request failed: {f:?}")));
+                        let _ = tx.send(
+                            outcome.clone().map_err(|f| anyhow!("first request failed: {f:?}")),
+                        );
                     }
                     let failed = outcome.is_err();
                     l.push(Record { start, end: Instant::now(), outcome });
@@ -217,7 +239,9 @@ impl LongLived {
                 eprintln!("long-lived connection: {e:#}");
             }
         });
-        let backend = first_rx.recv_timeout(Duration::from_secs(5)).context("long-lived connection did not start")??;
+        let backend = first_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("long-lived connection did not start")??;
         Ok(Self { log, stop, thread: Some(thread), backend })
     }
 
@@ -226,8 +250,12 @@ impl LongLived {
     pub fn close(mut self) -> (usize, Vec<Record>) {
         self.halt();
         let records = self.log.records();
-        let same = records.iter().filter(|r| r.outcome.as_deref() == Ok(self.backend.as_str())).count();
-        let other = records.into_iter().filter(|r| r.outcome.as_deref() != Ok(self.backend.as_str())).collect();
+        let same =
+            records.iter().filter(|r| r.outcome.as_deref() == Ok(self.backend.as_str())).count();
+        let other = records
+            .into_iter()
+            .filter(|r| r.outcome.as_deref() != Ok(self.backend.as_str()))
+            .collect();
         (same, other)
     }
 
@@ -260,7 +288,11 @@ fn keepalive_request(s: &mut TcpStream) -> Result<String, Failure> {
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
                 .and_then(|v| v.parse().ok())
                 .ok_or(Failure::Other)?;
             if body.len() >= len {
@@ -275,7 +307,12 @@ fn keepalive_request(s: &mut TcpStream) -> Result<String, Failure> {
 
 /// Sends one datagram from each of `ports` fresh sockets and collects the answering
 /// WAF's name per datagram (`Err(Timeout)` when none came back).
-pub fn udp_spread(ns: &str, target: SocketAddr, count: usize, timeout: Duration) -> Result<Vec<Result<String, Failure>>> {
+pub fn udp_spread(
+    ns: &str,
+    target: SocketAddr,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Result<String, Failure>>> {
     in_netns(Some(ns), move || {
         let mut out = Vec::with_capacity(count);
         for i in 0..count {
@@ -306,7 +343,10 @@ pub fn check_spread(counts: &BTreeMap<String, usize>, nodes: usize, tolerance: f
     }
     for (name, n) in counts {
         if (*n as f64 - share).abs() > share * tolerance {
-            bail!("{name} got {n} of {total} (share {share:.0} ± {:.0}): {counts:?}", share * tolerance);
+            bail!(
+                "{name} got {n} of {total} (share {share:.0} ± {:.0}): {counts:?}",
+                share * tolerance
+            );
         }
     }
     Ok(())

@@ -31,7 +31,8 @@ use xdplb_tests::{
 };
 
 const VIP: &str = "10.97.100.1";
-const BACKENDS: [(&str, &str); 3] = [("b1", "10.97.0.11"), ("b2", "10.97.0.12"), ("b3", "10.97.0.13")];
+const BACKENDS: [(&str, &str); 3] =
+    [("b1", "10.97.0.11"), ("b2", "10.97.0.12"), ("b3", "10.97.0.13")];
 const PIN: &str = "/sys/fs/bpf/xdplb-test-controller";
 
 /// Namespaces `xct-lb` (10.97.0.1) and `xct-b1..3`, one veth each into bridge `xct-br`.
@@ -52,7 +53,8 @@ impl Net {
             let ns = format!("xct-{name}");
             let host = format!("xct-{name}-h");
             sh(&["ip", "netns", "add", &ns]).unwrap();
-            sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns]).unwrap();
+            sh(&["ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns])
+                .unwrap();
             sh(&["ip", "link", "set", &host, "master", "xct-br", "up"]).unwrap();
             ns_sh(&ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
             ns_sh(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
@@ -188,7 +190,9 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     drop(listeners.remove("b2"));
     let took = daemon
         .wait_until("b2 down", Duration::from_secs(5), |d| {
-            d.status().is_ok_and(|s| s.lines().any(|l| l.trim_start().starts_with("b2") && l.contains(" down ")))
+            d.status().is_ok_and(|s| {
+                s.lines().any(|l| l.trim_start().starts_with("b2") && l.contains(" down "))
+            })
         })
         .unwrap();
     eprintln!("b2 marked down {took:?} after its listener closed");
@@ -200,14 +204,21 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
         }
     }
     for i in 0..90 {
-        assert_ne!(receiver(&Flow::tcp("10.97.0.51", 30000 + i, VIP, 80)), "b2", "new flow to the dead backend");
+        assert_ne!(
+            receiver(&Flow::tcp("10.97.0.51", 30000 + i, VIP, 80)),
+            "b2",
+            "new flow to the dead backend"
+        );
     }
     let (_, body) = daemon.http_get("/metrics").unwrap();
     assert!(
         body.contains("xdplb_backend_transitions_total{backend=\"b2\",to=\"down\",vip=\"web\"} 1"),
         "transition not counted"
     );
-    assert!(body.contains("xdplb_probe_failures_total{reason=\"refused\",target=\"10.97.0.12:80\"}"), "failure reason");
+    assert!(
+        body.contains("xdplb_probe_failures_total{reason=\"refused\",target=\"10.97.0.12:80\"}"),
+        "failure reason"
+    );
     assert!(body.contains("xdplb_map_write_latency_seconds_count"), "map-write latency");
 
     // Drain over the admin socket, then stop: XDP and pins stay for the next run.

@@ -94,7 +94,8 @@ fn run_mode(mode: Mode) {
     binary().expect("the xdplb binary: `cargo build -p lb-userspace --bin xdplb`");
     let started = Instant::now();
     // Waits for the lab lock: the two modes take turns.
-    let mut rig = Rig::up(mode, WAFS, &Checks::default()).unwrap_or_else(|e| panic!("{mode}: rig up: {e:#}"));
+    let mut rig =
+        Rig::up(mode, WAFS, &Checks::default()).unwrap_or_else(|e| panic!("{mode}: rig up: {e:#}"));
     let base_config = std::fs::read_to_string(&rig.config).unwrap();
     let scenarios: [(&str, Scenario); 12] = [
         ("spread (IPv4)", spread4),
@@ -140,13 +141,23 @@ fn run_mode(mode: Mode) {
     if !log.contains("detached xdp_lb") {
         failed.push(format!("{mode}: the final xdplb did not detach on exit:\n{log}"));
         let pins = format!("{PIN_DIR}/xdplb");
-        let out = std::process::Command::new(binary().unwrap()).args(["detach", "--pin-path", &pins]).output();
+        let out = std::process::Command::new(binary().unwrap())
+            .args(["detach", "--pin-path", &pins])
+            .output();
         eprintln!("xdplb detach --pin-path {pins}: {out:?}");
     }
     drop(rig);
     assert!(!std::path::Path::new(PIN_DIR).exists(), "{mode}: {PIN_DIR} left behind");
-    eprintln!("\n{mode}: done in {:.1} s (waiting for the lab lock included)", started.elapsed().as_secs_f64());
-    assert!(failed.is_empty(), "{mode}: {} scenario(s) failed:\n{}", failed.len(), failed.join("\n\n"));
+    eprintln!(
+        "\n{mode}: done in {:.1} s (waiting for the lab lock included)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed.is_empty(),
+        "{mode}: {} scenario(s) failed:\n{}",
+        failed.len(),
+        failed.join("\n\n")
+    );
 }
 
 /// Back to the rig as `Rig::up` left it: every node serving, every link up, the
@@ -213,7 +224,11 @@ fn spread(target: SocketAddr, tag: &str) -> Result<()> {
             .collect();
         eprintln!("{tag}: failures: {when:?}");
     }
-    ensure!(failed.is_empty(), "{tag}: {} of {N} requests failed: {failed:?}", failed.values().sum::<usize>());
+    ensure!(
+        failed.is_empty(),
+        "{tag}: {} of {N} requests failed: {failed:?}",
+        failed.values().sum::<usize>()
+    );
     check_spread(&ok, WAFS, 0.10).with_context(|| format!("{tag}: spread of {N} connections"))
 }
 
@@ -261,9 +276,17 @@ enum Break {
 /// fail; before that, failures are bounded by the detection budget times the
 /// measured rate and are all of the expected kind; the long-lived connections
 /// keep talking to their node.
-fn failover(rig: &Rig, tag: &str, vip: &str, target: SocketAddr, k: usize, how: Break) -> Result<()> {
+fn failover(
+    rig: &Rig,
+    tag: &str,
+    vip: &str,
+    target: SocketAddr,
+    k: usize,
+    how: Break,
+) -> Result<()> {
     let dead = format!("waf{k}");
-    let survivors = long_lived_on_others(target, &dead, 2).with_context(|| format!("{tag}: long-lived connections"))?;
+    let survivors = long_lived_on_others(target, &dead, 2)
+        .with_context(|| format!("{tag}: long-lived connections"))?;
     let long_names: Vec<String> = survivors.iter().map(|l| l.backend.clone()).collect();
     let timeout = match how {
         Break::Reset => REQUEST_TIMEOUT,
@@ -290,7 +313,8 @@ fn failover(rig: &Rig, tag: &str, vip: &str, target: SocketAddr, k: usize, how: 
 
     // The rate before the break, skipping the first moments (threads starting).
     let warm = load_start + Duration::from_millis(300);
-    let base: Vec<&Record> = records.iter().filter(|r| r.start >= warm && r.start < t_break).collect();
+    let base: Vec<&Record> =
+        records.iter().filter(|r| r.start >= warm && r.start < t_break).collect();
     let rate = base.len() as f64 / t_break.duration_since(warm).as_secs_f64();
     let (base_ok, base_failed) = tally(&records, warm, t_break);
     let (_, before) = tally(&records, t_break, t_det);
@@ -325,15 +349,24 @@ fn failover(rig: &Rig, tag: &str, vip: &str, target: SocketAddr, k: usize, how: 
         long.iter().map(|(n, same, other)| (n, same, other.len())).collect::<Vec<_>>(),
     );
 
-    ensure!(base_failed.is_empty(), "{tag}: requests failed before {dead} was broken: {base_failed:?}");
+    ensure!(
+        base_failed.is_empty(),
+        "{tag}: requests failed before {dead} was broken: {base_failed:?}"
+    );
     ensure!(base_ok.len() == WAFS, "{tag}: not every node answered before the break: {base_ok:?}");
     ensure!(
         after.is_empty(),
         "{tag}: {} new connections failed in the {AFTER:?} after the daemon saw {dead} down: {after:?} (answers {after_ok:?})",
         after.values().sum::<usize>()
     );
-    ensure!(!after_ok.contains_key(&dead), "{tag}: {dead} answered after it was stopped: {after_ok:?}");
-    ensure!(after_ok.len() == WAFS - 1, "{tag}: not every surviving node answered after detection: {after_ok:?}");
+    ensure!(
+        !after_ok.contains_key(&dead),
+        "{tag}: {dead} answered after it was stopped: {after_ok:?}"
+    );
+    ensure!(
+        after_ok.len() == WAFS - 1,
+        "{tag}: not every surviving node answered after detection: {after_ok:?}"
+    );
     ensure!(
         n_before <= bound,
         "{tag}: {n_before} requests failed before detection, more than rate {rate:.0}/s x {budget:?} = {bound}: {before:?}"
@@ -346,12 +379,21 @@ fn failover(rig: &Rig, tag: &str, vip: &str, target: SocketAddr, k: usize, how: 
         kinds_while_broken.iter().all(|f| *f == want),
         "{tag}: failures while {dead} was down should all be {want:?}: {kinds_while_broken:?}"
     );
-    ensure!(state_after == "down", "{tag}: {vip}/{dead} health is down but its state is {state_after}");
+    ensure!(
+        state_after == "down",
+        "{tag}: {vip}/{dead} health is down but its state is {state_after}"
+    );
     for (name, same, other) in &long {
-        ensure!(other.is_empty(), "{tag}: the long-lived connection to {name} broke or moved: {other:?}");
+        ensure!(
+            other.is_empty(),
+            "{tag}: the long-lived connection to {name} broke or moved: {other:?}"
+        );
         // It ran for the whole scenario: at least half the requests its period allows.
         let expected = load_start.elapsed().as_secs_f64() / KEEPALIVE_PERIOD.as_secs_f64() / 2.0;
-        ensure!(*same as f64 >= expected, "{tag}: the long-lived connection to {name} answered only {same} times");
+        ensure!(
+            *same as f64 >= expected,
+            "{tag}: the long-lived connection to {name} answered only {same} times"
+        );
     }
     Ok(())
 }
@@ -395,7 +437,8 @@ fn recovery(rig: &Rig, tag: &str, vip: &str, target: SocketAddr, k: usize) -> Re
 /// Draining waf1 over the admin socket: a long-lived connection on it keeps
 /// working; no new connection reaches it; undrain gives it new flows again.
 fn drain(rig: &mut Rig, tag: &str) -> Result<()> {
-    let long = long_lived_on(web4(), "waf1").with_context(|| format!("{tag}: a long-lived connection to waf1"))?;
+    let long = long_lived_on(web4(), "waf1")
+        .with_context(|| format!("{tag}: a long-lived connection to waf1"))?;
     let resp = rig.daemon.admin(&Request::Drain { vip: "web4".into(), backend: "waf1".into() })?;
     expect_ok(resp).with_context(|| format!("{tag}: drain"))?;
     let t_drained = Instant::now();
@@ -406,14 +449,21 @@ fn drain(rig: &mut Rig, tag: &str) -> Result<()> {
     let records = load.stop();
     let (ok, failed) = tally(&records, t_drained, Instant::now());
     let (same, other) = long.close();
-    eprintln!("{tag}: while waf1 drained: {ok:?}, failed {failed:?}; long-lived on waf1: {same} answers, {} other", other.len());
+    eprintln!(
+        "{tag}: while waf1 drained: {ok:?}, failed {failed:?}; long-lived on waf1: {same} answers, {} other",
+        other.len()
+    );
     ensure!(failed.is_empty(), "{tag}: requests failed while waf1 was drained: {failed:?}");
     ensure!(!ok.contains_key("waf1"), "{tag}: new connections reached the drained waf1: {ok:?}");
     ensure!(ok.len() == WAFS - 1, "{tag}: the other nodes should share the load: {ok:?}");
-    ensure!(other.is_empty(), "{tag}: the long-lived connection on drained waf1 broke or moved: {other:?}");
+    ensure!(
+        other.is_empty(),
+        "{tag}: the long-lived connection on drained waf1 broke or moved: {other:?}"
+    );
     ensure!(same >= 10, "{tag}: the long-lived connection on waf1 answered only {same} times");
 
-    let resp = rig.daemon.admin(&Request::Undrain { vip: "web4".into(), backend: "waf1".into() })?;
+    let resp =
+        rig.daemon.admin(&Request::Undrain { vip: "web4".into(), backend: "waf1".into() })?;
     expect_ok(resp).with_context(|| format!("{tag}: undrain"))?;
     let state = row(rig, "web4", "waf1")?.state;
     ensure!(state == "up", "{tag}: web4/waf1 is {state} after undrain");
@@ -428,28 +478,46 @@ fn drain(rig: &mut Rig, tag: &str) -> Result<()> {
 /// that adds it back gives it new connections again.
 fn reload(rig: &mut Rig, tag: &str) -> Result<()> {
     let base = std::fs::read_to_string(&rig.config)?;
-    ensure!(base == config_text(rig.lab.mode(), WAFS, &Checks::default(), &[]), "{tag}: unexpected starting config");
-    let without = remove_backend(&base, "web4", "waf3").with_context(|| format!("{tag}: editing the config"))?;
+    ensure!(
+        base == config_text(rig.lab.mode(), WAFS, &Checks::default(), &[]),
+        "{tag}: unexpected starting config"
+    );
+    let without = remove_backend(&base, "web4", "waf3")
+        .with_context(|| format!("{tag}: editing the config"))?;
     std::fs::write(&rig.config, &without)?;
-    let msg = expect_ok(rig.daemon.admin(&Request::Reload)?).with_context(|| format!("{tag}: reload without waf3"))?;
-    let backends: Vec<String> = rows(&rig.daemon.status()?).into_iter().filter(|r| r.vip == "web4").map(|r| r.backend).collect();
+    let msg = expect_ok(rig.daemon.admin(&Request::Reload)?)
+        .with_context(|| format!("{tag}: reload without waf3"))?;
+    let backends: Vec<String> = rows(&rig.daemon.status()?)
+        .into_iter()
+        .filter(|r| r.vip == "web4")
+        .map(|r| r.backend)
+        .collect();
     ensure!(backends == ["waf1", "waf2"], "{tag}: web4 backends after removing waf3: {backends:?}");
     let records = requests(web4(), 600)?;
     let (ok, failed) = tally_all(&records);
     eprintln!("{tag}: reload without web4/waf3 ({msg}): {ok:?}, failed {failed:?}");
     ensure!(failed.is_empty(), "{tag}: requests failed after removing waf3: {failed:?}");
-    ensure!(!ok.contains_key("waf3"), "{tag}: new connections reached waf3 after it left web4: {ok:?}");
-    check_spread(&ok, WAFS - 1, 0.15).with_context(|| format!("{tag}: spread over waf1 and waf2"))?;
+    ensure!(
+        !ok.contains_key("waf3"),
+        "{tag}: new connections reached waf3 after it left web4: {ok:?}"
+    );
+    check_spread(&ok, WAFS - 1, 0.15)
+        .with_context(|| format!("{tag}: spread over waf1 and waf2"))?;
     // The other VIPs keep waf3.
     let (ok6, _) = tally_all(&requests(web6(), 150)?);
     ensure!(ok6.contains_key("waf3"), "{tag}: web6 lost waf3 too: {ok6:?}");
 
     std::fs::write(&rig.config, &base)?;
-    expect_ok(rig.daemon.admin(&Request::Reload)?).with_context(|| format!("{tag}: reload adding waf3 back"))?;
-    let took = wait_state(rig, "web4", "waf3", "up").with_context(|| format!("{tag}: waf3 back in web4"))?;
+    expect_ok(rig.daemon.admin(&Request::Reload)?)
+        .with_context(|| format!("{tag}: reload adding waf3 back"))?;
+    let took = wait_state(rig, "web4", "waf3", "up")
+        .with_context(|| format!("{tag}: waf3 back in web4"))?;
     let records = requests(web4(), 600)?;
     let (ok, failed) = tally_all(&records);
-    eprintln!("{tag}: reload with waf3 again (up after {} ms): {ok:?}, failed {failed:?}", took.as_millis());
+    eprintln!(
+        "{tag}: reload with waf3 again (up after {} ms): {ok:?}, failed {failed:?}",
+        took.as_millis()
+    );
     ensure!(failed.is_empty(), "{tag}: requests failed after adding waf3 back: {failed:?}");
     check_spread(&ok, WAFS, 0.2).with_context(|| format!("{tag}: spread after adding waf3 back"))
 }
@@ -469,17 +537,24 @@ fn broken_reload(rig: &mut Rig, tag: &str) -> Result<()> {
     let records = load.stop();
     let after = status_shape(&rig.daemon.status()?);
     std::fs::write(&rig.config, &base)?;
-    let (ok, failed) = tally(&records, t_reload.checked_sub(Duration::from_millis(500)).unwrap(), Instant::now());
+    let (ok, failed) =
+        tally(&records, t_reload.checked_sub(Duration::from_millis(500)).unwrap(), Instant::now());
     eprintln!("{tag}: reload answered {resp:?}; traffic around it: {ok:?}, failed {failed:?}");
     match resp {
-        Response::Error(e) => ensure!(e.contains("not reloaded"), "{tag}: unexpected error text: {e}"),
+        Response::Error(e) => {
+            ensure!(e.contains("not reloaded"), "{tag}: unexpected error text: {e}")
+        }
         Response::Ok(m) => bail!("{tag}: an invalid config was accepted: {m}"),
     }
-    ensure!(before == after, "{tag}: status changed after a rejected reload:\nbefore:\n{before}\nafter:\n{after}");
+    ensure!(
+        before == after,
+        "{tag}: status changed after a rejected reload:\nbefore:\n{before}\nafter:\n{after}"
+    );
     ensure!(failed.is_empty(), "{tag}: requests failed around the rejected reload: {failed:?}");
     ensure!(ok.len() == WAFS, "{tag}: every node should keep answering: {ok:?}");
     // The original file reloads fine again.
-    expect_ok(rig.daemon.admin(&Request::Reload)?).with_context(|| format!("{tag}: reloading the restored config"))?;
+    expect_ok(rig.daemon.admin(&Request::Reload)?)
+        .with_context(|| format!("{tag}: reloading the restored config"))?;
     Ok(())
 }
 
@@ -501,8 +576,15 @@ fn udp(rig: &mut Rig, tag: &str) -> Result<()> {
     let detected = t_cut.elapsed();
     let answers = udp_spread(NS_CLIENT, udp4(), N / 2, UDP_TIMEOUT)?;
     let (ok, lost) = count_udp(&answers);
-    eprintln!("{tag}: waf3 cut, down after {} ms; {} datagrams: {ok:?}, unanswered {lost:?}", detected.as_millis(), N / 2);
-    ensure!(lost.is_empty(), "{tag}: datagrams lost after waf3 was seen down: {lost:?} (answers {ok:?})");
+    eprintln!(
+        "{tag}: waf3 cut, down after {} ms; {} datagrams: {ok:?}, unanswered {lost:?}",
+        detected.as_millis(),
+        N / 2
+    );
+    ensure!(
+        lost.is_empty(),
+        "{tag}: datagrams lost after waf3 was seen down: {lost:?} (answers {ok:?})"
+    );
     ensure!(!ok.contains_key("waf3"), "{tag}: the cut waf3 answered: {ok:?}");
     ensure!(ok.len() == WAFS - 1, "{tag}: the other nodes should share the datagrams: {ok:?}");
     rig.lab.restore_link(3)?;
@@ -525,9 +607,14 @@ fn packet_counters(rig: &mut Rig, tag: &str) -> Result<()> {
     ensure!(cal.iter().all(|r| r.outcome.is_ok()), "{tag}: calibration requests failed");
     let cal_packets: u64 = c1.values().sum::<u64>() - c0.values().sum::<u64>();
     let per_conn = cal_packets as f64 / CAL as f64;
-    eprintln!("{tag}: calibration: {CAL} connections, {cal_packets} packets to the VIP: {per_conn:.2} per connection");
+    eprintln!(
+        "{tag}: calibration: {CAL} connections, {cal_packets} packets to the VIP: {per_conn:.2} per connection"
+    );
     // SYN, ACK, request, FIN at the very least; a few ACKs more at most.
-    ensure!((4.0..=8.0).contains(&per_conn), "{tag}: {per_conn:.2} packets per connection is not a TCP exchange");
+    ensure!(
+        (4.0..=8.0).contains(&per_conn),
+        "{tag}: {per_conn:.2} packets per connection is not a TCP exchange"
+    );
 
     let records = requests_sequential(web4(), N)?;
     std::thread::sleep(Duration::from_millis(300));
@@ -541,13 +628,19 @@ fn packet_counters(rig: &mut Rig, tag: &str) -> Result<()> {
         let answered = ok.get(&name).copied().unwrap_or(0);
         let packets = c2.get(&name).copied().unwrap_or(0) - c1.get(&name).copied().unwrap_or(0);
         let want = answered as f64 * per_conn;
-        lines.push(format!("{name}: {answered} connections, {packets} packets (expected {want:.0})"));
+        lines.push(format!(
+            "{name}: {answered} connections, {packets} packets (expected {want:.0})"
+        ));
         if (packets as f64 - want).abs() > want * 0.05 {
             bad.push(name);
         }
     }
     eprintln!("{tag}: {}", lines.join("; "));
-    ensure!(bad.is_empty(), "{tag}: packet counters of {bad:?} disagree with the client by more than 5%: {}", lines.join("; "));
+    ensure!(
+        bad.is_empty(),
+        "{tag}: packet counters of {bad:?} disagree with the client by more than 5%: {}",
+        lines.join("; ")
+    );
     Ok(())
 }
 
@@ -555,33 +648,48 @@ fn packet_counters(rig: &mut Rig, tag: &str) -> Result<()> {
 /// (XDP stays attached with pinned maps) and after a new xdplb adopts the pins.
 fn restart(rig: &mut Rig, tag: &str) -> Result<()> {
     // The rig's daemon detaches on exit; switch to one that does not first.
-    replace_daemon(rig, false).with_context(|| format!("{tag}: starting a daemon that stays attached"))?;
+    replace_daemon(rig, false)
+        .with_context(|| format!("{tag}: starting a daemon that stays attached"))?;
     let mut final_daemon = false;
     let result = restart_phases(rig, tag, &mut final_daemon);
     if !final_daemon {
         // Failed half-way: leave a daemon that detaches on exit, as the rig's own did.
-        replace_daemon(rig, true).with_context(|| format!("{tag}: starting a daemon that detaches on exit"))?;
+        replace_daemon(rig, true)
+            .with_context(|| format!("{tag}: starting a daemon that detaches on exit"))?;
     }
     result
 }
 
 /// The restart proper; sets `final_daemon` once the daemon in place detaches on exit.
 fn restart_phases(rig: &mut Rig, tag: &str, final_daemon: &mut bool) -> Result<()> {
-    rig.wait_all(LINES, "up", Duration::from_secs(30)).with_context(|| format!("{tag}: backends up"))?;
+    rig.wait_all(LINES, "up", Duration::from_secs(30))
+        .with_context(|| format!("{tag}: backends up"))?;
 
-    let long = long_lived_on(web4(), "waf2").with_context(|| format!("{tag}: a long-lived connection"))?;
+    let long =
+        long_lived_on(web4(), "waf2").with_context(|| format!("{tag}: a long-lived connection"))?;
     let load = HttpLoad::start(NS_CLIENT, web4(), WORKERS, RATE_PER_WORKER, REQUEST_TIMEOUT)?;
     std::thread::sleep(Duration::from_secs(1));
     let stopped = rig.daemon.stop().with_context(|| format!("{tag}: stopping xdplb"))?;
     let t_down = Instant::now();
-    ensure!(stopped.contains("stays attached"), "{tag}: xdplb did not leave XDP attached:\n{stopped}");
+    ensure!(
+        stopped.contains("stays attached"),
+        "{tag}: xdplb did not leave XDP attached:\n{stopped}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let t_back = Instant::now();
     // The final daemon detaches on exit, as the rig's own did.
-    let restarted = Daemon::start(NS_LB, &rig.config, &rig.daemon.socket, rig.daemon.metrics, &["--detach-on-exit"]);
+    let restarted = Daemon::start(
+        NS_LB,
+        &rig.config,
+        &rig.daemon.socket,
+        rig.daemon.metrics,
+        &["--detach-on-exit"],
+    );
     rig.daemon = restarted.with_context(|| format!("{tag}: starting xdplb again"))?;
     *final_daemon = true;
-    let took = rig.wait_all(LINES, "up", Duration::from_secs(30)).with_context(|| format!("{tag}: backends up after the restart"))?;
+    let took = rig
+        .wait_all(LINES, "up", Duration::from_secs(30))
+        .with_context(|| format!("{tag}: backends up after the restart"))?;
     std::thread::sleep(Duration::from_secs(1));
     let records = load.stop();
     let (same, other) = long.close();
@@ -596,11 +704,24 @@ fn restart_phases(rig: &mut Rig, tag: &str, final_daemon: &mut bool) -> Result<(
         took.as_millis(),
         other.len()
     );
-    ensure!(adopted, "{tag}: the new xdplb did not adopt the pinned maps:\n{}", rig.daemon.log_text());
+    ensure!(
+        adopted,
+        "{tag}: the new xdplb did not adopt the pinned maps:\n{}",
+        rig.daemon.log_text()
+    );
     ensure!(failed_all.is_empty(), "{tag}: requests failed across the restart: {failed_all:?}");
-    ensure!(ok_down.len() == WAFS, "{tag}: while xdplb was down, every node should keep answering: {ok_down:?}");
-    ensure!(ok_after.len() == WAFS, "{tag}: after the restart, every node should answer: {ok_after:?}");
-    ensure!(other.is_empty(), "{tag}: the long-lived connection broke or moved across the restart: {other:?}");
+    ensure!(
+        ok_down.len() == WAFS,
+        "{tag}: while xdplb was down, every node should keep answering: {ok_down:?}"
+    );
+    ensure!(
+        ok_after.len() == WAFS,
+        "{tag}: after the restart, every node should answer: {ok_after:?}"
+    );
+    ensure!(
+        other.is_empty(),
+        "{tag}: the long-lived connection broke or moved across the restart: {other:?}"
+    );
     ensure!(same >= 20, "{tag}: the long-lived connection answered only {same} times");
     Ok(())
 }
@@ -624,13 +745,17 @@ fn rows(status: &str) -> Vec<Row> {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
             ["VIP", name, ..] => (*name).clone_into(&mut vip),
-            [name, _addr, _weight, state, health, drained, _mac, _packets] if *name != "BACKEND" => out.push(Row {
-                vip: vip.clone(),
-                backend: (*name).to_owned(),
-                state: (*state).to_owned(),
-                health: (*health).to_owned(),
-                drained: *drained == "yes",
-            }),
+            [name, _addr, _weight, state, health, drained, _mac, _packets]
+                if *name != "BACKEND" =>
+            {
+                out.push(Row {
+                    vip: vip.clone(),
+                    backend: (*name).to_owned(),
+                    state: (*state).to_owned(),
+                    health: (*health).to_owned(),
+                    drained: *drained == "yes",
+                })
+            }
             _ => {}
         }
     }
@@ -639,7 +764,10 @@ fn rows(status: &str) -> Vec<Row> {
 
 fn row(rig: &Rig, vip: &str, backend: &str) -> Result<Row> {
     let s = rig.daemon.status()?;
-    rows(&s).into_iter().find(|r| r.vip == vip && r.backend == backend).with_context(|| format!("{vip}/{backend} not in status:\n{s}"))
+    rows(&s)
+        .into_iter()
+        .find(|r| r.vip == vip && r.backend == backend)
+        .with_context(|| format!("{vip}/{backend} not in status:\n{s}"))
 }
 
 /// Status without the packet and byte counters (which move with any traffic).
@@ -701,7 +829,10 @@ fn requests(target: SocketAddr, n: usize) -> Result<Vec<Record>> {
     let load = HttpLoad::start(NS_CLIENT, target, WORKERS, 1.0e6, REQUEST_TIMEOUT)?;
     let start = Instant::now();
     while load.log.records().len() < n {
-        ensure!(start.elapsed() < Duration::from_mins(2), "{n} requests to {target} take more than 2 minutes");
+        ensure!(
+            start.elapsed() < Duration::from_mins(2),
+            "{n} requests to {target} take more than 2 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut records = load.stop();
@@ -729,7 +860,9 @@ fn tally_all(records: &[Record]) -> (BTreeMap<String, usize>, BTreeMap<Failure, 
     tally(records, now.checked_sub(far).unwrap(), now + far)
 }
 
-fn count_udp(answers: &[Result<String, Failure>]) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+fn count_udp(
+    answers: &[Result<String, Failure>],
+) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
     let mut ok = BTreeMap::new();
     let mut lost = BTreeMap::new();
     for a in answers {
@@ -776,11 +909,21 @@ fn backend_packets(rig: &Rig, vip: &str) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for line in body.lines().filter(|l| l.starts_with("xdplb_backend_packets_total{")) {
         let Some((labels, value)) = line.split_once("} ") else { continue };
-        let label = |k: &str| labels.split(&format!("{k}=\"")).nth(1).and_then(|s| s.split('"').next()).map(str::to_owned);
+        let label = |k: &str| {
+            labels
+                .split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .map(str::to_owned)
+        };
         if label("vip").as_deref() == Some(vip)
             && let Some(backend) = label("backend")
         {
-            out.insert(backend, value.trim().parse::<f64>().with_context(|| format!("metric line {line:?}"))? as u64);
+            out.insert(
+                backend,
+                value.trim().parse::<f64>().with_context(|| format!("metric line {line:?}"))?
+                    as u64,
+            );
         }
     }
     ensure!(out.len() == WAFS, "{vip}: backend packet counters missing: {out:?}");

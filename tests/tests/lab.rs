@@ -17,8 +17,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use etherparse::PacketBuilder;
 use xdplb_tests::{
     lab::{
-        self, BRIDGE, CLIENT4, CLIENT6, LAB_DIR, LINK_PREFIX, Lab, LabConfig, LabGuard, Mode, NS_CLIENT, NS_IF, NS_LB,
-        Node, PIN_DIR, UDP_PORT, VIP4, VIP6, in_netns, waf_ns, waf4, waf6,
+        self, BRIDGE, CLIENT4, CLIENT6, LAB_DIR, LINK_PREFIX, Lab, LabConfig, LabGuard, Mode,
+        NS_CLIENT, NS_IF, NS_LB, Node, PIN_DIR, UDP_PORT, VIP4, VIP6, in_netns, waf_ns, waf4, waf6,
     },
     privilege::have_root,
 };
@@ -44,7 +44,8 @@ fn udp_ask(ns: &str, to: SocketAddr) -> Result<(String, SocketAddr)> {
         s.set_read_timeout(Some(T))?;
         s.send_to(b"who?", to)?;
         let mut buf = [0u8; 64];
-        let (n, from) = s.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to} in {ns}"))?;
+        let (n, from) =
+            s.recv_from(&mut buf).with_context(|| format!("no UDP answer from {to} in {ns}"))?;
         Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
     })
 }
@@ -78,7 +79,10 @@ fn lab_up_gives_a_client_that_reaches_every_waf_directly() {
         for url in [format!("http://{}/", waf4(k)), format!("http://[{}]/", waf6(k))] {
             assert_eq!(lab.curl(NS_CLIENT, &url, T).expect("curl"), format!("{name}\n"), "{url}");
         }
-        assert_eq!(lab.curl(NS_LB, &format!("http://{}/healthz", waf4(k)), T).expect("healthz"), "ok\n");
+        assert_eq!(
+            lab.curl(NS_LB, &format!("http://{}/healthz", waf4(k)), T).expect("healthz"),
+            "ok\n"
+        );
         // UDP: the responder answers from the address the datagram was sent to...
         for addr in [IpAddr::from(waf4(k)), waf6(k).into()] {
             let to = SocketAddr::new(addr, UDP_PORT);
@@ -90,13 +94,19 @@ fn lab_up_gives_a_client_that_reaches_every_waf_directly() {
             let to = SocketAddr::new(vip, UDP_PORT);
             assert_eq!(udp_ask(&name, to).expect("udp to the VIP"), (format!("{name}\n"), to));
         }
-        assert_eq!(lab.curl(&name, &format!("http://{VIP4}/"), T).expect("VIP on lo"), format!("{name}\n"));
+        assert_eq!(
+            lab.curl(&name, &format!("http://{VIP4}/"), T).expect("VIP on lo"),
+            format!("{name}\n")
+        );
     }
     // The client sends the VIPs to the lb (its MAC), the lb does not own them.
     let routes = lab.exec_ok(NS_CLIENT, &["ip", "route", "get", &VIP4.to_string()]).expect("route");
     assert!(routes.contains(&format!("via {}", lab::LB4)), "{routes}");
     let lb_addrs = lab.exec_ok(NS_LB, &["ip", "addr"]).expect("ip addr");
-    assert!(!lb_addrs.contains(&VIP4.to_string()) && !lb_addrs.contains(&VIP6.to_string()), "{lb_addrs}");
+    assert!(
+        !lb_addrs.contains(&VIP4.to_string()) && !lb_addrs.contains(&VIP6.to_string()),
+        "{lb_addrs}"
+    );
     // The frames the lb will XDP_TX land on a veth that runs XDP; its own eth0 is free.
     assert_eq!(xdp_prog(None, &Node::Lb.veth()).as_deref(), Some("xdp_pass"));
     assert_eq!(xdp_prog(Some(NS_LB), NS_IF), None);
@@ -166,7 +176,10 @@ fn lab_ipip_mode_attaches_decap_on_every_waf() {
         let ns = waf_ns(k);
         assert_eq!(xdp_prog(Some(&ns), NS_IF).as_deref(), Some("xdp_decap"), "{ns}");
         // Plain traffic still passes.
-        assert_eq!(lab.curl(NS_CLIENT, &format!("http://{}/", waf4(k)), T).expect("curl"), format!("{ns}\n"));
+        assert_eq!(
+            lab.curl(NS_CLIENT, &format!("http://{}/", waf4(k)), T).expect("curl"),
+            format!("{ns}\n")
+        );
         // An encapsulated datagram from the client to the VIP, sent by the lb to the
         // node's own address, is decapsulated and answered to the client from the VIP.
         for (vip, client, outer) in [
@@ -198,7 +211,10 @@ fn lab_ipip_mode_attaches_decap_on_every_waf() {
                 }
             }
             let (n, from) = got.unwrap_or_else(|| panic!("{ns} via {outer}: no answer to 5 tries"));
-            assert_eq!((&buf[..n], from), (format!("{ns}\n").as_bytes(), SocketAddr::new(vip, UDP_PORT)));
+            assert_eq!(
+                (&buf[..n], from),
+                (format!("{ns}\n").as_bytes(), SocketAddr::new(vip, UDP_PORT))
+            );
         }
     }
     assert_eq!(xdp_prog(None, &Node::Lb.veth()).as_deref(), Some("xdp_pass"));
@@ -215,7 +231,12 @@ fn leftovers() -> Vec<String> {
             .map(|l| format!("netns {l}")),
     );
     let links = lab::sh::sh(&["ip", "-o", "link", "show"]).expect("ip link");
-    found.extend(links.lines().filter(|l| l.contains(&format!(": {LINK_PREFIX}"))).map(|l| format!("link {l}")));
+    found.extend(
+        links
+            .lines()
+            .filter(|l| l.contains(&format!(": {LINK_PREFIX}")))
+            .map(|l| format!("link {l}")),
+    );
     for dir in [PIN_DIR, LAB_DIR] {
         if std::path::Path::new(dir).exists() {
             found.push(format!("dir {dir}"));
@@ -228,7 +249,9 @@ fn leftovers() -> Vec<String> {
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         // Killed daemons are init's children: a zombie until init reaps it is gone enough.
         let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
-        if !zombie && comm.starts_with("xlb-udp-") || String::from_utf8_lossy(&cmdline).contains(LAB_DIR) {
+        if !zombie && comm.starts_with("xlb-udp-")
+            || String::from_utf8_lossy(&cmdline).contains(LAB_DIR)
+        {
             found.push(format!("process {} {comm}", pid.to_string_lossy()));
         }
     }
@@ -251,12 +274,23 @@ fn lab_down_removes_every_namespace_link_and_pin() {
     let lab = Lab::current().expect("state").expect("a lab");
     assert_eq!(*lab.config(), LabConfig { mode: Mode::Dsr, wafs: 2 });
     let netns = lab::sh::sh(&["ip", "netns", "list"]).expect("ip netns");
-    let ours = netns.lines().filter(|l| lab::is_lab_ns(l.split_whitespace().next().unwrap_or_default())).count();
+    let ours = netns
+        .lines()
+        .filter(|l| lab::is_lab_ns(l.split_whitespace().next().unwrap_or_default()))
+        .count();
     assert_eq!(ours, 4, "client, lb, waf1, waf2:\n{netns}");
     for k in lab.wafs() {
-        assert_eq!(xdp_prog(Some(&waf_ns(k)), NS_IF).as_deref(), Some("xdp_pass"), "link gone with its process");
-        assert_eq!(lab.curl(NS_CLIENT, &format!("http://{}/", waf4(k)), T).expect("curl"), format!("waf{k}\n"));
-        let (reply, _) = udp_ask(NS_CLIENT, SocketAddr::new(waf4(k).into(), UDP_PORT)).expect("udp");
+        assert_eq!(
+            xdp_prog(Some(&waf_ns(k)), NS_IF).as_deref(),
+            Some("xdp_pass"),
+            "link gone with its process"
+        );
+        assert_eq!(
+            lab.curl(NS_CLIENT, &format!("http://{}/", waf4(k)), T).expect("curl"),
+            format!("waf{k}\n")
+        );
+        let (reply, _) =
+            udp_ask(NS_CLIENT, SocketAddr::new(waf4(k).into(), UDP_PORT)).expect("udp");
         assert_eq!(reply, format!("waf{k}\n"));
     }
     let pins = std::fs::read_dir(PIN_DIR).expect("pins").count();
@@ -273,9 +307,11 @@ fn lab_down_removes_every_namespace_link_and_pin() {
 
 /// How a TCP connect from the lb to `addr:80` ends.
 fn connect_from_lb(addr: IpAddr) -> Result<ErrorKind> {
-    in_netns(Some(NS_LB), || match TcpStream::connect_timeout(&SocketAddr::new(addr, 80), Duration::from_secs(1)) {
-        Ok(_) => bail!("connected"),
-        Err(e) => Ok(e.kind()),
+    in_netns(Some(NS_LB), || {
+        match TcpStream::connect_timeout(&SocketAddr::new(addr, 80), Duration::from_secs(1)) {
+            Ok(_) => bail!("connected"),
+            Err(e) => Ok(e.kind()),
+        }
     })
 }
 
@@ -291,7 +327,9 @@ fn cut_link_makes_a_waf_silent_not_refusing() {
     for addr in [IpAddr::from(waf4(1)), waf6(1).into()] {
         assert_eq!(connect_from_lb(addr).expect("connect"), ErrorKind::TimedOut, "{addr}");
     }
-    let out = lab.exec(NS_CLIENT, &["curl", "-sS", "-m", "1", &format!("http://{}/", waf4(1))]).expect("curl");
+    let out = lab
+        .exec(NS_CLIENT, &["curl", "-sS", "-m", "1", &format!("http://{}/", waf4(1))])
+        .expect("curl");
     assert_eq!(out.status.code(), Some(28), "curl times out: {out:?}");
     assert!(udp_ask(NS_CLIENT, SocketAddr::new(waf4(1).into(), UDP_PORT)).is_err());
     assert!(lab.status().contains("LINK CUT"));
@@ -299,7 +337,10 @@ fn cut_link_makes_a_waf_silent_not_refusing() {
     assert_eq!(lab.curl(NS_CLIENT, &format!("http://{}/", waf4(2)), T).expect("waf2"), "waf2\n");
     lab.restore_link(1).expect("restore");
     lab.restore_link(1).expect("restore twice");
-    assert_eq!(lab.curl(NS_CLIENT, &format!("http://{}/", waf4(1)), T).expect("waf1 back"), "waf1\n");
+    assert_eq!(
+        lab.curl(NS_CLIENT, &format!("http://{}/", waf4(1)), T).expect("waf1 back"),
+        "waf1\n"
+    );
 
     // A stopped node, by contrast, refuses at once.
     lab.stop_waf(2).expect("stop");
@@ -308,7 +349,11 @@ fn cut_link_makes_a_waf_silent_not_refusing() {
     }
     assert!(lab.status().contains("nginx: DOWN"));
     lab.start_waf(2).expect("start");
-    assert_eq!(lab.curl(NS_CLIENT, &format!("http://[{}]/", waf6(2)), T).expect("waf2 back"), "waf2\n");
-    let (reply, _) = udp_ask(NS_CLIENT, SocketAddr::new(waf4(2).into(), UDP_PORT)).expect("udp back");
+    assert_eq!(
+        lab.curl(NS_CLIENT, &format!("http://[{}]/", waf6(2)), T).expect("waf2 back"),
+        "waf2\n"
+    );
+    let (reply, _) =
+        udp_ask(NS_CLIENT, SocketAddr::new(waf4(2).into(), UDP_PORT)).expect("udp back");
     assert_eq!(reply, "waf2\n");
 }

@@ -143,7 +143,9 @@ fn ipip_tcp_v6_is_encapsulated_in_ipv6_with_a_flow_label() {
     needs_root!();
     let lb = Balancer::new(Ipip);
     let run = lb.run(&tcp6().frame());
-    let Outer::V6(h) = assert_encapsulated(&lb, &tcp6(), "web6", &run) else { panic!("want IP6IP6") };
+    let Outer::V6(h) = assert_encapsulated(&lb, &tcp6(), "web6", &run) else {
+        panic!("want IP6IP6")
+    };
     let label = lb_common::hash::flow_hash(&flow_key(&tcp6())) & 0xfffff;
     assert_eq!(h.flow_label.value(), label, "flow label carries the flow hash");
 }
@@ -264,7 +266,8 @@ fn udp_to_a_tcp_only_vip_port_passes() {
 fn non_vip_traffic_passes_untouched() {
     needs_root!();
     let lb = Balancer::new(Ipip);
-    for flow in [Flow::tcp(CLIENT4, 1, "192.0.2.1", 80), Flow::udp(CLIENT6, 1, "2001:db8::99", 53)] {
+    for flow in [Flow::tcp(CLIENT4, 1, "192.0.2.1", 80), Flow::udp(CLIENT6, 1, "2001:db8::99", 53)]
+    {
         let frame = flow.frame();
         let (run, c) = lb.run_counted(&frame);
         assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
@@ -418,7 +421,11 @@ fn frame_truncated_at_any_header_boundary_is_dropped_as_malformed() {
         for len in lens {
             let (run, c) = lb.run_counted(&frame[..len]);
             assert_eq!(run.action, XDP_DROP, "{name} cut to {len} bytes");
-            assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]), "{name} cut to {len} bytes");
+            assert_eq!(
+                c,
+                counts(&[(ActionDrop, 1), (DropMalformed, 1)]),
+                "{name} cut to {len} bytes"
+            );
         }
         // One byte more than the headers is a whole packet as far as we read.
         assert_eq!(lb.run(&frame).action, XDP_TX, "{name} whole");
@@ -447,7 +454,8 @@ fn established_flow_stays_on_its_backend_when_the_backend_set_changes() {
     let first: Vec<String> = flows.iter().map(|f| lb.receiver(&lb.run(&f.frame()))).collect();
     lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
     lb.apply();
-    let moved_in_ring = flows.iter().zip(&first).filter(|(f, b)| lb.predict("web4", f) != **b).count();
+    let moved_in_ring =
+        flows.iter().zip(&first).filter(|(f, b)| lb.predict("web4", f) != **b).count();
     assert!(moved_in_ring > 10, "the new ring must move some of these flows ({moved_in_ring})");
     let before = lb.counters();
     for (flow, backend) in flows.iter().zip(&first) {
@@ -552,7 +560,11 @@ fn slot_given_to_another_backend_does_not_inherit_old_flows() {
     lb.apply();
     assert_eq!(lb.writer.backend_index("web4", "waf-9"), Some(old_index), "slot reused");
     let (run, c) = lb.run_counted(&flow.ack().frame());
-    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow), "re-hashed, not sent to the slot's new owner blindly");
+    assert_eq!(
+        lb.receiver(&run),
+        lb.predict("web4", &flow),
+        "re-hashed, not sent to the slot's new owner blindly"
+    );
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
 }
 
@@ -624,11 +636,15 @@ fn packet_too_big(flow: &Flow) -> Vec<u8> {
     let quoted = &flow.reversed().l3()[..48];
     let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
     icmp.extend_from_slice(quoted);
-    ethernet(ETH_P_IPV6, &ipv6_packet(ipv6_header("2001:db8:f::1", VIP6, IpNumber::IPV6_ICMP), &icmp))
+    ethernet(
+        ETH_P_IPV6,
+        &ipv6_packet(ipv6_header("2001:db8:f::1", VIP6, IpNumber::IPV6_ICMP), &icmp),
+    )
 }
 
 fn ones_sum(b: &[u8]) -> u16 {
-    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut s: u32 =
+        b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -676,7 +692,8 @@ fn icmp_frag_needed_for_an_unknown_flow_follows_the_ring() {
 fn icmp_echo_to_a_vip_passes_to_the_kernel() {
     needs_root!();
     let lb = Balancer::new(Dsr);
-    let echo = ipv4_packet(ipv4_header(CLIENT4, VIP4, IpNumber::ICMP), &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    let echo =
+        ipv4_packet(ipv4_header(CLIENT4, VIP4, IpNumber::ICMP), &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
     let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &echo));
     assert_eq!(run.action, XDP_PASS);
     assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));

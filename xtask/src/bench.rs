@@ -24,7 +24,8 @@ const BENCHES: &[(&str, &str)] = &[
 
 pub fn run(which: &[String]) -> Result<()> {
     let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
-    let which: Vec<&str> = if which.is_empty() { names.clone() } else { which.iter().map(String::as_str).collect() };
+    let which: Vec<&str> =
+        if which.is_empty() { names.clone() } else { which.iter().map(String::as_str).collect() };
     for w in &which {
         if !names.contains(w) {
             bail!("unknown benchmark `{w}`; known: {}", names.join(", "));
@@ -33,17 +34,38 @@ pub fn run(which: &[String]) -> Result<()> {
     let machine = machine()?;
     step("building the benchmarks and the xdplb binary they run (release)");
     run_cmd(Command::new("cargo").args([
-        "build", "--release", "--quiet", "--package", "lb-userspace", "--package", "xdplb-tests", "--bin", "xdplb",
-        "--bin", "bench",
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "lb-userspace",
+        "--package",
+        "xdplb-tests",
+        "--bin",
+        "xdplb",
+        "--bin",
+        "bench",
     ]))?;
     let started = Instant::now();
     let mut took = Vec::new();
     for w in which {
         step(format!("benchmark {w}"));
         let t = Instant::now();
-        let body = output(Command::new("cargo").args([
-            "run", "--release", "--quiet", "--package", "xdplb-tests", "--bin", "bench", "--", w,
-        ]).stderr(std::process::Stdio::inherit()))?;
+        let body = output(
+            Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "xdplb-tests",
+                    "--bin",
+                    "bench",
+                    "--",
+                    w,
+                ])
+                .stderr(std::process::Stdio::inherit()),
+        )?;
         let secs = t.elapsed().as_secs();
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
         let mut section = String::new();
@@ -64,7 +86,12 @@ fn machine() -> Result<String> {
     let kernel = output(Command::new("uname").arg("-r"))?;
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     Ok(format!("{cpus} cores ({model}), Linux {}", kernel.trim()))
 }
@@ -96,7 +123,10 @@ mod tests {
         splice(&f, "b", "## B", "two").unwrap();
         splice(&f, "a", "## A", "three").unwrap();
         let t = std::fs::read_to_string(&f).unwrap();
-        assert!(t.contains("intro") && t.contains("three") && t.contains("two") && !t.contains("one"), "{t}");
+        assert!(
+            t.contains("intro") && t.contains("three") && t.contains("two") && !t.contains("one"),
+            "{t}"
+        );
         assert!(t.find("three").unwrap() < t.find("two").unwrap(), "a stays before b: {t}");
         assert_eq!(t.matches("## A").count(), 1, "the heading is added once: {t}");
     }

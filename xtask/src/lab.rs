@@ -45,7 +45,13 @@ impl Mode {
 fn args(action: &LabAction) -> Vec<String> {
     match action {
         LabAction::Up { mode, wafs } => {
-            vec!["up".into(), "--mode".into(), mode.as_str().into(), "--wafs".into(), wafs.to_string()]
+            vec![
+                "up".into(),
+                "--mode".into(),
+                mode.as_str().into(),
+                "--wafs".into(),
+                wafs.to_string(),
+            ]
         }
         LabAction::Down => vec!["down".into()],
         LabAction::Status => vec!["status".into()],
@@ -69,7 +75,10 @@ mod tests {
 
     #[test]
     fn up_passes_mode_and_wafs() {
-        assert_eq!(args(&LabAction::Up { mode: Mode::Ipip, wafs: 5 }), ["up", "--mode", "ipip", "--wafs", "5"]);
+        assert_eq!(
+            args(&LabAction::Up { mode: Mode::Ipip, wafs: 5 }),
+            ["up", "--mode", "ipip", "--wafs", "5"]
+        );
         assert_eq!(args(&LabAction::Status), ["status"]);
     }
 }

@@ -102,7 +102,19 @@ fn try_main() -> Result<()> {
         Task::Demo { mode } => {
             setup(Extras::Lab)?;
             step("building xdplb and the demo (release)");
-            run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "lb-userspace", "-p", "xdplb-tests", "--bin", "xdplb", "--bin", "demo"]))?;
+            run(Command::new("cargo").args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xdplb-tests",
+                "--bin",
+                "xdplb",
+                "--bin",
+                "demo",
+            ]))?;
             run(Command::new("target/release/demo").arg(mode.as_str()))
         }
         Task::Lab { action } => {
@@ -119,7 +131,15 @@ fn try_main() -> Result<()> {
 fn test() -> Result<()> {
     setup(Extras::Lab)?;
     step("unit tests (config, Maglev, health checks, map writer, xtask)");
-    run(Command::new("cargo").args(["test", "--no-fail-fast", "--workspace", "--exclude", "xdplb-tests", "--exclude", "lb-ebpf"]))?;
+    run(Command::new("cargo").args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "xdplb-tests",
+        "--exclude",
+        "lb-ebpf",
+    ]))?;
     step("building the xdplb binary the namespace tests run");
     run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
     step("packet-level and namespace tests (xdplb-tests; need root)");

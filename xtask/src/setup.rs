@@ -45,21 +45,40 @@ pub fn setup(extras: Extras) -> Result<()> {
 
 fn ensure_nightly_rust_src() -> Result<()> {
     if !succeeds(Command::new("rustup").arg("--version")) {
-        bail!("rustup not found: install Rust with rustup (https://rustup.rs), then run `cargo xtask setup` again");
+        bail!(
+            "rustup not found: install Rust with rustup (https://rustup.rs), then run `cargo xtask setup` again"
+        );
     }
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         step("installing the nightly toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("the XDP programs need a nightly toolchain (-Z build-std)")?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the XDP programs need a nightly toolchain (-Z build-std)")?;
     }
-    let components =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("    rust-src: installed");
     } else {
         step("adding rust-src to nightly (core is rebuilt for the BPF target)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -67,7 +86,8 @@ fn ensure_nightly_rust_src() -> Result<()> {
 /// The LLVM major version of the nightly compiler: bpf-linker must link the same one.
 fn nightly_llvm_major() -> Result<u32> {
     let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-    parse_llvm_major(&vv).with_context(|| format!("no `LLVM version` in `rustc +nightly -vV`:\n{vv}"))
+    parse_llvm_major(&vv)
+        .with_context(|| format!("no `LLVM version` in `rustc +nightly -vV`:\n{vv}"))
 }
 
 fn parse_llvm_major(vv: &str) -> Option<u32> {
@@ -86,10 +106,14 @@ fn ensure_bpf_linker(llvm: u32) -> Result<()> {
     let prefix = format!("/usr/lib/llvm-{llvm}");
     if !std::path::Path::new(&prefix).join("bin/llvm-config").exists() {
         apt_install(&[&format!("llvm-{llvm}-dev")]).with_context(|| {
-            format!("bpf-linker needs LLVM {llvm} development files ({prefix}); install llvm-{llvm}-dev")
+            format!(
+                "bpf-linker needs LLVM {llvm} development files ({prefix}); install llvm-{llvm}-dev"
+            )
         })?;
     }
-    step(format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (a few minutes, once)"));
+    step(format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (a few minutes, once)"
+    ));
     run(Command::new("cargo")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
         .args(["--no-default-features", "--features", &format!("llvm-{llvm}")])
@@ -131,7 +155,11 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         bail!("missing packages {} and no apt-get here: install them by hand", missing.join(" "));
     }
     if !is_root() {
-        bail!("missing packages {}: run as root, or `sudo apt-get install {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "missing packages {}: run as root, or `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     let install = || {
         run(Command::new("apt-get")
@@ -153,7 +181,8 @@ mod tests {
 
     #[test]
     fn llvm_major_is_read_from_rustc_verbose_version() {
-        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nLLVM version: 22.1.4\n";
+        let vv =
+            "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
     }

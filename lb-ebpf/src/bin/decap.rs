@@ -6,7 +6,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::{map, xdp}, maps::HashMap,
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::HashMap,
     programs::XdpContext,
 };
 use lb_common::{family, limits::MAX_VIP_ADDRS, proto, vip::VipAddrKey};

@@ -122,7 +122,8 @@ fn generate(ctx: &XdpContext) -> Result<(), ()> {
     // SAFETY: every field was bounds-checked by ptr_at.
     unsafe {
         let (old_port, old_addr) = (u16::from_be(*sport), u16::from_be(*saddr));
-        let (new_port, new_addr) = (old_port.wrapping_add(port_step as u16), old_addr.wrapping_add(addr_step as u16));
+        let (new_port, new_addr) =
+            (old_port.wrapping_add(port_step as u16), old_addr.wrapping_add(addr_step as u16));
         *sport = new_port.to_be();
         *saddr = new_addr.to_be();
         *ip_check = csum_replace(u16::from_be(*ip_check), &[(old_addr, new_addr)]).to_be();

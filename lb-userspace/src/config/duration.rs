@@ -20,9 +20,7 @@ const MAX: Duration = Duration::from_hours(24);
 /// values are rejected.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let s = text.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let expect = "expected a number and a unit (ns, us, ms, s, m, h), e.g. 200ms or 1.5s";
     if number.is_empty() {
@@ -32,9 +30,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         return Err(format!("duration `{text}` has no unit: {expect}"));
     }
     let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-        return Err(format!(
-            "invalid duration `{text}`: unknown unit `{unit}`; {expect}"
-        ));
+        return Err(format!("invalid duration `{text}`: unknown unit `{unit}`; {expect}"));
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let bad = whole.is_empty()
@@ -66,11 +62,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// The shortest exact text for `d` that [`parse`] reads back: `1500ms`, `2m`.
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
-    let (name, scale) = UNITS
-        .iter()
-        .find(|(_, scale)| nanos.is_multiple_of(*scale))
-        .copied()
-        .unwrap_or(("ns", 1));
+    let (name, scale) =
+        UNITS.iter().find(|(_, scale)| nanos.is_multiple_of(*scale)).copied().unwrap_or(("ns", 1));
     format!("{}{name}", nanos / scale)
 }
 

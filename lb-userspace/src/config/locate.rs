@@ -72,11 +72,7 @@ enum Node<'a> {
 
 /// Builds a child path the way `serde_yaml` prints paths, so both agree.
 pub fn child(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
-    }
+    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
 }
 
 /// The path one level up (`a.b[2]` -> `a.b` -> `a` -> the empty root path), `None` at the root.
@@ -96,18 +92,11 @@ impl PosIndex {
     /// Walks `text`. Stops quietly at a syntax error or a second document: `serde_yaml`
     /// reports those, and what was seen before still locates nodes.
     pub fn build(text: &str) -> (PosIndex, Vec<DuplicateKey>) {
-        let mut walk = Walk {
-            index: PosIndex::default(),
-            stack: Vec::new(),
-            dups: Vec::new(),
-        };
+        let mut walk = Walk { index: PosIndex::default(), stack: Vec::new(), dups: Vec::new() };
         let mut documents = 0;
         for item in Parser::new_from_str(text) {
             let Ok((event, span)) = item else { break };
-            let pos = Pos {
-                line: span.start.line(),
-                column: span.start.col() + 1,
-            };
+            let pos = Pos { line: span.start.line(), column: span.start.col() + 1 };
             match event {
                 Event::DocumentStart(_) => {
                     documents += 1;
@@ -158,11 +147,7 @@ impl PosIndex {
     /// The path of the last node that starts at or before `pos`: the best guess at
     /// where a syntax error is.
     pub fn path_before(&self, pos: Pos) -> Option<&str> {
-        self.order
-            .iter()
-            .rev()
-            .find(|(p, _)| *p <= pos)
-            .map(|(_, path)| path.as_str())
+        self.order.iter().rev().find(|(p, _)| *p <= pos).map(|(_, path)| path.as_str())
     }
 }
 
@@ -181,23 +166,14 @@ impl Walk {
                 }
                 return;
             }
-            Some(Frame::Map {
-                path,
-                key: key @ None,
-                key_pos,
-                seen,
-            }) => {
+            Some(Frame::Map { path, key: key @ None, key_pos, seen }) => {
                 *key_pos = pos;
                 match node {
                     Node::Scalar(Some(text)) => {
                         let name = (*text).to_owned();
                         let full = child(path, &name);
                         if let Some(&first) = seen.get(&name) {
-                            self.dups.push(DuplicateKey {
-                                path: full.clone(),
-                                at: pos,
-                                first,
-                            });
+                            self.dups.push(DuplicateKey { path: full.clone(), at: pos, first });
                         } else {
                             seen.insert(name.clone(), pos);
                         }
@@ -217,29 +193,20 @@ impl Walk {
         }
         let (path, key) = match self.stack.last() {
             None => (String::new(), None),
-            Some(Frame::Map {
-                path,
-                key: Some(k),
-                key_pos,
-                ..
-            }) => (child(path, k), Some(*key_pos)),
+            Some(Frame::Map { path, key: Some(k), key_pos, .. }) => {
+                (child(path, k), Some(*key_pos))
+            }
             Some(Frame::Seq { path, next }) => (format!("{path}[{next}]"), None),
             // Handled above.
             Some(Frame::Map { .. } | Frame::Skip { .. }) => return,
         };
-        self.index
-            .entries
-            .entry(path.clone())
-            .or_insert(Entry { key, value: pos });
+        self.index.entries.entry(path.clone()).or_insert(Entry { key, value: pos });
         self.index.order.push((pos, path.clone()));
         match node {
             Node::Scalar(_) => self.done(),
-            Node::Map => self.stack.push(Frame::Map {
-                path,
-                key: None,
-                key_pos: pos,
-                seen: HashMap::new(),
-            }),
+            Node::Map => {
+                self.stack.push(Frame::Map { path, key: None, key_pos: pos, seen: HashMap::new() })
+            }
             Node::Seq => self.stack.push(Frame::Seq { path, next: 0 }),
         }
     }
@@ -296,15 +263,9 @@ mod tests {
     #[test]
     fn missing_paths_fall_back_to_the_nearest_ancestor() {
         let (idx, _) = PosIndex::build("x: 1\nvips:\n  - name: a\n");
-        assert_eq!(
-            idx.locate("vips[0].backends[3].weight"),
-            Pos { line: 3, column: 5 }
-        );
+        assert_eq!(idx.locate("vips[0].backends[3].weight"), Pos { line: 3, column: 5 });
         assert_eq!(idx.locate("nothing.here"), Pos::START);
-        assert_eq!(
-            idx.locate_any(&["tunnel_source", "x"]),
-            Pos { line: 1, column: 4 }
-        );
+        assert_eq!(idx.locate_any(&["tunnel_source", "x"]), Pos { line: 1, column: 4 });
     }
 
     #[test]

@@ -192,11 +192,7 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
         }
     };
     let index = Arc::new(index);
-    let mut collector = validate::Collector {
-        file: source,
-        index: &index,
-        errors,
-    };
+    let mut collector = validate::Collector { file: source, index: &index, errors };
     let mut cfg = validate::resolve(raw, &mut collector);
     if !collector.errors.is_empty() {
         return Err(ConfigErrors::from_vec(collector.errors));
@@ -229,10 +225,7 @@ pub fn check_interfaces(cfg: &Config, exists: impl Fn(&str) -> bool) -> Result<(
     } else {
         Err(cfg
             .origin
-            .error(
-                "interface",
-                format!("no interface named `{}` on this host", cfg.interface),
-            )
+            .error("interface", format!("no interface named `{}` on this host", cfg.interface))
             .into())
     }
 }
@@ -252,10 +245,7 @@ pub fn interface_exists(name: &str) -> bool {
 /// path is the last node that starts before the error.
 fn serde_error(e: &serde_yaml::Error, index: &locate::PosIndex, file: &str) -> ConfigError {
     let mut text = e.to_string();
-    let pos = e.location().map(|l| locate::Pos {
-        line: l.line(),
-        column: l.column(),
-    });
+    let pos = e.location().map(|l| locate::Pos { line: l.line(), column: l.column() });
     if let Some(p) = pos {
         text = text.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
     }
@@ -264,27 +254,17 @@ fn serde_error(e: &serde_yaml::Error, index: &locate::PosIndex, file: &str) -> C
         _ => (String::new(), text.clone()),
     };
     // serde names the mapping that holds an unknown key; name the key itself.
-    if let Some(key) = message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split('`').next())
-    {
+    if let Some(key) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
         path = locate::child(&path, key);
     }
     match pos {
-        Some(p) if path.is_empty() => index
-            .path_before(p)
-            .unwrap_or_default()
-            .clone_into(&mut path),
+        Some(p) if path.is_empty() => {
+            index.path_before(p).unwrap_or_default().clone_into(&mut path)
+        }
         _ => {}
     }
     let pos = pos.unwrap_or_else(|| index.locate(&path));
-    ConfigError {
-        file: file.to_owned(),
-        path,
-        line: pos.line,
-        column: pos.column,
-        message,
-    }
+    ConfigError { file: file.to_owned(), path, line: pos.line, column: pos.column, message }
 }
 
 fn looks_like_path(s: &str) -> bool {

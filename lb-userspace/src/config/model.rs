@@ -200,24 +200,9 @@ impl Config {
                 line(2, format!("ipv6: {}", scalar(&a.to_string())));
             }
         }
-        line(
-            0,
-            format!(
-                "metrics_listen: {}",
-                scalar(&self.metrics_listen.to_string())
-            ),
-        );
-        line(
-            0,
-            format!(
-                "admin_socket: {}",
-                scalar(&self.admin_socket.to_string_lossy())
-            ),
-        );
-        line(
-            0,
-            format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())),
-        );
+        line(0, format!("metrics_listen: {}", scalar(&self.metrics_listen.to_string())));
+        line(0, format!("admin_socket: {}", scalar(&self.admin_socket.to_string_lossy())));
+        line(0, format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())));
         if let Some(mtu) = self.mtu {
             line(0, format!("mtu: {mtu}"));
         }
@@ -251,13 +236,7 @@ impl Config {
             line(6, format!("timeout: {}", duration::format(hc.timeout)));
             line(6, format!("rise: {}", hc.rise));
             line(6, format!("fall: {}", hc.fall));
-            line(
-                6,
-                format!(
-                    "initial_state: {}",
-                    if hc.initially_up { "up" } else { "down" }
-                ),
-            );
+            line(6, format!("initial_state: {}", if hc.initially_up { "up" } else { "down" }));
         }
         out
     }
@@ -316,9 +295,7 @@ mod tests {
         assert_eq!(scalar("123"), "\"123\"");
         assert_eq!(scalar("127.0.0.1:9650"), "\"127.0.0.1:9650\"");
         assert_eq!(scalar("a \"b\"\\\n"), "\"a \\\"b\\\"\\\\\\n\"");
-        for s in [
-            "yes", "123", "::1", "a: b", "#x", "[x]", "a\u{1}b", "~", "1.5", "-x",
-        ] {
+        for s in ["yes", "123", "::1", "a: b", "#x", "[x]", "a\u{1}b", "~", "1.5", "-x"] {
             let back: String = serde_yaml::from_str(&scalar(s)).unwrap();
             assert_eq!(back, s);
         }

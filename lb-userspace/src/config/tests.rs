@@ -19,9 +19,7 @@ fn yaml(text: &str) -> String {
         .map(|l| l.len() - l.trim_start().len())
         .min()
         .unwrap_or(0);
-    body.lines()
-        .map(|l| l.get(indent..).unwrap_or("").to_owned() + "\n")
-        .collect()
+    body.lines().map(|l| l.get(indent..).unwrap_or("").to_owned() + "\n").collect()
 }
 
 fn errors(text: &str) -> ConfigErrors {
@@ -86,34 +84,20 @@ fn readme_example_parses_with_defaults_filled_in() {
             ipv6: Some("fd00::2".parse().unwrap())
         }
     );
-    assert_eq!(
-        cfg.metrics_listen,
-        "127.0.0.1:9650".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(cfg.metrics_listen, "127.0.0.1:9650".parse::<SocketAddr>().unwrap());
     assert_eq!(cfg.admin_socket, PathBuf::from("/run/xdplb/admin.sock"));
     assert_eq!(cfg.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
     assert_eq!((cfg.mtu, cfg.gateway), (None, None));
     assert_eq!(cfg.vips.len(), 1);
     let vip = &cfg.vips[0];
-    assert_eq!(
-        (vip.name.as_str(), vip.address, vip.port),
-        ("waf-https", v4(203, 0, 113, 10), 443)
-    );
+    assert_eq!((vip.name.as_str(), vip.address, vip.port), ("waf-https", v4(203, 0, 113, 10), 443));
     assert_eq!(vip.protocol, Protocol::Tcp);
     assert_eq!(vip.protocol.number(), 6);
     assert_eq!(
         vip.backends,
         vec![
-            BackendConf {
-                name: "waf-1".into(),
-                address: v4(10, 0, 0, 11),
-                weight: 100
-            },
-            BackendConf {
-                name: "waf-2".into(),
-                address: v4(10, 0, 0, 12),
-                weight: 100
-            },
+            BackendConf { name: "waf-1".into(), address: v4(10, 0, 0, 11), weight: 100 },
+            BackendConf { name: "waf-2".into(), address: v4(10, 0, 0, 12), weight: 100 },
         ]
     );
     // kind and port from the VIP, the rest from health_check_defaults and built-ins.
@@ -199,21 +183,14 @@ fn vip_health_check_overrides_defaults_key_by_key() {
     assert_eq!(hc.path, "/ready");
     assert_eq!(hc.expect_status, vec![200, 204]);
     assert!(!hc.tls_verify);
-    assert_eq!(
-        (hc.interval, hc.timeout),
-        (Duration::from_secs(2), Duration::from_millis(1500))
-    );
+    assert_eq!((hc.interval, hc.timeout), (Duration::from_secs(2), Duration::from_millis(1500)));
     assert_eq!((hc.rise, hc.fall), (5, 3));
     assert!(hc.initially_up);
     // A VIP without its own keys gets the defaults as they are.
     let hc = &cfg.vips[1].health_check;
     assert_eq!(
         (hc.path.as_str(), hc.interval, hc.timeout),
-        (
-            "/healthz",
-            Duration::from_secs(1),
-            Duration::from_millis(500)
-        )
+        ("/healthz", Duration::from_secs(1), Duration::from_millis(500))
     );
     assert!(!hc.initially_up);
 }
@@ -221,19 +198,13 @@ fn vip_health_check_overrides_defaults_key_by_key() {
 #[test]
 fn check_port_defaults_follow_the_kind() {
     let with_check = |check: &str| {
-        let text = base().replace(
-            "port: 443\n",
-            &format!("port: 8443\n    health_check: {check}\n"),
-        );
+        let text =
+            base().replace("port: 443\n", &format!("port: 8443\n    health_check: {check}\n"));
         ok(&text).vips[0].health_check.port
     };
     assert_eq!(with_check("{ kind: http }"), 80);
     assert_eq!(with_check("{ kind: https }"), 443);
-    assert_eq!(
-        with_check("{ kind: tcp }"),
-        8443,
-        "tcp checks the VIP's port"
-    );
+    assert_eq!(with_check("{ kind: tcp }"), 8443, "tcp checks the VIP's port");
     assert_eq!(with_check("{ kind: tcp, port: 22 }"), 22);
 }
 
@@ -338,10 +309,7 @@ fn to_yaml_writes_defaults_and_durations_as_text() {
         "      timeout: 150ms",
         "      initial_state: down",
     ] {
-        assert!(
-            printed.lines().any(|l| l == line),
-            "no line `{line}` in:\n{printed}"
-        );
+        assert!(printed.lines().any(|l| l == line), "no line `{line}` in:\n{printed}");
     }
 }
 
@@ -353,37 +321,21 @@ fn syntax_error_is_reported_with_line_and_column() {
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs}");
     let e = &errs.errors[0];
-    assert_eq!(
-        (e.path.as_str(), e.line, e.column),
-        ("vips[0].port", 5, 14),
-        "{e}"
-    );
+    assert_eq!((e.path.as_str(), e.line, e.column), ("vips[0].port", 5, 14), "{e}");
     assert!(e.message.contains("mapping values are not allowed"), "{e}");
     // An unclosed flow mapping is noticed where the file ends.
     let text = base().replace("10.0.0.12 }", "10.0.0.12");
     let e = &errors(&text).errors[0];
     assert_eq!(e.path, "vips[0].backends[1].address", "{e}");
-    assert!(
-        e.message
-            .contains("while parsing a flow mapping at line 8 column 9"),
-        "{e}"
-    );
+    assert!(e.message.contains("while parsing a flow mapping at line 8 column 9"), "{e}");
 }
 
 #[test]
 fn wrong_type_names_the_field_path() {
     let text = base().replace("port: 443", "port: https");
-    assert_only_error(
-        &text,
-        "vips[0].port",
-        5,
-        11,
-        "invalid type: string \"https\", expected u16",
-    );
-    let text = base().replace(
-        "{ name: b, address: 10.0.0.12 }",
-        "{ name: b, address: 10.0.0.12, weight: -5 }",
-    );
+    assert_only_error(&text, "vips[0].port", 5, 11, "invalid type: string \"https\", expected u16");
+    let text = base()
+        .replace("{ name: b, address: 10.0.0.12 }", "{ name: b, address: 10.0.0.12, weight: -5 }");
     assert_only_error(&text, "vips[0].backends[1].weight", 8, 48, "expected u32");
 }
 
@@ -401,17 +353,9 @@ fn unknown_enum_value_lists_the_choices() {
 
 #[test]
 fn unknown_key_names_the_key_and_its_position() {
-    let text = base().replace(
-        "{ name: a, address: 10.0.0.11 }",
-        "{ name: a, address: 10.0.0.11, wieght: 5 }",
-    );
-    assert_only_error(
-        &text,
-        "vips[0].backends[0].wieght",
-        7,
-        40,
-        "unknown field `wieght`",
-    );
+    let text = base()
+        .replace("{ name: a, address: 10.0.0.11 }", "{ name: a, address: 10.0.0.11, wieght: 5 }");
+    assert_only_error(&text, "vips[0].backends[0].wieght", 7, 40, "unknown field `wieght`");
     let text = base().replace("interface: eth0", "interface: eth0\nvip: []");
     assert_only_error(&text, "vip", 2, 1, "unknown field `vip`");
 }
@@ -419,13 +363,7 @@ fn unknown_key_names_the_key_and_its_position() {
 #[test]
 fn duplicate_key_is_reported_at_the_second_occurrence() {
     let text = base().replace("    port: 443\n", "    port: 443\n    port: 80\n");
-    assert_only_error(
-        &text,
-        "vips[0].port",
-        6,
-        5,
-        "duplicate key (first at line 5)",
-    );
+    assert_only_error(&text, "vips[0].port", 6, 5, "duplicate key (first at line 5)");
 }
 
 // --- semantic errors -------------------------------------------------------------
@@ -440,13 +378,7 @@ fn duplicate_vip_name_is_an_error() {
           - { name: web, address: 203.0.113.11, port: 443, backends: [{ name: a, address: 10.0.0.1 }] }
         ",
     );
-    assert_only_error(
-        &text,
-        "vips[1].name",
-        4,
-        13,
-        "duplicate VIP name `web` (first at line 3)",
-    );
+    assert_only_error(&text, "vips[1].name", 4, 13, "duplicate VIP name `web` (first at line 3)");
 }
 
 #[test]
@@ -459,13 +391,7 @@ fn duplicate_vip_address_port_protocol_is_an_error() {
           - { name: two, address: 203.0.113.10, port: 443, protocol: tcp, backends: [{ name: a, address: 10.0.0.1 }] }
         ",
     );
-    assert_only_error(
-        &text,
-        "vips[1].address",
-        4,
-        27,
-        "duplicate VIP 203.0.113.10 port 443 tcp",
-    );
+    assert_only_error(&text, "vips[1].address", 4, 27, "duplicate VIP 203.0.113.10 port 443 tcp");
 }
 
 #[test]
@@ -507,13 +433,7 @@ fn dsr_rejects_a_backend_of_the_other_family() {
 #[test]
 fn ipip_v4_backend_without_tunnel_source_points_at_forwarding() {
     let text = base().replace("interface: eth0", "interface: eth0\nforwarding: ipip");
-    assert_only_error(
-        &text,
-        "tunnel_source.ipv4",
-        2,
-        13,
-        "needs tunnel_source.ipv4",
-    );
+    assert_only_error(&text, "tunnel_source.ipv4", 2, 13, "needs tunnel_source.ipv4");
 }
 
 #[test]
@@ -535,10 +455,8 @@ fn ipip_v6_backend_without_ipv6_source_points_at_tunnel_source() {
 
 #[test]
 fn weight_out_of_range_is_an_error() {
-    let text = base().replace(
-        "{ name: a, address: 10.0.0.11 }",
-        "{ name: a, address: 10.0.0.11, weight: 0 }",
-    );
+    let text = base()
+        .replace("{ name: a, address: 10.0.0.11 }", "{ name: a, address: 10.0.0.11, weight: 0 }");
     assert_only_error(
         &text,
         "vips[0].backends[0].weight",
@@ -550,13 +468,7 @@ fn weight_out_of_range_is_an_error() {
         "{ name: b, address: 10.0.0.12 }",
         "{ name: b, address: 10.0.0.12, weight: 10001 }",
     );
-    assert_only_error(
-        &text,
-        "vips[0].backends[1].weight",
-        8,
-        48,
-        "weight 10001 is out of range",
-    );
+    assert_only_error(&text, "vips[0].backends[1].weight", 8, 48, "weight 10001 is out of range");
     let text = base().replace(
         "{ name: b, address: 10.0.0.12 }",
         "{ name: b, address: 10.0.0.12, weight: 10000 }",
@@ -566,10 +478,8 @@ fn weight_out_of_range_is_an_error() {
 
 #[test]
 fn timeout_longer_than_interval_is_an_error() {
-    let text = base().replace(
-        "port: 443\n",
-        "port: 443\n    health_check: { interval: 1s, timeout: 2s }\n",
-    );
+    let text = base()
+        .replace("port: 443\n", "port: 443\n    health_check: { interval: 1s, timeout: 2s }\n");
     assert_only_error(
         &text,
         "vips[0].health_check.timeout",
@@ -602,10 +512,8 @@ fn timeout_error_from_shared_defaults_is_reported_once() {
 
 #[test]
 fn rise_or_fall_of_zero_is_an_error() {
-    let text = base().replace(
-        "interface: eth0",
-        "interface: eth0\nhealth_check_defaults: { rise: 0, fall: 0 }",
-    );
+    let text = base()
+        .replace("interface: eth0", "interface: eth0\nhealth_check_defaults: { rise: 0, fall: 0 }");
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs}");
     assert_eq!(error_at(&errs, "health_check_defaults.rise").column, 32);
@@ -616,17 +524,9 @@ fn rise_or_fall_of_zero_is_an_error() {
 
 #[test]
 fn health_check_port_zero_is_an_error() {
-    let text = base().replace(
-        "port: 443\n",
-        "port: 443\n    health_check: { kind: tcp, port: 0 }\n",
-    );
-    assert_only_error(
-        &text,
-        "vips[0].health_check.port",
-        6,
-        38,
-        "health-check port must not be 0",
-    );
+    let text =
+        base().replace("port: 443\n", "port: 443\n    health_check: { kind: tcp, port: 0 }\n");
+    assert_only_error(&text, "vips[0].health_check.port", 6, 38, "health-check port must not be 0");
 }
 
 #[test]
@@ -654,46 +554,23 @@ fn empty_backends_list_is_an_error() {
 
 #[test]
 fn empty_or_missing_vips_list_is_an_error() {
-    assert_only_error(
-        "interface: eth0\nvips: []\n",
-        "vips",
-        2,
-        7,
-        "at least one VIP",
-    );
+    assert_only_error("interface: eth0\nvips: []\n", "vips", 2, 7, "at least one VIP");
     assert_only_error("interface: eth0\n", "vips", 1, 1, "at least one VIP");
 }
 
 #[test]
 fn invalid_expect_status_is_an_error() {
-    let text = base().replace(
-        "port: 443\n",
-        "port: 443\n    health_check: { expect_status: [200, 99, 600] }\n",
-    );
+    let text = base()
+        .replace("port: 443\n", "port: 443\n    health_check: { expect_status: [200, 99, 600] }\n");
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs}");
     let e = error_at(&errs, "vips[0].health_check.expect_status[1]");
     assert_eq!((e.line, e.column), (6, 42));
-    assert!(
-        e.message
-            .contains("status 99 is not an HTTP status (100..=599)"),
-        "{e}"
-    );
-    assert_eq!(
-        error_at(&errs, "vips[0].health_check.expect_status[2]").column,
-        46
-    );
-    let text = base().replace(
-        "port: 443\n",
-        "port: 443\n    health_check: { expect_status: [] }\n",
-    );
-    assert_only_error(
-        &text,
-        "vips[0].health_check.expect_status",
-        6,
-        36,
-        "at least one status",
-    );
+    assert!(e.message.contains("status 99 is not an HTTP status (100..=599)"), "{e}");
+    assert_eq!(error_at(&errs, "vips[0].health_check.expect_status[2]").column, 46);
+    let text =
+        base().replace("port: 443\n", "port: 443\n    health_check: { expect_status: [] }\n");
+    assert_only_error(&text, "vips[0].health_check.expect_status", 6, 36, "at least one status");
 }
 
 #[test]
@@ -725,62 +602,35 @@ fn bad_durations_are_errors() {
     let e = error_at(&errs, "health_check_defaults.timeout");
     assert_eq!((e.line, e.column), (4, 12));
     assert!(e.message.contains("must be greater than 0"), "{e}");
-    let text = base().replace(
-        "port: 443\n",
-        "port: 443\n    health_check: { interval: soon }\n",
-    );
-    assert_only_error(
-        &text,
-        "vips[0].health_check.interval",
-        6,
-        31,
-        "invalid duration `soon`",
-    );
+    let text = base().replace("port: 443\n", "port: 443\n    health_check: { interval: soon }\n");
+    assert_only_error(&text, "vips[0].health_check.interval", 6, 31, "invalid duration `soon`");
 }
 
 #[test]
 fn invalid_addresses_are_errors() {
-    let text = base()
-        .replace("203.0.113.10", "203.0.113.300")
-        .replace("10.0.0.12", "0.0.0.0")
-        .replace(
+    let text =
+        base().replace("203.0.113.10", "203.0.113.300").replace("10.0.0.12", "0.0.0.0").replace(
             "interface: eth0",
             "interface: eth0\nmetrics_listen: localhost\ntunnel_source: { ipv4: \"fd00::1\" }",
         );
     let errs = errors(&text);
     assert_eq!(errs.len(), 4, "{errs}");
     assert_eq!(error_at(&errs, "metrics_listen").line, 2);
-    assert!(
-        error_at(&errs, "tunnel_source.ipv4")
-            .message
-            .contains("not an IPv4 address")
-    );
+    assert!(error_at(&errs, "tunnel_source.ipv4").message.contains("not an IPv4 address"));
     let e = error_at(&errs, "vips[0].address");
     assert_eq!((e.line, e.column), (6, 14));
+    assert!(e.message.contains("`203.0.113.300` is not an IPv4 or IPv6 address"), "{e}");
     assert!(
-        e.message
-            .contains("`203.0.113.300` is not an IPv4 or IPv6 address"),
-        "{e}"
-    );
-    assert!(
-        error_at(&errs, "vips[0].backends[1].address")
-            .message
-            .contains("not a unicast address")
+        error_at(&errs, "vips[0].backends[1].address").message.contains("not a unicast address")
     );
 }
 
 #[test]
 fn missing_interface_and_bad_names_are_errors() {
-    let text = base()
-        .replace("interface: eth0\n", "")
-        .replace("name: web", "name: \"my web\"");
+    let text = base().replace("interface: eth0\n", "").replace("name: web", "name: \"my web\"");
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs}");
-    assert!(
-        error_at(&errs, "interface")
-            .message
-            .contains("interface is required")
-    );
+    assert!(error_at(&errs, "interface").message.contains("interface is required"));
     assert_eq!(error_at(&errs, "vips[0].name").line, 2);
 }
 
@@ -793,10 +643,7 @@ fn unknown_interface_error_points_at_the_interface_key() {
     assert_eq!(errs.len(), 1);
     let e = &errs.errors[0];
     assert_eq!((e.path.as_str(), e.line, e.column), ("interface", 2, 14));
-    assert_eq!(
-        e.to_string(),
-        "test.yaml:2:14: interface: no interface named `eth9` on this host"
-    );
+    assert_eq!(e.to_string(), "test.yaml:2:14: interface: no interface named `eth9` on this host");
 }
 
 #[test]
@@ -843,10 +690,8 @@ fn multiple_errors_are_all_reported_in_file_order() {
 
 #[test]
 fn errors_display_as_file_line_column_path_message() {
-    let text = base().replace(
-        "{ name: b, address: 10.0.0.12 }",
-        "{ name: b, address: 10.0.0.12, weight: 0 }",
-    );
+    let text = base()
+        .replace("{ name: b, address: 10.0.0.12 }", "{ name: b, address: 10.0.0.12, weight: 0 }");
     let errs = parse(&text, "lb.yaml").unwrap_err();
     assert_eq!(
         errs.to_string(),
@@ -863,22 +708,14 @@ fn errors_display_as_file_line_column_path_message() {
 fn load_reports_an_unreadable_file_as_one_error() {
     let errs = load(Path::new("/nonexistent/xdplb.yaml")).unwrap_err();
     assert_eq!(errs.len(), 1);
-    assert!(
-        errs.to_string()
-            .starts_with("/nonexistent/xdplb.yaml: cannot read: "),
-        "{errs}"
-    );
+    assert!(errs.to_string().starts_with("/nonexistent/xdplb.yaml: cannot read: "), "{errs}");
 }
 
 #[test]
 fn garbage_inputs_never_panic() {
     let deep_flow = "[".repeat(10_000);
     let deep_block: String = (0..300).map(|i| " ".repeat(i) + "a:\n").collect();
-    let deep_vips = format!(
-        "interface: eth0\nvips: {}{}",
-        "[".repeat(200),
-        "]".repeat(200)
-    );
+    let deep_vips = format!("interface: eth0\nvips: {}{}", "[".repeat(200), "]".repeat(200));
     let junk: String = (0u8..=255).map(char::from).collect();
     let inputs = [
         "",
@@ -920,22 +757,12 @@ fn broken_example_configs_report_the_expected_path_and_line() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 10,
-        "expected ten broken configs in {}",
-        dir.display()
-    );
+    assert!(files.len() >= 10, "expected ten broken configs in {}", dir.display());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let expect = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{}: first line must be `# expect: <path> line <N>`",
-                    file.display()
-                )
+        let expect =
+            text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
+                panic!("{}: first line must be `# expect: <path> line <N>`", file.display())
             });
         let (path, line) = expect.split_once(" line ").unwrap();
         let line: usize = line.trim().parse().unwrap();
@@ -1004,15 +831,11 @@ fn random_yaml_like_inputs_never_panic() {
     };
     for _ in 0..3000 {
         let len = next() % 40;
-        let text: String = (0..len)
-            .map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize])
-            .collect();
+        let text: String =
+            (0..len).map(|_| TOKENS[(next() % TOKENS.len() as u64) as usize]).collect();
         if let Err(errs) = parse(&text, "fuzz.yaml") {
             assert!(!errs.is_empty(), "{text:?}");
-            assert!(
-                errs.iter().all(|e| e.line >= 1 && e.column >= 1),
-                "{text:?}: {errs}"
-            );
+            assert!(errs.iter().all(|e| e.line >= 1 && e.column >= 1), "{text:?}: {errs}");
         }
     }
 }

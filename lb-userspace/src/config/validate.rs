@@ -59,14 +59,8 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
 
     let tunnel = raw.tunnel_source.unwrap_or_default();
     let tunnel_source = TunnelSource {
-        ipv4: tunnel
-            .ipv4
-            .as_deref()
-            .and_then(|t| family_addr(t, "tunnel_source.ipv4", c)),
-        ipv6: tunnel
-            .ipv6
-            .as_deref()
-            .and_then(|t| family_addr(t, "tunnel_source.ipv6", c)),
+        ipv4: tunnel.ipv4.as_deref().and_then(|t| family_addr(t, "tunnel_source.ipv4", c)),
+        ipv6: tunnel.ipv6.as_deref().and_then(|t| family_addr(t, "tunnel_source.ipv6", c)),
     };
 
     let metrics_listen = match raw.metrics_listen {
@@ -80,10 +74,8 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         }),
     };
 
-    let admin_socket = PathBuf::from(
-        raw.admin_socket
-            .unwrap_or_else(|| defaults::ADMIN_SOCKET.into()),
-    );
+    let admin_socket =
+        PathBuf::from(raw.admin_socket.unwrap_or_else(|| defaults::ADMIN_SOCKET.into()));
     if admin_socket.as_os_str().is_empty() {
         c.error("admin_socket", "admin_socket must not be empty".into());
     }
@@ -103,10 +95,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     {
         c.error("mtu", format!("mtu {mtu} is out of range 68..=65535"));
     }
-    let gateway = raw
-        .gateway
-        .as_deref()
-        .and_then(|t| unicast_addr(t, "gateway", c));
+    let gateway = raw.gateway.as_deref().and_then(|t| unicast_addr(t, "gateway", c));
 
     let defaults_layer = raw.health_check_defaults.unwrap_or_default();
     check_layer(&defaults_layer, "health_check_defaults", c);
@@ -118,16 +107,10 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     if raw_vips.len() > MAX_VIPS as usize {
         c.error(
             "vips",
-            format!(
-                "{} VIPs configured, at most {MAX_VIPS} are supported",
-                raw_vips.len()
-            ),
+            format!("{} VIPs configured, at most {MAX_VIPS} are supported", raw_vips.len()),
         );
     }
-    let total: usize = raw_vips
-        .iter()
-        .map(|v| v.backends.as_ref().map_or(0, Vec::len))
-        .sum();
+    let total: usize = raw_vips.iter().map(|v| v.backends.as_ref().map_or(0, Vec::len)).sum();
     if total > MAX_BACKENDS as usize {
         c.error(
             "vips",
@@ -162,20 +145,14 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
 /// Linux's rule for device names (`dev_valid_name`).
 fn check_interface_name(name: &str, c: &mut Collector<'_>) {
     if name.is_empty() {
-        c.error(
-            "interface",
-            "interface is required: the NIC that receives VIP traffic".into(),
-        );
+        c.error("interface", "interface is required: the NIC that receives VIP traffic".into());
     } else if name.len() > 15
         || name == "."
         || name == ".."
         || name.contains(['/', ':'])
         || name.contains(char::is_whitespace)
     {
-        c.error(
-            "interface",
-            format!("`{name}` is not a valid interface name"),
-        );
+        c.error("interface", format!("`{name}` is not a valid interface name"));
     }
 }
 
@@ -188,9 +165,7 @@ fn check_name(name: Option<&str>, path: &str, what: &str, c: &mut Collector<'_>)
     };
     let valid = !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
     if !valid {
         c.error(
             path,
@@ -237,22 +212,14 @@ trait FamilyAddr: Sized {
 impl FamilyAddr for Ipv4Addr {
     const NAME: &'static str = "IPv4";
     fn from_ip(ip: IpAddr) -> Option<Self> {
-        if let IpAddr::V4(a) = ip {
-            Some(a)
-        } else {
-            None
-        }
+        if let IpAddr::V4(a) = ip { Some(a) } else { None }
     }
 }
 
 impl FamilyAddr for Ipv6Addr {
     const NAME: &'static str = "IPv6";
     fn from_ip(ip: IpAddr) -> Option<Self> {
-        if let IpAddr::V6(a) = ip {
-            Some(a)
-        } else {
-            None
-        }
+        if let IpAddr::V6(a) = ip { Some(a) } else { None }
     }
 }
 
@@ -267,10 +234,7 @@ fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collect
         Some(t) => unicast_addr(t, &addr_path, c),
     };
     let port = v.port.unwrap_or_else(|| {
-        c.error(
-            &child(path, "port"),
-            "VIP port is required (0 = every port)".into(),
-        );
+        c.error(&child(path, "port"), "VIP port is required (0 = every port)".into());
         0
     });
 
@@ -298,10 +262,7 @@ fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collect
                 let line = c.line_of(first);
                 c.error(
                     &child(&bpath, "name"),
-                    format!(
-                        "duplicate backend name `{}` (first at line {line})",
-                        backend.name
-                    ),
+                    format!("duplicate backend name `{}` (first at line {line})", backend.name),
                 );
             } else {
                 names.insert(backend.name.clone(), child(&bpath, "name"));
@@ -311,10 +272,7 @@ fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collect
             let line = c.line_of(first);
             c.error(
                 &child(&bpath, "address"),
-                format!(
-                    "duplicate backend address {} (first at line {line})",
-                    backend.address
-                ),
+                format!("duplicate backend address {} (first at line {line})", backend.address),
             );
         } else {
             addrs.insert(backend.address, child(&bpath, "address"));
@@ -343,10 +301,7 @@ fn resolve_backend(b: &RawBackend, path: &str, c: &mut Collector<'_>) -> Option<
     let name = check_name(b.name.as_deref(), &child(path, "name"), "backend", c);
     let weight = b.weight.unwrap_or(defaults::WEIGHT);
     if !(1..=10_000).contains(&weight) {
-        c.error(
-            &child(path, "weight"),
-            format!("weight {weight} is out of range 1..=10000"),
-        );
+        c.error(&child(path, "weight"), format!("weight {weight} is out of range 1..=10000"));
     }
     let addr_path = child(path, "address");
     let address = match b.address.as_deref() {
@@ -356,21 +311,14 @@ fn resolve_backend(b: &RawBackend, path: &str, c: &mut Collector<'_>) -> Option<
         }
         Some(t) => unicast_addr(t, &addr_path, c),
     }?;
-    Some(BackendConf {
-        name,
-        address,
-        weight,
-    })
+    Some(BackendConf { name, address, weight })
 }
 
 /// Checks the keys one health-check layer sets, where they are written, so that
 /// an error in the defaults is reported once however many VIPs inherit it.
 fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
     if layer.port == Some(0) {
-        c.error(
-            &child(path, "port"),
-            "health-check port must not be 0".into(),
-        );
+        c.error(&child(path, "port"), "health-check port must not be 0".into());
     }
     if let Some(p) = &layer.path
         && (!p.starts_with('/') || p.contains(|ch: char| ch.is_whitespace() || ch.is_control()))
@@ -384,10 +332,7 @@ fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
         && (h.is_empty()
             || h.contains(|ch: char| ch.is_whitespace() || ch.is_control() || ch == '/'))
     {
-        c.error(
-            &child(path, "host"),
-            format!("host `{h}` is not a valid host name"),
-        );
+        c.error(&child(path, "host"), format!("host `{h}` is not a valid host name"));
     }
     if let Some(statuses) = &layer.expect_status {
         if statuses.is_empty() {
@@ -422,9 +367,7 @@ fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
 
 /// A duration key's parsed value, `Err` when written but invalid (reported by `check_layer`).
 fn timing(text: Option<&DurationText>) -> Result<Option<Duration>, ()> {
-    text.map(|DurationText(t)| duration::parse(t))
-        .transpose()
-        .map_err(|_| ())
+    text.map(|DurationText(t)| duration::parse(t)).transpose().map_err(|_| ())
 }
 
 /// The VIP's layer over the defaults layer over the built-in defaults.
@@ -456,10 +399,8 @@ fn merge_checks(
     });
 
     let (vip_interval, vip_timeout) = (timing(vip.interval.as_ref()), timing(vip.timeout.as_ref()));
-    let (base_interval, base_timeout) = (
-        timing(base.interval.as_ref()),
-        timing(base.timeout.as_ref()),
-    );
+    let (base_interval, base_timeout) =
+        (timing(base.interval.as_ref()), timing(base.timeout.as_ref()));
     let pick = |top: Result<Option<Duration>, ()>,
                 bottom: Result<Option<Duration>, ()>,
                 builtin| match top {
@@ -588,10 +529,7 @@ fn check_forwarding(cfg: &Config, c: &mut Collector<'_>) {
         Forwarding::Ipip => {
             let first_of = |v6: bool| {
                 cfg.vips.iter().enumerate().find_map(|(i, v)| {
-                    v.backends
-                        .iter()
-                        .position(|b| b.address.is_ipv6() == v6)
-                        .map(|j| (i, j))
+                    v.backends.iter().position(|b| b.address.is_ipv6() == v6).map(|j| (i, j))
                 })
             };
             for (v6, set, key) in [
@@ -620,8 +558,5 @@ fn check_forwarding(cfg: &Config, c: &mut Collector<'_>) {
 
 /// Wraps a finished collector's position index for the config to keep.
 pub fn origin(file: &str, index: Arc<PosIndex>) -> Origin {
-    Origin {
-        file: file.to_owned(),
-        index,
-    }
+    Origin { file: file.to_owned(), index }
 }

@@ -77,7 +77,8 @@ pub fn plan(cfg: &Config, lb: LbConfig, runtime: &BTreeMap<Key, Runtime>) -> Dat
                 .backends
                 .iter()
                 .map(|b| {
-                    let rt = runtime.get(&(v.name.clone(), b.name.clone())).cloned().unwrap_or_default();
+                    let rt =
+                        runtime.get(&(v.name.clone(), b.name.clone())).cloned().unwrap_or_default();
                     BackendPlan {
                         name: b.name.clone(),
                         address: b.address,
@@ -121,7 +122,10 @@ mod tests {
         )
         .unwrap();
         let mut rt = BTreeMap::new();
-        rt.insert(("web".into(), "a".into()), Runtime { healthy: true, drained: false, mac: Some([1; 6]) });
+        rt.insert(
+            ("web".into(), "a".into()),
+            Runtime { healthy: true, drained: false, mac: Some([1; 6]) },
+        );
         let p = plan(&cfg, lb_config(&cfg, [9; 6], 1500), &rt);
         let b = &p.vips[0].backends;
         assert_eq!((b[0].state, b[0].mac), (BackendState::Up, Some([1; 6])));

@@ -90,9 +90,15 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
 /// writes the first state.
 async fn start(
     path: &Path,
-) -> Result<(Arc<Mutex<Core>>, mpsc::Receiver<HealthEvent>, tokio::net::UnixListener, tokio::net::TcpListener)> {
+) -> Result<(
+    Arc<Mutex<Core>>,
+    mpsc::Receiver<HealthEvent>,
+    tokio::net::UnixListener,
+    tokio::net::TcpListener,
+)> {
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    config::check_interfaces(&config, config::interface_exists).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config::check_interfaces(&config, config::interface_exists)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let interface = neighbors::interface(&config.interface)?;
     let mode = match config.xdp_mode {
         XdpMode::Driver => AyaXdpMode::Driver,
@@ -236,7 +242,8 @@ impl Core {
         let mut up: BTreeMap<Target, bool> = BTreeMap::new();
         for v in &self.config.vips {
             for b in &v.backends {
-                let healthy = self.runtime.get(&(v.name.clone(), b.name.clone())).is_some_and(|r| r.healthy);
+                let healthy =
+                    self.runtime.get(&(v.name.clone(), b.name.clone())).is_some_and(|r| r.healthy);
                 *up.entry(target(v, b)).or_default() |= healthy;
             }
         }
@@ -300,7 +307,13 @@ impl Core {
             HealthEvent::Probe { target, ok, failure, duration } => {
                 let kind = format!("{:?}", target.spec.kind).to_lowercase();
                 let label = std::net::SocketAddr::new(target.address, target.spec.port).to_string();
-                self.metrics.probe(&label, &kind, ok, failure.as_ref().map(crate::health::Failure::label), duration);
+                self.metrics.probe(
+                    &label,
+                    &kind,
+                    ok,
+                    failure.as_ref().map(crate::health::Failure::label),
+                    duration,
+                );
             }
             HealthEvent::Changed { target, up, reason } => {
                 let mut changed = Vec::new();
@@ -347,10 +360,15 @@ impl Core {
     fn set_drained(&mut self, vip: &str, backend: &str, drained: bool) -> Response {
         let key = (vip.to_owned(), backend.to_owned());
         let Some(rt) = self.runtime.get_mut(&key) else {
-            return Response::Error(format!("no backend {backend} in VIP {vip} (see `xdplb status`)"));
+            return Response::Error(format!(
+                "no backend {backend} in VIP {vip} (see `xdplb status`)"
+            ));
         };
         if rt.drained == drained {
-            return Response::Ok(format!("{vip}/{backend} already {}", if drained { "drained" } else { "undrained" }));
+            return Response::Ok(format!(
+                "{vip}/{backend} already {}",
+                if drained { "drained" } else { "undrained" }
+            ));
         }
         let before = rt.state();
         rt.drained = drained;
@@ -387,7 +405,10 @@ impl Core {
         let needs_restart: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
         if !needs_restart.is_empty() {
             self.metrics.reload(false);
-            let msg = format!("config not reloaded: changing {} needs a restart", needs_restart.join(", "));
+            let msg = format!(
+                "config not reloaded: changing {} needs a restart",
+                needs_restart.join(", ")
+            );
             error!("{msg}");
             return Err(msg);
         }
@@ -397,7 +418,8 @@ impl Core {
         self.refresh_neighbours();
         if self.apply("reload") {
             self.metrics.reload(true);
-            let msg = format!("config reloaded: {} VIPs (was {vips_before})", self.config.vips.len());
+            let msg =
+                format!("config reloaded: {} VIPs (was {vips_before})", self.config.vips.len());
             info!("{msg}");
             Ok(msg)
         } else {
@@ -417,12 +439,17 @@ impl Core {
             }
         };
         let mut changed = false;
-        let gateway = self.config.gateway.filter(|_| self.config.forwarding == config::Forwarding::Ipip);
+        let gateway =
+            self.config.gateway.filter(|_| self.config.forwarding == config::Forwarding::Ipip);
         for v in &self.config.vips {
             for b in &v.backends {
                 let key = (v.name.clone(), b.name.clone());
                 let hop = neighbors::next_hop(b.address, gateway);
-                let found = neighbors::find(&tables[usize::from(hop.to_canonical().is_ipv6())], self.interface.index, hop);
+                let found = neighbors::find(
+                    &tables[usize::from(hop.to_canonical().is_ipv6())],
+                    self.interface.index,
+                    hop,
+                );
                 let Some(rt) = self.runtime.get_mut(&key) else { continue };
                 if found.is_none() {
                     let _ = neighbors::solicit(&self.interface.name, hop);
@@ -469,7 +496,8 @@ impl Core {
             }
         );
         for v in &c.vips {
-            let t = self.writer.vip_index(&v.name).and_then(|i| self.writer.maps().vip_traffic(i).ok());
+            let t =
+                self.writer.vip_index(&v.name).and_then(|i| self.writer.maps().vip_traffic(i).ok());
             let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
             let _ = writeln!(
                 s,
@@ -481,17 +509,26 @@ impl Core {
                 t.map_or(0, |t| t.packets),
                 t.map_or(0, |t| t.bytes)
             );
-            let _ = writeln!(s, "  {:<16} {:<40} {:>6}  {:<9} {:<7} {:<7} {:<17} {:>10}", "BACKEND", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "DRAINED", "MAC", "PACKETS");
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<40} {:>6}  {:<9} {:<7} {:<7} {:<17} {:>10}",
+                "BACKEND", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "DRAINED", "MAC", "PACKETS"
+            );
             for b in &v.backends {
-                let rt = self.runtime.get(&(v.name.clone(), b.name.clone())).cloned().unwrap_or_default();
+                let rt = self
+                    .runtime
+                    .get(&(v.name.clone(), b.name.clone()))
+                    .cloned()
+                    .unwrap_or_default();
                 let packets = self
                     .writer
                     .backend_index(&v.name, &b.name)
                     .and_then(|i| self.writer.maps().backend_traffic(i).ok())
                     .map_or(0, |t| t.packets);
-                let mac = rt.mac.map_or_else(|| "unresolved".to_owned(), |m| {
-                    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-                });
+                let mac = rt.mac.map_or_else(
+                    || "unresolved".to_owned(),
+                    |m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+                );
                 let _ = writeln!(
                     s,
                     "  {:<16} {:<40} {:>6}  {:<9} {:<7} {:<7} {:<17} {:>10}",

@@ -40,22 +40,14 @@ pub(super) fn request(
     spec: &CheckSpec,
     default_port: u16,
 ) -> Result<Vec<u8>, Failure> {
-    let path = if spec.path.is_empty() {
-        "/"
-    } else {
-        spec.path.as_str()
-    };
+    let path = if spec.path.is_empty() { "/" } else { spec.path.as_str() };
     let host = host_header(address, spec, default_port);
     let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
     if !printable(path) {
-        return Err(Failure::Other(format!(
-            "invalid health-check path {path:?}"
-        )));
+        return Err(Failure::Other(format!("invalid health-check path {path:?}")));
     }
     if host.is_empty() || !printable(&host) {
-        return Err(Failure::Other(format!(
-            "invalid health-check host {host:?}"
-        )));
+        return Err(Failure::Other(format!("invalid health-check host {host:?}")));
     }
     Ok(format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -71,11 +63,7 @@ pub(super) fn check_status(status: u16, spec: &CheckSpec) -> Result<(), Failure>
     } else {
         spec.expect_status.contains(&status)
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::Status(status))
-    }
+    if ok { Ok(()) } else { Err(Failure::Status(status)) }
 }
 
 /// Sends `request` and reads up to the final status line; returns its code.
@@ -95,9 +83,7 @@ where
     let mut len = 0;
     loop {
         if len == buf.len() {
-            return Err(Failure::Protocol(format!(
-                "no status line within {MAX_HEAD} bytes"
-            )));
+            return Err(Failure::Protocol(format!("no status line within {MAX_HEAD} bytes")));
         }
         let n = match stream.read(&mut buf[len..]).await {
             Ok(n) => n,
@@ -168,11 +154,7 @@ fn check_status_line(line: &[u8], complete: bool) -> Result<(), &'static str> {
             _ => b.is_ascii_digit(),
         };
         if !good {
-            return Err(if i < 7 {
-                "not an http/1.x response"
-            } else {
-                "malformed status line"
-            });
+            return Err(if i < 7 { "not an http/1.x response" } else { "malformed status line" });
         }
     }
     if line.len() >= 12 && !(100..600).contains(&status_code(line)) {
@@ -186,9 +168,7 @@ fn check_status_line(line: &[u8], complete: bool) -> Result<(), &'static str> {
 
 /// The three digits at 9..12; the caller has checked they are digits.
 fn status_code(line: &[u8]) -> u16 {
-    line[9..12]
-        .iter()
-        .fold(0, |acc, &d| acc * 10 + u16::from(d - b'0'))
+    line[9..12].iter().fold(0, |acc, &d| acc * 10 + u16::from(d - b'0'))
 }
 
 /// Length of a header block up to and including its empty line, if complete.
@@ -229,14 +209,9 @@ mod tests {
     #[tokio::test]
     async fn status_503_fails_with_its_code() {
         let server = TestServer::http(Reply::Status(503)).await;
-        let failure = bounded_probe(LOCALHOST, &http(server.port()))
-            .await
-            .unwrap_err();
+        let failure = bounded_probe(LOCALHOST, &http(server.port())).await.unwrap_err();
         assert_eq!(failure, Failure::Status(503));
-        assert_eq!(
-            (failure.label(), failure.to_string().as_str()),
-            ("status", "status 503")
-        );
+        assert_eq!((failure.label(), failure.to_string().as_str()), ("status", "status 503"));
     }
 
     #[tokio::test]
@@ -246,10 +221,7 @@ mod tests {
         spec.expect_status = vec![200, 204];
         assert_eq!(bounded_probe(LOCALHOST, &spec).await, Ok(()));
         spec.expect_status = vec![200];
-        assert_eq!(
-            bounded_probe(LOCALHOST, &spec).await,
-            Err(Failure::Status(204))
-        );
+        assert_eq!(bounded_probe(LOCALHOST, &spec).await, Err(Failure::Status(204)));
     }
 
     #[tokio::test]
@@ -263,11 +235,7 @@ mod tests {
         let head = requests.first().expect("server saw no request");
         let lines: Vec<&str> = head.split("\r\n").collect();
         assert_eq!(lines[0], "GET /health?deep=1 HTTP/1.1");
-        for header in [
-            "Host: waf.example",
-            "User-Agent: xdplb-health",
-            "Connection: close",
-        ] {
+        for header in ["Host: waf.example", "User-Agent: xdplb-health", "Connection: close"] {
             assert!(lines.contains(&header), "{header:?} missing from {head:?}");
         }
     }
@@ -302,11 +270,7 @@ mod tests {
         assert_eq!(request(LOCALHOST, &spec, 80).unwrap_err().label(), "other");
         let mut spec = http(80);
         spec.path = String::new();
-        assert!(
-            request(LOCALHOST, &spec, 80)
-                .unwrap()
-                .starts_with(b"GET / HTTP/1.1\r\n")
-        );
+        assert!(request(LOCALHOST, &spec, 80).unwrap().starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
     #[tokio::test]
@@ -321,10 +285,7 @@ mod tests {
     async fn garbage_response_is_a_protocol_failure() {
         let server = TestServer::http(Reply::Raw(b"SSH-2.0-OpenSSH_9.6\r\n".to_vec())).await;
         assert_eq!(
-            bounded_probe(LOCALHOST, &http(server.port()))
-                .await
-                .unwrap_err()
-                .label(),
+            bounded_probe(LOCALHOST, &http(server.port())).await.unwrap_err().label(),
             "protocol"
         );
     }
@@ -337,13 +298,7 @@ mod tests {
         spec.timeout = Duration::from_secs(30);
         let failed =
             tokio::time::timeout(Duration::from_secs(5), bounded_probe(LOCALHOST, &spec)).await;
-        assert_eq!(
-            failed
-                .expect("probe waited for more garbage")
-                .unwrap_err()
-                .label(),
-            "protocol"
-        );
+        assert_eq!(failed.expect("probe waited for more garbage").unwrap_err().label(), "protocol");
     }
 
     #[tokio::test]
@@ -351,34 +306,23 @@ mod tests {
         let mut reply = b"HTTP/1.1 200 ".to_vec();
         reply.extend(std::iter::repeat_n(b'a', 3 * MAX_HEAD));
         let server = TestServer::http(Reply::Raw(reply)).await;
-        let failure = bounded_probe(LOCALHOST, &http(server.port()))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            failure,
-            Failure::Protocol(format!("no status line within {MAX_HEAD} bytes"))
-        );
+        let failure = bounded_probe(LOCALHOST, &http(server.port())).await.unwrap_err();
+        assert_eq!(failure, Failure::Protocol(format!("no status line within {MAX_HEAD} bytes")));
     }
 
     #[tokio::test]
     async fn server_closing_at_once_is_a_failure() {
         let server = TestServer::http(Reply::Close).await;
-        let failure = bounded_probe(LOCALHOST, &http(server.port()))
-            .await
-            .unwrap_err();
+        let failure = bounded_probe(LOCALHOST, &http(server.port())).await.unwrap_err();
         // Closing with our request unread makes the kernel send RST, so either is right.
-        assert!(
-            matches!(failure, Failure::Protocol(_) | Failure::Reset),
-            "{failure:?}"
-        );
+        assert!(matches!(failure, Failure::Protocol(_) | Failure::Reset), "{failure:?}");
     }
 
     #[tokio::test]
     async fn status_line_split_across_many_reads_is_assembled() {
-        let server = TestServer::http(Reply::Trickle(
-            b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n".to_vec(),
-        ))
-        .await;
+        let server =
+            TestServer::http(Reply::Trickle(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n".to_vec()))
+                .await;
         assert_eq!(bounded_probe(LOCALHOST, &http(server.port())).await, Ok(()));
     }
 
@@ -386,10 +330,7 @@ mod tests {
     async fn interim_1xx_responses_are_skipped() {
         let reply = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 503 Busy\r\n\r\n";
         let server = TestServer::http(Reply::Raw(reply.to_vec())).await;
-        assert_eq!(
-            bounded_probe(LOCALHOST, &http(server.port())).await,
-            Err(Failure::Status(503))
-        );
+        assert_eq!(bounded_probe(LOCALHOST, &http(server.port())).await, Err(Failure::Status(503)));
     }
 
     #[test]

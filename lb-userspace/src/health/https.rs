@@ -44,10 +44,7 @@ fn server_name(address: IpAddr, host: Option<&str>) -> Result<ServerName<'static
         return Ok(ServerName::IpAddress(address.into()));
     };
     let host = strip_port(host);
-    let unbracketed = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
     }
@@ -79,10 +76,7 @@ fn handshake_failure(err: &io::Error) -> Failure {
 /// rustls reports its own errors (certificates, alerts, bad records) inside an
 /// `io::Error`; everything else is a transport failure.
 fn tls_failure(err: &io::Error) -> Failure {
-    match err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    match err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(tls) => Failure::Tls(tls.to_string()),
         None => Failure::from_io(err),
     }
@@ -214,10 +208,7 @@ mod tests {
     #[tokio::test]
     async fn self_signed_certificate_is_accepted_without_verification() {
         let server = server(Reply::Status(200)).await;
-        assert_eq!(
-            bounded_probe(LOCALHOST, &https(server.port(), false)).await,
-            Ok(())
-        );
+        assert_eq!(bounded_probe(LOCALHOST, &https(server.port(), false)).await, Ok(()));
         assert!(server.requests()[0].starts_with("GET /healthz HTTP/1.1\r\n"));
     }
 
@@ -259,11 +250,7 @@ mod tests {
         let hosts: Vec<_> = server
             .requests()
             .iter()
-            .map(|r| {
-                r.lines()
-                    .find(|l| l.starts_with("Host: "))
-                    .map(str::to_owned)
-            })
+            .map(|r| r.lines().find(|l| l.starts_with("Host: ")).map(str::to_owned))
             .collect();
         let port = server.port();
         assert_eq!(
@@ -280,22 +267,15 @@ mod tests {
     async fn plain_http_server_on_the_https_port_is_a_tls_failure() {
         let server =
             TestServer::http(Reply::Raw(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec())).await;
-        let failure = bounded_probe(LOCALHOST, &https(server.port(), false))
-            .await
-            .unwrap_err();
+        let failure = bounded_probe(LOCALHOST, &https(server.port(), false)).await.unwrap_err();
         assert!(matches!(failure, Failure::Tls(_)), "{failure:?}");
     }
 
     #[tokio::test]
     async fn server_closing_during_the_handshake_is_a_failure() {
         let server = TestServer::http(Reply::Close).await;
-        let failure = bounded_probe(LOCALHOST, &https(server.port(), false))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(failure, Failure::Tls(_) | Failure::Reset),
-            "{failure:?}"
-        );
+        let failure = bounded_probe(LOCALHOST, &https(server.port(), false)).await.unwrap_err();
+        assert!(matches!(failure, Failure::Tls(_) | Failure::Reset), "{failure:?}");
     }
 
     #[test]
@@ -303,14 +283,8 @@ mod tests {
         let v4 = LOCALHOST;
         let name = |host| server_name(v4, host).unwrap();
         assert_eq!(name(None), ServerName::IpAddress(v4.into()));
-        assert_eq!(
-            name(Some("waf.example")),
-            ServerName::try_from("waf.example").unwrap()
-        );
-        assert_eq!(
-            name(Some("waf.example:8443")),
-            ServerName::try_from("waf.example").unwrap()
-        );
+        assert_eq!(name(Some("waf.example")), ServerName::try_from("waf.example").unwrap());
+        assert_eq!(name(Some("waf.example:8443")), ServerName::try_from("waf.example").unwrap());
         assert_eq!(
             name(Some("10.0.0.7")),
             ServerName::IpAddress(IpAddr::from([10, 0, 0, 7]).into())

@@ -129,9 +129,7 @@ pub async fn probe(address: IpAddr, spec: &CheckSpec) -> Result<(), Failure> {
             CheckKind::Https => https::probe(address, spec).await,
         }
     };
-    tokio::time::timeout(spec.timeout, attempt)
-        .await
-        .unwrap_or(Err(Failure::Timeout))
+    tokio::time::timeout(spec.timeout, attempt).await.unwrap_or(Err(Failure::Timeout))
 }
 
 #[cfg(test)]
@@ -145,14 +143,8 @@ mod tests {
         assert_eq!(Failure::from_io(&os(libc::ETIMEDOUT)), Failure::Timeout);
         assert_eq!(Failure::from_io(&os(libc::ECONNRESET)), Failure::Reset);
         assert_eq!(Failure::from_io(&os(libc::EPIPE)), Failure::Reset);
-        assert_eq!(
-            Failure::from_io(&os(libc::EHOSTUNREACH)),
-            Failure::Unreachable
-        );
-        assert_eq!(
-            Failure::from_io(&os(libc::ENETUNREACH)),
-            Failure::Unreachable
-        );
+        assert_eq!(Failure::from_io(&os(libc::EHOSTUNREACH)), Failure::Unreachable);
+        assert_eq!(Failure::from_io(&os(libc::ENETUNREACH)), Failure::Unreachable);
         assert_eq!(
             Failure::from_io(&io::Error::from(io::ErrorKind::ConnectionReset)),
             Failure::Reset
@@ -177,16 +169,7 @@ mod tests {
         .collect();
         assert_eq!(
             labels,
-            [
-                "refused",
-                "timeout",
-                "reset",
-                "unreachable",
-                "status",
-                "tls",
-                "protocol",
-                "other"
-            ]
+            ["refused", "timeout", "reset", "unreachable", "status", "tls", "protocol", "other"]
         );
         assert_eq!(Failure::Status(503).to_string(), "status 503");
         assert_eq!(Failure::Refused.to_string(), "connection refused");

@@ -68,18 +68,9 @@ impl fmt::Display for Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthEvent {
     /// After every probe.
-    Probe {
-        target: Target,
-        ok: bool,
-        failure: Option<Failure>,
-        duration: Duration,
-    },
+    Probe { target: Target, ok: bool, failure: Option<Failure>, duration: Duration },
     /// After the probe that flipped the state (sent right after its `Probe`).
-    Changed {
-        target: Target,
-        up: bool,
-        reason: String,
-    },
+    Changed { target: Target, up: bool, reason: String },
 }
 
 /// Owns the probe loops. Dropping it stops them all.
@@ -108,11 +99,7 @@ impl HealthRunner {
     /// once its receiver is dropped the loops stop probing.
     #[must_use]
     pub fn new(events: mpsc::Sender<HealthEvent>) -> Self {
-        Self {
-            events,
-            runtime: Handle::current(),
-            loops: BTreeMap::new(),
-        }
+        Self { events, runtime: Handle::current(), loops: BTreeMap::new() }
     }
 
     /// Makes `targets` the set being checked (duplicates collapse). Loops of
@@ -140,10 +127,7 @@ impl HealthRunner {
                 .find(|(old, _)| old.same_probe(&target))
                 .map(|(_, old)| old.up.load(Ordering::Acquire));
             let up = inherited.unwrap_or(target.spec.initially_up);
-            debug!(
-                "health: checking {target} (starts {})",
-                if up { "up" } else { "down" }
-            );
+            debug!("health: checking {target} (starts {})", if up { "up" } else { "down" });
             let health = Hysteresis::new(up, target.spec.rise, target.spec.fall);
             let up = Arc::new(AtomicBool::new(up));
             let task = self.runtime.spawn(probe_loop(
@@ -207,19 +191,10 @@ async fn probe_loop(
             let reason = reason(flip, &health, failure.as_ref());
             // The controller logs the flip with the backends it affects.
             debug!("health: {target} is {}: {reason}", if flip.is_up() { "up" } else { "down" });
-            HealthEvent::Changed {
-                target: target.clone(),
-                up: flip.is_up(),
-                reason,
-            }
+            HealthEvent::Changed { target: target.clone(), up: flip.is_up(), reason }
         });
         let ok = failure.is_none();
-        let probed = HealthEvent::Probe {
-            target: target.clone(),
-            ok,
-            failure,
-            duration,
-        };
+        let probed = HealthEvent::Probe { target: target.clone(), ok, failure, duration };
         if events.send(probed).await.is_err() {
             debug!("health: {target}: event receiver gone, stopping");
             return;
@@ -238,18 +213,12 @@ fn reason(flip: Transition, health: &Hysteresis, failure: Option<&Failure>) -> S
     match flip {
         Transition::Up => {
             let n = health.rise();
-            format!(
-                "{n} consecutive {}",
-                if n == 1 { "success" } else { "successes" }
-            )
+            format!("{n} consecutive {}", if n == 1 { "success" } else { "successes" })
         }
         Transition::Down => {
             let n = health.fall();
             let last = failure.map_or_else(String::new, |f| format!(", last: {f}"));
-            format!(
-                "{n} consecutive {}{last}",
-                if n == 1 { "failure" } else { "failures" }
-            )
+            format!("{n} consecutive {}{last}", if n == 1 { "failure" } else { "failures" })
         }
     }
 }
@@ -263,10 +232,7 @@ impl XorShift {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let mut hasher = DefaultHasher::new();
         target.hash(&mut hasher);
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .hash(&mut hasher);
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().hash(&mut hasher);
         STARTED.fetch_add(1, Ordering::Relaxed).hash(&mut hasher);
         // Zero is xorshift's one fixed point.
         Self(hasher.finish() | 1)
@@ -318,10 +284,7 @@ mod tests {
     const PATIENCE: Duration = Duration::from_secs(5);
 
     fn target(server: &TestServer) -> Target {
-        Target {
-            address: LOCALHOST,
-            spec: spec(CheckKind::Http, server.port()),
-        }
+        Target { address: LOCALHOST, spec: spec(CheckKind::Http, server.port()) }
     }
 
     fn runner() -> (HealthRunner, mpsc::Receiver<HealthEvent>) {
@@ -344,12 +307,7 @@ mod tests {
         let mut probes = Vec::new();
         loop {
             match next_event(rx).await {
-                HealthEvent::Probe {
-                    target,
-                    ok,
-                    failure,
-                    ..
-                } if &target == of => {
+                HealthEvent::Probe { target, ok, failure, .. } if &target == of => {
                     assert_eq!(ok, failure.is_none());
                     probes.push(failure);
                 }
@@ -367,11 +325,7 @@ mod tests {
         let t = target(&server); // rise 2, fall 3, starts down
         let (mut runner, mut rx) = runner();
         runner.set_targets([t.clone()]);
-        assert_eq!(
-            runner.state(&t),
-            Some(false),
-            "initial state, announced by no event"
-        );
+        assert_eq!(runner.state(&t), Some(false), "initial state, announced by no event");
 
         let (probes, up, reason) = until_changed(&mut rx, &t).await;
         assert_eq!(probes, [None, None]);
@@ -384,10 +338,7 @@ mod tests {
         // A probe already answered before the switch may still succeed; then exactly `fall` failures.
         let (before, failures) = probes.split_at(probes.len() - 3);
         assert!(before.iter().all(Option::is_none), "{probes:?}");
-        assert!(
-            failures.iter().all(|f| f == &Some(Failure::Status(503))),
-            "{probes:?}"
-        );
+        assert!(failures.iter().all(|f| f == &Some(Failure::Status(503))), "{probes:?}");
         assert!(!up);
         assert_eq!(reason, "3 consecutive failures, last: status 503");
         assert_eq!(runner.state(&t), Some(false));
@@ -395,11 +346,7 @@ mod tests {
         server.set_reply(Reply::Status(200));
         let (probes, up, _) = until_changed(&mut rx, &t).await;
         assert!(up);
-        assert_eq!(
-            probes.iter().rev().take_while(|f| f.is_none()).count(),
-            2,
-            "{probes:?}"
-        );
+        assert_eq!(probes.iter().rev().take_while(|f| f.is_none()).count(), 2, "{probes:?}");
     }
 
     #[tokio::test]
@@ -409,19 +356,10 @@ mod tests {
         drop(closed);
         let mut spec = spec(CheckKind::Tcp, port);
         (spec.initially_up, spec.fall) = (true, 1);
-        let t = Target {
-            address: LOCALHOST,
-            spec,
-        };
+        let t = Target { address: LOCALHOST, spec };
         let (mut runner, mut rx) = runner();
         runner.set_targets([t.clone()]);
-        let HealthEvent::Probe {
-            ok,
-            failure,
-            duration,
-            ..
-        } = next_event(&mut rx).await
-        else {
+        let HealthEvent::Probe { ok, failure, duration, .. } = next_event(&mut rx).await else {
             panic!("first event must be the probe")
         };
         assert!(!ok);
@@ -487,11 +425,7 @@ mod tests {
         assert_eq!(runner.state(&ta), Some(true));
 
         runner.set_targets([ta.clone(), tc.clone()]);
-        assert_eq!(
-            runner.state(&ta),
-            Some(true),
-            "kept, not restarted from initially_up"
-        );
+        assert_eq!(runner.state(&ta), Some(true), "kept, not restarted from initially_up");
         assert_eq!(runner.state(&tb), None);
         assert_eq!(runner.state(&tc), Some(false));
         assert_eq!(runner.targets().collect::<Vec<_>>().len(), 2);
@@ -516,11 +450,7 @@ mod tests {
         sleep(Duration::from_millis(100)).await;
         let b_connections = b.connections();
         sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            b.connections(),
-            b_connections,
-            "removed target still probed"
-        );
+        assert_eq!(b.connections(), b_connections, "removed target still probed");
     }
 
     #[tokio::test]
@@ -561,10 +491,7 @@ mod tests {
 
     #[test]
     fn first_delay_is_within_one_interval_and_later_ones_within_ten_percent() {
-        let t = Target {
-            address: LOCALHOST,
-            spec: spec(CheckKind::Tcp, 80),
-        };
+        let t = Target { address: LOCALHOST, spec: spec(CheckKind::Tcp, 80) };
         let mut rng = XorShift::seeded(&t);
         let interval = Duration::from_millis(50);
         let (mut low, mut high) = (Duration::MAX, Duration::ZERO);
@@ -586,14 +513,10 @@ mod tests {
 
     #[test]
     fn generators_for_different_targets_differ() {
-        let mut a = XorShift::seeded(&Target {
-            address: LOCALHOST,
-            spec: spec(CheckKind::Tcp, 80),
-        });
-        let mut b = XorShift::seeded(&Target {
-            address: LOCALHOST,
-            spec: spec(CheckKind::Tcp, 81),
-        });
+        let mut a =
+            XorShift::seeded(&Target { address: LOCALHOST, spec: spec(CheckKind::Tcp, 80) });
+        let mut b =
+            XorShift::seeded(&Target { address: LOCALHOST, spec: spec(CheckKind::Tcp, 81) });
         assert_ne!(
             (0..4).map(|_| a.next()).collect::<Vec<_>>(),
             (0..4).map(|_| b.next()).collect::<Vec<_>>()
@@ -602,10 +525,7 @@ mod tests {
 
     #[test]
     fn targets_display_as_urls() {
-        let mut t = Target {
-            address: "::1".parse().unwrap(),
-            spec: spec(CheckKind::Https, 8443),
-        };
+        let mut t = Target { address: "::1".parse().unwrap(), spec: spec(CheckKind::Https, 8443) };
         assert_eq!(t.to_string(), "https://[::1]:8443/healthz");
         t.spec.kind = CheckKind::Tcp;
         assert_eq!(t.to_string(), "tcp://[::1]:8443");

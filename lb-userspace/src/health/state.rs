@@ -34,12 +34,7 @@ impl Hysteresis {
     /// Thresholds of 0 are treated as 1: a flip needs at least one result.
     #[must_use]
     pub fn new(initially_up: bool, rise: u32, fall: u32) -> Self {
-        Self {
-            up: initially_up,
-            streak: 0,
-            rise: rise.max(1),
-            fall: fall.max(1),
-        }
+        Self { up: initially_up, streak: 0, rise: rise.max(1), fall: fall.max(1) }
     }
 
     #[must_use]

@@ -37,10 +37,7 @@ mod tests {
     async fn connect_to_a_listening_port_succeeds() {
         let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert_eq!(
-            bounded_probe(LOCALHOST, &spec(CheckKind::Tcp, port)).await,
-            Ok(())
-        );
+        assert_eq!(bounded_probe(LOCALHOST, &spec(CheckKind::Tcp, port)).await, Ok(()));
     }
 
     #[tokio::test]

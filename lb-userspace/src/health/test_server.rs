@@ -87,11 +87,7 @@ impl TestServer {
             seen: Mutex::new(Seen::default()),
         });
         let accept = tokio::spawn(accept_loop(listener, tls, shared.clone()));
-        Self {
-            addr,
-            shared,
-            accept,
-        }
+        Self { addr, shared, accept }
     }
 
     pub fn port(&self) -> u16 {
@@ -160,12 +156,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, reply: Reply, s
                     _ => return,
                 }
             }
-            shared
-                .seen
-                .lock()
-                .unwrap()
-                .requests
-                .push(String::from_utf8_lossy(&head).into_owned());
+            shared.seen.lock().unwrap().requests.push(String::from_utf8_lossy(&head).into_owned());
             let response =
                 format!("HTTP/1.1 {code} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = stream.write_all(response.as_bytes()).await;
@@ -199,9 +190,7 @@ async fn hold<S: AsyncRead + Unpin>(mut stream: S) {
 pub fn self_signed_acceptor(names: &[&str]) -> TlsAcceptor {
     let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
     let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -49,7 +49,11 @@ pub fn run(args: &[String]) -> Result<()> {
             s.hit.push(d(Counter::ConnHit) / (d(Counter::ConnHit) + d(Counter::ConnMiss)).max(1.0));
             // Rates count arrived frames; a few percent lost on a busy 2-core host is
             // noise, more means forwarding is broken.
-            ensure!(got >= sent.frames * 90 / 100, "{name} flows: only {got} of {} frames arrived", sent.frames);
+            ensure!(
+                got >= sent.frames * 90 / 100,
+                "{name} flows: only {got} of {} frames arrived",
+                sent.frames
+            );
             progress(format_args!(
                 "run {}/{runs} {name:>5} flows: {:.2} Mpps per CPU-s, {:.1}% table hits",
                 r + 1,
@@ -69,7 +73,9 @@ fn possible_cpus() -> usize {
         s.trim()
             .split(',')
             .map(|r| match r.split_once('-') {
-                Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+                Some((a, b)) => {
+                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
+                }
                 None => 1,
             })
             .sum()
@@ -93,7 +99,9 @@ fn report(samples: &[Samples], runs: usize, memory: &[MapMemory]) {
         possible_cpus(),
         RUN.as_secs()
     );
-    println!("| flows | Mpps per CPU-second, median (min–max) | × 1 k flows | connection-table hits |");
+    println!(
+        "| flows | Mpps per CPU-second, median (min–max) | × 1 k flows | connection-table hits |"
+    );
     println!("|---|---:|---:|---:|");
     for (s, (_, name)) in samples.iter().zip(FLOWS) {
         println!(
@@ -145,12 +153,14 @@ struct MapMemory {
 
 /// Every map `xdp_lb` uses, with the kernel's figures from fdinfo.
 fn map_memory(lb: &Lb) -> Result<Vec<MapMemory>> {
-    let ids = lb.program()?.info()?.map_ids()?.context("the kernel does not list a program's maps")?;
+    let ids =
+        lb.program()?.info()?.map_ids()?.context("the kernel does not list a program's maps")?;
     let mut out = Vec::new();
     for id in ids {
         let info = MapInfo::from_id(id)?;
         let fd = info.fd()?;
-        let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
+        let text =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
         let field = |k: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(':')?.trim().parse().ok())

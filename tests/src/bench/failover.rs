@@ -89,14 +89,22 @@ impl Balancer for Rig {
 const TIMEOUT: Duration = Duration::from_secs(1);
 const WAFS: usize = 3;
 
-fn measure(b: &dyn Balancer, lab: &Lab, load: &HttpLoad, kind: Kind, runs: usize, label: &str) -> Result<Vec<Sample>> {
+fn measure(
+    b: &dyn Balancer,
+    lab: &Lab,
+    load: &HttpLoad,
+    kind: Kind,
+    runs: usize,
+    label: &str,
+) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     for run in 0..runs {
         wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
         std::thread::sleep(Duration::from_millis(500));
         let t0 = Instant::now();
         kind.inject(lab)?;
-        let detection = wait(|| b.is_down(kind.waf()), Duration::from_secs(30), "the node marked down")?;
+        let detection =
+            wait(|| b.is_down(kind.waf()), Duration::from_secs(30), "the node marked down")?;
         // Let requests sent before detection finish (or time out).
         std::thread::sleep(TIMEOUT + Duration::from_millis(300));
         kind.repair(lab)?;
@@ -118,7 +126,11 @@ fn measure(b: &dyn Balancer, lab: &Lab, load: &HttpLoad, kind: Kind, runs: usize
     Ok(out)
 }
 
-fn wait(mut check: impl FnMut() -> Result<bool>, timeout: Duration, what: &str) -> Result<Duration> {
+fn wait(
+    mut check: impl FnMut() -> Result<bool>,
+    timeout: Duration,
+    what: &str,
+) -> Result<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if check().unwrap_or(false) {
@@ -171,7 +183,13 @@ impl Haproxy {
         s.write_all(b"show stat\n")?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
-        let header: Vec<&str> = text.lines().next().context("empty stats")?.trim_start_matches("# ").split(',').collect();
+        let header: Vec<&str> = text
+            .lines()
+            .next()
+            .context("empty stats")?
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
         let col = header.iter().position(|h| *h == "status").context("no status column")?;
         let name = format!("waf{waf}");
         text.lines()
@@ -222,7 +240,12 @@ fn measure_all(runs: usize) -> Result<String> {
         let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
         for kind in [Kind::Refused, Kind::Silent] {
             let samples = measure(&rig, &rig.lab, &load, kind, runs, "xdplb")?;
-            rows.push(Row { system: "xdplb (dsr)", checks: "defaults: http, 200ms, fall 3, rise 2", kind, samples });
+            rows.push(Row {
+                system: "xdplb (dsr)",
+                checks: "defaults: http, 200ms, fall 3, rise 2",
+                kind,
+                samples,
+            });
         }
     }
     let Rig { mut daemon, lab, .. } = rig;
@@ -232,7 +255,11 @@ fn measure_all(runs: usize) -> Result<String> {
     // many events keep `cargo xtask bench` within its time budget.
     let variants = [
         ("defaults: tcp connect, inter 2s, fall 3, rise 2", "", runs.div_ceil(2).max(3)),
-        ("as xdplb: inter 200ms, fall 3, rise 2", "  default-server inter 200ms fall 3 rise 2\n  timeout check 150ms\n", runs),
+        (
+            "as xdplb: inter 200ms, fall 3, rise 2",
+            "  default-server inter 200ms fall 3 rise 2\n  timeout check 150ms\n",
+            runs,
+        ),
     ];
     for (checks, extra, events) in variants {
         let h = Haproxy::start(extra)?;
@@ -254,7 +281,10 @@ fn stats(v: impl Iterator<Item = f64>) -> (f64, f64) {
 
 fn report(rows: &[Row]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| balancer | health checks | failure | events | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) |");
+    let _ = writeln!(
+        s,
+        "| balancer | health checks | failure | events | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) |"
+    );
     let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
     for r in rows {
         let (d, dw) = stats(r.samples.iter().map(|x| ms(x.detection)));

@@ -109,11 +109,18 @@ struct Results {
 pub fn run(args: &[String]) -> Result<()> {
     let runs: usize = args.first().map_or(Ok(RUNS), |s| s.parse()).context("runs")?;
     ensure!(runs > 0, "runs must be > 0");
-    ensure!(which("wrk") && which("haproxy"), "wrk and haproxy are needed: `cargo xtask setup --bench`");
+    ensure!(
+        which("wrk") && which("haproxy"),
+        "wrk and haproxy are needed: `cargo xtask setup --bench`"
+    );
     // Kernel BPF run-time statistics, on while this fd is open.
     let _stats = enable_bpf_stats()?;
-    let haproxy = Command::new("haproxy").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
-    let haproxy = haproxy.lines().next().and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?").to_owned();
+    let haproxy = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
+    let haproxy =
+        haproxy.lines().next().and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?").to_owned();
     let mut results = Vec::new();
     let mut idle = Vec::new();
     for (mode, cases) in [
@@ -135,14 +142,21 @@ fn lab_phase(mode: Mode, cases: &[Case], runs: usize) -> Result<(Vec<Results>, f
     progress(format_args!("{mode} lab: up, every backend up in xdplb"));
     // Load-generator hygiene for `Connection: close` (wrk closes first, so its side
     // keeps TIME_WAIT): every ephemeral port, and TIME_WAIT reuse for new connects.
-    ns_sh(NS_CLIENT, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"])?;
+    ns_sh(
+        NS_CLIENT,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"],
+    )?;
     let haproxy = if cases.contains(&Case::Haproxy) { Some(Haproxy::start()?) } else { None };
-    let xdplb_pid = process_with_arg("xdplb", &rig.config.to_string_lossy()).context("the xdplb process")?;
-    let prog_id = FdLink::from(PinnedLink::from_pin(Path::new(PIN_DIR).join("xdplb/link"))?).info()?.program_id();
+    let xdplb_pid =
+        process_with_arg("xdplb", &rig.config.to_string_lossy()).context("the xdplb process")?;
+    let prog_id = FdLink::from(PinnedLink::from_pin(Path::new(PIN_DIR).join("xdplb/link"))?)
+        .info()?
+        .program_id();
     // Every case answers before timing starts.
     for case in cases {
         let url = case.url();
-        ns_sh(NS_CLIENT, &["curl", "-sS", "-m", "2", "-o", "/dev/null", &url]).with_context(|| url.clone())?;
+        ns_sh(NS_CLIENT, &["curl", "-sS", "-m", "2", "-o", "/dev/null", &url])
+            .with_context(|| url.clone())?;
     }
     progress(format_args!("{mode} lab: {} s idle baseline", IDLE.as_secs()));
     let before = CpuStat::read()?;
@@ -176,7 +190,13 @@ fn lab_phase(mode: Mode, cases: &[Case], runs: usize) -> Result<(Vec<Results>, f
     Ok((results, idle_rate))
 }
 
-fn measure(case: Case, conns: Conns, lb_pid: Option<i32>, prog_id: u32, idle_rate: f64) -> Result<Sample> {
+fn measure(
+    case: Case,
+    conns: Conns,
+    lb_pid: Option<i32>,
+    prog_id: u32,
+    idle_rate: f64,
+) -> Result<Sample> {
     let softirq = CpuStat::read()?.softirq;
     let process = lb_pid.map(process_cpu).transpose()?.unwrap_or(0.0);
     let program = program_time(prog_id)?;
@@ -190,7 +210,8 @@ fn measure(case: Case, conns: Conns, lb_pid: Option<i32>, prog_id: u32, idle_rat
 }
 
 fn wrk(url: &str, conns: Conns) -> Result<Sample> {
-    let (t, c, d) = (THREADS.to_string(), CONNECTIONS.to_string(), format!("{}s", DURATION.as_secs()));
+    let (t, c, d) =
+        (THREADS.to_string(), CONNECTIONS.to_string(), format!("{}s", DURATION.as_secs()));
     let mut args = vec!["wrk", "-t", &t, "-c", &c, "-d", &d, "--latency", "--timeout", "2s"];
     if conns == Conns::PerRequest {
         args.extend(["-H", "Connection: close"]);
@@ -211,7 +232,10 @@ fn parse_wrk(out: &str) -> Result<Sample> {
             ["Requests/sec:", v] => s.rps = v.parse()?,
             [n, "requests", "in", ..] => s.requests = n.parse()?,
             ["Socket", "errors:", rest @ ..] => {
-                s.errors += rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum::<u64>();
+                s.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
             }
             ["Non-2xx", "or", "3xx", "responses:", n] => s.errors += n.parse::<u64>()?,
             _ => {}
@@ -242,7 +266,8 @@ struct CpuStat {
 impl CpuStat {
     fn read() -> Result<Self> {
         let text = fs::read_to_string("/proc/stat")?;
-        let cpu = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+        let cpu =
+            text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
         // cpu user nice system idle iowait irq softirq steal ...
         let ticks: u64 = cpu.split_whitespace().nth(7).context("no softirq field")?.parse()?;
         Ok(Self { softirq: ticks as f64 / clock_ticks() })
@@ -261,18 +286,21 @@ fn process_cpu(pid: i32) -> Result<f64> {
     let rest = stat.rsplit_once(") ").context("malformed stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    let (u, s): (u64, u64) = (f.get(11).context("utime")?.parse()?, f.get(12).context("stime")?.parse()?);
+    let (u, s): (u64, u64) =
+        (f.get(11).context("utime")?.parse()?, f.get(12).context("stime")?.parse()?);
     Ok((u + s) as f64 / clock_ticks())
 }
 
 /// The pid of a process named `comm` whose command line holds `arg`.
 fn process_with_arg(comm: &str, arg: &str) -> Option<i32> {
-    fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|pid| {
-        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-            && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.split(|&b| b == 0).any(|a| a == arg.as_bytes())
-            })
-    })
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+                && fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+        })
 }
 
 /// Seconds the kernel has spent running program `id` (while BPF statistics are on).
@@ -292,14 +320,20 @@ fn enable_bpf_stats() -> Result<OwnedFd> {
     const BPF_ENABLE_STATS: libc::c_long = 32;
     let attr = [0u32; 1]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
     // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of `attr`.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), size_of_val(&attr)) };
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), size_of_val(&attr))
+    };
     ensure!(fd >= 0, "BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
     // SAFETY: a new fd the kernel just returned to us.
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
 }
 
 fn which(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// HAProxy in the lb namespace, listening on [`HAPROXY_VIP`] (on the lb's `lo`; the
@@ -312,7 +346,10 @@ struct Haproxy {
 impl Haproxy {
     fn start() -> Result<Self> {
         ns_sh(NS_LB, &["ip", "addr", "add", &format!("{HAPROXY_VIP}/32"), "dev", "lo"])?;
-        ns_sh(NS_CLIENT, &["ip", "route", "add", &format!("{HAPROXY_VIP}/32"), "via", &LB4.to_string()])?;
+        ns_sh(
+            NS_CLIENT,
+            &["ip", "route", "add", &format!("{HAPROXY_VIP}/32"), "via", &LB4.to_string()],
+        )?;
         let dir = Path::new(LAB_DIR).join("haproxy");
         fs::create_dir_all(&dir)?;
         let cfg = dir.join("haproxy.cfg");
@@ -343,7 +380,11 @@ impl Haproxy {
         let url = format!("http://{HAPROXY_VIP}/");
         let end = Instant::now() + Duration::from_secs(10);
         while ns_sh(NS_CLIENT, &["curl", "-sS", "-m", "1", "-o", "/dev/null", &url]).is_err() {
-            ensure!(Instant::now() < end, "haproxy does not answer {url}: {}", fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default());
+            ensure!(
+                Instant::now() < end,
+                "haproxy does not answer {url}: {}",
+                fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(h)
@@ -358,7 +399,8 @@ impl Drop for Haproxy {
 }
 
 fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str) {
-    let idle_text: Vec<String> = idle.iter().map(|(m, r)| format!("{r:.3} s/s in the {m} lab")).collect();
+    let idle_text: Vec<String> =
+        idle.iter().map(|(m, r)| format!("{r:.3} s/s in the {m} lab")).collect();
     println!(
         "Method: the lab (`client`, `lb`, `waf1..3` with nginx, one bridge) with `xdplb run` \
          balancing the VIP, and wrk {THREADS} threads × {CONNECTIONS} connections × {} s from the \
@@ -400,10 +442,12 @@ fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str)
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for res in results.iter().filter(|r| r.conns == conns) {
             let reference = reference(results, res);
-            let col = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> { res.samples.iter().map(f).collect() };
+            let col =
+                |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> { res.samples.iter().map(f).collect() };
             let med = |v: Vec<f64>| Summary::of(&v).map_or(f64::NAN, |s| s.median);
             let rps = col(&|s| s.rps);
-            let ref_rps = reference.map_or(f64::NAN, |r| med(r.samples.iter().map(|s| s.rps).collect()));
+            let ref_rps =
+                reference.map_or(f64::NAN, |r| med(r.samples.iter().map(|s| s.rps).collect()));
             let lb = lb_cpu(res, reference);
             let vs_reference = if reference.is_some() { med(rps.clone()) / ref_rps } else { 1.0 };
             println!(
@@ -415,7 +459,11 @@ fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str)
                 med(col(&|s| s.p99_ms)),
                 med(col(&|s| s.per_100k(s.softirq))),
                 med(col(&|s| s.per_100k(s.process))),
-                if matches!(res.case, Case::Xdplb(_)) { format!("{:.4}", med(col(&|s| s.per_100k(s.program)))) } else { "–".into() },
+                if matches!(res.case, Case::Xdplb(_)) {
+                    format!("{:.4}", med(col(&|s| s.per_100k(s.program))))
+                } else {
+                    "–".into()
+                },
                 lb.map_or_else(|| "–".to_owned(), |v| format!("**{v:.3}**")),
                 res.samples.iter().map(|s| s.errors).sum::<u64>()
             );
@@ -433,8 +481,9 @@ fn report(results: &[Results], idle: &[(Mode, f64)], runs: usize, haproxy: &str)
             let Some(x) = find(Case::Xdplb(mode)) else { continue };
             let Some(v) = lb_cpu(x, reference(results, x)) else { continue };
             let r = v / h;
-            let program = Summary::of(&x.samples.iter().map(|s| s.per_100k(s.program)).collect::<Vec<_>>())
-                .map_or(f64::NAN, |p| p.median);
+            let program =
+                Summary::of(&x.samples.iter().map(|s| s.per_100k(s.program)).collect::<Vec<_>>())
+                    .map_or(f64::NAN, |p| p.median);
             println!(
                 "- {}, xdplb {mode}: {v:.3} vs HAProxy {h:.3} s/100k = {r:.3} of HAProxy's ({}); \
                  counting only the time inside `xdp_lb` (the lower bound): {:.3} of HAProxy's.",
@@ -469,7 +518,11 @@ fn lb_cpu(res: &Results, reference: Option<&Results>) -> Option<f64> {
         Case::Haproxy => med(res.samples.iter().map(|s| s.per_100k(s.process)).collect()),
         Case::Xdplb(_) => {
             let base = med(reference?.samples.iter().map(|s| s.per_100k(s.softirq)).collect())?;
-            med(res.samples.iter().map(|s| s.per_100k(s.process) + s.per_100k(s.softirq) - base).collect())
+            med(res
+                .samples
+                .iter()
+                .map(|s| s.per_100k(s.process) + s.per_100k(s.softirq) - base)
+                .collect())
         }
     }
 }
@@ -482,6 +535,9 @@ mod tests {
     fn reads_wrk_output() {
         let out = "Running 10s test @ http://10.99.0.11/\n  2 threads and 32 connections\n  Latency Distribution\n     50%  410.00us\n     75%  1.00ms\n     99%    2.50ms\n  123456 requests in 10.00s, 20.00MB read\n  Socket errors: connect 0, read 3, write 0, timeout 2\nRequests/sec:  12345.60\nTransfer/sec:      2.00MB\n";
         let s = parse_wrk(out).unwrap();
-        assert_eq!((s.p50_ms, s.p99_ms, s.requests, s.rps, s.errors), (0.41, 2.5, 123_456.0, 12_345.6, 5));
+        assert_eq!(
+            (s.p50_ms, s.p99_ms, s.requests, s.rps, s.errors),
+            (0.41, 2.5, 123_456.0, 12_345.6, 5)
+        );
     }
 }

@@ -53,7 +53,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut pair = Pair::up()?;
     let mut dsr = Lb::new(ForwardingMode::Dsr)?;
     let mut ipip = Lb::new(ForwardingMode::Ipip)?;
-    let cases = [Case::Lb(ForwardingMode::Dsr), Case::Lb(ForwardingMode::Ipip), Case::Floor, Case::Nft];
+    let cases =
+        [Case::Lb(ForwardingMode::Dsr), Case::Lb(ForwardingMode::Ipip), Case::Floor, Case::Nft];
     let protos = [L4::Udp, L4::Tcp];
     let mut samples: Vec<Vec<Samples>> =
         cases.iter().map(|_| protos.iter().map(|_| Samples::default()).collect()).collect();
@@ -75,7 +76,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     Case::Lb(ForwardingMode::Ipip) => Some(&ipip),
                     _ => None,
                 };
-                let before = (pair.received()?, lb.map(|l| l.writer.maps().counters()).transpose()?);
+                let before =
+                    (pair.received()?, lb.map(|l| l.writer.maps().counters()).transpose()?);
                 let sent = pair.send(l4, FLOWS, RUN)?;
                 let got = pair.received()? - before.0;
                 let s = &mut samples[ci][pi];
@@ -86,7 +88,9 @@ pub fn run(args: &[String]) -> Result<()> {
                     let a = lb.writer.maps().counters()?;
                     let d = |c: Counter| (a.get(c) - b.get(c)) as f64;
                     s.lb_tx.push(d(Counter::ActionTx) / sent.frames as f64);
-                    s.hit.push(d(Counter::ConnHit) / (d(Counter::ConnHit) + d(Counter::ConnMiss)).max(1.0));
+                    s.hit.push(
+                        d(Counter::ConnHit) / (d(Counter::ConnHit) + d(Counter::ConnMiss)).max(1.0),
+                    );
                 }
                 if case == Case::Nft {
                     nft_conntrack = nft_conntrack.max(veth::conntrack_count()?);
@@ -108,7 +112,13 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn report(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], runs: usize, nft_conntrack: u64) {
+fn report(
+    cases: &[Case],
+    protos: &[L4],
+    samples: &[Vec<Samples>],
+    runs: usize,
+    nft_conntrack: u64,
+) {
     let floor = cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
     let nft = cases.iter().position(|&c| c == Case::Nft).unwrap_or(0);
     println!(
@@ -160,7 +170,12 @@ fn report(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], runs: usize, 
         for (pi, l4) in protos.iter().enumerate() {
             let s = &samples[ci][pi];
             let d = Summary::of(&s.delivered).map_or(0.0, |x| x.min);
-            let mut n = format!("{} {}: ≥ {:.1}% of sent frames arrived", case.label(), l4.name(), 100.0 * d);
+            let mut n = format!(
+                "{} {}: ≥ {:.1}% of sent frames arrived",
+                case.label(),
+                l4.name(),
+                100.0 * d
+            );
             if let (Some(tx), Some(hit)) = (Summary::of(&s.lb_tx), Summary::of(&s.hit)) {
                 let _ = write!(
                     n,
@@ -174,7 +189,9 @@ fn report(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], runs: usize, 
     }
     println!("Checks: {}.", notes.join("; "));
     println!();
-    println!("The nftables case held {nft_conntrack} conntrack entries (every flow was DNATed through connection tracking).");
+    println!(
+        "The nftables case held {nft_conntrack} conntrack entries (every flow was DNATed through connection tracking)."
+    );
     println!();
     targets(cases, protos, samples, floor, nft);
 }

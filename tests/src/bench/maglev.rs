@@ -63,18 +63,25 @@ fn measure(n: usize, size: u32, runs: usize) -> Row {
     let removal = (0..REMOVALS.min(n))
         .map(|k| {
             let gone = k * n / REMOVALS.min(n);
-            let rest: Vec<String> = members.iter().enumerate().filter(|&(i, _)| i != gone).map(|(_, s)| s.clone()).collect();
+            let rest: Vec<String> = members
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != gone)
+                .map(|(_, s)| s.clone())
+                .collect();
             moved(&base, members, &table(&rest, size), &rest) as f64 / ideal_removed
         })
         .collect();
-    let addition = moved(&base, members, &table(&all, size), &all) as f64 / (f64::from(size) / (n + 1) as f64);
+    let addition =
+        moved(&base, members, &table(&all, size), &all) as f64 / (f64::from(size) / (n + 1) as f64);
     let mut shares = vec![0usize; n];
     for &s in &base {
         if let Some(c) = shares.get_mut(s as usize) {
             *c += 1;
         }
     }
-    let (min, max) = (shares.iter().min().copied().unwrap_or(0), shares.iter().max().copied().unwrap_or(0));
+    let (min, max) =
+        (shares.iter().min().copied().unwrap_or(0), shares.iter().max().copied().unwrap_or(0));
     Row { n, size, build_ms, removal, addition, imbalance: max as f64 / min.max(1) as f64 }
 }
 
@@ -127,12 +134,15 @@ fn report(rows: &[Row], larger: &[Row], runs: usize) {
          `RING_SIZE` = {RING_SIZE}); they show that disruption falls as the ring grows relative to \
          N, as the Maglev paper reports.\n"
     );
-    println!("Targets (issue #5): 1000 backends built in ≤ 20 ms; removal moves ≤ 1.2/N of slots.\n");
+    println!(
+        "Targets (issue #5): 1000 backends built in ≤ 20 ms; removal moves ≤ 1.2/N of slots.\n"
+    );
     for r in rows {
         let build = Summary::of(&r.build_ms).map_or(f64::NAN, |s| s.median);
         let removal = Summary::of(&r.removal).map_or(f64::NAN, |s| s.median);
         let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
-        let mut line = format!("- N = {}: removal moves {removal:.2}/N ({})", r.n, verdict(removal <= 1.2));
+        let mut line =
+            format!("- N = {}: removal moves {removal:.2}/N ({})", r.n, verdict(removal <= 1.2));
         if r.n == 1000 {
             let _ = write!(line, "; build {build:.2} ms median ({})", verdict(build <= 20.0));
         }

@@ -26,9 +26,7 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLink},
 };
-use lb_common::{
-    BackendState, ForwardingMode, LbConfig, Traffic, proto,
-};
+use lb_common::{BackendState, ForwardingMode, LbConfig, Traffic, proto};
 use lb_userspace::{
     dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
     maps::BpfMaps,
@@ -138,7 +136,8 @@ impl Pair {
         }
         let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
         for name in ["xdp_gen", "xdp_count", "xdp_mac_swap", "xdp_pass"] {
-            let p: &mut Xdp = tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
+            let p: &mut Xdp =
+                tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }
         let sink: &mut Xdp = tools.program_mut("xdp_count").context("xdp_count")?.try_into()?;
@@ -150,7 +149,8 @@ impl Pair {
 
     /// A tools program (`xdp_mac_swap`, `xdp_pass`) attached to lb0 until the link drops.
     pub fn attach_tool(&mut self, name: &str) -> Result<XdpLink> {
-        let p: &mut Xdp = self.tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
+        let p: &mut Xdp =
+            self.tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
         attach(p, NS_DUT, DUT_IF)
     }
 
@@ -206,7 +206,8 @@ impl Pair {
                 frames += u64::from(CHUNK);
             }
             let wall = start.elapsed();
-            let cpu = thread_cpu().saturating_sub(own) + runtime(ksoftirqd)?.saturating_sub(deferred);
+            let cpu =
+                thread_cpu().saturating_sub(own) + runtime(ksoftirqd)?.saturating_sub(deferred);
             Ok(Sent { frames, wall, cpu })
         })
     }
@@ -288,7 +289,9 @@ fn plan(mode: ForwardingMode) -> DataPlane {
 /// detaches it when dropped.
 fn attach(p: &mut Xdp, ns: &str, ifname: &str) -> Result<XdpLink> {
     in_netns(Some(ns), || {
-        let id = p.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching to {ifname} in {ns}"))?;
+        let id = p
+            .attach(ifname, XdpMode::Driver)
+            .with_context(|| format!("attaching to {ifname} in {ns}"))?;
         Ok(p.take_link(id)?)
     })
 }
@@ -309,7 +312,10 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
-            return Err(anyhow!("pinning the generator to CPU {cpu}: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!(
+                "pinning the generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -328,7 +334,9 @@ fn ksoftirqd(cpu: usize) -> Result<i32> {
     let want = format!("ksoftirqd/{cpu}");
     std::fs::read_dir("/proc")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == want))
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == want)
+        })
         .with_context(|| format!("no {want} thread"))
 }
 
@@ -351,15 +359,34 @@ fn build() -> Result<()> {
         sh(&["ip", "netns", "add", ns])?;
         ns_sh(ns, &["ip", "link", "set", "lo", "up"])?;
     }
-    ns_sh(NS_GEN, &["ip", "link", "add", GEN_IF, "type", "veth", "peer", "name", DUT_IF, "netns", NS_DUT])?;
-    for (ns, ifname, m, a) in [(NS_GEN, GEN_IF, CLIENT_MAC, GEN_ADDR), (NS_DUT, DUT_IF, LB_MAC, DUT_ADDR)] {
+    ns_sh(
+        NS_GEN,
+        &["ip", "link", "add", GEN_IF, "type", "veth", "peer", "name", DUT_IF, "netns", NS_DUT],
+    )?;
+    for (ns, ifname, m, a) in
+        [(NS_GEN, GEN_IF, CLIENT_MAC, GEN_ADDR), (NS_DUT, DUT_IF, LB_MAC, DUT_ADDR)]
+    {
         ns_sh(ns, &["ip", "link", "set", ifname, "address", &mac(m)])?;
         ns_sh(ns, &["ip", "addr", "add", &format!("{a}/24"), "dev", ifname])?;
         ns_sh(ns, &["ip", "link", "set", ifname, "up"])?;
         ns_sh(ns, &["ethtool", "-K", ifname, "tx", "off"])?;
     }
     let gen_addr = GEN_ADDR.to_string();
-    ns_sh(NS_DUT, &["ip", "neigh", "replace", &gen_addr, "lladdr", &mac(CLIENT_MAC), "dev", DUT_IF, "nud", "permanent"])?;
+    ns_sh(
+        NS_DUT,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &gen_addr,
+            "lladdr",
+            &mac(CLIENT_MAC),
+            "dev",
+            DUT_IF,
+            "nud",
+            "permanent",
+        ],
+    )?;
     ns_sh(NS_DUT, &["ip", "route", "add", "198.18.0.0/15", "via", &gen_addr])?;
     ns_sh(NS_DUT, &["ip", "route", "add", "198.19.1.0/24", "via", &gen_addr])?;
     ns_sh(
@@ -397,10 +424,15 @@ pub fn conntrack_count() -> Result<u64> {
 fn run_with_stdin(c: &mut std::process::Command, input: &str) -> Result<()> {
     use std::{io::Write as _, process::Stdio};
     let line = crate::lab::sh::show(c);
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child =
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "`{line}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    ensure!(
+        out.status.success(),
+        "`{line}` failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 

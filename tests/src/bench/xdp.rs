@@ -64,12 +64,28 @@ pub fn run(args: &[String]) -> Result<()> {
         for f in [&ack4, &udp4] {
             ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
         }
-        let label = |s: &str| -> &'static str { Box::leak(format!("{s}, {mode}").into_boxed_str()) };
+        let label =
+            |s: &str| -> &'static str { Box::leak(format!("{s}, {mode}").into_boxed_str()) };
         cases.push(Case { name: label("TCP SYN v4"), prog: p, frame: syn4.frame(), want: XDP_TX });
-        cases.push(Case { name: label("TCP ACK v4 (table hit)"), prog: p, frame: ack4.frame(), want: XDP_TX });
-        cases.push(Case { name: label("UDP v4 (table hit)"), prog: p, frame: udp4.frame(), want: XDP_TX });
+        cases.push(Case {
+            name: label("TCP ACK v4 (table hit)"),
+            prog: p,
+            frame: ack4.frame(),
+            want: XDP_TX,
+        });
+        cases.push(Case {
+            name: label("UDP v4 (table hit)"),
+            prog: p,
+            frame: udp4.frame(),
+            want: XDP_TX,
+        });
         cases.push(Case { name: label("TCP SYN v6"), prog: p, frame: syn6.frame(), want: XDP_TX });
-        cases.push(Case { name: label("non-VIP pass"), prog: p, frame: other.frame(), want: XDP_PASS });
+        cases.push(Case {
+            name: label("non-VIP pass"),
+            prog: p,
+            frame: other.frame(),
+            want: XDP_PASS,
+        });
     }
 
     // Interleave cases run by run, so a noisy neighbour hurts all of them alike.
@@ -79,7 +95,12 @@ pub fn run(args: &[String]) -> Result<()> {
     for i in 0..runs {
         for (case, s) in cases.iter().zip(&mut samples) {
             let (action, ns) = timed_run(case.prog, &case.frame, &mut out)?;
-            ensure!(action == case.want, "{}: run {i} returned action {action}, want {}", case.name, case.want);
+            ensure!(
+                action == case.want,
+                "{}: run {i} returned action {action}, want {}",
+                case.name,
+                case.want
+            );
             s.push(ns);
         }
         if i % 5000 == 0 {
@@ -99,7 +120,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let harness = stats[0].1;
     let floor_net = (stats[1].1 - harness).max(0.1);
     let mut by_name = BTreeMap::new();
-    println!("| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |");
+    println!(
+        "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (case, (med, mean)) in cases.iter().zip(&stats) {
         let net = mean - harness;
@@ -126,9 +149,21 @@ pub fn run(args: &[String]) -> Result<()> {
     ];
     for mode in ["dsr", "ipip"] {
         for (case, target) in targets {
-            let Some(&(net, raw)) = by_name.get(format!("{case}, {mode}").as_str()) else { continue };
-            let verdict = |x: f64| if x <= target { "met".to_owned() } else { format!("**missed** by {:.0}%", (x / target - 1.0) * 100.0) };
-            println!("- {case}, {mode}: ≤ {target}x; raw {raw:.2}x ({}), net {net:.1}x ({})", verdict(raw), verdict(net));
+            let Some(&(net, raw)) = by_name.get(format!("{case}, {mode}").as_str()) else {
+                continue;
+            };
+            let verdict = |x: f64| {
+                if x <= target {
+                    "met".to_owned()
+                } else {
+                    format!("**missed** by {:.0}%", (x / target - 1.0) * 100.0)
+                }
+            };
+            println!(
+                "- {case}, {mode}: ≤ {target}x; raw {raw:.2}x ({}), net {net:.1}x ({})",
+                verdict(raw),
+                verdict(net)
+            );
         }
     }
     Ok(())

@@ -15,6 +15,8 @@ fn main() -> Result<()> {
         Some("maglev") => bench::maglev::run(rest),
         Some("conntrack") => bench::conntrack::run(rest),
         Some("failover") => bench::failover::run(rest),
-        _ => bail!("usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS]"),
+        _ => bail!(
+            "usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS]"
+        ),
     }
 }

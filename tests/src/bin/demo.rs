@@ -54,7 +54,9 @@ fn main() {
 }
 
 fn run(mode: Mode) -> Result<()> {
-    println!("==> xdplb demo ({mode} mode): lab with {WAFS} nginx WAF nodes, xdplb with its default health checks");
+    println!(
+        "==> xdplb demo ({mode} mode): lab with {WAFS} nginx WAF nodes, xdplb with its default health checks"
+    );
     let rig = Rig::up(mode, WAFS, &Checks::default())?;
     println!("==> xdplb is up; {} ", rig.daemon.status()?.lines().next().unwrap_or(""));
     // Enough workers that a few stuck on a silent node do not stall the load.
@@ -62,10 +64,14 @@ fn run(mode: Mode) -> Result<()> {
     let start = Instant::now();
     let mut events: Vec<Event> = Vec::new();
     // (second, action): what happens when.
-    let script: [(u64, &str); 4] = [(5, "stop waf2"), (11, "start waf2"), (17, "cut waf3"), (24, "restore waf3")];
+    let script: [(u64, &str); 4] =
+        [(5, "stop waf2"), (11, "start waf2"), (17, "cut waf3"), (24, "restore waf3")];
     let end = Duration::from_secs(30);
     println!();
-    println!("   time   {:>9} {:>9} {:>9}   {:>6}   health (web4)", "waf1 r/s", "waf2 r/s", "waf3 r/s", "failed");
+    println!(
+        "   time   {:>9} {:>9} {:>9}   {:>6}   health (web4)",
+        "waf1 r/s", "waf2 r/s", "waf3 r/s", "failed"
+    );
     let mut next_row = Duration::from_secs(1);
     let mut done = 0;
     while start.elapsed() < end && !INTERRUPTED.load(Ordering::Relaxed) {
@@ -86,12 +92,21 @@ fn run(mode: Mode) -> Result<()> {
                 _ => "link restored",
             };
             println!("   >>> {:>5.1}s  {waf}: {what}", start.elapsed().as_secs_f64());
-            events.push(Event { what: action, waf: waf.to_owned(), at: Instant::now(), detected: None });
+            events.push(Event {
+                what: action,
+                waf: waf.to_owned(),
+                at: Instant::now(),
+                detected: None,
+            });
             done += 1;
         }
         // Detection: the first moment the daemon shows the new state.
         if let Some(ev) = events.last_mut().filter(|e| e.detected.is_none()) {
-            let want = if ev.what.starts_with("stop") || ev.what.starts_with("cut") { "down" } else { "up" };
+            let want = if ev.what.starts_with("stop") || ev.what.starts_with("cut") {
+                "down"
+            } else {
+                "up"
+            };
             if rig.state("web4", &ev.waf).is_ok_and(|s| s == want) {
                 ev.detected = Some(ev.at.elapsed());
             }
@@ -101,8 +116,9 @@ fn run(mode: Mode) -> Result<()> {
             let row_end = start + next_row;
             let row_start = row_end.checked_sub(Duration::from_secs(1)).unwrap_or(start);
             let (ok, failed) = tally_ended(&records, row_start, row_end);
-            let health: Vec<String> =
-                (1..=WAFS).map(|k| rig.state("web4", &format!("waf{k}")).unwrap_or_else(|_| "?".into())).collect();
+            let health: Vec<String> = (1..=WAFS)
+                .map(|k| rig.state("web4", &format!("waf{k}")).unwrap_or_else(|_| "?".into()))
+                .collect();
             println!(
                 "  {:>5.0}s   {:>9} {:>9} {:>9}   {:>6}   {}",
                 next_row.as_secs_f64(),
@@ -128,7 +144,10 @@ fn run(mode: Mode) -> Result<()> {
 
 fn summary(events: &[Event], records: &[Record]) {
     println!("\nSummary (health checks: xdplb defaults, interval 200ms, fall 3, rise 2)");
-    println!("  {:<14} {:>12} {:>16} {:>22}", "event", "detected in", "failed requests", "last failure after");
+    println!(
+        "  {:<14} {:>12} {:>16} {:>22}",
+        "event", "detected in", "failed requests", "last failure after"
+    );
     for (i, ev) in events.iter().enumerate() {
         let until = events.get(i + 1).map_or(Instant::now(), |n| n.at);
         let (_, failed) = tally(records, ev.at, until);
@@ -142,7 +161,8 @@ fn summary(events: &[Event], records: &[Record]) {
         println!(
             "  {:<14} {:>12} {:>16} {:>22}",
             ev.what,
-            ev.detected.map_or("not seen".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+            ev.detected
+                .map_or("not seen".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
             if kinds.is_empty() { "0".to_owned() } else { format!("{n} {kinds:?}") },
             last.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
         );

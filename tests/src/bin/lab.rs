@@ -53,13 +53,19 @@ fn parse_up(args: &[String]) -> Result<LabConfig> {
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (flag.as_str(), None),
         };
-        let mut value =
-            || inline.clone().or_else(|| it.next().cloned()).with_context(|| format!("{name} needs a value"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .with_context(|| format!("{name} needs a value"))
+        };
         match name {
             "--mode" => config.mode = value()?.parse()?,
             "--wafs" => {
                 let v = value()?;
-                config.wafs = v.parse().with_context(|| format!("--wafs {v:?}: a number, 1 to {MAX_WAFS}"))?;
+                config.wafs = v
+                    .parse()
+                    .with_context(|| format!("--wafs {v:?}: a number, 1 to {MAX_WAFS}"))?;
             }
             _ => bail!("unknown option {flag:?}\n{USAGE}"),
         }

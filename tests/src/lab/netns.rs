@@ -37,7 +37,10 @@ pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send)
     let handle = match ns {
         Some(ns) => {
             let path = ns_path(ns);
-            Some(File::open(&path).with_context(|| format!("namespace {ns}: cannot open {}", path.display()))?)
+            Some(
+                File::open(&path)
+                    .with_context(|| format!("namespace {ns}: cannot open {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -52,7 +55,9 @@ pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send)
             f()
         })
         .join()
-        .map_err(|_| anyhow!("the thread working in namespace {} panicked", ns.unwrap_or("(root)")))?
+        .map_err(|_| {
+            anyhow!("the thread working in namespace {} panicked", ns.unwrap_or("(root)"))
+        })?
     })
 }
 
@@ -94,7 +99,8 @@ pub fn attach_pinned(ns: Option<&str>, ifname: &str, prog: &XdpProg, pin: &Path)
                     .with_context(|| format!("DECAP_ADDRS <- {a}"))?;
             }
         }
-        let p: &mut Xdp = ebpf.program_mut(prog.name()).context("program not in the object")?.try_into()?;
+        let p: &mut Xdp =
+            ebpf.program_mut(prog.name()).context("program not in the object")?.try_into()?;
         p.load().context("loading the program")?;
         let id = p.attach(ifname, XdpMode::Driver).context("attaching in driver mode")?;
         // A netlink attachment (the fallback) would not be an FdLink: it cannot be

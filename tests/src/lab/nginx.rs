@@ -58,9 +58,11 @@ http {{
 
 /// Writes the config (and its temp dir) into `dir`.
 pub fn write_config(name: &str, dir: &Path, port: u16) -> Result<()> {
-    std::fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("tmp"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(name, dir, port)).with_context(|| format!("writing {}", conf.display()))
+    std::fs::write(&conf, config(name, dir, port))
+        .with_context(|| format!("writing {}", conf.display()))
 }
 
 /// Starts nginx in namespace `ns`. It daemonizes after binding its sockets, so it
@@ -68,7 +70,8 @@ pub fn write_config(name: &str, dir: &Path, port: u16) -> Result<()> {
 pub fn start(ns: &str, dir: &Path) -> Result<()> {
     // Output into a file, not a pipe: the daemon must not hold our pipe open.
     let out_path = dir.join("nginx.out");
-    let out = File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
+    let out =
+        File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
     let d = format!("{}/", dir.display());
     let mut cmd = in_ns(ns, &["nginx", "-p", &d, "-c", "nginx.conf", "-e", "error.log"]);
     cmd.stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));

@@ -41,7 +41,12 @@ pub fn output(cmd: &mut Command) -> Result<Output> {
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = output(cmd)?;
     if !out.status.success() {
-        bail!("`{}` failed ({}): {}", show(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed ({}): {}",
+            show(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -59,5 +64,9 @@ pub fn ns_sh(ns: &str, args: &[&str]) -> Result<String> {
 /// Runs `cmd` for its effect where failure is expected and harmless (removing
 /// what may not exist); true when it succeeded.
 pub fn quietly(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -4,8 +4,8 @@
 use std::{fmt::Write as _, time::Instant};
 
 use super::{
-    BRIDGE, CUT_TABLE, LAB_DIR, Lab, NS_CLIENT, NS_IF, NS_LB, Node, PIN_DIR, UDP_PORT, VIP4, VIP6, lab_namespaces,
-    nginx, read_pid, root_links,
+    BRIDGE, CUT_TABLE, LAB_DIR, Lab, NS_CLIENT, NS_IF, NS_LB, Node, PIN_DIR, UDP_PORT, VIP4, VIP6,
+    lab_namespaces, nginx, read_pid, root_links,
     sh::{cmd, in_ns, ns_sh, output, quietly, sh},
 };
 
@@ -38,11 +38,9 @@ fn xdp_on(ns: Option<&str>, ifname: &str) -> String {
     } else {
         "driver"
     };
-    let Some(id) = words
-        .iter()
-        .position(|w| w.starts_with("prog/xdp"))
-        .and_then(|i| (words.get(i + 1) == Some(&"id")).then(|| words.get(i + 2).copied()).flatten())
-    else {
+    let Some(id) = words.iter().position(|w| w.starts_with("prog/xdp")).and_then(|i| {
+        (words.get(i + 1) == Some(&"id")).then(|| words.get(i + 2).copied()).flatten()
+    }) else {
         return "none".to_owned();
     };
     let name = sh(&["bpftool", "prog", "show", "id", id])
@@ -62,7 +60,9 @@ fn addresses(ns: &str, ifname: &str) -> String {
             s.lines()
                 .filter_map(|l| {
                     let w: Vec<&str> = l.split_whitespace().collect();
-                    w.iter().position(|x| *x == "inet" || *x == "inet6").and_then(|i| w.get(i + 1).copied())
+                    w.iter()
+                        .position(|x| *x == "inet" || *x == "inet6")
+                        .and_then(|i| w.get(i + 1).copied())
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -77,16 +77,30 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
     let links = root_links().unwrap_or_default();
     match lab {
         Some(lab) => {
-            let _ = writeln!(s, "lab: {} mode, {} WAF nodes; VIPs {VIP4} {VIP6}", lab.mode(), lab.config.wafs);
+            let _ = writeln!(
+                s,
+                "lab: {} mode, {} WAF nodes; VIPs {VIP4} {VIP6}",
+                lab.mode(),
+                lab.config.wafs
+            );
         }
-        None if namespaces.is_empty() && links.is_empty() => return "lab: down (nothing of it exists)\n".to_owned(),
+        None if namespaces.is_empty() && links.is_empty() => {
+            return "lab: down (nothing of it exists)\n".to_owned();
+        }
         None => {
-            let _ = writeln!(s, "lab: no state file in {LAB_DIR}, but leftovers exist (`lab down` removes them)");
+            let _ = writeln!(
+                s,
+                "lab: no state file in {LAB_DIR}, but leftovers exist (`lab down` removes them)"
+            );
         }
     }
     let bridge = if links.iter().any(|l| l == BRIDGE) { "present" } else { "MISSING" };
     let _ = writeln!(s, "bridge {BRIDGE}: {bridge}; root-side links: {}", links.join(" "));
-    let _ = writeln!(s, "namespaces: {}", if namespaces.is_empty() { "none".to_owned() } else { namespaces.join(" ") });
+    let _ = writeln!(
+        s,
+        "namespaces: {}",
+        if namespaces.is_empty() { "none".to_owned() } else { namespaces.join(" ") }
+    );
     let mut nodes: Vec<Node> = lab.map(Lab::nodes).unwrap_or_default();
     for ns in &namespaces {
         let node = match ns.as_str() {
@@ -118,7 +132,8 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
         );
         if let Node::Waf(_) = node {
             let dir = node.dir();
-            let nginx = nginx::running(&dir).map_or_else(|| "DOWN".to_owned(), |p| format!("up (pid {p})"));
+            let nginx =
+                nginx::running(&dir).map_or_else(|| "DOWN".to_owned(), |p| format!("up (pid {p})"));
             let udp = read_pid(&dir.join("udp.pid"))
                 .filter(|p| nginx::alive(*p))
                 .map_or_else(|| "DOWN".to_owned(), |p| format!("up (pid {p})"));
@@ -127,7 +142,9 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
             let t = Instant::now();
             let probe = match ns_sh(NS_LB, &["curl", "-sS", "-m", "1", &url]) {
                 Ok(body) => format!("{} in {} ms", body.trim(), t.elapsed().as_millis()),
-                Err(e) => format!("FAILED: {}", e.to_string().rsplit(": ").next().unwrap_or_default()),
+                Err(e) => {
+                    format!("FAILED: {}", e.to_string().rsplit(": ").next().unwrap_or_default())
+                }
             };
             let _ = writeln!(
                 s,
@@ -138,7 +155,9 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
         }
     }
     let pins: Vec<String> = std::fs::read_dir(PIN_DIR)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect()
+        })
         .unwrap_or_default();
     let _ = writeln!(
         s,

@@ -70,9 +70,12 @@ pub fn start(ns: &str, name: &str, port: u16, pid_file: &Path) -> Result<i32> {
     // SAFETY: `pid` is our child.
     unsafe { libc::waitpid(pid, &raw mut status, 0) };
     let mut buf = [0u8; 4];
-    File::from(rd).read_exact(&mut buf).with_context(|| format!("udp responder of {name} died before it started"))?;
+    File::from(rd)
+        .read_exact(&mut buf)
+        .with_context(|| format!("udp responder of {name} died before it started"))?;
     let server = i32::from_ne_bytes(buf);
-    std::fs::write(pid_file, format!("{server}\n")).with_context(|| format!("writing {}", pid_file.display()))?;
+    std::fs::write(pid_file, format!("{server}\n"))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
     Ok(server)
 }
 
@@ -86,8 +89,15 @@ fn check(rc: libc::c_int, what: &str) -> Result<()> {
 fn setopt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, what: &str) -> Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: `one` is a c_int, the size given.
-    let rc =
-        unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const one).cast(), size_of_val(&one) as u32) };
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const one).cast(),
+            size_of_val(&one) as u32,
+        )
+    };
     check(rc, what)
 }
 
@@ -258,7 +268,8 @@ unsafe fn answer(fd: RawFd, reply: &[u8]) {
             }
             c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
-        let mut out = libc::iovec { iov_base: reply.as_ptr().cast_mut().cast(), iov_len: reply.len() };
+        let mut out =
+            libc::iovec { iov_base: reply.as_ptr().cast_mut().cast(), iov_len: reply.len() };
         msg.msg_iov = &raw mut out;
         msg.msg_control = source.cast();
         msg.msg_controllen = source_len;
