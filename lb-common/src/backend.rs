@@ -13,6 +13,19 @@ pub enum BackendState {
 }
 
 impl BackendState {
+    /// Every state, in value order.
+    pub const ALL: [Self; 3] = [Self::Up, Self::Down, Self::Draining];
+
+    /// Stable lowercase name: the `xdplb status` column and the metric label.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Draining => "draining",
+        }
+    }
+
     #[must_use]
     pub const fn from_u8(v: u8) -> Self {
         match v {

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod flow;
+pub mod generator;
 pub mod hash;
 pub mod limits;
 pub mod stats;
@@ -33,7 +34,8 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Names of the maps in the `xdp-lb` object; the controller opens them by these.
+/// Names of the maps of the XDP objects; userspace opens them by these (the
+/// `#[map]` names must be literals; `lb_userspace::objects` tests that they agree).
 pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
@@ -46,8 +48,28 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SCRATCH: &str = "SCRATCH";
+    /// Every map of the `xdp-lb` object.
+    pub const XDP_LB: &[&str] = &[
+        CONFIG,
+        VIPS,
+        VIP_ADDRS,
+        VIP_FILTER,
+        RINGS,
+        BACKENDS,
+        CONNS,
+        STATS,
+        VIP_STATS,
+        BACKEND_STATS,
+        SCRATCH,
+    ];
     /// In the `xdp-decap` object: outer destination addresses to strip.
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    /// In the `xdp-tools` object: the traffic generator's `generator::GenConfig`.
+    pub const GEN_CONFIG: &str = "GEN_CONFIG";
+    /// In the `xdp-tools` object: frames generated so far, per CPU.
+    pub const GEN_SEQ: &str = "GEN_SEQ";
+    /// In the `xdp-tools` object: frames and bytes the traffic sink counted.
+    pub const SINK_STATS: &str = "SINK_STATS";
 }
 
 /// An IPv4 or IPv6 address as four 32-bit words in network byte order
@@ -68,4 +90,5 @@ mod pod {
     unsafe impl aya::Pod for super::CounterSet {}
     unsafe impl aya::Pod for super::vip::VipAddrKey {}
     unsafe impl aya::Pod for super::RingSlot {}
+    unsafe impl aya::Pod for super::generator::GenConfig {}
 }

@@ -41,6 +41,7 @@ pub fn to_backend(
 /// Grows the head by `outer` bytes and writes the L2 header in front: new MACs, the
 /// VLAN tag if there was one, `ether_type`. Returns the offset of the outer L3 header.
 #[inline(always)]
+#[expect(clippy::cast_possible_wrap, reason = "an outer header is at most 40 bytes")]
 fn push_l2(
     ctx: &XdpContext,
     pkt: &Packet,

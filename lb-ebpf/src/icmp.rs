@@ -10,16 +10,14 @@ use lb_ebpf::net::{
     IcmpHdr, Ipv4Hdr, Ipv6Hdr, Ports, copy_words, ptr_at,
 };
 
-use crate::{
-    parse::Kind,
-    verdict::{MALFORMED, Verdict},
-};
+use crate::verdict::{MALFORMED, Verdict};
 
 /// Any other ICMP, or a quote we cannot read, goes to the kernel untouched.
 const NOT_OURS: Verdict = Verdict::Pass(Counter::PassIcmp);
 
+/// An IPv4 "fragmentation needed" about a VIP flow: fills `flow` with that flow's key.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Result<Kind, Verdict> {
+pub fn frag_needed(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Result<(), Verdict> {
     let icmp = unsafe { &*ptr_at::<IcmpHdr>(ctx, off).map_err(|()| MALFORMED)? };
     if icmp.kind != ICMP_DEST_UNREACH || icmp.code != ICMP_FRAG_NEEDED {
         return Err(NOT_OURS);
@@ -35,11 +33,12 @@ pub fn frag_needed(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Result<K
     flow.dst = [ip.src, 0, 0, 0];
     flow.ports = [ports.dst, ports.src];
     flow.proto = ip.proto;
-    Ok(Kind::IcmpError)
+    Ok(())
 }
 
+/// An ICMPv6 "packet too big" about a VIP flow: fills `flow` with that flow's key.
 #[inline(always)]
-pub fn packet_too_big(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Result<Kind, Verdict> {
+pub fn packet_too_big(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Result<(), Verdict> {
     let icmp = unsafe { &*ptr_at::<IcmpHdr>(ctx, off).map_err(|()| MALFORMED)? };
     if icmp.kind != ICMPV6_PKT_TOOBIG {
         return Err(NOT_OURS);
@@ -54,5 +53,5 @@ pub fn packet_too_big(ctx: &XdpContext, off: usize, flow: &mut FlowKey) -> Resul
     copy_words(&raw mut flow.dst, &raw const ip.src);
     flow.ports = [ports.dst, ports.src];
     flow.proto = ip.next_hdr;
-    Ok(Kind::IcmpError)
+    Ok(())
 }

@@ -24,6 +24,7 @@ use crate::{
 };
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
@@ -87,6 +88,10 @@ fn maybe_vip(addr: &lb_common::Addr) -> bool {
 
 /// The VIP for the flow's (address, port, protocol), or the address's port-0 wildcard.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key stays in the scratch map; by value it would be copied to the stack"
+)]
 fn lookup_vip(s: &mut Scratch) -> Option<&'static VipMeta> {
     copy_words(&raw mut s.vip.addr, &raw const s.flow.dst);
     s.vip.port = s.flow.ports[1];
@@ -102,6 +107,10 @@ fn lookup_vip(s: &mut Scratch) -> Option<&'static VipMeta> {
 /// Fragments carry no ports: one to a VIP address is dropped (as Katran and GLB do),
 /// any other goes to the kernel.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key stays in the scratch map; by value it would be copied to the stack"
+)]
 fn fragment(s: &mut Scratch) -> Verdict {
     copy_words(&raw mut s.vip_addr.addr, &raw const s.flow.dst);
     s.vip_addr.family = s.flow.family;

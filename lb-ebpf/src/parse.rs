@@ -69,7 +69,7 @@ fn ipv4(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, V
         let l4_off = l3_off + ihl;
         match ip.proto {
             proto::TCP | proto::UDP => transport(ctx, l4_off, ip.proto, flow)?,
-            proto::ICMP => icmp::frag_needed(ctx, l4_off, flow)?,
+            proto::ICMP => icmp::frag_needed(ctx, l4_off, flow).map(|()| Kind::IcmpError)?,
             _ => return Err(Verdict::Pass(Counter::PassNotVip)),
         }
     };
@@ -86,7 +86,7 @@ fn ipv6(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, V
     let l4_off = l3_off + IPV6_HLEN;
     let kind = match ip.next_hdr {
         proto::TCP | proto::UDP => transport(ctx, l4_off, ip.next_hdr, flow)?,
-        proto::ICMPV6 => icmp::packet_too_big(ctx, l4_off, flow)?,
+        proto::ICMPV6 => icmp::packet_too_big(ctx, l4_off, flow).map(|()| Kind::IcmpError)?,
         NEXTHDR_FRAGMENT => Kind::Fragment,
         // Hop-by-hop, routing, destination options: not walked; the kernel handles them.
         _ => return Err(Verdict::Pass(Counter::PassIpv6Ext)),

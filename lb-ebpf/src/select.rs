@@ -41,6 +41,10 @@ pub fn established(flow: &FlowKey) -> Lookup {
 
 /// The backend the VIP's ring gives `flow`, remembered in the connection table.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map values go by reference, as everywhere in the data path"
+)]
 pub fn from_ring(flow: &FlowKey, vip: &VipMeta) -> Result<(u32, &'static Backend), Verdict> {
     let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(flow_hash(flow) % RING_SIZE);
     let index = RINGS.get(slot).ok_or(NO_BACKEND)?.backend;

@@ -93,16 +93,13 @@ fn is_bpffs(path: &Path) -> bool {
 /// Loads the `xdp-lb` object with its maps pinned under `pin_dir/maps`, reusing
 /// the pinned ones: the program then runs on the live state of a running (or
 /// stopped) balancer. Not loaded into the kernel yet.
-pub fn load_with_pinned_maps(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
+pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
-    }
-    if let Some(n) = conn_table_size {
-        loader.map_max_entries(map_names::CONNS, n);
     }
     loader.load(objects::XDP_LB).map_err(|e| {
         anyhow!(e).context(format!(
@@ -115,14 +112,9 @@ pub fn load_with_pinned_maps(pin_dir: &Path, conn_table_size: Option<u32>) -> Re
 /// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones)
 /// and attaches it to `interface` through a link pinned at `pin_dir/link` (replacing
 /// the program of an existing link atomically).
-pub fn load_and_attach(
-    pin_dir: &Path,
-    interface: &str,
-    mode: XdpMode,
-    conn_table_size: Option<u32>,
-) -> Result<Loaded> {
+pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Loaded> {
     let adopted = PINNED_MAPS.iter().all(|m| maps_dir(pin_dir).join(m).exists());
-    let mut ebpf = load_with_pinned_maps(pin_dir, conn_table_size)?;
+    let mut ebpf = load_with_pinned_maps(pin_dir)?;
     let maps = BpfMaps::take_from(&mut ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
@@ -167,7 +159,7 @@ pub fn load_and_attach(
 }
 
 fn if_index(interface: &str) -> Result<u32> {
-    crate::neighbors::if_index(interface).ok_or_else(|| anyhow!("interface {interface} not found"))
+    crate::interface::index(interface).ok_or_else(|| anyhow!("interface {interface} not found"))
 }
 
 impl Attachment {
@@ -192,17 +184,6 @@ impl Attachment {
     fn program_id(&self) -> Result<u32> {
         let prog: &Xdp = self.ebpf.program(PROGRAM).context("program")?.try_into()?;
         Ok(prog.info()?.id())
-    }
-
-    #[must_use]
-    pub fn interface(&self) -> &str {
-        &self.interface
-    }
-
-    /// Keeps the program attached and the maps pinned after we exit: traffic keeps
-    /// flowing with the last state written, and the next `xdplb run` adopts it.
-    pub fn leave_attached(self) {
-        drop(self);
     }
 
     /// Detaches the program and removes every pin.

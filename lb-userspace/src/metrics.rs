@@ -35,16 +35,6 @@ const MAP_WRITE_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-const STATES: [BackendState; 3] = [BackendState::Up, BackendState::Down, BackendState::Draining];
-
-fn state_label(state: BackendState) -> &'static str {
-    match state {
-        BackendState::Up => "up",
-        BackendState::Down => "down",
-        BackendState::Draining => "draining",
-    }
-}
-
 /// Where a data-path counter is exported, derived from its name so a counter
 /// added to `lb_common` shows up without touching this file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,9 +294,9 @@ impl Metrics {
     /// Current state of a (VIP, backend): exported as
     /// `xdplb_backend_state{vip,backend,state="up|down|draining"}` one-hot 0/1.
     pub fn backend_state(&self, vip: &str, backend: &str, state: BackendState) {
-        for s in STATES {
+        for s in BackendState::ALL {
             self.backend_state
-                .with_label_values(&[vip, backend, state_label(s)])
+                .with_label_values(&[vip, backend, s.name()])
                 .set(i64::from(s == state));
         }
     }
@@ -315,9 +305,9 @@ impl Metrics {
     /// transitions, unresolved, traffic).
     pub fn forget_backend(&self, vip: &str, backend: &str) {
         // Removing a series that was never created is not an error here.
-        for s in STATES {
-            let _ = self.backend_state.remove_label_values(&[vip, backend, state_label(s)]);
-            let _ = self.transitions.remove_label_values(&[vip, backend, state_label(s)]);
+        for s in BackendState::ALL {
+            let _ = self.backend_state.remove_label_values(&[vip, backend, s.name()]);
+            let _ = self.transitions.remove_label_values(&[vip, backend, s.name()]);
         }
         let _ = self.unresolved.remove_label_values(&[vip, backend]);
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
@@ -335,7 +325,7 @@ impl Metrics {
 
     /// A (VIP, backend) changed state: `xdplb_backend_transitions_total{vip,backend,to}`.
     pub fn transition(&self, vip: &str, backend: &str, to: BackendState) {
-        self.transitions.with_label_values(&[vip, backend, state_label(to)]).inc();
+        self.transitions.with_label_values(&[vip, backend, to.name()]).inc();
     }
 
     /// Time from a state change (health flip, drain command, reload) to the maps written.

@@ -157,11 +157,6 @@ impl<M: Maps> MapWriter<M> {
         &self.maps
     }
 
-    /// Direct access, for tests that need to put the maps in a state the writer never would.
-    pub fn maps_mut(&mut self) -> &mut M {
-        &mut self.maps
-    }
-
     /// The VIP index (for per-VIP statistics) of VIP `name`.
     #[must_use]
     pub fn vip_index(&self, name: &str) -> Option<u32> {

@@ -20,10 +20,8 @@ use lb_userspace::{
 
 use crate::packet::{Decoded, Flow, L4, LB_MAC, Outer, decode};
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+/// XDP actions, as the programs return them (the kernel's `enum xdp_action`).
+pub use aya_ebpf_bindings::bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
 pub const MTU: u32 = 1500;
 pub const TUNNEL_V4: &str = "10.0.0.2";

@@ -34,6 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_userspace::loader::ensure_bpffs;
 
 use self::sh::{cmd, in_ns, ns_sh, output, quietly, sh};
 use self::status::status_report;
@@ -172,7 +173,7 @@ impl Node {
 
     #[must_use]
     pub fn mac_string(self) -> String {
-        self.mac().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        lb_userspace::mac::format(&self.mac())
     }
 
     /// Its own lab directory (nginx, udp responder).
@@ -299,10 +300,9 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
-        ensure_bpffs()?;
-        for dir in [LAB_DIR, PIN_DIR] {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-        }
+        // bpffs is not mounted at boot here: mount it if need be.
+        ensure_bpffs(Path::new(PIN_DIR))?;
+        std::fs::create_dir_all(LAB_DIR).with_context(|| format!("creating {LAB_DIR}"))?;
         step(format!("bridge {BRIDGE}"));
         // No multicast snooping (IPv6 neighbour discovery floods, no querier needed);
         // no bridge-netfilter: host firewall rules must not see lab frames.
@@ -616,21 +616,6 @@ fn state_file() -> PathBuf {
 fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "the lab needs root (network namespaces, XDP)");
-    Ok(())
-}
-
-/// bpffs on /sys/fs/bpf in the root namespace (not mounted at boot here).
-fn ensure_bpffs() -> Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    let mounted = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
-    });
-    if !mounted {
-        step("mounting bpffs on /sys/fs/bpf");
-        sh(&["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"])?;
-    }
     Ok(())
 }
 

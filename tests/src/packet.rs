@@ -107,18 +107,12 @@ impl Flow {
             (None, IpAddr::V4(s), IpAddr::V4(d)) => finish!(eth.ipv4(s.octets(), d.octets(), 61)),
             (None, IpAddr::V6(s), IpAddr::V6(d)) => finish!(eth.ipv6(s.octets(), d.octets(), 61)),
             (Some(v), IpAddr::V4(s), IpAddr::V4(d)) => {
-                finish!(eth.single_vlan(VlanId::try_new(v).expect("vlan id")).ipv4(
-                    s.octets(),
-                    d.octets(),
-                    61
-                ))
+                let vlan = eth.single_vlan(VlanId::try_new(v).expect("vlan id"));
+                finish!(vlan.ipv4(s.octets(), d.octets(), 61));
             }
             (Some(v), IpAddr::V6(s), IpAddr::V6(d)) => {
-                finish!(eth.single_vlan(VlanId::try_new(v).expect("vlan id")).ipv6(
-                    s.octets(),
-                    d.octets(),
-                    61
-                ))
+                let vlan = eth.single_vlan(VlanId::try_new(v).expect("vlan id"));
+                finish!(vlan.ipv6(s.octets(), d.octets(), 61));
             }
             _ => panic!("mixed address families in one flow"),
         }

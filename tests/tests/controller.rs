@@ -115,7 +115,7 @@ impl Drop for Listener {
 
 fn mac_of(name: &str) -> [u8; 6] {
     let text = ns_sh(&format!("xct-{name}"), &["cat", "/sys/class/net/eth0/address"]).unwrap();
-    lb_userspace::neighbors::parse_mac(text.trim()).unwrap()
+    lb_userspace::mac::parse(text.trim()).unwrap()
 }
 
 fn backend_lines_in(status: &str, state: &str) -> usize {
@@ -171,7 +171,7 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     }
 
     // The same data path, on the daemon's live maps.
-    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN), None).unwrap();
+    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
     let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
     prog.load().unwrap();
     let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();

@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod lab;
+mod lint;
 mod setup;
 
 use std::process::Command;
@@ -56,9 +57,12 @@ enum Task {
         #[arg(long, value_enum, default_value_t = lab::Mode::Dsr)]
         mode: lab::Mode,
     },
-    /// Run every test: unit tests, then packet-level and namespace tests (root).
-    /// Under CI=true a privileged test that cannot run fails instead of skipping.
+    /// Run every test: format and clippy checks, unit tests, then packet-level and
+    /// namespace tests (root). Under CI=true a privileged test that cannot run fails
+    /// instead of skipping.
     Test,
+    /// Check formatting (cargo fmt) and lints (clippy, warnings as errors), as `test` does first.
+    Lint,
     /// The network-namespace lab: client, lb, waf1..N on a bridge, nginx on each
     /// WAF node (needs root). `cargo xtask lab up --help` for options.
     Lab {
@@ -99,6 +103,10 @@ fn try_main() -> Result<()> {
             run(&mut c)
         }
         Task::Test => test(),
+        Task::Lint => {
+            setup(Extras::Build)?;
+            lint::lint()
+        }
         Task::Demo { mode } => {
             setup(Extras::Lab)?;
             step("building xdplb and the demo (release)");
@@ -130,6 +138,7 @@ fn try_main() -> Result<()> {
 
 fn test() -> Result<()> {
     setup(Extras::Lab)?;
+    lint::lint()?;
     step("unit tests (config, Maglev, health checks, map writer, xtask)");
     run(Command::new("cargo").args([
         "test",

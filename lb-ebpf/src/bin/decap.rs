@@ -23,6 +23,7 @@ use lb_ebpf::net::{
 static DECAP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_decap(ctx: XdpContext) -> u32 {
     match try_decap(&ctx) {
         Ok(action) | Err(action) => action,
@@ -30,6 +31,11 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys go by reference, as everywhere in the data path"
+)]
+#[expect(clippy::cast_possible_wrap, reason = "an outer header is at most 40 bytes")]
 fn try_decap(ctx: &XdpContext) -> Result<u32, u32> {
     const PASS: u32 = xdp_action::XDP_PASS;
     let eth = unsafe { &*ptr_at::<EthHdr>(ctx, 0).map_err(|()| PASS)? };

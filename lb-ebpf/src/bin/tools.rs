@@ -16,35 +16,21 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::Traffic;
+use lb_common::{
+    Traffic,
+    generator::{FRAME_LEN, GenConfig},
+};
 use lb_ebpf::net::{copy_words, ptr_at};
 
 #[map(name = "SINK_STATS")]
 static SINK_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
 
-/// Bytes of a generated frame: 64 on the wire with the FCS.
-const GEN_FRAME: usize = 60;
 /// Offsets in the template (Ethernet, IPv4 without options, then TCP or UDP).
 const IP_CHECK: usize = 24;
 const SADDR_LOW: usize = 28;
 const SPORT: usize = 34;
 const TCP_CHECK: usize = 50;
 const UDP_CHECK: usize = 40;
-
-/// What `xdp_gen` sends, written by the benchmark before a run. Flow `i` comes from
-/// source port `sport + i % ports` and source address `saddr + i / ports` (the low
-/// 16 bits; the benchmark keeps both sums from overflowing 16 bits).
-#[repr(C)]
-pub struct GenConfig {
-    /// The frame of flow 0 with valid checksums, as 15 words.
-    pub frame: [u32; GEN_FRAME / 4],
-    /// Distinct flows (0 or 1: the template only).
-    pub flows: u32,
-    /// Source ports per source address, > 0.
-    pub ports: u32,
-    /// 1 for TCP (checksum at byte 50), else UDP (byte 40).
-    pub tcp: u32,
-}
 
 #[map(name = "GEN_CONFIG")]
 static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
@@ -64,6 +50,7 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
     let Ok(macs) = ptr_at::<[u16; 6]>(&ctx, 0) else {
         return xdp_action::XDP_DROP;
@@ -81,6 +68,7 @@ pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_count(ctx: XdpContext) -> u32 {
     if let Some(t) = SINK_STATS.get_ptr_mut(0) {
         let t = unsafe { &mut *t };
@@ -96,6 +84,7 @@ pub fn xdp_count(ctx: XdpContext) -> u32 {
 /// checksums updated incrementally (RFC 1624). Returns XDP_TX (out of the veth the
 /// test run names as ingress).
 #[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
     match generate(&ctx) {
         Ok(()) => xdp_action::XDP_TX,
@@ -107,7 +96,7 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
 fn generate(ctx: &XdpContext) -> Result<(), ()> {
     let cfg = GEN_CONFIG.get(0).ok_or(())?;
     let seq = unsafe { &mut *GEN_SEQ.get_ptr_mut(0).ok_or(())? };
-    let frame = ptr_at::<[u32; GEN_FRAME / 4]>(ctx, 0)?;
+    let frame = ptr_at::<[u32; FRAME_LEN / 4]>(ctx, 0)?;
     copy_words(frame, &raw const cfg.frame);
     if cfg.flows <= 1 || cfg.ports == 0 {
         return Ok(());

@@ -205,7 +205,7 @@ impl Walk {
         match node {
             Node::Scalar(_) => self.done(),
             Node::Map => {
-                self.stack.push(Frame::Map { path, key: None, key_pos: pos, seen: HashMap::new() })
+                self.stack.push(Frame::Map { path, key: None, key_pos: pos, seen: HashMap::new() });
             }
             Node::Seq => self.stack.push(Frame::Seq { path, next: 0 }),
         }

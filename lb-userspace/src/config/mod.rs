@@ -230,14 +230,10 @@ pub fn check_interfaces(cfg: &Config, exists: impl Fn(&str) -> bool) -> Result<(
     }
 }
 
-/// Whether a network interface called `name` exists (per `/sys/class/net`).
+/// Whether a network interface called `name` exists in this network namespace.
 #[must_use]
 pub fn interface_exists(name: &str) -> bool {
-    // A name that is not a plain file name would look elsewhere in sysfs.
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return false;
-    }
-    crate::neighbors::if_index(name).is_some()
+    crate::interface::check_name(name).is_ok() && crate::interface::index(name).is_some()
 }
 
 /// A `serde_yaml` error as a positioned [`ConfigError`]. `serde_yaml` prints the
@@ -259,7 +255,7 @@ fn serde_error(e: &serde_yaml::Error, index: &locate::PosIndex, file: &str) -> C
     }
     match pos {
         Some(p) if path.is_empty() => {
-            index.path_before(p).unwrap_or_default().clone_into(&mut path)
+            index.path_before(p).unwrap_or_default().clone_into(&mut path);
         }
         _ => {}
     }

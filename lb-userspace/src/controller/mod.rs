@@ -29,10 +29,12 @@ use crate::{
     admin::{self, Request, Response},
     config::{self, Config, XdpMode},
     health::{HealthEvent, HealthRunner, Target},
+    interface::{self, Interface},
     loader::{self, Attachment},
+    mac,
     maps::BpfMaps,
     metrics::{self, Metrics},
-    neighbors,
+    neighbours::{self, NeighbourSource as _},
     writer::MapWriter,
 };
 
@@ -56,7 +58,7 @@ pub struct Core {
     runtime: BTreeMap<Key, Runtime>,
     health: HealthRunner,
     metrics: Arc<Metrics>,
-    interface: neighbors::Interface,
+    interface: Interface,
     attachment: Attachment,
     /// The probe loop each backend follows (as registered with the runner).
     targets: BTreeMap<Key, Target>,
@@ -99,12 +101,12 @@ async fn start(
     let config = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     config::check_interfaces(&config, config::interface_exists)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let interface = neighbors::interface(&config.interface)?;
+    let interface = interface::read(&config.interface)?;
     let mode = match config.xdp_mode {
         XdpMode::Driver => AyaXdpMode::Driver,
         XdpMode::Skb => AyaXdpMode::Skb,
     };
-    let loaded = loader::load_and_attach(&config.pin_path, &config.interface, mode, None)?;
+    let loaded = loader::load_and_attach(&config.pin_path, &config.interface, mode)?;
     info!(
         "xdp_lb attached to {} ({:?} mode){}",
         config.interface,
@@ -335,9 +337,9 @@ impl Core {
                 for ((vip, backend), state) in &changed {
                     self.metrics.transition(vip, backend, *state);
                     if up {
-                        info!("{vip}/{backend} is {} ({target}: {reason})", state_name(*state));
+                        info!("{vip}/{backend} is {} ({target}: {reason})", state.name());
                     } else {
-                        warn!("{vip}/{backend} is {} ({target}: {reason})", state_name(*state));
+                        warn!("{vip}/{backend} is {} ({target}: {reason})", state.name());
                     }
                 }
                 self.apply("health");
@@ -378,7 +380,7 @@ impl Core {
         }
         info!("{vip}/{backend} {} by operator", if drained { "drained" } else { "undrained" });
         if self.apply(if drained { "drain" } else { "undrain" }) {
-            Response::Ok(format!("{vip}/{backend} is {}", state_name(after)))
+            Response::Ok(format!("{vip}/{backend} is {}", after.name()))
         } else {
             Response::Error("writing the maps failed; see the daemon's log".into())
         }
@@ -431,9 +433,9 @@ impl Core {
     /// Re-reads next-hop MACs (one neighbour-table dump per family, whatever the
     /// number of backends); applies when one appeared or changed.
     fn refresh_neighbours(&mut self) {
-        let tables = match (neighbors::dump(false), neighbors::dump(true)) {
-            (Ok(v4), Ok(v6)) => [v4, v6],
-            (Err(e), _) | (_, Err(e)) => {
+        let tables = match neighbours::Kernel.tables() {
+            Ok(tables) => tables,
+            Err(e) => {
                 warn!("reading the neighbour table: {e:#}");
                 return;
             }
@@ -444,15 +446,11 @@ impl Core {
         for v in &self.config.vips {
             for b in &v.backends {
                 let key = (v.name.clone(), b.name.clone());
-                let hop = neighbors::next_hop(b.address, gateway);
-                let found = neighbors::find(
-                    &tables[usize::from(hop.to_canonical().is_ipv6())],
-                    self.interface.index,
-                    hop,
-                );
+                let hop = neighbours::next_hop(b.address, gateway);
+                let found = tables.mac(self.interface.index, hop);
                 let Some(rt) = self.runtime.get_mut(&key) else { continue };
                 if found.is_none() {
-                    let _ = neighbors::solicit(&self.interface.name, hop);
+                    neighbours::Kernel.solicit(&self.interface, hop);
                     // Keep a known MAC through a short neighbour-table gap.
                     if rt.mac.is_none() && self.unresolved_logged.insert(key.clone()) {
                         warn!(
@@ -525,17 +523,14 @@ impl Core {
                     .backend_index(&v.name, &b.name)
                     .and_then(|i| self.writer.maps().backend_traffic(i).ok())
                     .map_or(0, |t| t.packets);
-                let mac = rt.mac.map_or_else(
-                    || "unresolved".to_owned(),
-                    |m| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
-                );
+                let mac = rt.mac.map_or_else(|| "unresolved".to_owned(), |m| mac::format(&m));
                 let _ = writeln!(
                     s,
                     "  {:<16} {:<40} {:>6}  {:<9} {:<7} {:<7} {:<17} {:>10}",
                     b.name,
                     b.address,
                     b.weight,
-                    state_name(rt.state()),
+                    rt.state().name(),
                     if rt.healthy { "up" } else { "down" },
                     if rt.drained { "yes" } else { "no" },
                     mac,
@@ -579,14 +574,6 @@ impl Core {
             return Err(format!("control loop stalled for {:?}", self.last_tick.elapsed()));
         }
         self.attachment.check_attached()
-    }
-}
-
-fn state_name(s: BackendState) -> &'static str {
-    match s {
-        BackendState::Up => "up",
-        BackendState::Down => "down",
-        BackendState::Draining => "draining",
     }
 }
 

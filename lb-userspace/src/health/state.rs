@@ -2,8 +2,6 @@
 //! (when down) or `fall` consecutive failures (when up), so one lost probe does
 //! not move traffic and a flapping node does not keep moving it.
 
-use super::CheckSpec;
-
 /// A flip of the up/down state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -35,11 +33,6 @@ impl Hysteresis {
     #[must_use]
     pub fn new(initially_up: bool, rise: u32, fall: u32) -> Self {
         Self { up: initially_up, streak: 0, rise: rise.max(1), fall: fall.max(1) }
-    }
-
-    #[must_use]
-    pub fn from_spec(spec: &CheckSpec) -> Self {
-        Self::new(spec.initially_up, spec.rise, spec.fall)
     }
 
     #[must_use]

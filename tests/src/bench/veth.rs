@@ -26,9 +26,14 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLink},
 };
-use lb_common::{BackendState, ForwardingMode, LbConfig, Traffic, proto};
+use lb_common::{
+    BackendState, ForwardingMode, LbConfig, Traffic,
+    generator::{FRAME_LEN, GenConfig},
+    map_names, proto,
+};
 use lb_userspace::{
     dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
+    interface, mac,
     maps::BpfMaps,
     objects,
     writer::MapWriter,
@@ -82,17 +87,17 @@ impl L4 {
     }
 }
 
-/// The 60-byte frame of flow 0 (64 bytes on the wire with the FCS).
+/// The frame of flow 0 (64 bytes on the wire with the FCS).
 #[must_use]
-pub fn template(l4: L4) -> Vec<u8> {
+pub fn template(l4: L4) -> [u8; FRAME_LEN] {
     let (src, dst) = (CLIENT.to_string(), VIP.to_string());
     let mut f = match l4 {
         L4::Tcp => Flow::tcp(&src, CLIENT_PORT, &dst, TCP_PORT).ack().payload(0).frame(),
         L4::Udp => Flow::udp(&src, CLIENT_PORT, &dst, UDP_PORT).payload(18).frame(),
     };
     // Ethernet padding: the IP total length still says 40 (TCP) or 46 (UDP) bytes.
-    f.resize(60, 0);
-    f
+    f.resize(FRAME_LEN, 0);
+    f.try_into().expect("a 60-byte frame")
 }
 
 /// Source ports per source address for `flows` flows (addresses then step in the
@@ -142,7 +147,9 @@ impl Pair {
         }
         let sink: &mut Xdp = tools.program_mut("xdp_count").context("xdp_count")?.try_into()?;
         let sink = attach(sink, NS_GEN, GEN_IF)?;
-        let gen_ifindex = in_netns(Some(NS_GEN), || if_index(GEN_IF))?;
+        let gen_ifindex = in_netns(Some(NS_GEN), || {
+            interface::index(GEN_IF).with_context(|| format!("no interface {GEN_IF}"))
+        })?;
         let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
         Ok(Self { tools, gen_ifindex, cpu, _sink: sink })
     }
@@ -156,8 +163,9 @@ impl Pair {
 
     /// Frames `xdp_count` on gen0 has received so far.
     pub fn received(&self) -> Result<u64> {
-        let map: PerCpuArray<_, Traffic> =
-            PerCpuArray::try_from(self.tools.map("SINK_STATS").context("SINK_STATS")?)?;
+        let map: PerCpuArray<_, Traffic> = PerCpuArray::try_from(
+            self.tools.map(map_names::SINK_STATS).context(map_names::SINK_STATS)?,
+        )?;
         Ok(map.get(&0, 0)?.iter().map(|t| t.packets).sum())
     }
 
@@ -165,19 +173,15 @@ impl Pair {
     /// generator's pinned CPU; returns what it sent.
     pub fn send(&mut self, l4: L4, flows: u32, duration: Duration) -> Result<Sent> {
         let frame = template(l4);
-        let mut config = [0u32; 18];
-        for (w, b) in config.iter_mut().zip(frame.chunks_exact(4)) {
-            *w = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        config[15] = flows;
-        config[16] = ports_for(flows);
-        config[17] = u32::from(l4 == L4::Tcp);
+        let ports = ports_for(flows);
         ensure!(
-            u32::from(CLIENT_PORT) + config[16] <= 65_536 && flows.div_ceil(config[16]) < 200,
+            u32::from(CLIENT_PORT) + ports <= 65_536 && flows.div_ceil(ports) < 200,
             "{flows} flows do not fit the generator's port and address ranges"
         );
-        let mut map: Array<_, [u32; 18]> =
-            Array::try_from(self.tools.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
+        let config = GenConfig::new(&frame, flows, ports, l4 == L4::Tcp);
+        let mut map: Array<_, GenConfig> = Array::try_from(
+            self.tools.map_mut(map_names::GEN_CONFIG).context(map_names::GEN_CONFIG)?,
+        )?;
         map.set(0, config, 0).context("writing GEN_CONFIG")?;
         // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let md: Vec<u8> = [0, frame.len() as u32, 0, self.gen_ifindex, 0, 0]
@@ -296,14 +300,6 @@ fn attach(p: &mut Xdp, ns: &str, ifname: &str) -> Result<XdpLink> {
     })
 }
 
-fn if_index(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name}");
-    Ok(i)
-}
-
 /// Pins the calling thread to `cpu`.
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity(0) touch
@@ -347,10 +343,6 @@ fn runtime(pid: i32) -> Result<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// Namespaces, veths (no TX checksum offload: forwarded frames must carry full
 /// checksums), addresses, and the dut's kernel forwarding with the nftables DNAT
 /// the kernel peer uses (XDP cases forward before the stack and never meet it).
@@ -366,7 +358,7 @@ fn build() -> Result<()> {
     for (ns, ifname, m, a) in
         [(NS_GEN, GEN_IF, CLIENT_MAC, GEN_ADDR), (NS_DUT, DUT_IF, LB_MAC, DUT_ADDR)]
     {
-        ns_sh(ns, &["ip", "link", "set", ifname, "address", &mac(m)])?;
+        ns_sh(ns, &["ip", "link", "set", ifname, "address", &mac::format(&m)])?;
         ns_sh(ns, &["ip", "addr", "add", &format!("{a}/24"), "dev", ifname])?;
         ns_sh(ns, &["ip", "link", "set", ifname, "up"])?;
         ns_sh(ns, &["ethtool", "-K", ifname, "tx", "off"])?;
@@ -380,7 +372,7 @@ fn build() -> Result<()> {
             "replace",
             &gen_addr,
             "lladdr",
-            &mac(CLIENT_MAC),
+            &mac::format(&CLIENT_MAC),
             "dev",
             DUT_IF,
             "nud",

@@ -117,6 +117,13 @@ pub fn run(args: &[String]) -> Result<()> {
         (med, mid.iter().sum::<u64>() as f64 / mid.len() as f64)
     };
     let stats: Vec<(f64, f64)> = samples.iter_mut().map(stat).collect();
+    report(&cases, &stats, runs);
+    Ok(())
+}
+
+/// The table of cases (`stats`: median and trimmed mean of each) and the verdict on
+/// each target.
+fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
     let harness = stats[0].1;
     let floor_net = (stats[1].1 - harness).max(0.1);
     let mut by_name = BTreeMap::new();
@@ -124,7 +131,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
-    for (case, (med, mean)) in cases.iter().zip(&stats) {
+    for (case, (med, mean)) in cases.iter().zip(stats) {
         let net = mean - harness;
         by_name.insert(case.name, (net / floor_net, mean / stats[1].1));
         println!(
@@ -166,5 +173,4 @@ pub fn run(args: &[String]) -> Result<()> {
             );
         }
     }
-    Ok(())
 }

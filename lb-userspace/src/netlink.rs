@@ -1,133 +1,18 @@
-//! Next-hop MAC resolution and interface facts. The data path rewrites
-//! destination MACs itself (dsr, and ipip towards the next hop), so the
-//! controller reads them from the kernel's neighbour table over rtnetlink and
-//! nudges the kernel to resolve the ones it lacks.
-//!
-//! The netlink messages are built and parsed here by hand (the two message types
-//! we need do not justify a netlink crate); parsing is bounds-checked throughout
-//! and treats anything odd as an error or a skipped entry, never a panic.
+//! rtnetlink, as much of it as xdplb needs: a dump of the kernel's neighbour
+//! table. The messages are built and parsed here by hand (one request and one
+//! answer type do not justify a netlink crate); parsing is bounds-checked
+//! throughout and treats anything odd as an error or a skipped entry, never a panic.
 
 use std::{
-    fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 
-/// The balancer's interface as the data path needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub index: u32,
-    pub mac: [u8; 6],
-    pub mtu: u32,
-}
-
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-const IFNAME_MAX: usize = 15;
-
-fn check_name(name: &str) -> anyhow::Result<()> {
-    // The name becomes a /sys path component and a SO_BINDTODEVICE argument.
-    let bad = name.is_empty()
-        || name.len() > IFNAME_MAX
-        || name == "."
-        || name == ".."
-        || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
-    if bad {
-        bail!("invalid interface name {name:?}");
-    }
-    Ok(())
-}
-
-/// Name, index, MAC and MTU of `name`, from /sys/class/net.
-pub fn interface(name: &str) -> anyhow::Result<Interface> {
-    check_name(name)?;
-    // ioctls, not /sys/class/net: sysfs shows the network namespace it was mounted
-    // in, and xdplb may run in another one (nsenter --net keeps the host's /sys).
-    let index = if_index(name).ok_or_else(|| anyhow!("no interface {name}"))?;
-    let sock = ioctl_socket().context("socket for interface ioctls")?;
-    let mut req = ifreq(name);
-    // SAFETY: SIOCGIFHWADDR fills `ifr_hwaddr` of the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("{name}: reading its MAC"));
-    }
-    // SAFETY: the union member SIOCGIFHWADDR wrote.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    // Loopback (all-zero MAC) is allowed for tests; anything else must be Ethernet.
-    if hw.sa_family != libc::ARPHRD_ETHER && hw.sa_family != libc::ARPHRD_LOOPBACK {
-        anyhow::bail!("interface {name} is not Ethernet (hardware type {})", hw.sa_family);
-    }
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(hw.sa_data) {
-        *m = b.cast_unsigned();
-    }
-    let mut req = ifreq(name);
-    // SAFETY: SIOCGIFMTU fills `ifr_mtu`.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &raw mut req) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("{name}: reading its MTU"));
-    }
-    // SAFETY: the union member SIOCGIFMTU wrote.
-    let mtu = u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).unwrap_or(0);
-    Ok(Interface { name: name.to_owned(), index, mac, mtu })
-}
-
-/// The index of interface `name` in this process's network namespace.
-#[must_use]
-pub fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
-
-fn ioctl_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-        *d = s.cast_signed();
-    }
-    req
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (one or two hex digits per byte).
-#[must_use]
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-#[must_use]
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// The next hop for `dst` out of the interface: `gateway` if given, else `dst`
-/// itself (on-link).
-#[must_use]
-pub fn next_hop(dst: IpAddr, gateway: Option<IpAddr>) -> IpAddr {
-    gateway.unwrap_or(dst)
-}
+use crate::neighbours::Neighbour;
 
 // Kernel ABI constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h).
 const NLMSG_HDRLEN: usize = 16;
@@ -148,39 +33,8 @@ const NDA_LLADDR: u16 = 2;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-pub const NUD_INCOMPLETE: u16 = 0x01;
-pub const NUD_REACHABLE: u16 = 0x02;
-pub const NUD_STALE: u16 = 0x04;
-pub const NUD_DELAY: u16 = 0x08;
-pub const NUD_PROBE: u16 = 0x10;
-pub const NUD_FAILED: u16 = 0x20;
-pub const NUD_NOARP: u16 = 0x40;
-pub const NUD_PERMANENT: u16 = 0x80;
-/// States whose link-layer address the kernel itself would send to.
-const NUD_USABLE: u16 =
-    NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
-
 /// How long to wait for the kernel's answer to a dump.
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One entry of the kernel's neighbour table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Neighbour {
-    pub ifindex: u32,
-    /// `NUD_*` bits.
-    pub state: u16,
-    pub dst: Option<IpAddr>,
-    /// The link-layer address, when it is an Ethernet one.
-    pub lladdr: Option<[u8; 6]>,
-}
-
-impl Neighbour {
-    /// The MAC, if the kernel would use this entry to send.
-    #[must_use]
-    pub fn usable_mac(&self) -> Option<[u8; 6]> {
-        self.lladdr.filter(|mac| self.state & NUD_USABLE != 0 && *mac != [0; 6])
-    }
-}
 
 /// Why a netlink answer could not be used.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -403,7 +257,7 @@ impl Netlink {
 }
 
 /// The kernel's neighbour table for IPv4 or IPv6 (`RTM_GETNEIGH` dump).
-pub fn dump(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
+pub fn dump_neighbours(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
     let family = if ipv6 { AF_INET6 } else { AF_INET };
     let sock = Netlink::open().context("cannot open a netlink socket")?;
     // A fresh socket sees only its own request's answers; the sequence number
@@ -432,72 +286,10 @@ pub fn dump(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
     }
 }
 
-/// The MAC of `addr` in the kernel neighbour table on interface `ifindex`, if
-/// the entry is usable (reachable, stale, delay, probe, permanent or noarp with
-/// a non-zero address).
-pub fn lookup(ifindex: u32, addr: IpAddr) -> anyhow::Result<Option<[u8; 6]>> {
-    let addr = addr.to_canonical();
-    Ok(find(&dump(addr.is_ipv6())?, ifindex, addr))
-}
-
-/// The usable MAC of `addr` on `ifindex` in a table from [`dump`] (of `addr`'s family).
-#[must_use]
-pub fn find(table: &[Neighbour], ifindex: u32, addr: IpAddr) -> Option<[u8; 6]> {
-    let addr = addr.to_canonical();
-    table
-        .iter()
-        .filter(|n| n.ifindex == ifindex && n.dst == Some(addr))
-        .find_map(Neighbour::usable_mac)
-}
-
-/// Asks the kernel to resolve `addr` on `interface`: sends one empty UDP
-/// datagram to port 9 (discard) from a socket bound to the interface, which
-/// starts ARP / neighbour discovery. Callers may ignore errors: the next
-/// refresh tries again.
-pub fn solicit(interface: &str, addr: IpAddr) -> io::Result<()> {
-    check_name(interface)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let addr = addr.to_canonical();
-    let (socket, target) = match addr {
-        IpAddr::V4(a) => (UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?, SocketAddr::from((a, 9))),
-        IpAddr::V6(a) => {
-            // A link-local address means nothing without its interface.
-            let scope = if a.is_unicast_link_local() { ifindex_of(interface)? } else { 0 };
-            (
-                UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?,
-                SocketAddr::V6(SocketAddrV6::new(a, 9, 0, scope)),
-            )
-        }
-    };
-    // SAFETY: the option value points at the name's bytes, of the length passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            interface.as_ptr().cast(),
-            interface.len() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // A full send buffer must not stall the caller; losing this datagram is fine.
-    socket.set_nonblocking(true)?;
-    socket.send_to(&[], target)?;
-    Ok(())
-}
-
-fn ifindex_of(name: &str) -> io::Result<u32> {
-    let text = fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
-    text.trim().parse().map_err(|_| io::Error::other(format!("{name}: bad ifindex {text:?}")))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
+    use crate::neighbours::{NUD_REACHABLE, NUD_STALE};
 
     /// A netlink message with the given type, sequence number and payload.
     fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -578,7 +370,6 @@ mod tests {
         assert_eq!(i32::from(AF_INET), libc::AF_INET);
         assert_eq!(i32::from(AF_INET6), libc::AF_INET6);
     }
-
     #[test]
     fn dump_request_is_a_getneigh_dump_for_the_family() {
         let req = dump_request(AF_INET6, 9);
@@ -590,7 +381,6 @@ mod tests {
         assert_eq!(req[16], AF_INET6);
         assert!(req[17..].iter().all(|&b| b == 0));
     }
-
     #[test]
     fn a_dump_with_two_entries_and_done_yields_both_and_finishes() {
         let mut out = Vec::new();
@@ -613,7 +403,6 @@ mod tests {
             ]
         );
     }
-
     #[test]
     fn a_datagram_without_done_asks_for_more() {
         let mut out = Vec::new();
@@ -622,7 +411,6 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(parse_datagram(&[], 7, &mut out), Ok(Progress::More));
     }
-
     #[test]
     fn messages_of_another_sequence_number_are_ignored() {
         let mut buf = neigh_v4(6, 3, NUD_REACHABLE, [10, 0, 0, 11], &MAC_A);
@@ -633,7 +421,6 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].lladdr, Some(MAC_B));
     }
-
     #[test]
     fn truncated_messages_are_errors_not_panics() {
         let full = two_neighbours_and_done();
@@ -656,7 +443,6 @@ mod tests {
             Err(NetlinkError::Truncated)
         );
     }
-
     #[test]
     fn nlmsg_error_reports_the_errno_and_an_ack_is_not_an_error() {
         let mut out = Vec::new();
@@ -667,7 +453,6 @@ mod tests {
         acked.extend(done(7, 0));
         assert_eq!(parse_datagram(&acked, 7, &mut out), Ok(Progress::Done));
     }
-
     #[test]
     fn done_carrying_an_error_fails_the_dump() {
         let mut out = Vec::new();
@@ -678,7 +463,6 @@ mod tests {
         // DONE without a payload (old kernels) just ends the dump.
         assert_eq!(parse_datagram(&message(NLMSG_DONE, 7, &[]), 7, &mut out), Ok(Progress::Done));
     }
-
     #[test]
     fn odd_neighbour_payloads_are_skipped_or_partially_read() {
         let mut out = Vec::new();
@@ -708,7 +492,6 @@ mod tests {
         parse_datagram(&message(RTM_NEWNEIGH, 7, &payload), 7, &mut out).expect("parse");
         assert_eq!((out[2].dst, out[2].lladdr), (None, None));
     }
-
     #[test]
     fn no_prefix_or_byte_flip_of_a_dump_panics() {
         let full = two_neighbours_and_done();
@@ -728,168 +511,5 @@ mod tests {
             }
             let _ = parse_datagram(&buf, 7, &mut Vec::new());
         }
-    }
-
-    #[test]
-    fn only_usable_states_with_a_nonzero_mac_resolve() {
-        let entry = |state, mac| Neighbour { ifindex: 3, state, dst: None, lladdr: Some(mac) };
-        for state in [NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_PERMANENT, NUD_NOARP] {
-            assert_eq!(entry(state, MAC_A).usable_mac(), Some(MAC_A), "state {state:#x}");
-        }
-        for state in [NUD_INCOMPLETE, NUD_FAILED, 0] {
-            assert_eq!(entry(state, MAC_A).usable_mac(), None, "state {state:#x}");
-        }
-        assert_eq!(entry(NUD_NOARP, [0; 6]).usable_mac(), None);
-        assert_eq!(Neighbour { lladdr: None, ..entry(NUD_REACHABLE, MAC_A) }.usable_mac(), None);
-    }
-
-    #[test]
-    fn find_matches_interface_and_address_and_skips_unusable_entries() {
-        let ip: IpAddr = "10.0.0.11".parse().expect("ip");
-        let table = vec![
-            Neighbour { ifindex: 2, state: NUD_REACHABLE, dst: Some(ip), lladdr: Some(MAC_B) },
-            Neighbour { ifindex: 3, state: NUD_FAILED, dst: Some(ip), lladdr: Some(MAC_B) },
-            Neighbour { ifindex: 3, state: NUD_STALE, dst: Some(ip), lladdr: Some(MAC_A) },
-        ];
-        assert_eq!(find(&table, 3, ip), Some(MAC_A));
-        assert_eq!(find(&table, 4, ip), None);
-        assert_eq!(find(&table, 3, "10.0.0.12".parse().expect("ip")), None);
-    }
-
-    #[test]
-    fn macs_parse_and_format() {
-        assert_eq!(parse_mac("02:fc:00:00:00:01"), Some([2, 0xfc, 0, 0, 0, 1]));
-        assert_eq!(parse_mac("2:FC:0:0:0:1"), Some([2, 0xfc, 0, 0, 0, 1]));
-        for bad in [
-            "",
-            "02:fc:00:00:00",
-            "02:fc:00:00:00:01:02",
-            "02:fc:00:00:00:001",
-            "02:fc::00:00:01",
-            "zz:00:00:00:00:00",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
-        }
-        assert_eq!(format_mac(&[2, 0xfc, 0, 0, 0, 1]), "02:fc:00:00:00:01");
-    }
-
-    #[test]
-    fn next_hop_is_the_gateway_if_given_else_the_destination() {
-        let dst: IpAddr = "10.0.0.11".parse().expect("ip");
-        let gw: IpAddr = "10.0.0.1".parse().expect("ip");
-        assert_eq!(next_hop(dst, Some(gw)), gw);
-        assert_eq!(next_hop(dst, None), dst);
-    }
-
-    #[test]
-    fn loopback_is_index_1_with_mtu_65536() {
-        let lo = interface("lo").expect("lo");
-        assert_eq!(lo, Interface { name: "lo".into(), index: 1, mac: [0; 6], mtu: 65_536 });
-    }
-
-    #[test]
-    fn unknown_and_invalid_interface_names_are_errors() {
-        let err = interface("xdplbnone0").expect_err("missing").to_string();
-        assert_eq!(err, "no interface xdplbnone0");
-        for bad in ["", "..", "../../etc", "a very long interface name", "eth0\0"] {
-            assert!(
-                interface(bad).expect_err(bad).to_string().starts_with("invalid interface name"),
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            solicit("../x", "10.0.0.1".parse().expect("ip")).expect_err("invalid").kind(),
-            io::ErrorKind::InvalidInput
-        );
-    }
-
-    #[test]
-    fn lookup_on_loopback_answers_without_error() {
-        // lo has no neighbour entries; this exercises the real dump end to end.
-        assert_eq!(lookup(1, "127.0.0.1".parse().expect("ip")).expect("v4 dump"), None);
-        assert_eq!(lookup(1, "::1".parse().expect("ip")).expect("v6 dump"), None);
-    }
-
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
-    /// Skips a root-only test, unless CI demands every test runs.
-    fn skip(test: &str) {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs root under CI");
-        eprintln!("SKIPPED {test}: needs root");
-    }
-
-    fn ip(args: &[&str]) {
-        let status = Command::new("ip").args(args).status().expect("run ip");
-        assert!(status.success(), "ip {args:?} failed");
-    }
-
-    /// A veth pair made for one test, deleted on drop (panics included).
-    struct Veth(String);
-
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
-
-    #[test]
-    fn lookup_finds_permanent_entries_on_their_interface_only() {
-        if !is_root() {
-            return skip("lookup_finds_permanent_entries_on_their_interface_only");
-        }
-        // Unique per process, so parallel test runs do not collide.
-        let name = format!("xlbt{}a", std::process::id() % 1_000_000);
-        let peer = format!("xlbt{}b", std::process::id() % 1_000_000);
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        let _guard = Veth(name.clone());
-        ip(&[
-            "neigh",
-            "add",
-            "10.254.254.1",
-            "lladdr",
-            "02:00:00:00:00:42",
-            "dev",
-            &name,
-            "nud",
-            "permanent",
-        ]);
-        ip(&[
-            "-6",
-            "neigh",
-            "add",
-            "fd00:db8:254::1",
-            "lladdr",
-            "02:00:00:00:00:43",
-            "dev",
-            &name,
-            "nud",
-            "permanent",
-        ]);
-        let this = interface(&name).expect("veth");
-        let other = interface(&peer).expect("peer");
-
-        let v4: IpAddr = "10.254.254.1".parse().expect("ip");
-        let v6: IpAddr = "fd00:db8:254::1".parse().expect("ip");
-        assert_eq!(lookup(this.index, v4).expect("lookup"), Some([2, 0, 0, 0, 0, 0x42]));
-        assert_eq!(lookup(this.index, v6).expect("lookup"), Some([2, 0, 0, 0, 0, 0x43]));
-        // An IPv4-mapped IPv6 address is the IPv4 entry.
-        assert_eq!(
-            lookup(this.index, "::ffff:10.254.254.1".parse().expect("ip")).expect("lookup"),
-            Some([2, 0, 0, 0, 0, 0x42])
-        );
-        assert_eq!(lookup(other.index, v4).expect("lookup"), None);
-        assert_eq!(lookup(this.index, "10.254.254.2".parse().expect("ip")).expect("lookup"), None);
-    }
-
-    #[test]
-    fn solicit_sends_from_a_socket_bound_to_the_interface() {
-        if !is_root() {
-            return skip("solicit_sends_from_a_socket_bound_to_the_interface");
-        }
-        solicit("lo", "127.0.0.1".parse().expect("ip")).expect("solicit on lo");
-        solicit("lo", "::1".parse().expect("ip")).expect("solicit on lo over ipv6");
     }
 }
