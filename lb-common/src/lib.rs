@@ -48,6 +48,8 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SCRATCH: &str = "SCRATCH";
+    /// Per CPU: when the next ICMP too-big answer is due (its rate limit).
+    pub const TOO_BIG_RATE: &str = "TOO_BIG_RATE";
     /// Every map of the `xdp-lb` object.
     pub const XDP_LB: &[&str] = &[
         CONFIG,
@@ -61,6 +63,7 @@ pub mod map_names {
         VIP_STATS,
         BACKEND_STATS,
         SCRATCH,
+        TOO_BIG_RATE,
     ];
     /// In the `xdp-decap` object: outer destination addresses to strip.
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";

@@ -22,3 +22,13 @@ pub const VIP_FILTER_WORDS: u32 = 1024;
 pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
 /// Outer header TTL / hop limit for encapsulated packets.
 pub const ENCAP_TTL: u8 = 64;
+/// ICMP "fragmentation needed" / "packet too big" answers per second per CPU, and the
+/// burst allowed above that rate. A client learns the path MTU from one answer and
+/// caches it (10 minutes on Linux), so the rate tracks new client hosts per second;
+/// the limit bounds what spoofed oversized packets can make us send elsewhere (an
+/// answer is smaller than the packet it answers: no amplification).
+pub const TOO_BIG_PER_SEC: u64 = 10_000;
+pub const TOO_BIG_BURST: u64 = 500;
+/// Bytes of the offending packet quoted in a too-big answer: its IP header and the
+/// start of its TCP/UDP header, which is what the client's stack matches a socket by.
+pub const TOO_BIG_QUOTE: usize = 128;

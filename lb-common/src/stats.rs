@@ -54,8 +54,12 @@ counters! {
     DropFragment => "drop_fragment",
     /// Dropped: the VIP has no usable backend.
     DropNoBackend => "drop_no_backend",
-    /// Dropped: the encapsulated packet would exceed the MTU.
+    /// Dropped: the encapsulated packet would exceed the MTU and is not answered with
+    /// ICMP (IPv4 with DF clear, an ICMP error, or a frame too short to quote).
     DropTooBig => "drop_too_big",
+    /// Dropped: the encapsulated packet would exceed the MTU, and the ICMP answer is
+    /// over its budget (`limits::TOO_BIG_PER_SEC` per CPU).
+    DropTooBigRateLimited => "drop_too_big_rate_limited",
     /// Dropped: bpf_xdp_adjust_head failed (no headroom).
     DropEncapFailed => "drop_encap_failed",
     /// Dropped: CONFIG has no forwarding settings yet.
@@ -70,6 +74,9 @@ counters! {
     ConnRehash => "conn_rehash",
     /// ICMP frag-needed / packet-too-big forwarded to the flow's backend.
     IcmpForwarded => "icmp_forwarded",
+    /// Answered (XDP_TX back to the client): ICMP "fragmentation needed" / ICMPv6
+    /// "packet too big" for a packet that would exceed the MTU once encapsulated.
+    IcmpTooBigSent => "icmp_too_big_sent",
 }
 
 /// The value of the one-entry per-CPU STATS array: every `Counter`, so the data

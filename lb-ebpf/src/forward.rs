@@ -1,5 +1,6 @@
 //! Sending the packet to its backend: `dsr` rewrites MACs; `ipip` pushes an outer
-//! IPv4 or IPv6 header (IPIP, 6in4, IP6IP6, 4in6) chosen by the backend's family.
+//! IPv4 or IPv6 header (IPIP, 6in4, IP6IP6, 4in6) chosen by the backend's family,
+//! or answers the client with ICMP when the result would not fit the MTU.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
@@ -13,6 +14,7 @@ use lb_ebpf::net::{
 
 use crate::{
     parse::Packet,
+    too_big,
     verdict::{MALFORMED, Verdict},
 };
 
@@ -31,6 +33,10 @@ pub fn to_backend(
         return Ok(Verdict::Tx);
     }
     let inner = if pkt.family == family::V4 { proto::IPIP } else { proto::IPV6 };
+    let outer = if b.family == family::V4 { IPV4_HLEN } else { IPV6_HLEN } as u32;
+    if pkt.l3_len + outer > cfg.mtu {
+        return Err(too_big::answer(ctx, pkt, cfg, cfg.mtu.saturating_sub(outer)));
+    }
     if b.family == family::V4 {
         encap_v4(ctx, pkt, b, cfg, inner)
     } else {
@@ -38,22 +44,20 @@ pub fn to_backend(
     }
 }
 
-/// Grows the head by `outer` bytes and writes the L2 header in front: new MACs, the
-/// VLAN tag if there was one, `ether_type`. Returns the offset of the outer L3 header.
+/// Grows the head by `outer` bytes and writes the L2 header in front: the given
+/// MACs, the VLAN tag if there was one, `ether_type`. Returns the offset of the
+/// new L3 header (where the old one was).
 #[inline(always)]
-#[expect(clippy::cast_possible_wrap, reason = "an outer header is at most 40 bytes")]
-fn push_l2(
+#[expect(clippy::cast_possible_wrap, reason = "at most 48 bytes: an outer header, or IP and ICMP")]
+pub fn push_l2(
     ctx: &XdpContext,
-    pkt: &Packet,
+    l3_off: usize,
     outer: usize,
-    b: &Backend,
-    cfg: &LbConfig,
+    dst: &[u8; 6],
+    src: &[u8; 6],
     ether_type: u16,
 ) -> Result<usize, Verdict> {
-    if pkt.l3_len + outer as u32 > cfg.mtu {
-        return Err(Verdict::Drop(Counter::DropTooBig));
-    }
-    let tagged = pkt.l3_off != ETH_HLEN;
+    let tagged = l3_off != ETH_HLEN;
     // The VLAN tag (TPID, TCI) moves with the MACs.
     let tag = if tagged {
         unsafe { *ptr_at::<[u16; 2]>(ctx, 12).map_err(|()| MALFORMED)? }
@@ -64,8 +68,8 @@ fn push_l2(
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }
     let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
-    copy_mac(&mut eth.dst, &b.mac);
-    copy_mac(&mut eth.src, &cfg.src_mac);
+    copy_mac(&mut eth.dst, dst);
+    copy_mac(&mut eth.src, src);
     if tagged {
         let vlan = ptr_at::<[u16; 3]>(ctx, 12).map_err(|()| MALFORMED)?;
         unsafe { vlan.write([tag[0], tag[1], ether_type.to_be()]) };
@@ -84,7 +88,7 @@ fn encap_v4(
     cfg: &LbConfig,
     inner: u8,
 ) -> Result<Verdict, Verdict> {
-    let off = push_l2(ctx, pkt, IPV4_HLEN, b, cfg, ETH_P_IP)?;
+    let off = push_l2(ctx, pkt.l3_off, IPV4_HLEN, &b.mac, &cfg.src_mac, ETH_P_IP)?;
     let mut hdr = Ipv4Hdr {
         version_ihl: 0x45,
         tos: 0,
@@ -113,7 +117,7 @@ fn encap_v6(
     cfg: &LbConfig,
     inner: u8,
 ) -> Result<Verdict, Verdict> {
-    let off = push_l2(ctx, pkt, IPV6_HLEN, b, cfg, ETH_P_IPV6)?;
+    let off = push_l2(ctx, pkt.l3_off, IPV6_HLEN, &b.mac, &cfg.src_mac, ETH_P_IPV6)?;
     // Flow label from the flow hash: routers on the way spread tunnels by flow (RFC 6438).
     let label = flow_hash(flow) & 0x000f_ffff;
     let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)? };

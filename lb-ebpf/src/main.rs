@@ -8,6 +8,7 @@ mod icmp;
 mod maps;
 mod parse;
 mod select;
+mod too_big;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

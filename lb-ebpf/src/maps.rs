@@ -60,6 +60,11 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: when the next ICMP too-big answer is due, in `bpf_ktime_get_ns` time
+/// (the answers' rate limit, `too_big::allow`).
+#[map(name = "TOO_BIG_RATE")]
+pub static TOO_BIG_RATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
 pub struct Scratch {
     pub flow: FlowKey,

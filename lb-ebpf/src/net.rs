@@ -32,6 +32,8 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// IPv4 TOS of ICMP errors (precedence "internetwork control", as Linux sends them).
+pub const IPTOS_PREC_INTERNETCONTROL: u8 = 0xc0;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -117,6 +119,17 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     Ok((start + offset) as *mut T)
 }
 
+/// Bytes in the frame, as a plain number. The volatile read keeps LLVM from folding
+/// the subtraction into later arithmetic: the verifier allows `data_end - data`
+/// but not `n - data_end`, which is what `n - (data_end - data)` may become.
+#[inline(always)]
+#[must_use]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: reads the local just written.
+    unsafe { core::ptr::read_volatile(&raw const len) }
+}
+
 /// Copies `T` four bytes at a time. Plain assignment of arrays and structs becomes a
 /// call to a byte-wise `memmove` on BPF; volatile word copies stay a few loads and stores.
 /// `T` must be a multiple of four bytes (addresses, IP headers).
@@ -149,6 +162,16 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     }
 }
 
+/// Folds a 32-bit one's-complement sum (e.g. from `bpf_csum_diff`) into the 16-bit
+/// checksum to store: in the same byte order as the words that were summed.
+#[inline(always)]
+#[must_use]
+pub fn csum_fold(sum: u32) -> u16 {
+    let s = (sum & 0xffff) + (sum >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// Internet checksum of an IPv4 header without options, `check` taken as zero.
 #[inline(always)]
 #[must_use]
@@ -163,7 +186,5 @@ pub fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
         }
         i += 1;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    csum_fold(sum)
 }

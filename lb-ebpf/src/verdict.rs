@@ -7,7 +7,10 @@ use lb_common::{Counter, CounterSet};
 pub enum Verdict {
     Pass(Counter),
     Drop(Counter),
+    /// Forwarded to a backend.
     Tx,
+    /// Answered: the frame was turned into a reply to its sender (counted by reason).
+    Reply(Counter),
 }
 
 pub const MALFORMED: Verdict = Verdict::Drop(Counter::DropMalformed);
@@ -20,6 +23,7 @@ impl Verdict {
             Self::Pass(r) => (xdp_action::XDP_PASS, Counter::ActionPass, Some(r)),
             Self::Drop(r) => (xdp_action::XDP_DROP, Counter::ActionDrop, Some(r)),
             Self::Tx => (xdp_action::XDP_TX, Counter::ActionTx, None),
+            Self::Reply(r) => (xdp_action::XDP_TX, Counter::ActionTx, Some(r)),
         };
         bump(stats, counter);
         if let Some(r) = reason {

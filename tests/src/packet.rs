@@ -242,3 +242,76 @@ pub fn decode(frame: &[u8]) -> Decoded {
     }
     Decoded { dst_mac: mac(0), src_mac: mac(6), vlan, ether_type, outer, inner }
 }
+
+/// An ICMP "fragmentation needed" / ICMPv6 "packet too big" as xdp-lb answers a
+/// packet too big to encapsulate, decoded with etherparse and its checksums
+/// recomputed independently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooBig {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub vlan: Option<(u16, u16)>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The MTU the answer advertises.
+    pub mtu: u32,
+    /// The bytes quoted after the ICMP header.
+    pub quote: Vec<u8>,
+}
+
+/// Decodes a too-big answer; `Err` says what is not as an answer must be
+/// (wrong type, bad checksum, lengths that disagree).
+pub fn decode_too_big(frame: &[u8]) -> Result<TooBig, String> {
+    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    let d = decode(frame);
+    let off = l2_len(d.vlan.is_some());
+    let l3 = &frame[off..];
+    let (src, dst, mtu, quote) = match d.ether_type {
+        ETH_P_IP => {
+            let (h, rest) = Ipv4Header::from_slice(l3).map_err(|e| format!("ipv4 header: {e}"))?;
+            if h.protocol != IpNumber::ICMP {
+                return Err(format!("protocol {:?}, not ICMP", h.protocol));
+            }
+            if h.header_checksum != h.calc_header_checksum() {
+                return Err("IPv4 header checksum".into());
+            }
+            if usize::from(h.total_len) != l3.len() {
+                return Err(format!("IPv4 total length {} in a packet of {}", h.total_len, l3.len()));
+            }
+            let icmp = Icmpv4Slice::from_slice(rest).map_err(|e| format!("icmp: {e}"))?;
+            let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) =
+                icmp.icmp_type()
+            else {
+                return Err(format!("ICMP type {:?}", icmp.icmp_type()));
+            };
+            let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum;
+            if icmp.checksum() != want {
+                return Err(format!("ICMP checksum {:#06x}, want {want:#06x}", icmp.checksum()));
+            }
+            (IpAddr::from(h.source), IpAddr::from(h.destination), u32::from(next_hop_mtu), icmp.payload().to_vec())
+        }
+        ETH_P_IPV6 => {
+            let (h, rest) = Ipv6Header::from_slice(l3).map_err(|e| format!("ipv6 header: {e}"))?;
+            if h.next_header != IpNumber::IPV6_ICMP {
+                return Err(format!("next header {:?}, not ICMPv6", h.next_header));
+            }
+            if usize::from(h.payload_length) != rest.len() {
+                return Err(format!("IPv6 payload length {} with {} bytes", h.payload_length, rest.len()));
+            }
+            let icmp = Icmpv6Slice::from_slice(rest).map_err(|e| format!("icmpv6: {e}"))?;
+            let Icmpv6Type::PacketTooBig { mtu } = icmp.icmp_type() else {
+                return Err(format!("ICMPv6 type {:?}", icmp.icmp_type()));
+            };
+            let want = icmp
+                .icmp_type()
+                .calc_checksum(h.source, h.destination, icmp.payload())
+                .map_err(|e| format!("icmpv6 checksum: {e}"))?;
+            if icmp.checksum() != want {
+                return Err(format!("ICMPv6 checksum {:#06x}, want {want:#06x}", icmp.checksum()));
+            }
+            (IpAddr::from(h.source), IpAddr::from(h.destination), mtu, icmp.payload().to_vec())
+        }
+        t => return Err(format!("ether type {t:#06x}")),
+    };
+    Ok(TooBig { dst_mac: d.dst_mac, src_mac: d.src_mac, vlan: d.vlan, src, dst, mtu, quote })
+}

@@ -8,8 +8,8 @@ use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
 use xdplb_tests::{
     balancer::*,
     packet::{
-        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer, ethernet,
-        ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
+        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer, decode_too_big,
+        ethernet, ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
     },
     privilege::have_root,
 };
@@ -187,38 +187,6 @@ fn ipip_v6_vip_to_v4_backend_is_6in4() {
 }
 
 #[test]
-fn ipip_packet_exactly_at_mtu_after_encapsulation_is_forwarded() {
-    needs_root!();
-    let lb = Balancer::new(Ipip);
-    // 20 (IP) + 20 (TCP) + payload + 20 (outer) == MTU
-    let flow = tcp4().ack().payload(MTU as usize - 60);
-    let run = lb.run(&flow.frame());
-    assert_encapsulated(&lb, &flow, "web4", &run);
-}
-
-#[test]
-fn ipip_packet_over_mtu_after_encapsulation_is_counted_and_dropped() {
-    needs_root!();
-    let lb = Balancer::new(Ipip);
-    let flow = tcp4().ack().payload(MTU as usize - 59);
-    let (run, c) = lb.run_counted(&flow.frame());
-    assert_eq!(run.action, XDP_DROP);
-    assert_eq!(c, counts(&[(ActionDrop, 1), (DropTooBig, 1), (ConnMiss, 1)]));
-    assert_eq!(lb.backend_traffic("web4", &lb.predict("web4", &flow)).packets, 0);
-}
-
-#[test]
-fn dsr_full_size_packet_is_forwarded_because_dsr_adds_nothing() {
-    needs_root!();
-    let lb = Balancer::new(Dsr);
-    let flow = tcp4().ack().payload(MTU as usize - 40);
-    let run = lb.run(&flow.frame());
-    assert_dsr(&lb, &flow, "web4", &run);
-}
-
-// ---- VIP matching ---------------------------------------------------------
-
-#[test]
 fn wildcard_port_vip_matches_every_port() {
     needs_root!();
     let lb = Balancer::new(Dsr);
@@ -352,6 +320,147 @@ fn ipv4_with_options_is_matched_on_the_ports_after_the_options() {
         assert_eq!(lb.receiver(&run), lb.predict("web4", &tcp4()));
         assert_eq!(run.decoded().inner, l3, "options kept ({mode:?})");
     }
+}
+
+// ---- too big for the tunnel -------------------------------------------------
+
+/// A full-size segment of `flow`: an IP packet of exactly `l3` bytes.
+fn full_size(flow: Flow, l3: usize) -> Flow {
+    let headers = flow.ack().l3().len() - 100;
+    flow.ack().payload(l3 - headers)
+}
+
+/// The answer must come back to the sender from the VIP, quote the offending
+/// packet's first bytes, and advertise `mtu`.
+fn assert_too_big(run: &Run, flow: &Flow, mtu: u32) {
+    assert_eq!(run.action, XDP_TX, "answered back out");
+    let a = decode_too_big(&run.frame).unwrap_or_else(|e| panic!("not a too-big answer: {e}"));
+    assert_eq!((a.dst_mac, a.src_mac), (CLIENT_MAC, LB_MAC), "back to the sender, from us");
+    assert_eq!((a.src, a.dst), (flow.dst, flow.src), "from the VIP to the client");
+    assert_eq!(a.mtu, mtu, "the MTU that fits after encapsulation");
+    assert_eq!(a.quote, flow.l3()[..lb_common::limits::TOO_BIG_QUOTE], "quotes the packet's start");
+}
+
+#[test]
+fn ipip_full_size_ipv4_segment_is_answered_with_fragmentation_needed() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = full_size(tcp4(), 1500);
+    let (run, c) = lb.run_counted(&flow.frame());
+    assert_too_big(&run, &flow, MTU - 20);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1), (IcmpTooBigSent, 1)]));
+    assert_eq!(lb.vip_traffic("web4").packets, 0, "nothing reached a backend");
+}
+
+#[test]
+fn ipip_full_size_ipv6_segment_is_answered_with_packet_too_big() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = full_size(tcp6(), 1500);
+    let (run, c) = lb.run_counted(&flow.frame());
+    assert_too_big(&run, &flow, MTU - 40);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1), (IcmpTooBigSent, 1)]));
+}
+
+#[test]
+fn too_big_answer_advertises_the_room_left_by_the_backends_outer_header() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    // An IPv4 VIP whose backend is IPv6: the outer header is 40 bytes.
+    let flow = full_size(Flow::tcp(CLIENT4, 40000, MIXED_VIP4, 80), 1480);
+    assert_too_big(&lb.run(&flow.frame()), &flow, MTU - 40);
+    // An IPv6 VIP whose backend is IPv4: 20 bytes.
+    let flow = full_size(Flow::tcp(CLIENT6, 40000, MIXED_VIP6, 80), 1500);
+    assert_too_big(&lb.run(&flow.frame()), &flow, MTU - 20);
+}
+
+#[test]
+fn segment_that_fits_exactly_is_encapsulated() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    for (flow, vip) in [(full_size(tcp4(), 1480), "web4"), (full_size(tcp6(), 1460), "web6")] {
+        let run = lb.run(&flow.frame());
+        assert_encapsulated(&lb, &flow, vip, &run);
+    }
+}
+
+#[test]
+fn vlan_tagged_too_big_segment_is_answered_on_its_vlan() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = full_size(tcp4(), 1500).vlan(7);
+    let run = lb.run(&flow.frame());
+    assert_too_big(&run, &flow, MTU - 20);
+    assert_eq!(run.decoded().vlan, Some((ETH_P_8021Q, 7)));
+}
+
+#[test]
+fn dsr_forwards_full_size_segments_unchanged() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    for (flow, vip) in [(full_size(tcp4(), 1500), "web4"), (full_size(tcp6(), 1500), "web6")] {
+        let run = lb.run(&flow.frame());
+        assert_dsr(&lb, &flow, vip, &run);
+    }
+}
+
+#[test]
+fn too_big_ipv4_with_df_clear_is_dropped_and_counted_not_answered() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let mut l3 = full_size(tcp4(), 1500).l3();
+    l3[6] &= !0x40; // DF off
+    let mut h = etherparse::Ipv4Header::from_slice(&l3).unwrap().0;
+    h.header_checksum = h.calc_header_checksum();
+    l3[..20].copy_from_slice(&h.to_bytes());
+    let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &l3));
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (ConnMiss, 1), (DropTooBig, 1)]));
+}
+
+#[test]
+fn too_big_answers_are_rate_limited_per_cpu() {
+    needs_root!();
+    use lb_common::limits::{TOO_BIG_BURST, TOO_BIG_PER_SEC};
+    // The budget is per CPU: stay on one while sending.
+    pin_to_one_cpu();
+    let lb = Balancer::new(Ipip);
+    let frame = full_size(tcp4(), 1500).frame();
+    let sent = TOO_BIG_BURST * 3;
+    let started = std::time::Instant::now();
+    let answered = (0..sent).filter(|_| lb.run(&frame).action == XDP_TX).count() as u64;
+    let took = started.elapsed().as_secs_f64();
+    // The burst, plus what the rate refilled meanwhile.
+    let most = TOO_BIG_BURST + (took * TOO_BIG_PER_SEC as f64).ceil() as u64 + 1;
+    assert!((TOO_BIG_BURST..=most).contains(&answered), "{answered} of {sent} answered in {took:.4} s");
+    let c = lb.counters();
+    assert_eq!(c.get(IcmpTooBigSent), answered);
+    assert_eq!(c.get(DropTooBigRateLimited), sent - answered);
+    assert_eq!(c.get(ActionDrop), sent - answered);
+}
+
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0);
+    }
+}
+
+#[test]
+fn icmp_error_too_big_to_encapsulate_is_not_answered() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let flow = tcp4().sport(41234);
+    // A router quoting a whole 1500-byte packet: 1528 bytes of ICMP in all.
+    let big = flow.reversed().ack().payload(1460).l3();
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(&big);
+    let frame = ethernet(ETH_P_IP, &ipv4_packet(ipv4_header("192.0.2.254", VIP4, IpNumber::ICMP), &icmp));
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (ConnMiss, 1), (DropTooBig, 1)]));
 }
 
 // ---- fragments ------------------------------------------------------------
