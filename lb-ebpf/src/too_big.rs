@@ -22,9 +22,9 @@ use lb_common::{
     proto,
 };
 use lb_ebpf::net::{
-    ETH_P_IP, ETH_P_IPV6, EthHdr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMPV6_PKT_TOOBIG,
-    IP_DF, IPTOS_PREC_INTERNETCONTROL, IPV4_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr, Ipv6Hdr, copy_mac,
-    copy_words, csum_fold, frame_len, ipv4_checksum, ptr_at,
+    ETH_P_IP, ETH_P_IPV6, EthHdr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN,
+    ICMPV6_PKT_TOOBIG, IP_DF, IPTOS_PREC_INTERNETCONTROL, IPV4_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
+    Ipv6Hdr, copy_mac, copy_words, csum_fold, frame_len, ipv4_checksum, ptr_at,
 };
 
 use crate::{
@@ -50,7 +50,11 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &LbConfig, mtu: u32) -> Verdi
     if pkt.kind == Kind::IcmpError || frame < pkt.l3_off + TOO_BIG_QUOTE {
         return NOT_ANSWERED;
     }
-    let result = if pkt.family == family::V4 { answer_v4(ctx, pkt, cfg, mtu) } else { answer_v6(ctx, pkt, cfg, mtu) };
+    let result = if pkt.family == family::V4 {
+        answer_v4(ctx, pkt, cfg, mtu)
+    } else {
+        answer_v6(ctx, pkt, cfg, mtu)
+    };
     match result {
         Ok(()) => Verdict::Reply(Counter::IcmpTooBigSent),
         Err(v) => v,
@@ -146,7 +150,14 @@ fn reshape(
 /// Writes the ICMP header at `off` with a zero checksum and returns the sum of it
 /// and the quote, starting from `seed`.
 #[inline(always)]
-fn icmp(ctx: &XdpContext, off: usize, kind: u8, code: u8, rest: u32, seed: u32) -> Result<u32, Verdict> {
+fn icmp(
+    ctx: &XdpContext,
+    off: usize,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    seed: u32,
+) -> Result<u32, Verdict> {
     let h = unsafe { &mut *ptr_at::<IcmpHdr>(ctx, off).map_err(|()| FAILED)? };
     h.kind = kind;
     h.code = code;

@@ -262,7 +262,9 @@ pub struct TooBig {
 /// Decodes a too-big answer; `Err` says what is not as an answer must be
 /// (wrong type, bad checksum, lengths that disagree).
 pub fn decode_too_big(frame: &[u8]) -> Result<TooBig, String> {
-    use etherparse::{Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, icmpv4::DestUnreachableHeader};
+    use etherparse::{
+        Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, icmpv4::DestUnreachableHeader,
+    };
     let d = decode(frame);
     let off = l2_len(d.vlan.is_some());
     let l3 = &frame[off..];
@@ -276,19 +278,30 @@ pub fn decode_too_big(frame: &[u8]) -> Result<TooBig, String> {
                 return Err("IPv4 header checksum".into());
             }
             if usize::from(h.total_len) != l3.len() {
-                return Err(format!("IPv4 total length {} in a packet of {}", h.total_len, l3.len()));
+                return Err(format!(
+                    "IPv4 total length {} in a packet of {}",
+                    h.total_len,
+                    l3.len()
+                ));
             }
             let icmp = Icmpv4Slice::from_slice(rest).map_err(|e| format!("icmp: {e}"))?;
-            let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) =
-                icmp.icmp_type()
+            let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu,
+            }) = icmp.icmp_type()
             else {
                 return Err(format!("ICMP type {:?}", icmp.icmp_type()));
             };
-            let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum;
+            let want =
+                etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum;
             if icmp.checksum() != want {
                 return Err(format!("ICMP checksum {:#06x}, want {want:#06x}", icmp.checksum()));
             }
-            (IpAddr::from(h.source), IpAddr::from(h.destination), u32::from(next_hop_mtu), icmp.payload().to_vec())
+            (
+                IpAddr::from(h.source),
+                IpAddr::from(h.destination),
+                u32::from(next_hop_mtu),
+                icmp.payload().to_vec(),
+            )
         }
         ETH_P_IPV6 => {
             let (h, rest) = Ipv6Header::from_slice(l3).map_err(|e| format!("ipv6 header: {e}"))?;
@@ -296,7 +309,11 @@ pub fn decode_too_big(frame: &[u8]) -> Result<TooBig, String> {
                 return Err(format!("next header {:?}, not ICMPv6", h.next_header));
             }
             if usize::from(h.payload_length) != rest.len() {
-                return Err(format!("IPv6 payload length {} with {} bytes", h.payload_length, rest.len()));
+                return Err(format!(
+                    "IPv6 payload length {} with {} bytes",
+                    h.payload_length,
+                    rest.len()
+                ));
             }
             let icmp = Icmpv6Slice::from_slice(rest).map_err(|e| format!("icmpv6: {e}"))?;
             let Icmpv6Type::PacketTooBig { mtu } = icmp.icmp_type() else {

@@ -8,8 +8,8 @@ use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
 use xdplb_tests::{
     balancer::*,
     packet::{
-        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer, decode_too_big,
-        ethernet, ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
+        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer,
+        decode_too_big, ethernet, ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
     },
     privilege::have_root,
 };
@@ -420,8 +420,8 @@ fn too_big_ipv4_with_df_clear_is_dropped_and_counted_not_answered() {
 
 #[test]
 fn too_big_answers_are_rate_limited_per_cpu() {
-    needs_root!();
     use lb_common::limits::{TOO_BIG_BURST, TOO_BIG_PER_SEC};
+    needs_root!();
     // The budget is per CPU: stay on one while sending.
     pin_to_one_cpu();
     let lb = Balancer::new(Ipip);
@@ -429,10 +429,14 @@ fn too_big_answers_are_rate_limited_per_cpu() {
     let sent = TOO_BIG_BURST * 3;
     let started = std::time::Instant::now();
     let answered = (0..sent).filter(|_| lb.run(&frame).action == XDP_TX).count() as u64;
-    let took = started.elapsed().as_secs_f64();
+    let took = started.elapsed();
     // The burst, plus what the rate refilled meanwhile.
-    let most = TOO_BIG_BURST + (took * TOO_BIG_PER_SEC as f64).ceil() as u64 + 1;
-    assert!((TOO_BIG_BURST..=most).contains(&answered), "{answered} of {sent} answered in {took:.4} s");
+    let refilled = took.as_nanos() as u64 * TOO_BIG_PER_SEC / 1_000_000_000;
+    let most = TOO_BIG_BURST + refilled + 1;
+    assert!(
+        (TOO_BIG_BURST..=most).contains(&answered),
+        "{answered} of {sent} answered in {took:?}"
+    );
     let c = lb.counters();
     assert_eq!(c.get(IcmpTooBigSent), answered);
     assert_eq!(c.get(DropTooBigRateLimited), sent - answered);
@@ -457,7 +461,8 @@ fn icmp_error_too_big_to_encapsulate_is_not_answered() {
     let big = flow.reversed().ack().payload(1460).l3();
     let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
     icmp.extend_from_slice(&big);
-    let frame = ethernet(ETH_P_IP, &ipv4_packet(ipv4_header("192.0.2.254", VIP4, IpNumber::ICMP), &icmp));
+    let frame =
+        ethernet(ETH_P_IP, &ipv4_packet(ipv4_header("192.0.2.254", VIP4, IpNumber::ICMP), &icmp));
     let (run, c) = lb.run_counted(&frame);
     assert_eq!(run.action, XDP_DROP);
     assert_eq!(c, counts(&[(ActionDrop, 1), (ConnMiss, 1), (DropTooBig, 1)]));
