@@ -17,7 +17,8 @@ pub enum ForwardingMode {
 pub struct LbConfig {
     /// A `ForwardingMode` as u32.
     pub mode: u32,
-    /// Largest L3 packet the egress link carries; encapsulated packets above it are dropped.
+    /// Largest L3 packet the egress link carries; a packet that would exceed it once
+    /// encapsulated is answered with ICMP too-big (`too_big` in lb-ebpf).
     pub mtu: u32,
     /// Source MAC of forwarded frames (the balancer interface's own).
     pub src_mac: [u8; 6],

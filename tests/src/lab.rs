@@ -25,7 +25,7 @@ use std::{
     fmt,
     fs::File,
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Output,
@@ -56,6 +56,40 @@ pub const PREFIX6: u8 = 64;
 pub const HTTP_PORT: u16 = 80;
 /// The UDP responder's port on every WAF node.
 pub const UDP_PORT: u16 = 5353;
+
+/// Bulk transfers (served by nginx on every WAF node): a file of [`BULK_BYTES`] of
+/// [`bulk_content`] to download, and a directory that stores PUT bodies.
+pub const BULK_BYTES: usize = 1 << 20;
+pub const FILES_DIR: &str = "/files/";
+pub const BULK_FILE: &str = "/files/bulk.bin";
+pub const UPLOAD_DIR: &str = "/upload/";
+
+/// The bytes of a bulk transfer: not compressible, not periodic at any segment size.
+#[must_use]
+pub fn bulk_content(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            // xorshift64*: a different byte everywhere, the same on every node.
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Where WAF node `k` stores a PUT of `name` under [`UPLOAD_DIR`].
+#[must_use]
+pub fn uploaded(k: usize, name: &str) -> PathBuf {
+    Node::Waf(k).dir().join("www").join(UPLOAD_DIR.trim_matches('/')).join(name)
+}
+
+/// The MSS WAF nodes advertise with [`Lab::clamp_mss`]: a 1500-byte MTU less the
+/// tunnel's outer header and the inner IP and TCP headers (IPIP 20 + 20 + 20;
+/// IP6IP6 40 + 40 + 20).
+pub const ADVMSS4: u16 = 1500 - 60;
+pub const ADVMSS6: u16 = 1500 - 100;
 
 /// The bridge in the root namespace.
 pub const BRIDGE: &str = "xlb-br0";
@@ -533,6 +567,49 @@ impl Lab {
         quietly(&mut in_ns(&waf_ns(k), &["nft", "list", "table", "inet", CUT_TABLE]))
     }
 
+    /// The operator's lever against full-size segments in ipip mode, on WAF node
+    /// `k`: its routes to the lab's subnets advertise an MSS that leaves room for
+    /// the balancer's outer header ([`ADVMSS4`], [`ADVMSS6`]), so clients never send
+    /// a segment too big for the tunnel. `false` restores the interface's MSS.
+    pub fn clamp_mss(&self, k: usize, on: bool) -> Result<()> {
+        self.check_waf(k)?;
+        let ns = waf_ns(k);
+        let node = Node::Waf(k);
+        let (net4, net6) = (format!("{NET4}/{PREFIX4}"), format!("{NET6}/{PREFIX6}"));
+        let (src4, mss4, mss6) = (node.v4().to_string(), ADVMSS4.to_string(), ADVMSS6.to_string());
+        let mut v4 = vec!["ip", "route", "replace", &net4, "dev", NS_IF, "proto", "kernel"];
+        v4.extend(["scope", "link", "src", &src4]);
+        let mut v6 = vec!["ip", "-6", "route", "replace", &net6, "dev", NS_IF, "proto", "kernel"];
+        v6.extend(["metric", "256"]);
+        if on {
+            v4.extend(["advmss", &mss4]);
+            v6.extend(["advmss", &mss6]);
+        }
+        ns_sh(&ns, &v4)?;
+        ns_sh(&ns, &v6)?;
+        Ok(())
+    }
+
+    /// Makes the client forget the path MTUs it learned (route exceptions), so the
+    /// next full-size segment to a VIP is sent at the link's MTU again.
+    pub fn forget_path_mtu(&self) -> Result<()> {
+        ns_sh(NS_CLIENT, &["ip", "route", "flush", "cache"])?;
+        ns_sh(NS_CLIENT, &["ip", "-6", "route", "flush", "cache"])?;
+        for vip in [IpAddr::from(VIP4), IpAddr::from(VIP6)] {
+            if let Some(mtu) = self.path_mtu(vip)? {
+                bail!("the client still remembers a path MTU of {mtu} to {vip}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The path MTU the client learned towards `dst` (from ICMP), if any.
+    pub fn path_mtu(&self, dst: IpAddr) -> Result<Option<u32>> {
+        let route = ns_sh(NS_CLIENT, &["ip", "route", "get", &dst.to_string()])?;
+        let mut words = route.split_whitespace();
+        Ok(words.by_ref().find(|w| *w == "mtu").and_then(|_| words.next()?.parse().ok()))
+    }
+
     /// Runs `args` in namespace `ns` (`ip netns exec`) and returns its output,
     /// whatever its exit status.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Output> {
@@ -619,8 +696,16 @@ fn ensure_root() -> Result<()> {
     Ok(())
 }
 
-/// A namespace joined to the bridge: veth pair, addresses, fixed MAC, no TX
-/// checksum offload on either end (`XDP_TX`'d frames would keep partial checksums).
+/// Offloads off on both ends of every veth, so the lab's wire carries what a real
+/// one does: no TX checksum offload (`XDP_TX`'d frames would keep partial
+/// checksums); no TSO/GSO (a sender would hand 64 KiB super-frames along, which no
+/// NIC puts on a wire and which a driver-mode XDP program without multi-buffer
+/// support drops); no GRO (the bridge side would merge segments into super-frames
+/// again; the XDP program on a receiving veth admits `XDP_TX`'d frames without it).
+const WIRE_OFFLOADS_OFF: &[&str] = &["tx", "off", "tso", "off", "gso", "off", "gro", "off"];
+
+/// A namespace joined to the bridge: veth pair, addresses, fixed MAC, and a wire
+/// without offloads ([`WIRE_OFFLOADS_OFF`]).
 fn add_node(node: Node) -> Result<()> {
     let (ns, veth) = (node.ns(), node.veth());
     sh(&["ip", "netns", "add", &ns])?;
@@ -631,7 +716,7 @@ fn add_node(node: Node) -> Result<()> {
     }
     sh(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", NS_IF, "netns", &ns])?;
     sh(&["ip", "link", "set", &veth, "master", BRIDGE, "up"])?;
-    sh(&["ethtool", "-K", &veth, "tx", "off"])?;
+    sh(&[&["ethtool", "-K", &veth][..], WIRE_OFFLOADS_OFF].concat())?;
     ns_sh(&ns, &["ip", "link", "set", "lo", "up"])?;
     ns_sh(&ns, &["ip", "link", "set", NS_IF, "address", &node.mac_string()])?;
     ns_sh(&ns, &["ip", "addr", "add", &format!("{}/{PREFIX4}", node.v4()), "dev", NS_IF])?;
@@ -640,7 +725,7 @@ fn add_node(node: Node) -> Result<()> {
         &["ip", "-6", "addr", "add", &format!("{}/{PREFIX6}", node.v6()), "dev", NS_IF, "nodad"],
     )?;
     ns_sh(&ns, &["ip", "link", "set", NS_IF, "up"])?;
-    ns_sh(&ns, &["ethtool", "-K", NS_IF, "tx", "off"])?;
+    ns_sh(&ns, &[&["ethtool", "-K", NS_IF][..], WIRE_OFFLOADS_OFF].concat())?;
     Ok(())
 }
 

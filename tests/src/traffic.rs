@@ -125,6 +125,64 @@ fn body_name(response: &str) -> Option<String> {
     (!body.is_empty() && body.len() < 32).then(|| body.to_owned())
 }
 
+/// What a bulk HTTP exchange got back.
+#[derive(Debug)]
+pub struct Bulk {
+    pub status: u16,
+    /// The answering node, from its `X-Waf` header.
+    pub waf: String,
+    pub body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request on a new connection with `body` sent whole, the answer read
+/// to its end. `timeout` bounds the connect and every read and write, so a stalled
+/// transfer fails instead of hanging.
+pub fn http_bulk(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Bulk> {
+    let mut s = TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("connecting to {target}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: vip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).context("sending the request head")?;
+    s.write_all(body).with_context(|| format!("sending {} bytes of body", body.len()))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .with_context(|| format!("reading the answer ({} bytes so far)", answer.len()))?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end in {} bytes", answer.len()))?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let waf = header("X-Waf").unwrap_or_default();
+    let body = answer[split + 4..].to_vec();
+    if let Some(len) = header("Content-Length").and_then(|l| l.parse::<usize>().ok())
+        && len != body.len()
+    {
+        bail!("{status} from {waf}: Content-Length {len} but {} bytes of body", body.len());
+    }
+    Ok(Bulk { status, waf, body })
+}
+
 /// Steady HTTP load from a namespace: `workers` threads, each sending one request
 /// on a new connection every `1 / rate_per_worker` (or as fast as answers come).
 pub struct HttpLoad {

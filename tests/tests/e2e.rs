@@ -37,10 +37,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use lb_userspace::admin::{Request, Response};
 use xdplb_tests::{
     daemon::{Daemon, binary},
-    lab::{HTTP_PORT, Mode, NS_CLIENT, NS_LB, PIN_DIR, in_netns, waf4, waf6},
+    lab::{
+        BULK_BYTES, BULK_FILE, HTTP_PORT, Mode, NS_CLIENT, NS_LB, PIN_DIR, UPLOAD_DIR,
+        bulk_content, in_netns, uploaded, waf4, waf6,
+    },
     privilege::have_root,
     rig::{Checks, Rig, config_text, udp4, web4, web6},
-    traffic::{Failure, HttpLoad, LongLived, Record, check_spread, http_once, tally, udp_spread},
+    traffic::{
+        Failure, HttpLoad, LongLived, Record, check_spread, http_bulk, http_once, tally, udp_spread,
+    },
 };
 
 /// WAF nodes in the lab.
@@ -97,7 +102,8 @@ fn run_mode(mode: Mode) {
     let mut rig =
         Rig::up(mode, WAFS, &Checks::default()).unwrap_or_else(|e| panic!("{mode}: rig up: {e:#}"));
     let base_config = std::fs::read_to_string(&rig.config).unwrap();
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
+        ("1 MiB up and down (IPv4, IPv6)", bulk),
         ("spread (IPv4)", spread4),
         ("spread (IPv6)", spread6),
         ("failover by reset + long-lived (IPv4)", reset_then_recover4),
@@ -230,6 +236,92 @@ fn spread(target: SocketAddr, tag: &str) -> Result<()> {
         failed.values().sum::<usize>()
     );
     check_spread(&ok, WAFS, 0.10).with_context(|| format!("{tag}: spread of {N} connections"))
+}
+
+/// A 1 MiB upload and a 1 MiB download through each VIP, from a client that has
+/// not learned a path MTU: full-size segments both ways (the lab's wire carries no
+/// offloaded super-frames). In ipip mode the client's first full-size segments do
+/// not fit the tunnel: they must be answered with ICMP (the counter moves) and the
+/// transfer must still complete. Then the operator's other lever: with the WAF
+/// nodes advertising an MSS that fits the tunnel, no answer is needed at all.
+fn bulk(rig: &mut Rig, tag: &str) -> Result<()> {
+    let ipip = rig.lab.mode() == Mode::Ipip;
+    for target in [web4(), web6()] {
+        let answers = transfers_answered(rig, target, tag)?;
+        if ipip {
+            ensure!(
+                answers > 0,
+                "{tag}: {target}: no ICMP too-big answer, yet segments were full-size"
+            );
+            // What the answers taught the client: the MTU that fits the tunnel.
+            let learned = rig.lab.path_mtu(target.ip())?;
+            let fits = if target.is_ipv4() { 1500 - 20 } else { 1500 - 40 };
+            ensure!(learned == Some(fits), "{tag}: {target}: path MTU {learned:?}, want {fits}");
+        } else {
+            ensure!(answers == 0, "{tag}: {target}: {answers} ICMP too-big answers in dsr mode");
+        }
+    }
+    if ipip {
+        let clamped = |on| (1..=WAFS).try_for_each(|k| rig.lab.clamp_mss(k, on));
+        clamped(true)?;
+        let result = [web4(), web6()].into_iter().try_for_each(|target| {
+            let answers = transfers_answered(rig, target, tag)?;
+            ensure!(answers == 0, "{tag}: {target}: {answers} ICMP answers with the MSS clamped");
+            Ok(())
+        });
+        clamped(false)?;
+        result?;
+    }
+    Ok(())
+}
+
+/// Uploads and downloads [`BULK_BYTES`] through `target` after the client forgot its
+/// path MTUs; checks both arrived whole. Returns the too-big answers sent meanwhile.
+fn transfers_answered(rig: &Rig, target: SocketAddr, tag: &str) -> Result<u64> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    rig.lab.forget_path_mtu()?;
+    let before = icmp_too_big_sent(rig)?;
+    let content = bulk_content(BULK_BYTES);
+    let name = format!("bulk-{}-{}", target.port(), std::process::id());
+    let t = Instant::now();
+    let up = in_netns(Some(NS_CLIENT), || {
+        http_bulk(target, "PUT", &format!("{UPLOAD_DIR}{name}"), &content, TIMEOUT)
+    })
+    .with_context(|| format!("{tag}: uploading {BULK_BYTES} bytes to {target}"))?;
+    ensure!(matches!(up.status, 201 | 204), "{tag}: PUT to {target} answered {}", up.status);
+    let k: usize = up.waf.strip_prefix("waf").and_then(|k| k.parse().ok()).context("X-Waf")?;
+    let stored = std::fs::read(uploaded(k, &name))?;
+    ensure!(
+        stored == content,
+        "{tag}: {} stored {} bytes, not what was sent",
+        up.waf,
+        stored.len()
+    );
+    let took_up = t.elapsed();
+    let t = Instant::now();
+    let down = in_netns(Some(NS_CLIENT), || http_bulk(target, "GET", BULK_FILE, &[], TIMEOUT))
+        .with_context(|| format!("{tag}: downloading {BULK_FILE} from {target}"))?;
+    ensure!(down.status == 200, "{tag}: GET from {target} answered {}", down.status);
+    ensure!(down.body == content, "{tag}: {} bytes from {} differ", down.body.len(), down.waf);
+    let answers = icmp_too_big_sent(rig)? - before;
+    eprintln!(
+        "{tag}: {target}: up {BULK_BYTES} bytes to {} in {:.2} s, down from {} in {:.2} s, {answers} ICMP too-big answers",
+        up.waf,
+        took_up.as_secs_f64(),
+        down.waf,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(answers)
+}
+
+fn icmp_too_big_sent(rig: &Rig) -> Result<u64> {
+    let (code, body) = rig.daemon.http_get("/metrics")?;
+    ensure!(code == 200, "/metrics answered {code}");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("xdplb_icmp_too_big_sent_total "))
+        .context("no xdplb_icmp_too_big_sent_total in /metrics")?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse::<f64>()? as u64)
 }
 
 fn spread4(_: &mut Rig, tag: &str) -> Result<()> {

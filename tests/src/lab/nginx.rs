@@ -19,6 +19,9 @@ pub fn pid_file(dir: &Path) -> PathBuf {
 
 /// The node's nginx.conf: answers `/` with its name and `/healthz` with "ok" on
 /// port 80, IPv4 and IPv6, on every address (VIP traffic arrives for the VIP).
+/// Bulk transfers: [`BULK_FILE`](super::BULK_FILE) to download, and PUT under
+/// [`UPLOAD_DIR`](super::UPLOAD_DIR) stores the body (WebDAV), so a test can compare
+/// what arrived byte for byte. Every answer names the node in an `X-Waf` header.
 #[must_use]
 pub fn config(name: &str, dir: &Path, port: u16) -> String {
     let d = dir.display();
@@ -44,6 +47,15 @@ http {{
     server {{
         listen {port};
         listen [::]:{port};
+        add_header X-Waf "{name}" always;
+        location {upload} {{
+            root {d}/www;
+            dav_methods PUT;
+            client_max_body_size {max_body};
+        }}
+        location {files} {{
+            root {d}/www;
+        }}
         location / {{
             return 200 "{name}\n";
         }}
@@ -52,14 +64,26 @@ http {{
         }}
     }}
 }}
-"#
+"#,
+        upload = super::UPLOAD_DIR,
+        files = super::FILES_DIR,
+        max_body = 2 * super::BULK_BYTES,
     )
 }
 
-/// Writes the config (and its temp dir) into `dir`.
+/// Writes the config, its temp dir and the bulk-transfer directories into `dir`.
 pub fn write_config(name: &str, dir: &Path, port: u16) -> Result<()> {
     std::fs::create_dir_all(dir.join("tmp"))
         .with_context(|| format!("creating {}", dir.display()))?;
+    let www = |p: &str| dir.join("www").join(p.trim_matches('/'));
+    let upload = www(super::UPLOAD_DIR);
+    std::fs::create_dir_all(&upload).with_context(|| format!("creating {}", upload.display()))?;
+    // nginx's workers (not root) store the uploads.
+    std::fs::set_permissions(&upload, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let file = www(super::BULK_FILE);
+    std::fs::create_dir_all(www(super::FILES_DIR))?;
+    std::fs::write(&file, super::bulk_content(super::BULK_BYTES))
+        .with_context(|| format!("writing {}", file.display()))?;
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config(name, dir, port))
         .with_context(|| format!("writing {}", conf.display()))
