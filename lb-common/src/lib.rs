@@ -15,7 +15,7 @@ pub mod vip;
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
 pub use flow::{ConnValue, FlowKey};
-pub use stats::{Counter, CounterSet, Traffic};
+pub use stats::{Counter, CounterSet, DecapCounter, DecapCounterSet, Traffic};
 pub use vip::{RingSlot, VipKey, VipMeta};
 
 /// Address family tags stored in keys (not the AF_* values: those differ per OS).
@@ -65,8 +65,16 @@ pub mod map_names {
         SCRATCH,
         TOO_BIG_RATE,
     ];
-    /// In the `xdp-decap` object: outer destination addresses to strip.
+    /// In the `xdp-decap` object: outer destination addresses to strip (this host's).
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    /// In the `xdp-decap` object: outer source addresses accepted (the balancers').
+    pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
+    /// In the `xdp-decap` object: inner destination addresses accepted (the VIPs).
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    /// In the `xdp-decap` object: its per-CPU `DecapCounterSet`.
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Every map of the `xdp-decap` object.
+    pub const XDP_DECAP: &[&str] = &[DECAP_ADDRS, DECAP_SOURCES, DECAP_VIPS, DECAP_STATS];
     /// In the `xdp-tools` object: the traffic generator's `generator::GenConfig`.
     pub const GEN_CONFIG: &str = "GEN_CONFIG";
     /// In the `xdp-tools` object: frames generated so far, per CPU.
@@ -91,6 +99,7 @@ mod pod {
     unsafe impl aya::Pod for super::LbConfig {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::CounterSet {}
+    unsafe impl aya::Pod for super::DecapCounterSet {}
     unsafe impl aya::Pod for super::vip::VipAddrKey {}
     unsafe impl aya::Pod for super::RingSlot {}
     unsafe impl aya::Pod for super::generator::GenConfig {}

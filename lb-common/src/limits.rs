@@ -32,3 +32,6 @@ pub const TOO_BIG_BURST: u64 = 500;
 /// Bytes of the offending packet quoted in a too-big answer: its IP header and the
 /// start of its TCP/UDP header, which is what the client's stack matches a socket by.
 pub const TOO_BIG_QUOTE: usize = 128;
+/// Addresses in each of `xdp-decap`'s sets (this host's tunnel endpoints, the
+/// balancers' tunnel sources, the VIPs).
+pub const MAX_DECAP_ADDRS: u32 = 64;

@@ -6,32 +6,63 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
+/// A counter enum (index, `ALL`, `COUNT`, stable `name()`) and its per-CPU value
+/// (`$set`, one `u64` per counter, so a program pays one map lookup for all of its
+/// counting). Used for `xdp-lb`'s STATS and `xdp-decap`'s DECAP_STATS.
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
-        /// Index into the global per-CPU STATS array: one per action, per pass/drop
-        /// reason and per connection-table event. The controller exports each by `name()`.
+    (
+        $(#[doc = $enum_doc:literal])* enum $enum:ident;
+        $(#[doc = $set_doc:literal])* set $set:ident;
+        $($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*
+    ) => {
+        $(#[doc = $enum_doc])*
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Counter {
+        pub enum $enum {
             $($(#[doc = $doc])* $variant,)*
         }
 
-        impl Counter {
+        impl $enum {
             /// Every counter, in index order.
-            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
-            /// Entries of the STATS array.
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
+            /// Entries of the counter array.
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
             /// Stable snake_case name, used as a metric label.
             #[must_use]
             pub const fn name(self) -> &'static str {
-                match self { $(Counter::$variant => $name,)* }
+                match self { $($enum::$variant => $name,)* }
+            }
+        }
+
+        $(#[doc = $set_doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $set {
+            pub values: [u64; $enum::COUNT as usize],
+        }
+
+        impl Default for $set {
+            fn default() -> Self {
+                Self { values: [0; $enum::COUNT as usize] }
+            }
+        }
+
+        impl $set {
+            #[must_use]
+            pub const fn get(&self, c: $enum) -> u64 {
+                self.values[c as usize]
             }
         }
     };
 }
 
 counters! {
+    /// Index into `xdp-lb`'s global per-CPU STATS array: one per action, per pass/drop
+    /// reason and per connection-table event. The controller exports each by `name()`.
+    enum Counter;
+    /// The value of the one-entry per-CPU STATS array: every `Counter`.
+    set CounterSet;
     /// Verdict XDP_PASS.
     ActionPass => "action_pass",
     /// Verdict XDP_TX.
@@ -79,23 +110,23 @@ counters! {
     IcmpTooBigSent => "icmp_too_big_sent",
 }
 
-/// The value of the one-entry per-CPU STATS array: every `Counter`, so the data
-/// path pays one map lookup per packet for all of its counting.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CounterSet {
-    pub values: [u64; Counter::COUNT as usize],
-}
-
-impl Default for CounterSet {
-    fn default() -> Self {
-        Self { values: [0; Counter::COUNT as usize] }
-    }
-}
-
-impl CounterSet {
-    #[must_use]
-    pub const fn get(&self, c: Counter) -> u64 {
-        self.values[c as usize]
-    }
+counters! {
+    /// Index into `xdp-decap`'s per-CPU DECAP_STATS array: what became of each frame.
+    /// A tunnel packet is stripped only when it comes from a balancer and carries
+    /// traffic to a VIP; every other one is dropped, so a host that can reach a WAF
+    /// node cannot inject packets with a forged client address.
+    enum DecapCounter;
+    /// The value of the one-entry per-CPU DECAP_STATS array: every `DecapCounter`.
+    set DecapCounterSet;
+    /// Passed untouched: not IPIP / IP6IP6 / 4in6 / 6in4 to one of this host's tunnel addresses.
+    PassNotTunnel => "pass_not_tunnel",
+    /// Stripped and passed up the stack.
+    Decapsulated => "decapsulated",
+    /// Dropped: the outer source is not a balancer's tunnel address.
+    DropSource => "drop_source",
+    /// Dropped: the inner destination is not a VIP.
+    DropNotVip => "drop_not_vip",
+    /// Dropped: the inner header is cut short, of the wrong version, or the outer
+    /// packet is a fragment (balancers send DF).
+    DropMalformed => "drop_malformed",
 }

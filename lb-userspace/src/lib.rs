@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod decap;
 pub mod health;
 pub mod interface;
 pub mod loader;

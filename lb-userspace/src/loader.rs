@@ -57,10 +57,10 @@ pub struct Attachment {
 }
 
 /// Where things are pinned under `pin_dir`.
-fn maps_dir(pin_dir: &Path) -> PathBuf {
+pub(crate) fn maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("maps")
 }
-fn link_path(pin_dir: &Path) -> PathBuf {
+pub(crate) fn link_path(pin_dir: &Path) -> PathBuf {
     pin_dir.join("link")
 }
 
@@ -123,31 +123,7 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
     prog.load().context("the kernel verifier rejected xdp_lb")?;
 
     let if_index = if_index(interface)?;
-    let link_path = link_path(pin_dir);
-    let link = if link_path.exists() {
-        let pinned = PinnedLink::from_pin(&link_path)
-            .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
-        let fd: FdLink = pinned.into();
-        let xdp_link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
-        prog.attach_to_link(xdp_link).context("swapping our program into the pinned XDP link")?;
-        log::info!("adopted the XDP link pinned at {}", link_path.display());
-        // The link stays pinned; `prog` owns its fd now.
-        None
-    } else {
-        let id = prog.attach_to_if_index(if_index, mode).with_context(|| {
-            format!(
-                "attaching xdp_lb to {interface} ({mode:?} mode); is another XDP program attached?"
-            )
-        })?;
-        let link = prog.take_link(id)?;
-        let fd = FdLink::try_from(link).map_err(|_| {
-            anyhow!("the kernel attached xdp_lb without a BPF link (netlink fallback); it could not be pinned")
-        })?;
-        Some(
-            fd.pin(&link_path)
-                .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?,
-        )
-    };
+    let link = attach_pinned_link(prog, PROGRAM, interface, if_index, mode, &link_path(pin_dir))?;
     let attachment = Attachment {
         ebpf,
         _link: link,
@@ -158,7 +134,42 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
     Ok(Loaded { attachment, maps, adopted })
 }
 
-fn if_index(interface: &str) -> Result<u32> {
+/// Attaches `prog` (called `name` in messages) to `interface` through a BPF link
+/// pinned at `link_path`, so it stays attached after this process exits. A link
+/// already pinned there gets `prog` swapped in atomically (the interface never runs
+/// without a program) and `None` is returned; otherwise the new link's pin.
+pub(crate) fn attach_pinned_link(
+    prog: &mut Xdp,
+    name: &str,
+    interface: &str,
+    if_index: u32,
+    mode: XdpMode,
+    link_path: &Path,
+) -> Result<Option<PinnedLink>> {
+    if link_path.exists() {
+        let pinned = PinnedLink::from_pin(link_path)
+            .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
+        let fd: FdLink = pinned.into();
+        let xdp_link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
+        prog.attach_to_link(xdp_link).context("swapping our program into the pinned XDP link")?;
+        log::info!("adopted the XDP link pinned at {}", link_path.display());
+        // The link stays pinned; `prog` owns its fd now.
+        return Ok(None);
+    }
+    let id = prog.attach_to_if_index(if_index, mode).with_context(|| {
+        format!("attaching {name} to {interface} ({mode:?} mode); is another XDP program attached?")
+    })?;
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).map_err(|_| {
+        anyhow!("the kernel attached {name} without a BPF link (netlink fallback); it could not be pinned")
+    })?;
+    Ok(Some(
+        fd.pin(link_path)
+            .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?,
+    ))
+}
+
+pub(crate) fn if_index(interface: &str) -> Result<u32> {
     crate::interface::index(interface).ok_or_else(|| anyhow!("interface {interface} not found"))
 }
 

@@ -721,7 +721,8 @@ mod tests {
             .iter()
             .filter(|(n, _, _)| {
                 ["xdplb_xdp_", "xdplb_conntrack_total"].iter().any(|p| n.starts_with(p))
-                    || n == "xdplb_icmp_forwarded_total"
+                    || ["xdplb_icmp_forwarded_total", "xdplb_icmp_too_big_sent_total"]
+                        .contains(&n.as_str())
             })
             .count();
         assert_eq!(data_path, Counter::ALL.len());

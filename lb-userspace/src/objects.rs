@@ -32,7 +32,7 @@ mod tests {
 
     #[test]
     fn the_decapsulator_and_the_tools_define_the_maps_userspace_opens() {
-        assert_eq!(maps_of(XDP_DECAP), names(&[map_names::DECAP_ADDRS]));
+        assert_eq!(maps_of(XDP_DECAP), names(map_names::XDP_DECAP));
         assert_eq!(
             maps_of(XDP_TOOLS),
             names(&[map_names::GEN_CONFIG, map_names::GEN_SEQ, map_names::SINK_STATS])

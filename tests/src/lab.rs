@@ -34,6 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_userspace::decap::DecapRules;
 use lb_userspace::loader::ensure_bpffs;
 
 use self::sh::{cmd, in_ns, ns_sh, output, quietly, sh};
@@ -385,7 +386,11 @@ impl Lab {
             let prog = match self.config.mode {
                 Mode::Dsr => XdpProg::Pass,
                 // Decap also makes the veth accept forwarded frames.
-                Mode::Ipip => XdpProg::Decap(vec![node.v4().into(), node.v6().into()]),
+                Mode::Ipip => XdpProg::Decap(DecapRules {
+                    local: [node.v4().into(), node.v6().into()].into(),
+                    balancers: [LB4.into(), LB6.into()].into(),
+                    vips: [VIP4.into(), VIP6.into()].into(),
+                }),
             };
             attach(Some(&node.ns()), NS_IF, &prog, &node.ns())?;
         }

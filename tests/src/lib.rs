@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod bench;
 pub mod daemon;
+pub mod decapsulator;
 pub mod lab;
 pub mod packet;
 pub mod privilege;

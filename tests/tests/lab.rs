@@ -116,10 +116,10 @@ fn lab_up_gives_a_client_that_reaches_every_waf_directly() {
     assert_eq!(status.matches("/healthz from lb: ok").count(), 3, "{status}");
 }
 
-/// Sends `inner` (an IP packet) from the lb to `outer_dst` inside an outer IPv4
-/// (IPIP) or IPv6 (IP6IP6) header, as xdp-lb does in ipip mode.
-fn send_encapsulated(outer_dst: IpAddr, inner: &[u8]) -> Result<()> {
-    in_netns(Some(NS_LB), || {
+/// Sends `inner` (an IP packet) from namespace `ns` to `outer_dst` inside an outer
+/// IPv4 (IPIP) or IPv6 (IP6IP6) header, as xdp-lb does in ipip mode from the lb.
+fn send_encapsulated(ns: &str, outer_dst: IpAddr, inner: &[u8]) -> Result<()> {
+    in_netns(Some(ns), || {
         let (family, proto) = match outer_dst {
             IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IPIP),
             IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_IPV6),
@@ -204,7 +204,7 @@ fn lab_ipip_mode_attaches_decap_on_every_waf() {
             let mut buf = [0u8; 64];
             let mut got = None;
             for _ in 0..5 {
-                send_encapsulated(outer, &inner).expect("send");
+                send_encapsulated(NS_LB, outer, &inner).expect("send");
                 if let Ok(r) = client_sock.recv_from(&mut buf) {
                     got = Some(r);
                     break;
@@ -214,6 +214,14 @@ fn lab_ipip_mode_attaches_decap_on_every_waf() {
             assert_eq!(
                 (&buf[..n], from),
                 (format!("{ns}\n").as_bytes(), SocketAddr::new(vip, UDP_PORT))
+            );
+            // The same datagram tunnelled by the client itself (a host that is not a
+            // balancer, forging a client address) is dropped by xdp_decap.
+            send_encapsulated(NS_CLIENT, outer, &inner).expect("send");
+            client_sock.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+            assert!(
+                client_sock.recv_from(&mut buf).is_err(),
+                "{ns}: a tunnel packet from the client was decapsulated"
             );
         }
     }

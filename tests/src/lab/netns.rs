@@ -11,7 +11,6 @@
 use std::{
     fs::File,
     io,
-    net::IpAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -19,11 +18,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::HashMap,
     programs::{Xdp, XdpMode, links::FdLink},
 };
-use lb_common::vip::VipAddrKey;
-use lb_userspace::{dataplane::addr_words, objects};
+use lb_userspace::{
+    decap::{Decap, DecapRules},
+    objects,
+};
 
 /// Where `ip netns add` leaves the namespace handle.
 #[must_use]
@@ -66,8 +66,8 @@ pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send)
 pub enum XdpProg {
     /// `xdp_pass` from `xdp-tools`: makes a veth accept `XDP_TX`'d and redirected frames.
     Pass,
-    /// `xdp_decap`, decapsulating what is addressed to these (the node's own) addresses.
-    Decap(Vec<IpAddr>),
+    /// `xdp_decap` with these rules (through `lb_userspace::decap`, as a WAF node runs it).
+    Decap(DecapRules),
 }
 
 impl XdpProg {
@@ -81,24 +81,17 @@ impl XdpProg {
 }
 
 /// Loads `prog`, attaches it in driver mode to `ifname` in namespace `ns` and pins
-/// the link at `pin`, so it stays attached after this process exits.
+/// the link at `pin` (for `xdp_decap`, a directory: its link and maps), so it stays
+/// attached after this process exits.
 pub fn attach_pinned(ns: Option<&str>, ifname: &str, prog: &XdpProg, pin: &Path) -> Result<()> {
     let what = format!("{} on {ifname} in {}", prog.name(), ns.unwrap_or("the root namespace"));
     in_netns(ns, || {
-        let object = match prog {
-            XdpProg::Pass => objects::XDP_TOOLS,
-            XdpProg::Decap(_) => objects::XDP_DECAP,
-        };
-        let mut ebpf = Ebpf::load(object).context("loading the object")?;
-        if let XdpProg::Decap(addrs) = prog {
-            let mut map: HashMap<_, VipAddrKey, u32> =
-                HashMap::try_from(ebpf.map_mut("DECAP_ADDRS").context("no DECAP_ADDRS map")?)?;
-            for &a in addrs {
-                let (addr, family) = addr_words(a);
-                map.insert(VipAddrKey { addr, family, _pad: [0; 3] }, 1, 0)
-                    .with_context(|| format!("DECAP_ADDRS <- {a}"))?;
-            }
+        if let XdpProg::Decap(rules) = prog {
+            let mut decap = Decap::load(Some(pin))?;
+            decap.set_rules(rules)?;
+            return decap.attach(ifname, XdpMode::Driver);
         }
+        let mut ebpf = Ebpf::load(objects::XDP_TOOLS).context("loading the object")?;
         let p: &mut Xdp =
             ebpf.program_mut(prog.name()).context("program not in the object")?.try_into()?;
         p.load().context("loading the program")?;
