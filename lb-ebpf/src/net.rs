@@ -5,7 +5,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
@@ -160,6 +160,19 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
         unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
         i += 1;
     }
+}
+
+/// `seed` plus the one's-complement sum of the `T` at `p` (packet or stack), by
+/// the kernel's `bpf_csum_diff`; fold it with [`csum_fold`].
+#[inline(always)]
+#[expect(
+    clippy::cast_sign_loss,
+    reason = "the sum is 32 bits; the helper fails only on sizes ruled out below"
+)]
+pub fn csum_add<T>(p: *mut T, seed: u32) -> u32 {
+    const { assert!(size_of::<T>().is_multiple_of(4) && size_of::<T>() <= 512) };
+    // SAFETY: `p` points at a whole T (bounds-checked by the caller for packets).
+    unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p.cast(), size_of::<T>() as u32, seed) as u32 }
 }
 
 /// Folds a 32-bit one's-complement sum (e.g. from `bpf_csum_diff`) into the 16-bit

@@ -13,7 +13,7 @@
 //! routers only answer DF packets), and ICMP errors (never an error about an error).
 
 use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{
@@ -24,7 +24,7 @@ use lb_common::{
 use lb_ebpf::net::{
     ETH_P_IP, ETH_P_IPV6, EthHdr, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HLEN,
     ICMPV6_PKT_TOOBIG, IP_DF, IPTOS_PREC_INTERNETCONTROL, IPV4_HLEN, IPV6_HLEN, IcmpHdr, Ipv4Hdr,
-    Ipv6Hdr, copy_mac, copy_words, csum_fold, frame_len, ipv4_checksum, ptr_at,
+    Ipv6Hdr, copy_mac, copy_words, csum_add, csum_fold, frame_len, ipv4_checksum, ptr_at,
 };
 
 use crate::{
@@ -112,7 +112,7 @@ fn answer_v6(ctx: &XdpContext, pkt: &Packet, cfg: &LbConfig, mtu: u32) -> Result
     // header as 32-bit big-endian words, summed like the rest.
     let addrs = ptr_at::<[u32; 8]>(ctx, off + 8).map_err(|()| FAILED)?;
     let seed = len.to_be().wrapping_add(u32::from(proto::ICMPV6).to_be());
-    let pseudo = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, addrs.cast(), 32, seed) } as u32;
+    let pseudo = csum_add(addrs, seed);
     let sum = icmp(ctx, off + IPV6_HLEN, ICMPV6_PKT_TOOBIG, 0, mtu.to_be(), pseudo)?;
     set_icmp_check(ctx, off + IPV6_HLEN, sum)
 }
@@ -140,8 +140,9 @@ fn reshape(
 ) -> Result<usize, Verdict> {
     // Cut first: the frame is longer than the quote (checked by `answer`).
     let keep = l3_off + TOO_BIG_QUOTE;
-    let cut = keep as i64 - frame_len(ctx) as i64;
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, cut as i32) } != 0 {
+    #[expect(clippy::cast_possible_wrap, reason = "a frame is at most a page")]
+    let cut = -((frame_len(ctx) - keep) as i32);
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, cut) } != 0 {
         return Err(FAILED);
     }
     push_l2(ctx, l3_off, l3 + ICMP_HLEN, to, &cfg.src_mac, ether_type).map_err(|_| FAILED)
@@ -163,9 +164,7 @@ fn icmp(
     h.code = code;
     h.check = 0;
     h.rest = rest;
-    let body = ptr_at::<IcmpBody>(ctx, off).map_err(|()| FAILED)?;
-    let size = size_of::<IcmpBody>() as u32;
-    Ok(unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), size, seed) } as u32)
+    Ok(csum_add(ptr_at::<IcmpBody>(ctx, off).map_err(|()| FAILED)?, seed))
 }
 
 #[inline(always)]
