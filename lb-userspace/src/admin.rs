@@ -12,12 +12,14 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use log::{debug, warn};
+use log::debug;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
 };
+
+use crate::server;
 
 /// What the CLI asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,8 @@ pub enum Response {
 const MAX_LINE: usize = 64 * 1024;
 /// How long the daemon waits for the next request on an open connection.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once (an operator's commands, a script or two).
+const MAX_CONNECTIONS: usize = 16;
 /// How long the CLI waits for the daemon (a reload may take a moment).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,15 +95,18 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::from_std(listener).context("admin socket: register with tokio")
 }
 
-/// Bounds of one admin connection.
+/// Bounds of the admin connections.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
     max_line: usize,
     idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    max_connections: usize,
 }
 
 impl Limits {
-    const DEFAULT: Self = Self { max_line: MAX_LINE, idle_timeout: IDLE_TIMEOUT };
+    const DEFAULT: Self =
+        Self { max_line: MAX_LINE, idle_timeout: IDLE_TIMEOUT, max_connections: MAX_CONNECTIONS };
 }
 
 /// Serves requests until the task is dropped: one JSON line in, one JSON line
@@ -122,23 +129,11 @@ where
     Fut: Future<Output = Response> + Send,
 {
     let handler = Arc::new(handler);
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends pass; spinning on them would burn a core.
-                warn!("admin: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    server::serve(listener, limits.max_connections, "admin", move |stream| {
         let handler = Arc::clone(&handler);
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, &*handler, limits).await {
-                debug!("admin: connection ended: {e}");
-            }
-        });
-    }
+        async move { connection(stream, &*handler, limits).await }
+    })
+    .await
 }
 
 /// One line read from a connection.

@@ -26,7 +26,7 @@ use lb_common::{
     DecapCounter, DecapCounterSet, limits::MAX_DECAP_ADDRS, map_names, vip::VipAddrKey,
 };
 
-use crate::{config::Config, dataplane::addr_words, loader, objects};
+use crate::{config::Config, desired::addr_words, loader, objects};
 
 const PROGRAM: &str = "xdp_decap";
 /// The maps of the object, in the order of [`DecapRules`]' sets.

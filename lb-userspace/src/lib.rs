@@ -1,11 +1,16 @@
 //! The xdplb controller as a library: the binary `xdplb` and the test suites use
 //! the same code to load the XDP programs and fill their maps.
+//!
+//! Failover path, file by file: `health/` probes and reports -> `controller/core/`
+//! decides (rise/fall, backend state) -> `controller/planner.rs` plans the desired
+//! state (`desired.rs`) -> `writer.rs` writes the difference -> `maps.rs`. The loop
+//! that feeds the core and carries out its decisions is `controller/mod.rs`.
 
 pub mod admin;
 pub mod config;
 pub mod controller;
-pub mod dataplane;
 pub mod decap;
+pub mod desired;
 pub mod health;
 pub mod interface;
 pub mod loader;
@@ -16,4 +21,8 @@ pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
 pub mod objects;
+pub mod server;
+pub mod stats;
+#[cfg(test)]
+mod testing;
 pub mod writer;

@@ -19,7 +19,7 @@ use aya::{
 };
 use lb_common::map_names;
 
-use crate::{maps::BpfMaps, objects};
+use crate::{maps::BpfMaps, objects, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
 /// Maps whose contents must survive a restart. SCRATCH is per-packet scratch.
@@ -42,18 +42,30 @@ const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub struct Loaded {
     pub attachment: Attachment,
     pub maps: BpfMaps,
+    pub stats: BpfStats,
     /// The maps were already pinned: a previous controller filled them.
     pub adopted: bool,
 }
 
-/// The program and its place on the interface.
+/// The program and its place on the interface. Dropping it leaves the program
+/// attached and the maps pinned: traffic keeps flowing with the last state
+/// written, and the next `xdplb run` adopts it.
 pub struct Attachment {
-    ebpf: Ebpf,
+    /// The loaded program (for an adopted link, also the link's fd): kept while we run.
+    _ebpf: Ebpf,
     /// Set when we created the link; an adopted link's fd belongs to the program.
     _link: Option<PinnedLink>,
+    check: AttachCheck,
+}
+
+/// Whether our program is still the one attached: what `/healthz` and `xdplb
+/// status` report. Plain data, so the endpoints check without the program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachCheck {
     pin_dir: PathBuf,
     interface: String,
     if_index: u32,
+    program_id: u32,
 }
 
 /// Where things are pinned under `pin_dir`.
@@ -116,6 +128,7 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
     let adopted = PINNED_MAPS.iter().all(|m| maps_dir(pin_dir).join(m).exists());
     let mut ebpf = load_with_pinned_maps(pin_dir)?;
     let maps = BpfMaps::take_from(&mut ebpf)?;
+    let stats = BpfStats::take_from(&mut ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("no program {PROGRAM} in the object"))?
@@ -124,14 +137,15 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
 
     let if_index = if_index(interface)?;
     let link = attach_pinned_link(prog, PROGRAM, interface, if_index, mode, &link_path(pin_dir))?;
-    let attachment = Attachment {
-        ebpf,
-        _link: link,
+    let program_id = prog.info().context("reading xdp_lb's program id")?.id();
+    let check = AttachCheck {
         pin_dir: pin_dir.to_owned(),
         interface: interface.to_owned(),
         if_index,
+        program_id,
     };
-    Ok(Loaded { attachment, maps, adopted })
+    let attachment = Attachment { _ebpf: ebpf, _link: link, check };
+    Ok(Loaded { attachment, maps, stats, adopted })
 }
 
 /// Attaches `prog` (called `name` in messages) to `interface` through a BPF link
@@ -174,8 +188,23 @@ pub(crate) fn if_index(interface: &str) -> Result<u32> {
 }
 
 impl Attachment {
+    /// What tells whether this attachment still holds.
+    #[must_use]
+    pub fn check(&self) -> &AttachCheck {
+        &self.check
+    }
+
+    /// Detaches the program and removes every pin.
+    pub fn detach(self) -> Result<()> {
+        let pin_dir = self.check.pin_dir.clone();
+        drop(self);
+        remove_pins(&pin_dir)
+    }
+}
+
+impl AttachCheck {
     /// Ok while the interface still exists and our program is the one the pinned link runs.
-    pub fn check_attached(&self) -> Result<(), String> {
+    pub fn attached(&self) -> Result<(), String> {
         match if_index(&self.interface) {
             Ok(i) if i == self.if_index => {}
             _ => return Err(format!("interface {} is gone or was recreated", self.interface)),
@@ -184,24 +213,12 @@ impl Attachment {
             .map_err(|e| format!("XDP link pin missing: {e}"))?;
         let fd: FdLink = link.into();
         let info = fd.info().map_err(|e| format!("reading the XDP link: {e}"))?;
-        let ours = self.program_id().map_err(|e| format!("{e:#}"))?;
+        let ours = self.program_id;
         if info.program_id() == ours {
             Ok(())
         } else {
             Err(format!("the XDP link runs program {} instead of ours ({ours})", info.program_id()))
         }
-    }
-
-    fn program_id(&self) -> Result<u32> {
-        let prog: &Xdp = self.ebpf.program(PROGRAM).context("program")?.try_into()?;
-        Ok(prog.info()?.id())
-    }
-
-    /// Detaches the program and removes every pin.
-    pub fn detach(self) -> Result<()> {
-        let pin_dir = self.pin_dir.clone();
-        drop(self);
-        remove_pins(&pin_dir)
     }
 }
 

@@ -1,6 +1,7 @@
-//! The maps of a loaded `xdp-lb`, behind the [`Maps`] trait so the writer can be
-//! tested against a fake. `BpfMaps` is the real thing: typed aya maps plus the
-//! Maglev rings mapped into our memory.
+//! The maps of a loaded `xdp-lb` that say how traffic is forwarded, behind the
+//! [`Maps`] trait so the writer can be tested against a fake. `BpfMaps` is the
+//! real thing: typed aya maps plus the Maglev rings mapped into our memory. (The
+//! statistics maps are read through `stats.rs`.)
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -10,10 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData},
 };
 use lb_common::{
-    Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
+    Backend, ConnValue, FlowKey, LbConfig, RingSlot, VipKey, VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -56,63 +57,33 @@ pub struct BpfMaps {
     vip_filter: Array<MapData, u64>,
     backends: Array<MapData, Backend>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
-    stats: PerCpuArray<MapData, CounterSet>,
-    vip_stats: PerCpuArray<MapData, Traffic>,
-    backend_stats: PerCpuArray<MapData, Traffic>,
     rings: RingMap,
 }
 
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name).ok_or_else(|| anyhow!("the xdp-lb object has no map {name}"))
+/// Takes map `name` out of a loaded `xdp-lb` as the typed map `T`.
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("the xdp-lb object has no map {name}"))?;
+    T::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))
 }
 
 impl BpfMaps {
-    /// Takes the balancer's maps out of a loaded object.
+    /// Takes the balancer's forwarding maps out of a loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
-        let typed = |e: aya::maps::MapError, name: &str| anyhow!("map {name}: {e}");
+        let rings = ebpf
+            .take_map(names::RINGS)
+            .ok_or_else(|| anyhow!("the xdp-lb object has no map {}", names::RINGS))?;
         Ok(Self {
-            config: take(ebpf, names::CONFIG)?.try_into().map_err(|e| typed(e, names::CONFIG))?,
-            vips: take(ebpf, names::VIPS)?.try_into().map_err(|e| typed(e, names::VIPS))?,
-            vip_addrs: take(ebpf, names::VIP_ADDRS)?
-                .try_into()
-                .map_err(|e| typed(e, names::VIP_ADDRS))?,
-            vip_filter: take(ebpf, names::VIP_FILTER)?
-                .try_into()
-                .map_err(|e| typed(e, names::VIP_FILTER))?,
-            backends: take(ebpf, names::BACKENDS)?
-                .try_into()
-                .map_err(|e| typed(e, names::BACKENDS))?,
-            conns: take(ebpf, names::CONNS)?.try_into().map_err(|e| typed(e, names::CONNS))?,
-            stats: take(ebpf, names::STATS)?.try_into().map_err(|e| typed(e, names::STATS))?,
-            vip_stats: take(ebpf, names::VIP_STATS)?
-                .try_into()
-                .map_err(|e| typed(e, names::VIP_STATS))?,
-            backend_stats: take(ebpf, names::BACKEND_STATS)?
-                .try_into()
-                .map_err(|e| typed(e, names::BACKEND_STATS))?,
-            rings: RingMap::new(take(ebpf, names::RINGS)?)?,
+            config: take(ebpf, names::CONFIG)?,
+            vips: take(ebpf, names::VIPS)?,
+            vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            vip_filter: take(ebpf, names::VIP_FILTER)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            conns: take(ebpf, names::CONNS)?,
+            rings: RingMap::new(rings)?,
         })
-    }
-
-    /// Every global counter, summed over CPUs.
-    pub fn counters(&self) -> Result<CounterSet> {
-        let mut sum = CounterSet::default();
-        for cpu in self.stats.get(&0, 0).context("reading STATS")?.iter() {
-            for (total, v) in sum.values.iter_mut().zip(cpu.values) {
-                *total += v;
-            }
-        }
-        Ok(sum)
-    }
-
-    /// Packets and bytes sent to VIP `index`, summed over CPUs.
-    pub fn vip_traffic(&self, index: u32) -> Result<Traffic> {
-        sum_traffic(&self.vip_stats, index)
-    }
-
-    /// Packets and bytes sent to backend `index`, summed over CPUs.
-    pub fn backend_traffic(&self, index: u32) -> Result<Traffic> {
-        sum_traffic(&self.backend_stats, index)
     }
 
     /// The connection-table entry of a flow, if any.
@@ -127,15 +98,6 @@ impl BpfMaps {
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
-}
-
-fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
-    let mut sum = Traffic::default();
-    for t in map.get(&index, 0).with_context(|| format!("reading traffic[{index}]"))?.iter() {
-        sum.packets += t.packets;
-        sum.bytes += t.bytes;
-    }
-    Ok(sum)
 }
 
 impl Maps for BpfMaps {

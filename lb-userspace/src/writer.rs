@@ -1,4 +1,4 @@
-//! The one writer of the data path's maps. Given the desired [`DataPlane`], it
+//! The one writer of the data path's maps. Given the desired [`DesiredState`], it
 //! allocates VIP and backend slots, builds Maglev rings and applies only the
 //! difference, in an order that never lets a packet reach a dead backend:
 //! backends coming up are written before the rings that use them; a changed ring
@@ -18,7 +18,7 @@ use lb_common::{
 };
 
 use crate::{
-    dataplane::{DataPlane, VipPlan, addr_words},
+    desired::{DesiredState, DesiredVip, addr_words},
     maglev::{self, Member},
     maps::Maps,
 };
@@ -97,7 +97,7 @@ impl<M: Maps> MapWriter<M> {
     /// VIPs and backends of `plan` keep their slots, generations and rings, so
     /// established flows keep their backends; anything else is removed by the next
     /// `apply`.
-    pub fn adopt(maps: M, plan: &DataPlane) -> Result<(Self, Adopted)> {
+    pub fn adopt(maps: M, plan: &DesiredState) -> Result<(Self, Adopted)> {
         let snap = maps.snapshot()?;
         let mut w = Self::new(maps);
         let mut adopted = Adopted::default();
@@ -166,7 +166,11 @@ impl<M: Maps> MapWriter<M> {
     /// The backend-table index of backend `backend` of VIP `vip`.
     #[must_use]
     pub fn backend_index(&self, vip: &str, backend: &str) -> Option<u32> {
-        self.backends.iter().find(|((v, b, _), _)| v == vip && b == backend).map(|(_, (i, _))| *i)
+        // Backends sort by (VIP, name, address): the first at or after the lowest
+        // address is the one, if its names match.
+        let from = (vip.to_owned(), backend.to_owned(), IpAddr::from([0u8; 4]));
+        let ((v, b, _), (index, _)) = self.backends.range(from..).next()?;
+        (v == vip && b == backend).then_some(*index)
     }
 
     /// The ring the kernel currently uses for VIP `name`, as written.
@@ -177,7 +181,7 @@ impl<M: Maps> MapWriter<M> {
 
     /// Makes the maps say what `plan` says. Fails without writing anything when the
     /// plan does not fit the maps.
-    pub fn apply(&mut self, plan: &DataPlane) -> Result<Applied> {
+    pub fn apply(&mut self, plan: &DesiredState) -> Result<Applied> {
         check_capacity(plan)?;
         let mut applied = Applied::default();
         if self.config.as_ref() != Some(&plan.config) {
@@ -206,7 +210,7 @@ impl<M: Maps> MapWriter<M> {
     }
 
     /// Slots for new VIPs and backends, and the entry each backend should have.
-    fn allocate(&mut self, plan: &DataPlane) -> Result<BTreeMap<BackendId, (u32, Backend)>> {
+    fn allocate(&mut self, plan: &DesiredState) -> Result<BTreeMap<BackendId, (u32, Backend)>> {
         let mut wanted: BTreeMap<BackendId, (u32, Backend)> = BTreeMap::new();
         for vip in &plan.vips {
             let vip_index = self.vip_slot(&vip.name);
@@ -255,7 +259,7 @@ impl<M: Maps> MapWriter<M> {
     /// use, writes it into the idle ring and switches the VIP entry to it.
     fn switch_ring(
         &mut self,
-        vip: &VipPlan,
+        vip: &DesiredVip,
         wanted: &BTreeMap<BackendId, (u32, Backend)>,
         applied: &mut Applied,
     ) -> Result<()> {
@@ -305,7 +309,7 @@ impl<M: Maps> MapWriter<M> {
     /// Marks removed backends down, deletes removed VIPs and their addresses.
     fn remove_gone(
         &mut self,
-        plan: &DataPlane,
+        plan: &DesiredState,
         wanted: BTreeMap<BackendId, (u32, Backend)>,
         applied: &mut Applied,
     ) -> Result<()> {
@@ -326,7 +330,7 @@ impl<M: Maps> MapWriter<M> {
                 applied.vips_removed += 1;
             }
         }
-        let addrs: BTreeSet<VipAddrKey> = plan.vips.iter().map(VipPlan::addr_key).collect();
+        let addrs: BTreeSet<VipAddrKey> = plan.vips.iter().map(DesiredVip::addr_key).collect();
         for a in addrs.difference(&self.vip_addrs) {
             self.maps.set_vip_addr(a, true)?;
         }
@@ -371,7 +375,7 @@ impl<M: Maps> MapWriter<M> {
     }
 }
 
-fn vip_filter(plan: &DataPlane) -> Vec<u64> {
+fn vip_filter(plan: &DesiredState) -> Vec<u64> {
     let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
     for vip in &plan.vips {
         let bit = filter_bit(&vip.key().addr);
@@ -380,7 +384,7 @@ fn vip_filter(plan: &DataPlane) -> Vec<u64> {
     words
 }
 
-fn check_capacity(plan: &DataPlane) -> Result<()> {
+fn check_capacity(plan: &DesiredState) -> Result<()> {
     if plan.vips.len() > MAX_VIPS as usize {
         bail!("{} VIPs configured; the data path holds at most {MAX_VIPS}", plan.vips.len());
     }
@@ -395,109 +399,16 @@ fn check_capacity(plan: &DataPlane) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use lb_common::{Backend, BackendState, LbConfig, VipKey, VipMeta, limits::NO_BACKEND, proto};
+    use lb_common::{BackendState, LbConfig, limits::NO_BACKEND, proto};
 
     use super::*;
     use crate::{
-        dataplane::{BackendPlan, DataPlane, VipPlan},
-        maps::{Maps, Snapshot},
+        desired::{DesiredBackend, DesiredState, DesiredVip},
+        testing::{FakeMaps, Op},
     };
 
-    /// Map writes, in order, as the fake saw them.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    enum Op {
-        Config,
-        Vip(u16, u32),
-        RemoveVip(u16),
-        VipAddr(bool),
-        Backend(u32, u8),
-        Filter,
-        Ring(u32),
-    }
-
-    #[derive(Default)]
-    struct FakeMaps {
-        ops: Vec<Op>,
-        config: LbConfig,
-        vips: BTreeMap<[u8; 20], (VipKey, VipMeta)>,
-        addrs: BTreeSet<VipAddrKey>,
-        backends: BTreeMap<u32, Backend>,
-        filter: Vec<u64>,
-        rings: BTreeMap<u32, Vec<u32>>,
-    }
-
-    fn key_bytes(k: &VipKey) -> [u8; 20] {
-        let mut b = [0u8; 20];
-        for (i, w) in k.addr.iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        b[16..18].copy_from_slice(&k.port.to_ne_bytes());
-        b[18] = k.proto;
-        b[19] = k.family;
-        b
-    }
-
-    impl Maps for FakeMaps {
-        fn set_config(&mut self, config: &LbConfig) -> Result<()> {
-            self.config = *config;
-            self.ops.push(Op::Config);
-            Ok(())
-        }
-        fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
-            self.vips.insert(key_bytes(key), (*key, *meta));
-            self.ops.push(Op::Vip(u16::from_be(key.port), meta.ring));
-            Ok(())
-        }
-        fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-            self.vips.remove(&key_bytes(key));
-            self.ops.push(Op::RemoveVip(u16::from_be(key.port)));
-            Ok(())
-        }
-        fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()> {
-            if present {
-                self.addrs.insert(*key);
-            } else {
-                self.addrs.remove(key);
-            }
-            self.ops.push(Op::VipAddr(present));
-            Ok(())
-        }
-        fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
-            self.backends.insert(index, *backend);
-            self.ops.push(Op::Backend(index, backend.state));
-            Ok(())
-        }
-        fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()> {
-            if self.filter.is_empty() {
-                self.filter = vec![0; VIP_FILTER_WORDS as usize];
-            }
-            self.filter[index as usize] = word;
-            self.ops.push(Op::Filter);
-            Ok(())
-        }
-        fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
-            self.rings.insert(ring, slots.to_vec());
-            self.ops.push(Op::Ring(ring));
-            Ok(())
-        }
-        fn snapshot(&self) -> Result<Snapshot> {
-            Ok(Snapshot {
-                config: self.config,
-                vips: self.vips.values().copied().collect(),
-                vip_addrs: self.addrs.iter().copied().collect(),
-                backends: self.backends.iter().map(|(i, b)| (*i, *b)).collect(),
-                filter: self.filter.clone(),
-            })
-        }
-        fn read_ring(&self, ring: u32) -> Result<Vec<u32>> {
-            Ok(self.rings.get(&ring).cloned().unwrap_or_else(|| vec![0; RING_SIZE as usize]))
-        }
-    }
-
-    fn backend(name: &str, last: u8) -> BackendPlan {
-        BackendPlan {
+    fn backend(name: &str, last: u8) -> DesiredBackend {
+        DesiredBackend {
             name: name.into(),
             address: IpAddr::from([10, 0, 0, last]),
             mac: Some([2, 0, 0, 0, 0, last]),
@@ -506,10 +417,10 @@ mod tests {
         }
     }
 
-    fn plan() -> DataPlane {
-        DataPlane {
+    fn plan() -> DesiredState {
+        DesiredState {
             config: LbConfig { mtu: 1500, ..LbConfig::default() },
-            vips: vec![VipPlan {
+            vips: vec![DesiredVip {
                 name: "web".into(),
                 address: IpAddr::from([192, 0, 2, 1]),
                 port: 80,
@@ -651,7 +562,7 @@ mod tests {
     #[test]
     fn removed_vip_is_deleted_with_its_address() {
         let mut w = writer();
-        let a = w.apply(&DataPlane { config: plan().config, vips: vec![] }).unwrap();
+        let a = w.apply(&DesiredState { config: plan().config, vips: vec![] }).unwrap();
         assert_eq!(a.vips_removed, 1);
         assert!(w.maps.vips.is_empty());
         assert!(w.maps.addrs.is_empty());

@@ -12,9 +12,10 @@ use lb_common::{
     hash::flow_hash, limits::RING_SIZE, map_names, proto,
 };
 use lb_userspace::{
-    dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
+    desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     maps::BpfMaps,
     objects,
+    stats::{BpfStats, Stats as _},
     writer::{Applied, MapWriter},
 };
 
@@ -44,7 +45,8 @@ impl Run {
 pub struct Balancer {
     ebpf: Ebpf,
     pub writer: MapWriter<BpfMaps>,
-    pub plan: DataPlane,
+    pub stats: BpfStats,
+    pub plan: DesiredState,
 }
 
 /// MAC of a test backend: derived from its address so tests can tell who got a frame.
@@ -58,9 +60,9 @@ pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
 }
 
 #[must_use]
-pub fn backend(name: &str, addr: &str) -> BackendPlan {
+pub fn backend(name: &str, addr: &str) -> DesiredBackend {
     let address: IpAddr = addr.parse().expect("backend address");
-    BackendPlan {
+    DesiredBackend {
         name: name.to_owned(),
         address,
         mac: Some(backend_mac(address)),
@@ -70,8 +72,8 @@ pub fn backend(name: &str, addr: &str) -> BackendPlan {
 }
 
 #[must_use]
-pub fn vip(name: &str, addr: &str, port: u16, l4: u8, backends: Vec<BackendPlan>) -> VipPlan {
-    VipPlan {
+pub fn vip(name: &str, addr: &str, port: u16, l4: u8, backends: Vec<DesiredBackend>) -> DesiredVip {
+    DesiredVip {
         name: name.to_owned(),
         address: addr.parse().expect("vip address"),
         port,
@@ -86,7 +88,7 @@ pub const WILDCARD_VIP4: &str = "203.0.113.20";
 pub const MIXED_VIP4: &str = "203.0.113.30";
 pub const MIXED_VIP6: &str = "2001:db8::30";
 
-fn wafs4() -> Vec<BackendPlan> {
+fn wafs4() -> Vec<DesiredBackend> {
     vec![
         backend("waf-1", "10.0.0.11"),
         backend("waf-2", "10.0.0.12"),
@@ -94,17 +96,17 @@ fn wafs4() -> Vec<BackendPlan> {
     ]
 }
 
-fn wafs6() -> Vec<BackendPlan> {
+fn wafs6() -> Vec<DesiredBackend> {
     vec![backend("waf-1", "fd00::11"), backend("waf-2", "fd00::12"), backend("waf-3", "fd00::13")]
 }
 
 /// The fixtures' balancer: TCP and UDP VIPs on v4 and v6 with three backends each,
 /// a wildcard-port VIP, and two VIPs whose backend is of the other family.
 #[must_use]
-pub fn standard_plan(mode: ForwardingMode) -> DataPlane {
+pub fn standard_plan(mode: ForwardingMode) -> DesiredState {
     let v4: std::net::Ipv4Addr = TUNNEL_V4.parse().expect("v4");
     let (v6, _) = addr_words(TUNNEL_V6.parse().expect("v6"));
-    DataPlane {
+    DesiredState {
         config: LbConfig {
             mode: mode as u32,
             mtu: MTU,
@@ -137,7 +139,8 @@ impl Balancer {
             ebpf.program_mut("xdp_lb").expect("xdp_lb program").try_into().expect("an XDP program");
         prog.load().expect("the verifier accepts xdp_lb");
         let maps = BpfMaps::take_from(&mut ebpf).expect("xdp-lb maps");
-        Self { ebpf, writer: MapWriter::new(maps), plan: DataPlane::default() }
+        let stats = BpfStats::take_from(&mut ebpf).expect("xdp-lb statistics maps");
+        Self { ebpf, writer: MapWriter::new(maps), stats, plan: DesiredState::default() }
     }
 
     /// The standard plan, applied.
@@ -173,7 +176,7 @@ impl Balancer {
 
     #[must_use]
     pub fn counters(&self) -> CounterSet {
-        self.writer.maps().counters().expect("reading counters")
+        self.stats.counters().expect("reading counters")
     }
 
     /// Runs a frame and returns the counters it moved (name -> delta), zero ones left out.
@@ -187,13 +190,13 @@ impl Balancer {
     #[must_use]
     pub fn vip_traffic(&self, vip_name: &str) -> Traffic {
         let i = self.writer.vip_index(vip_name).expect("vip index");
-        self.writer.maps().vip_traffic(i).expect("vip traffic")
+        self.stats.vip_traffic(i).expect("vip traffic")
     }
 
     #[must_use]
     pub fn backend_traffic(&self, vip_name: &str, backend_name: &str) -> Traffic {
         let i = self.writer.backend_index(vip_name, backend_name).expect("backend index");
-        self.writer.maps().backend_traffic(i).expect("backend traffic")
+        self.stats.backend_traffic(i).expect("backend traffic")
     }
 
     /// Which backend a forwarded frame was sent to: by outer destination (ipip)
@@ -202,7 +205,7 @@ impl Balancer {
     pub fn receiver(&self, run: &Run) -> String {
         assert_eq!(run.action, XDP_TX, "frame was not forwarded");
         let d = run.decoded();
-        let by = |pred: &dyn Fn(&BackendPlan) -> bool| {
+        let by = |pred: &dyn Fn(&DesiredBackend) -> bool| {
             self.plan
                 .vips
                 .iter()

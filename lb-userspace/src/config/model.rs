@@ -13,7 +13,7 @@ use super::{
     ConfigError, duration,
     locate::{Pos, PosIndex},
 };
-use crate::health::{CheckKind, CheckSpec};
+use crate::health::CheckSpec;
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -223,7 +223,7 @@ impl Config {
             }
             let hc = &vip.health_check;
             line(4, "health_check:".into());
-            line(6, format!("kind: {}", kind_name(hc.kind)));
+            line(6, format!("kind: {}", hc.kind.name()));
             line(6, format!("port: {}", hc.port));
             line(6, format!("path: {}", scalar(&hc.path)));
             if let Some(host) = &hc.host {
@@ -239,14 +239,6 @@ impl Config {
             line(6, format!("initial_state: {}", if hc.initially_up { "up" } else { "down" }));
         }
         out
-    }
-}
-
-pub(super) fn kind_name(kind: CheckKind) -> &'static str {
-    match kind {
-        CheckKind::Tcp => "tcp",
-        CheckKind::Http => "http",
-        CheckKind::Https => "https",
     }
 }
 

@@ -1,5 +1,6 @@
-//! Health checks: what to probe (`CheckSpec`), how (tcp, http, https), and the
-//! rise/fall hysteresis that turns probe results into state changes.
+//! Health checks: what to probe (`CheckSpec`, `Target`), how (tcp, http, https),
+//! the loops that probe (`runner`), and the rise/fall hysteresis that turns probe
+//! results into state changes (`state`, applied by the controller).
 
 use std::time::Duration;
 
@@ -12,6 +13,18 @@ pub enum CheckKind {
     Http,
     /// As `Http`, over TLS (rustls).
     Https,
+}
+
+impl CheckKind {
+    /// The config's spelling, also the metrics' `kind` label.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
 }
 
 /// One health check, fully resolved (config defaults filled in).
@@ -41,14 +54,16 @@ mod http;
 mod https;
 pub mod runner;
 pub mod state;
+mod target;
 mod tcp;
 #[cfg(test)]
 mod test_server;
 
 use std::{io, net::IpAddr};
 
-pub use runner::{HealthEvent, HealthRunner, Target};
+pub use runner::{HealthRunner, Probed};
 pub use state::{Hysteresis, Transition};
+pub use target::Target;
 
 /// Why a probe failed, by class. `label()` is stable (metrics use it); the
 /// `Display` text is for logs and change reasons.

@@ -2,6 +2,8 @@
 //! (when down) or `fall` consecutive failures (when up), so one lost probe does
 //! not move traffic and a flapping node does not keep moving it.
 
+use super::Failure;
+
 /// A flip of the up/down state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -77,6 +79,23 @@ impl Hysteresis {
         self.up = ok;
         self.streak = 0;
         Some(if ok { Transition::Up } else { Transition::Down })
+    }
+}
+
+/// Why `health` just flipped, for the log: "3 consecutive failures, last:
+/// connection refused", "2 consecutive successes".
+#[must_use]
+pub fn reason(flip: Transition, health: &Hysteresis, failure: Option<&Failure>) -> String {
+    match flip {
+        Transition::Up => {
+            let n = health.rise();
+            format!("{n} consecutive {}", if n == 1 { "success" } else { "successes" })
+        }
+        Transition::Down => {
+            let n = health.fall();
+            let last = failure.map_or_else(String::new, |f| format!(", last: {f}"));
+            format!("{n} consecutive {}{last}", if n == 1 { "failure" } else { "failures" })
+        }
     }
 }
 
@@ -159,5 +178,25 @@ mod tests {
             .filter_map(|ok| h.observe(ok))
             .collect();
         assert_eq!(flips, [Transition::Up, Transition::Down, Transition::Up]);
+    }
+
+    #[test]
+    fn the_reason_counts_the_run_and_names_the_last_failure() {
+        let mut h = Hysteresis::new(false, 2, 3);
+        let up = feed(&mut h, &[true, true])[1].expect("flip");
+        assert_eq!(reason(up, &h, None), "2 consecutive successes");
+        let down = feed(&mut h, &[false, false, false])[2].expect("flip");
+        assert_eq!(
+            reason(down, &h, Some(&Failure::Status(503))),
+            "3 consecutive failures, last: status 503"
+        );
+        let mut single = Hysteresis::new(true, 1, 1);
+        let down = single.observe(false).expect("flip");
+        assert_eq!(
+            reason(down, &single, Some(&Failure::Refused)),
+            "1 consecutive failure, last: connection refused"
+        );
+        let up = single.observe(true).expect("flip");
+        assert_eq!(reason(up, &single, None), "1 consecutive success");
     }
 }

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::MapInfo;
 use lb_common::{Counter, ForwardingMode, limits::CONN_TABLE_SIZE};
+use lb_userspace::stats::Stats as _;
 
 use super::{
     progress,
@@ -39,10 +40,10 @@ pub fn run(args: &[String]) -> Result<()> {
             // Warm up long enough to offer every flow twice (at ~3 Mpps): the table
             // holds this case's flows, not the previous case's, when timing starts.
             pair.send(L4::Tcp, flows, Duration::from_millis(300 + u64::from(flows) / 1500))?;
-            let (seen, counted) = (pair.received()?, lb.writer.maps().counters()?);
+            let (seen, counted) = (pair.received()?, lb.stats.counters()?);
             let sent = pair.send(L4::Tcp, flows, RUN)?;
             let got = pair.received()? - seen;
-            let after = lb.writer.maps().counters()?;
+            let after = lb.stats.counters()?;
             let d = |c: Counter| (after.get(c) - counted.get(c)) as f64;
             let s = &mut samples[i];
             s.rate.push(got as f64 / sent.cpu.as_secs_f64());

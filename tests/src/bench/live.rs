@@ -6,6 +6,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use lb_common::{Counter, ForwardingMode};
+use lb_userspace::stats::Stats as _;
 
 use super::{
     progress,
@@ -76,8 +77,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     Case::Lb(ForwardingMode::Ipip) => Some(&ipip),
                     _ => None,
                 };
-                let before =
-                    (pair.received()?, lb.map(|l| l.writer.maps().counters()).transpose()?);
+                let before = (pair.received()?, lb.map(|l| l.stats.counters()).transpose()?);
                 let sent = pair.send(l4, FLOWS, RUN)?;
                 let got = pair.received()? - before.0;
                 let s = &mut samples[ci][pi];
@@ -85,7 +85,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 s.wall_rate.push(got as f64 / sent.wall.as_secs_f64());
                 s.delivered.push(got as f64 / sent.frames as f64);
                 if let (Some(lb), Some(b)) = (lb, before.1) {
-                    let a = lb.writer.maps().counters()?;
+                    let a = lb.stats.counters()?;
                     let d = |c: Counter| (a.get(c) - b.get(c)) as f64;
                     s.lb_tx.push(d(Counter::ActionTx) / sent.frames as f64);
                     s.hit.push(

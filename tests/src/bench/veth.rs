@@ -32,10 +32,11 @@ use lb_common::{
     map_names, proto,
 };
 use lb_userspace::{
-    dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
+    desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     interface, mac,
     maps::BpfMaps,
     objects,
+    stats::BpfStats,
     writer::MapWriter,
 };
 
@@ -230,6 +231,7 @@ impl Drop for Pair {
 pub struct Lb {
     ebpf: Ebpf,
     pub writer: MapWriter<BpfMaps>,
+    pub stats: BpfStats,
 }
 
 impl Lb {
@@ -238,9 +240,10 @@ impl Lb {
         let p: &mut Xdp = ebpf.program_mut("xdp_lb").context("xdp_lb")?.try_into()?;
         p.load().context("loading xdp_lb")?;
         let maps = BpfMaps::take_from(&mut ebpf)?;
+        let stats = BpfStats::take_from(&mut ebpf)?;
         let mut writer = MapWriter::new(maps);
         writer.apply(&plan(mode)).context("writing the plan")?;
-        Ok(Self { ebpf, writer })
+        Ok(Self { ebpf, writer, stats })
     }
 
     /// Attaches `xdp_lb` to lb0 until the link drops.
@@ -256,11 +259,11 @@ impl Lb {
 }
 
 /// One TCP and one UDP VIP over three backends whose next hop is gen0.
-fn plan(mode: ForwardingMode) -> DataPlane {
-    let backends: Vec<BackendPlan> = BACKENDS
+fn plan(mode: ForwardingMode) -> DesiredState {
+    let backends: Vec<DesiredBackend> = BACKENDS
         .iter()
         .enumerate()
-        .map(|(i, a)| BackendPlan {
+        .map(|(i, a)| DesiredBackend {
             name: format!("b{}", i + 1),
             address: (*a).into(),
             mac: Some(CLIENT_MAC),
@@ -268,7 +271,7 @@ fn plan(mode: ForwardingMode) -> DataPlane {
             state: BackendState::Up,
         })
         .collect();
-    let vip = |name: &str, port, l4| VipPlan {
+    let vip = |name: &str, port, l4| DesiredVip {
         name: name.to_owned(),
         address: VIP.into(),
         port,
@@ -276,7 +279,7 @@ fn plan(mode: ForwardingMode) -> DataPlane {
         backends: backends.clone(),
     };
     let (v6, _) = addr_words(std::net::Ipv6Addr::new(0xfd00, 0xbe, 0, 0, 0, 0, 0, 1).into());
-    DataPlane {
+    DesiredState {
         config: LbConfig {
             mode: mode as u32,
             mtu: 1500,

@@ -1,19 +1,24 @@
-//! The desired state of the data path, as the controller computes it from config and
-//! health: which VIPs exist and, for each, its backends with their state. The
-//! writer turns it into map contents; nothing here touches the kernel.
+//! The desired state of the data path, as the planner (`controller/planner.rs`)
+//! computes it from the config and what the controller observed: which VIPs
+//! exist and, for each, its backends with their state. The writer turns it into
+//! map contents; nothing here touches the kernel.
 
 use std::net::IpAddr;
 
 use lb_common::{Addr, BackendState, LbConfig, VipKey, family, vip::VipAddrKey};
 
+use crate::mac::Mac;
+
+/// Everything the maps should say.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct DataPlane {
+pub struct DesiredState {
     pub config: LbConfig,
-    pub vips: Vec<VipPlan>,
+    pub vips: Vec<DesiredVip>,
 }
 
+/// One VIP and its backends, in config order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct VipPlan {
+pub struct DesiredVip {
     /// Stable identity (the config's `name`).
     pub name: String,
     pub address: IpAddr,
@@ -21,20 +26,21 @@ pub struct VipPlan {
     pub port: u16,
     /// `lb_common::proto::TCP` or `UDP`.
     pub proto: u8,
-    pub backends: Vec<BackendPlan>,
+    pub backends: Vec<DesiredBackend>,
 }
 
+/// One backend of a VIP as the data path should see it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BackendPlan {
+pub struct DesiredBackend {
     pub name: String,
     pub address: IpAddr,
     /// Next-hop MAC; `None` while unresolved, which keeps the backend out of the ring.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<Mac>,
     pub weight: u32,
     pub state: BackendState,
 }
 
-impl VipPlan {
+impl DesiredVip {
     #[must_use]
     pub fn key(&self) -> VipKey {
         let (addr, family) = addr_words(self.address);
@@ -48,7 +54,7 @@ impl VipPlan {
     }
 }
 
-impl BackendPlan {
+impl DesiredBackend {
     /// The identity Maglev hashes: name and address, never list position.
     #[must_use]
     pub fn ring_id(&self) -> String {

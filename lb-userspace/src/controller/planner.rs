@@ -1,6 +1,9 @@
-//! What the controller knows about each (VIP, backend) beyond the config — health,
-//! drain, next-hop MAC — and the desired data plane that follows from it. Pure:
-//! no I/O, so the state rules are tested without a kernel.
+//! The planner: from the config and what the controller observed of each
+//! (VIP, backend) — health, drain, next-hop MAC — to the desired state of the
+//! data path. Pure: no I/O, so the state rules are tested without a kernel.
+//!
+//! Rules that decide which backends take traffic (a reserve tier, a policy for a
+//! VIP whose backends are all down) belong here, as functions of the same inputs.
 
 use std::collections::BTreeMap;
 
@@ -8,24 +11,26 @@ use lb_common::{BackendState, ForwardingMode, LbConfig};
 
 use crate::{
     config::{BackendConf, Config, Forwarding, Vip},
-    dataplane::{BackendPlan, DataPlane, VipPlan, addr_words},
+    desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     health::Target,
+    mac::Mac,
 };
 
 /// (VIP name, backend name).
 pub type Key = (String, String);
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Runtime {
+/// What the controller observed of one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
     /// The health check says up.
     pub healthy: bool,
     /// An operator drained it (`xdplb drain`): no new flows, existing ones stay.
     pub drained: bool,
     /// Next-hop MAC from the neighbour table; `None` keeps it out of the ring.
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<Mac>,
 }
 
-impl Runtime {
+impl Observed {
     /// The state the data path should see. A dead backend is down even when drained:
     /// its flows must move.
     #[must_use]
@@ -40,13 +45,13 @@ impl Runtime {
 
 /// The health-check target of a backend of `vip`.
 #[must_use]
-pub fn target(vip: &Vip, backend: &BackendConf) -> Target {
+pub fn check_target(vip: &Vip, backend: &BackendConf) -> Target {
     Target { address: backend.address, spec: vip.health_check.clone() }
 }
 
 /// Forwarding settings for the CONFIG map.
 #[must_use]
-pub fn lb_config(cfg: &Config, src_mac: [u8; 6], interface_mtu: u32) -> LbConfig {
+pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
     let mode = match cfg.forwarding {
         Forwarding::Dsr => ForwardingMode::Dsr,
         Forwarding::Ipip => ForwardingMode::Ipip,
@@ -61,14 +66,14 @@ pub fn lb_config(cfg: &Config, src_mac: [u8; 6], interface_mtu: u32) -> LbConfig
     }
 }
 
-/// The desired data plane: every VIP of the config, every backend with the state
-/// and MAC its runtime says (a backend without runtime is down).
+/// The desired state: every VIP of the config, every backend with the state and
+/// MAC observed of it (a backend never observed is down).
 #[must_use]
-pub fn plan(cfg: &Config, lb: LbConfig, runtime: &BTreeMap<Key, Runtime>) -> DataPlane {
+pub fn plan(cfg: &Config, lb: LbConfig, observed: &BTreeMap<Key, Observed>) -> DesiredState {
     let vips = cfg
         .vips
         .iter()
-        .map(|v| VipPlan {
+        .map(|v| DesiredVip {
             name: v.name.clone(),
             address: v.address,
             port: v.port,
@@ -77,20 +82,22 @@ pub fn plan(cfg: &Config, lb: LbConfig, runtime: &BTreeMap<Key, Runtime>) -> Dat
                 .backends
                 .iter()
                 .map(|b| {
-                    let rt =
-                        runtime.get(&(v.name.clone(), b.name.clone())).cloned().unwrap_or_default();
-                    BackendPlan {
+                    let seen = observed
+                        .get(&(v.name.clone(), b.name.clone()))
+                        .copied()
+                        .unwrap_or_default();
+                    DesiredBackend {
                         name: b.name.clone(),
                         address: b.address,
-                        mac: rt.mac,
+                        mac: seen.mac,
                         weight: b.weight,
-                        state: rt.state(),
+                        state: seen.state(),
                     }
                 })
                 .collect(),
         })
         .collect();
-    DataPlane { config: lb, vips }
+    DesiredState { config: lb, vips }
 }
 
 #[cfg(test)]
@@ -99,34 +106,34 @@ mod tests {
 
     #[test]
     fn unhealthy_is_down_even_when_drained() {
-        let rt = Runtime { healthy: false, drained: true, mac: None };
-        assert_eq!(rt.state(), BackendState::Down);
+        let seen = Observed { healthy: false, drained: true, mac: None };
+        assert_eq!(seen.state(), BackendState::Down);
     }
 
     #[test]
     fn healthy_and_drained_is_draining() {
-        let rt = Runtime { healthy: true, drained: true, mac: Some([2; 6]) };
-        assert_eq!(rt.state(), BackendState::Draining);
+        let seen = Observed { healthy: true, drained: true, mac: Some([2; 6]) };
+        assert_eq!(seen.state(), BackendState::Draining);
     }
 
     #[test]
     fn healthy_is_up() {
-        assert_eq!(Runtime { healthy: true, drained: false, mac: None }.state(), BackendState::Up);
+        assert_eq!(Observed { healthy: true, drained: false, mac: None }.state(), BackendState::Up);
     }
 
     #[test]
-    fn plan_takes_state_and_mac_from_runtime_and_defaults_to_down() {
+    fn plan_takes_state_and_mac_from_what_was_observed_and_defaults_to_down() {
         let cfg = crate::config::parse(
             "interface: lo\nvips:\n  - {name: web, address: 192.0.2.1, port: 80, backends: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2, weight: 7}]}\n",
             "t.yaml",
         )
         .unwrap();
-        let mut rt = BTreeMap::new();
-        rt.insert(
+        let mut observed = BTreeMap::new();
+        observed.insert(
             ("web".into(), "a".into()),
-            Runtime { healthy: true, drained: false, mac: Some([1; 6]) },
+            Observed { healthy: true, drained: false, mac: Some([1; 6]) },
         );
-        let p = plan(&cfg, lb_config(&cfg, [9; 6], 1500), &rt);
+        let p = plan(&cfg, lb_config(&cfg, [9; 6], 1500), &observed);
         let b = &p.vips[0].backends;
         assert_eq!((b[0].state, b[0].mac), (BackendState::Up, Some([1; 6])));
         assert_eq!((b[1].state, b[1].mac, b[1].weight), (BackendState::Down, None, 7));

@@ -1,0 +1,512 @@
+//! The controller's decisions, with no I/O and no clock of its own (the
+//! quinn-proto shape): events go in — probe results, operator commands, reloads
+//! of an already-parsed config, ticks — each with the time it happened; decisions
+//! come out — the desired state, written through the [`Maps`] trait; log lines,
+//! metric updates and the probe targets as [`Output`]s; and the [`Status`],
+//! published after every change. The loop in `mod.rs` carries them out.
+//!
+//! Health lives here, once: one [`Hysteresis`] per probe target, shared by the
+//! backends probed alike; the probe loops only report results.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use anyhow::Result;
+use lb_common::{BackendState, LbConfig};
+use log::Level;
+
+use super::{
+    planner::{Key, Observed, check_target, lb_config, plan},
+    status::{BackendStatus, Status, VipStatus},
+};
+use crate::{
+    config::{Config, ConfigErrors, Forwarding},
+    health::{Failure, Hysteresis, Probed, Target, state},
+    interface::Interface,
+    mac::Mac,
+    maps::Maps,
+    metrics::Update,
+    neighbours::{NeighbourSource, next_hop},
+    writer::{Adopted, Applied, MapWriter},
+};
+
+/// Whether a key differs between two configs.
+type Differs = fn(&Config, &Config) -> bool;
+
+/// Config keys a reload cannot change: they are bound or attached at start.
+const NEEDS_RESTART: [(&str, Differs); 5] = [
+    ("interface", |a, b| a.interface != b.interface),
+    ("xdp_mode", |a, b| a.xdp_mode != b.xdp_mode),
+    ("pin_path", |a, b| a.pin_path != b.pin_path),
+    ("metrics_listen", |a, b| a.metrics_listen != b.metrics_listen),
+    ("admin_socket", |a, b| a.admin_socket != b.admin_socket),
+];
+
+/// A decision for the loop to carry out, in the order made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Log {
+        level: Level,
+        text: String,
+    },
+    Metric(Update),
+    /// Probe exactly these targets from now on.
+    ProbeTargets(BTreeSet<Target>),
+    /// The maps now say what the core decided for `why`; `since` is when the
+    /// event that caused it arrived (the map-write latency starts there).
+    Written {
+        why: &'static str,
+        since: Instant,
+        applied: Applied,
+    },
+}
+
+impl Output {
+    fn log(level: Level, text: impl Into<String>) -> Self {
+        Self::Log { level, text: text.into() }
+    }
+}
+
+/// What the core knows of one (VIP, backend) besides its config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tracked {
+    /// The probe target whose health is this backend's.
+    check: Target,
+    /// Drained by an operator: no new flows, existing ones stay.
+    drained: bool,
+    /// Next-hop MAC; `None` keeps the backend out of the ring.
+    mac: Option<Mac>,
+    /// Its missing MAC was logged (once per episode).
+    unresolved_logged: bool,
+}
+
+/// The controller core, generic over the maps it writes and where it reads
+/// next-hop MACs, so that tests run it against fakes.
+pub struct Core<M: Maps, N: NeighbourSource> {
+    config: Config,
+    interface: Interface,
+    writer: MapWriter<M>,
+    neighbours: N,
+    /// Health of each probe target.
+    checks: BTreeMap<Target, Hysteresis>,
+    /// Every (VIP, backend) of the config.
+    backends: BTreeMap<Key, Tracked>,
+    /// The last map write: `Err` says why it failed.
+    last_write: Result<(), String>,
+    outputs: VecDeque<Output>,
+    /// The status last published, and whether the loop has yet to take it.
+    published: Option<Arc<Status>>,
+    unpublished: bool,
+}
+
+impl<M: Maps, N: NeighbourSource> Core<M, N> {
+    /// Starts on `maps`. With `adopt`, the maps hold a previous controller's
+    /// state (pinned maps after a restart): its backends keep their slots, rings,
+    /// state and MAC, so traffic keeps flowing while health is re-learned.
+    /// Then reads the neighbour tables and writes the first state.
+    pub fn start(
+        config: Config,
+        interface: Interface,
+        maps: M,
+        adopt: bool,
+        neighbours: N,
+        now: Instant,
+    ) -> Result<Self> {
+        let mut outputs = VecDeque::new();
+        let (writer, adopted) = if adopt {
+            let skeleton =
+                plan(&config, lb_config(&config, interface.mac, interface.mtu), &BTreeMap::new());
+            let (writer, adopted) = MapWriter::adopt(maps, &skeleton)?;
+            outputs.push_back(Output::log(
+                Level::Info,
+                format!(
+                    "adopted {} backends from the pinned maps ({} stale entries will be removed)",
+                    adopted.entries.len(),
+                    adopted.orphans
+                ),
+            ));
+            (writer, adopted)
+        } else {
+            (MapWriter::new(maps), Adopted::default())
+        };
+        let seed: BTreeMap<Key, Observed> = adopted
+            .entries
+            .iter()
+            .map(|(key, entry)| {
+                let state = BackendState::from_u8(entry.state);
+                let seen = Observed {
+                    healthy: state != BackendState::Down,
+                    drained: state == BackendState::Draining,
+                    mac: (entry.mac != [0; 6]).then_some(entry.mac),
+                };
+                (key.clone(), seen)
+            })
+            .collect();
+        let mut core = Self {
+            config,
+            interface,
+            writer,
+            neighbours,
+            checks: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            last_write: Ok(()),
+            outputs,
+            published: None,
+            unpublished: false,
+        };
+        core.follow_config(&seed, None);
+        core.refresh_neighbours();
+        core.write(now, "start");
+        Ok(core)
+    }
+
+    /// The running config.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The next decision to carry out, oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The status, once after each change. Take it before the outputs of the same
+    /// change: a scrape then already reads the new status when the series of a
+    /// removed backend are forgotten, and cannot bring them back.
+    pub fn poll_status(&mut self) -> Option<Arc<Status>> {
+        if std::mem::take(&mut self.unpublished) { self.published.clone() } else { None }
+    }
+
+    /// A probe finished: counts it, and on a rise/fall flip changes every backend
+    /// probed by that target and writes the maps. Reports of a target no longer
+    /// probed (its loop stopped after they were sent) are ignored.
+    pub fn probed(&mut self, now: Instant, report: &Probed) {
+        let Some(health) = self.checks.get_mut(&report.target) else { return };
+        let target = &report.target;
+        self.outputs.push_back(Output::Metric(Update::Probe {
+            target: target.endpoint().to_string(),
+            kind: target.spec.kind.name(),
+            failure: report.failure.as_ref().map(Failure::label),
+            duration: report.duration,
+        }));
+        let Some(flip) = health.observe(report.ok()) else { return };
+        let reason = state::reason(flip, health, report.failure.as_ref());
+        let up = flip.is_up();
+        self.outputs.push_back(Output::log(
+            Level::Debug,
+            format!("health: {target} is {}: {reason}", if up { "up" } else { "down" }),
+        ));
+        let checks = &self.checks;
+        for ((vip, backend), tracked) in &self.backends {
+            if tracked.check != *target {
+                continue;
+            }
+            let state = observed(tracked, checks).state();
+            self.outputs.push_back(Output::Metric(Update::Transition {
+                vip: vip.clone(),
+                backend: backend.clone(),
+                to: state,
+            }));
+            self.outputs.push_back(Output::log(
+                if up { Level::Info } else { Level::Warn },
+                format!("{vip}/{backend} is {} ({target}: {reason})", state.name()),
+            ));
+        }
+        self.write(now, "health");
+    }
+
+    /// `xdplb drain` (`drained`) or `undrain`: the answer for the operator.
+    pub fn set_drained(
+        &mut self,
+        now: Instant,
+        vip: &str,
+        backend: &str,
+        drained: bool,
+    ) -> Result<String, String> {
+        let key = (vip.to_owned(), backend.to_owned());
+        let verb = if drained { "drained" } else { "undrained" };
+        let Some(tracked) = self.backends.get_mut(&key) else {
+            return Err(format!("no backend {backend} in VIP {vip} (see `xdplb status`)"));
+        };
+        if tracked.drained == drained {
+            return Ok(format!("{vip}/{backend} already {verb}"));
+        }
+        let before = observed(tracked, &self.checks).state();
+        tracked.drained = drained;
+        let after = observed(tracked, &self.checks).state();
+        if before != after {
+            self.outputs.push_back(Output::Metric(Update::Transition {
+                vip: vip.to_owned(),
+                backend: backend.to_owned(),
+                to: after,
+            }));
+        }
+        self.outputs
+            .push_back(Output::log(Level::Info, format!("{vip}/{backend} {verb} by operator")));
+        if self.write(now, if drained { "drain" } else { "undrain" }) {
+            Ok(format!("{vip}/{backend} is {}", after.name()))
+        } else {
+            Err("writing the maps failed; see the daemon's log".into())
+        }
+    }
+
+    /// A reload with the config as read and parsed again: an invalid one, or one
+    /// that changes what only a restart can, changes nothing; a valid one applies
+    /// the difference (unchanged backends keep health, drain, MAC and flows). The
+    /// answer for the operator.
+    pub fn reload(
+        &mut self,
+        now: Instant,
+        parsed: Result<Config, ConfigErrors>,
+    ) -> Result<String, String> {
+        let new = match parsed {
+            Ok(config) => config,
+            Err(e) => {
+                self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
+                self.outputs.push_back(Output::log(
+                    Level::Error,
+                    format!("reload rejected, keeping the running config:\n{e}"),
+                ));
+                return Err(format!("config not reloaded:\n{e}"));
+            }
+        };
+        let needs_restart: Vec<&str> = NEEDS_RESTART
+            .iter()
+            .filter(|(_, changed)| changed(&self.config, &new))
+            .map(|(key, _)| *key)
+            .collect();
+        if !needs_restart.is_empty() {
+            self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
+            let msg = format!(
+                "config not reloaded: changing {} needs a restart",
+                needs_restart.join(", ")
+            );
+            self.outputs.push_back(Output::log(Level::Error, msg.clone()));
+            return Err(msg);
+        }
+        let seed = self.observed();
+        let old = std::mem::replace(&mut self.config, new);
+        self.follow_config(&seed, Some(&old));
+        self.refresh_neighbours();
+        if self.write(now, "reload") {
+            self.outputs.push_back(Output::Metric(Update::Reload { ok: true }));
+            let msg = format!(
+                "config reloaded: {} VIPs (was {})",
+                self.config.vips.len(),
+                old.vips.len()
+            );
+            self.outputs.push_back(Output::log(Level::Info, msg.clone()));
+            Ok(msg)
+        } else {
+            self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
+            Err("config reloaded but writing the maps failed; see the daemon's log".into())
+        }
+    }
+
+    /// The loop's periodic tick: re-reads next-hop MACs, writes when one appeared
+    /// or changed.
+    pub fn tick(&mut self, now: Instant) {
+        if self.refresh_neighbours() {
+            self.write(now, "neighbours");
+        }
+    }
+
+    /// Makes the tracked backends and the probe targets follow the config. A
+    /// backend keeps what `prior` says of it; a target already probed keeps its
+    /// health; a new one inherits the health of a removed target with the same
+    /// probe (a reload that only retunes timing), or else starts up if a backend it
+    /// now serves was healthy (a reload or an adoption must not take a working
+    /// backend out for `rise` probes), or else at its `initial_state`. Metric
+    /// series of what left the config (`old`) go.
+    fn follow_config(&mut self, prior: &BTreeMap<Key, Observed>, old: Option<&Config>) {
+        let before = std::mem::take(&mut self.backends);
+        let mut served_healthy: BTreeMap<Target, bool> = BTreeMap::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                let key = (v.name.clone(), b.name.clone());
+                let seen = prior.get(&key).copied().unwrap_or_default();
+                let check = check_target(v, b);
+                *served_healthy.entry(check.clone()).or_default() |= seen.healthy;
+                let unresolved_logged = before.get(&key).is_some_and(|t| t.unresolved_logged);
+                let tracked =
+                    Tracked { check, drained: seen.drained, mac: seen.mac, unresolved_logged };
+                self.backends.insert(key, tracked);
+            }
+        }
+        let mut previous = std::mem::take(&mut self.checks);
+        for target in served_healthy.keys() {
+            if let Some(kept) = previous.remove(target) {
+                self.checks.insert(target.clone(), kept);
+            }
+        }
+        for (target, healthy) in served_healthy {
+            if self.checks.contains_key(&target) {
+                continue;
+            }
+            let inherited =
+                previous.iter().find(|(old, _)| old.same_probe(&target)).map(|(_, h)| h.is_up());
+            let up = inherited.unwrap_or(healthy || target.spec.initially_up);
+            let health = Hysteresis::new(up, target.spec.rise, target.spec.fall);
+            self.checks.insert(target, health);
+        }
+        for (vip, backend) in before.keys().filter(|key| !self.backends.contains_key(*key)) {
+            self.outputs.push_back(Output::Metric(Update::ForgetBackend {
+                vip: vip.clone(),
+                backend: backend.clone(),
+            }));
+        }
+        if let Some(old) = old {
+            for v in old.vips.iter().filter(|v| !self.config.vips.iter().any(|n| n.name == v.name))
+            {
+                self.outputs.push_back(Output::Metric(Update::ForgetVip { vip: v.name.clone() }));
+            }
+        }
+        let probed: BTreeSet<String> =
+            self.checks.keys().map(|t| t.endpoint().to_string()).collect();
+        let unprobed: BTreeSet<String> = previous
+            .keys()
+            .map(|t| t.endpoint().to_string())
+            .filter(|e| !probed.contains(e))
+            .collect();
+        for target in unprobed {
+            self.outputs.push_back(Output::Metric(Update::ForgetTarget { target }));
+        }
+        self.outputs.push_back(Output::ProbeTargets(self.checks.keys().cloned().collect()));
+    }
+
+    /// Re-reads next-hop MACs (one neighbour-table read, whatever the number of
+    /// backends) and asks for the missing ones to be resolved. True when a MAC
+    /// appeared or changed. A MAC that vanishes is kept: the table has short gaps.
+    fn refresh_neighbours(&mut self) -> bool {
+        let tables = match self.neighbours.tables() {
+            Ok(tables) => tables,
+            Err(e) => {
+                self.outputs.push_back(Output::log(
+                    Level::Warn,
+                    format!("reading the neighbour table: {e:#}"),
+                ));
+                return false;
+            }
+        };
+        let gateway = self.config.gateway.filter(|_| self.config.forwarding == Forwarding::Ipip);
+        let mut changed = false;
+        for v in &self.config.vips {
+            for b in &v.backends {
+                let Some(tracked) = self.backends.get_mut(&(v.name.clone(), b.name.clone())) else {
+                    continue;
+                };
+                let hop = next_hop(b.address, gateway);
+                let found = tables.mac(self.interface.index, hop);
+                if found.is_none() {
+                    self.neighbours.solicit(&self.interface, hop);
+                    if tracked.mac.is_none() && !tracked.unresolved_logged {
+                        tracked.unresolved_logged = true;
+                        self.outputs.push_back(Output::log(
+                            Level::Warn,
+                            format!(
+                                "{}/{}: no MAC for next hop {hop} on {} yet; kept out of the ring",
+                                v.name, b.name, self.interface.name
+                            ),
+                        ));
+                    }
+                } else if found != tracked.mac {
+                    if tracked.mac.is_none() && tracked.unresolved_logged {
+                        tracked.unresolved_logged = false;
+                        self.outputs.push_back(Output::log(
+                            Level::Info,
+                            format!("{}/{}: next hop {hop} resolved", v.name, b.name),
+                        ));
+                    }
+                    tracked.mac = found;
+                    changed = true;
+                }
+                self.outputs.push_back(Output::Metric(Update::Unresolved {
+                    vip: v.name.clone(),
+                    backend: b.name.clone(),
+                    unresolved: tracked.mac.is_none(),
+                }));
+            }
+        }
+        changed
+    }
+
+    /// Writes the desired state; `why` names the change. Publishes the status.
+    fn write(&mut self, now: Instant, why: &'static str) -> bool {
+        let observed = self.observed();
+        let desired = plan(&self.config, self.lb_config(), &observed);
+        let written = match self.writer.apply(&desired) {
+            Ok(applied) => {
+                self.outputs.push_back(Output::Written { why, since: now, applied });
+                for ((vip, backend), seen) in &observed {
+                    self.outputs.push_back(Output::Metric(Update::BackendState {
+                        vip: vip.clone(),
+                        backend: backend.clone(),
+                        state: seen.state(),
+                    }));
+                }
+                self.last_write = Ok(());
+                true
+            }
+            Err(e) => {
+                self.outputs.push_back(Output::log(
+                    Level::Error,
+                    format!("writing the maps failed ({why}): {e:#}"),
+                ));
+                self.last_write = Err(format!("{e:#}"));
+                false
+            }
+        };
+        let status = Arc::new(self.status(&observed));
+        if self.published.as_deref() != Some(&status) {
+            self.published = Some(status);
+            self.unpublished = true;
+        }
+        written
+    }
+
+    fn lb_config(&self) -> LbConfig {
+        lb_config(&self.config, self.interface.mac, self.interface.mtu)
+    }
+
+    /// What is observed of every backend now.
+    fn observed(&self) -> BTreeMap<Key, Observed> {
+        self.backends
+            .iter()
+            .map(|(key, tracked)| (key.clone(), observed(tracked, &self.checks)))
+            .collect()
+    }
+
+    fn status(&self, observed: &BTreeMap<Key, Observed>) -> Status {
+        let mut vips = Vec::with_capacity(self.config.vips.len());
+        for v in &self.config.vips {
+            let backends = v.backends.iter().map(|b| BackendStatus {
+                observed: observed
+                    .get(&(v.name.clone(), b.name.clone()))
+                    .copied()
+                    .unwrap_or_default(),
+                index: self.writer.backend_index(&v.name, &b.name),
+            });
+            vips.push(VipStatus {
+                index: self.writer.vip_index(&v.name),
+                backends: backends.collect(),
+            });
+        }
+        Status { config: self.config.clone(), vips, last_write: self.last_write.clone() }
+    }
+}
+
+/// A backend as observed: its target's health, its drain flag and MAC.
+fn observed(tracked: &Tracked, checks: &BTreeMap<Target, Hysteresis>) -> Observed {
+    Observed {
+        healthy: checks.get(&tracked.check).is_some_and(Hysteresis::is_up),
+        drained: tracked.drained,
+        mac: tracked.mac,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,632 @@
+//! What the controller decides, event by event, against maps and neighbour
+//! tables in memory: no root, no kernel, no clock.
+
+use std::{
+    net::IpAddr,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use lb_common::{BackendState, limits::NO_BACKEND};
+
+use super::*;
+use crate::{
+    config,
+    health::Failure,
+    testing::{FakeMaps, FakeNeighbours},
+};
+
+const IFINDEX: u32 = 2;
+const MAC_1: Mac = [2, 0, 0, 0, 0, 0x11];
+const MAC_2: Mac = [2, 0, 0, 0, 0, 0x12];
+
+/// waf-1 serves two VIPs (one address, one check: one probe target); waf-2 one.
+const CONFIG: &str = "
+interface: eth0
+health_check_defaults: { kind: tcp, port: 80, rise: 2, fall: 3 }
+vips:
+  - name: web
+    address: 192.0.2.1
+    port: 80
+    backends:
+      - { name: waf-1, address: 10.0.0.11 }
+      - { name: waf-2, address: 10.0.0.12 }
+  - name: api
+    address: 192.0.2.2
+    port: 443
+    backends:
+      - { name: waf-1, address: 10.0.0.11 }
+";
+
+type TestCore = Core<FakeMaps, FakeNeighbours>;
+
+fn parse(yaml: &str) -> Config {
+    config::parse(yaml, "test.yaml").unwrap()
+}
+
+fn interface() -> Interface {
+    Interface { name: "eth0".into(), index: IFINDEX, mac: [2, 0, 0, 0, 0, 1], mtu: 1500 }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Neighbour tables in which both WAF nodes resolve.
+fn resolved() -> FakeNeighbours {
+    let mut n = FakeNeighbours::default();
+    n.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
+    n.resolve(IFINDEX, ip("10.0.0.12"), MAC_2);
+    n
+}
+
+fn start_with(yaml: &str, neighbours: FakeNeighbours) -> TestCore {
+    Core::start(parse(yaml), interface(), FakeMaps::default(), false, neighbours, Instant::now())
+        .unwrap()
+}
+
+/// Started on `CONFIG`, every MAC resolved, its start-up outputs taken.
+fn started() -> TestCore {
+    let mut core = start_with(CONFIG, resolved());
+    outputs(&mut core);
+    core.poll_status();
+    core
+}
+
+/// `started`, then every backend up, and web/waf-2 drained; outputs taken.
+fn up_with_waf2_drained() -> TestCore {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    probes(&mut core, "web", "waf-2", true, 2);
+    core.set_drained(Instant::now(), "web", "waf-2", true).unwrap();
+    outputs(&mut core);
+    core
+}
+
+fn outputs(core: &mut TestCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+fn logs(outputs: &[Output], level: Level) -> Vec<&str> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Log { level: l, text } if *l == level => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn updates(outputs: &[Output]) -> Vec<&Update> {
+    outputs.iter().filter_map(|o| if let Output::Metric(u) = o { Some(u) } else { None }).collect()
+}
+
+fn transitions(outputs: &[Output]) -> Vec<(String, String, BackendState)> {
+    updates(outputs)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Transition { vip, backend, to } => Some((vip.clone(), backend.clone(), *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn written(outputs: &[Output]) -> Vec<(&'static str, Applied)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Written { why, applied, .. } => Some((*why, *applied)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn probe_targets(outputs: &[Output]) -> Vec<&BTreeSet<Target>> {
+    outputs
+        .iter()
+        .filter_map(|o| if let Output::ProbeTargets(t) = o { Some(t) } else { None })
+        .collect()
+}
+
+/// The probe target of `vip`/`backend` in the running config.
+fn target(core: &TestCore, vip: &str, backend: &str) -> Target {
+    core.backends[&(vip.to_owned(), backend.to_owned())].check.clone()
+}
+
+fn probe(core: &mut TestCore, target: &Target, failure: Option<Failure>) {
+    let report = Probed { target: target.clone(), failure, duration: Duration::from_millis(1) };
+    core.probed(Instant::now(), &report);
+}
+
+/// `n` probe results of `vip`/`backend`'s target: successes, or refusals.
+fn probes(core: &mut TestCore, vip: &str, backend: &str, ok: bool, n: usize) -> Vec<Output> {
+    let t = target(core, vip, backend);
+    for _ in 0..n {
+        probe(core, &t, if ok { None } else { Some(Failure::Refused) });
+    }
+    outputs(core)
+}
+
+fn state(core: &TestCore, vip: &str, backend: &str) -> BackendState {
+    core.observed()[&(vip.to_owned(), backend.to_owned())].state()
+}
+
+/// Whether the VIP's ring, as written, sends new flows to the backend.
+fn in_ring(core: &TestCore, vip: &str, backend: &str) -> bool {
+    let index = core.writer.backend_index(vip, backend).unwrap();
+    core.writer.table(vip).unwrap().contains(&index)
+}
+
+/// The backend's entry in the maps.
+fn entry(core: &TestCore, vip: &str, backend: &str) -> lb_common::Backend {
+    let index = core.writer.backend_index(vip, backend).unwrap();
+    core.writer.maps().backends[&index]
+}
+
+// --- start ---
+
+#[test]
+fn a_fresh_start_probes_each_target_once_and_keeps_backends_down_until_they_rise() {
+    let mut core = start_with(CONFIG, resolved());
+    let out = outputs(&mut core);
+    let targets = probe_targets(&out);
+    assert_eq!(targets.len(), 1);
+    let addresses: Vec<IpAddr> = targets[0].iter().map(|t| t.address).collect();
+    assert_eq!(addresses, [ip("10.0.0.11"), ip("10.0.0.12")], "waf-1's two VIPs share one target");
+    assert_eq!(written(&out).len(), 1);
+    assert_eq!(written(&out)[0].0, "start");
+    for (vip, backend) in [("web", "waf-1"), ("web", "waf-2"), ("api", "waf-1")] {
+        assert_eq!(state(&core, vip, backend), BackendState::Down);
+    }
+    assert!(core.writer.table("web").unwrap().iter().all(|s| *s == NO_BACKEND));
+    assert_eq!(entry(&core, "web", "waf-1").mac, MAC_1, "MACs are read before the first write");
+    assert!(core.poll_status().is_some(), "the first status is published");
+}
+
+#[test]
+fn a_restart_adopts_the_pinned_state_so_traffic_keeps_flowing() {
+    let first = up_with_waf2_drained();
+    let pinned = first.writer.maps().clone();
+
+    let mut again = Core::start(
+        parse(CONFIG),
+        interface(),
+        pinned,
+        true,
+        FakeNeighbours::default(),
+        Instant::now(),
+    )
+    .unwrap();
+    let out = outputs(&mut again);
+    assert_eq!(
+        logs(&out, Level::Info),
+        ["adopted 3 backends from the pinned maps (0 stale entries will be removed)"]
+    );
+    assert_eq!(state(&again, "web", "waf-1"), BackendState::Up, "no rise probes needed");
+    assert_eq!(state(&again, "api", "waf-1"), BackendState::Up);
+    assert_eq!(state(&again, "web", "waf-2"), BackendState::Draining);
+    assert!(written(&out)[0].1.is_empty(), "the same state: nothing to write");
+    assert!(in_ring(&again, "web", "waf-1") && !in_ring(&again, "web", "waf-2"));
+    assert_eq!(entry(&again, "web", "waf-2").mac, MAC_2, "the MAC is adopted too");
+}
+
+// --- health ---
+
+#[test]
+fn a_target_rises_after_rise_successes_and_every_backend_it_serves_comes_up() {
+    let mut core = started();
+    assert!(
+        written(&probes(&mut core, "web", "waf-1", true, 1)).is_empty(),
+        "one success is not enough"
+    );
+    let out = probes(&mut core, "web", "waf-1", true, 1);
+    assert_eq!(
+        transitions(&out),
+        [
+            ("api".into(), "waf-1".into(), BackendState::Up),
+            ("web".into(), "waf-1".into(), BackendState::Up)
+        ]
+    );
+    assert_eq!(
+        logs(&out, Level::Info),
+        [
+            "api/waf-1 is up (tcp://10.0.0.11:80: 2 consecutive successes)",
+            "web/waf-1 is up (tcp://10.0.0.11:80: 2 consecutive successes)"
+        ]
+    );
+    let writes = written(&out);
+    assert_eq!(writes.len(), 1, "one write for the flip, whatever the number of backends");
+    assert_eq!((writes[0].0, writes[0].1.rings_switched), ("health", 2));
+    assert!(in_ring(&core, "web", "waf-1") && in_ring(&core, "api", "waf-1"));
+    assert!(!in_ring(&core, "web", "waf-2"));
+}
+
+#[test]
+fn a_target_falls_after_fall_failures_and_its_backends_leave_the_ring() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    assert!(written(&probes(&mut core, "web", "waf-1", false, 2)).is_empty());
+    let out = probes(&mut core, "web", "waf-1", false, 1);
+    assert_eq!(
+        logs(&out, Level::Warn),
+        [
+            "api/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: connection refused)",
+            "web/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: connection refused)"
+        ]
+    );
+    assert_eq!(transitions(&out).len(), 2);
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Down);
+    assert!(!in_ring(&core, "web", "waf-1"));
+    assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Down as u8);
+}
+
+#[test]
+fn an_agreeing_result_restarts_the_count() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-2", true, 1);
+    probes(&mut core, "web", "waf-2", false, 1);
+    assert!(written(&probes(&mut core, "web", "waf-2", true, 1)).is_empty());
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down);
+    probes(&mut core, "web", "waf-2", true, 1);
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Up);
+}
+
+#[test]
+fn every_probe_is_counted_and_a_report_from_a_stopped_loop_is_ignored() {
+    let mut core = started();
+    let out = probes(&mut core, "web", "waf-2", false, 1);
+    assert_eq!(
+        updates(&out),
+        [&Update::Probe {
+            target: "10.0.0.12:80".into(),
+            kind: "tcp",
+            failure: Some("refused"),
+            duration: Duration::from_millis(1)
+        }]
+    );
+    let mut gone = target(&core, "web", "waf-2");
+    gone.spec.port = 8080;
+    probe(&mut core, &gone, None);
+    assert!(outputs(&mut core).is_empty());
+}
+
+#[test]
+fn results_that_do_not_flip_write_nothing_and_publish_nothing() {
+    let mut core = started();
+    let out = probes(&mut core, "web", "waf-1", false, 5);
+    assert!(written(&out).is_empty() && logs(&out, Level::Info).is_empty());
+    assert_eq!(core.poll_status(), None);
+}
+
+// --- drain ---
+
+#[test]
+fn drain_takes_a_healthy_backend_out_of_the_ring_and_keeps_it_reachable() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-1", true),
+        Ok("web/waf-1 is draining".into())
+    );
+    let out = outputs(&mut core);
+    assert_eq!(transitions(&out), [("web".into(), "waf-1".into(), BackendState::Draining)]);
+    assert_eq!(logs(&out, Level::Info), ["web/waf-1 drained by operator"]);
+    assert_eq!(written(&out)[0].0, "drain");
+    assert!(!in_ring(&core, "web", "waf-1"));
+    assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Draining as u8);
+    assert!(in_ring(&core, "api", "waf-1"), "the same node in another VIP is not drained");
+
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-1", false),
+        Ok("web/waf-1 is up".into())
+    );
+    assert_eq!(written(&outputs(&mut core))[0].0, "undrain");
+    assert!(in_ring(&core, "web", "waf-1"));
+}
+
+#[test]
+fn draining_twice_or_an_unknown_backend_changes_nothing() {
+    let mut core = started();
+    core.set_drained(Instant::now(), "web", "waf-1", true).unwrap();
+    outputs(&mut core);
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-1", true),
+        Ok("web/waf-1 already drained".into())
+    );
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-2", false),
+        Ok("web/waf-2 already undrained".into())
+    );
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-9", true),
+        Err("no backend waf-9 in VIP web (see `xdplb status`)".into())
+    );
+    assert_eq!(outputs(&mut core), []);
+}
+
+#[test]
+fn a_drained_backend_that_dies_is_down_and_comes_back_drained() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-2", true, 2);
+    core.set_drained(Instant::now(), "web", "waf-2", true).unwrap();
+    outputs(&mut core);
+    let out = probes(&mut core, "web", "waf-2", false, 3);
+    assert_eq!(
+        transitions(&out),
+        [("web".into(), "waf-2".into(), BackendState::Down)],
+        "its flows must move"
+    );
+    let out = probes(&mut core, "web", "waf-2", true, 2);
+    assert_eq!(transitions(&out), [("web".into(), "waf-2".into(), BackendState::Draining)]);
+    assert!(!in_ring(&core, "web", "waf-2"));
+}
+
+#[test]
+fn draining_a_down_backend_changes_its_flag_not_its_state() {
+    let mut core = started();
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-2", true),
+        Ok("web/waf-2 is down".into())
+    );
+    assert_eq!(transitions(&outputs(&mut core)), []);
+    assert!(core.observed()[&("web".into(), "waf-2".into())].drained);
+}
+
+// --- reload ---
+
+#[test]
+fn a_reload_keeps_health_drain_and_mac_of_unchanged_backends_and_starts_new_ones_down() {
+    let mut core = up_with_waf2_drained();
+    let with_waf3 = CONFIG.replace(
+        "      - { name: waf-2, address: 10.0.0.12 }\n",
+        "      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13 }\n",
+    );
+    assert_eq!(
+        core.reload(Instant::now(), Ok(parse(&with_waf3))),
+        Ok("config reloaded: 2 VIPs (was 2)".into())
+    );
+    let out = outputs(&mut core);
+    assert!(updates(&out).contains(&&Update::Reload { ok: true }));
+    assert_eq!(logs(&out, Level::Info), ["config reloaded: 2 VIPs (was 2)"]);
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up);
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Draining);
+    assert_eq!(state(&core, "web", "waf-3"), BackendState::Down);
+    assert_eq!(entry(&core, "web", "waf-2").mac, MAC_2);
+    assert_eq!(probe_targets(&out)[0].len(), 3);
+    assert_eq!(transitions(&out), [], "nothing changed state");
+}
+
+#[test]
+fn a_reload_forgets_the_metric_series_of_what_it_removes() {
+    let mut core = started();
+    let (web, _api) = CONFIG.split_once("  - name: api").unwrap();
+    let only_web_waf1 = web.replace("      - { name: waf-2, address: 10.0.0.12 }\n", "");
+    core.reload(Instant::now(), Ok(parse(&only_web_waf1))).unwrap();
+    let out = outputs(&mut core);
+    let forgotten: Vec<&Update> = updates(&out)
+        .into_iter()
+        .filter(|u| {
+            matches!(
+                u,
+                Update::ForgetBackend { .. }
+                    | Update::ForgetVip { .. }
+                    | Update::ForgetTarget { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        forgotten,
+        [
+            &Update::ForgetBackend { vip: "api".into(), backend: "waf-1".into() },
+            &Update::ForgetBackend { vip: "web".into(), backend: "waf-2".into() },
+            &Update::ForgetVip { vip: "api".into() },
+            &Update::ForgetTarget { target: "10.0.0.12:80".into() },
+        ],
+        "10.0.0.11:80 is still probed for web"
+    );
+    assert_eq!(core.writer.vip_index("api"), None);
+    assert_eq!(core.writer.maps().vips.len(), 1);
+}
+
+#[test]
+fn a_reload_that_retunes_timing_keeps_state_and_one_that_changes_the_probe_keeps_healthy_backends_up()
+ {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    let retuned =
+        CONFIG.replace("rise: 2, fall: 3", "rise: 5, fall: 1, interval: 100ms, timeout: 50ms");
+    core.reload(Instant::now(), Ok(parse(&retuned))).unwrap();
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up, "inherited from the same probe");
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down);
+    let out = probes(&mut core, "web", "waf-1", false, 1);
+    assert_eq!(
+        state(&core, "web", "waf-1"),
+        BackendState::Down,
+        "the new fall (1) applies: {out:?}"
+    );
+
+    probes(&mut core, "web", "waf-1", true, 5);
+    let other_port = CONFIG.replace("port: 80, rise", "port: 8080, rise");
+    core.reload(Instant::now(), Ok(parse(&other_port))).unwrap();
+    assert_eq!(
+        state(&core, "web", "waf-1"),
+        BackendState::Up,
+        "a reload must not take a working backend out for rise probes"
+    );
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down, "a down one stays down");
+}
+
+#[test]
+fn an_invalid_config_is_refused_and_changes_nothing() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    let ops = core.writer.maps().ops.len();
+    let broken = config::parse("interface: eth0\nvips: [", "test.yaml");
+    let err = core.reload(Instant::now(), broken.clone()).unwrap_err();
+    let why = broken.unwrap_err().to_string();
+    assert_eq!(err, format!("config not reloaded:\n{why}"));
+    let out = outputs(&mut core);
+    assert_eq!(updates(&out), [&Update::Reload { ok: false }]);
+    assert_eq!(
+        logs(&out, Level::Error),
+        [format!("reload rejected, keeping the running config:\n{why}")]
+    );
+    assert!(probe_targets(&out).is_empty() && written(&out).is_empty());
+    assert_eq!(core.writer.maps().ops.len(), ops, "no map written");
+    assert_eq!(core.config(), &parse(CONFIG));
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up);
+}
+
+#[test]
+fn a_reload_that_changes_what_needs_a_restart_is_refused() {
+    let mut core = started();
+    let moved =
+        CONFIG.replace("interface: eth0", "interface: eth1\nmetrics_listen: 127.0.0.1:9999");
+    let err = core.reload(Instant::now(), Ok(parse(&moved))).unwrap_err();
+    assert_eq!(err, "config not reloaded: changing interface, metrics_listen needs a restart");
+    let out = outputs(&mut core);
+    assert_eq!(updates(&out), [&Update::Reload { ok: false }]);
+    assert_eq!(logs(&out, Level::Error), [err.as_str()]);
+    assert_eq!(core.config(), &parse(CONFIG));
+}
+
+// --- neighbours ---
+
+#[test]
+fn a_backend_without_a_mac_stays_out_of_the_ring_is_solicited_and_logged_once() {
+    let mut neighbours = FakeNeighbours::default();
+    neighbours.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
+    let mut core = start_with(CONFIG, neighbours);
+    let out = outputs(&mut core);
+    assert_eq!(
+        logs(&out, Level::Warn),
+        ["web/waf-2: no MAC for next hop 10.0.0.12 on eth0 yet; kept out of the ring"]
+    );
+    assert!(updates(&out).contains(&&Update::Unresolved {
+        vip: "web".into(),
+        backend: "waf-2".into(),
+        unresolved: true
+    }));
+    probes(&mut core, "web", "waf-2", true, 2);
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Up, "healthy...");
+    assert!(!in_ring(&core, "web", "waf-2"), "...but unreachable");
+    assert_eq!(entry(&core, "web", "waf-2").state, BackendState::Down as u8);
+    core.tick(Instant::now());
+    let out = outputs(&mut core);
+    assert!(logs(&out, Level::Warn).is_empty(), "logged once per episode");
+    assert!(written(&out).is_empty());
+    assert_eq!(
+        core.neighbours.solicited,
+        [ip("10.0.0.12"), ip("10.0.0.12")],
+        "asked at every refresh"
+    );
+}
+
+#[test]
+fn a_mac_that_appears_is_written_at_the_next_tick() {
+    let mut neighbours = FakeNeighbours::default();
+    neighbours.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
+    let mut core = start_with(CONFIG, neighbours);
+    probes(&mut core, "web", "waf-2", true, 2);
+    core.neighbours.resolve(IFINDEX, ip("10.0.0.12"), MAC_2);
+    core.tick(Instant::now());
+    let out = outputs(&mut core);
+    assert_eq!(logs(&out, Level::Info), ["web/waf-2: next hop 10.0.0.12 resolved"]);
+    assert_eq!(written(&out)[0].0, "neighbours");
+    assert!(in_ring(&core, "web", "waf-2"));
+    assert_eq!(entry(&core, "web", "waf-2").mac, MAC_2);
+}
+
+#[test]
+fn a_changed_mac_is_rewritten_and_a_vanished_one_kept() {
+    let mut core = started();
+    let moved: Mac = [2, 0, 0, 0, 0, 0x99];
+    core.neighbours.resolve(IFINDEX, ip("10.0.0.12"), moved);
+    core.tick(Instant::now());
+    assert_eq!(written(&outputs(&mut core))[0].0, "neighbours");
+    assert_eq!(entry(&core, "web", "waf-2").mac, moved);
+
+    core.neighbours.forget(ip("10.0.0.12"));
+    core.tick(Instant::now());
+    assert!(written(&outputs(&mut core)).is_empty(), "a short gap in the table moves nothing");
+    assert_eq!(entry(&core, "web", "waf-2").mac, moved);
+}
+
+#[test]
+fn entries_of_another_interface_do_not_resolve() {
+    let mut neighbours = FakeNeighbours::default();
+    neighbours.resolve(IFINDEX + 1, ip("10.0.0.11"), MAC_1);
+    let core = start_with(CONFIG, neighbours);
+    assert_eq!(core.backends[&("web".to_owned(), "waf-1".to_owned())].mac, None);
+}
+
+#[test]
+fn an_unreadable_neighbour_table_changes_nothing() {
+    let mut core = started();
+    core.neighbours.fail = Some("netlink: no answer".into());
+    core.tick(Instant::now());
+    let out = outputs(&mut core);
+    assert_eq!(logs(&out, Level::Warn), ["reading the neighbour table: netlink: no answer"]);
+    assert!(written(&out).is_empty() && updates(&out).is_empty());
+}
+
+#[test]
+fn ipip_behind_a_gateway_sends_every_backend_to_the_gateways_mac() {
+    let gateway_mac: Mac = [2, 0, 0, 0, 0, 0xfe];
+    let ipip = CONFIG.replace(
+        "interface: eth0\n",
+        "interface: eth0\nforwarding: ipip\ntunnel_source: { ipv4: 10.0.0.2 }\ngateway: 10.0.0.1\n",
+    );
+    let mut neighbours = FakeNeighbours::default();
+    neighbours.resolve(IFINDEX, ip("10.0.0.1"), gateway_mac);
+    let core = start_with(&ipip, neighbours);
+    assert_eq!(entry(&core, "web", "waf-1").mac, gateway_mac);
+    assert_eq!(entry(&core, "web", "waf-2").mac, gateway_mac);
+}
+
+// --- status and failures ---
+
+#[test]
+fn the_status_is_published_once_per_change() {
+    let mut core = started();
+    assert_eq!(core.poll_status(), None);
+    probes(&mut core, "web", "waf-1", true, 2);
+    let status = core.poll_status().expect("a change");
+    let (vip, backend, waf1) = status.backends().next().expect("a backend");
+    assert_eq!((vip.name.as_str(), backend.name.as_str()), ("web", "waf-1"));
+    assert_eq!(waf1.observed.state(), BackendState::Up);
+    assert_eq!(waf1.index, core.writer.backend_index("web", "waf-1"));
+    assert_eq!(status.vips[0].index, core.writer.vip_index("web"));
+    assert_eq!(status.config.origin.file(), "test.yaml");
+    assert_eq!(core.poll_status(), None, "once");
+    core.tick(Instant::now());
+    assert_eq!(core.poll_status(), None, "a tick that finds nothing new publishes nothing");
+}
+
+#[test]
+fn a_failed_map_write_is_answered_logged_and_shown_in_the_status() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    core.writer.maps().fail.store(true, Ordering::Relaxed);
+    assert_eq!(
+        core.set_drained(Instant::now(), "web", "waf-1", true),
+        Err("writing the maps failed; see the daemon's log".into())
+    );
+    let out = outputs(&mut core);
+    let errors = logs(&out, Level::Error);
+    assert!(
+        errors.len() == 1 && errors[0].starts_with("writing the maps failed (drain): injected"),
+        "{errors:?}"
+    );
+    assert!(written(&out).is_empty());
+    assert!(core.poll_status().expect("published").last_write.is_err());
+    assert_eq!(
+        core.reload(Instant::now(), Ok(parse(CONFIG))),
+        Err("config reloaded but writing the maps failed; see the daemon's log".into())
+    );
+    assert!(updates(&outputs(&mut core)).contains(&&Update::Reload { ok: false }));
+
+    core.writer.maps().fail.store(false, Ordering::Relaxed);
+    core.set_drained(Instant::now(), "web", "waf-1", false).unwrap();
+    assert_eq!(core.poll_status().expect("published").last_write, Ok(()));
+}

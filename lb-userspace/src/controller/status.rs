@@ -1,0 +1,197 @@
+//! The status the controller publishes after every change: what each backend
+//! is, as `xdplb status` shows it and `/metrics` labels it. A value, read by the
+//! endpoints without touching the controller.
+
+use std::fmt::Write as _;
+
+use lb_common::Traffic;
+
+use super::planner::Observed;
+use crate::{
+    config::{BackendConf, Config, Vip},
+    mac,
+    stats::Stats,
+};
+
+/// One published status: the running config, and for each of its VIPs and
+/// backends (in config order) what the data path and the controller know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub config: Config,
+    /// One per `config.vips`, in order.
+    pub vips: Vec<VipStatus>,
+    /// The last map write: `Err` says why it failed.
+    pub last_write: Result<(), String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipStatus {
+    /// Its slot in the data path's per-VIP statistics, once written.
+    pub index: Option<u32>,
+    /// One per backend of the VIP in the config, in order.
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub observed: Observed,
+    /// Its slot in the backend table (and its statistics), once written.
+    pub index: Option<u32>,
+}
+
+impl Status {
+    /// Each VIP of the config with its status.
+    pub fn vips(&self) -> impl Iterator<Item = (&Vip, &VipStatus)> {
+        self.config.vips.iter().zip(&self.vips)
+    }
+
+    /// Each backend of the config, with its VIP and its status.
+    pub fn backends(&self) -> impl Iterator<Item = (&Vip, &BackendConf, &BackendStatus)> {
+        self.vips()
+            .flat_map(|(v, vs)| v.backends.iter().zip(&vs.backends).map(move |(b, bs)| (v, b, bs)))
+    }
+
+    /// The `xdplb status` text. `attached` is the data path's attachment check;
+    /// packet and byte counts come from `traffic` (0 where unreadable).
+    #[must_use]
+    pub fn render(&self, attached: &Result<(), String>, traffic: &impl Stats) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "xdplb {} on {} (xdp {:?}, {:?}), config {}",
+            env!("CARGO_PKG_VERSION"),
+            self.config.interface,
+            self.config.xdp_mode,
+            self.config.forwarding,
+            self.config.origin.file()
+        );
+        let _ = writeln!(
+            s,
+            "xdp: {}",
+            match attached {
+                Ok(()) => "attached".to_owned(),
+                Err(e) => format!("NOT attached: {e}"),
+            }
+        );
+        let row = |s: &mut String, cells: [&str; 8]| {
+            let [name, address, weight, state, health, drained, mac, packets] = cells;
+            let _ = writeln!(
+                s,
+                "  {name:<16} {address:<40} {weight:>6}  {state:<9} {health:<7} {drained:<7} {mac:<17} {packets:>10}"
+            );
+        };
+        for (v, vs) in self.vips() {
+            let t = vs.index.and_then(|i| traffic.vip_traffic(i).ok()).unwrap_or_default();
+            let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
+            let _ = writeln!(
+                s,
+                "\nVIP {} {}:{}/{}  packets {}  bytes {}",
+                v.name,
+                v.address,
+                port,
+                v.protocol.name(),
+                t.packets,
+                t.bytes
+            );
+            row(
+                &mut s,
+                ["BACKEND", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "DRAINED", "MAC", "PACKETS"],
+            );
+            for (b, bs) in v.backends.iter().zip(&vs.backends) {
+                let packets: Traffic =
+                    bs.index.and_then(|i| traffic.backend_traffic(i).ok()).unwrap_or_default();
+                let seen = bs.observed;
+                let mac = seen.mac.map_or_else(|| "unresolved".to_owned(), |m| mac::format(&m));
+                row(
+                    &mut s,
+                    [
+                        &b.name,
+                        &b.address.to_string(),
+                        &b.weight.to_string(),
+                        seen.state().name(),
+                        if seen.healthy { "up" } else { "down" },
+                        if seen.drained { "yes" } else { "no" },
+                        &mac,
+                        &packets.packets.to_string(),
+                    ],
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::{Result, bail};
+    use lb_common::CounterSet;
+
+    use super::*;
+
+    /// Traffic of `index` is `index * 10` packets, except index 9, unreadable.
+    struct Counting;
+
+    impl Stats for Counting {
+        fn counters(&self) -> Result<CounterSet> {
+            Ok(CounterSet::default())
+        }
+        fn vip_traffic(&self, index: u32) -> Result<Traffic> {
+            self.backend_traffic(index).map(|t| Traffic { bytes: t.packets * 100, ..t })
+        }
+        fn backend_traffic(&self, index: u32) -> Result<Traffic> {
+            if index == 9 {
+                bail!("unreadable");
+            }
+            Ok(Traffic { packets: u64::from(index) * 10, bytes: 0 })
+        }
+    }
+
+    fn status() -> Status {
+        let config = crate::config::parse(
+            "interface: eth0\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 0\n    backends:\n      - { name: waf-1, address: 10.0.0.11 }\n      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13 }\n",
+            "/etc/xdplb/xdplb.yaml",
+        )
+        .unwrap();
+        let up = Observed { healthy: true, drained: false, mac: Some([2, 0, 0, 0, 0, 0xb]) };
+        let draining = Observed { healthy: true, drained: true, mac: None };
+        Status {
+            config,
+            vips: vec![VipStatus {
+                index: Some(2),
+                backends: vec![
+                    BackendStatus { observed: up, index: Some(1) },
+                    BackendStatus { observed: draining, index: Some(9) },
+                    BackendStatus { observed: Observed::default(), index: None },
+                ],
+            }],
+            last_write: Ok(()),
+        }
+    }
+
+    #[test]
+    fn status_shows_each_backend_state_health_drain_mac_and_packets() {
+        let text = status().render(&Ok(()), &Counting);
+        let want = format!(
+            "xdplb {} on eth0 (xdp Driver, Dsr), config /etc/xdplb/xdplb.yaml\n\
+             xdp: attached\n\
+             \n\
+             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000\n  \
+             BACKEND          ADDRESS                                  WEIGHT  STATE     HEALTH  DRAINED MAC                  PACKETS\n  \
+             waf-1            10.0.0.11                                   100  up        up      no      02:00:00:00:00:0b         10\n  \
+             waf-2            10.0.0.12                                   100  draining  up      yes     unresolved                 0\n  \
+             waf-3            10.0.0.13                                   100  down      down    no      unresolved                 0\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn status_says_why_xdp_is_not_attached() {
+        let text =
+            status().render(&Err("interface eth0 is gone or was recreated".into()), &Counting);
+        assert_eq!(
+            text.lines().nth(1),
+            Some("xdp: NOT attached: interface eth0 is gone or was recreated")
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Prometheus metrics: the registry of every series ([`registry`]) and the HTTP
+//! endpoint that serves them with `/healthz` ([`endpoint`]).
+
+pub mod endpoint;
+pub mod registry;
+
+pub use endpoint::{Scrape, serve};
+pub use registry::{Metrics, Update};
