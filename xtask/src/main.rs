@@ -37,7 +37,8 @@ enum Task {
     /// Install missing prerequisites: nightly rust-src, bpf-linker (and LLVM dev files),
     /// and with --lab / --bench the Debian packages the lab and benchmarks use.
     Setup {
-        /// Also nginx, ethtool, nftables, bpftool, curl (lab and end-to-end tests).
+        /// Also nginx, ethtool, nftables, bpftool, curl, prometheus (lab, end-to-end and
+        /// monitoring tests).
         #[arg(long)]
         lab: bool,
         /// Also haproxy and wrk (benchmarks against peers); implies --lab.

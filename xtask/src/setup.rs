@@ -16,7 +16,8 @@ pub enum Extras {
     /// Only what building needs.
     #[default]
     Build,
-    /// Also what the lab and end-to-end tests run: nginx, ethtool, nftables.
+    /// Also what the lab, end-to-end and deployment-kit tests run: nginx, ethtool,
+    /// nftables, Prometheus (and its promtool).
     Lab,
     /// Also the peers and load tools benchmarks compare against: haproxy, wrk.
     Bench,
@@ -30,7 +31,7 @@ pub fn setup(extras: Extras) -> Result<()> {
     ensure_bpf_linker(llvm)?;
     let mut packages = vec![];
     if extras >= Extras::Lab {
-        packages.extend(["nginx", "ethtool", "iproute2", "nftables", "bpftool", "curl"]);
+        packages.extend(["nginx", "ethtool", "iproute2", "nftables", "bpftool", "curl", "prometheus"]);
     }
     if extras >= Extras::Bench {
         packages.extend(["haproxy", "wrk"]);
