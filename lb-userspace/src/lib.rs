@@ -7,6 +7,7 @@
 //! that feeds the core and carries out its decisions is `controller/mod.rs`.
 
 pub mod admin;
+pub mod backend_setup;
 pub mod config;
 pub mod controller;
 pub mod decap;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
 pub mod objects;
+pub mod privileges;
 pub mod server;
 pub mod stats;
 #[cfg(test)]

@@ -19,7 +19,7 @@ use aya::{
 };
 use lb_common::map_names;
 
-use crate::{maps::BpfMaps, objects, stats::BpfStats};
+use crate::{maps::BpfMaps, objects, privileges, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
 /// Maps whose contents must survive a restart. SCRATCH is per-packet scratch.
@@ -76,10 +76,15 @@ pub(crate) fn link_path(pin_dir: &Path) -> PathBuf {
     pin_dir.join("link")
 }
 
-/// Makes sure `/sys/fs/bpf` (or the bpffs holding `dir`) is mounted, then creates `dir`.
+/// Makes sure `dir` will be on bpffs, then creates it. Nothing to do when `dir` or
+/// its nearest existing parent already is: under the systemd unit, `/sys/fs/bpf`
+/// is a tmpfs holding only our bind-mounted pin directory, and mounting is not
+/// allowed. Otherwise mounts bpffs on `/sys/fs/bpf` (not mounted at boot
+/// everywhere; systemd does mount it).
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     let root = Path::new("/sys/fs/bpf");
-    if dir.starts_with(root) && !is_bpffs(root) {
+    let on_bpffs = dir.ancestors().find(|p| p.exists()).is_some_and(is_bpffs);
+    if !on_bpffs && dir.starts_with(root) && !is_bpffs(root) {
         let c = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
         let fstype = std::ffi::CString::new("bpf").expect("no NUL");
         // SAFETY: plain mount(2) with valid C strings.
@@ -87,7 +92,9 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
         };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+            return Err(std::io::Error::last_os_error()).context(
+                "mounting bpffs on /sys/fs/bpf (needs CAP_SYS_ADMIN: mount it first, as systemd does at boot)",
+            );
         }
         log::info!("mounted bpffs on /sys/fs/bpf");
     }
@@ -125,6 +132,7 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
 /// and attaches it to `interface` through a link pinned at `pin_dir/link` (replacing
 /// the program of an existing link atomically).
 pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Loaded> {
+    privileges::require("xdplb run", privileges::BALANCER)?;
     let adopted = PINNED_MAPS.iter().all(|m| maps_dir(pin_dir).join(m).exists());
     let mut ebpf = load_with_pinned_maps(pin_dir)?;
     let maps = BpfMaps::take_from(&mut ebpf)?;

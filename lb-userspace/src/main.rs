@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
     admin::{self, Request, Response},
-    config, controller, loader,
+    backend_setup, config, controller, loader,
 };
 
 #[derive(Parser)]
@@ -88,6 +88,9 @@ enum Command {
     /// Make the daemon re-read its config (as SIGHUP); an invalid config changes nothing.
     #[command(after_help = "Example:\n  xdplb reload")]
     Reload(Socket),
+    /// On a WAF node: print, check (--check) or apply (--apply) what it needs for this
+    /// config's forwarding mode (VIPs on lo, ARP and rp_filter sysctls, MSS for ipip).
+    BackendSetup(backend_setup::Args),
     /// Detach XDP and remove the pins a previous `xdplb run` left behind.
     #[command(after_help = "Example:\n  xdplb detach --config /etc/xdplb/xdplb.yaml")]
     Detach {
@@ -167,6 +170,7 @@ fn try_main() -> Result<ExitCode> {
             call(&socket, &Request::Undrain { vip, backend })
         }
         Command::Reload(s) => call(&s, &Request::Reload),
+        Command::BackendSetup(args) => backend_setup::run(&args),
         Command::Detach { config: c, pin_path } => {
             let dir = match (c, pin_path) {
                 (Some(c), _) => config::load(&c).map_err(|e| anyhow::anyhow!("{e}"))?.pin_path,

@@ -65,13 +65,16 @@ fn promtool() -> Option<&'static str> {
         std::env::var("CI").as_deref() != Ok("true"),
         "CI=true and promtool is missing: `cargo xtask setup --lab` installs it"
     );
-    eprintln!("SKIPPED: promtool not installed (apt install prometheus, or cargo xtask setup --lab)");
+    eprintln!(
+        "SKIPPED: promtool not installed (apt install prometheus, or cargo xtask setup --lab)"
+    );
     None
 }
 
 fn promtool_run(args: &[&str], files: &[PathBuf]) -> (bool, String) {
     let out = Command::new("promtool").args(args).args(files).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -98,9 +101,15 @@ fn every_rule_passes_promtool_check_rules() {
     assert!(ok, "promtool check rules:\n{out}");
     let found: usize = out
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("SUCCESS: ")?.split_whitespace().next()?.parse::<usize>().ok())
+        .filter_map(|l| {
+            l.trim().strip_prefix("SUCCESS: ")?.split_whitespace().next()?.parse::<usize>().ok()
+        })
         .sum();
-    assert_eq!(found, rules("alert").len() + rules("record").len(), "promtool saw other rules than we did:\n{out}");
+    assert_eq!(
+        found,
+        rules("alert").len() + rules("record").len(),
+        "promtool saw other rules than we did:\n{out}"
+    );
 }
 
 #[test]
@@ -116,8 +125,12 @@ fn every_alert_has_a_promtool_unit_test_and_the_tests_pass() {
             }
         }
     }
-    let untested: Vec<String> = rules("alert").into_iter().map(|(n, _)| n).filter(|n| !tested.contains(n)).collect();
-    assert!(untested.is_empty(), "alerts without a firing test in deploy/prometheus/tests: {untested:?}");
+    let untested: Vec<String> =
+        rules("alert").into_iter().map(|(n, _)| n).filter(|n| !tested.contains(n)).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts without a firing test in deploy/prometheus/tests: {untested:?}"
+    );
     let Some(_) = promtool() else { return };
     let (ok, out) = promtool_run(&["test", "rules"], &test_files());
     assert!(ok, "promtool test rules:\n{out}");
@@ -132,13 +145,22 @@ fn every_rule_file_has_a_test_file_that_loads_it() {
                 .as_sequence()
                 .unwrap()
                 .iter()
-                .map(|r| Path::new(r.as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+                .map(|r| {
+                    Path::new(r.as_str().unwrap())
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
     for f in rule_files() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(loaded.contains(&name), "no test file in deploy/prometheus/tests loads rules/{name}");
+        assert!(
+            loaded.contains(&name),
+            "no test file in deploy/prometheus/tests loads rules/{name}"
+        );
     }
 }
 
@@ -157,11 +179,17 @@ fn the_dashboard_is_well_formed_and_covers_what_an_operator_watches() {
         let title = p["title"].as_str().unwrap();
         assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id at {title}");
         let g = &p["gridPos"];
-        assert!(g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24, "{title} is wider than the grid");
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{title} is wider than the grid"
+        );
         if p["type"] == "row" {
             continue;
         }
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: use the dashboard's data source variable");
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "{title}: use the dashboard's data source variable"
+        );
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title} has no query");
         for t in targets {

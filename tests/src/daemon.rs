@@ -48,12 +48,24 @@ impl Daemon {
         metrics: SocketAddr,
         extra: &[&str],
     ) -> Result<Self> {
+        let mut cmd = Command::new(binary()?);
+        cmd.args(["run", "--config"]).arg(config).args(extra);
+        Self::spawn(ns, cmd, config, socket, metrics)
+    }
+
+    /// Starts `cmd` (an `xdplb run` for `config`, perhaps behind a wrapper that drops
+    /// privileges) in namespace `ns`, logging to the config's `.log` file.
+    pub fn spawn(
+        ns: &str,
+        mut cmd: Command,
+        config: &Path,
+        socket: &Path,
+        metrics: SocketAddr,
+    ) -> Result<Self> {
         let log = config.with_extension("log");
         let out = File::create(&log)?;
         let netns =
             File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
-        let mut cmd = Command::new(binary()?);
-        cmd.args(["run", "--config"]).arg(config).args(extra);
         cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
         let fd = netns.as_raw_fd();
         // SAFETY: setns is async-signal-safe; it only changes the child's namespace.
@@ -135,7 +147,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn exited(&self) -> Result<bool> {
+    /// The daemon's process id while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&self) -> Result<bool> {
         // try_wait needs &mut; a zero-signal kill tells the same without reaping.
         let Some(child) = &self.child else { return Ok(true) };
         let pid = i32::try_from(child.id())?;

@@ -22,7 +22,7 @@ mod status;
 mod udp;
 
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     fs::File,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -394,6 +394,11 @@ impl Lab {
             };
             attach(Some(&node.ns()), NS_IF, &prog, &node.ns())?;
         }
+        // After the XDP programs: in ipip mode backend-setup checks for the decapsulator.
+        let config = self.write_backend_config()?;
+        for k in self.wafs() {
+            prepare_waf(k, &config)?;
+        }
         std::fs::write(
             state_file(),
             format!("mode={}\nwafs={}\n", self.config.mode, self.config.wafs),
@@ -414,28 +419,33 @@ impl Lab {
     fn add_waf(&self, k: usize) -> Result<()> {
         let node = Node::Waf(k);
         let ns = node.ns();
-        step(format!("{ns}: VIPs on lo, nginx on :{HTTP_PORT}, udp responder on :{UDP_PORT}"));
-        ns_sh(&ns, &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-        ns_sh(&ns, &["ip", "-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
-        // DSR hygiene: never answer ARP for the VIP (it is on lo) nor use it as
-        // an ARP source; replies leave from the VIP, so no reverse-path filter.
-        ns_sh(
-            &ns,
-            &[
-                "sysctl",
-                "-qw",
-                "net.ipv4.conf.all.arp_ignore=1",
-                "net.ipv4.conf.eth0.arp_ignore=1",
-                "net.ipv4.conf.all.arp_announce=2",
-                "net.ipv4.conf.eth0.arp_announce=2",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                "net.ipv4.conf.eth0.rp_filter=0",
-                "net.ipv4.conf.lo.rp_filter=0",
-            ],
-        )?;
+        step(format!("{ns}: nginx on :{HTTP_PORT}, udp responder on :{UDP_PORT}"));
         nginx::write_config(&ns, &node.dir(), HTTP_PORT)?;
         self.start_waf(k)
+    }
+
+    /// The balancer config the WAF nodes are prepared from: the lab's VIPs with every
+    /// node as a backend, in the lab's mode (what an operator copies to the nodes).
+    fn write_backend_config(&self) -> Result<PathBuf> {
+        let mut text = format!("interface: {NS_IF}\nforwarding: {}\n", self.config.mode);
+        if self.config.mode == Mode::Ipip {
+            let _ = writeln!(text, "tunnel_source: {{ ipv4: {LB4}, ipv6: \"{LB6}\" }}");
+        }
+        text.push_str("vips:\n");
+        for (name, vip, v6) in [("lab4", VIP4.to_string(), false), ("lab6", VIP6.to_string(), true)]
+        {
+            let _ = write!(
+                text,
+                "  - name: {name}\n    address: \"{vip}\"\n    port: 0\n    backends:\n"
+            );
+            for k in self.wafs() {
+                let addr = if v6 { waf6(k).to_string() } else { waf4(k).to_string() };
+                let _ = writeln!(text, "      - {{ name: waf{k}, address: \"{addr}\" }}");
+            }
+        }
+        let path = Path::new(LAB_DIR).join("backends.yaml");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     /// Removes everything a lab may have left: processes in the lab namespaces,
@@ -698,6 +708,29 @@ fn state_file() -> PathBuf {
 fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "the lab needs root (network namespaces, XDP)");
+    Ok(())
+}
+
+/// Prepares WAF node `k` as an operator would, with `xdplb backend-setup --apply`
+/// (VIPs on lo, ARP and reverse-path sysctls, the MSS clamp in ipip mode), then
+/// `--check` must find everything in place: so every lab run tests the command.
+fn prepare_waf(k: usize, config: &Path) -> Result<()> {
+    let xdplb = crate::daemon::binary()?;
+    let ns = waf_ns(k);
+    step(format!("{ns}: xdplb backend-setup --apply"));
+    for flag in ["--apply", "--check"] {
+        let mut c = in_ns(&ns, &[]);
+        c.arg(&xdplb).args(["backend-setup", "--config"]).arg(config).arg(flag);
+        let out = output(&mut c)?;
+        ensure!(
+            out.status.success(),
+            "`{}` failed ({}):\n{}{}",
+            sh::show(&c),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

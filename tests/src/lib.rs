@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod bench;
+pub mod chart;
 pub mod daemon;
 pub mod decapsulator;
 pub mod lab;

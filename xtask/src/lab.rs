@@ -64,6 +64,16 @@ pub fn run_lab(action: &LabAction) -> Result<()> {
     }
     let args = args(action);
     step(format!("lab {}", args.join(" ")));
+    // The lab prepares its WAF nodes with `xdplb backend-setup`: build it beside `lab`.
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xdplb",
+    ]))?;
     run(Command::new("cargo")
         .args(["run", "--release", "--quiet", "-p", "xdplb-tests", "--bin", "lab", "--"])
         .args(&args))

@@ -57,6 +57,9 @@ enum Task {
         /// Forwarding mode of the balancer.
         #[arg(long, value_enum, default_value_t = lab::Mode::Dsr)]
         mode: lab::Mode,
+        /// Also draw the run as a timeline chart (SVG): requests/s per node, events marked.
+        #[arg(long, value_name = "FILE")]
+        chart: Option<std::path::PathBuf>,
     },
     /// Run every test: format and clippy checks, unit tests, then packet-level and
     /// namespace tests (root). Under CI=true a privileged test that cannot run fails
@@ -108,7 +111,7 @@ fn try_main() -> Result<()> {
             setup(Extras::Build)?;
             lint::lint()
         }
-        Task::Demo { mode } => {
+        Task::Demo { mode, chart } => {
             setup(Extras::Lab)?;
             step("building xdplb and the demo (release)");
             run(Command::new("cargo").args([
@@ -124,7 +127,12 @@ fn try_main() -> Result<()> {
                 "--bin",
                 "demo",
             ]))?;
-            run(Command::new("target/release/demo").arg(mode.as_str()))
+            let mut demo = Command::new("target/release/demo");
+            demo.arg(mode.as_str());
+            if let Some(chart) = chart {
+                demo.arg("--chart").arg(chart);
+            }
+            run(&mut demo)
         }
         Task::Lab { action } => {
             setup(Extras::Lab)?;

@@ -31,7 +31,15 @@ pub fn setup(extras: Extras) -> Result<()> {
     ensure_bpf_linker(llvm)?;
     let mut packages = vec![];
     if extras >= Extras::Lab {
-        packages.extend(["nginx", "ethtool", "iproute2", "nftables", "bpftool", "curl", "prometheus"]);
+        packages.extend([
+            "nginx",
+            "ethtool",
+            "iproute2",
+            "nftables",
+            "bpftool",
+            "curl",
+            "prometheus",
+        ]);
     }
     if extras >= Extras::Bench {
         packages.extend(["haproxy", "wrk"]);

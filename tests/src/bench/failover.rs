@@ -7,6 +7,7 @@
 //! of failed connections.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
@@ -17,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    chart,
     lab::{self, Lab, NS_CLIENT, NS_LB, VIP4},
     rig::{Checks, Rig, web4},
     traffic::{HttpLoad, Record},
@@ -67,7 +69,13 @@ pub struct Sample {
     /// Start of the last request that failed, after the failure.
     pub last_new_connection: Duration,
     pub failed: usize,
+    /// Requests per 100 ms bin and answering node (`failed` for failures), from
+    /// [`BEFORE`] before the fault until the node is repaired.
+    pub timeline: BTreeMap<String, Vec<f64>>,
 }
+
+/// How long all nodes are up before a fault (the chart starts there).
+const BEFORE: Duration = Duration::from_millis(500);
 
 /// A balancer under test: how to see whether it has marked a node down.
 trait Balancer {
@@ -100,7 +108,7 @@ fn measure(
     let mut out = Vec::new();
     for run in 0..runs {
         wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(BEFORE);
         let t0 = Instant::now();
         kind.inject(lab)?;
         let detection =
@@ -120,7 +128,12 @@ fn measure(
             ms(last),
             failed.len()
         ));
-        out.push(Sample { detection, last_new_connection: last, failed: failed.len() });
+        let window = (
+            -BEFORE.as_secs_f64(),
+            (detection + TIMEOUT + Duration::from_millis(300)).as_secs_f64(),
+        );
+        let timeline = chart::bin(&records, t0, window);
+        out.push(Sample { detection, last_new_connection: last, failed: failed.len(), timeline });
     }
     wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
     Ok(out)
@@ -222,18 +235,84 @@ impl Drop for Haproxy {
 struct Row {
     system: &'static str,
     checks: &'static str,
+    /// `checks` in a chart title.
+    checks_short: &'static str,
     kind: Kind,
     samples: Vec<Sample>,
 }
 
-/// `bench failover [RUNS]` (default 10 events per failure kind and balancer).
+/// Where `cargo xtask bench failover` draws its timeline (README and BENCHMARKS.md show it).
+pub const CHART: &str = "docs/failover.svg";
+
+/// `bench failover [EVENTS] [--chart FILE]` (default 10 events per failure kind
+/// and balancer, chart in [`CHART`]).
 pub fn run(args: &[String]) -> Result<()> {
-    let runs = args.first().map_or(Ok(10), |s| s.parse()).context("events per row")?;
-    print!("{}", measure_all(runs)?);
+    let mut runs = 10;
+    let mut chart_path = PathBuf::from(CHART);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--chart" {
+            chart_path = it.next().context("--chart needs a file")?.into();
+        } else {
+            runs = a.parse().with_context(|| format!("events per row: {a:?}"))?;
+        }
+    }
+    let rows = measure_all(runs)?;
+    draw(&rows, &chart_path)?;
+    super::progress(format!("wrote the failover timeline to {}", chart_path.display()));
+    print!("{}", report(&rows, &chart_path));
     Ok(())
 }
 
-fn measure_all(runs: usize) -> Result<String> {
+/// The chart: for each failure kind (rows), xdplb and HAProxy (columns), the
+/// event with the median detection time.
+fn draw(rows: &[Row], path: &Path) -> Result<()> {
+    let median = |r: &Row| -> Option<Sample> {
+        let mut v = r.samples.clone();
+        v.sort_by_key(|s| s.detection);
+        v.get(v.len() / 2).cloned()
+    };
+    let x_max = rows
+        .iter()
+        .filter_map(median)
+        .map(|s| {
+            s.timeline.values().map(Vec::len).max().unwrap_or(0) as f64 * chart::BIN_SECS
+                - BEFORE.as_secs_f64()
+        })
+        .fold(1.0_f64, f64::max);
+    let mut panels = vec![];
+    for kind in [Kind::Refused, Kind::Silent] {
+        for r in rows.iter().filter(|r| r.kind == kind) {
+            let Some(s) = median(r) else { continue };
+            panels.push(chart::Panel {
+                title: format!("{}, {}: {}", r.system, r.checks_short, kind.name()),
+                x: (-BEFORE.as_secs_f64(), x_max),
+                series: s.timeline.clone(),
+                markers: vec![
+                    chart::Marker {
+                        at: 0.0,
+                        label: format!("fault on waf{}", kind.waf()),
+                        detection: false,
+                    },
+                    chart::Marker {
+                        at: s.detection.as_secs_f64(),
+                        label: format!("detected {:.0} ms", ms(s.detection)),
+                        detection: true,
+                    },
+                ],
+            });
+        }
+    }
+    let cols = rows.iter().filter(|r| r.kind == Kind::Refused).count();
+    chart::write_svg(
+        path,
+        "A WAF node fails: requests/s per node in 100 ms bins by send time (median event of each row)",
+        &panels,
+        cols,
+    )
+}
+
+fn measure_all(runs: usize) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let rig = Rig::up(lab::Mode::Dsr, WAFS, &Checks::default())?;
     {
@@ -243,6 +322,7 @@ fn measure_all(runs: usize) -> Result<String> {
             rows.push(Row {
                 system: "xdplb (dsr)",
                 checks: "defaults: http, 200ms, fall 3, rise 2",
+                checks_short: "200ms x 3",
                 kind,
                 samples,
             });
@@ -254,23 +334,24 @@ fn measure_all(runs: usize) -> Result<String> {
     // HAProxy's defaults take ~18 s per event (detection, then rise 2 x 2 s): half as
     // many events keep `cargo xtask bench` within its time budget.
     let variants = [
-        ("defaults: tcp connect, inter 2s, fall 3, rise 2", "", runs.div_ceil(2).max(3)),
+        ("defaults: tcp connect, inter 2s, fall 3, rise 2", "2s x 3", "", runs.div_ceil(2).max(3)),
         (
             "as xdplb: inter 200ms, fall 3, rise 2",
+            "200ms x 3",
             "  default-server inter 200ms fall 3 rise 2\n  timeout check 150ms\n",
             runs,
         ),
     ];
-    for (checks, extra, events) in variants {
+    for (checks, checks_short, extra, events) in variants {
         let h = Haproxy::start(extra)?;
         let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
         for kind in [Kind::Refused, Kind::Silent] {
             let samples = measure(&h, &lab, &load, kind, events, "haproxy")?;
-            rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, kind, samples });
+            rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, checks_short, kind, samples });
         }
     }
     drop(lab);
-    Ok(report(&rows))
+    Ok(rows)
 }
 
 fn stats(v: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -279,8 +360,21 @@ fn stats(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (v[v.len() / 2], v[v.len() - 1])
 }
 
-fn report(rows: &[Row]) -> String {
+fn report(rows: &[Row], chart_path: &Path) -> String {
     let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "![Failover timeline: requests per second per WAF node around a fault, xdplb and HAProxy side by side]({})\n",
+        chart_path.display()
+    );
+    let _ = writeln!(
+        s,
+        "The chart ([{0}]({0})): one event per panel (the median detection of its row), requests/s per \
+         WAF node in 100 ms bins by the time each request was sent, failed requests in red; the dashed line is \
+         the fault, the purple one the balancer marking the node down. Each panel ends when the node is \
+         repaired (1.3 s after detection).\n",
+        chart_path.display()
+    );
     let _ = writeln!(
         s,
         "| balancer | health checks | failure | events | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) |"

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::Result;
 use xdplb_tests::{
+    chart,
     lab::Mode,
     rig::{Checks, Rig, web4},
     traffic::{Failure, HttpLoad, Record, tally, tally_ended},
@@ -40,11 +41,14 @@ fn main() {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
     }
-    let mode = match std::env::args().nth(1).as_deref() {
-        Some("ipip") => Mode::Ipip,
-        _ => Mode::Dsr,
-    };
-    match run(mode) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = if args.iter().any(|a| a == "ipip") { Mode::Ipip } else { Mode::Dsr };
+    let chart = args
+        .iter()
+        .position(|a| a == "--chart")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from);
+    match run(mode, chart.as_deref()) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("demo failed: {e:#}");
@@ -53,7 +57,7 @@ fn main() {
     }
 }
 
-fn run(mode: Mode) -> Result<()> {
+fn run(mode: Mode, chart: Option<&std::path::Path>) -> Result<()> {
     println!(
         "==> xdplb demo ({mode} mode): lab with {WAFS} nginx WAF nodes, xdplb with its default health checks"
     );
@@ -138,8 +142,48 @@ fn run(mode: Mode) -> Result<()> {
         return Ok(());
     }
     summary(&events, &records);
+    if let Some(path) = chart {
+        draw(path, mode, start, &events, &records)?;
+        println!("\n==> wrote the timeline chart to {}", path.display());
+    }
     println!("\n==> removing the lab");
     Ok(())
+}
+
+/// The run as a timeline: requests/s per node in 100 ms bins, each event and its detection marked.
+fn draw(
+    path: &std::path::Path,
+    mode: Mode,
+    start: Instant,
+    events: &[Event],
+    records: &[Record],
+) -> Result<()> {
+    let end =
+        records.iter().map(|r| r.start.duration_since(start).as_secs_f64()).fold(1.0, f64::max);
+    let mut markers = vec![];
+    for ev in events {
+        let at = ev.at.duration_since(start).as_secs_f64();
+        markers.push(chart::Marker { at, label: ev.what.to_owned(), detection: false });
+        if let Some(d) = ev.detected {
+            markers.push(chart::Marker {
+                at: at + d.as_secs_f64(),
+                label: format!("seen {:.0} ms", d.as_secs_f64() * 1000.0),
+                detection: true,
+            });
+        }
+    }
+    let panel = chart::Panel {
+        title: format!("xdplb demo ({mode} mode), default health checks (200ms x 3)"),
+        x: (0.0, end),
+        series: chart::bin(records, start, (0.0, end)),
+        markers,
+    };
+    chart::write_svg(
+        path,
+        "xdplb demo: requests/s per WAF node in 100 ms bins by send time",
+        &[panel],
+        1,
+    )
 }
 
 fn summary(events: &[Event], records: &[Record]) {

@@ -1,0 +1,371 @@
+//! The Prometheus/Grafana kit against the real thing: Debian's `prometheus` scrapes
+//! `xdplb run` in the lab with the rules of deploy/prometheus/rules loaded, while
+//! the lab provokes what every alert is about (nodes down, a VIP without a usable
+//! node, an unresolved next hop, a flapping node, drops, a refused reload, slow
+//! checks, a balancer that cannot be scraped). Then every alert must be pending or
+//! firing, and every rule's and every dashboard query must be valid and return
+//! series through Prometheus's HTTP API. New rule files and panels are picked up
+//! without touching this file.
+
+#![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
+#![allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    net::UdpSocket,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_userspace::admin::{Request, Response};
+use serde_json::Value;
+use xdplb_tests::{
+    daemon::Daemon,
+    lab::{self, LabConfig, LabGuard, Mode, NS_CLIENT, NS_LB, VIP4, in_netns},
+    privilege::have_root,
+    rig::{self, Checks, states, web4},
+    traffic::http_once,
+};
+
+/// Prometheus listens here, inside the lb namespace.
+const PROM: &str = "127.0.0.1:9091";
+/// A second target of the `xdplb` job where nothing listens: a balancer that is down.
+const DEAD_TARGET: &str = "127.0.0.1:9";
+const DEAD_PORT: u16 = 9999;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn rule_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(deploy().join("prometheus/rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `(kind, name, expr)` of every rule; kind is `alert` or `record`.
+fn rules() -> Vec<(String, String, String)> {
+    let mut out = vec![];
+    for f in rule_files() {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        for g in doc["groups"].as_sequence().unwrap() {
+            for r in g["rules"].as_sequence().unwrap() {
+                for kind in ["alert", "record"] {
+                    if let Some(name) = r[kind].as_str() {
+                        out.push((
+                            kind.to_owned(),
+                            name.to_owned(),
+                            r["expr"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every query of the dashboard, with Grafana's variables as "all" and the rate
+/// interval a Grafana would pick for a 1 s scrape: `(where, expr)`.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy().join("grafana/xdplb-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let subst = |e: &str| {
+        e.replace("$__rate_interval", "30s")
+            .replace("$__interval", "5s")
+            .replace("$instance", ".*")
+            .replace("$vip", ".*")
+    };
+    let mut out = vec![];
+    let mut panels: Vec<&Value> = d["panels"].as_array().unwrap().iter().collect();
+    // Panels inside collapsed rows.
+    let nested: Vec<&Value> =
+        panels.iter().filter_map(|p| p["panels"].as_array()).flatten().collect();
+    panels.extend(nested);
+    for p in panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                format!("panel \"{}\"", p["title"].as_str().unwrap()),
+                subst(t["expr"].as_str().unwrap()),
+            ));
+        }
+    }
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        if let Some(e) = a["expr"].as_str() {
+            out.push((format!("annotation \"{}\"", a["name"].as_str().unwrap()), subst(e)));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        // label_values(EXPR, label): EXPR must return series that carry the label.
+        if let Some(q) = v["query"]["query"].as_str().and_then(|q| q.strip_prefix("label_values("))
+        {
+            let (expr, _label) = q.trim_end_matches(')').rsplit_once(',').unwrap();
+            out.push((format!("variable ${}", v["name"].as_str().unwrap()), subst(expr)));
+        }
+    }
+    out
+}
+
+/// Debian's prometheus in the lb namespace, stopped on drop.
+struct Prometheus(Child);
+
+impl Prometheus {
+    fn start(dir: &Path) -> Self {
+        let files: Vec<String> =
+            rule_files().iter().map(|f| format!("  - {}\n", f.display())).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\
+             scrape_configs:\n  - job_name: xdplb\n    static_configs:\n      - targets: [\"{}\", \"{DEAD_TARGET}\"]\n",
+            files.concat(),
+            rig::METRICS
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let mut c = Command::new("prometheus");
+        c.arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={PROM}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let ns = std::fs::File::open(lab::ns_path(NS_LB)).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+        // SAFETY: setns only changes the child's network namespace.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Self(c.spawn().expect("starting prometheus"))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGTERM) };
+        let start = Instant::now();
+        while self.0.try_wait().ok().flatten().is_none()
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET (or POST with `query`) on Prometheus's HTTP API from the lb namespace; the
+/// parsed `data`, or the API's error.
+fn api(lab: &lab::Lab, path: &str, query: Option<&str>) -> Result<Value, String> {
+    let url = format!("http://{PROM}{path}");
+    let mut args = vec!["curl", "-sS", "-m", "5"];
+    let form;
+    if let Some(q) = query {
+        form = format!("query={q}");
+        args.extend(["--data-urlencode", &form]);
+    }
+    args.push(&url);
+    let out = lab.exec(NS_LB, &args).map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if body["status"] == "success" {
+        Ok(body["data"].clone())
+    } else {
+        Err(format!("{}: {}", body["errorType"], body["error"]))
+    }
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool, String>) {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what} {last}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn state(d: &Daemon, vip: &str, backend: &str) -> Option<String> {
+    let s = d.status().ok()?;
+    states(&s).into_iter().find(|(v, b, _)| v == vip && b == backend).map(|(_, _, st)| st)
+}
+
+#[test]
+fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_alert_fires() {
+    if !have_root("the monitoring test (lab, prometheus)") {
+        return;
+    }
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and prometheus is missing: `cargo xtask setup --lab`"
+        );
+        eprintln!("SKIPPED: prometheus not installed (cargo xtask setup --lab)");
+        return;
+    }
+    let t0 = Instant::now();
+    let lab = LabGuard::up(&LabConfig { mode: Mode::Dsr, wafs: 3 }).unwrap();
+    let dir = Path::new(lab::LAB_DIR).join("monitoring");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The rig's VIPs, checked every 100 ms (fall 1, rise 1: a fast flapper), plus a
+    // VIP with no usable node: waf1 on a closed port, and a node that does not exist
+    // (its next hop never resolves, its checks time out).
+    let checks =
+        Checks { interval: Some("100ms"), timeout: Some("80ms"), rise: Some(1), fall: Some(1) };
+    let mut text = rig::config_text(Mode::Dsr, 3, &checks, &[]).replace(
+        &format!("admin_socket: {}/xdplb/admin.sock", lab::LAB_DIR),
+        &format!("admin_socket: {}/admin.sock", dir.display()),
+    );
+    let _ = write!(
+        text,
+        "  - name: dead\n    address: \"{VIP4}\"\n    port: {DEAD_PORT}\n    protocol: udp\n    backends:\n\
+         \x20     - {{ name: waf1, address: \"{}\" }}\n      - {{ name: ghost, address: \"10.99.0.250\" }}\n\
+         \x20   health_check: {{ kind: tcp, port: 81, timeout: 80ms }}\n",
+        lab::waf4(1)
+    );
+    let config = dir.join("xdplb.yaml");
+    std::fs::write(&config, &text).unwrap();
+    let daemon = Daemon::start(
+        NS_LB,
+        &config,
+        &dir.join("admin.sock"),
+        rig::METRICS.parse().unwrap(),
+        &["--detach-on-exit"],
+    )
+    .unwrap();
+    daemon
+        .wait_until("the rig's 12 backends up", Duration::from_secs(20), |d| {
+            d.status()
+                .is_ok_and(|s| states(&s).iter().filter(|(_, _, st)| st == "up").count() == 12)
+        })
+        .unwrap();
+    let _prometheus = Prometheus::start(&dir.join("prometheus"));
+    wait("prometheus to scrape xdplb", Duration::from_secs(30), || {
+        let r = api(&lab, "/api/v1/query", Some("up{job=\"xdplb\"} == 1"))?;
+        Ok(r["result"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+
+    // Traffic through the VIP, so the traffic panels have something to show.
+    let ok = in_netns(Some(NS_CLIENT), || {
+        Ok((0..100).filter(|_| http_once(web4(), Duration::from_secs(1)).is_ok()).count())
+    })
+    .unwrap();
+    assert!(ok >= 95, "{ok} of 100 requests answered");
+    // Drops: datagrams to the VIP without a usable node.
+    in_netns(Some(NS_CLIENT), || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..3000 {
+            let _ = s.send_to(b"x", (VIP4, DEAD_PORT));
+        }
+        Ok(())
+    })
+    .unwrap();
+    // A flapping node: down and up six times, each state held across a scrape.
+    for _ in 0..6 {
+        lab.stop_waf(2).unwrap();
+        daemon
+            .wait_until("waf2 down", Duration::from_secs(5), |d| {
+                state(d, "web4", "waf2").as_deref() == Some("down")
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        lab.start_waf(2).unwrap();
+        daemon
+            .wait_until("waf2 up", Duration::from_secs(5), |d| {
+                state(d, "web4", "waf2").as_deref() == Some("up")
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // A refused reload.
+    std::fs::write(&config, text.replace("weight: 100", "weight: 0")).unwrap();
+    match daemon.admin(&Request::Reload).unwrap() {
+        Response::Error(e) => assert!(e.contains("weight"), "{e}"),
+        Response::Ok(o) => panic!("a config with weight 0 was accepted: {o}"),
+    }
+
+    // Every alert becomes active (pending or firing).
+    let all = rules();
+    let alerts: BTreeSet<String> =
+        all.iter().filter(|(k, _, _)| k == "alert").map(|(_, n, _)| n.clone()).collect();
+    let mut active = BTreeSet::new();
+    wait("every alert to be pending or firing", Duration::from_mins(1), || {
+        let data = api(&lab, "/api/v1/alerts", None)?;
+        active = data["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<&String> = alerts.difference(&active).collect();
+        if missing.is_empty() { Ok(true) } else { Err(format!("(not active: {missing:?})")) }
+    });
+
+    // Every rule loaded and evaluated without error.
+    let groups = api(&lab, "/api/v1/rules", None).unwrap();
+    let mut loaded = 0;
+    for g in groups["groups"].as_array().unwrap() {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} in {}: {}",
+                r["name"], g["file"], r["lastError"]
+            );
+            loaded += 1;
+        }
+    }
+    assert_eq!(loaded, all.len(), "prometheus loaded {loaded} rules, the files hold {}", all.len());
+
+    // Every rule's and every dashboard query: valid, and returning series.
+    let mut queries: Vec<(String, String)> =
+        all.iter().map(|(k, n, e)| (format!("{k} {n}"), e.clone())).collect();
+    queries.extend(dashboard_queries());
+    let mut failures = vec![];
+    for (what, expr) in &queries {
+        match api(&lab, "/api/v1/query", Some(expr)) {
+            Ok(r) if r["result"].as_array().is_some_and(|a| !a.is_empty()) => {}
+            Ok(r) => failures.push(format!("{what}: no series for `{expr}` ({r})")),
+            Err(e) => failures.push(format!("{what}: `{expr}`: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} queries failed:\n{}",
+        failures.len(),
+        queries.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "monitoring: {} rules loaded, {} alerts active, {} rule and dashboard queries returned series ({:.0} s)",
+        loaded,
+        active.len(),
+        queries.len(),
+        t0.elapsed().as_secs_f64()
+    );
+}
