@@ -235,7 +235,7 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
     std::fs::create_dir_all(&dir).unwrap();
     // The rig's VIPs, checked every 100 ms (fall 1, rise 1: a fast flapper), plus a
     // VIP with no usable node: waf1 on a closed port, and a node that does not exist
-    // (its next hop never resolves, its checks time out).
+    // (its next hop never resolves, its checks time out after 150 ms: slow checks).
     let checks =
         Checks { interval: Some("100ms"), timeout: Some("80ms"), rise: Some(1), fall: Some(1) };
     let mut text = rig::config_text(Mode::Dsr, 3, &checks, &[]).replace(
@@ -246,7 +246,7 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         text,
         "  - name: dead\n    address: \"{VIP4}\"\n    port: {DEAD_PORT}\n    protocol: udp\n    backends:\n\
          \x20     - {{ name: waf1, address: \"{}\" }}\n      - {{ name: ghost, address: \"10.99.0.250\" }}\n\
-         \x20   health_check: {{ kind: tcp, port: 81, timeout: 80ms }}\n",
+         \x20   health_check: {{ kind: tcp, port: 81, interval: 200ms, timeout: 150ms }}\n",
         lab::waf4(1)
     );
     let config = dir.join("xdplb.yaml");
