@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     cmd::{run, step},
-    setup::{Extras, setup},
+    setup::{Extras, ensure_cargo_deb, setup},
 };
 
 #[derive(Parser)]
@@ -25,7 +25,7 @@ use crate::{
     long_about = "Developer tasks for xdplb.\n\n\
         Fresh machine? `cargo xtask test` installs what is missing (nightly rust-src,\n\
         bpf-linker built against nightly's LLVM, lab packages) and runs every test.",
-    after_help = "Examples:\n  cargo xtask setup           # toolchain only\n  cargo xtask demo            # failover, live, in the network-namespace lab (needs root)\n  cargo xtask test            # unit, packet and namespace tests (needs root)\n  cargo xtask bench xdp       # ns/packet through BPF_PROG_TEST_RUN -> BENCHMARKS.md"
+    after_help = "Examples:\n  cargo xtask setup           # toolchain and cargo-deb\n  cargo xtask package         # target/debian/xdplb_*.deb\n  cargo xtask demo            # failover, live, in the network-namespace lab (needs root)\n  cargo xtask test            # unit, packet and namespace tests (needs root)\n  cargo xtask bench xdp       # ns/packet through BPF_PROG_TEST_RUN -> BENCHMARKS.md"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,16 +35,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install missing prerequisites: nightly rust-src, bpf-linker (and LLVM dev files),
-    /// and with --lab / --bench the Debian packages the lab and benchmarks use.
+    /// cargo-deb, and with --lab / --bench the Debian packages the lab, the tests and
+    /// the benchmarks use.
     Setup {
-        /// Also nginx, ethtool, nftables, bpftool, curl, prometheus (lab, end-to-end and
-        /// monitoring tests).
+        /// Also nginx, ethtool, nftables, bpftool, curl, prometheus, lintian (lab,
+        /// end-to-end, monitoring and package tests).
         #[arg(long)]
         lab: bool,
         /// Also haproxy and wrk (benchmarks against peers); implies --lab.
         #[arg(long)]
         bench: bool,
     },
+    /// Build the Debian package target/debian/xdplb_VERSION_ARCH.deb (cargo-deb): the
+    /// binary with its XDP programs, the systemd units, /etc/xdplb/xdplb.yaml, the
+    /// Prometheus rules and Grafana dashboard. Install it with
+    /// `apt install ./target/debian/xdplb_*.deb`.
+    Package,
     /// Build the `xdplb` binary (and the XDP programs it embeds).
     Build {
         /// Optimised build, as deployed.
@@ -89,13 +95,21 @@ fn main() {
 
 fn try_main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup { lab, bench } => setup(if bench {
-            Extras::Bench
-        } else if lab {
-            Extras::Lab
-        } else {
-            Extras::Build
-        }),
+        Task::Setup { lab, bench } => {
+            setup(if bench {
+                Extras::Bench
+            } else if lab {
+                Extras::Lab
+            } else {
+                Extras::Build
+            })?;
+            ensure_cargo_deb()
+        }
+        Task::Package => {
+            setup(Extras::Build)?;
+            ensure_cargo_deb()?;
+            package()
+        }
         Task::Build { release } => {
             setup(Extras::Build)?;
             step("building xdplb");
@@ -145,10 +159,21 @@ fn try_main() -> Result<()> {
     }
 }
 
+/// `cargo deb` for the `xdplb` package (a release build of lb-userspace).
+fn package() -> Result<()> {
+    step("building the Debian package (cargo deb: release build of xdplb)");
+    run(Command::new("cargo").args(["deb", "--package", "lb-userspace", "--quiet"]))?;
+    step("package in target/debian/: install it with `apt install ./target/debian/xdplb_*.deb`");
+    Ok(())
+}
+
 fn test() -> Result<()> {
     setup(Extras::Lab)?;
+    ensure_cargo_deb()?;
     lint::lint()?;
-    step("unit tests (config, Maglev, health checks, map writer, xtask)");
+    step(
+        "unit tests (config, Maglev, health checks, map writer, deployment kit with promtool, xtask)",
+    );
     run(Command::new("cargo").args([
         "test",
         "--no-fail-fast",
@@ -160,7 +185,9 @@ fn test() -> Result<()> {
     ]))?;
     step("building the xdplb binary the namespace tests run");
     run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
-    step("packet-level and namespace tests (xdplb-tests; need root)");
+    // tests/tests/package.rs installs it and runs it as the unit would.
+    package()?;
+    step("packet-level, namespace, monitoring and package tests (xdplb-tests; need root)");
     run(Command::new("cargo").args(["test", "--no-fail-fast", "--package", "xdplb-tests"]))?;
     step("all tests passed");
     Ok(())

@@ -9,6 +9,8 @@ use crate::cmd::{is_root, output, run, step, succeeds};
 
 /// The bpf-linker release this workspace is tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-deb release `cargo xtask package` is tested with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// What to install beyond the eBPF toolchain.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,7 +19,7 @@ pub enum Extras {
     #[default]
     Build,
     /// Also what the lab, end-to-end and deployment-kit tests run: nginx, ethtool,
-    /// nftables, Prometheus (and its promtool).
+    /// nftables, Prometheus (and its promtool), lintian.
     Lab,
     /// Also the peers and load tools benchmarks compare against: haproxy, wrk.
     Bench,
@@ -39,6 +41,7 @@ pub fn setup(extras: Extras) -> Result<()> {
             "bpftool",
             "curl",
             "prometheus",
+            "lintian",
         ]);
     }
     if extras >= Extras::Bench {
@@ -90,6 +93,24 @@ fn ensure_nightly_rust_src() -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// cargo-deb, which `cargo xtask package` builds the Debian package with.
+pub fn ensure_cargo_deb() -> Result<()> {
+    if let Ok(v) = output(Command::new("cargo").args(["deb", "--version"])) {
+        eprintln!("    {}: installed", v.trim());
+        return Ok(());
+    }
+    step(format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package; a few minutes, once)"
+    ));
+    run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 /// The LLVM major version of the nightly compiler: bpf-linker must link the same one.
