@@ -34,7 +34,7 @@ pub const CAP_PERFMON: Capability = Capability {
     name: "CAP_PERFMON",
     bit: 38,
     why: "the verifier accepts xdp_lb's packet-pointer arithmetic only from CAP_PERFMON \
-          holders (and spares them the Spectre v1 masking it adds to other programs)",
+          holders, and spares them the Spectre v1 masking it adds to other programs",
 };
 pub const CAP_BPF: Capability =
     Capability { name: "CAP_BPF", bit: 39, why: "creating the BPF maps and loading the programs" };
