@@ -34,7 +34,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lb_userspace::decap::DecapRules;
 use lb_userspace::loader::ensure_bpffs;
 
 use self::sh::{cmd, in_ns, ns_sh, output, quietly, sh};
@@ -86,9 +85,9 @@ pub fn uploaded(k: usize, name: &str) -> PathBuf {
     Node::Waf(k).dir().join("www").join(UPLOAD_DIR.trim_matches('/')).join(name)
 }
 
-/// The MSS WAF nodes advertise with [`Lab::clamp_mss`]: a 1500-byte MTU less the
-/// tunnel's outer header and the inner IP and TCP headers (IPIP 20 + 20 + 20;
-/// IP6IP6 40 + 40 + 20).
+/// The MSS WAF nodes advertise with [`Lab::clamp_mss`] (`xdplb backend-setup`
+/// computes it): a 1500-byte MTU less the tunnel's outer header and the inner IP
+/// and TCP headers (IPIP 20 + 20 + 20; IP6IP6 40 + 40 + 20).
 pub const ADVMSS4: u16 = 1500 - 60;
 pub const ADVMSS6: u16 = 1500 - 100;
 
@@ -381,23 +380,18 @@ impl Lab {
         step("XDP pass-through on the veths that receive forwarded frames");
         attach(None, &Node::Lb.veth(), &XdpProg::Pass, "root")?;
         attach(Some(NS_CLIENT), NS_IF, &XdpProg::Pass, NS_CLIENT)?;
-        for k in self.wafs() {
-            let node = Node::Waf(k);
-            let prog = match self.config.mode {
-                Mode::Dsr => XdpProg::Pass,
-                // Decap also makes the veth accept forwarded frames.
-                Mode::Ipip => XdpProg::Decap(DecapRules {
-                    local: [node.v4().into(), node.v6().into()].into(),
-                    balancers: [LB4.into(), LB6.into()].into(),
-                    vips: [VIP4.into(), VIP6.into()].into(),
-                }),
-            };
-            attach(Some(&node.ns()), NS_IF, &prog, &node.ns())?;
+        if self.config.mode == Mode::Dsr {
+            for k in self.wafs() {
+                let ns = waf_ns(k);
+                attach(Some(&ns), NS_IF, &XdpProg::Pass, &ns)?;
+            }
         }
-        // After the XDP programs: in ipip mode backend-setup checks for the decapsulator.
-        let config = self.write_backend_config()?;
+        // In ipip mode backend-setup attaches xdp-decap, which also makes the veth
+        // accept forwarded frames. No MSS clamp at first: the end-to-end tests show
+        // path-MTU discovery alone at work, then the clamp (`clamp_mss`).
+        self.write_backend_config()?;
         for k in self.wafs() {
-            prepare_waf(k, &config)?;
+            self.prepare_waf(k, false)?;
         }
         std::fs::write(
             state_file(),
@@ -424,6 +418,40 @@ impl Lab {
         self.start_waf(k)
     }
 
+    /// Prepares WAF node `k` as an operator would, with `xdplb backend-setup --apply`
+    /// (VIPs on lo, ARP and reverse-path sysctls; in ipip mode xdp-decap pinned under
+    /// [`PIN_DIR`], and the MSS clamp when `mss_clamp`), then `--check` must find
+    /// everything in place: so every lab run tests the command. Runs in the node's
+    /// network namespace only, so the pins land on the host's bpffs.
+    fn prepare_waf(&self, k: usize, mss_clamp: bool) -> Result<()> {
+        self.check_waf(k)?;
+        let xdplb = crate::daemon::binary()?;
+        let ns = waf_ns(k);
+        let pin = Path::new(PIN_DIR).join(format!("{ns}-{NS_IF}"));
+        step(format!(
+            "{ns}: xdplb backend-setup --apply{}",
+            if mss_clamp { "" } else { " --no-mss-clamp" }
+        ));
+        for flag in ["--apply", "--check"] {
+            let mut c = std::process::Command::new(&xdplb);
+            c.args(["backend-setup", "--config"]).arg(backend_config()).arg(flag);
+            c.arg("--pin-path").arg(&pin);
+            if !mss_clamp {
+                c.arg("--no-mss-clamp");
+            }
+            let line = sh::show(&c);
+            let out = in_netns(Some(&ns), || output(&mut c))?;
+            ensure!(
+                out.status.success(),
+                "`{line}` in {ns} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The balancer config the WAF nodes are prepared from: the lab's VIPs with every
     /// node as a backend, in the lab's mode (what an operator copies to the nodes).
     fn write_backend_config(&self) -> Result<PathBuf> {
@@ -443,7 +471,7 @@ impl Lab {
                 let _ = writeln!(text, "      - {{ name: waf{k}, address: \"{addr}\" }}");
             }
         }
-        let path = Path::new(LAB_DIR).join("backends.yaml");
+        let path = backend_config();
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
@@ -583,25 +611,20 @@ impl Lab {
     }
 
     /// The operator's lever against full-size segments in ipip mode, on WAF node
-    /// `k`: its routes to the lab's subnets advertise an MSS that leaves room for
-    /// the balancer's outer header ([`ADVMSS4`], [`ADVMSS6`]), so clients never send
-    /// a segment too big for the tunnel. `false` restores the interface's MSS.
+    /// `k`: `xdplb backend-setup --apply` clamps the MSS its VIPs advertise to what
+    /// leaves room for the balancer's outer header ([`ADVMSS4`], [`ADVMSS6`]), so
+    /// clients never send a segment too big for the tunnel. `false` removes the
+    /// clamp (`--no-mss-clamp`).
     pub fn clamp_mss(&self, k: usize, on: bool) -> Result<()> {
-        self.check_waf(k)?;
-        let ns = waf_ns(k);
-        let node = Node::Waf(k);
-        let (net4, net6) = (format!("{NET4}/{PREFIX4}"), format!("{NET6}/{PREFIX6}"));
-        let (src4, mss4, mss6) = (node.v4().to_string(), ADVMSS4.to_string(), ADVMSS6.to_string());
-        let mut v4 = vec!["ip", "route", "replace", &net4, "dev", NS_IF, "proto", "kernel"];
-        v4.extend(["scope", "link", "src", &src4]);
-        let mut v6 = vec!["ip", "-6", "route", "replace", &net6, "dev", NS_IF, "proto", "kernel"];
-        v6.extend(["metric", "256"]);
+        self.prepare_waf(k, on)?;
+        let table = self.exec(&waf_ns(k), &["nft", "list", "table", "inet", "xdplb_backend"])?;
+        let text = String::from_utf8_lossy(&table.stdout);
         if on {
-            v4.extend(["advmss", &mss4]);
-            v6.extend(["advmss", &mss6]);
+            let want = format!("mss4 {ADVMSS4} mss6 {ADVMSS6}");
+            ensure!(text.contains(&want), "waf{k}: the MSS table lacks `{want}`:\n{text}");
+        } else {
+            ensure!(!table.status.success(), "waf{k}: the MSS table is still there:\n{text}");
         }
-        ns_sh(&ns, &v4)?;
-        ns_sh(&ns, &v6)?;
         Ok(())
     }
 
@@ -701,6 +724,11 @@ impl Drop for LabGuard {
     }
 }
 
+/// The config `write_backend_config` writes.
+fn backend_config() -> PathBuf {
+    Path::new(LAB_DIR).join("backends.yaml")
+}
+
 fn state_file() -> PathBuf {
     Path::new(LAB_DIR).join("lab.env")
 }
@@ -708,29 +736,6 @@ fn state_file() -> PathBuf {
 fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "the lab needs root (network namespaces, XDP)");
-    Ok(())
-}
-
-/// Prepares WAF node `k` as an operator would, with `xdplb backend-setup --apply`
-/// (VIPs on lo, ARP and reverse-path sysctls, the MSS clamp in ipip mode), then
-/// `--check` must find everything in place: so every lab run tests the command.
-fn prepare_waf(k: usize, config: &Path) -> Result<()> {
-    let xdplb = crate::daemon::binary()?;
-    let ns = waf_ns(k);
-    step(format!("{ns}: xdplb backend-setup --apply"));
-    for flag in ["--apply", "--check"] {
-        let mut c = in_ns(&ns, &[]);
-        c.arg(&xdplb).args(["backend-setup", "--config"]).arg(config).arg(flag);
-        let out = output(&mut c)?;
-        ensure!(
-            out.status.success(),
-            "`{}` failed ({}):\n{}{}",
-            sh::show(&c),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     Ok(())
 }
 

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
+use aya::programs::XdpMode;
+
 use super::plan::{Cmd, MSS_TABLE, Step, conf_key, mss_signature, sysctl_path};
+use crate::{decap::Decap, loader};
 
 /// An interface with its MTU and addresses.
 #[derive(Clone, Debug)]
@@ -79,8 +82,16 @@ pub fn is_done(step: &Step) -> Result<bool> {
                 && String::from_utf8_lossy(&out.stdout)
                     .contains(&format!("comment \"{}\"", mss_signature(*v4, *v6, vips)))
         }
-        Step::Decapsulation { interface } => {
+        Step::NoMssClamp => !Command::new("nft")
+            .args(["list", "table", "inet", MSS_TABLE])
+            .output()
+            .context("running `nft` (nftables)")?
+            .status
+            .success(),
+        Step::Decapsulation { interface, rules, pin_dir } => {
             xdp_program(interface)?.as_deref() == Some("xdp_decap")
+                && loader::link_path(pin_dir).exists()
+                && Decap::load(Some(pin_dir))?.rules()? == *rules
         }
     })
 }
@@ -92,6 +103,20 @@ pub fn xdp_program(interface: &str) -> Result<Option<String>> {
     let name = |p: &Value| p["name"].as_str().map(str::to_owned);
     Ok(name(&xdp["prog"])
         .or_else(|| xdp["attached"].as_array()?.iter().find_map(|a| name(&a["prog"]))))
+}
+
+/// Makes the step so: its commands, or for xdp-decap the library that loads it.
+pub fn apply(step: &Step, xdp_mode: XdpMode) -> Result<()> {
+    if let Step::Decapsulation { interface, rules, pin_dir } = step {
+        let mut decap = Decap::load(Some(pin_dir))?;
+        decap.set_rules(rules)?;
+        // Swaps our program into the pinned link when there is one (same rules maps).
+        return decap.attach(interface, xdp_mode);
+    }
+    for c in step.commands().into_iter().flatten() {
+        run(&c)?;
+    }
+    Ok(())
 }
 
 /// Runs one command; an error carries its stderr.

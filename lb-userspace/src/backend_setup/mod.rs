@@ -7,7 +7,8 @@ pub mod plan;
 
 use std::{fmt::Write as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::programs::XdpMode;
 
 use self::plan::{Node, Plan, Step};
 use crate::config::{self, Config, Forwarding};
@@ -20,9 +21,11 @@ use crate::config::{self, Config, Forwarding};
     \x20 xdplb backend-setup -c xdplb.yaml --backend 10.0.0.12 --interface eth0   # for another node\n\n\
     Use the balancer's own config: the node finds the VIPs it serves by its address in the\n\
     backend lists. dsr: the VIPs on lo, arp_ignore=1 and arp_announce=2, no strict rp_filter.\n\
-    ipip: the VIPs on lo, no strict rp_filter, the TCP MSS clamped so that a full-size client\n\
-    segment still fits after encapsulation, and xdp-decap on the interface. Settings made\n\
-    with --apply last until reboot: run it at boot (the package's xdplb-backend.service).")]
+    ipip: the same, the TCP MSS clamped so that a full-size client segment still fits after\n\
+    encapsulation (--no-mss-clamp: leave it to path-MTU discovery), and xdp-decap on the\n\
+    interface, accepting only tunnel packets from the balancers (--balancer for the pool's\n\
+    others) to the VIPs. Settings made with --apply last until reboot (xdp-decap stays pinned\n\
+    until then): run it at boot, as the package's xdplb-backend.service does.")]
 pub struct Args {
     /// The balancer's config file (the same as on the balancer).
     #[arg(long, short)]
@@ -47,13 +50,50 @@ pub struct Args {
     /// The interface's MTU for the MSS clamp (ipip; default: the interface's own).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// ipip: leave the MSS alone (and remove our clamp if there is one): clients then
+    /// rely on the balancer's ICMP answers and path-MTU discovery, or a larger MTU.
+    #[arg(long)]
+    pub no_mss_clamp: bool,
+    /// ipip: the tunnel source of another balancer of the pool, whose packets
+    /// xdp-decap must accept too (this config's `tunnel_source` always is). Repeatable.
+    #[arg(long = "balancer", value_name = "ADDRESS")]
+    pub balancers: Vec<IpAddr>,
+    /// ipip: where xdp-decap's link and maps are pinned (it stays attached after the
+    /// command exits; a later --apply updates its rules in place).
+    #[arg(long, default_value = plan::DECAP_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// ipip: how xdp-decap attaches: driver (native) or skb (generic, any interface).
+    #[arg(long, value_enum, default_value_t = AttachMode::Driver)]
+    pub xdp_mode: AttachMode,
+}
+
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Driver,
+    Skb,
+}
+
+impl AttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            Self::Driver => XdpMode::Driver,
+            Self::Skb => XdpMode::Skb,
+        }
+    }
 }
 
 /// Runs the command; the exit code says whether the node is (now) prepared.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let config = config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
     let node = node(args, &config)?;
-    let plan = plan::plan(&config, &node, &args.vips).map_err(|e| anyhow!("{e}"))?;
+    let opts = plan::Options {
+        only_vips: args.vips.clone(),
+        mss_clamp: !args.no_mss_clamp,
+        other_balancers: args.balancers.clone(),
+        decap_pin_dir: args.pin_path.clone(),
+    };
+    let plan = plan::plan(&config, &node, &opts).map_err(|e| anyhow!("{e}"))?;
     let mode = match plan.forwarding {
         Forwarding::Dsr => "dsr",
         Forwarding::Ipip => "ipip",
@@ -61,7 +101,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let header =
         format!("VIPs {}: {mode} forwarding, interface {}", plan.serves.join(", "), node.interface);
     if args.check || args.apply {
-        check_or_apply(&plan, &header, args.apply)
+        check_or_apply(&plan, &header, args.apply.then_some(args.xdp_mode.aya()))
     } else {
         print!("{}", script(&plan, &header));
         Ok(ExitCode::SUCCESS)
@@ -120,37 +160,29 @@ fn script(plan: &Plan, header: &str) -> String {
     s
 }
 
-/// What to do for a step this command cannot apply.
+/// How to get a step that has no command line.
 fn manual(step: &Step) -> String {
     match step {
-        Step::Decapsulation { interface } => format!(
-            "attach xdp-decap to {interface} (the lab does: tests/src/lab/netns.rs), accepting only the balancers' \
-             tunnel sources; backend-setup does not load it yet"
-        ),
+        Step::Decapsulation { .. } => {
+            "`xdplb backend-setup --apply` loads, configures and attaches it (lb_userspace::decap)"
+                .to_owned()
+        }
         other => format!("{}: do it by hand", other.describe()),
     }
 }
 
-fn check_or_apply(plan: &Plan, header: &str, apply: bool) -> Result<ExitCode> {
+/// Checks every step, applying the missing ones when `apply` says how XDP attaches.
+fn check_or_apply(plan: &Plan, header: &str, apply: Option<XdpMode>) -> Result<ExitCode> {
     println!("{header}");
     let mut missing = 0;
     for step in &plan.steps {
         let mut done = host::is_done(step)?;
         let mut verb = "ok";
-        if !done
-            && apply
-            && let Some(cmds) = step.commands()
-        {
-            for c in &cmds {
-                host::run(c)?;
-            }
+        if !done && let Some(mode) = apply {
+            host::apply(step, mode).with_context(|| format!("applying: {}", step.describe()))?;
             done = host::is_done(step)?;
             if !done {
-                bail!(
-                    "applied `{}` but the check still fails: {}",
-                    cmds[0].shell(),
-                    step.describe()
-                );
+                bail!("applied, but the check still fails: {}", step.describe());
             }
             verb = "applied";
         }

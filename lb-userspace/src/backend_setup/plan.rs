@@ -11,9 +11,12 @@
 //!   client's full-size segment still fits the node's link after the balancer adds
 //!   its outer header (20 bytes IPv4, 40 IPv6), and something that decapsulates.
 
-use std::{collections::BTreeSet, fmt, fmt::Write as _, net::IpAddr};
+use std::{collections::BTreeSet, fmt, fmt::Write as _, net::IpAddr, path::PathBuf};
 
-use crate::config::{Config, Forwarding};
+use crate::{
+    config::{Config, Forwarding},
+    decap::DecapRules,
+};
 
 /// The nftables table that clamps the MSS (ipip).
 pub const MSS_TABLE: &str = "xdplb_backend";
@@ -31,8 +34,12 @@ pub enum Step {
     RpFilterNotStrict { interface: String },
     /// TCP SYN-ACKs from the VIPs advertise at most these MSS values (nftables).
     MssClamp { v4: u16, v6: u16, vips: Vec<IpAddr> },
-    /// An XDP program on `interface` that decapsulates (xdp-decap).
-    Decapsulation { interface: String },
+    /// No MSS clamp of ours (`--no-mss-clamp`: clients rely on the balancer's ICMP
+    /// answers and path-MTU discovery, or the MTU is large enough).
+    NoMssClamp,
+    /// `xdp-decap` on `interface` with exactly these rules, its link and maps
+    /// pinned in `pin_dir` (so it stays attached after the command exits).
+    Decapsulation { interface: String, rules: DecapRules, pin_dir: PathBuf },
 }
 
 /// A command line, with what it reads on stdin.
@@ -73,8 +80,19 @@ impl Step {
                     "TCP MSS from the VIPs at most {v4} (IPv4) / {v6} (IPv6), nftables table inet {MSS_TABLE}"
                 )
             }
-            Self::Decapsulation { interface } => {
-                format!("an XDP decapsulator (xdp-decap) on {interface}")
+            Self::NoMssClamp => format!("no MSS clamp (nftables table inet {MSS_TABLE} absent)"),
+            Self::Decapsulation { interface, rules, pin_dir } => {
+                let list = |s: &BTreeSet<IpAddr>| {
+                    s.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+                };
+                format!(
+                    "xdp-decap on {interface} (pinned in {}): strips tunnel packets to {} from \
+                     balancers {} to VIPs {}",
+                    pin_dir.display(),
+                    list(&rules.local),
+                    list(&rules.balancers),
+                    list(&rules.vips)
+                )
             }
         }
     }
@@ -113,6 +131,10 @@ impl Step {
                 c.stdin = Some(mss_ruleset(*v4, *v6, vips));
                 vec![c]
             }
+            Self::NoMssClamp => {
+                vec![Cmd::new(&["nft", "delete", "table", "inet", MSS_TABLE])]
+            }
+            // Loaded and configured through lb_userspace::decap, not a command line.
             Self::Decapsulation { .. } => return None,
         })
     }
@@ -181,6 +203,34 @@ pub fn mss_ruleset(v4: u16, v6: u16, vips: &[IpAddr]) -> String {
     )
 }
 
+/// What the operator chose beyond the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Prepare for these VIPs (by name) instead of those listing the node.
+    pub only_vips: Vec<String>,
+    /// ipip: clamp the MSS (the default) or leave it alone.
+    pub mss_clamp: bool,
+    /// ipip: tunnel sources of the pool's other balancers (their configs differ
+    /// from this one only in `tunnel_source`).
+    pub other_balancers: Vec<IpAddr>,
+    /// ipip: where xdp-decap's link and maps are pinned.
+    pub decap_pin_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            only_vips: vec![],
+            mss_clamp: true,
+            other_balancers: vec![],
+            decap_pin_dir: PathBuf::from(DECAP_PIN_DIR),
+        }
+    }
+}
+
+/// Where `xdp-decap` is pinned on a WAF node by default.
+pub const DECAP_PIN_DIR: &str = "/sys/fs/bpf/xdplb-decap";
+
 /// Facts about the node the plan depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -241,8 +291,9 @@ pub fn clamped_mss(mtu: u32, backend: IpAddr, inner_v6: bool) -> u16 {
 }
 
 /// The steps for `node`. The VIPs it serves are those listing one of its addresses
-/// as a backend, or exactly `only_vips` when given.
-pub fn plan(config: &Config, node: &Node, only_vips: &[String]) -> Result<Plan, PlanError> {
+/// as a backend, or exactly `opts.only_vips` when given.
+pub fn plan(config: &Config, node: &Node, opts: &Options) -> Result<Plan, PlanError> {
+    let only_vips = &opts.only_vips;
     for name in only_vips {
         if !config.vips.iter().any(|v| &v.name == name) {
             return Err(PlanError::UnknownVip(name.clone()));
@@ -250,8 +301,10 @@ pub fn plan(config: &Config, node: &Node, only_vips: &[String]) -> Result<Plan, 
     }
     let mut serves = vec![];
     let mut vips: BTreeSet<IpAddr> = BTreeSet::new();
-    // The family of the tunnel to this node (ipip): that of its backend address.
-    let mut backend_addr = None;
+    // ipip: the largest MSS per client family that fits every tunnel to this node
+    // (a VIP's tunnel has the family of the node's address in its backend list).
+    let (mut mss4, mut mss6) = (u16::MAX, u16::MAX);
+    let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for v in &config.vips {
         let mine = v.backends.iter().find(|b| node.addresses.contains(&b.address.to_canonical()));
         let chosen =
@@ -261,8 +314,19 @@ pub fn plan(config: &Config, node: &Node, only_vips: &[String]) -> Result<Plan, 
                 Some(b) => format!("{} ({})", v.name, b.name),
                 None => v.name.clone(),
             });
-            vips.insert(v.address.to_canonical());
-            backend_addr = backend_addr.or(mine.map(|b| b.address));
+            let vip = v.address.to_canonical();
+            vips.insert(vip);
+            let tunnel_end = mine.map_or_else(
+                || node.addresses.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                |b| b.address.to_canonical(),
+            );
+            local.insert(tunnel_end);
+            let mss = clamped_mss(node.mtu, tunnel_end, vip.is_ipv6());
+            if vip.is_ipv4() {
+                mss4 = mss4.min(mss);
+            } else {
+                mss6 = mss6.min(mss);
+            }
         }
     }
     if serves.is_empty() {
@@ -302,15 +366,27 @@ pub fn plan(config: &Config, node: &Node, only_vips: &[String]) -> Result<Plan, 
         steps.push(Step::RpFilterNotStrict { interface: iface.clone() });
     }
     if config.forwarding == Forwarding::Ipip {
-        let backend = backend_addr
-            .or_else(|| node.addresses.first().copied())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        steps.push(Step::MssClamp {
-            v4: clamped_mss(node.mtu, backend, false),
-            v6: clamped_mss(node.mtu, backend, true),
-            vips: vips.iter().copied().collect(),
+        steps.push(if opts.mss_clamp {
+            // A family without VIPs gets no rule: say what one over the node's first
+            // address would need.
+            let first = local.iter().next().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let or = |m: u16, v6| if m == u16::MAX { clamped_mss(node.mtu, first, v6) } else { m };
+            Step::MssClamp {
+                v4: or(mss4, false),
+                v6: or(mss6, true),
+                vips: vips.iter().copied().collect(),
+            }
+        } else {
+            Step::NoMssClamp
         });
-        steps.push(Step::Decapsulation { interface: iface });
+        let mut rules = DecapRules::for_config(config, local, opts.other_balancers.iter().copied());
+        // Only the VIPs this node serves.
+        rules.vips.clone_from(&vips);
+        steps.push(Step::Decapsulation {
+            interface: iface,
+            rules,
+            pin_dir: opts.decap_pin_dir.clone(),
+        });
     }
     Ok(Plan { forwarding: config.forwarding, serves, steps })
 }
@@ -358,6 +434,26 @@ vips:
         Node { interface: "eth0".into(), mtu: 1500, addresses: addresses.to_vec() }
     }
 
+    fn only(vips: &[&str]) -> Options {
+        Options { only_vips: vips.iter().map(|v| (*v).to_owned()).collect(), ..Options::default() }
+    }
+
+    #[test]
+    fn each_family_gets_the_mss_of_its_own_tunnel_and_the_clamp_can_be_left_out() {
+        // A node in both families: IPv4 clients reach it over IPv4, IPv6 over IPv6.
+        let p = plan(&cfg("ipip"), &waf1(), &Options::default()).expect("plan");
+        let mss = p.steps.iter().find_map(|s| match s {
+            Step::MssClamp { v4, v6, .. } => Some((*v4, *v6)),
+            _ => None,
+        });
+        // 1500 - 20 - 20 - 20; 1500 - 40 - 40 - 20 (IP6IP6).
+        assert_eq!(mss, Some((1440, 1400)));
+        let opts = Options { mss_clamp: false, ..Options::default() };
+        let p = plan(&cfg("ipip"), &waf1(), &opts).expect("plan");
+        assert!(p.steps.contains(&Step::NoMssClamp));
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::MssClamp { .. })));
+    }
+
     fn waf1() -> Node {
         node(&[
             Ipv4Addr::new(10, 0, 0, 11).into(),
@@ -367,7 +463,7 @@ vips:
 
     #[test]
     fn dsr_node_gets_its_vips_on_lo_arp_hygiene_and_no_strict_rp_filter() {
-        let p = plan(&cfg("dsr"), &waf1(), &[]).expect("plan");
+        let p = plan(&cfg("dsr"), &waf1(), &Options::default()).expect("plan");
         assert_eq!(p.serves, ["web4 (waf-1)", "web6 (waf-1)"]);
         let vip4: IpAddr = Ipv4Addr::new(203, 0, 113, 10).into();
         let vip6: IpAddr = "2001:db8::10".parse::<Ipv6Addr>().expect("v6").into();
@@ -402,7 +498,8 @@ vips:
     #[test]
     fn ipip_node_gets_an_mss_that_fits_the_outer_header_and_a_decapsulator() {
         let p =
-            plan(&cfg("ipip"), &node(&[Ipv4Addr::new(10, 0, 0, 12).into()]), &[]).expect("plan");
+            plan(&cfg("ipip"), &node(&[Ipv4Addr::new(10, 0, 0, 12).into()]), &Options::default())
+                .expect("plan");
         assert_eq!(p.serves, ["web4 (waf-2)"]);
         // 1500 - 20 outer - 20 IP - 20 TCP; IPv6 inner: 1500 - 20 - 40 - 20.
         assert!(p.steps.contains(&Step::MssClamp {
@@ -410,7 +507,22 @@ vips:
             v6: 1420,
             vips: vec![Ipv4Addr::new(203, 0, 113, 10).into()]
         }));
-        assert!(p.steps.contains(&Step::Decapsulation { interface: "eth0".into() }));
+        let tunnel_end: IpAddr = Ipv4Addr::new(10, 0, 0, 12).into();
+        assert!(
+            p.steps.contains(&Step::Decapsulation {
+                interface: "eth0".into(),
+                rules: DecapRules {
+                    local: [tunnel_end].into(),
+                    balancers: [
+                        IpAddr::from(Ipv4Addr::new(10, 0, 0, 2)),
+                        "fd00::2".parse::<Ipv6Addr>().expect("v6").into()
+                    ]
+                    .into(),
+                    vips: [IpAddr::from(Ipv4Addr::new(203, 0, 113, 10))].into(),
+                },
+                pin_dir: DECAP_PIN_DIR.into(),
+            })
+        );
         assert!(p.steps.contains(&Step::Sysctl {
             key: conf_key("eth0", "arp_ignore"),
             value: 1,
@@ -431,18 +543,19 @@ vips:
 
     #[test]
     fn a_node_that_is_no_backend_is_told_how_to_choose() {
-        let e = plan(&cfg("dsr"), &node(&[Ipv4Addr::new(10, 0, 0, 99).into()]), &[])
-            .expect_err("no plan");
+        let e =
+            plan(&cfg("dsr"), &node(&[Ipv4Addr::new(10, 0, 0, 99).into()]), &Options::default())
+                .expect_err("no plan");
         let text = e.to_string();
         assert!(
             text.contains("10.0.0.99") && text.contains("--backend") && text.contains("--vip"),
             "{text}"
         );
         // --vip selects VIPs by name whatever the addresses say.
-        let p = plan(&cfg("dsr"), &node(&[]), &["other".into()]).expect("plan");
+        let p = plan(&cfg("dsr"), &node(&[]), &only(&["other"])).expect("plan");
         assert_eq!(p.serves, ["other"]);
         assert_eq!(
-            plan(&cfg("dsr"), &node(&[]), &["nope".into()]).expect_err("unknown"),
+            plan(&cfg("dsr"), &node(&[]), &only(&["nope"])).expect_err("unknown"),
             PlanError::UnknownVip("nope".into())
         );
     }
@@ -474,7 +587,16 @@ vips:
             script.contains(&format!("comment \"{}\"", mss_signature(1440, 1420, &vips))),
             "{script}"
         );
-        assert_eq!(Step::Decapsulation { interface: "eth0".into() }.commands(), None);
+        let decap = Step::Decapsulation {
+            interface: "eth0".into(),
+            rules: DecapRules::default(),
+            pin_dir: DECAP_PIN_DIR.into(),
+        };
+        assert_eq!(decap.commands(), None);
+        assert_eq!(
+            Step::NoMssClamp.commands().expect("cmds")[0].shell(),
+            "nft delete table inet xdplb_backend"
+        );
     }
 
     #[test]

@@ -20,10 +20,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode, links::FdLink},
 };
-use lb_userspace::{
-    decap::{Decap, DecapRules},
-    objects,
-};
+use lb_userspace::objects;
 
 /// Where `ip netns add` leaves the namespace handle.
 #[must_use]
@@ -65,9 +62,8 @@ pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum XdpProg {
     /// `xdp_pass` from `xdp-tools`: makes a veth accept `XDP_TX`'d and redirected frames.
+    /// (WAF nodes in ipip mode get `xdp_decap` from `xdplb backend-setup` instead.)
     Pass,
-    /// `xdp_decap` with these rules (through `lb_userspace::decap`, as a WAF node runs it).
-    Decap(DecapRules),
 }
 
 impl XdpProg {
@@ -75,22 +71,15 @@ impl XdpProg {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Pass => "xdp_pass",
-            Self::Decap(_) => "xdp_decap",
         }
     }
 }
 
 /// Loads `prog`, attaches it in driver mode to `ifname` in namespace `ns` and pins
-/// the link at `pin` (for `xdp_decap`, a directory: its link and maps), so it stays
-/// attached after this process exits.
+/// the link at `pin`, so it stays attached after this process exits.
 pub fn attach_pinned(ns: Option<&str>, ifname: &str, prog: &XdpProg, pin: &Path) -> Result<()> {
     let what = format!("{} on {ifname} in {}", prog.name(), ns.unwrap_or("the root namespace"));
     in_netns(ns, || {
-        if let XdpProg::Decap(rules) = prog {
-            let mut decap = Decap::load(Some(pin))?;
-            decap.set_rules(rules)?;
-            return decap.attach(ifname, XdpMode::Driver);
-        }
         let mut ebpf = Ebpf::load(objects::XDP_TOOLS).context("loading the object")?;
         let p: &mut Xdp =
             ebpf.program_mut(prog.name()).context("program not in the object")?.try_into()?;
