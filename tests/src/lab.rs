@@ -692,19 +692,26 @@ pub struct LabGuard {
     _lock: File,
 }
 
+/// Waits for [`LOCK_FILE`] and holds it until the returned file closes: for a test
+/// that drives the lab through the `lab` binary rather than a [`LabGuard`].
+pub fn lock() -> Result<File> {
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("opening {LOCK_FILE}"))?;
+    // SAFETY: flock on an open file; released when the file closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {LOCK_FILE}: {}", io::Error::last_os_error());
+    }
+    Ok(lock)
+}
+
 impl LabGuard {
     /// Waits for the lab lock, then builds the lab.
     pub fn up(config: &LabConfig) -> Result<Self> {
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK_FILE)
-            .with_context(|| format!("opening {LOCK_FILE}"))?;
-        // SAFETY: flock on an open file; released when the file closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("locking {LOCK_FILE}: {}", io::Error::last_os_error());
-        }
+        let lock = lock()?;
         Ok(Self { lab: Lab::up(config)?, _lock: lock })
     }
 }

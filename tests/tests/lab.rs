@@ -272,6 +272,8 @@ fn lab_down_removes_every_namespace_link_and_pin() {
         return;
     }
     let _turn = turn();
+    // Other processes' labs wait too (the `lab` binary below takes no lock itself).
+    let _lock = lab::lock().expect("lab lock");
     // Built by the `lab` binary, which exits: what it made must persist...
     let bin = env!("CARGO_BIN_EXE_lab");
     for _ in 0..2 {
