@@ -52,13 +52,20 @@ enum Command {
         detach_on_exit: bool,
     },
     /// Validate a config and print it resolved (defaults filled in), or every error found.
-    #[command(after_help = "Example:\n  xdplb check-config /etc/xdplb/xdplb.yaml")]
+    #[command(after_help = "Example:\n  xdplb check-config /etc/xdplb/xdplb.yaml\n\n\
+        Warnings (on stderr, `warning: FILE:LINE:COLUMN: FIELD: ...`) name settings that work but\n\
+        may not do what was meant, e.g. reserves (`backup: true`) that can never take traffic\n\
+        because `min_primaries` is 0, or a VIP with no primary. They do not fail the check\n\
+        unless --strict is given.")]
     CheckConfig {
         /// The YAML config to check.
         file: PathBuf,
         /// Also check that the interface exists on this host.
         #[arg(long)]
         interface: bool,
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Show VIPs and backends of the running daemon: state, health, drain, MAC, packets.
     #[command(
@@ -149,7 +156,7 @@ fn try_main() -> Result<ExitCode> {
             rt.block_on(controller::run(&config, controller::RunOptions { detach_on_exit }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file, interface } => {
+        Command::CheckConfig { file, interface, strict } => {
             let cfg = match config::load(&file) {
                 Ok(c) => c,
                 Err(e) => {
@@ -159,6 +166,14 @@ fn try_main() -> Result<ExitCode> {
             };
             if interface && let Err(e) = config::check_interfaces(&cfg, config::interface_exists) {
                 eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let warnings = config::warnings(&cfg);
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            if strict && !warnings.is_empty() {
+                eprintln!("{} warning(s), failing (--strict)", warnings.len());
                 return Ok(ExitCode::FAILURE);
             }
             print!("{}", cfg.to_yaml());

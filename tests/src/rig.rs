@@ -140,22 +140,53 @@ impl Rig {
     }
 }
 
-/// (VIP, backend, state) for every backend line of `xdplb status`.
+/// One backend line of `xdplb status`, its cells found by the header's column
+/// names (so a column added to the table does not shift the others).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    pub vip: String,
+    pub backend: String,
+    /// `primary` or `reserve`.
+    pub role: String,
+    /// `up`, `down`, `draining` or `standby`.
+    pub state: String,
+    /// `up` or `down`.
+    pub health: String,
+    pub drained: bool,
+}
+
+/// Every backend line of `xdplb status`.
 #[must_use]
-pub fn states(status: &str) -> Vec<(String, String, String)> {
+pub fn rows(status: &str) -> Vec<Row> {
     let mut vip = String::new();
+    let mut header: Vec<&str> = Vec::new();
     let mut out = Vec::new();
     for line in status.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["VIP", name, ..] => (*name).clone_into(&mut vip),
-            [name, _addr, _weight, state, _health, _drained, _mac, _packets]
-                if *name != "BACKEND" =>
-            {
-                out.push((vip.clone(), (*name).to_owned(), (*state).to_owned()));
+            ["BACKEND", ..] => header.clone_from(&words),
+            cells if !header.is_empty() && cells.len() == header.len() => {
+                let cell = |name: &str| {
+                    header.iter().position(|h| *h == name).map_or("", |i| cells[i]).to_owned()
+                };
+                out.push(Row {
+                    vip: vip.clone(),
+                    backend: cell("BACKEND"),
+                    role: cell("ROLE"),
+                    state: cell("STATE"),
+                    health: cell("HEALTH"),
+                    drained: cell("DRAINED") == "yes",
+                });
             }
             _ => {}
         }
     }
     out
+}
+
+/// (VIP, backend, state) for every backend line of `xdplb status`.
+#[must_use]
+pub fn states(status: &str) -> Vec<(String, String, String)> {
+    rows(status).into_iter().map(|r| (r.vip, r.backend, r.state)).collect()
 }

@@ -119,7 +119,7 @@ fn mac_of(name: &str) -> [u8; 6] {
 }
 
 fn backend_lines_in(status: &str, state: &str) -> usize {
-    status.lines().filter(|l| l.split_whitespace().nth(3) == Some(state)).count()
+    xdplb_tests::rig::rows(status).iter().filter(|r| r.state == state).count()
 }
 
 #[test]

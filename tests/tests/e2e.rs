@@ -42,7 +42,7 @@ use xdplb_tests::{
         bulk_content, in_netns, uploaded, waf4, waf6,
     },
     privilege::have_root,
-    rig::{Checks, Rig, config_text, udp4, web4, web6},
+    rig::{Checks, Rig, Row, config_text, rows, udp4, web4, web6},
     traffic::{
         Failure, HttpLoad, LongLived, Record, check_spread, http_bulk, http_once, tally, udp_spread,
     },
@@ -824,40 +824,6 @@ fn restart_phases(rig: &mut Rig, tag: &str, final_daemon: &mut bool) -> Result<(
 
 // ---------------------------------------------------------------- helpers
 
-/// One backend line of `xdplb status`.
-#[derive(Clone, Debug)]
-struct Row {
-    vip: String,
-    backend: String,
-    state: String,
-    health: String,
-    drained: bool,
-}
-
-fn rows(status: &str) -> Vec<Row> {
-    let mut vip = String::new();
-    let mut out = Vec::new();
-    for line in status.lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
-            ["VIP", name, ..] => (*name).clone_into(&mut vip),
-            [name, _addr, _weight, state, health, drained, _mac, _packets]
-                if *name != "BACKEND" =>
-            {
-                out.push(Row {
-                    vip: vip.clone(),
-                    backend: (*name).to_owned(),
-                    state: (*state).to_owned(),
-                    health: (*health).to_owned(),
-                    drained: *drained == "yes",
-                });
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn row(rig: &Rig, vip: &str, backend: &str) -> Result<Row> {
     let s = rig.daemon.status()?;
     rows(&s)
@@ -874,7 +840,7 @@ fn status_shape(status: &str) -> String {
             let w: Vec<&str> = l.split_whitespace().collect();
             match w.as_slice() {
                 ["VIP", name, addr, ..] => format!("VIP {name} {addr}"),
-                [fields @ .., _packets] if w.len() == 8 => fields.join(" "),
+                [fields @ .., _packets] if w.len() == 9 => fields.join(" "),
                 _ => w.join(" "),
             }
         })

@@ -16,8 +16,11 @@
 //!     address: 203.0.113.10       # required, IPv4 or IPv6
 //!     port: 443                   # required; 0 = every port
 //!     protocol: tcp               # tcp (default) | udp
+//!     min_primaries: 1            # default 1: reserves join the ring while fewer
+//!                                 # primaries than this are usable
 //!     backends:                   # at least one; names and addresses unique
 //!       - { name: waf-1, address: 10.0.0.11, weight: 100 }   # weight 1..=10000, default 100
+//!       - { name: waf-9, address: 10.0.0.19, backup: true }  # a reserve (default false)
 //!     health_check: { kind: tcp } # overrides health_check_defaults key by key
 //! ```
 //!
@@ -40,11 +43,14 @@ mod locate;
 mod model;
 mod raw;
 mod validate;
+mod warnings;
 
 #[cfg(test)]
 mod tests;
 
 use std::{fmt, path::Path, sync::Arc};
+
+pub use warnings::warnings;
 
 pub use model::{
     BackendConf, Config, Forwarding, InitialState, Origin, Protocol, TunnelSource, Vip, XdpMode,
@@ -63,6 +69,8 @@ pub mod defaults {
     pub const ADMIN_SOCKET: &str = "/run/xdplb/admin.sock";
     pub const PIN_PATH: &str = "/sys/fs/bpf/xdplb";
     pub const WEIGHT: u32 = 100;
+    /// As HAProxy's and NGINX's `backup`: reserves serve only when no primary can.
+    pub const MIN_PRIMARIES: u32 = 1;
     pub const CHECK_KIND: CheckKind = CheckKind::Http;
     pub const CHECK_PATH: &str = "/healthz";
     pub const EXPECT_STATUS: &[u16] = &[200];

@@ -87,6 +87,9 @@ pub struct BackendConf {
     pub address: IpAddr,
     /// Share of the VIP's connections, 1..=10000.
     pub weight: u32,
+    /// A reserve (`backup: true`): in the ring only while fewer than the VIP's
+    /// `min_primaries` primaries are usable.
+    pub backup: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +100,9 @@ pub struct Vip {
     pub port: u16,
     pub protocol: Protocol,
     pub backends: Vec<BackendConf>,
+    /// While fewer primaries (backends without `backup`) than this are usable,
+    /// the usable reserves join the ring.
+    pub min_primaries: u32,
     /// `health_check_defaults` with this VIP's `health_check` keys laid over it.
     pub health_check: CheckSpec,
 }
@@ -215,11 +221,13 @@ impl Config {
             line(4, format!("address: {}", scalar(&vip.address.to_string())));
             line(4, format!("port: {}", vip.port));
             line(4, format!("protocol: {}", vip.protocol.name()));
+            line(4, format!("min_primaries: {}", vip.min_primaries));
             line(4, "backends:".into());
             for b in &vip.backends {
                 line(6, format!("- name: {}", scalar(&b.name)));
                 line(8, format!("address: {}", scalar(&b.address.to_string())));
                 line(8, format!("weight: {}", b.weight));
+                line(8, format!("backup: {}", b.backup));
             }
             let hc = &vip.health_check;
             line(4, "health_check:".into());

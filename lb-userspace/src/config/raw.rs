@@ -40,6 +40,7 @@ pub struct RawVip {
     pub port: Option<u16>,
     pub protocol: Option<Protocol>,
     pub backends: Option<Vec<RawBackend>>,
+    pub min_primaries: Option<u32>,
     pub health_check: Option<RawCheck>,
 }
 
@@ -49,6 +50,7 @@ pub struct RawBackend {
     pub name: Option<String>,
     pub address: Option<String>,
     pub weight: Option<u32>,
+    pub backup: Option<bool>,
 }
 
 /// `health::CheckKind` as the file spells it.

@@ -96,10 +96,27 @@ fn readme_example_parses_with_defaults_filled_in() {
     assert_eq!(
         vip.backends,
         vec![
-            BackendConf { name: "waf-1".into(), address: v4(10, 0, 0, 11), weight: 100 },
-            BackendConf { name: "waf-2".into(), address: v4(10, 0, 0, 12), weight: 100 },
+            BackendConf {
+                name: "waf-1".into(),
+                address: v4(10, 0, 0, 11),
+                weight: 100,
+                backup: false
+            },
+            BackendConf {
+                name: "waf-2".into(),
+                address: v4(10, 0, 0, 12),
+                weight: 100,
+                backup: false
+            },
+            BackendConf {
+                name: "waf-9".into(),
+                address: v4(10, 0, 0, 19),
+                weight: 100,
+                backup: true
+            },
         ]
     );
+    assert_eq!(vip.min_primaries, 1);
     // kind and port from the VIP, the rest from health_check_defaults and built-ins.
     assert_eq!(
         vip.health_check,
@@ -275,7 +292,8 @@ fn to_yaml_round_trips_to_an_equal_config() {
             protocol: udp
             backends:
               - { name: \"1\", address: \"fd00::11\", weight: 10000 }
-              - { name: waf-2, address: 10.0.0.12, weight: 1 }
+              - { name: waf-2, address: 10.0.0.12, weight: 1, backup: true }
+            min_primaries: 1
             health_check: { kind: tcp, port: 8443, rise: 1, fall: 1 }
           - name: web
             address: 203.0.113.10
@@ -305,6 +323,8 @@ fn to_yaml_writes_defaults_and_durations_as_text() {
         "metrics_listen: \"127.0.0.1:9650\"",
         "pin_path: /sys/fs/bpf/xdplb",
         "        weight: 100",
+        "        backup: false",
+        "    min_primaries: 1",
         "      interval: 200ms",
         "      timeout: 150ms",
         "      initial_state: down",
@@ -838,4 +858,101 @@ fn random_yaml_like_inputs_never_panic() {
             assert!(errs.iter().all(|e| e.line >= 1 && e.column >= 1), "{text:?}: {errs}");
         }
     }
+}
+
+// --- the reserve tier: backup and min_primaries -------------------------------
+
+/// `base()` with r1 and r2 as reserves, and `vip_extra` lines in the VIP (after `port`).
+fn tiered(vip_extra: &str) -> String {
+    yaml(&format!(
+        "
+        interface: eth0
+        vips:
+          - name: web
+            address: 203.0.113.10
+            port: 443
+{vip_extra}            backends:
+              - {{ name: a, address: 10.0.0.11 }}
+              - {{ name: b, address: 10.0.0.12 }}
+              - {{ name: r1, address: 10.0.0.13, backup: true }}
+              - {{ name: r2, address: 10.0.0.14, backup: true, weight: 50 }}
+        "
+    ))
+}
+
+#[test]
+fn backup_and_min_primaries_default_to_false_and_1() {
+    let cfg = ok(&base());
+    assert_eq!(cfg.vips[0].min_primaries, 1);
+    assert!(cfg.vips[0].backends.iter().all(|b| !b.backup));
+    let cfg = ok(&tiered("            min_primaries: 2\n"));
+    let backup: Vec<bool> = cfg.vips[0].backends.iter().map(|b| b.backup).collect();
+    assert_eq!(backup, [false, false, true, true]);
+    assert_eq!(cfg.vips[0].min_primaries, 2);
+    assert!(warnings(&cfg).is_empty(), "{:?}", warnings(&cfg));
+}
+
+#[test]
+fn a_backup_that_is_not_a_boolean_is_an_error_at_its_line() {
+    let text = tiered("").replace("backup: true, weight", "backup: maybe, weight");
+    let errs = errors(&text);
+    let e = &errs.errors[0];
+    assert_eq!(e.line, 10, "{e}");
+    assert!(e.message.contains("boolean"), "{e}");
+}
+
+#[test]
+fn a_negative_min_primaries_is_an_error_at_its_line() {
+    let errs = errors(&tiered("            min_primaries: -1\n"));
+    let e = &errs.errors[0];
+    assert_eq!((e.path.as_str(), e.line), ("vips[0].min_primaries", 6), "{e}");
+}
+
+/// The warnings of `text`, which must parse.
+fn warned(text: &str) -> Vec<ConfigError> {
+    warnings(&ok(text))
+}
+
+#[test]
+fn reserves_that_can_never_serve_are_a_warning_at_min_primaries() {
+    let w = warned(&tiered("            min_primaries: 0\n"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].path.as_str(), w[0].line, w[0].column), ("vips[0].min_primaries", 6, 20));
+    assert!(w[0].message.contains("(r1, r2) never take traffic"), "{}", w[0]);
+    assert!(w[0].to_string().starts_with("test.yaml:6:20: vips[0].min_primaries: "), "{}", w[0]);
+}
+
+#[test]
+fn a_vip_without_primaries_is_a_warning_at_its_backends() {
+    let text = tiered("")
+        .replace("10.0.0.11 }", "10.0.0.11, backup: true }")
+        .replace("10.0.0.12 }", "10.0.0.12, backup: true }");
+    let w = warned(&text);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].path.as_str(), w[0].line), ("vips[0].backends", 6));
+    assert!(w[0].message.contains("there is no primary"), "{}", w[0]);
+}
+
+#[test]
+fn min_primaries_above_the_primaries_is_a_warning_the_reserves_always_serve() {
+    let w = warned(&tiered("            min_primaries: 3\n"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].line, 6);
+    assert!(w[0].message.contains("more than the 2 primaries"), "{}", w[0]);
+    assert!(w[0].message.contains("always in the ring"), "{}", w[0]);
+}
+
+#[test]
+fn min_primaries_without_reserves_is_a_warning_that_it_does_nothing() {
+    let text = base().replace("port: 443\n", "port: 443\n    min_primaries: 2\n");
+    let w = warned(&text);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!((w[0].path.as_str(), w[0].line), ("vips[0].min_primaries", 6));
+    assert!(w[0].message.contains("has no effect"), "{}", w[0]);
+}
+
+#[test]
+fn configs_without_the_reserve_keys_have_no_warnings() {
+    assert!(warned(EXAMPLE).is_empty());
+    assert!(warned(&base()).is_empty());
 }

@@ -291,6 +291,7 @@ fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collect
         port,
         protocol: v.protocol.unwrap_or_default(),
         backends,
+        min_primaries: v.min_primaries.unwrap_or(defaults::MIN_PRIMARIES),
         health_check,
     }
 }
@@ -311,7 +312,7 @@ fn resolve_backend(b: &RawBackend, path: &str, c: &mut Collector<'_>) -> Option<
         }
         Some(t) => unicast_addr(t, &addr_path, c),
     }?;
-    Some(BackendConf { name, address, weight })
+    Some(BackendConf { name, address, weight, backup: b.backup.unwrap_or(false) })
 }
 
 /// Checks the keys one health-check layer sets, where they are written, so that

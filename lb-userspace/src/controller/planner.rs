@@ -2,8 +2,9 @@
 //! (VIP, backend) — health, drain, next-hop MAC — to the desired state of the
 //! data path. Pure: no I/O, so the state rules are tested without a kernel.
 //!
-//! Rules that decide which backends take traffic (a reserve tier, a policy for a
-//! VIP whose backends are all down) belong here, as functions of the same inputs.
+//! Rules that decide which backends take traffic belong here, as functions of the
+//! same inputs: the reserve tier ([`Tier`]: reserves join a VIP's ring only while
+//! fewer than `min_primaries` of its primaries are usable).
 
 use std::collections::BTreeMap;
 
@@ -66,35 +67,149 @@ pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
     }
 }
 
+/// Which backends of a VIP take new flows: the primaries, or the reserves with
+/// them. A function of the config and of what was observed only, so every
+/// balancer with the same config and the same view picks the same tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tier {
+    /// Primaries (backends without `backup`) configured.
+    pub primaries: usize,
+    /// Reserves (`backup: true`) configured.
+    pub reserves: usize,
+    /// Primaries that can take new flows: healthy, not drained, next hop known.
+    pub usable_primaries: usize,
+    /// Reserves that can take new flows.
+    pub usable_reserves: usize,
+    /// The VIP's `min_primaries`.
+    pub min_primaries: u32,
+}
+
+/// What serves a VIP's new flows, as `xdplb status` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    Primary,
+    /// Too few primaries: reserves serve beside the usable primaries.
+    PrimaryAndReserve,
+    Reserve,
+    /// No usable backend in either tier: new flows are dropped.
+    Nothing,
+}
+
+impl Serving {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::PrimaryAndReserve => "primary+reserve",
+            Self::Reserve => "reserve",
+            Self::Nothing => "none",
+        }
+    }
+}
+
+impl Tier {
+    /// The tier of `vip` given what `seen` says of each backend.
+    pub fn of(vip: &Vip, seen: impl Fn(&BackendConf) -> Observed) -> Self {
+        let mut tier = Self { min_primaries: vip.min_primaries, ..Self::default() };
+        for b in &vip.backends {
+            let usable = usable(&seen(b));
+            if b.backup {
+                tier.reserves += 1;
+                tier.usable_reserves += usize::from(usable);
+            } else {
+                tier.primaries += 1;
+                tier.usable_primaries += usize::from(usable);
+            }
+        }
+        tier
+    }
+
+    /// Fewer usable primaries than `min_primaries`: the usable reserves join the ring.
+    #[must_use]
+    pub fn reserves_called(&self) -> bool {
+        self.reserves > 0 && self.usable_primaries < self.min_primaries as usize
+    }
+
+    /// Reserves are in the ring now (called, and at least one usable).
+    #[must_use]
+    pub fn reserve_active(&self) -> bool {
+        self.reserves_called() && self.usable_reserves > 0
+    }
+
+    #[must_use]
+    pub fn serving(&self) -> Serving {
+        match (self.usable_primaries > 0, self.reserve_active()) {
+            (true, false) => Serving::Primary,
+            (true, true) => Serving::PrimaryAndReserve,
+            (false, true) => Serving::Reserve,
+            (false, false) => Serving::Nothing,
+        }
+    }
+
+    /// Whether backend `b`, observed as `seen`, waits outside the ring: a healthy,
+    /// undrained reserve while its tier is not called. The data path holds it as
+    /// draining: it keeps the flows it has (from the last time its tier served)
+    /// and gets no new ones.
+    #[must_use]
+    pub fn standby(&self, b: &BackendConf, seen: &Observed) -> bool {
+        b.backup && seen.state() == BackendState::Up && !self.reserves_called()
+    }
+
+    /// Backend `b` as `xdplb status` and the logs name it: `up`, `down`,
+    /// `draining` (by an operator) or `standby` (a reserve outside the ring).
+    #[must_use]
+    pub fn condition(&self, b: &BackendConf, seen: &Observed) -> &'static str {
+        if self.standby(b, seen) { "standby" } else { seen.state().name() }
+    }
+
+    /// The state the data path should see for backend `b`.
+    #[must_use]
+    pub fn state(&self, b: &BackendConf, seen: &Observed) -> BackendState {
+        if self.standby(b, seen) { BackendState::Draining } else { seen.state() }
+    }
+}
+
+/// A backend that can take new flows (what the writer puts in the ring).
+fn usable(seen: &Observed) -> bool {
+    seen.state() == BackendState::Up && seen.mac.is_some()
+}
+
+/// What was observed of backend `b` of `vip` (a backend never observed is down).
+#[must_use]
+pub fn seen(observed: &BTreeMap<Key, Observed>, vip: &Vip, b: &BackendConf) -> Observed {
+    observed.get(&(vip.name.clone(), b.name.clone())).copied().unwrap_or_default()
+}
+
 /// The desired state: every VIP of the config, every backend with the state and
-/// MAC observed of it (a backend never observed is down).
+/// MAC observed of it (a backend never observed is down), reserves outside the
+/// ring unless their VIP's tier calls them.
 #[must_use]
 pub fn plan(cfg: &Config, lb: LbConfig, observed: &BTreeMap<Key, Observed>) -> DesiredState {
     let vips = cfg
         .vips
         .iter()
-        .map(|v| DesiredVip {
-            name: v.name.clone(),
-            address: v.address,
-            port: v.port,
-            proto: v.protocol.number(),
-            backends: v
-                .backends
-                .iter()
-                .map(|b| {
-                    let seen = observed
-                        .get(&(v.name.clone(), b.name.clone()))
-                        .copied()
-                        .unwrap_or_default();
-                    DesiredBackend {
-                        name: b.name.clone(),
-                        address: b.address,
-                        mac: seen.mac,
-                        weight: b.weight,
-                        state: seen.state(),
-                    }
-                })
-                .collect(),
+        .map(|v| {
+            let tier = Tier::of(v, |b| seen(observed, v, b));
+            DesiredVip {
+                name: v.name.clone(),
+                address: v.address,
+                port: v.port,
+                proto: v.protocol.number(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let seen = seen(observed, v, b);
+                        DesiredBackend {
+                            name: b.name.clone(),
+                            address: b.address,
+                            mac: seen.mac,
+                            weight: b.weight,
+                            state: tier.state(b, &seen),
+                        }
+                    })
+                    .collect(),
+            }
         })
         .collect();
     DesiredState { config: lb, vips }
@@ -187,7 +302,9 @@ vips:
             Box::new(move |i| if i == 1 { Observed { healthy: false, ..up(i) } } else { up(i) }),
             Box::new(move |i| if i == 0 { Observed { drained: true, ..up(i) } } else { up(i) }),
             Box::new(move |i| if i == 5 { Observed { mac: None, ..up(i) } } else { up(i) }),
-            Box::new(move |i| if i % 2 == 0 { Observed { healthy: false, ..up(i) } } else { up(i) }),
+            Box::new(
+                move |i| if i % 2 == 0 { Observed { healthy: false, ..up(i) } } else { up(i) },
+            ),
             Box::new(move |i| Observed { healthy: false, ..up(i) }),
             Box::new(up),
         ];
@@ -217,5 +334,170 @@ vips:
         // `min_primaries` must keep every ring and entry byte for byte, on every
         // balancer, through failures, drains and recoveries.
         assert_eq!(legacy_digest(), 897_196_269_933_238_551);
+    }
+
+    mod reserve_tier {
+        //! The reserve tier, as the planner decides it.
+        use super::*;
+
+        /// Two primaries and two reserves; `extra` goes into the VIP (e.g. min_primaries).
+        fn tiered(extra: &str) -> Config {
+            crate::config::parse(
+            &format!(
+                "interface: lo\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 80\n{extra}    backends:\n      - {{ name: p1, address: 10.0.0.1 }}\n      - {{ name: p2, address: 10.0.0.2, weight: 300 }}\n      - {{ name: r1, address: 10.0.0.3, backup: true }}\n      - {{ name: r2, address: 10.0.0.4, backup: true, weight: 50 }}\n"
+            ),
+            "t.yaml",
+        )
+        .unwrap()
+        }
+
+        const USABLE: Observed = Observed { healthy: true, drained: false, mac: Some([2; 6]) };
+        const DEAD: Observed = Observed { healthy: false, drained: false, mac: Some([2; 6]) };
+
+        /// The planned state of each backend, in config order, given what was seen of
+        /// each (in config order).
+        fn states(cfg: &Config, seen: &[Observed]) -> Vec<BackendState> {
+            let observed: BTreeMap<Key, Observed> = cfg.vips[0]
+                .backends
+                .iter()
+                .zip(seen)
+                .map(|(b, s)| (("web".to_owned(), b.name.clone()), *s))
+                .collect();
+            plan(cfg, lb_config(cfg, [9; 6], 1500), &observed).vips[0]
+                .backends
+                .iter()
+                .map(DesiredBackend::effective_state)
+                .collect()
+        }
+
+        use BackendState::{Down, Draining, Up};
+
+        #[test]
+        fn while_a_primary_is_usable_healthy_reserves_stand_by_as_draining() {
+            let cfg = tiered("");
+            assert_eq!(states(&cfg, &[USABLE; 4]), [Up, Up, Draining, Draining]);
+            assert_eq!(
+                states(&cfg, &[DEAD, USABLE, USABLE, USABLE]),
+                [Down, Up, Draining, Draining]
+            );
+        }
+
+        #[test]
+        fn with_every_primary_down_the_usable_reserves_take_the_ring() {
+            let cfg = tiered("");
+            assert_eq!(states(&cfg, &[DEAD, DEAD, USABLE, USABLE]), [Down, Down, Up, Up]);
+            // A dead reserve stays down: its flows move, whatever the tier.
+            assert_eq!(states(&cfg, &[DEAD, DEAD, USABLE, DEAD]), [Down, Down, Up, Down]);
+            assert_eq!(states(&cfg, &[USABLE, USABLE, USABLE, DEAD]), [Up, Up, Draining, Down]);
+        }
+
+        #[test]
+        fn a_drained_primary_or_one_without_a_mac_is_not_usable() {
+            let cfg = tiered("");
+            let drained = Observed { drained: true, ..USABLE };
+            let no_mac = Observed { mac: None, ..USABLE };
+            // p2 without a MAC cannot be reached: the writer holds it as down.
+            assert_eq!(states(&cfg, &[drained, no_mac, USABLE, USABLE]), [Draining, Down, Up, Up]);
+        }
+
+        #[test]
+        fn an_operator_drain_of_a_reserve_holds_whatever_the_tier() {
+            let cfg = tiered("");
+            let drained = Observed { drained: true, ..USABLE };
+            assert_eq!(states(&cfg, &[DEAD, DEAD, drained, USABLE]), [Down, Down, Draining, Up]);
+            assert_eq!(
+                states(&cfg, &[USABLE, USABLE, drained, USABLE]),
+                [Up, Up, Draining, Draining]
+            );
+        }
+
+        #[test]
+        fn with_min_primaries_2_losing_one_of_two_primaries_brings_the_reserves_in_beside_the_other()
+         {
+            let cfg = tiered("    min_primaries: 2\n");
+            assert_eq!(states(&cfg, &[USABLE; 4]), [Up, Up, Draining, Draining]);
+            assert_eq!(states(&cfg, &[USABLE, DEAD, USABLE, USABLE]), [Up, Down, Up, Up]);
+        }
+
+        #[test]
+        fn with_min_primaries_0_the_reserves_never_serve() {
+            let cfg = tiered("    min_primaries: 0\n");
+            assert_eq!(
+                states(&cfg, &[DEAD, DEAD, USABLE, USABLE]),
+                [Down, Down, Draining, Draining]
+            );
+        }
+
+        #[test]
+        fn a_vip_of_reserves_only_is_served_by_them() {
+            let cfg = crate::config::parse(
+            "interface: lo\nvips:\n  - {name: web, address: 192.0.2.1, port: 80, backends: [{name: r1, address: 10.0.0.3, backup: true}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+            assert_eq!(states(&cfg, &[USABLE]), [Up]);
+        }
+
+        #[test]
+        fn the_tier_says_what_serves_and_why() {
+            let cfg = tiered("");
+            let tier = |seen: [Observed; 4]| {
+                let v = &cfg.vips[0];
+                Tier::of(v, |b| seen[v.backends.iter().position(|x| x == b).unwrap()])
+            };
+            let t = tier([USABLE; 4]);
+            assert_eq!(
+                (t.primaries, t.reserves, t.usable_primaries, t.usable_reserves, t.min_primaries),
+                (2, 2, 2, 2, 1)
+            );
+            assert_eq!((t.serving(), t.reserve_active()), (Serving::Primary, false));
+            let t = tier([DEAD, DEAD, USABLE, DEAD]);
+            assert_eq!((t.serving(), t.reserve_active()), (Serving::Reserve, true));
+            let t = tier([DEAD; 4]);
+            assert_eq!(
+                (t.serving(), t.reserves_called(), t.reserve_active()),
+                (Serving::Nothing, true, false)
+            );
+            let cfg2 = tiered("    min_primaries: 2\n");
+            let v = &cfg2.vips[0];
+            let t = Tier::of(v, |b| if b.name == "p2" { DEAD } else { USABLE });
+            assert_eq!(t.serving(), Serving::PrimaryAndReserve);
+            let standby = Tier::of(&cfg.vips[0], |_| USABLE);
+            let r1 = &cfg.vips[0].backends[2];
+            assert_eq!(standby.condition(r1, &USABLE), "standby");
+            assert_eq!(standby.condition(r1, &DEAD), "down");
+        }
+
+        #[test]
+        fn two_balancers_with_the_same_config_in_any_order_build_the_same_reserve_ring() {
+            use crate::{testing::FakeMaps, writer::MapWriter};
+            let cfg = tiered("");
+            let mut reordered = cfg.clone();
+            reordered.vips[0].backends.reverse();
+            let ring_by_name = |cfg: &Config| {
+                let observed: BTreeMap<Key, Observed> = cfg.vips[0]
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        (("web".to_owned(), b.name.clone()), if b.backup { USABLE } else { DEAD })
+                    })
+                    .collect();
+                let mut w = MapWriter::new(FakeMaps::default());
+                w.apply(&plan(cfg, lb_config(cfg, [9; 6], 1500), &observed)).unwrap();
+                let names: BTreeMap<u32, String> = cfg.vips[0]
+                    .backends
+                    .iter()
+                    .map(|b| (w.backend_index("web", &b.name).unwrap(), b.name.clone()))
+                    .collect();
+                w.table("web").unwrap().iter().map(|i| names[i].clone()).collect::<Vec<_>>()
+            };
+            let a = ring_by_name(&cfg);
+            assert_eq!(a, ring_by_name(&reordered));
+            // Weights apply within the ring: r1 (100) holds about twice r2's (50) slots.
+            let r1 = a.iter().filter(|n| *n == "r1").count();
+            let r2 = a.iter().filter(|n| *n == "r2").count();
+            assert_eq!(r1 + r2, a.len());
+            assert!(r1 * 10 > r2 * 19 && r1 * 10 < r2 * 21, "{r1} / {r2}");
+        }
     }
 }

@@ -144,7 +144,11 @@ mod tests {
             .map(|(_, index)| BackendStatus { observed: Observed::default(), index: Some(*index) });
         Status {
             config,
-            vips: vec![VipStatus { index: Some(0), backends: backends.collect() }],
+            vips: vec![VipStatus {
+                index: Some(0),
+                tier: crate::controller::planner::Tier::default(),
+                backends: backends.collect(),
+            }],
             last_write: Ok(()),
         }
     }

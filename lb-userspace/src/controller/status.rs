@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use lb_common::Traffic;
 
-use super::planner::Observed;
+use super::planner::{Observed, Tier};
 use crate::{
     config::{BackendConf, Config, Vip},
     mac,
@@ -28,6 +28,8 @@ pub struct Status {
 pub struct VipStatus {
     /// Its slot in the data path's per-VIP statistics, once written.
     pub index: Option<u32>,
+    /// Which of its tiers takes new flows.
+    pub tier: Tier,
     /// One per backend of the VIP in the config, in order.
     pub backends: Vec<BackendStatus>,
 }
@@ -73,11 +75,11 @@ impl Status {
                 Err(e) => format!("NOT attached: {e}"),
             }
         );
-        let row = |s: &mut String, cells: [&str; 8]| {
-            let [name, address, weight, state, health, drained, mac, packets] = cells;
+        let row = |s: &mut String, cells: [&str; 9]| {
+            let [name, address, weight, role, state, health, drained, mac, packets] = cells;
             let _ = writeln!(
                 s,
-                "  {name:<16} {address:<40} {weight:>6}  {state:<9} {health:<7} {drained:<7} {mac:<17} {packets:>10}"
+                "  {name:<16} {address:<40} {weight:>6}  {role:<8} {state:<9} {health:<7} {drained:<7} {mac:<17} {packets:>10}"
             );
         };
         for (v, vs) in self.vips() {
@@ -85,17 +87,21 @@ impl Status {
             let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
             let _ = writeln!(
                 s,
-                "\nVIP {} {}:{}/{}  packets {}  bytes {}",
+                "\nVIP {} {}:{}/{}  packets {}  bytes {}  tier {}",
                 v.name,
                 v.address,
                 port,
                 v.protocol.name(),
                 t.packets,
-                t.bytes
+                t.bytes,
+                tier_text(&vs.tier)
             );
             row(
                 &mut s,
-                ["BACKEND", "ADDRESS", "WEIGHT", "STATE", "HEALTH", "DRAINED", "MAC", "PACKETS"],
+                [
+                    "BACKEND", "ADDRESS", "WEIGHT", "ROLE", "STATE", "HEALTH", "DRAINED", "MAC",
+                    "PACKETS",
+                ],
             );
             for (b, bs) in v.backends.iter().zip(&vs.backends) {
                 let packets: Traffic =
@@ -108,7 +114,8 @@ impl Status {
                         &b.name,
                         &b.address.to_string(),
                         &b.weight.to_string(),
-                        seen.state().name(),
+                        if b.backup { "reserve" } else { "primary" },
+                        vs.tier.condition(b, &seen),
                         if seen.healthy { "up" } else { "down" },
                         if seen.drained { "yes" } else { "no" },
                         &mac,
@@ -119,6 +126,23 @@ impl Status {
         }
         s
     }
+}
+
+/// Which tier serves, and for a VIP with reserves, why: e.g. `reserve (0 of 2
+/// primaries usable, min_primaries 1; 2 of 2 reserves usable)`.
+fn tier_text(tier: &Tier) -> String {
+    let serving = tier.serving().name();
+    if tier.reserves == 0 {
+        return serving.to_owned();
+    }
+    format!(
+        "{serving} ({} of {} primaries usable, min_primaries {}; {} of {} reserves usable)",
+        tier.usable_primaries,
+        tier.primaries,
+        tier.min_primaries,
+        tier.usable_reserves,
+        tier.reserves
+    )
 }
 
 #[cfg(test)]
@@ -146,49 +170,73 @@ mod tests {
         }
     }
 
-    fn status() -> Status {
+    /// waf-1 up, waf-2 drained (no MAC), waf-3 a healthy reserve, waf-4 a reserve never seen.
+    fn status(waf1: Observed) -> Status {
         let config = crate::config::parse(
-            "interface: eth0\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 0\n    backends:\n      - { name: waf-1, address: 10.0.0.11 }\n      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13 }\n",
+            "interface: eth0\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 0\n    backends:\n      - { name: waf-1, address: 10.0.0.11 }\n      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13, backup: true }\n      - { name: waf-4, address: 10.0.0.14, backup: true }\n",
             "/etc/xdplb/xdplb.yaml",
         )
         .unwrap();
-        let up = Observed { healthy: true, drained: false, mac: Some([2, 0, 0, 0, 0, 0xb]) };
         let draining = Observed { healthy: true, drained: true, mac: None };
+        let reserve = Observed { healthy: true, drained: false, mac: Some([2, 0, 0, 0, 0, 0xd]) };
+        let seen = [waf1, draining, reserve, Observed::default()];
+        let tier = Tier::of(&config.vips[0], |b| {
+            seen[config.vips[0].backends.iter().position(|x| x == b).unwrap()]
+        });
         Status {
             config,
             vips: vec![VipStatus {
                 index: Some(2),
+                tier,
                 backends: vec![
-                    BackendStatus { observed: up, index: Some(1) },
-                    BackendStatus { observed: draining, index: Some(9) },
-                    BackendStatus { observed: Observed::default(), index: None },
+                    BackendStatus { observed: seen[0], index: Some(1) },
+                    BackendStatus { observed: seen[1], index: Some(9) },
+                    BackendStatus { observed: seen[2], index: Some(3) },
+                    BackendStatus { observed: seen[3], index: None },
                 ],
             }],
             last_write: Ok(()),
         }
     }
 
+    const UP: Observed =
+        Observed { healthy: true, drained: false, mac: Some([2, 0, 0, 0, 0, 0xb]) };
+
     #[test]
-    fn status_shows_each_backend_state_health_drain_mac_and_packets() {
-        let text = status().render(&Ok(()), &Counting);
+    fn status_shows_each_backend_role_state_health_drain_mac_and_packets() {
+        let text = status(UP).render(&Ok(()), &Counting);
         let want = format!(
             "xdplb {} on eth0 (xdp Driver, Dsr), config /etc/xdplb/xdplb.yaml\n\
              xdp: attached\n\
              \n\
-             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000\n  \
-             BACKEND          ADDRESS                                  WEIGHT  STATE     HEALTH  DRAINED MAC                  PACKETS\n  \
-             waf-1            10.0.0.11                                   100  up        up      no      02:00:00:00:00:0b         10\n  \
-             waf-2            10.0.0.12                                   100  draining  up      yes     unresolved                 0\n  \
-             waf-3            10.0.0.13                                   100  down      down    no      unresolved                 0\n",
+             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)\n  \
+             BACKEND          ADDRESS                                  WEIGHT  ROLE     STATE     HEALTH  DRAINED MAC                  PACKETS\n  \
+             waf-1            10.0.0.11                                   100  primary  up        up      no      02:00:00:00:00:0b         10\n  \
+             waf-2            10.0.0.12                                   100  primary  draining  up      yes     unresolved                 0\n  \
+             waf-3            10.0.0.13                                   100  reserve  standby   up      no      02:00:00:00:00:0d         30\n  \
+             waf-4            10.0.0.14                                   100  reserve  down      down    no      unresolved                 0\n",
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(text, want);
     }
 
     #[test]
+    fn with_no_usable_primary_the_status_says_the_reserves_serve() {
+        let text = status(Observed::default()).render(&Ok(()), &Counting);
+        assert!(
+            text.contains(
+                "tier reserve (0 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)"
+            ),
+            "{text}"
+        );
+        let waf3 = text.lines().find(|l| l.trim_start().starts_with("waf-3")).unwrap();
+        assert_eq!(waf3.split_whitespace().nth(4), Some("up"), "{waf3}");
+    }
+
+    #[test]
     fn status_says_why_xdp_is_not_attached() {
         let text =
-            status().render(&Err("interface eth0 is gone or was recreated".into()), &Counting);
+            status(UP).render(&Err("interface eth0 is gone or was recreated".into()), &Counting);
         assert_eq!(
             text.lines().nth(1),
             Some("xdp: NOT attached: interface eth0 is gone or was recreated")

@@ -61,6 +61,10 @@ fn family(counter: Counter) -> Family {
     }
 }
 
+/// Values of the `role` label of `xdplb_backend_role` (and of `to` in
+/// `xdplb_vip_tier_switches_total`).
+const ROLES: [&str; 2] = ["primary", "reserve"];
+
 /// Last values read from the kernel, to turn absolute totals into increments.
 #[derive(Default)]
 struct Seen {
@@ -93,6 +97,12 @@ pub enum Update {
     BackendState { vip: String, backend: String, state: BackendState },
     /// A (VIP, backend) changed state.
     Transition { vip: String, backend: String, to: BackendState },
+    /// Whether a (VIP, backend) is a reserve (`backup: true`) or a primary.
+    Role { vip: String, backend: String, reserve: bool },
+    /// Whether a VIP's reserves are in its ring now.
+    ReserveActive { vip: String, active: bool },
+    /// A VIP's reserves entered (`to_reserve`) or left its ring.
+    TierSwitch { vip: String, to_reserve: bool },
     /// A configuration reload finished.
     Reload { ok: bool },
     /// Whether the next-hop MAC of a (VIP, backend) is unknown.
@@ -116,6 +126,9 @@ pub struct Metrics {
     map_write: HistogramVec,
     reloads: IntCounterVec,
     unresolved: IntGaugeVec,
+    role: IntGaugeVec,
+    reserve_active: IntGaugeVec,
+    tier_switches: IntCounterVec,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     backend_packets: IntCounterVec,
@@ -207,6 +220,7 @@ impl Metrics {
             "1 while the next-hop MAC of a (VIP, backend) is unknown.",
             &["vip", "backend"],
         );
+        let (role, reserve_active, tier_switches) = Self::tier_families(&r);
         let vip_packets =
             counter_vec(&r, "xdplb_vip_packets_total", "Packets forwarded per VIP.", &["vip"]);
         let vip_bytes =
@@ -234,6 +248,9 @@ impl Metrics {
             map_write,
             reloads,
             unresolved,
+            role,
+            reserve_active,
+            tier_switches,
             vip_packets,
             vip_bytes,
             backend_packets,
@@ -244,6 +261,30 @@ impl Metrics {
             }),
             dataplane_counters,
         }
+    }
+
+    /// The reserve tier's families: each backend's role, and per VIP whether its
+    /// reserves serve and how often they entered or left its ring.
+    fn tier_families(r: &Registry) -> (IntGaugeVec, IntGaugeVec, IntCounterVec) {
+        let role = gauge_vec(
+            r,
+            "xdplb_backend_role",
+            "Role of a (VIP, backend), one-hot over primary, reserve (backup: true).",
+            &["vip", "backend", "role"],
+        );
+        let reserve_active = gauge_vec(
+            r,
+            "xdplb_vip_reserve_active",
+            "1 while a VIP's reserves are in its ring (fewer than min_primaries primaries usable).",
+            &["vip"],
+        );
+        let tier_switches = counter_vec(
+            r,
+            "xdplb_vip_tier_switches_total",
+            "Times a VIP's reserves entered (to=reserve) or left (to=primary) its ring.",
+            &["vip", "to"],
+        );
+        (role, reserve_active, tier_switches)
     }
 
     /// Registers the families of the global data-path counters and returns one
@@ -295,6 +336,14 @@ impl Metrics {
                 self.backend_state(vip, backend, *state);
             }
             Update::Transition { vip, backend, to } => self.transition(vip, backend, *to),
+            Update::Role { vip, backend, reserve } => self.role(vip, backend, *reserve),
+            Update::ReserveActive { vip, active } => {
+                self.reserve_active.with_label_values(&[vip]).set(i64::from(*active));
+            }
+            Update::TierSwitch { vip, to_reserve } => {
+                let to = if *to_reserve { "reserve" } else { "primary" };
+                self.tier_switches.with_label_values(&[vip, to]).inc();
+            }
             Update::Reload { ok } => self.reload(*ok),
             Update::Unresolved { vip, backend, unresolved } => {
                 self.unresolved(vip, backend, *unresolved);
@@ -352,6 +401,9 @@ impl Metrics {
             let _ = self.transitions.remove_label_values(&[vip, backend, s.name()]);
         }
         let _ = self.unresolved.remove_label_values(&[vip, backend]);
+        for role in ROLES {
+            let _ = self.role.remove_label_values(&[vip, backend, role]);
+        }
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
         let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
         self.seen().backends.remove(&(vip.to_owned(), backend.to_owned()));
@@ -362,7 +414,18 @@ impl Metrics {
     pub fn forget_vip(&self, vip: &str) {
         let _ = self.vip_packets.remove_label_values(&[vip]);
         let _ = self.vip_bytes.remove_label_values(&[vip]);
+        let _ = self.reserve_active.remove_label_values(&[vip]);
+        for to in ROLES {
+            let _ = self.tier_switches.remove_label_values(&[vip, to]);
+        }
         self.seen().vips.remove(vip);
+    }
+
+    /// The role of a (VIP, backend): `xdplb_backend_role{vip,backend,role="primary|reserve"}` one-hot.
+    pub fn role(&self, vip: &str, backend: &str, reserve: bool) {
+        for (role, is) in ROLES.iter().zip([!reserve, reserve]) {
+            self.role.with_label_values(&[vip, backend, role]).set(i64::from(is));
+        }
     }
 
     /// A (VIP, backend) changed state: `xdplb_backend_transitions_total{vip,backend,to}`.
@@ -720,6 +783,40 @@ mod tests {
         assert_eq!(value(&m.render(), "xdplb_backend_unresolved", &labels), Some(1.0));
         m.unresolved("web", "waf1", false);
         assert_eq!(value(&m.render(), "xdplb_backend_unresolved", &labels), Some(0.0));
+    }
+
+    #[test]
+    fn role_is_one_hot_and_the_reserve_tier_is_a_gauge_and_a_switch_counter_per_vip() {
+        let m = Metrics::new();
+        m.update(&Update::Role { vip: "web".into(), backend: "r1".into(), reserve: true });
+        m.update(&Update::Role { vip: "web".into(), backend: "p1".into(), reserve: false });
+        m.update(&Update::ReserveActive { vip: "web".into(), active: true });
+        m.update(&Update::TierSwitch { vip: "web".into(), to_reserve: true });
+        m.update(&Update::TierSwitch { vip: "web".into(), to_reserve: false });
+        m.update(&Update::TierSwitch { vip: "web".into(), to_reserve: true });
+        let text = m.render();
+        let role = |b, r| {
+            value(&text, "xdplb_backend_role", &[("vip", "web"), ("backend", b), ("role", r)])
+        };
+        assert_eq!((role("r1", "reserve"), role("r1", "primary")), (Some(1.0), Some(0.0)));
+        assert_eq!((role("p1", "reserve"), role("p1", "primary")), (Some(0.0), Some(1.0)));
+        assert_eq!(value(&text, "xdplb_vip_reserve_active", &[("vip", "web")]), Some(1.0));
+        let switches =
+            |to| value(&text, "xdplb_vip_tier_switches_total", &[("vip", "web"), ("to", to)]);
+        assert_eq!((switches("reserve"), switches("primary")), (Some(2.0), Some(1.0)));
+
+        m.forget_backend("web", "r1");
+        m.forget_vip("web");
+        let text = m.render();
+        assert_eq!(role("p1", "primary").map(|_| ()), Some(()));
+        let left: Vec<_> = parse_samples(&text)
+            .into_iter()
+            .filter(|(n, l, _)| {
+                l.get("backend").is_some_and(|b| b == "r1")
+                    || (n.starts_with("xdplb_vip_") && l.get("vip").is_some_and(|v| v == "web"))
+            })
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]

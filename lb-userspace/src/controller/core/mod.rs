@@ -19,7 +19,7 @@ use lb_common::{BackendState, LbConfig};
 use log::Level;
 
 use super::{
-    planner::{Key, Observed, check_target, lb_config, plan},
+    planner::{Key, Observed, Tier, check_target, lb_config, plan, seen},
     status::{BackendStatus, Status, VipStatus},
 };
 use crate::{
@@ -97,6 +97,10 @@ pub struct Core<M: Maps, N: NeighbourSource> {
     /// The last map write: `Err` says why it failed.
     last_write: Result<(), String>,
     outputs: VecDeque<Output>,
+    /// The state last planned for each (VIP, backend), to count transitions.
+    planned: BTreeMap<Key, BackendState>,
+    /// Whether each VIP's reserves were in its ring at the last plan.
+    reserve_active: BTreeMap<String, bool>,
     /// The status last published, and whether the loop has yet to take it.
     published: Option<Arc<Status>>,
     unpublished: bool,
@@ -132,19 +136,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         } else {
             (MapWriter::new(maps), Adopted::default())
         };
-        let seed: BTreeMap<Key, Observed> = adopted
-            .entries
-            .iter()
-            .map(|(key, entry)| {
-                let state = BackendState::from_u8(entry.state);
-                let seen = Observed {
-                    healthy: state != BackendState::Down,
-                    drained: state == BackendState::Draining,
-                    mac: (entry.mac != [0; 6]).then_some(entry.mac),
-                };
-                (key.clone(), seen)
-            })
-            .collect();
+        let seed = adopted_seed(&config, &adopted);
         let mut core = Self {
             config,
             interface,
@@ -154,10 +146,13 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             backends: BTreeMap::new(),
             last_write: Ok(()),
             outputs,
+            planned: BTreeMap::new(),
+            reserve_active: BTreeMap::new(),
             published: None,
             unpublished: false,
         };
         core.follow_config(&seed, None);
+        core.warn_config();
         core.refresh_neighbours();
         core.write(now, "start");
         Ok(core)
@@ -200,20 +195,17 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             Level::Debug,
             format!("health: {target} is {}: {reason}", if up { "up" } else { "down" }),
         ));
-        let checks = &self.checks;
+        let observed = self.observed();
         for ((vip, backend), tracked) in &self.backends {
             if tracked.check != *target {
                 continue;
             }
-            let state = observed(tracked, checks).state();
-            self.outputs.push_back(Output::Metric(Update::Transition {
-                vip: vip.clone(),
-                backend: backend.clone(),
-                to: state,
-            }));
             self.outputs.push_back(Output::log(
                 if up { Level::Info } else { Level::Warn },
-                format!("{vip}/{backend} is {} ({target}: {reason})", state.name()),
+                format!(
+                    "{vip}/{backend} is {} ({target}: {reason})",
+                    self.condition(&observed, vip, backend)
+                ),
             ));
         }
         self.write(now, "health");
@@ -235,20 +227,11 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         if tracked.drained == drained {
             return Ok(format!("{vip}/{backend} already {verb}"));
         }
-        let before = observed(tracked, &self.checks).state();
         tracked.drained = drained;
-        let after = observed(tracked, &self.checks).state();
-        if before != after {
-            self.outputs.push_back(Output::Metric(Update::Transition {
-                vip: vip.to_owned(),
-                backend: backend.to_owned(),
-                to: after,
-            }));
-        }
         self.outputs
             .push_back(Output::log(Level::Info, format!("{vip}/{backend} {verb} by operator")));
         if self.write(now, if drained { "drain" } else { "undrain" }) {
-            Ok(format!("{vip}/{backend} is {}", after.name()))
+            Ok(format!("{vip}/{backend} is {}", self.condition(&self.observed(), vip, backend)))
         } else {
             Err("writing the maps failed; see the daemon's log".into())
         }
@@ -291,6 +274,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         let seed = self.observed();
         let old = std::mem::replace(&mut self.config, new);
         self.follow_config(&seed, Some(&old));
+        self.warn_config();
         self.refresh_neighbours();
         if self.write(now, "reload") {
             self.outputs.push_back(Output::Metric(Update::Reload { ok: true }));
@@ -438,15 +422,42 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
     fn write(&mut self, now: Instant, why: &'static str) -> bool {
         let observed = self.observed();
         let desired = plan(&self.config, self.lb_config(), &observed);
+        let planned: BTreeMap<Key, BackendState> = desired
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| ((v.name.clone(), b.name.clone()), b.state)))
+            .collect();
+        for (key, to) in &planned {
+            if self.planned.get(key).is_some_and(|was| was != to) {
+                let (vip, backend) = key.clone();
+                self.outputs.push_back(Output::Metric(Update::Transition {
+                    vip,
+                    backend,
+                    to: *to,
+                }));
+            }
+        }
+        self.planned = planned;
+        self.follow_tiers(&observed);
         let written = match self.writer.apply(&desired) {
             Ok(applied) => {
                 self.outputs.push_back(Output::Written { why, since: now, applied });
-                for ((vip, backend), seen) in &observed {
-                    self.outputs.push_back(Output::Metric(Update::BackendState {
-                        vip: vip.clone(),
-                        backend: backend.clone(),
-                        state: seen.state(),
-                    }));
+                for v in &self.config.vips {
+                    for b in &v.backends {
+                        let key = (v.name.clone(), b.name.clone());
+                        let state = self.planned.get(&key).copied().unwrap_or(BackendState::Down);
+                        let (vip, backend) = key;
+                        self.outputs.push_back(Output::Metric(Update::Role {
+                            vip: vip.clone(),
+                            backend: backend.clone(),
+                            reserve: b.backup,
+                        }));
+                        self.outputs.push_back(Output::Metric(Update::BackendState {
+                            vip,
+                            backend,
+                            state,
+                        }));
+                    }
                 }
                 self.last_write = Ok(());
                 true
@@ -468,6 +479,81 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         written
     }
 
+    /// Logs and counts each VIP whose reserves entered or left its ring, and
+    /// sets every VIP's reserve-tier gauge. A VIP seen for the first time (start,
+    /// reload) that starts on its reserves is logged but not counted as a switch.
+    fn follow_tiers(&mut self, observed: &BTreeMap<Key, Observed>) {
+        let mut now_active = BTreeMap::new();
+        for v in &self.config.vips {
+            let tier = Tier::of(v, |b| seen(observed, v, b));
+            let active = tier.reserve_active();
+            now_active.insert(v.name.clone(), active);
+            self.outputs
+                .push_back(Output::Metric(Update::ReserveActive { vip: v.name.clone(), active }));
+            let before = self.reserve_active.get(&v.name).copied();
+            if before == Some(active) || (before.is_none() && !active) {
+                continue;
+            }
+            let usable = format!(
+                "{} of {} primaries usable, min_primaries {}",
+                tier.usable_primaries, tier.primaries, tier.min_primaries
+            );
+            let text = if active {
+                let serving: Vec<&str> = v
+                    .backends
+                    .iter()
+                    .filter(|b| {
+                        b.backup && tier.state(b, &seen(observed, v, b)) == BackendState::Up
+                    })
+                    .filter(|b| seen(observed, v, b).mac.is_some())
+                    .map(|b| b.name.as_str())
+                    .collect();
+                let verb = if before.is_some() { "switched to" } else { "starts on" };
+                format!(
+                    "{}: {verb} its reserve tier ({usable}): new flows go to {}{}",
+                    v.name,
+                    if tier.usable_primaries > 0 { "the usable primaries and " } else { "" },
+                    serving.join(", ")
+                )
+            } else {
+                format!(
+                    "{}: back on its primary tier ({usable}): new flows go to the primaries; \
+                     flows established on reserves stay there until they end",
+                    v.name
+                )
+            };
+            self.outputs
+                .push_back(Output::log(if active { Level::Warn } else { Level::Info }, text));
+            if before.is_some() {
+                self.outputs.push_back(Output::Metric(Update::TierSwitch {
+                    vip: v.name.clone(),
+                    to_reserve: active,
+                }));
+            }
+        }
+        self.reserve_active = now_active;
+    }
+
+    /// Logs what `config::warnings` finds in the running config.
+    fn warn_config(&mut self) {
+        for w in crate::config::warnings(&self.config) {
+            self.outputs.push_back(Output::log(Level::Warn, format!("config warning: {w}")));
+        }
+    }
+
+    /// The condition of a backend as status and logs name it: up, down,
+    /// draining, or standby (a reserve waiting outside the ring).
+    fn condition(
+        &self,
+        observed: &BTreeMap<Key, Observed>,
+        vip: &str,
+        backend: &str,
+    ) -> &'static str {
+        let Some(v) = self.config.vips.iter().find(|v| v.name == vip) else { return "down" };
+        let Some(b) = v.backends.iter().find(|b| b.name == backend) else { return "down" };
+        Tier::of(v, |b| seen(observed, v, b)).condition(b, &seen(observed, v, b))
+    }
+
     fn lb_config(&self) -> LbConfig {
         lb_config(&self.config, self.interface.mac, self.interface.mtu)
     }
@@ -484,19 +570,61 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         let mut vips = Vec::with_capacity(self.config.vips.len());
         for v in &self.config.vips {
             let backends = v.backends.iter().map(|b| BackendStatus {
-                observed: observed
-                    .get(&(v.name.clone(), b.name.clone()))
-                    .copied()
-                    .unwrap_or_default(),
+                observed: seen(observed, v, b),
                 index: self.writer.backend_index(&v.name, &b.name),
             });
             vips.push(VipStatus {
                 index: self.writer.vip_index(&v.name),
+                tier: Tier::of(v, |b| seen(observed, v, b)),
                 backends: backends.collect(),
             });
         }
         Status { config: self.config.clone(), vips, last_write: self.last_write.clone() }
     }
+}
+
+/// What a restarted controller takes over from the pinned maps: a backend whose
+/// entry is not down was healthy; a draining one was drained by an operator —
+/// unless it is a reserve waiting outside the ring (the data path holds those as
+/// draining too), which is what a draining reserve of a VIP whose tier was not
+/// calling its reserves must be.
+fn adopted_seed(config: &Config, adopted: &Adopted) -> BTreeMap<Key, Observed> {
+    let mut seed: BTreeMap<Key, Observed> = adopted
+        .entries
+        .iter()
+        .map(|(key, entry)| {
+            let state = BackendState::from_u8(entry.state);
+            let seen = Observed {
+                healthy: state != BackendState::Down,
+                drained: state == BackendState::Draining,
+                mac: (entry.mac != [0; 6]).then_some(entry.mac),
+            };
+            (key.clone(), seen)
+        })
+        .collect();
+    for v in &config.vips {
+        let reserves: Vec<Key> = v
+            .backends
+            .iter()
+            .filter(|b| b.backup)
+            .map(|b| (v.name.clone(), b.name.clone()))
+            .filter(|key| seed.get(key).is_some_and(|s| s.drained))
+            .collect();
+        for key in &reserves {
+            if let Some(s) = seed.get_mut(key) {
+                s.drained = false;
+            }
+        }
+        if Tier::of(v, |b| seen(&seed, v, b)).reserves_called() {
+            // The tier was serving: a draining reserve was drained by hand.
+            for key in &reserves {
+                if let Some(s) = seed.get_mut(key) {
+                    s.drained = true;
+                }
+            }
+        }
+    }
+    seed
 }
 
 /// A backend as observed: its target's health, its drain flag and MAC.

@@ -630,3 +630,226 @@ fn a_failed_map_write_is_answered_logged_and_shown_in_the_status() {
     core.set_drained(Instant::now(), "web", "waf-1", false).unwrap();
     assert_eq!(core.poll_status().expect("published").last_write, Ok(()));
 }
+
+// --- the reserve tier ---
+
+/// Two primaries and two reserves, checked per address (one target each).
+const TIERED: &str = "
+interface: eth0
+health_check_defaults: { kind: tcp, port: 80, rise: 1, fall: 1 }
+vips:
+  - name: web
+    address: 192.0.2.1
+    port: 80
+    backends:
+      - { name: p1, address: 10.0.0.11 }
+      - { name: p2, address: 10.0.0.12 }
+      - { name: r1, address: 10.0.0.13, backup: true }
+      - { name: r2, address: 10.0.0.14, backup: true }
+";
+
+/// Started on `TIERED` with `extra` after `port: 80`, every MAC resolved, every
+/// backend up; outputs taken.
+fn tiered(extra: &str) -> TestCore {
+    let mut n = FakeNeighbours::default();
+    for last in 11..=14 {
+        n.resolve(IFINDEX, ip(&format!("10.0.0.{last}")), [2, 0, 0, 0, 0, last]);
+    }
+    let yaml = TIERED.replace("    port: 80\n", &format!("    port: 80\n{extra}"));
+    let mut core = start_with(&yaml, n);
+    for b in ["p1", "p2", "r1", "r2"] {
+        probes(&mut core, "web", b, true, 1);
+    }
+    outputs(&mut core);
+    core
+}
+
+fn reserve_active(outputs: &[Output]) -> Vec<bool> {
+    updates(outputs)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::ReserveActive { active, .. } => Some(*active),
+            _ => None,
+        })
+        .collect()
+}
+
+fn switches(outputs: &[Output]) -> Vec<bool> {
+    updates(outputs)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::TierSwitch { to_reserve, .. } => Some(*to_reserve),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reserves_wait_outside_the_ring_while_a_primary_is_up() {
+    let mut core = tiered("");
+    for b in ["p1", "p2"] {
+        assert!(in_ring(&core, "web", b), "{b}");
+    }
+    for b in ["r1", "r2"] {
+        assert!(!in_ring(&core, "web", b), "{b}");
+        assert_eq!(entry(&core, "web", b).state, BackendState::Draining as u8, "{b} keeps flows");
+    }
+    let out = probes(&mut core, "web", "p1", false, 1);
+    assert!(!in_ring(&core, "web", "r1"), "one primary left is enough with min_primaries 1");
+    assert_eq!(reserve_active(&out), [false]);
+    assert!(switches(&out).is_empty());
+    let status = core.poll_status().unwrap();
+    assert!(status.render(&Ok(()), &NoStats).contains("standby"));
+}
+
+#[test]
+fn losing_every_primary_switches_the_vip_to_its_reserves_and_back() {
+    let mut core = tiered("");
+    probes(&mut core, "web", "p1", false, 1);
+    let out = probes(&mut core, "web", "p2", false, 1);
+    for b in ["r1", "r2"] {
+        assert!(in_ring(&core, "web", b), "{b}");
+        assert_eq!(entry(&core, "web", b).state, BackendState::Up as u8);
+    }
+    assert_eq!(reserve_active(&out), [true]);
+    assert_eq!(switches(&out), [true]);
+    let warn = logs(&out, Level::Warn);
+    assert!(
+        warn.iter().any(|l| l.starts_with("web: switched to its reserve tier (0 of 2 primaries usable, min_primaries 1): new flows go to r1, r2")),
+        "{warn:?}"
+    );
+    // The reserves' own transitions: draining (standby) -> up.
+    let t = transitions(&out);
+    assert!(t.contains(&("web".into(), "r1".into(), BackendState::Up)), "{t:?}");
+
+    let out = probes(&mut core, "web", "p2", true, 1);
+    assert!(in_ring(&core, "web", "p2"));
+    for b in ["r1", "r2"] {
+        assert!(!in_ring(&core, "web", b), "{b}");
+        assert_eq!(
+            entry(&core, "web", b).state,
+            BackendState::Draining as u8,
+            "{b}: flows established on the reserve stay there"
+        );
+    }
+    assert_eq!(switches(&out), [false]);
+    assert!(logs(&out, Level::Info).iter().any(|l| l.starts_with("web: back on its primary tier")));
+}
+
+#[test]
+fn with_min_primaries_2_one_lost_primary_brings_the_reserves_in_beside_the_other() {
+    let mut core = tiered("    min_primaries: 2\n");
+    assert!(!in_ring(&core, "web", "r1"));
+    let out = probes(&mut core, "web", "p2", false, 1);
+    for b in ["p1", "r1", "r2"] {
+        assert!(in_ring(&core, "web", b), "{b}");
+    }
+    assert_eq!(switches(&out), [true]);
+    assert!(logs(&out, Level::Warn).iter().any(|l| l.contains("the usable primaries and r1, r2")));
+}
+
+#[test]
+fn a_reserve_that_dies_while_serving_is_down_and_its_flows_move() {
+    let mut core = tiered("");
+    probes(&mut core, "web", "p1", false, 1);
+    probes(&mut core, "web", "p2", false, 1);
+    let out = probes(&mut core, "web", "r1", false, 1);
+    assert_eq!(entry(&core, "web", "r1").state, BackendState::Down as u8);
+    assert!(in_ring(&core, "web", "r2") && !in_ring(&core, "web", "r1"));
+    assert!(switches(&out).is_empty(), "still on the reserves");
+}
+
+#[test]
+fn a_restart_keeps_standby_reserves_undrained_and_a_drained_serving_reserve_drained() {
+    // Standby: the pinned maps hold r1 and r2 as draining; they are not drains.
+    let first = tiered("");
+    let yaml = TIERED;
+    let again = Core::start(
+        parse(yaml),
+        interface(),
+        first.writer.maps().clone(),
+        true,
+        FakeNeighbours::default(),
+        Instant::now(),
+    )
+    .unwrap();
+    for b in ["r1", "r2"] {
+        assert!(!again.backends[&("web".to_owned(), b.to_owned())].drained, "{b}");
+    }
+    // Serving reserves, r2 drained by hand: the drain survives, r1 keeps serving.
+    let mut first = tiered("");
+    probes(&mut first, "web", "p1", false, 1);
+    probes(&mut first, "web", "p2", false, 1);
+    first.set_drained(Instant::now(), "web", "r2", true).unwrap();
+    let again = Core::start(
+        parse(yaml),
+        interface(),
+        first.writer.maps().clone(),
+        true,
+        FakeNeighbours::default(),
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(again.backends[&("web".to_owned(), "r2".to_owned())].drained);
+    assert!(!again.backends[&("web".to_owned(), "r1".to_owned())].drained);
+    assert!(in_ring(&again, "web", "r1") && !in_ring(&again, "web", "r2"));
+}
+
+#[test]
+fn undraining_a_reserve_answers_standby_while_primaries_serve() {
+    let mut core = tiered("");
+    core.set_drained(Instant::now(), "web", "r1", true).unwrap();
+    let answer = core.set_drained(Instant::now(), "web", "r1", false).unwrap();
+    assert_eq!(answer, "web/r1 is standby");
+}
+
+#[test]
+fn config_warnings_are_logged_at_start_and_on_reload() {
+    let mut core = start_with(
+        &TIERED.replace("    port: 80\n", "    port: 80\n    min_primaries: 0\n"),
+        resolved(),
+    );
+    let out = outputs(&mut core);
+    assert!(
+        logs(&out, Level::Warn)
+            .iter()
+            .any(|l| l.contains("config warning") && l.contains("min_primaries 0")),
+        "{:?}",
+        logs(&out, Level::Warn)
+    );
+    core.reload(Instant::now(), Ok(parse(TIERED))).unwrap();
+    let out = outputs(&mut core);
+    assert!(!logs(&out, Level::Warn).iter().any(|l| l.contains("config warning")));
+}
+
+#[test]
+fn every_write_exports_each_backends_role() {
+    let mut core = tiered("");
+    let out = probes(&mut core, "web", "p1", false, 1);
+    let roles: Vec<(String, bool)> = updates(&out)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Role { backend, reserve, .. } => Some((backend.clone(), *reserve)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [("p1".into(), false), ("p2".into(), false), ("r1".into(), true), ("r2".into(), true)]
+    );
+}
+
+/// Statistics nobody reads.
+struct NoStats;
+
+impl crate::stats::Stats for NoStats {
+    fn counters(&self) -> Result<lb_common::CounterSet> {
+        Ok(lb_common::CounterSet::default())
+    }
+    fn vip_traffic(&self, _: u32) -> Result<lb_common::Traffic> {
+        Ok(lb_common::Traffic::default())
+    }
+    fn backend_traffic(&self, _: u32) -> Result<lb_common::Traffic> {
+        Ok(lb_common::Traffic::default())
+    }
+}
