@@ -2,7 +2,7 @@
 //! `xdplb run` in the lab with the rules of deploy/prometheus/rules loaded, while
 //! the lab provokes what every alert is about (nodes down, a VIP without a usable
 //! node, an unresolved next hop, a flapping node, drops, a refused reload, slow
-//! checks, a balancer that cannot be scraped). Then every alert must be pending or
+//! checks, a balancer that cannot be scraped, a VIP served by its reserve). Then every alert must be pending or
 //! firing, and every rule's and every dashboard query must be valid and return
 //! series through Prometheus's HTTP API. New rule files and panels are picked up
 //! without touching this file.
@@ -35,6 +35,8 @@ const PROM: &str = "127.0.0.1:9091";
 /// A second target of the `xdplb` job where nothing listens: a balancer that is down.
 const DEAD_TARGET: &str = "127.0.0.1:9";
 const DEAD_PORT: u16 = 9999;
+/// A VIP whose primary is never usable: its reserve serves (XdplbVipServedByReserves).
+const RESERVE_PORT: u16 = 9998;
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -249,6 +251,13 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
          \x20   health_check: {{ kind: tcp, port: 81, interval: 200ms, timeout: 150ms }}\n",
         lab::waf4(1)
     );
+    // A VIP served by its reserve: its only primary never resolves, its reserve is up.
+    let _ = write!(
+        text,
+        "  - name: standby\n    address: \"{VIP4}\"\n    port: {RESERVE_PORT}\n    protocol: udp\n    backends:\n\
+         \x20     - {{ name: ghost, address: \"10.99.0.250\" }}\n      - {{ name: waf3, address: \"{}\", backup: true }}\n",
+        lab::waf4(3)
+    );
     let config = dir.join("xdplb.yaml");
     std::fs::write(&config, &text).unwrap();
     let daemon = Daemon::start(
@@ -261,8 +270,10 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
     .unwrap();
     daemon
         .wait_until("the rig's 12 backends up", Duration::from_secs(20), |d| {
-            d.status()
-                .is_ok_and(|s| states(&s).iter().filter(|(_, _, st)| st == "up").count() == 12)
+            d.status().is_ok_and(|s| {
+                let rig_vip = |v: &str| ["web4", "web6", "udp4", "udp6"].contains(&v);
+                states(&s).iter().filter(|(v, _, st)| rig_vip(v) && st == "up").count() == 12
+            })
         })
         .unwrap();
     let _prometheus = Prometheus::start(&dir.join("prometheus"));
