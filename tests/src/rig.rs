@@ -13,7 +13,8 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     daemon::Daemon,
-    lab::{self, LabConfig, LabGuard, Mode, NS_LB, PIN_DIR, VIP4, VIP6},
+    lab::{self, LabConfig, LabGuard, Mode, NS_LB, PIN_DIR, VIP4, VIP6, in_netns},
+    traffic::http_once,
 };
 
 /// Health-check settings written into `health_check_defaults`; `None` keeps
@@ -99,13 +100,41 @@ pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) ->
     s
 }
 
+/// `text` (from [`config_text`]) with WAF nodes `reserves` as reserves
+/// (`backup: true`) in every VIP, and `min_primaries` set on every VIP.
+#[must_use]
+pub fn with_reserves(text: &str, reserves: &[usize], min_primaries: u32) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let reserve = reserves.iter().any(|k| line.contains(&format!("- {{ name: waf{k},")));
+        if reserve {
+            let _ = writeln!(
+                out,
+                "{}, backup: true }}",
+                line.trim_end().trim_end_matches('}').trim_end()
+            );
+        } else if line.trim_start() == "backends:" {
+            let _ = writeln!(out, "    min_primaries: {min_primaries}\n{line}");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
 impl Rig {
     /// Lab up, xdplb started in the lb namespace, every backend up.
     pub fn up(mode: Mode, wafs: usize, checks: &Checks) -> Result<Self> {
+        Self::up_with(mode, wafs, &config_text(mode, wafs, checks, &[]))
+    }
+
+    /// As [`Rig::up`] with the config `text` (four VIPs over `wafs` nodes, as
+    /// [`config_text`] writes them); waits until every backend's health is up.
+    pub fn up_with(mode: Mode, wafs: usize, text: &str) -> Result<Self> {
         let lab = LabGuard::up(&LabConfig { mode, wafs })?;
         std::fs::create_dir_all(dir())?;
         let config = dir().join("xdplb.yaml");
-        std::fs::write(&config, config_text(mode, wafs, checks, &[]))?;
+        std::fs::write(&config, text)?;
         let daemon = Daemon::start(
             NS_LB,
             &config,
@@ -114,7 +143,12 @@ impl Rig {
             &["--detach-on-exit"],
         )?;
         let rig = Self { daemon, lab, config };
-        rig.wait_all(wafs * 4, "up", Duration::from_secs(20))?;
+        rig.daemon
+            .wait_until(&format!("{} backends healthy", wafs * 4), Duration::from_secs(20), |d| {
+                d.status()
+                    .is_ok_and(|s| rows(&s).iter().filter(|r| r.health == "up").count() >= wafs * 4)
+            })
+            .context("waiting for backends")?;
         Ok(rig)
     }
 
@@ -138,6 +172,31 @@ impl Rig {
             .map(|(_, _, st)| st)
             .with_context(|| format!("{vip}/{waf} not in status:\n{s}"))
     }
+}
+
+/// One direct request from the client to every node, IPv4 and IPv6, until each
+/// answers. Right after the lab comes up, the first connection through the VIP
+/// to a node over IPv6 often needs a SYN retransmission (~1 s, seen in both
+/// modes), and never once the client and the node have talked directly or after
+/// half a second of waiting: neighbour discovery between the two settling, not
+/// the balancer. Settled before anything is measured.
+pub fn warm_neighbours(wafs: usize, timeout: Duration) -> Result<()> {
+    in_netns(Some(lab::NS_CLIENT), || {
+        for k in 1..=wafs {
+            for addr in [IpAddr::from(lab::waf4(k)), IpAddr::from(lab::waf6(k))] {
+                let target = SocketAddr::new(addr, lab::HTTP_PORT);
+                let start = std::time::Instant::now();
+                while http_once(target, Duration::from_secs(3)).is_err() {
+                    anyhow::ensure!(
+                        start.elapsed() < timeout,
+                        "waf{k} does not answer {target} directly"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One backend line of `xdplb status`, its cells found by the header's column

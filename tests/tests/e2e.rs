@@ -29,7 +29,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -38,8 +38,8 @@ use lb_userspace::admin::{Request, Response};
 use xdplb_tests::{
     daemon::{Daemon, binary},
     lab::{
-        BULK_BYTES, BULK_FILE, HTTP_PORT, Mode, NS_CLIENT, NS_LB, PIN_DIR, UPLOAD_DIR,
-        bulk_content, in_netns, uploaded, waf4, waf6,
+        BULK_BYTES, BULK_FILE, Mode, NS_CLIENT, NS_LB, PIN_DIR, UPLOAD_DIR, bulk_content, in_netns,
+        uploaded,
     },
     privilege::have_root,
     rig::{Checks, Rig, Row, config_text, rows, udp4, web4, web6},
@@ -192,24 +192,9 @@ fn restore(rig: &mut Rig, base_config: &str) -> Result<()> {
     warm_neighbours()
 }
 
-/// One direct request from the client to every node, IPv4 and IPv6, until each
-/// answers. Right after the lab comes up, the first connection through the VIP
-/// to a node over IPv6 often needs a SYN retransmission (~1 s, seen in both
-/// modes; in ipip mode the 8 parallel first connections of the IPv6 spread then
-/// time out), and never once the client and the node have talked directly or
-/// after half a second of waiting: neighbour discovery between the two settling,
-/// not the balancer. Settled before anything is measured.
+/// See [`xdplb_tests::rig::warm_neighbours`].
 fn warm_neighbours() -> Result<()> {
-    in_netns(Some(NS_CLIENT), || {
-        for k in 1..=WAFS {
-            for addr in [IpAddr::from(waf4(k)), IpAddr::from(waf6(k))] {
-                let target = SocketAddr::new(addr, HTTP_PORT);
-                wait_until(WAIT, || Ok(http_once(target, Duration::from_secs(3)).is_ok()))
-                    .with_context(|| format!("waf{k} does not answer {target} directly"))?;
-            }
-        }
-        Ok(())
-    })
+    xdplb_tests::rig::warm_neighbours(WAFS, WAIT)
 }
 
 // ---------------------------------------------------------------- scenarios
