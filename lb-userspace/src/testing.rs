@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Result, bail};
 use lb_common::{
     Backend, LbConfig, VipKey, VipMeta,
-    limits::{RING_SIZE, VIP_FILTER_WORDS},
+    limits::{MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
     vip::VipAddrKey,
 };
 
@@ -23,6 +23,7 @@ use crate::{
     mac::Mac,
     maps::{Maps, Snapshot},
     neighbours::{NUD_REACHABLE, Neighbour, NeighbourSource, Tables},
+    writer::key_bytes,
 };
 
 /// Map writes, in order, as the fake saw them.
@@ -39,6 +40,8 @@ pub enum Op {
 
 /// The maps in memory: what was written, and in which order. A clone has the
 /// same contents (the maps a restarted controller finds) and the same `fail` switch.
+/// Sizes are the kernel maps': a full VIP map refuses a new key, an index past
+/// the backend table is an error.
 #[derive(Clone, Default)]
 pub struct FakeMaps {
     pub ops: Vec<Op>,
@@ -51,28 +54,22 @@ pub struct FakeMaps {
     /// While set, every write fails (as a full or vanished map would) and changes
     /// nothing. Shared, so a test flips it while the writer owns the maps.
     pub fail: Arc<AtomicBool>,
+    /// When set, this many more writes succeed; every one after fails.
+    pub budget: Option<usize>,
 }
 
 impl FakeMaps {
     /// Records `op`, or fails it while `fail` is set.
     fn write(&mut self, op: Op) -> Result<()> {
-        if self.fail.load(Ordering::Relaxed) {
+        if self.fail.load(Ordering::Relaxed) || self.budget == Some(0) {
             bail!("injected map write failure ({op:?})");
+        }
+        if let Some(left) = &mut self.budget {
+            *left -= 1;
         }
         self.ops.push(op);
         Ok(())
     }
-}
-
-fn key_bytes(k: &VipKey) -> [u8; 20] {
-    let mut b = [0u8; 20];
-    for (i, w) in k.addr.iter().enumerate() {
-        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    b[16..18].copy_from_slice(&k.port.to_ne_bytes());
-    b[18] = k.proto;
-    b[19] = k.family;
-    b
 }
 
 impl Maps for FakeMaps {
@@ -82,6 +79,13 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        // A hash map refuses a new key when full (E2BIG), as the kernel's does.
+        if self.vips.len() >= MAX_VIPS as usize && !self.vips.contains_key(&key_bytes(key)) {
+            bail!("VIPS is full ({MAX_VIPS} entries)");
+        }
+        if meta.ring >= MAX_VIPS * RINGS_PER_VIP || meta.index >= MAX_VIPS {
+            bail!("VIPS value {meta:?} out of range");
+        }
         self.write(Op::Vip(u16::from_be(key.port), meta.ring))?;
         self.vips.insert(key_bytes(key), (*key, *meta));
         Ok(())
@@ -92,6 +96,9 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_vip_addr(&mut self, key: &VipAddrKey, present: bool) -> Result<()> {
+        if present && self.addrs.len() >= MAX_VIP_ADDRS as usize && !self.addrs.contains(key) {
+            bail!("VIP_ADDRS is full ({MAX_VIP_ADDRS} entries)");
+        }
         self.write(Op::VipAddr(present))?;
         if present {
             self.addrs.insert(*key);
@@ -101,6 +108,9 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
+        if index >= MAX_BACKENDS {
+            bail!("BACKENDS[{index}] is out of bounds");
+        }
         self.write(Op::Backend(index, backend.state))?;
         self.backends.insert(index, *backend);
         Ok(())
@@ -114,6 +124,9 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
+        if ring >= MAX_VIPS * RINGS_PER_VIP || slots.len() != RING_SIZE as usize {
+            bail!("ring {ring} with {} slots does not fit RINGS", slots.len());
+        }
         self.write(Op::Ring(ring))?;
         self.rings.insert(ring, slots.to_vec());
         Ok(())

@@ -1,9 +1,28 @@
 //! The one writer of the data path's maps. Given the desired [`DesiredState`], it
 //! allocates VIP and backend slots, builds Maglev rings and applies only the
-//! difference, in an order that never lets a packet reach a dead backend:
-//! backends coming up are written before the rings that use them; a changed ring
-//! is written into the VIP's idle ring and then switched to with one VIP-map update;
-//! backends going down are marked after the rings stop using them.
+//! difference, in an order that never lets a packet reach a dead backend and that
+//! a full map cannot wedge:
+//!
+//! 1. the whole plan is checked against the maps' capacity before anything is
+//!    written (a refused plan writes nothing);
+//! 2. keys that go away are deleted before new ones are inserted (the VIP map
+//!    and the VIP address set hold exactly `MAX_VIPS` entries);
+//! 3. backends coming up are written before the rings that use them; a changed
+//!    ring is written into the VIP's idle ring and then switched to with one
+//!    VIP-map update; backends going down are marked after the rings stop using them;
+//! 4. a plan that needs slots still held by what it removes (a renamed VIP at
+//!    `MAX_VIPS`, a replaced backend at `MAX_BACKENDS`) is applied in two steps:
+//!    first without the new VIPs and backends (which frees the old slots and
+//!    switches every ring away from them), then whole.
+//!
+//! Established flows skip the VIP lookup (their connection-table entry names a
+//! backend, whose entry names the VIP), so a VIP whose address, port or protocol
+//! changed gives its backends new generations once the old key is gone: their
+//! flows on the old key are re-hashed, find no VIP, and stop being forwarded.
+//!
+//! The writer's own record of the maps follows every successful write, so a
+//! write the kernel refuses leaves it knowing what the maps hold, and the next
+//! apply converges from there.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,7 +32,7 @@ use std::{
 use anyhow::{Result, bail};
 use lb_common::{
     Backend, BackendState, LbConfig, VipKey, VipMeta,
-    limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
+    limits::{MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
     vip::{VipAddrKey, filter_bit},
 };
 
@@ -33,6 +52,9 @@ pub struct Applied {
     pub slots_moved: usize,
     pub vips_added: usize,
     pub vips_removed: usize,
+    /// The plan needed slots that what it removed still held: it was applied in
+    /// two steps (see the module documentation).
+    pub two_step: bool,
 }
 
 impl Applied {
@@ -56,16 +78,30 @@ pub struct Adopted {
 
 struct VipSlot {
     index: u32,
-    key: VipKey,
+    /// The key the VIP map holds for this slot; `None` before its first write
+    /// and once deleted.
+    key: Option<VipKey>,
     /// Which of the VIP's two rings the kernel uses.
     active: u32,
+    /// That ring as written; empty before the first write.
     table: Vec<u32>,
+    /// The members it was built from (ring id, weight, backend index): the same
+    /// members build the same ring, so an unchanged VIP costs no Maglev build.
+    members: Vec<(String, u32, u32)>,
 }
 
 impl VipSlot {
     fn ring(&self, which: u32) -> u32 {
         self.index * RINGS_PER_VIP + which
     }
+}
+
+/// Where each VIP and backend of a plan goes.
+struct Allocation {
+    /// Slot index of every VIP of the plan, by name.
+    vips: BTreeMap<String, u32>,
+    /// Index and entry of every backend of the plan.
+    backends: BTreeMap<BackendId, (u32, Backend)>,
 }
 
 pub struct MapWriter<M: Maps> {
@@ -118,11 +154,16 @@ impl<M: Maps> MapWriter<M> {
             else {
                 continue;
             };
+            if meta.index >= MAX_VIPS || w.vips.values().any(|s| s.index == meta.index) {
+                continue;
+            }
             let table = w.maps.read_ring(meta.ring)?;
             let found = plan.vips.iter().find(|v| v.key() == *key && !w.vips.contains_key(&v.name));
             let name =
                 found.map_or_else(|| format!("(orphan vip {})", meta.index), |v| v.name.clone());
-            w.vips.insert(name, VipSlot { index: meta.index, key: *key, active, table });
+            let slot =
+                VipSlot { index: meta.index, key: Some(*key), active, table, members: vec![] };
+            w.vips.insert(name, slot);
             let Some(vip) = found else {
                 adopted.orphans += 1;
                 continue;
@@ -179,49 +220,106 @@ impl<M: Maps> MapWriter<M> {
         self.vips.get(name).map(|v| v.table.as_slice())
     }
 
+    /// Whether `plan` fits the maps at all; `apply` checks this before writing.
+    pub fn check(plan: &DesiredState) -> Result<()> {
+        check_capacity(plan)
+    }
+
     /// Makes the maps say what `plan` says. Fails without writing anything when the
     /// plan does not fit the maps.
     pub fn apply(&mut self, plan: &DesiredState) -> Result<Applied> {
         check_capacity(plan)?;
         let mut applied = Applied::default();
+        if self.allocate(plan).is_none() {
+            // The new VIPs or backends need slots that what the plan removes still
+            // holds: remove first (rings switch away from the old slots), then add.
+            applied.two_step = true;
+            self.apply_fitting(&self.retained(plan), &mut applied)?;
+        }
+        self.apply_fitting(plan, &mut applied)?;
+        Ok(applied)
+    }
+
+    /// `plan` without the VIPs and backends the maps do not hold yet.
+    fn retained(&self, plan: &DesiredState) -> DesiredState {
+        let vips = plan
+            .vips
+            .iter()
+            .filter(|v| self.vips.contains_key(&v.name))
+            .map(|v| DesiredVip {
+                backends: v
+                    .backends
+                    .iter()
+                    .filter(|b| {
+                        self.backends.contains_key(&(v.name.clone(), b.name.clone(), b.address))
+                    })
+                    .cloned()
+                    .collect(),
+                ..v.clone()
+            })
+            .collect();
+        DesiredState { config: plan.config, vips }
+    }
+
+    /// Applies a plan whose new VIPs and backends fit in slots free now.
+    fn apply_fitting(&mut self, plan: &DesiredState, applied: &mut Applied) -> Result<()> {
+        let Some(alloc) = self.allocate(plan) else {
+            bail!("internal error: no free slot for the plan after removing what it drops");
+        };
         if self.config.as_ref() != Some(&plan.config) {
             self.maps.set_config(&plan.config)?;
             self.config = Some(plan.config);
             applied.config_written = true;
         }
-        let wanted = self.allocate(plan)?;
         // The address filter lets new VIP addresses through before their VIP entries
-        // exist, and drops removed ones only after them (step 4).
+        // exist, and drops removed ones only after them (the last step).
         let filter = vip_filter(plan);
         let union: Vec<u64> = filter.iter().zip(&self.filter).map(|(a, b)| a | b).collect();
         self.write_filter(union)?;
-        // 1. Entries that are new or not going down: before any ring points at them.
-        self.write_entries(&wanted, false, &mut applied)?;
-        // 2. Rings and VIP entries.
+        self.retire_keys(plan)?;
+        self.write_vip_addrs(plan)?;
+        // Entries that are new, changed or re-generated and not going down: before
+        // any ring or VIP key points at them.
+        self.write_entries(&alloc.backends, false, applied)?;
         for vip in &plan.vips {
-            self.switch_ring(vip, &wanted, &mut applied)?;
+            self.switch_ring(vip, &alloc, applied)?;
         }
-        // 3. Entries going down, now that no ring points at them.
-        self.write_entries(&wanted, true, &mut applied)?;
-        // 4. Removed backends and VIPs.
-        self.remove_gone(plan, wanted, &mut applied)?;
-        self.write_filter(filter)?;
-        Ok(applied)
+        // Entries going down, now that no ring points at them; then what the plan removed.
+        self.write_entries(&alloc.backends, true, applied)?;
+        self.remove_gone(&alloc, applied)?;
+        self.write_filter(filter)
     }
 
-    /// Slots for new VIPs and backends, and the entry each backend should have.
-    fn allocate(&mut self, plan: &DesiredState) -> Result<BTreeMap<BackendId, (u32, Backend)>> {
-        let mut wanted: BTreeMap<BackendId, (u32, Backend)> = BTreeMap::new();
+    /// Where each VIP and backend of `plan` goes: kept where it is, or given a slot
+    /// that nothing holds or points at now. `None` when the slots free now are too
+    /// few. Backends of a VIP whose key changes get a new generation. Writes nothing.
+    fn allocate(&self, plan: &DesiredState) -> Option<Allocation> {
+        let mut used: BTreeSet<u32> = self.vips.values().map(|v| v.index).collect();
+        let mut vips = BTreeMap::new();
         for vip in &plan.vips {
-            let vip_index = self.vip_slot(&vip.name);
+            let index = if let Some(slot) = self.vips.get(&vip.name) {
+                slot.index
+            } else {
+                let free = (0..MAX_VIPS).find(|i| !used.contains(i))?;
+                used.insert(free);
+                free
+            };
+            vips.insert(vip.name.clone(), index);
+        }
+        // Free backend indices, lowest first; computed once, only if needed.
+        let mut free: Option<std::vec::IntoIter<u32>> = None;
+        let mut backends = BTreeMap::new();
+        for vip in &plan.vips {
+            let rekeyed =
+                self.vips.get(&vip.name).and_then(|s| s.key).is_some_and(|k| k != vip.key());
             for b in &vip.backends {
                 let id = (vip.name.clone(), b.name.clone(), b.address);
                 let (index, generation) = if let Some((i, e)) = self.backends.get(&id) {
-                    (*i, e.generation)
+                    (*i, if rekeyed { e.generation.wrapping_add(1) } else { e.generation })
                 } else {
-                    let i = self.free_backend(&wanted)?;
-                    self.generations[i as usize] += 1;
-                    (i, self.generations[i as usize])
+                    let free = free.get_or_insert_with(|| self.free_indices().into_iter());
+                    let i = free.next()?;
+                    (i, self.generations[i as usize].wrapping_add(1))
                 };
                 let (addr, family) = addr_words(b.address);
                 let entry = Backend {
@@ -230,12 +328,60 @@ impl<M: Maps> MapWriter<M> {
                     family,
                     state: b.effective_state() as u8,
                     generation,
-                    vip: vip_index,
+                    vip: vips[&vip.name],
                 };
-                wanted.insert(id, (index, entry));
+                backends.insert(id, (index, entry));
             }
         }
-        Ok(wanted)
+        Some(Allocation { vips, backends })
+    }
+
+    /// Backend indices a new backend may take, lowest first: held by no backend
+    /// and in no ring the kernel uses (a slot is only reused once no ring sends
+    /// packets to it).
+    fn free_indices(&self) -> Vec<u32> {
+        let mut taken = vec![false; MAX_BACKENDS as usize];
+        for (i, _) in self.backends.values() {
+            taken[*i as usize] = true;
+        }
+        for slot in self.vips.values() {
+            for &i in &slot.table {
+                if let Some(t) = taken.get_mut(i as usize) {
+                    *t = true;
+                }
+            }
+        }
+        (0..MAX_BACKENDS).filter(|i| !taken[*i as usize]).collect()
+    }
+
+    /// Deletes the VIP keys the plan no longer has (removed VIPs, and the old key
+    /// of a VIP whose address, port or protocol changed) before anything is added.
+    fn retire_keys(&mut self, plan: &DesiredState) -> Result<()> {
+        for (name, slot) in &mut self.vips {
+            let Some(key) = slot.key else { continue };
+            // Even a key that another VIP of the plan takes over is deleted first:
+            // flows re-hashed meanwhile must not find the old VIP under it.
+            if !plan.vips.iter().any(|v| v.name == *name && v.key() == key) {
+                self.maps.remove_vip(&key)?;
+                slot.key = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the VIP addresses the plan no longer has, then adds its new ones
+    /// (the set holds `MAX_VIP_ADDRS`: deleting first never overflows it).
+    fn write_vip_addrs(&mut self, plan: &DesiredState) -> Result<()> {
+        let addrs: BTreeSet<VipAddrKey> = plan.vips.iter().map(DesiredVip::addr_key).collect();
+        for a in self.vip_addrs.difference(&addrs).copied().collect::<Vec<_>>() {
+            self.maps.set_vip_addr(&a, false)?;
+            self.vip_addrs.remove(&a);
+        }
+        for a in addrs.difference(&self.vip_addrs).copied().collect::<Vec<_>>() {
+            self.maps.set_vip_addr(&a, true)?;
+            self.vip_addrs.insert(a);
+        }
+        Ok(())
     }
 
     /// Writes the changed entries that are going down (`down`) or not.
@@ -249,6 +395,8 @@ impl<M: Maps> MapWriter<M> {
             let old = self.backends.get(id).map(|(_, e)| e);
             if old != Some(entry) && (entry.state == BackendState::Down as u8) == down {
                 self.maps.set_backend(*index, entry)?;
+                self.generations[*index as usize] = entry.generation;
+                self.backends.insert(id.clone(), (*index, *entry));
                 applied.backends_written += 1;
             }
         }
@@ -256,88 +404,111 @@ impl<M: Maps> MapWriter<M> {
     }
 
     /// Builds the VIP's ring from its up backends; when it differs from the one in
-    /// use, writes it into the idle ring and switches the VIP entry to it.
+    /// use, writes it into the idle ring and switches the VIP entry to it. A VIP
+    /// whose key changed gets its entry under the new key.
     fn switch_ring(
         &mut self,
         vip: &DesiredVip,
-        wanted: &BTreeMap<BackendId, (u32, Backend)>,
+        alloc: &Allocation,
         applied: &mut Applied,
     ) -> Result<()> {
         let members: Vec<(String, u32, u32)> = vip
             .backends
             .iter()
             .filter(|b| b.effective_state() == BackendState::Up)
-            .map(|b| {
-                (b.ring_id(), b.weight, wanted[&(vip.name.clone(), b.name.clone(), b.address)].0)
+            .filter_map(|b| {
+                let (index, _) =
+                    alloc.backends.get(&(vip.name.clone(), b.name.clone(), b.address))?;
+                Some((b.ring_id(), b.weight, *index))
             })
             .collect();
-        let members: Vec<Member<'_>> = members
-            .iter()
-            .map(|(id, weight, value)| Member { id, weight: *weight, value: *value })
-            .collect();
-        let table = maglev::build(&members, RING_SIZE);
         let key = vip.key();
-        let slot = self.vips.get_mut(&vip.name).expect("allocated by `allocate`");
-        let is_new = slot.table.is_empty();
-        let old_key = slot.key;
-        if table != slot.table {
+        let index = alloc.vips[&vip.name];
+        let slot = self.vips.entry(vip.name.clone()).or_insert_with(|| VipSlot {
+            index,
+            key: None,
+            active: 1,
+            table: Vec::new(),
+            members: Vec::new(),
+        });
+        let is_new = slot.key.is_none() && slot.table.is_empty();
+        let unchanged = members == slot.members && !slot.table.is_empty();
+        let table = if unchanged {
+            None
+        } else {
+            let built: Vec<Member<'_>> = members
+                .iter()
+                .map(|(id, weight, value)| Member { id, weight: *weight, value: *value })
+                .collect();
+            let table = maglev::build(&built, RING_SIZE);
+            if table == slot.table {
+                // Built from other members but the same (an adopted ring): remember them.
+                slot.members.clone_from(&members);
+                None
+            } else {
+                Some(table)
+            }
+        };
+        if let Some(table) = table {
             let idle = 1 - slot.active;
             self.maps.write_ring(slot.ring(idle), &table)?;
-            applied.slots_moved += if is_new {
+            self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(idle) })?;
+            applied.slots_moved += if slot.table.is_empty() {
                 table.len()
             } else {
                 table.iter().zip(&slot.table).filter(|(a, b)| a != b).count()
             };
             slot.active = idle;
             slot.table = table;
+            slot.members = members;
             applied.rings_switched += 1;
-            self.maps.set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(idle) })?;
-        } else if key != old_key {
+        } else if slot.key != Some(key) {
             self.maps
                 .set_vip(&key, &VipMeta { index: slot.index, ring: slot.ring(slot.active) })?;
+        } else {
+            return Ok(());
         }
-        if !is_new && key != old_key {
-            self.maps.remove_vip(&old_key)?;
-        }
-        slot.key = key;
+        slot.key = Some(key);
         if is_new {
             applied.vips_added += 1;
+        }
+        // A key taken over from another VIP no longer points at that VIP's slot.
+        let name = vip.name.as_str();
+        for (other, s) in &mut self.vips {
+            if other != name && s.key == Some(key) {
+                s.key = None;
+            }
         }
         Ok(())
     }
 
-    /// Marks removed backends down, deletes removed VIPs and their addresses.
-    fn remove_gone(
-        &mut self,
-        plan: &DesiredState,
-        wanted: BTreeMap<BackendId, (u32, Backend)>,
-        applied: &mut Applied,
-    ) -> Result<()> {
-        for (id, (index, entry)) in &self.backends {
-            if !wanted.contains_key(id) {
-                let down = Backend { state: BackendState::Down as u8, ..*entry };
-                self.maps.set_backend(*index, &down)?;
+    /// Marks removed backends down and forgets them and the removed VIPs (whose
+    /// keys `retire_keys` deleted).
+    fn remove_gone(&mut self, alloc: &Allocation, applied: &mut Applied) -> Result<()> {
+        let gone: Vec<(BackendId, (u32, Backend))> = self
+            .backends
+            .iter()
+            .filter(|(id, _)| !alloc.backends.contains_key(*id))
+            .map(|(id, v)| (id.clone(), *v))
+            .collect();
+        for (id, (index, entry)) in gone {
+            if entry.state != BackendState::Down as u8 {
+                let down = Backend { state: BackendState::Down as u8, ..entry };
+                self.maps.set_backend(index, &down)?;
                 applied.backends_written += 1;
             }
+            self.backends.remove(&id);
         }
-        self.backends = wanted;
-        let names: BTreeSet<&str> = plan.vips.iter().map(|v| v.name.as_str()).collect();
-        let gone: Vec<String> =
-            self.vips.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
+        let gone: Vec<String> = self
+            .vips
+            .iter()
+            .filter(|(name, slot)| !alloc.vips.contains_key(*name) && slot.key.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in gone {
-            if let Some(slot) = self.vips.remove(&name) {
-                self.maps.remove_vip(&slot.key)?;
-                applied.vips_removed += 1;
-            }
+            self.vips.remove(&name);
+            applied.vips_removed += 1;
         }
-        let addrs: BTreeSet<VipAddrKey> = plan.vips.iter().map(DesiredVip::addr_key).collect();
-        for a in addrs.difference(&self.vip_addrs) {
-            self.maps.set_vip_addr(a, true)?;
-        }
-        for a in self.vip_addrs.difference(&addrs) {
-            self.maps.set_vip_addr(a, false)?;
-        }
-        self.vip_addrs = addrs;
         Ok(())
     }
 
@@ -350,29 +521,6 @@ impl<M: Maps> MapWriter<M> {
         self.filter = filter;
         Ok(())
     }
-
-    fn vip_slot(&mut self, name: &str) -> u32 {
-        if let Some(slot) = self.vips.get(name) {
-            return slot.index;
-        }
-        let used: BTreeSet<u32> = self.vips.values().map(|v| v.index).collect();
-        let index = (0..MAX_VIPS).find(|i| !used.contains(i)).expect("capacity checked");
-        self.vips.insert(
-            name.to_owned(),
-            VipSlot { index, key: VipKey::default(), active: 1, table: Vec::new() },
-        );
-        index
-    }
-
-    /// A backend index used neither by the current maps nor by this plan so far.
-    fn free_backend(&self, wanted: &BTreeMap<BackendId, (u32, Backend)>) -> Result<u32> {
-        let used: BTreeSet<u32> =
-            self.backends.values().chain(wanted.values()).map(|(i, _)| *i).collect();
-        match (0..MAX_BACKENDS).find(|i| !used.contains(i)) {
-            Some(i) => Ok(i),
-            None => bail!("more than {MAX_BACKENDS} (VIP, backend) pairs"),
-        }
-    }
 }
 
 fn vip_filter(plan: &DesiredState) -> Vec<u64> {
@@ -384,6 +532,20 @@ fn vip_filter(plan: &DesiredState) -> Vec<u64> {
     words
 }
 
+/// A VIP key as bytes, to compare and order keys.
+pub(crate) fn key_bytes(k: &VipKey) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    for (i, w) in k.addr.iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    b[16..18].copy_from_slice(&k.port.to_ne_bytes());
+    b[18] = k.proto;
+    b[19] = k.family;
+    b
+}
+
+/// Whether `plan` fits the maps: VIPs, (VIP, backend) pairs and VIP addresses
+/// within the maps' sizes, no two VIPs with one key, no VIP with a backend twice.
 fn check_capacity(plan: &DesiredState) -> Result<()> {
     if plan.vips.len() > MAX_VIPS as usize {
         bail!("{} VIPs configured; the data path holds at most {MAX_VIPS}", plan.vips.len());
@@ -393,6 +555,29 @@ fn check_capacity(plan: &DesiredState) -> Result<()> {
         bail!(
             "{pairs} (VIP, backend) pairs configured; the data path holds at most {MAX_BACKENDS}"
         );
+    }
+    let addrs: BTreeSet<VipAddrKey> = plan.vips.iter().map(DesiredVip::addr_key).collect();
+    if addrs.len() > MAX_VIP_ADDRS as usize {
+        bail!(
+            "{} VIP addresses configured; the data path holds at most {MAX_VIP_ADDRS}",
+            addrs.len()
+        );
+    }
+    let mut keys = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for v in &plan.vips {
+        if !names.insert(v.name.as_str()) {
+            bail!("VIP {} appears twice", v.name);
+        }
+        if let Some(first) = keys.insert(key_bytes(&v.key()), v.name.as_str()) {
+            bail!("VIPs {first} and {} have the same address, port and protocol", v.name);
+        }
+        let mut ids = BTreeSet::new();
+        for b in &v.backends {
+            if !ids.insert((b.name.as_str(), b.address)) {
+                bail!("VIP {} has backend {} ({}) twice", v.name, b.name, b.address);
+            }
+        }
     }
     Ok(())
 }
@@ -571,16 +756,39 @@ mod tests {
     }
 
     #[test]
-    fn vip_port_change_adds_the_new_key_before_removing_the_old() {
+    fn vip_port_change_deletes_the_old_key_before_adding_the_new_and_regenerates_its_backends() {
         let mut w = writer();
+        let before: Vec<u32> = w.maps.backends.values().map(|b| b.generation).collect();
         let mut p = plan();
         p.vips[0].port = 8080;
         w.apply(&p).unwrap();
         let ops = &w.maps.ops;
-        let add = position(ops, |o| matches!(o, Op::Vip(8080, _)));
         let remove = position(ops, |o| *o == Op::RemoveVip(80));
-        assert!(add < remove, "{ops:?}");
+        let add = position(ops, |o| matches!(o, Op::Vip(8080, _)));
+        let regenerated = position(ops, |o| matches!(o, Op::Backend(..)));
+        assert!(remove < regenerated && regenerated < add, "{ops:?}");
         assert_eq!(w.maps.vips.len(), 1);
+        let after: Vec<u32> = w.maps.backends.values().map(|b| b.generation).collect();
+        assert!(
+            before.iter().zip(&after).all(|(b, a)| a > b),
+            "flows established on the old key must not find their backend: {before:?} -> {after:?}"
+        );
+        assert_invariants(&w);
+    }
+
+    #[test]
+    fn two_vips_swapping_addresses_end_up_each_under_the_others_old_key() {
+        let mut w = MapWriter::new(FakeMaps::default());
+        let mut p = vips(2, 2);
+        w.apply(&p).unwrap();
+        let (a, b) = (p.vips[0].address, p.vips[1].address);
+        (p.vips[0].address, p.vips[1].address) = (b, a);
+        w.apply(&p).unwrap();
+        for v in &p.vips {
+            let (_, meta) = w.maps.vips[&key_bytes(&v.key())];
+            assert_eq!(Some(meta.index), w.vip_index(&v.name), "{} under its new key", v.name);
+        }
+        assert_invariants(&w);
     }
 
     #[test]
@@ -594,6 +802,47 @@ mod tests {
         assert!(w.table("web").unwrap().iter().all(|s| *s == NO_BACKEND));
     }
 
+    /// `n` VIPs (192.0.2.x:80, one address each) of `m` backends each.
+    fn vips(n: u32, m: u32) -> DesiredState {
+        let vips = (0..n)
+            .map(|v| DesiredVip {
+                name: format!("vip{v}"),
+                address: IpAddr::from([192, 0, 2, v as u8]),
+                port: 80,
+                proto: proto::TCP,
+                backends: (0..m)
+                    .map(|b| DesiredBackend {
+                        address: IpAddr::from([10, v as u8, (b / 250) as u8, (b % 250) as u8 + 1]),
+                        ..backend(&format!("b{b}"), 1)
+                    })
+                    .collect(),
+            })
+            .collect();
+        DesiredState { config: plan().config, vips }
+    }
+
+    /// What must hold whatever was written last: every VIP entry points at a ring
+    /// of that VIP whose slots name backends of that VIP (never a slot given to
+    /// another VIP's backend), and the maps fit their sizes.
+    fn assert_invariants(w: &MapWriter<FakeMaps>) {
+        let m = &w.maps;
+        assert!(m.vips.len() <= MAX_VIPS as usize && m.addrs.len() <= MAX_VIP_ADDRS as usize);
+        for (key, meta) in m.vips.values() {
+            assert_eq!(
+                meta.ring / RINGS_PER_VIP,
+                meta.index,
+                "{key:?} points at another VIP's ring"
+            );
+            let mut seen = vec![false; MAX_BACKENDS as usize];
+            for &slot in m.rings[&meta.ring].iter().filter(|s| **s != NO_BACKEND) {
+                if !std::mem::replace(&mut seen[slot as usize], true) {
+                    let b = m.backends[&slot];
+                    assert_eq!(b.vip, meta.index, "{key:?}: ring slot {slot} is another VIP's");
+                }
+            }
+        }
+    }
+
     #[test]
     fn plan_over_capacity_writes_nothing() {
         let mut w = writer();
@@ -601,7 +850,122 @@ mod tests {
         p.vips[0].backends =
             (0..=MAX_BACKENDS).map(|i| backend(&format!("n{i}"), (i % 250) as u8)).collect();
         assert!(w.apply(&p).is_err());
+        let err = w.apply(&vips(MAX_VIPS + 1, 1)).unwrap_err().to_string();
+        assert_eq!(err, "33 VIPs configured; the data path holds at most 32");
+        let mut twice = vips(2, 1);
+        twice.vips[1].address = twice.vips[0].address;
+        let err = w.apply(&twice).unwrap_err().to_string();
+        assert_eq!(err, "VIPs vip0 and vip1 have the same address, port and protocol");
         assert!(w.maps.ops.is_empty());
+    }
+
+    #[test]
+    fn at_max_vips_a_renamed_vip_takes_the_slot_its_old_name_frees() {
+        let mut w = MapWriter::new(FakeMaps::default());
+        let mut p = vips(MAX_VIPS, 1);
+        w.apply(&p).unwrap();
+        p.vips[5].name = "renamed".into();
+        let a = w.apply(&p).expect("a rename at the limit applies");
+        assert!(a.two_step && a.vips_removed == 1 && a.vips_added == 1, "{a:?}");
+        assert_eq!(w.vip_index("renamed"), Some(5));
+        assert_eq!(w.vip_index("vip5"), None);
+        assert_eq!(w.maps.vips.len(), MAX_VIPS as usize);
+        assert_invariants(&w);
+        // ...and the writer is not wedged: a health change still applies.
+        p.vips[0].backends[0].state = BackendState::Down;
+        assert_eq!(w.apply(&p).unwrap().rings_switched, 1);
+    }
+
+    #[test]
+    fn at_max_vips_a_replaced_vip_and_a_moved_address_fit() {
+        let mut w = MapWriter::new(FakeMaps::default());
+        let mut p = vips(MAX_VIPS, 1);
+        w.apply(&p).unwrap();
+        // One VIP replaced by another with a new name and address; one VIP moved.
+        p.vips[3] = DesiredVip {
+            name: "new".into(),
+            address: IpAddr::from([198, 51, 100, 1]),
+            ..p.vips[3].clone()
+        };
+        p.vips[7].address = IpAddr::from([198, 51, 100, 7]);
+        w.apply(&p).expect("applies at the limit");
+        assert_eq!(w.maps.vips.len(), MAX_VIPS as usize);
+        assert_eq!(w.maps.addrs.len(), MAX_VIPS as usize);
+        for v in &p.vips {
+            assert!(w.maps.vips.contains_key(&key_bytes(&v.key())), "{} missing", v.name);
+        }
+        assert_invariants(&w);
+    }
+
+    #[test]
+    fn at_max_backends_a_replaced_backend_takes_a_freed_slot_once_no_ring_uses_it() {
+        let mut w = MapWriter::new(FakeMaps::default());
+        let per_vip = MAX_BACKENDS / MAX_VIPS;
+        let mut p = vips(MAX_VIPS, per_vip);
+        w.apply(&p).unwrap();
+        let old = w.backend_index("vip9", "b3").unwrap();
+        p.vips[9].backends[3] = DesiredBackend {
+            name: "fresh".into(),
+            address: IpAddr::from([10, 200, 0, 1]),
+            ..p.vips[9].backends[3].clone()
+        };
+        let a = w.apply(&p).expect("a replacement at the limit applies");
+        assert!(a.two_step, "{a:?}");
+        let fresh = w.backend_index("vip9", "fresh").unwrap();
+        assert_eq!(fresh, old, "the only free slot");
+        assert_eq!(w.maps.backends[&fresh].addr, addr_words(IpAddr::from([10, 200, 0, 1])).0);
+        assert_invariants(&w);
+        // A backend that moves to another VIP at the limit fits too.
+        let moved = p.vips[0].backends.pop().unwrap();
+        p.vips[1].backends.push(moved);
+        w.apply(&p).expect("a move at the limit applies");
+        assert_invariants(&w);
+    }
+
+    #[test]
+    fn a_write_refused_at_any_point_leaves_the_maps_safe_and_the_next_apply_converges() {
+        // From `before` to `after` (a VIP renamed, one moved, backends replaced and
+        // flipped), with the maps refusing every write after the first k.
+        let before = vips(3, 3);
+        let mut after = before.clone();
+        after.vips[0].name = "renamed".into();
+        after.vips[1].port = 8080;
+        after.vips[2].backends[0].state = BackendState::Down;
+        after.vips[2].backends[1] = backend("new", 9);
+        after.vips.push(DesiredVip { name: "added".into(), ..vips(4, 2).vips[3].clone() });
+        let mut reference = MapWriter::new(FakeMaps::default());
+        reference.apply(&after).unwrap();
+        for k in 0.. {
+            let mut w = MapWriter::new(FakeMaps::default());
+            w.apply(&before).unwrap();
+            w.maps.budget = Some(k);
+            let done = w.apply(&after).is_ok();
+            assert_invariants(&w);
+            w.maps.budget = None;
+            w.apply(&after).unwrap();
+            assert_invariants(&w);
+            for v in &after.vips {
+                let (_, meta) = w.maps.vips[&key_bytes(&v.key())];
+                assert_eq!(w.maps.rings[&meta.ring].len(), RING_SIZE as usize);
+                let names = |w: &MapWriter<FakeMaps>| -> Vec<Option<String>> {
+                    let table = w.table(&v.name).unwrap();
+                    table
+                        .iter()
+                        .step_by(997)
+                        .map(|i| {
+                            w.backends
+                                .iter()
+                                .find(|(_, (j, _))| j == i)
+                                .map(|((_, b, _), _)| b.clone())
+                        })
+                        .collect()
+                };
+                assert_eq!(names(&w), names(&reference), "{} after failing at write {k}", v.name);
+            }
+            if done {
+                break;
+            }
+        }
     }
 
     #[test]

@@ -683,6 +683,30 @@ fn slot_given_to_another_backend_does_not_inherit_old_flows() {
 }
 
 #[test]
+fn established_flows_of_a_vip_whose_port_changed_stop_on_the_old_port() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    lb.plan.vips[0].port = 8080;
+    lb.apply();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(run.action, XDP_PASS, "the old key is no VIP any more: {c:?}");
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+    let moved = Flow::tcp(CLIENT4, 40000, VIP4, 8080).ack();
+    assert_dsr(&lb, &moved, "web4", &lb.run(&moved.frame()));
+}
+
+#[test]
+fn established_flows_of_a_vip_whose_address_changed_stop_on_the_old_address() {
+    needs_root!();
+    let mut lb = Balancer::new(Ipip);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    lb.plan.vips[0].address = "203.0.113.99".parse().unwrap();
+    lb.apply();
+    assert_eq!(lb.run(&flow.ack().frame()).action, XDP_PASS);
+}
+
+#[test]
 fn same_flow_gets_the_same_backend_on_two_balancers_with_the_same_config() {
     needs_root!();
     let a = Balancer::new(Dsr);

@@ -272,22 +272,51 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             return Err(msg);
         }
         let seed = self.observed();
+        // The whole plan against the maps' capacity before anything changes.
+        if let Err(e) = MapWriter::<M>::check(&plan(&new, self.lb_config(), &seed)) {
+            self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
+            let msg = format!("config not reloaded: {e:#}; the running config stays");
+            self.outputs.push_back(Output::log(Level::Error, msg.clone()));
+            return Err(msg);
+        }
+        let kept = self.outputs.len();
+        let saved = (
+            self.backends.clone(),
+            self.checks.clone(),
+            self.planned.clone(),
+            self.reserve_active.clone(),
+        );
         let old = std::mem::replace(&mut self.config, new);
         self.follow_config(&seed, Some(&old));
         self.warn_config();
         self.refresh_neighbours();
-        if self.write(now, "reload") {
-            self.outputs.push_back(Output::Metric(Update::Reload { ok: true }));
-            let msg = format!(
-                "config reloaded: {} VIPs (was {})",
-                self.config.vips.len(),
-                old.vips.len()
-            );
-            self.outputs.push_back(Output::log(Level::Info, msg.clone()));
-            Ok(msg)
-        } else {
-            self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
-            Err("config reloaded but writing the maps failed; see the daemon's log".into())
+        match self.try_write(now, "reload") {
+            Ok(()) => {
+                self.outputs.push_back(Output::Metric(Update::Reload { ok: true }));
+                let msg = format!(
+                    "config reloaded: {} VIPs (was {})",
+                    self.config.vips.len(),
+                    old.vips.len()
+                );
+                self.outputs.push_back(Output::log(Level::Info, msg.clone()));
+                Ok(msg)
+            }
+            Err(e) => {
+                // Back to the running config: none of the new config's decisions
+                // (forgotten series, probe targets) go out, and the maps are
+                // written for the running config again (what the failed write
+                // changed is undone where the maps allow).
+                self.outputs.truncate(kept);
+                self.config = old;
+                (self.backends, self.checks, self.planned, self.reserve_active) = saved;
+                self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
+                let msg = format!(
+                    "config not reloaded: writing the maps failed: {e}; the running config stays"
+                );
+                self.outputs.push_back(Output::log(Level::Error, msg.clone()));
+                self.write(now, "reload reverted");
+                Err(msg)
+            }
         }
     }
 
@@ -419,7 +448,23 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
     }
 
     /// Writes the desired state; `why` names the change. Publishes the status.
+    /// A failure is logged.
     fn write(&mut self, now: Instant, why: &'static str) -> bool {
+        match self.try_write(now, why) {
+            Ok(()) => true,
+            Err(e) => {
+                self.outputs.push_back(Output::log(
+                    Level::Error,
+                    format!("writing the maps failed ({why}): {e}"),
+                ));
+                false
+            }
+        }
+    }
+
+    /// Writes the desired state and publishes the status; `Err` says why the
+    /// write failed.
+    fn try_write(&mut self, now: Instant, why: &'static str) -> Result<(), String> {
         let observed = self.observed();
         let desired = plan(&self.config, self.lb_config(), &observed);
         let planned: BTreeMap<Key, BackendState> = desired
@@ -459,18 +504,11 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
                         }));
                     }
                 }
-                self.last_write = Ok(());
-                true
+                Ok(())
             }
-            Err(e) => {
-                self.outputs.push_back(Output::log(
-                    Level::Error,
-                    format!("writing the maps failed ({why}): {e:#}"),
-                ));
-                self.last_write = Err(format!("{e:#}"));
-                false
-            }
+            Err(e) => Err(format!("{e:#}")),
         };
+        self.last_write.clone_from(&written);
         let status = Arc::new(self.status(&observed));
         if self.published.as_deref() != Some(&status) {
             self.published = Some(status);

@@ -2,6 +2,7 @@
 //! tables in memory: no root, no kernel, no clock.
 
 use std::{
+    fmt::Write as _,
     net::IpAddr,
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -620,9 +621,10 @@ fn a_failed_map_write_is_answered_logged_and_shown_in_the_status() {
     );
     assert!(written(&out).is_empty());
     assert!(core.poll_status().expect("published").last_write.is_err());
-    assert_eq!(
-        core.reload(Instant::now(), Ok(parse(CONFIG))),
-        Err("config reloaded but writing the maps failed; see the daemon's log".into())
+    let reload = core.reload(Instant::now(), Ok(parse(CONFIG))).unwrap_err();
+    assert!(
+        reload.starts_with("config not reloaded: writing the maps failed: injected"),
+        "{reload}"
     );
     assert!(updates(&outputs(&mut core)).contains(&&Update::Reload { ok: false }));
 
@@ -852,4 +854,96 @@ impl crate::stats::Stats for NoStats {
     fn backend_traffic(&self, _: u32) -> Result<lb_common::Traffic> {
         Ok(lb_common::Traffic::default())
     }
+}
+
+// --- reloads at the limits ---
+
+/// A config of `n` VIPs `vip0..`, each on its own address, with one backend
+/// `waf-1` (10.0.0.11, shared) and `extra` more of its own.
+fn many_vips(n: usize, extra: usize) -> String {
+    let mut yaml =
+        String::from("interface: eth0\nhealth_check_defaults: { kind: tcp, port: 80 }\nvips:\n");
+    for v in 0..n {
+        let _ = write!(
+            yaml,
+            "  - name: vip{v}\n    address: 192.0.2.{v}\n    port: 80\n    backends:\n      - {{ name: waf-1, address: 10.0.0.11 }}\n"
+        );
+        for b in 0..extra {
+            let _ = writeln!(
+                yaml,
+                "      - {{ name: n{b}, address: 10.{}.{}.{} }}",
+                v + 1,
+                b / 200,
+                b % 200 + 1
+            );
+        }
+    }
+    yaml
+}
+
+#[test]
+fn a_reload_at_max_vips_that_renames_and_moves_vips_applies_and_failover_still_works() {
+    use lb_common::limits::MAX_VIPS;
+    let full = many_vips(MAX_VIPS as usize, 0);
+    let mut core = start_with(&full, resolved());
+    probes(&mut core, "vip0", "waf-1", true, 2);
+    outputs(&mut core);
+    let changed = full
+        .replace("name: vip3\n", "name: renamed\n")
+        .replace("address: 192.0.2.7\n", "address: 198.51.100.7\n");
+    assert_eq!(
+        core.reload(Instant::now(), Ok(parse(&changed))),
+        Ok("config reloaded: 32 VIPs (was 32)".into())
+    );
+    assert_eq!(core.writer.maps().vips.len(), MAX_VIPS as usize);
+    assert!(in_ring(&core, "renamed", "waf-1"), "the renamed VIP kept its backend's health");
+    outputs(&mut core);
+    // Not wedged: the next health change is written.
+    let out = probes(&mut core, "vip0", "waf-1", false, 3);
+    assert_eq!(written(&out).len(), 1);
+    assert!(!in_ring(&core, "renamed", "waf-1") && !in_ring(&core, "vip7", "waf-1"));
+    assert_eq!(core.poll_status().unwrap().last_write, Ok(()));
+}
+
+#[test]
+fn a_reload_that_replaces_backends_at_max_backends_applies() {
+    use lb_common::limits::{MAX_BACKENDS, MAX_VIPS};
+    let per_vip = (MAX_BACKENDS / MAX_VIPS) as usize - 1;
+    let full = many_vips(MAX_VIPS as usize, per_vip);
+    let mut core = start_with(&full, resolved());
+    let replaced =
+        full.replace("{ name: n5, address: 10.3.0.6 }", "{ name: m5, address: 10.3.0.250 }");
+    assert_ne!(replaced, full);
+    assert_eq!(
+        core.reload(Instant::now(), Ok(parse(&replaced))),
+        Ok("config reloaded: 32 VIPs (was 32)".into())
+    );
+    assert!(core.writer.backend_index("vip2", "m5").is_some());
+}
+
+#[test]
+fn a_reload_whose_map_write_fails_keeps_the_running_config_and_its_state() {
+    let mut core = up_with_waf2_drained();
+    let with_waf3 = CONFIG.replace(
+        "      - { name: waf-2, address: 10.0.0.12 }\n",
+        "      - { name: waf-3, address: 10.0.0.13 }\n",
+    );
+    core.writer.maps().fail.store(true, Ordering::Relaxed);
+    let err = core.reload(Instant::now(), Ok(parse(&with_waf3))).unwrap_err();
+    assert!(err.starts_with("config not reloaded: writing the maps failed: injected"), "{err}");
+    assert!(err.ends_with("; the running config stays"), "{err}");
+    let out = outputs(&mut core);
+    assert!(updates(&out).contains(&&Update::Reload { ok: false }));
+    assert!(
+        !updates(&out).iter().any(|u| matches!(u, Update::ForgetBackend { .. })),
+        "waf-2's series stay: it is still configured: {out:?}"
+    );
+    assert!(probe_targets(&out).is_empty(), "probing goes on as before");
+    assert_eq!(core.config(), &parse(CONFIG));
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Draining, "drain kept");
+
+    core.writer.maps().fail.store(false, Ordering::Relaxed);
+    probes(&mut core, "web", "waf-1", false, 3);
+    assert!(!in_ring(&core, "web", "waf-1"), "later changes are written again");
+    assert_eq!(core.poll_status().unwrap().last_write, Ok(()));
 }
