@@ -30,7 +30,10 @@
 //! `path: /healthz`; `host:` none (the backend address); `expect_status: [200]`;
 //! `tls_verify: true`; `interval: 200ms`; `timeout: 150ms` (must not be longer
 //! than the interval: probes of one backend never overlap); `rise: 2`;
-//! `fall: 3`; `initial_state: down`. Durations are a number and a unit:
+//! `fall: 3`; `initial_state: down`; `refused_is_down: true` (a probe that is
+//! refused — the node answered its SYN with a reset, nothing listens — brings an
+//! up backend down at once; timeouts, resets after connecting and bad answers
+//! still count towards `fall`). Durations are a number and a unit:
 //! `150ms`, `1s`, `1.5s`, `2m` (units ns, us, ms, s, m, h).
 //!
 //! [`parse`] reports every error it finds, each with the field path and the
@@ -78,6 +81,7 @@ pub mod defaults {
     pub const TIMEOUT: Duration = Duration::from_millis(150);
     pub const RISE: u32 = 2;
     pub const FALL: u32 = 3;
+    pub const REFUSED_IS_DOWN: bool = true;
 }
 
 /// One problem in a config file.

@@ -245,6 +245,7 @@ impl Config {
             line(6, format!("rise: {}", hc.rise));
             line(6, format!("fall: {}", hc.fall));
             line(6, format!("initial_state: {}", if hc.initially_up { "up" } else { "down" }));
+            line(6, format!("refused_is_down: {}", hc.refused_is_down));
         }
         out
     }

@@ -76,6 +76,7 @@ pub struct RawCheck {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub initial_state: Option<InitialState>,
+    pub refused_is_down: Option<bool>,
 }
 
 /// A duration as written. Numbers are kept as text too, so that `interval: 200`

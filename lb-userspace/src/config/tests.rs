@@ -132,6 +132,7 @@ fn readme_example_parses_with_defaults_filled_in() {
             rise: 2,
             fall: 3,
             initially_up: false,
+            refused_is_down: true,
         }
     );
     assert_eq!(cfg.origin.file(), "test.yaml");
@@ -171,6 +172,7 @@ fn minimal_config_gets_the_documented_defaults() {
             rise: 2,
             fall: 3,
             initially_up: false,
+            refused_is_down: true,
         }
     );
 }
@@ -210,6 +212,29 @@ fn vip_health_check_overrides_defaults_key_by_key() {
         ("/healthz", Duration::from_secs(1), Duration::from_millis(500))
     );
     assert!(!hc.initially_up);
+}
+
+#[test]
+fn refused_is_down_layers_like_the_other_keys() {
+    let cfg = ok(&yaml(
+        "
+        interface: eth0
+        health_check_defaults: { refused_is_down: false }
+        vips:
+          - name: web
+            address: 203.0.113.10
+            port: 443
+            backends: [{ name: a, address: 10.0.0.11 }]
+          - name: other
+            address: 203.0.113.11
+            port: 443
+            backends: [{ name: a, address: 10.0.0.11 }]
+            health_check: { refused_is_down: true }
+        ",
+    ));
+    assert!(!cfg.vips[0].health_check.refused_is_down);
+    assert!(cfg.vips[1].health_check.refused_is_down);
+    assert!(ok(&base()).vips[0].health_check.refused_is_down, "on by default");
 }
 
 #[test]
@@ -328,6 +353,7 @@ fn to_yaml_writes_defaults_and_durations_as_text() {
         "      interval: 200ms",
         "      timeout: 150ms",
         "      initial_state: down",
+        "      refused_is_down: true",
     ] {
         assert!(printed.lines().any(|l| l == line), "no line `{line}` in:\n{printed}");
     }

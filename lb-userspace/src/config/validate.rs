@@ -435,6 +435,8 @@ fn merge_checks(
         );
     }
 
+    let interval = interval.unwrap_or(defaults::INTERVAL);
+    let timeout = timeout.unwrap_or(defaults::TIMEOUT);
     CheckSpec {
         kind,
         port,
@@ -450,12 +452,16 @@ fn merge_checks(
             .or_else(|| base.expect_status.clone())
             .unwrap_or_else(|| defaults::EXPECT_STATUS.to_vec()),
         tls_verify: vip.tls_verify.or(base.tls_verify).unwrap_or(true),
-        interval: interval.unwrap_or(defaults::INTERVAL),
-        timeout: timeout.unwrap_or(defaults::TIMEOUT),
+        interval,
+        timeout,
         rise: vip.rise.or(base.rise).unwrap_or(defaults::RISE),
         fall: vip.fall.or(base.fall).unwrap_or(defaults::FALL),
         initially_up: vip.initial_state.or(base.initial_state).unwrap_or_default()
             == InitialState::Up,
+        refused_is_down: vip
+            .refused_is_down
+            .or(base.refused_is_down)
+            .unwrap_or(defaults::REFUSED_IS_DOWN),
     }
 }
 

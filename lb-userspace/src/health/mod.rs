@@ -48,6 +48,9 @@ pub struct CheckSpec {
     pub fall: u32,
     /// State before the first `rise` successes (default: down).
     pub initially_up: bool,
+    /// A refused probe (the backend answered its SYN with a reset: nothing
+    /// listens) brings an up backend down at once, without waiting for `fall`.
+    pub refused_is_down: bool,
 }
 
 mod http;

@@ -82,6 +82,20 @@ impl Hysteresis {
     }
 }
 
+impl Hysteresis {
+    /// Records a failure that is conclusive on its own (a refused probe, when the
+    /// check says so): an up target goes down at once; a down one stays down and,
+    /// as after any failure, needs `rise` successes from here.
+    pub fn fail_at_once(&mut self) -> Option<Transition> {
+        self.streak = 0;
+        if !self.up {
+            return None;
+        }
+        self.up = false;
+        Some(Transition::Down)
+    }
+}
+
 /// Why `health` just flipped, for the log: "3 consecutive failures, last:
 /// connection refused", "2 consecutive successes".
 #[must_use]
@@ -178,6 +192,27 @@ mod tests {
             .filter_map(|ok| h.observe(ok))
             .collect();
         assert_eq!(flips, [Transition::Up, Transition::Down, Transition::Up]);
+    }
+
+    #[test]
+    fn a_conclusive_failure_brings_an_up_target_down_at_once() {
+        let mut h = Hysteresis::new(true, 2, 3);
+        assert_eq!(h.fail_at_once(), Some(Transition::Down));
+        assert!(!h.is_up());
+        // Down already: no flip, and the successes towards rise start again.
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.fail_at_once(), None);
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.observe(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn a_conclusive_failure_after_ordinary_ones_flips_once() {
+        let mut h = Hysteresis::new(true, 2, 3);
+        assert_eq!(feed(&mut h, &[false, false]), [None, None]);
+        assert_eq!(h.fail_at_once(), Some(Transition::Down));
+        assert_eq!(h.streak(), 0);
+        assert_eq!(h.observe(false), None);
     }
 
     #[test]

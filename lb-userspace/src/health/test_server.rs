@@ -33,6 +33,7 @@ pub fn spec(kind: CheckKind, port: u16) -> CheckSpec {
         rise: 2,
         fall: 3,
         initially_up: false,
+        refused_is_down: true,
     }
 }
 

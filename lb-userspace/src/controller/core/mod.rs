@@ -188,8 +188,14 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             failure: report.failure.as_ref().map(Failure::label),
             duration: report.duration,
         }));
-        let Some(flip) = health.observe(report.ok()) else { return };
-        let reason = state::reason(flip, health, report.failure.as_ref());
+        let conclusive = target.spec.refused_is_down && report.failure == Some(Failure::Refused);
+        let flip = if conclusive { health.fail_at_once() } else { health.observe(report.ok()) };
+        let Some(flip) = flip else { return };
+        let reason = if conclusive {
+            "connection refused: nothing listens (refused_is_down)".to_owned()
+        } else {
+            state::reason(flip, health, report.failure.as_ref())
+        };
         let up = flip.is_up();
         self.outputs.push_back(Output::log(
             Level::Debug,

@@ -139,11 +139,12 @@ fn probe(core: &mut TestCore, target: &Target, failure: Option<Failure>) {
     core.probed(Instant::now(), &report);
 }
 
-/// `n` probe results of `vip`/`backend`'s target: successes, or refusals.
+/// `n` probe results of `vip`/`backend`'s target: successes, or timeouts (which,
+/// unlike refusals, count towards `fall`).
 fn probes(core: &mut TestCore, vip: &str, backend: &str, ok: bool, n: usize) -> Vec<Output> {
     let t = target(core, vip, backend);
     for _ in 0..n {
-        probe(core, &t, if ok { None } else { Some(Failure::Refused) });
+        probe(core, &t, if ok { None } else { Some(Failure::Timeout) });
     }
     outputs(core)
 }
@@ -251,14 +252,67 @@ fn a_target_falls_after_fall_failures_and_its_backends_leave_the_ring() {
     assert_eq!(
         logs(&out, Level::Warn),
         [
-            "api/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: connection refused)",
-            "web/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: connection refused)"
+            "api/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: timeout)",
+            "web/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: timeout)"
         ]
     );
     assert_eq!(transitions(&out).len(), 2);
     assert_eq!(state(&core, "web", "waf-1"), BackendState::Down);
     assert!(!in_ring(&core, "web", "waf-1"));
     assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Down as u8);
+}
+
+#[test]
+fn a_refused_probe_brings_its_target_down_at_once() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    let t = target(&core, "web", "waf-1");
+    probe(&mut core, &t, Some(Failure::Refused));
+    let out = outputs(&mut core);
+    assert_eq!(
+        logs(&out, Level::Warn),
+        [
+            "api/waf-1 is down (tcp://10.0.0.11:80: connection refused: nothing listens (refused_is_down))",
+            "web/waf-1 is down (tcp://10.0.0.11:80: connection refused: nothing listens (refused_is_down))"
+        ]
+    );
+    assert_eq!(written(&out).len(), 1);
+    assert!(!in_ring(&core, "web", "waf-1") && !in_ring(&core, "api", "waf-1"));
+    // Coming back still takes `rise` successes.
+    probes(&mut core, "web", "waf-1", true, 1);
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Down);
+    probes(&mut core, "web", "waf-1", true, 1);
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up);
+}
+
+#[test]
+fn with_refused_is_down_off_a_refusal_counts_towards_fall_like_any_failure() {
+    let mut core =
+        start_with(&CONFIG.replace("fall: 3 }", "fall: 3, refused_is_down: false }"), resolved());
+    probes(&mut core, "web", "waf-1", true, 2);
+    let t = target(&core, "web", "waf-1");
+    for _ in 0..2 {
+        probe(&mut core, &t, Some(Failure::Refused));
+    }
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up);
+    probe(&mut core, &t, Some(Failure::Refused));
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Down);
+    assert!(logs(&outputs(&mut core), Level::Warn).contains(
+        &"web/waf-1 is down (tcp://10.0.0.11:80: 3 consecutive failures, last: connection refused)"
+    ));
+}
+
+#[test]
+fn only_a_refusal_is_conclusive_not_a_reset_or_a_bad_answer() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-1", true, 2);
+    let t = target(&core, "web", "waf-1");
+    for failure in [Failure::Reset, Failure::Status(503)] {
+        probe(&mut core, &t, Some(failure));
+    }
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Up);
+    probe(&mut core, &t, Some(Failure::Protocol("garbage".into())));
+    assert_eq!(state(&core, "web", "waf-1"), BackendState::Down);
 }
 
 #[test]
@@ -281,7 +335,7 @@ fn every_probe_is_counted_and_a_report_from_a_stopped_loop_is_ignored() {
         [&Update::Probe {
             target: "10.0.0.12:80".into(),
             kind: "tcp",
-            failure: Some("refused"),
+            failure: Some("timeout"),
             duration: Duration::from_millis(1)
         }]
     );
