@@ -11,10 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, ConnValue, FlowKey, LbConfig, RingSlot, VipKey, VipMeta,
+    Backend, ConnValue, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -31,10 +31,21 @@ pub trait Maps {
     fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()>;
     /// Overwrites ring `ring` (RING_SIZE slots). Only ever called on a ring no VIP points at.
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()>;
+    /// Zeroes the packet and byte counts of a VIP (`Slot::Vip`) or backend slot,
+    /// before the slot is given to a new VIP or backend: it must not inherit the
+    /// counts of the one that held it before.
+    fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()>;
     /// What the maps hold now, for a restarted controller to adopt.
     fn snapshot(&self) -> Result<Snapshot>;
     /// The slots of ring `ring`.
     fn read_ring(&self, ring: u32) -> Result<Vec<u32>>;
+}
+
+/// Which per-slot statistics: a VIP's (VIP_STATS) or a backend's (BACKEND_STATS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    Vip,
+    Backend,
 }
 
 /// The contents of the maps that say how traffic is forwarded (not the statistics
@@ -58,6 +69,10 @@ pub struct BpfMaps {
     backends: Array<MapData, Backend>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
     rings: RingMap,
+    /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
+    /// statistics readers, `stats.rs`, hold their own handles).
+    vip_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, Traffic>,
 }
 
 /// Takes map `name` out of a loaded `xdp-lb` as the typed map `T`.
@@ -69,8 +84,28 @@ where
     T::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))
 }
 
+/// A second handle on map `name` of a loaded `xdp-lb`, leaving the map in the
+/// object for whoever takes it.
+fn duplicate<T>(ebpf: &Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or_else(|| anyhow!("the xdp-lb object has no map {name}"))?;
+    let (Map::PerCpuArray(data) | Map::Array(data)) = map else {
+        bail!("map {name} is not an array")
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("map {name}: dup"))?;
+    let data = MapData::from_fd(fd).map_err(|e| anyhow!("map {name}: {e}"))?;
+    let map = match map {
+        Map::Array(_) => Map::Array(data),
+        _ => Map::PerCpuArray(data),
+    };
+    T::try_from(map).map_err(|e| anyhow!("map {name}: {e}"))
+}
+
 impl BpfMaps {
-    /// Takes the balancer's forwarding maps out of a loaded object.
+    /// Takes the balancer's forwarding maps out of a loaded object (and second
+    /// handles on its traffic statistics, which stay in the object).
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
         let rings = ebpf
             .take_map(names::RINGS)
@@ -83,6 +118,8 @@ impl BpfMaps {
             backends: take(ebpf, names::BACKENDS)?,
             conns: take(ebpf, names::CONNS)?,
             rings: RingMap::new(rings)?,
+            vip_stats: duplicate(ebpf, names::VIP_STATS)?,
+            backend_stats: duplicate(ebpf, names::BACKEND_STATS)?,
         })
     }
 
@@ -136,6 +173,17 @@ impl Maps for BpfMaps {
 
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()> {
         self.rings.write(ring, slots)
+    }
+
+    fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()> {
+        let (map, name) = match slot {
+            Slot::Vip => (&mut self.vip_stats, names::VIP_STATS),
+            Slot::Backend => (&mut self.backend_stats, names::BACKEND_STATS),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let zeros =
+            PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| anyhow!("{e}"))?;
+        map.set(index, zeros, 0).with_context(|| format!("zeroing {name}[{index}]"))
     }
 
     fn snapshot(&self) -> Result<Snapshot> {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use lb_common::{
-    Backend, LbConfig, VipKey, VipMeta,
+    Backend, LbConfig, Traffic, VipKey, VipMeta,
     limits::{MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
     vip::VipAddrKey,
 };
@@ -21,7 +21,7 @@ use lb_common::{
 use crate::{
     interface::Interface,
     mac::Mac,
-    maps::{Maps, Snapshot},
+    maps::{Maps, Slot, Snapshot},
     neighbours::{NUD_REACHABLE, Neighbour, NeighbourSource, Tables},
     writer::key_bytes,
 };
@@ -36,6 +36,7 @@ pub enum Op {
     Backend(u32, u8),
     Filter,
     Ring(u32),
+    ZeroTraffic(Slot, u32),
 }
 
 /// The maps in memory: what was written, and in which order. A clone has the
@@ -56,6 +57,8 @@ pub struct FakeMaps {
     pub fail: Arc<AtomicBool>,
     /// When set, this many more writes succeed; every one after fails.
     pub budget: Option<usize>,
+    /// Packets counted per VIP or backend slot (a test sets them; zeroing clears them).
+    pub traffic: BTreeMap<(Slot, u32), Traffic>,
 }
 
 impl FakeMaps {
@@ -129,6 +132,11 @@ impl Maps for FakeMaps {
         }
         self.write(Op::Ring(ring))?;
         self.rings.insert(ring, slots.to_vec());
+        Ok(())
+    }
+    fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()> {
+        self.write(Op::ZeroTraffic(slot, index))?;
+        self.traffic.remove(&(slot, index));
         Ok(())
     }
     fn snapshot(&self) -> Result<Snapshot> {

@@ -20,6 +20,9 @@
 //! changed gives its backends new generations once the old key is gone: their
 //! flows on the old key are re-hashed, find no VIP, and stop being forwarded.
 //!
+//! A VIP or backend slot given to a new VIP or backend starts its packet and
+//! byte counts from zero (they are read by slot), before anything points at it.
+//!
 //! The writer's own record of the maps follows every successful write, so a
 //! write the kernel refuses leaves it knowing what the maps hold, and the next
 //! apply converges from there.
@@ -39,7 +42,7 @@ use lb_common::{
 use crate::{
     desired::{DesiredState, DesiredVip, addr_words},
     maglev::{self, Member},
-    maps::Maps,
+    maps::{Maps, Slot},
 };
 
 /// What one `apply` changed.
@@ -394,6 +397,10 @@ impl<M: Maps> MapWriter<M> {
         for (id, (index, entry)) in wanted {
             let old = self.backends.get(id).map(|(_, e)| e);
             if old != Some(entry) && (entry.state == BackendState::Down as u8) == down {
+                if old.is_none() {
+                    // A slot that changes hands starts its statistics from zero.
+                    self.maps.zero_traffic(Slot::Backend, *index)?;
+                }
                 self.maps.set_backend(*index, entry)?;
                 self.generations[*index as usize] = entry.generation;
                 self.backends.insert(id.clone(), (*index, *entry));
@@ -432,6 +439,9 @@ impl<M: Maps> MapWriter<M> {
             members: Vec::new(),
         });
         let is_new = slot.key.is_none() && slot.table.is_empty();
+        if is_new {
+            self.maps.zero_traffic(Slot::Vip, slot.index)?;
+        }
         let unchanged = members == slot.members && !slot.table.is_empty();
         let table = if unchanged {
             None
@@ -584,7 +594,7 @@ fn check_capacity(plan: &DesiredState) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{BackendState, LbConfig, limits::NO_BACKEND, proto};
+    use lb_common::{BackendState, LbConfig, Traffic, limits::NO_BACKEND, proto};
 
     use super::*;
     use crate::{
@@ -742,6 +752,35 @@ mod tests {
         w.apply(&p).unwrap();
         assert_eq!(w.backend_index("web", "d"), Some(b));
         assert!(w.maps.backends[&b].generation > old_generation);
+    }
+
+    #[test]
+    fn a_slot_given_to_a_new_backend_or_vip_starts_its_traffic_from_zero() {
+        let mut w = writer();
+        let kept = w.backend_index("web", "a").unwrap();
+        let b = w.backend_index("web", "b").unwrap();
+        let vip = w.vip_index("web").unwrap();
+        let sent = Traffic { packets: 7, bytes: 700 };
+        for key in [(Slot::Backend, kept), (Slot::Backend, b), (Slot::Vip, vip)] {
+            w.maps.traffic.insert(key, sent);
+        }
+        let mut p = plan();
+        p.vips[0].backends.remove(1);
+        w.apply(&p).unwrap();
+        w.maps.ops.clear();
+        p.vips[0].backends.push(backend("d", 4));
+        w.apply(&p).unwrap();
+        assert_eq!(w.backend_index("web", "d"), Some(b), "d takes b's slot");
+        let zeroed = position(&w.maps.ops, |o| *o == Op::ZeroTraffic(Slot::Backend, b));
+        assert!(zeroed < position(&w.maps.ops, |o| matches!(o, Op::Backend(i, _) if *i == b)));
+        assert_eq!(w.maps.traffic.get(&(Slot::Backend, b)), None, "d does not inherit b's counts");
+        assert_eq!(w.maps.traffic[&(Slot::Backend, kept)], sent, "a keeps its own");
+
+        w.apply(&DesiredState { config: p.config, vips: vec![] }).unwrap();
+        p.vips[0].name = "renamed".into();
+        w.apply(&p).unwrap();
+        assert_eq!(w.vip_index("renamed"), Some(vip));
+        assert_eq!(w.maps.traffic.get(&(Slot::Vip, vip)), None, "nor the renamed VIP web's");
     }
 
     #[test]

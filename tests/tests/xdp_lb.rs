@@ -707,6 +707,30 @@ fn established_flows_of_a_vip_whose_address_changed_stop_on_the_old_address() {
 }
 
 #[test]
+fn a_backend_slot_or_vip_slot_given_to_a_newcomer_starts_counting_from_zero() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    for _ in 0..5 {
+        assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-2");
+    }
+    assert!(lb.backend_traffic("web4", "waf-2").packets >= 5);
+    lb.plan.vips[0].backends.retain(|b| b.name != "waf-2");
+    lb.apply();
+    lb.plan.vips[0].backends.push(backend("waf-9", "10.0.0.19"));
+    lb.apply();
+    assert_eq!(lb.backend_traffic("web4", "waf-9").packets, 0, "waf-2's packets are not waf-9's");
+    let web4 = lb.writer.vip_index("web4").unwrap();
+    assert!(lb.vip_traffic("web4").packets >= 5);
+    let web = lb.plan.vips.remove(0);
+    lb.apply();
+    lb.plan.vips.insert(0, lb_userspace::desired::DesiredVip { name: "www4".into(), ..web });
+    lb.apply();
+    assert_eq!(lb.writer.vip_index("www4"), Some(web4));
+    assert_eq!(lb.vip_traffic("www4").packets, 0, "web4's packets are not www4's");
+}
+
+#[test]
 fn same_flow_gets_the_same_backend_on_two_balancers_with_the_same_config() {
     needs_root!();
     let a = Balancer::new(Dsr);

@@ -484,6 +484,41 @@ fn a_reload_forgets_the_metric_series_of_what_it_removes() {
 }
 
 #[test]
+fn after_a_reload_the_metrics_text_has_no_series_of_what_it_removed() {
+    let metrics = crate::metrics::Metrics::new();
+    let feed = |core: &mut TestCore| {
+        for u in updates(&outputs(core)) {
+            metrics.update(u);
+        }
+    };
+    let mut core = started();
+    let mut out = probes(&mut core, "api", "waf-1", true, 2);
+    out.extend(probes(&mut core, "web", "waf-2", false, 1));
+    for u in updates(&out) {
+        metrics.update(u);
+    }
+    let sent = lb_common::Traffic { packets: 5, bytes: 500 };
+    metrics.dataplane(
+        &lb_common::CounterSet::default(),
+        &[("api".into(), sent), ("web".into(), sent)],
+        &[("api".into(), "waf-1".into(), sent), ("web".into(), "waf-2".into(), sent)],
+    );
+    let before = metrics.render();
+    assert!(before.contains("vip=\"api\"") && before.contains("10.0.0.12:80"), "{before}");
+
+    let (web, _api) = CONFIG.split_once("  - name: api").unwrap();
+    let only_web_waf1 = web.replace("      - { name: waf-2, address: 10.0.0.12 }\n", "");
+    core.reload(Instant::now(), Ok(parse(&only_web_waf1))).unwrap();
+    feed(&mut core);
+    let after = metrics.render();
+    for gone in ["vip=\"api\"", "backend=\"waf-2\"", "target=\"10.0.0.12:80\""] {
+        let left: Vec<&str> = after.lines().filter(|l| l.contains(gone)).collect();
+        assert!(left.is_empty(), "{gone} still exported: {left:?}");
+    }
+    assert!(after.contains("target=\"10.0.0.11:80\""), "still probed for web");
+}
+
+#[test]
 fn a_reload_that_retunes_timing_keeps_state_and_one_that_changes_the_probe_keeps_healthy_backends_up()
  {
     let mut core = started();
