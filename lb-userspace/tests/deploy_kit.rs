@@ -83,6 +83,7 @@ fn the_rule_folder_has_the_alerts_an_operator_needs() {
     let alerts: BTreeSet<String> = rules("alert").into_iter().map(|(n, _)| n).collect();
     for want in [
         "XdplbDown",
+        "XdplbUnhealthy",
         "XdplbBackendDown",
         "XdplbVipNoUsableBackend",
         "XdplbDropsRising",
@@ -201,7 +202,8 @@ fn the_dashboard_is_well_formed_and_covers_what_an_operator_watches() {
         "xdplb_vip_packets_total",
         "xdplb_backend_packets_total",
         "xdplb_backend_state",
-        "xdplb_probe_duration_seconds_bucket",
+        "xdplb_target_probe_duration_seconds_bucket",
+        "xdplb_healthy",
         "xdplb_xdp_drop_total",
         "xdplb_backend_transitions_total",
     ] {

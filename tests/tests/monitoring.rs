@@ -2,10 +2,11 @@
 //! `xdplb run` in the lab with the rules of deploy/prometheus/rules loaded, while
 //! the lab provokes what every alert is about (nodes down, a VIP without a usable
 //! node, an unresolved next hop, a flapping node, drops, a refused reload, slow
-//! checks, a balancer that cannot be scraped, a VIP served by its reserve). Then every alert must be pending or
-//! firing, and every rule's and every dashboard query must be valid and return
-//! series through Prometheus's HTTP API. New rule files and panels are picked up
-//! without touching this file.
+//! checks, a balancer that cannot be scraped, one whose program is not attached, a
+//! VIP served by its reserve). Then every alert must be pending or firing, and every
+//! rule's and every dashboard query must be valid and return series through
+//! Prometheus's HTTP API. New rule files and panels are picked up without touching
+//! this file.
 
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 #![allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
@@ -320,6 +321,12 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         Response::Error(e) => assert!(e.contains("weight"), "{e}"),
         Response::Ok(o) => panic!("a config with weight 0 was accepted: {o}"),
     }
+    // A balancer whose program is no longer the attached one: its link pin moved
+    // away (as a careless `rm` would) makes /healthz fail; put back at the end.
+    let link = Path::new(lab::PIN_DIR).join("xdplb/link");
+    let away = link.with_file_name("link.away");
+    std::fs::rename(&link, &away).unwrap();
+    assert_eq!(daemon.http_get("/healthz").unwrap().0, 503);
 
     // Every alert becomes active (pending or firing).
     let all = rules();
@@ -372,6 +379,7 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         queries.len(),
         failures.join("\n")
     );
+    std::fs::rename(&away, &link).unwrap();
     eprintln!(
         "monitoring: {} rules loaded, {} alerts active, {} rule and dashboard queries returned series ({:.0} s)",
         loaded,

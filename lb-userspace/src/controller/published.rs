@@ -84,6 +84,10 @@ impl<S: Stats> Published<S> {
                 .collect();
             self.metrics.dataplane(&counters, &vips, &backends);
         }
+        let attached = (self.attached)();
+        let ok = attached.is_ok();
+        let healthy = verdict(self.heartbeat.silent_for(Instant::now()), attached).is_ok();
+        self.metrics.health(ok, healthy);
         self.metrics.render()
     }
 }
@@ -186,6 +190,19 @@ mod tests {
         p.metrics.update(&Update::ForgetBackend { vip: "web".into(), backend: "waf2".into() });
         let text = p.metrics();
         assert_eq!((packets(&text, "waf1"), packets(&text, "waf2")), (Some(4.0), None));
+    }
+
+    #[test]
+    fn a_scrape_exports_what_healthz_would_answer() {
+        let (p, _, heartbeat) = published(status(&[("waf1", 1)]), Ok(()));
+        heartbeat.beat(Instant::now());
+        let text = p.metrics();
+        assert_eq!(value(&text, "xdplb_healthy", &[]), Some(1.0));
+        assert_eq!(value(&text, "xdplb_program_attached", &[]), Some(1.0));
+        let (p, _, _) = published(status(&[("waf1", 1)]), Err("XDP link pin missing".into()));
+        let text = p.metrics();
+        assert_eq!(value(&text, "xdplb_healthy", &[]), Some(0.0));
+        assert_eq!(value(&text, "xdplb_program_attached", &[]), Some(0.0));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::{
 use lb_common::{BackendState, Counter, CounterSet, Traffic};
 use log::warn;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Probe durations: a LAN TCP connect takes ~0.1 ms, a slow TLS handshake up to a
@@ -119,16 +119,20 @@ pub enum Update {
 pub struct Metrics {
     registry: Registry,
     probe_duration: HistogramVec,
+    target_probe_duration: HistogramVec,
     probe_failures: IntCounterVec,
     probes: IntCounterVec,
     backend_state: IntGaugeVec,
     transitions: IntCounterVec,
     map_write: HistogramVec,
     reloads: IntCounterVec,
+    last_reload_ok: IntGauge,
     unresolved: IntGaugeVec,
     role: IntGaugeVec,
     reserve_active: IntGaugeVec,
     tier_switches: IntCounterVec,
+    healthy: IntGauge,
+    xdp_attached: IntGauge,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     backend_packets: IntCounterVec,
@@ -148,6 +152,13 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry.register(Box::new(metric.clone())).expect("unique gauge");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, initial: i64) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid gauge");
+    metric.set(initial);
     registry.register(Box::new(metric.clone())).expect("unique gauge");
     metric
 }
@@ -182,6 +193,13 @@ impl Metrics {
             &["kind"],
             PROBE_BUCKETS,
         );
+        let target_probe_duration = histogram_vec(
+            &r,
+            "xdplb_target_probe_duration_seconds",
+            "Duration of finished health probes per target (address:port of a backend's check).",
+            &["target"],
+            PROBE_BUCKETS,
+        );
         let probe_failures = counter_vec(
             &r,
             "xdplb_probe_failures_total",
@@ -214,6 +232,7 @@ impl Metrics {
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
+        let (last_reload_ok, healthy, xdp_attached) = Self::state_gauges(&r);
         let unresolved = gauge_vec(
             &r,
             "xdplb_backend_unresolved",
@@ -241,16 +260,20 @@ impl Metrics {
         Self {
             registry: r,
             probe_duration,
+            target_probe_duration,
             probe_failures,
             probes,
             backend_state,
             transitions,
             map_write,
             reloads,
+            last_reload_ok,
             unresolved,
             role,
             reserve_active,
             tier_switches,
+            healthy,
+            xdp_attached,
             vip_packets,
             vip_bytes,
             backend_packets,
@@ -285,6 +308,31 @@ impl Metrics {
             &["vip", "to"],
         );
         (role, reserve_active, tier_switches)
+    }
+
+    /// The last reload's outcome and the balancer's own health (what `/healthz`
+    /// says), as gauges.
+    fn state_gauges(r: &Registry) -> (IntGauge, IntGauge, IntGauge) {
+        let last_reload_ok = gauge(
+            r,
+            "xdplb_config_last_reload_successful",
+            "1 unless the last configuration reload was refused (the previous config stays).",
+            1,
+        );
+        // Set at every scrape; 0 until the first says otherwise.
+        let healthy = gauge(
+            r,
+            "xdplb_healthy",
+            "1 while /healthz answers 200: our XDP program is attached and the control loop runs.",
+            0,
+        );
+        let xdp_attached = gauge(
+            r,
+            "xdplb_program_attached",
+            "1 while our XDP program is the one the pinned link runs on the configured interface.",
+            0,
+        );
+        (last_reload_ok, healthy, xdp_attached)
     }
 
     /// Registers the families of the global data-path counters and returns one
@@ -364,6 +412,7 @@ impl Metrics {
         duration: Duration,
     ) {
         self.probe_duration.with_label_values(&[kind]).observe(duration.as_secs_f64());
+        self.target_probe_duration.with_label_values(&[target]).observe(duration.as_secs_f64());
         self.probes.with_label_values(&[target, if ok { "ok" } else { "failed" }]).inc();
         if !ok {
             let reason = failure.unwrap_or("unknown");
@@ -377,6 +426,7 @@ impl Metrics {
         for result in ["ok", "failed"] {
             let _ = self.probes.remove_label_values(&[target, result]);
         }
+        let _ = self.target_probe_duration.remove_label_values(&[target]);
         for reason in self.seen().reasons.remove(target).unwrap_or_default() {
             let _ = self.probe_failures.remove_label_values(&[target, reason.as_str()]);
         }
@@ -441,6 +491,14 @@ impl Metrics {
     /// A configuration reload finished: `xdplb_config_reloads_total{result="ok|failed"}`.
     pub fn reload(&self, ok: bool) {
         self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+        self.last_reload_ok.set(i64::from(ok));
+    }
+
+    /// The balancer's own health as `/healthz` judges it, at scrape time:
+    /// `xdplb_program_attached` and `xdplb_healthy` (attached and the loop alive).
+    pub fn health(&self, attached: bool, healthy: bool) {
+        self.xdp_attached.set(i64::from(attached));
+        self.healthy.set(i64::from(healthy));
     }
 
     /// A backend whose next-hop MAC is unresolved: `xdplb_backend_unresolved{vip,backend}` 0/1.
@@ -714,6 +772,50 @@ mod tests {
         let text = m.render();
         assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "web")]), None);
         assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "dns")]), Some(1.0));
+    }
+
+    #[test]
+    fn probe_duration_is_kept_per_target_too_and_forgotten_with_it() {
+        let m = Metrics::new();
+        m.probe("10.0.0.11:80", "http", true, None, Duration::from_micros(300));
+        m.probe("10.0.0.12:80", "http", false, Some("timeout"), Duration::from_millis(150));
+        let text = m.render();
+        let bucket = |t, le| {
+            value(&text, "xdplb_target_probe_duration_seconds_bucket", &[("target", t), ("le", le)])
+        };
+        assert_eq!(bucket("10.0.0.11:80", "0.0005"), Some(1.0));
+        assert_eq!(bucket("10.0.0.12:80", "0.1"), Some(0.0));
+        assert_eq!(bucket("10.0.0.12:80", "0.25"), Some(1.0));
+        m.forget_target("10.0.0.12:80");
+        let text = m.render();
+        assert!(!text.contains("10.0.0.12:80"), "{text}");
+        assert!(
+            text.contains("xdplb_target_probe_duration_seconds_count{target=\"10.0.0.11:80\"} 1")
+        );
+    }
+
+    #[test]
+    fn the_last_reload_and_the_balancers_health_are_gauges() {
+        let m = Metrics::new();
+        let v = |name| value(&m.render(), name, &[]);
+        assert_eq!(
+            v("xdplb_config_last_reload_successful"),
+            Some(1.0),
+            "no reload yet: nothing failed"
+        );
+        // Unknown until a scrape sets them: not healthy.
+        assert_eq!(v("xdplb_healthy"), Some(0.0));
+        m.reload(false);
+        assert_eq!(v("xdplb_config_last_reload_successful"), Some(0.0));
+        m.reload(true);
+        assert_eq!(v("xdplb_config_last_reload_successful"), Some(1.0));
+        m.health(true, true);
+        assert_eq!((v("xdplb_program_attached"), v("xdplb_healthy")), (Some(1.0), Some(1.0)));
+        // Attached, but the loop stalled.
+        m.health(true, false);
+        assert_eq!((v("xdplb_program_attached"), v("xdplb_healthy")), (Some(1.0), Some(0.0)));
+        m.health(false, false);
+        assert_eq!(v("xdplb_program_attached"), Some(0.0));
     }
 
     #[test]
