@@ -11,7 +11,10 @@
 use std::{collections::BTreeMap, path::Path, time::Instant};
 
 use anyhow::{Result, anyhow};
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use crate::traffic::Record;
 
@@ -86,7 +89,8 @@ pub fn write_svg(path: &Path, title: &str, panels: &[Panel], cols: usize) -> Res
         .flat_map(|p| p.series.values().flatten())
         .fold(0.0_f64, |m, &v| m.max(v))
         .max(1.0)
-        * 1.15;
+        // Headroom above the data for the legend and the marker labels.
+        * 1.6;
     for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
         draw_panel(area, panel, y_max).map_err(|e| anyhow!("{}: {e}", panel.title))?;
     }
@@ -112,7 +116,10 @@ fn draw_panel<DB: DrawingBackend>(
         .label_style(("sans-serif", 11))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    for (name, values) in &p.series {
+    // Failures last, on top of the nodes' lines.
+    let mut series: Vec<(&String, &Vec<f64>)> = p.series.iter().collect();
+    series.sort_by_key(|(name, _)| *name == "failed");
+    for (name, values) in series {
         let c = color(name);
         let width = if name == "failed" { 2 } else { 1 };
         // A step line: each bin's rate held over the bin.
@@ -141,10 +148,17 @@ fn draw_panel<DB: DrawingBackend>(
             chart.draw_series(dashes)?;
         }
         let y = if m.detection { y_max * 0.86 } else { y_max * 0.94 };
+        // Labels right of their line, or left of it near the right edge.
+        let late = m.at > p.x.0 + 0.6 * (p.x.1 - p.x.0);
+        let (text, h) = if late {
+            (format!("{} ", m.label), HPos::Right)
+        } else {
+            (format!(" {}", m.label), HPos::Left)
+        };
         chart.draw_series(std::iter::once(Text::new(
-            format!(" {}", m.label),
+            text,
             (m.at, y),
-            ("sans-serif", 11).into_font().color(&c),
+            ("sans-serif", 11).into_font().color(&c).pos(Pos::new(h, VPos::Top)),
         )))?;
     }
     chart
@@ -183,7 +197,7 @@ mod tests {
             rec(t0, 900, Ok("waf1")), // outside the range
         ];
         let b = bin(&records, t0, (-0.3, 0.2));
-        assert_eq!(b["waf1"], [0.0, 20.0, 0.0, 0.0, 0.0]);
+        assert_eq!(b["waf1"], [20.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(b["waf2"], [0.0, 0.0, 0.0, 10.0, 0.0]);
         assert_eq!(b["failed"], [0.0, 0.0, 0.0, 0.0, 10.0]);
     }

@@ -272,21 +272,26 @@ fn draw(rows: &[Row], path: &Path) -> Result<()> {
         v.sort_by_key(|s| s.detection);
         v.get(v.len() / 2).cloned()
     };
-    let x_max = rows
-        .iter()
-        .filter_map(median)
-        .map(|s| {
-            s.timeline.values().map(Vec::len).max().unwrap_or(0) as f64 * chart::BIN_SECS
-                - BEFORE.as_secs_f64()
-        })
-        .fold(1.0_f64, f64::max);
+    // Each column (a balancer and its checks) spans its longer event: xdplb's second
+    // would vanish beside HAProxy's default checks on one scale.
+    let end = |s: &Sample| {
+        s.timeline.values().map(Vec::len).max().unwrap_or(0) as f64 * chart::BIN_SECS
+            - BEFORE.as_secs_f64()
+    };
+    let x_max = |system: &str, checks: &str| {
+        rows.iter()
+            .filter(|r| r.system == system && r.checks == checks)
+            .filter_map(median)
+            .map(|s| end(&s))
+            .fold(1.0_f64, f64::max)
+    };
     let mut panels = vec![];
     for kind in [Kind::Refused, Kind::Silent] {
         for r in rows.iter().filter(|r| r.kind == kind) {
             let Some(s) = median(r) else { continue };
             panels.push(chart::Panel {
                 title: format!("{}, {}: {}", r.system, r.checks_short, kind.name()),
-                x: (-BEFORE.as_secs_f64(), x_max),
+                x: (-BEFORE.as_secs_f64(), x_max(r.system, r.checks)),
                 series: s.timeline.clone(),
                 markers: vec![
                     chart::Marker {
