@@ -1,4 +1,4 @@
-use crate::Addr;
+use crate::{Addr, hash::Seed};
 
 /// How a chosen backend is reached.
 #[repr(u32)]
@@ -27,4 +27,6 @@ pub struct LbConfig {
     pub tunnel_src_v4: u32,
     /// Outer IPv6 source for ip6ip6 and 4in6.
     pub tunnel_src_v6: Addr,
+    /// The flow hash's secret seed (`hash::flow_hash`): the same on every balancer.
+    pub hash_seed: Seed,
 }

@@ -1,40 +1,155 @@
 //! The flow hash that picks a ring slot. It lives here so the tests and the
 //! controller can predict the kernel's choice; it must stay cheap (no loops over
 //! data-dependent lengths) because every new flow pays for it.
+//!
+//! It is SipHash-1-3 keyed with a 128-bit secret, the seed (`LbConfig::hash_seed`,
+//! from the config, the same on every balancer so they pick the same backend). A
+//! client that does not know the seed cannot choose source ports or addresses that
+//! land on one ring slot: SipHash is a keyed pseudo-random function, where a
+//! public or 32-bit seed, or an unkeyed mix like Murmur (whose collisions do not
+//! depend on the seed), would let it. The ring itself (Maglev) does not use it.
 
 use crate::FlowKey;
 
-const C1: u32 = 0xcc9e_2d51;
-const C2: u32 = 0x1b87_3593;
-/// Fixed seed: every balancer with the same config picks the same backend for a flow.
-pub const FLOW_SEED: u32 = 0x5eed_1b01;
+/// A flow-hash seed: 128 bits as four words.
+pub type Seed = [u32; 4];
+
+/// The seed of a balancer whose config names none: public (it is in this source),
+/// so clients can aim at one backend. The controller warns when it is in use.
+pub const PUBLIC_SEED: Seed = [0x5eed_1b01, 0, 0, 0];
 
 #[inline(always)]
-const fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+const fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
 }
 
-#[inline(always)]
-const fn finish(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// Murmur3-style hash of the client address and both ports. The VIP is not
-/// hashed: every VIP has its own ring.
+/// SipHash-C-D of three little-endian 64-bit words (24 bytes) under `seed`.
 #[inline(always)]
 #[must_use]
-pub const fn flow_hash(key: &FlowKey) -> u32 {
-    let ports = (key.ports[0] as u32) | ((key.ports[1] as u32) << 16);
-    let mut h = mix(FLOW_SEED, key.src[0]);
-    h = mix(h, key.src[1]);
-    h = mix(h, key.src[2]);
-    h = mix(h, key.src[3]);
-    h = mix(h, ports);
-    h = mix(h, key.proto as u32);
-    finish(h)
+pub const fn siphash<const C: usize, const D: usize>(seed: &Seed, m: [u64; 3]) -> u64 {
+    let k0 = seed[0] as u64 | (seed[1] as u64) << 32;
+    let k1 = seed[2] as u64 | (seed[3] as u64) << 32;
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut i = 0;
+    while i < 4 {
+        // The fourth block is the length (24 bytes, no tail).
+        let block = if i < 3 { m[i] } else { 24 << 56 };
+        v[3] ^= block;
+        let mut r = 0;
+        while r < C {
+            sip_round(&mut v);
+            r += 1;
+        }
+        v[0] ^= block;
+        i += 1;
+    }
+    v[2] ^= 0xff;
+    let mut r = 0;
+    while r < D {
+        sip_round(&mut v);
+        r += 1;
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// The flow hash: SipHash-1-3 under `seed` of the client address, both ports and
+/// the protocol. The VIP is not hashed: every VIP has its own ring.
+#[inline(always)]
+#[must_use]
+pub const fn flow_hash(key: &FlowKey, seed: &Seed) -> u32 {
+    let ports = (key.ports[0] as u64) | (key.ports[1] as u64) << 16 | (key.proto as u64) << 32;
+    let m = [
+        key.src[0] as u64 | (key.src[1] as u64) << 32,
+        key.src[2] as u64 | (key.src[3] as u64) << 32,
+        ports,
+    ];
+    let h = siphash::<1, 3>(seed, m);
+    (h ^ (h >> 32)) as u32
+}
+
+/// A short public name for a seed, to compare balancers' seeds without showing
+/// them: the flow hash of an empty flow key (a PRF output reveals nothing of the key).
+#[must_use]
+pub const fn fingerprint(seed: &Seed) -> u32 {
+    flow_hash(
+        &FlowKey { src: [0; 4], dst: [0; 4], ports: [0; 2], proto: 0, family: 0, _pad: [0; 2] },
+        seed,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+
+    /// The 24 bytes `siphash` reads from its three words.
+    fn bytes(m: [u64; 3]) -> std::vec::Vec<u8> {
+        m.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    #[allow(deprecated, reason = "std's SipHasher is SipHash-2-4: the reference to check against")]
+    fn siphash_2_4_matches_the_reference_implementation() {
+        use core::hash::Hasher as _;
+        let seeds: [Seed; 3] = [
+            [0; 4],
+            [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c],
+            [0xdead_beef, 1, 0x8000_0000, u32::MAX],
+        ];
+        let inputs = [
+            [0, 0, 0],
+            [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908, 0x1716_1514_1312_1110],
+            [u64::MAX, 42, 1 << 63],
+        ];
+        for seed in &seeds {
+            for m in inputs {
+                let k0 = u64::from(seed[0]) | u64::from(seed[1]) << 32;
+                let k1 = u64::from(seed[2]) | u64::from(seed[3]) << 32;
+                let mut h = core::hash::SipHasher::new_with_keys(k0, k1);
+                h.write(&bytes(m));
+                assert_eq!(siphash::<2, 4>(seed, m), h.finish(), "seed {seed:x?}, input {m:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn siphash_2_4_gives_the_published_test_vector() {
+        // The SipHash reference (vectors.h, vectors_sip64[24]): key 00..0f, message
+        // 00..17, the 24 bytes our input always has.
+        let seed = [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c];
+        let m = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908, 0x1716_1514_1312_1110];
+        let want = u64::from_le_bytes([0x94, 0xaf, 0x49, 0xf6, 0xc6, 0x50, 0xad, 0xb8]);
+        assert_eq!(siphash::<2, 4>(&seed, m), want);
+    }
+
+    #[test]
+    fn the_seed_changes_every_flows_hash() {
+        let flow = |port: u16| FlowKey {
+            src: [0x0700_a8c0, 0, 0, 0],
+            ports: [port, 80],
+            proto: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
+        let other = [1, 2, 3, 4];
+        let same = (0..1000)
+            .filter(|&p| flow_hash(&flow(p), &PUBLIC_SEED) == flow_hash(&flow(p), &other))
+            .count();
+        assert_eq!(same, 0);
+    }
 }

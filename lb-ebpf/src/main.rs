@@ -69,7 +69,7 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
                 _ => Counter::ConnMiss,
             },
         );
-        select::from_ring(&s.flow, vip)?
+        select::from_ring(&s.flow, vip, &cfg.hash_seed)?
     };
     let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
     account(&VIP_STATS, backend.vip, frame_len);

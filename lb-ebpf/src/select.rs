@@ -6,7 +6,9 @@
 //! always goes where the ring says, so it never lands on a draining backend.
 
 use lb_common::{
-    Backend, BackendState, ConnValue, Counter, FlowKey, VipMeta, hash::flow_hash, limits::RING_SIZE,
+    Backend, BackendState, ConnValue, Counter, FlowKey, VipMeta,
+    hash::{Seed, flow_hash},
+    limits::RING_SIZE,
 };
 
 use crate::{
@@ -45,8 +47,12 @@ pub fn established(flow: &FlowKey) -> Lookup {
     clippy::needless_borrows_for_generic_args,
     reason = "map values go by reference, as everywhere in the data path"
 )]
-pub fn from_ring(flow: &FlowKey, vip: &VipMeta) -> Result<(u32, &'static Backend), Verdict> {
-    let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(flow_hash(flow) % RING_SIZE);
+pub fn from_ring(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    seed: &Seed,
+) -> Result<(u32, &'static Backend), Verdict> {
+    let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(flow_hash(flow, seed) % RING_SIZE);
     let index = RINGS.get(slot).ok_or(NO_BACKEND)?.backend;
     // An empty ring holds NO_BACKEND, which is past the end of BACKENDS.
     let b = BACKENDS.get(index).ok_or(NO_BACKEND)?;

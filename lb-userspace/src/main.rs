@@ -67,6 +67,24 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Generate a secret flow-hash seed (32 hex digits, 128 bits from the kernel's RNG).
+    ///
+    /// The seed keeps clients from choosing source ports that all land on one backend.
+    /// Every balancer of a group must use the same seed, or they pick different
+    /// backends for a flow: generate it once, then copy the file to the others. A
+    /// config without hash_seed or hash_seed_file reads /etc/xdplb/hash-seed.
+    #[command(after_help = "Examples:
+  xdplb gen-seed --output /etc/xdplb/hash-seed   # once, on one balancer
+          scp /etc/xdplb/hash-seed lb2:/etc/xdplb/hash-seed  # the same file on every balancer
+          xdplb gen-seed                                 # print one (for hash_seed: in the config)")]
+    GenSeed {
+        /// Write the seed to this file (mode 0600) instead of printing it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Replace an existing file (new flows then hash differently on this balancer).
+        #[arg(long, requires = "output")]
+        force: bool,
+    },
     /// Show VIPs and backends of the running daemon: state, health, drain, MAC, packets.
     #[command(
         after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket"
@@ -177,6 +195,20 @@ fn try_main() -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             print!("{}", cfg.to_yaml());
+            eprintln!("flow hash seed: {}", cfg.hash_seed);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenSeed { output: None, .. } => {
+            println!("{}", config::seed::format(&config::seed::generate()?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenSeed { output: Some(path), force } => {
+            let seed = config::seed::write_new(&path, force)?;
+            eprintln!(
+                "wrote a new flow-hash seed to {} (fingerprint {:08x}); copy it to every balancer of the group",
+                path.display(),
+                lb_common::hash::fingerprint(&seed)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(s) => call(&s, &Request::Status),

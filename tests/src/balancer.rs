@@ -25,6 +25,8 @@ use crate::packet::{Decoded, Flow, L4, LB_MAC, Outer, decode};
 pub use aya_ebpf_bindings::bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
 pub const MTU: u32 = 1500;
+/// The fixtures' flow-hash seed (any but the public one).
+pub const SEED: lb_common::hash::Seed = [0x1234_5678, 0x9abc_def0, 0x0fed_cba9, 0x8765_4321];
 pub const TUNNEL_V4: &str = "10.0.0.2";
 pub const TUNNEL_V6: &str = "fd00::2";
 
@@ -114,6 +116,7 @@ pub fn standard_plan(mode: ForwardingMode) -> DesiredState {
             _pad: [0; 2],
             tunnel_src_v4: u32::from_ne_bytes(v4.octets()),
             tunnel_src_v6: v6,
+            hash_seed: SEED,
         },
         vips: vec![
             vip("web4", VIP4, 80, proto::TCP, wafs4()),
@@ -226,7 +229,8 @@ impl Balancer {
     #[must_use]
     pub fn predict(&self, vip_name: &str, flow: &Flow) -> String {
         let table = self.writer.table(vip_name).expect("vip table");
-        let index = table[(flow_hash(&flow_key(flow)) % RING_SIZE) as usize];
+        let index =
+            table[(flow_hash(&flow_key(flow), &self.plan.config.hash_seed) % RING_SIZE) as usize];
         let v = self.plan.vips.iter().find(|v| v.name == vip_name).expect("vip");
         v.backends
             .iter()

@@ -34,6 +34,8 @@ pub struct Rig {
 }
 
 pub const METRICS: &str = "127.0.0.1:9650";
+/// The lab's flow-hash seed.
+pub const LAB_SEED: &str = "6c61622d736565642d6e6f742d707562";
 
 #[must_use]
 pub fn web4() -> SocketAddr {
@@ -68,6 +70,8 @@ pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) ->
     let _ = writeln!(s, "tunnel_source: {{ ipv4: {}, ipv6: \"{}\" }}", lab::LB4, lab::LB6);
     let _ = writeln!(s, "metrics_listen: {METRICS}\nadmin_socket: {}/admin.sock", d.display());
     let _ = writeln!(s, "pin_path: {PIN_DIR}/xdplb");
+    // The lab's balancers share this seed (as a balancer group must).
+    let _ = writeln!(s, "hash_seed: \"{LAB_SEED}\"");
     let mut hc = String::from("kind: http, port: 80, path: /healthz");
     for (k, v) in [("interval", checks.interval), ("timeout", checks.timeout)] {
         if let Some(v) = v {

@@ -146,7 +146,7 @@ fn ipip_tcp_v6_is_encapsulated_in_ipv6_with_a_flow_label() {
     let Outer::V6(h) = assert_encapsulated(&lb, &tcp6(), "web6", &run) else {
         panic!("want IP6IP6")
     };
-    let label = lb_common::hash::flow_hash(&flow_key(&tcp6())) & 0xfffff;
+    let label = lb_common::hash::flow_hash(&flow_key(&tcp6()), &SEED) & 0xfffff;
     assert_eq!(h.flow_label.value(), label, "flow label carries the flow hash");
 }
 
@@ -739,6 +739,26 @@ fn same_flow_gets_the_same_backend_on_two_balancers_with_the_same_config() {
         let f = tcp4().sport(1000 + i * 7);
         assert_eq!(a.receiver(&a.run(&f.frame())), b.receiver(&b.run(&f.frame())));
     }
+}
+
+#[test]
+fn the_configured_seed_picks_the_ring_slot_and_balancers_agree_only_when_they_share_it() {
+    needs_root!();
+    let a = Balancer::new(Dsr);
+    let mut b = Balancer::empty();
+    b.plan = standard_plan(Dsr);
+    b.plan.config.hash_seed = [7, 7, 7, 7];
+    b.apply();
+    let mut differ = 0;
+    for i in 0..300 {
+        let f = tcp4().sport(2000 + i);
+        let (on_a, on_b) = (a.receiver(&a.run(&f.frame())), b.receiver(&b.run(&f.frame())));
+        assert_eq!(on_a, a.predict("web4", &f), "the kernel hashes with the configured seed");
+        assert_eq!(on_b, b.predict("web4", &f));
+        differ += usize::from(on_a != on_b);
+    }
+    // Same ring, other seed: about two thirds of the flows land elsewhere.
+    assert!((150..=250).contains(&differ), "{differ} of 300 flows moved with the seed");
 }
 
 // ---- no backend -----------------------------------------------------------

@@ -10,6 +10,8 @@
 //! pin_path: /sys/fs/bpf/xdplb     # default
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip
+//! hash_seed_file: /etc/xdplb/hash-seed   # the flow hash's secret (or hash_seed: 32 hex digits);
+//!                                 # default: that file if it exists; the same on every balancer
 //! health_check_defaults: { kind: http, port: 80, path: /healthz }
 //! vips:                           # at least one
 //!   - name: waf-https             # required, unique; A-Z a-z 0-9 _ - .
@@ -45,6 +47,7 @@ mod duration;
 mod locate;
 mod model;
 mod raw;
+pub mod seed;
 mod validate;
 mod warnings;
 
@@ -179,8 +182,19 @@ impl IntoIterator for ConfigErrors {
     }
 }
 
-/// Parses and checks a config; `source` names the file in error messages.
+/// Parses and checks a config; `source` names the file in error messages. A config
+/// without `hash_seed` or `hash_seed_file` takes its seed from [`seed::DEFAULT_FILE`]
+/// when that exists.
 pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+    parse_with_seed_default(text, source, Path::new(seed::DEFAULT_FILE))
+}
+
+/// [`parse`], with the seed file used when the config names none.
+pub fn parse_with_seed_default(
+    text: &str,
+    source: &str,
+    default_seed_file: &Path,
+) -> Result<Config, ConfigErrors> {
     let (index, duplicates) = locate::PosIndex::build(text);
     let mut errors: Vec<ConfigError> = duplicates
         .iter()
@@ -204,7 +218,8 @@ pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
         }
     };
     let index = Arc::new(index);
-    let mut collector = validate::Collector { file: source, index: &index, errors };
+    let mut collector =
+        validate::Collector { file: source, index: &index, errors, default_seed_file };
     let mut cfg = validate::resolve(raw, &mut collector);
     if !collector.errors.is_empty() {
         return Err(ConfigErrors::from_vec(collector.errors));

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::{
     ConfigError, duration,
     locate::{Pos, PosIndex},
+    seed::{self, HashSeed, SeedSource},
 };
 use crate::health::CheckSpec;
 
@@ -121,6 +122,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// Next hop for `ipip` when backends are not on-link.
     pub gateway: Option<IpAddr>,
+    /// The flow hash's secret seed and where it came from.
+    pub hash_seed: HashSeed,
     pub vips: Vec<Vip>,
     /// Where this config came from; not part of its value.
     pub origin: Origin,
@@ -214,6 +217,16 @@ impl Config {
         }
         if let Some(gw) = self.gateway {
             line(0, format!("gateway: {}", scalar(&gw.to_string())));
+        }
+        // The default file and the public seed are what an absent key means.
+        match &self.hash_seed.source {
+            SeedSource::Config => {
+                line(0, format!("hash_seed: \"{}\"", seed::format(&self.hash_seed.seed)));
+            }
+            SeedSource::File(p) => {
+                line(0, format!("hash_seed_file: {}", scalar(&p.to_string_lossy())));
+            }
+            SeedSource::DefaultFile(_) | SeedSource::Public => {}
         }
         line(0, "vips:".into());
         for vip in &self.vips {

@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub pin_path: Option<String>,
     pub mtu: Option<u32>,
     pub gateway: Option<String>,
+    pub hash_seed: Option<String>,
+    pub hash_seed_file: Option<String>,
     pub health_check_defaults: Option<RawCheck>,
     pub vips: Option<Vec<RawVip>>,
 }

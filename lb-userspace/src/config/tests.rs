@@ -45,6 +45,18 @@ fn assert_only_error(text: &str, path: &str, line: usize, column: usize, words: 
     assert!(e.message.contains(words), "`{words}` not in: {e}");
 }
 
+/// `config::parse` with a default seed file of the tests' own: results must not
+/// depend on whether this host has `seed::DEFAULT_FILE` (shadows the glob import).
+fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("xdplb-test-seed-{}", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        path
+    });
+    parse_with_seed_default(text, source, file)
+}
+
 fn ok(text: &str) -> Config {
     parse(text, "test.yaml").unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
 }
@@ -142,7 +154,9 @@ fn readme_example_parses_with_defaults_filled_in() {
 fn example_config_file_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs/example.yaml");
     let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(cfg, ok(EXAMPLE));
+    // `load` reads the host's default seed file (or none); the tests' `parse` their own.
+    let want = Config { hash_seed: cfg.hash_seed.clone(), ..ok(EXAMPLE) };
+    assert_eq!(cfg, want);
     assert_eq!(cfg.origin.file(), path.display().to_string());
 }
 
@@ -309,6 +323,7 @@ fn to_yaml_round_trips_to_an_equal_config() {
         pin_path: /sys/fs/bpf/other
         mtu: 9000
         gateway: \"fd00::1\"
+        hash_seed: \"00112233445566778899aabbccddeeff\"
         health_check_defaults: { kind: https, host: \"waf.example\", tls_verify: false, interval: 1.5s, timeout: 1s, initial_state: up }
         vips:
           - name: waf.v6
@@ -981,4 +996,101 @@ fn min_primaries_without_reserves_is_a_warning_that_it_does_nothing() {
 fn configs_without_the_reserve_keys_have_no_warnings() {
     assert!(warned(EXAMPLE).is_empty());
     assert!(warned(&base()).is_empty());
+}
+
+// --- the flow-hash seed -----------------------------------------------------------
+
+/// A config parsed with `default` as the seed file used when it names none.
+fn ok_with_default_seed(text: &str, default: &Path) -> Config {
+    parse_with_seed_default(text, "test.yaml", default).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn temp_seed_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xdplb-config-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const SEED_HEX: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn hash_seed_in_the_config_is_the_flow_hash_seed() {
+    let cfg = ok(&format!("hash_seed: \"{SEED_HEX}\"\n{}", base()));
+    assert_eq!(cfg.hash_seed.seed, seed::parse(SEED_HEX).unwrap());
+    assert_eq!(cfg.hash_seed.source, seed::SeedSource::Config);
+    assert!(warnings(&cfg).is_empty(), "{:?}", warnings(&cfg));
+}
+
+#[test]
+fn hash_seed_file_is_read_and_printed_as_its_path() {
+    let path = temp_seed_file("seed-file", &format!("{SEED_HEX}\n"));
+    let cfg = ok(&format!("hash_seed_file: {}\n{}", path.display(), base()));
+    assert_eq!(cfg.hash_seed.seed, seed::parse(SEED_HEX).unwrap());
+    assert_eq!(cfg.hash_seed.source, seed::SeedSource::File(path.clone()));
+    let printed = cfg.to_yaml();
+    assert!(printed.contains(&format!("hash_seed_file: {}", path.display())), "{printed}");
+    assert!(!printed.contains(SEED_HEX), "the file's secret is not printed:\n{printed}");
+    assert_eq!(ok(&printed), cfg);
+}
+
+#[test]
+fn config_without_a_seed_reads_the_default_file() {
+    let path = temp_seed_file("default-seed", SEED_HEX);
+    let cfg = ok_with_default_seed(&base(), &path);
+    assert_eq!(cfg.hash_seed.seed, seed::parse(SEED_HEX).unwrap());
+    assert_eq!(cfg.hash_seed.source, seed::SeedSource::DefaultFile(path));
+    assert!(warnings(&cfg).is_empty(), "{:?}", warnings(&cfg));
+}
+
+#[test]
+fn config_without_any_seed_keeps_working_with_the_public_seed_and_a_warning() {
+    let cfg = ok_with_default_seed(&base(), Path::new("/nonexistent/hash-seed"));
+    assert_eq!(cfg.hash_seed.seed, lb_common::hash::PUBLIC_SEED);
+    let warned = warnings(&cfg);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].path, "hash_seed");
+    for words in ["public seed", "one backend", "xdplb gen-seed", "every balancer"] {
+        assert!(warned[0].message.contains(words), "`{words}` not in: {}", warned[0]);
+    }
+}
+
+#[test]
+fn broken_seed_settings_are_errors_at_their_key() {
+    let bad_hex = format!("hash_seed: \"0011\"\n{}", base());
+    assert_only_error(&bad_hex, "hash_seed", 1, 12, "32 hexadecimal digits");
+    let both = format!("hash_seed: \"{SEED_HEX}\"\nhash_seed_file: /etc/x\n{}", base());
+    assert_only_error(&both, "hash_seed_file", 2, 17, "not both");
+    let missing = format!("hash_seed_file: /nonexistent/seed\n{}", base());
+    assert_only_error(&missing, "hash_seed_file", 1, 17, "cannot read /nonexistent/seed");
+    let relative = format!("hash_seed_file: seed\n{}", base());
+    assert_only_error(&relative, "hash_seed_file", 1, 17, "absolute path");
+    let garbage = temp_seed_file("garbage-seed", "not a seed");
+    let errs = parse_with_seed_default(&base(), "test.yaml", &garbage).unwrap_err();
+    assert!(errs.to_string().contains("default seed file"), "{errs}");
+}
+
+#[test]
+fn ipip_mtu_too_small_for_ipv6_inside_the_tunnel_is_a_warning() {
+    let text = yaml(
+        "
+        interface: eth0
+        forwarding: ipip
+        tunnel_source: { ipv6: \"fd00::2\" }
+        mtu: 1300
+        hash_seed: \"00112233445566778899aabbccddeeff\"
+        vips:
+          - name: web6
+            address: \"2001:db8::10\"
+            port: 443
+            backends: [{ name: a, address: \"fd00::11\" }]
+        ",
+    );
+    let warned = warnings(&ok(&text));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let w = &warned[0];
+    assert_eq!((w.path.as_str(), w.line), ("mtu", 4), "{w}");
+    assert!(w.message.contains("1260") && w.message.contains("at least 1320"), "{w}");
+    assert!(warnings(&ok(&text.replace("mtu: 1300", "mtu: 1320"))).is_empty());
 }

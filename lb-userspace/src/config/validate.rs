@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -17,6 +17,7 @@ use super::{
     locate::{Pos, PosIndex, child},
     model::{BackendConf, Config, Forwarding, InitialState, Origin, TunnelSource, Vip},
     raw::{DurationText, RawBackend, RawCheck, RawConfig, RawKind, RawVip},
+    seed::{self, HashSeed, SeedSource},
 };
 use crate::health::{CheckKind, CheckSpec};
 
@@ -27,6 +28,8 @@ pub struct Collector<'a> {
     pub file: &'a str,
     pub index: &'a PosIndex,
     pub errors: Vec<ConfigError>,
+    /// Where the seed is read from when the config names none (`seed::DEFAULT_FILE`).
+    pub default_seed_file: &'a Path,
 }
 
 impl Collector<'_> {
@@ -96,6 +99,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         c.error("mtu", format!("mtu {mtu} is out of range 68..=65535"));
     }
     let gateway = raw.gateway.as_deref().and_then(|t| unicast_addr(t, "gateway", c));
+    let hash_seed = resolve_seed(raw.hash_seed, raw.hash_seed_file, c);
 
     let defaults_layer = raw.health_check_defaults.unwrap_or_default();
     check_layer(&defaults_layer, "health_check_defaults", c);
@@ -134,12 +138,51 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         pin_path,
         mtu: raw.mtu,
         gateway,
+        hash_seed,
         vips,
         origin: Origin::default(),
     };
     check_vip_set(&cfg, c);
     check_forwarding(&cfg, c);
     cfg
+}
+
+/// The flow-hash seed: `hash_seed`, `hash_seed_file`, the default file, or the
+/// public seed (which `config::warnings` reports).
+fn resolve_seed(text: Option<String>, file: Option<String>, c: &mut Collector<'_>) -> HashSeed {
+    let (seed, source) = match (text, file) {
+        (Some(_), Some(_)) => {
+            c.error("hash_seed_file", "set hash_seed or hash_seed_file, not both".into());
+            return HashSeed::default();
+        }
+        (Some(text), None) => {
+            (seed::parse(&text).map_err(|e| ("hash_seed", e)), SeedSource::Config)
+        }
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                let msg = format!("hash_seed_file `{}` must be an absolute path", path.display());
+                c.error("hash_seed_file", msg);
+                return HashSeed::default();
+            }
+            (seed::read(&path).map_err(|e| ("hash_seed_file", e)), SeedSource::File(path))
+        }
+        (None, None) if c.default_seed_file.exists() => {
+            let path = c.default_seed_file.to_owned();
+            let seed = seed::read(&path).map_err(|e| {
+                ("", format!("the default seed file (no hash_seed or hash_seed_file): {e}"))
+            });
+            (seed, SeedSource::DefaultFile(path))
+        }
+        (None, None) => return HashSeed::default(),
+    };
+    match seed {
+        Ok(seed) => HashSeed { seed, source },
+        Err((path, msg)) => {
+            c.error(path, msg);
+            HashSeed::default()
+        }
+    }
 }
 
 /// Linux's rule for device names (`dev_valid_name`).

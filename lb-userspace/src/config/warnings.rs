@@ -1,5 +1,6 @@
 //! Settings that parse but may not do what the operator meant: a VIP whose
-//! reserves can never serve, or that has no primary. They are warnings, not
+//! reserves can never serve, or that has no primary; a flow hash on the public
+//! seed; an ipip MTU that leaves IPv6 less than its minimum inside the tunnel. They are warnings, not
 //! errors: each is a legitimate config (reserves parked on purpose, a pool being
 //! converted), and refusing it would lock an operator out of a working balancer.
 //! `xdplb check-config` prints them (`--strict` fails on them); `xdplb run` logs
@@ -14,6 +15,10 @@ pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
     for (i, vip) in cfg.vips.iter().enumerate() {
         reserve_tier(cfg, vip, &format!("vips[{i}]"), &mut out);
     }
+    if let Some(w) = cfg.hash_seed.warning() {
+        out.push(cfg.origin.error("hash_seed", w));
+    }
+    ipip_mtu(cfg, &mut out);
     out.sort_by_key(|w| (w.line, w.column));
     out
 }
@@ -64,5 +69,28 @@ fn reserve_tier(cfg: &Config, vip: &Vip, path: &str, out: &mut Vec<ConfigError>)
                 vip.name
             ),
         ));
+    }
+}
+
+/// In ipip mode, an IPv6 VIP's packets must fit the MTU with the outer header: an
+/// IPv6 client cannot be told to send less than 1280 bytes (RFC 8200), so with less
+/// room inside the tunnel its full-size packets are lost.
+fn ipip_mtu(cfg: &Config, out: &mut Vec<ConfigError>) {
+    let (super::Forwarding::Ipip, Some(mtu)) = (cfg.forwarding, cfg.mtu) else { return };
+    for v in cfg.vips.iter().filter(|v| v.address.is_ipv6()) {
+        let outer = if v.backends.iter().any(|b| b.address.is_ipv6()) { 40 } else { 20 };
+        let room = mtu.saturating_sub(outer);
+        if room < 1280 {
+            out.push(cfg.origin.error(
+                "mtu",
+                format!(
+                    "mtu {mtu} leaves {room} bytes inside the tunnel for IPv6 VIP `{}`, under IPv6's \
+                     minimum of 1280 that clients cannot be told to go below: its full-size packets \
+                     are lost. Use an MTU of at least {} towards the WAF nodes",
+                    v.name,
+                    1280 + outer
+                ),
+            ));
+        }
     }
 }

@@ -61,6 +61,7 @@ type AdminRx = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
 
 pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let config = config::load(path).map_err(|e| anyhow!("{e}"))?;
+    info!("flow hash seed: {}", config.hash_seed);
     config::check_interfaces(&config, config::interface_exists).map_err(|e| anyhow!("{e}"))?;
     let interface = interface::read(&config.interface)?;
     let mode = match config.xdp_mode {

@@ -64,6 +64,7 @@ pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
         _pad: [0; 2],
         tunnel_src_v4: cfg.tunnel_source.ipv4.map_or(0, |a| u32::from_ne_bytes(a.octets())),
         tunnel_src_v6: cfg.tunnel_source.ipv6.map_or([0; 4], |a| addr_words(a.into()).0),
+        hash_seed: cfg.hash_seed.seed,
     }
 }
 
@@ -239,7 +240,7 @@ mod tests {
     #[test]
     fn plan_takes_state_and_mac_from_what_was_observed_and_defaults_to_down() {
         let cfg = crate::config::parse(
-            "interface: lo\nvips:\n  - {name: web, address: 192.0.2.1, port: 80, backends: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2, weight: 7}]}\n",
+            "interface: lo\nhash_seed: \"000102030405060708090a0b0c0d0e0f\"\nvips:\n  - {name: web, address: 192.0.2.1, port: 80, backends: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2, weight: 7}]}\n",
             "t.yaml",
         )
         .unwrap();
@@ -253,6 +254,7 @@ mod tests {
         assert_eq!((b[0].state, b[0].mac), (BackendState::Up, Some([1; 6])));
         assert_eq!((b[1].state, b[1].mac, b[1].weight), (BackendState::Down, None, 7));
         assert_eq!(p.config.mtu, 1500);
+        assert_eq!(p.config.hash_seed, [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c]);
         assert_eq!(p.config.src_mac, [9; 6]);
     }
 

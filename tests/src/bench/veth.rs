@@ -287,6 +287,7 @@ fn plan(mode: ForwardingMode) -> DesiredState {
             _pad: [0; 2],
             tunnel_src_v4: u32::from_ne_bytes(DUT_ADDR.octets()),
             tunnel_src_v6: v6,
+            hash_seed: crate::balancer::SEED,
         },
         vips: vec![vip("tcp", TCP_PORT, proto::TCP), vip("udp", UDP_PORT, proto::UDP)],
     }

@@ -277,6 +277,10 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             self.outputs.push_back(Output::log(Level::Error, msg.clone()));
             return Err(msg);
         }
+        if new.hash_seed != self.config.hash_seed {
+            let msg = format!("flow hash seed now {}: new flows hash differently", new.hash_seed);
+            self.outputs.push_back(Output::log(Level::Info, msg));
+        }
         let seed = self.observed();
         // The whole plan against the maps' capacity before anything changes.
         if let Err(e) = MapWriter::<M>::check(&plan(&new, self.lb_config(), &seed)) {
