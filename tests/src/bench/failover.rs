@@ -4,7 +4,9 @@
 //! link cut (silence). For each event: detection time (balancer marks the node
 //! down), the time after which no new connection reached the dead node (the last
 //! failed request's start; only requests to the dead node fail), and the number
-//! of failed connections.
+//! of failed connections. A third event: every primary stopped (waf1 and waf2)
+//! with waf3 a reserve (xdplb `backup: true`, HAProxy `backup`): the time until
+//! new connections reach the reserve and the failed connections.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     chart,
     lab::{self, Lab, NS_CLIENT, NS_LB, VIP4},
-    rig::{Checks, Rig, web4},
+    rig::{Checks, Rig, rows, web4, with_reserves},
     traffic::{HttpLoad, Record},
 };
 
@@ -80,12 +82,21 @@ const BEFORE: Duration = Duration::from_millis(500);
 /// A balancer under test: how to see whether it has marked a node down.
 trait Balancer {
     fn is_down(&self, waf: usize) -> Result<bool>;
+    /// Healthy (a reserve on standby included).
+    fn is_up(&self, waf: usize) -> Result<bool>;
     fn all_up(&self, wafs: usize) -> Result<bool>;
 }
 
 impl Balancer for Rig {
     fn is_down(&self, waf: usize) -> Result<bool> {
         Ok(self.state("web4", &format!("waf{waf}"))? == "down")
+    }
+
+    fn is_up(&self, waf: usize) -> Result<bool> {
+        let name = format!("waf{waf}");
+        Ok(rows(&self.daemon.status()?)
+            .iter()
+            .any(|r| r.vip == "web4" && r.backend == name && r.health == "up" && !r.drained))
     }
 
     fn all_up(&self, wafs: usize) -> Result<bool> {
@@ -165,7 +176,9 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(checks: &str) -> Result<Self> {
+    /// With `backup`, waf3 is a `backup` server: it takes connections only while
+    /// every other server is down.
+    fn start(checks: &str, backup: bool) -> Result<Self> {
         let dir = Path::new(lab::LAB_DIR).join("haproxy");
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("stats.sock");
@@ -177,7 +190,8 @@ impl Haproxy {
             sock.display()
         );
         for k in 1..=WAFS {
-            let _ = writeln!(cfg, "  server waf{k} {}:80 check", lab::waf4(k));
+            let role = if backup && k == RESERVE { " backup" } else { "" };
+            let _ = writeln!(cfg, "  server waf{k} {}:80 check{role}", lab::waf4(k));
         }
         let conf = dir.join("haproxy.cfg");
         std::fs::write(&conf, cfg)?;
@@ -216,6 +230,10 @@ impl Haproxy {
 impl Balancer for Haproxy {
     fn is_down(&self, waf: usize) -> Result<bool> {
         Ok(self.status(waf)?.starts_with("DOWN"))
+    }
+
+    fn is_up(&self, waf: usize) -> Result<bool> {
+        Ok(self.status(waf)?.starts_with("UP"))
     }
 
     fn all_up(&self, wafs: usize) -> Result<bool> {
@@ -257,10 +275,11 @@ pub fn run(args: &[String]) -> Result<()> {
             runs = a.parse().with_context(|| format!("events per row: {a:?}"))?;
         }
     }
-    let rows = measure_all(runs)?;
+    let (rows, reserve_rows) = measure_all(runs)?;
     draw(&rows, &chart_path)?;
     super::progress(format!("wrote the failover timeline to {}", chart_path.display()));
     print!("{}", report(&rows, &chart_path));
+    print!("{}", reserve_report(&reserve_rows));
     Ok(())
 }
 
@@ -317,7 +336,7 @@ fn draw(rows: &[Row], path: &Path) -> Result<()> {
     )
 }
 
-fn measure_all(runs: usize) -> Result<Vec<Row>> {
+fn measure_all(runs: usize) -> Result<(Vec<Row>, Vec<ReserveRow>)> {
     let mut rows = Vec::new();
     let rig = Rig::up(lab::Mode::Dsr, WAFS, &Checks::default())?;
     {
@@ -332,6 +351,23 @@ fn measure_all(runs: usize) -> Result<Vec<Row>> {
                 samples,
             });
         }
+    }
+    // The reserve event: waf3 becomes a reserve by a reload.
+    let text = std::fs::read_to_string(&rig.config)?;
+    std::fs::write(&rig.config, with_reserves(&text, &[RESERVE], 1))?;
+    match rig.daemon.admin(&lb_userspace::admin::Request::Reload)? {
+        lb_userspace::admin::Response::Ok(_) => {}
+        lb_userspace::admin::Response::Error(e) => bail!("reloading with a reserve: {e}"),
+    }
+    let mut reserve_rows = Vec::new();
+    {
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+        let samples = measure_reserve(&rig, &rig.lab, &load, runs, "xdplb")?;
+        reserve_rows.push(ReserveRow {
+            system: "xdplb (dsr)",
+            checks: "defaults: http, 200ms, fall 3, rise 2",
+            samples,
+        });
     }
     let Rig { mut daemon, lab, .. } = rig;
     daemon.stop()?; // --detach-on-exit: the lb namespace is free for HAProxy.
@@ -348,15 +384,134 @@ fn measure_all(runs: usize) -> Result<Vec<Row>> {
         ),
     ];
     for (checks, checks_short, extra, events) in variants {
-        let h = Haproxy::start(extra)?;
-        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
-        for kind in [Kind::Refused, Kind::Silent] {
-            let samples = measure(&h, &lab, &load, kind, events, "haproxy")?;
-            rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, checks_short, kind, samples });
+        {
+            let h = Haproxy::start(extra, false)?;
+            let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+            for kind in [Kind::Refused, Kind::Silent] {
+                let samples = measure(&h, &lab, &load, kind, events, "haproxy")?;
+                rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, checks_short, kind, samples });
+            }
         }
+        let h = Haproxy::start(extra, true)?;
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+        let samples = measure_reserve(&h, &lab, &load, events, "haproxy backup")?;
+        reserve_rows.push(ReserveRow { system: "HAProxy 2.6 (tcp)", checks, samples });
     }
     drop(lab);
-    Ok(rows)
+    Ok((rows, reserve_rows))
+}
+
+/// The reserve node: waf1 and waf2 are the primaries.
+const RESERVE: usize = 3;
+const PRIMARIES: [usize; 2] = [1, 2];
+
+/// One "every primary stopped" event.
+#[derive(Clone, Debug)]
+pub struct ReserveSample {
+    /// From the stop to the balancer reporting both primaries down.
+    pub detection: Duration,
+    /// From the stop to the start of the first request the reserve answered.
+    pub first_on_reserve: Option<Duration>,
+    /// Start of the last request that failed.
+    pub last_failed: Duration,
+    pub failed: usize,
+}
+
+struct ReserveRow {
+    system: &'static str,
+    checks: &'static str,
+    samples: Vec<ReserveSample>,
+}
+
+/// `runs` events: nginx stopped on both primaries, waited for until the balancer
+/// marks both down and requests sent before have finished, then started again.
+fn measure_reserve(
+    b: &dyn Balancer,
+    lab: &Lab,
+    load: &HttpLoad,
+    runs: usize,
+    label: &str,
+) -> Result<Vec<ReserveSample>> {
+    let mut out = Vec::new();
+    let on_primaries = || -> Result<bool> {
+        Ok(PRIMARIES.iter().all(|k| b.is_up(*k).unwrap_or(false)) && b.is_up(RESERVE)?)
+    };
+    for run in 0..runs {
+        wait(on_primaries, Duration::from_secs(30), "the primaries and the reserve up")?;
+        std::thread::sleep(BEFORE);
+        let t0 = Instant::now();
+        for k in PRIMARIES {
+            lab.stop_waf(k)?;
+        }
+        let detection = wait(
+            || Ok(PRIMARIES.iter().all(|k| b.is_down(*k).unwrap_or(false))),
+            Duration::from_secs(30),
+            "both primaries marked down",
+        )?;
+        std::thread::sleep(TIMEOUT + Duration::from_millis(300));
+        for k in PRIMARIES {
+            lab.start_waf(k)?;
+        }
+        let records = load.log.records();
+        let after: Vec<&Record> = records.iter().filter(|r| r.start >= t0).collect();
+        let failed: Vec<&&Record> = after.iter().filter(|r| r.outcome.is_err()).collect();
+        let last = failed.iter().map(|r| r.start.duration_since(t0)).max().unwrap_or_default();
+        let reserve = format!("waf{RESERVE}");
+        let first_on_reserve = after
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Ok(reserve.as_str()))
+            .map(|r| r.start.duration_since(t0))
+            .min();
+        super::progress(format!(
+            "{label}, every primary stopped, run {}: detected in {:.0} ms, first request on the reserve sent at {}, last failed request at {:.0} ms, {} failed",
+            run + 1,
+            ms(detection),
+            first_on_reserve.map_or_else(|| "never".to_owned(), |d| format!("{:.0} ms", ms(d))),
+            ms(last),
+            failed.len()
+        ));
+        out.push(ReserveSample {
+            detection,
+            first_on_reserve,
+            last_failed: last,
+            failed: failed.len(),
+        });
+    }
+    wait(on_primaries, Duration::from_secs(30), "the primaries and the reserve up")?;
+    Ok(out)
+}
+
+fn reserve_report(rows: &[ReserveRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Every primary stopped: the reserve tier takes over\n\n\
+         waf1 and waf2 are primaries, waf3 a reserve (xdplb `backup: true`, `min_primaries: 1`; HAProxy \
+         `server ... backup`). nginx stops on both primaries at once, same load as above.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| balancer | health checks | events | both primaries down after, median (worst) | first new connection on the reserve, median (worst) | no failed connection after, median (worst) | failed connections median (worst) |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let (d, dw) = stats(r.samples.iter().map(|x| ms(x.detection)));
+        let never = r.samples.iter().filter(|x| x.first_on_reserve.is_none()).count();
+        let (f1, f1w) = stats(r.samples.iter().filter_map(|x| x.first_on_reserve.map(ms)).chain(
+            // An event where the reserve never answered counts as infinitely slow.
+            std::iter::repeat_n(f64::INFINITY, never),
+        ));
+        let (l, lw) = stats(r.samples.iter().map(|x| ms(x.last_failed)));
+        let (f, fw) = stats(r.samples.iter().map(|x| x.failed as f64));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {d:.0} ms ({dw:.0}) | {f1:.0} ms ({f1w:.0}) | {l:.0} ms ({lw:.0}) | {f:.0} ({fw:.0}) |",
+            r.system,
+            r.checks,
+            r.samples.len()
+        );
+    }
+    s
 }
 
 fn stats(v: impl Iterator<Item = f64>) -> (f64, f64) {
