@@ -66,6 +66,10 @@ enum Task {
         /// Also draw the run as a timeline chart (SVG): requests/s per node, events marked.
         #[arg(long, value_name = "FILE")]
         chart: Option<std::path::PathBuf>,
+        /// The reserve tier: waf3 and waf4 are reserves (`backup: true`); both primaries
+        /// stop and the reserves take over, then the primaries return.
+        #[arg(long)]
+        reserve: bool,
     },
     /// Run every test: format and clippy checks, unit tests, then packet-level and
     /// namespace tests (root). Under CI=true a privileged test that cannot run fails
@@ -125,7 +129,7 @@ fn try_main() -> Result<()> {
             setup(Extras::Build)?;
             lint::lint()
         }
-        Task::Demo { mode, chart } => {
+        Task::Demo { mode, chart, reserve } => {
             setup(Extras::Lab)?;
             step("building xdplb and the demo (release)");
             run(Command::new("cargo").args([
@@ -143,6 +147,9 @@ fn try_main() -> Result<()> {
             ]))?;
             let mut demo = Command::new("target/release/demo");
             demo.arg(mode.as_str());
+            if reserve {
+                demo.arg("--reserve");
+            }
             if let Some(chart) = chart {
                 demo.arg("--chart").arg(chart);
             }

@@ -4,9 +4,14 @@
 //! connections), brings it back, then cuts waf3's link (silence), restores it, and
 //! sums up detection time and failed requests per event. Removes the lab on exit
 //! and on Ctrl-C.
+//!
+//! `--reserve`: four nodes, waf3 and waf4 reserves (`backup: true`). Both
+//! primaries stop one after the other: the reserves take the traffic when the
+//! second goes; the primaries come back and new connections return to them.
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -15,7 +20,7 @@ use anyhow::Result;
 use xdplb_tests::{
     chart,
     lab::Mode,
-    rig::{Checks, Rig, web4},
+    rig::{Checks, Rig, config_text, web4, with_reserves},
     traffic::{Failure, HttpLoad, Record, tally, tally_ended},
 };
 
@@ -25,7 +30,6 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-const WAFS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Event {
@@ -43,12 +47,13 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = if args.iter().any(|a| a == "ipip") { Mode::Ipip } else { Mode::Dsr };
+    let reserve = args.iter().any(|a| a == "--reserve");
     let chart = args
         .iter()
         .position(|a| a == "--chart")
         .and_then(|i| args.get(i + 1))
         .map(std::path::PathBuf::from);
-    match run(mode, chart.as_deref()) {
+    match run(mode, reserve, chart.as_deref()) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("demo failed: {e:#}");
@@ -57,24 +62,58 @@ fn main() {
     }
 }
 
-fn run(mode: Mode, chart: Option<&std::path::Path>) -> Result<()> {
-    println!(
-        "==> xdplb demo ({mode} mode): lab with {WAFS} nginx WAF nodes, xdplb with its default health checks"
-    );
-    let rig = Rig::up(mode, WAFS, &Checks::default())?;
+/// (second, action): what happens when.
+type Script = Vec<(u64, &'static str)>;
+
+/// The demo's nodes, script, length in seconds and xdplb config, and its banner printed.
+fn variant(mode: Mode, reserve: bool) -> (usize, Script, u64, String) {
+    let (wafs, script, end): (usize, Script, u64) = if reserve {
+        let script =
+            vec![(5, "stop waf1"), (9, "stop waf2"), (16, "start waf1"), (21, "start waf2")];
+        (4, script, 26)
+    } else {
+        let script =
+            vec![(5, "stop waf2"), (11, "start waf2"), (17, "cut waf3"), (24, "restore waf3")];
+        (3, script, 30)
+    };
+    let mut text = config_text(mode, wafs, &Checks::default(), &[]);
+    if reserve {
+        text = with_reserves(&text, &[3, 4], 1);
+        println!(
+            "==> xdplb demo ({mode} mode, reserve tier): lab with {wafs} nginx WAF nodes, waf1 and waf2 primaries, \
+             waf3 and waf4 reserves (backup: true), xdplb with its default health checks"
+        );
+    } else {
+        println!(
+            "==> xdplb demo ({mode} mode): lab with {wafs} nginx WAF nodes, xdplb with its default health checks"
+        );
+    }
+    (wafs, script, end, text)
+}
+
+/// Each value right-aligned in a 10-character cell.
+fn cells(values: impl Iterator<Item = String>) -> String {
+    values.fold(String::new(), |mut s, v| {
+        let _ = write!(s, " {v:>9}");
+        s
+    })
+}
+
+fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()> {
+    let (wafs, script, end, text) = variant(mode, reserve);
+    let rig = Rig::up_with(mode, wafs, &text)?;
     println!("==> xdplb is up; {} ", rig.daemon.status()?.lines().next().unwrap_or(""));
     // Enough workers that a few stuck on a silent node do not stall the load.
     let load = HttpLoad::start(xdplb_tests::lab::NS_CLIENT, web4(), 8, 25.0, TIMEOUT)?;
     let start = Instant::now();
     let mut events: Vec<Event> = Vec::new();
-    // (second, action): what happens when.
-    let script: [(u64, &str); 4] =
-        [(5, "stop waf2"), (11, "start waf2"), (17, "cut waf3"), (24, "restore waf3")];
-    let end = Duration::from_secs(30);
+    let end = Duration::from_secs(end);
     println!();
+    let heads = cells((1..=wafs).map(|k| format!("waf{k} r/s")));
     println!(
-        "   time   {:>9} {:>9} {:>9}   {:>6}   health (web4)",
-        "waf1 r/s", "waf2 r/s", "waf3 r/s", "failed"
+        "   time  {heads}   {:>6}   state (web4){}",
+        "failed",
+        if reserve { "  tier" } else { "" }
     );
     let mut next_row = Duration::from_secs(1);
     let mut done = 0;
@@ -120,15 +159,16 @@ fn run(mode: Mode, chart: Option<&std::path::Path>) -> Result<()> {
             let row_end = start + next_row;
             let row_start = row_end.checked_sub(Duration::from_secs(1)).unwrap_or(start);
             let (ok, failed) = tally_ended(&records, row_start, row_end);
-            let health: Vec<String> = (1..=WAFS)
+            let health: Vec<String> = (1..=wafs)
                 .map(|k| rig.state("web4", &format!("waf{k}")).unwrap_or_else(|_| "?".into()))
                 .collect();
+            let counts = cells(
+                (1..=wafs).map(|k| ok.get(&format!("waf{k}")).copied().unwrap_or(0).to_string()),
+            );
+            let tier = if reserve { format!("  {}", tier(&rig)) } else { String::new() };
             println!(
-                "  {:>5.0}s   {:>9} {:>9} {:>9}   {:>6}   {}",
+                "  {:>5.0}s {counts}   {:>6}   {}{tier}",
                 next_row.as_secs_f64(),
-                ok.get("waf1").copied().unwrap_or(0),
-                ok.get("waf2").copied().unwrap_or(0),
-                ok.get("waf3").copied().unwrap_or(0),
                 failed.values().sum::<usize>(),
                 health.join(" ")
             );
@@ -148,6 +188,21 @@ fn run(mode: Mode, chart: Option<&std::path::Path>) -> Result<()> {
     }
     println!("\n==> removing the lab");
     Ok(())
+}
+
+/// The tier serving web4, from the status header (`tier reserve (...)` -> `reserve`).
+fn tier(rig: &Rig) -> String {
+    rig.daemon
+        .status()
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VIP web4 "))
+                .and_then(|l| l.split("  tier ").nth(1))
+                .and_then(|t| t.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The run as a timeline: requests/s per node in 100 ms bins, each event and its detection marked.
