@@ -29,6 +29,8 @@ use lb_userspace::{
         \x20   backends:\n\
         \x20     - { name: waf-1, address: 10.0.0.11, weight: 100 }\n\
         \x20     - { name: waf-2, address: 10.0.0.12 }\n\
+        \x20     - { name: waf-9, address: 10.0.0.19, backup: true }   # a reserve\n\
+        \x20   min_primaries: 1              # reserves serve while fewer primaries are usable\n\
         \x20   health_check: { kind: tcp, port: 443 }"
 )]
 struct Cli {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use lb_userspace::admin::Response;
 
 use crate::{
     daemon::Daemon,
@@ -175,6 +176,29 @@ impl Rig {
             .find(|(v, b, _)| v == vip && b == waf)
             .map(|(_, _, st)| st)
             .with_context(|| format!("{vip}/{waf} not in status:\n{s}"))
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; the time it took.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        let last = check();
+        if matches!(last, Ok(true)) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("not within {timeout:?} (last check: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The text of an admin answer, or an error with the daemon's.
+pub fn expect_ok(resp: Response) -> Result<String> {
+    match resp {
+        Response::Ok(m) => Ok(m),
+        Response::Error(e) => anyhow::bail!("xdplb answered an error: {e}"),
     }
 }
 

@@ -80,6 +80,36 @@ pub fn tally(
     tally_by(records, |r| r.start >= from && r.start < to)
 }
 
+/// Answers per WAF and failures among all `records`.
+#[must_use]
+pub fn tally_all(records: &[Record]) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+    tally_by(records, |_| true)
+}
+
+/// `n` HTTP requests on new connections from namespace `ns`, from `workers`
+/// threads as fast as they are answered; the first `n` by start time.
+pub fn requests(
+    ns: &str,
+    target: SocketAddr,
+    n: usize,
+    workers: usize,
+    timeout: Duration,
+) -> Result<Vec<Record>> {
+    let load = HttpLoad::start(ns, target, workers, 1.0e6, timeout)?;
+    let start = Instant::now();
+    while load.log.records().len() < n {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_mins(2),
+            "{n} requests to {target} take more than 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut records = load.stop();
+    records.sort_by_key(|r| r.start);
+    records.truncate(n);
+    Ok(records)
+}
+
 /// As `tally`, for requests that ended in `[from, to)` (what a per-second rate shows).
 #[must_use]
 pub fn tally_ended(

@@ -42,9 +42,10 @@ use xdplb_tests::{
         uploaded,
     },
     privilege::have_root,
-    rig::{Checks, Rig, Row, config_text, rows, udp4, web4, web6},
+    rig::{Checks, Rig, Row, config_text, expect_ok, rows, udp4, wait_until, web4, web6},
     traffic::{
-        Failure, HttpLoad, LongLived, Record, check_spread, http_bulk, http_once, tally, udp_spread,
+        Failure, HttpLoad, LongLived, Record, check_spread, http_bulk, http_once, tally, tally_all,
+        udp_spread,
     },
 };
 
@@ -833,31 +834,9 @@ fn status_shape(status: &str) -> String {
         .join("\n")
 }
 
-/// Polls `check` every 20 ms until it holds; the time it took.
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        let last = check();
-        if matches!(last, Ok(true)) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("not within {timeout:?} (last check: {last:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn wait_state(rig: &Rig, vip: &str, backend: &str, state: &str) -> Result<Duration> {
     wait_until(WAIT, || Ok(row(rig, vip, backend)?.state == state))
         .with_context(|| format!("waiting for {vip}/{backend} {state}"))
-}
-
-fn expect_ok(resp: Response) -> Result<String> {
-    match resp {
-        Response::Ok(m) => Ok(m),
-        Response::Error(e) => bail!("xdplb answered an error: {e}"),
-    }
 }
 
 /// Stops the daemon and starts a new one on the same config, socket and metrics
@@ -873,19 +852,7 @@ fn replace_daemon(rig: &mut Rig, detach_on_exit: bool) -> Result<()> {
 /// `n` HTTP requests on new connections, from `WORKERS` threads as fast as they
 /// are answered; the first `n` by start time.
 fn requests(target: SocketAddr, n: usize) -> Result<Vec<Record>> {
-    let load = HttpLoad::start(NS_CLIENT, target, WORKERS, 1.0e6, REQUEST_TIMEOUT)?;
-    let start = Instant::now();
-    while load.log.records().len() < n {
-        ensure!(
-            start.elapsed() < Duration::from_mins(2),
-            "{n} requests to {target} take more than 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut records = load.stop();
-    records.sort_by_key(|r| r.start);
-    records.truncate(n);
-    Ok(records)
+    xdplb_tests::traffic::requests(NS_CLIENT, target, n, WORKERS, REQUEST_TIMEOUT)
 }
 
 /// `n` requests on new connections, one after the other.
@@ -899,12 +866,6 @@ fn requests_sequential(target: SocketAddr, n: usize) -> Result<Vec<Record>> {
             })
             .collect())
     })
-}
-
-fn tally_all(records: &[Record]) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
-    let far = Duration::from_hours(1);
-    let now = Instant::now();
-    tally(records, now.checked_sub(far).unwrap(), now + far)
 }
 
 fn count_udp(

@@ -28,14 +28,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use lb_userspace::admin::{Request, Response};
+use anyhow::{Context as _, Result, ensure};
+use lb_userspace::admin::Request;
 use xdplb_tests::{
     daemon::binary,
     lab::{Mode, NS_CLIENT, PIN_DIR},
     privilege::have_root,
-    rig::{Checks, Rig, config_text, rows, warm_neighbours, web4, web6, with_reserves},
-    traffic::{Failure, HttpLoad, LongLived, Record, tally},
+    rig::{
+        Checks, Rig, config_text, expect_ok, rows, wait_until, warm_neighbours, web4, web6,
+        with_reserves,
+    },
+    traffic::{Failure, HttpLoad, LongLived, Record, tally, tally_all},
 };
 
 /// waf1 and waf2 are primaries, waf3 and waf4 reserves.
@@ -412,45 +415,5 @@ fn health(rig: &Rig, vip: &str, backend: &str) -> Result<String> {
 
 /// `n` requests on new connections, as fast as they are answered.
 fn requests(target: SocketAddr, n: usize) -> Result<Vec<Record>> {
-    let load = HttpLoad::start(NS_CLIENT, target, WORKERS, 1.0e6, REQUEST_TIMEOUT)?;
-    let start = Instant::now();
-    while load.log.records().len() < n {
-        ensure!(
-            start.elapsed() < Duration::from_mins(1),
-            "{n} requests to {target} take over a minute"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut records = load.stop();
-    records.sort_by_key(|r| r.start);
-    records.truncate(n);
-    Ok(records)
-}
-
-fn tally_all(records: &[Record]) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
-    let far = Duration::from_hours(1);
-    let now = Instant::now();
-    tally(records, now.checked_sub(far).unwrap(), now + far)
-}
-
-/// Polls `check` every 20 ms until it holds; the time it took.
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<Duration> {
-    let start = Instant::now();
-    loop {
-        let last = check();
-        if matches!(last, Ok(true)) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("not within {timeout:?} (last check: {last:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn expect_ok(resp: Response) -> Result<String> {
-    match resp {
-        Response::Ok(m) => Ok(m),
-        Response::Error(e) => bail!("xdplb answered an error: {e}"),
-    }
+    xdplb_tests::traffic::requests(NS_CLIENT, target, n, WORKERS, REQUEST_TIMEOUT)
 }

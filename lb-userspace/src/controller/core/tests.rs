@@ -853,17 +853,19 @@ fn a_reserve_that_dies_while_serving_is_down_and_its_flows_move() {
 #[test]
 fn a_restart_keeps_standby_reserves_undrained_and_a_drained_serving_reserve_drained() {
     // Standby: the pinned maps hold r1 and r2 as draining; they are not drains.
-    let first = tiered("");
-    let yaml = TIERED;
-    let again = Core::start(
-        parse(yaml),
-        interface(),
-        first.writer.maps().clone(),
-        true,
-        FakeNeighbours::default(),
-        Instant::now(),
-    )
-    .unwrap();
+    let restart = |first: &TestCore| {
+        let maps = first.writer.maps().clone();
+        Core::start(
+            parse(TIERED),
+            interface(),
+            maps,
+            true,
+            FakeNeighbours::default(),
+            Instant::now(),
+        )
+        .unwrap()
+    };
+    let again = restart(&tiered(""));
     for b in ["r1", "r2"] {
         assert!(!again.backends[&("web".to_owned(), b.to_owned())].drained, "{b}");
     }
@@ -872,15 +874,7 @@ fn a_restart_keeps_standby_reserves_undrained_and_a_drained_serving_reserve_drai
     probes(&mut first, "web", "p1", false, 1);
     probes(&mut first, "web", "p2", false, 1);
     first.set_drained(Instant::now(), "web", "r2", true).unwrap();
-    let again = Core::start(
-        parse(yaml),
-        interface(),
-        first.writer.maps().clone(),
-        true,
-        FakeNeighbours::default(),
-        Instant::now(),
-    )
-    .unwrap();
+    let again = restart(&first);
     assert!(again.backends[&("web".to_owned(), "r2".to_owned())].drained);
     assert!(!again.backends[&("web".to_owned(), "r1".to_owned())].drained);
     assert!(in_ring(&again, "web", "r1") && !in_ring(&again, "web", "r2"));
