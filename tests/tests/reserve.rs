@@ -51,9 +51,7 @@ fn vips() -> [(&'static str, SocketAddr); 2] {
 }
 
 /// xdplb's health-check defaults (the rig does not override them).
-const INTERVAL: Duration = Duration::from_millis(200);
-const CHECK_TIMEOUT: Duration = Duration::from_millis(150);
-const FALL: u32 = 3;
+use lb_userspace::config::defaults::{FALL, INTERVAL, TIMEOUT as CHECK_TIMEOUT};
 /// Scheduling slack on this shared 2-core machine, added to every detection budget.
 const MARGIN: Duration = Duration::from_millis(500);
 /// Load per VIP: workers on new connections, each at most this many requests per second.
