@@ -529,6 +529,15 @@ fn reserve_report(rows: &[ReserveRow]) -> String {
             r.samples.len()
         );
     }
+    let _ = writeln!(
+        s,
+        "\nReading the failures: until the switch, xdplb passes the stopped primaries' refusals \
+         (RST) straight to the clients, so each of the 48 clients fails fast and, in this closed loop, \
+         tries again at its next 125 ms slot (several failed attempts per client); HAProxy accepts every \
+         client connection and, with no server that answers, holds it until the client gives up after \
+         its 1 s timeout (one failure per client, a client blocked for a second). The time until new \
+         connections succeed again is the 'first new connection on the reserve' column."
+    );
     s
 }
 
