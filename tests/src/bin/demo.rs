@@ -122,6 +122,8 @@ fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()>
             let (_, action) = script[done];
             let (verb, waf) = action.split_once(' ').unwrap_or(("", ""));
             let k: usize = waf.trim_start_matches("waf").parse().unwrap_or(0);
+            // The event starts before the action: requests failing while it runs are its own.
+            let at = Instant::now();
             match verb {
                 "stop" => rig.lab.stop_waf(k)?,
                 "start" => rig.lab.start_waf(k)?,
@@ -135,12 +137,7 @@ fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()>
                 _ => "link restored",
             };
             println!("   >>> {:>5.1}s  {waf}: {what}", start.elapsed().as_secs_f64());
-            events.push(Event {
-                what: action,
-                waf: waf.to_owned(),
-                at: Instant::now(),
-                detected: None,
-            });
+            events.push(Event { what: action, waf: waf.to_owned(), at, detected: None });
             done += 1;
         }
         // Detection: the first moment the daemon shows the new state.
