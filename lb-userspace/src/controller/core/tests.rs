@@ -22,8 +22,11 @@ const MAC_1: Mac = [2, 0, 0, 0, 0, 0x11];
 const MAC_2: Mac = [2, 0, 0, 0, 0, 0x12];
 
 /// waf-1 serves two VIPs (one address, one check: one probe target); waf-2 one.
+/// The flow-hash seed is set so that no config warning depends on the host's
+/// /etc/xdplb/hash-seed.
 const CONFIG: &str = "
 interface: eth0
+hash_seed: 000102030405060708090a0b0c0d0e0f
 health_check_defaults: { kind: tcp, port: 80, rise: 2, fall: 3 }
 vips:
   - name: web
@@ -727,6 +730,7 @@ fn a_failed_map_write_is_answered_logged_and_shown_in_the_status() {
 /// Two primaries and two reserves, checked per address (one target each).
 const TIERED: &str = "
 interface: eth0
+hash_seed: 000102030405060708090a0b0c0d0e0f
 health_check_defaults: { kind: tcp, port: 80, rise: 1, fall: 1 }
 vips:
   - name: web
