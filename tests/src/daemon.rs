@@ -5,7 +5,6 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use lb_userspace::admin::{self, Request, Response};
 
-use crate::lab::in_netns;
+use crate::lab::{exec_in_netns, in_netns};
 
 /// The `xdplb` binary next to this test's binary (`cargo xtask test` builds it first).
 pub fn binary() -> Result<PathBuf> {
@@ -64,22 +63,9 @@ impl Daemon {
     ) -> Result<Self> {
         let log = config.with_extension("log");
         let out = File::create(&log)?;
-        let netns =
-            File::open(format!("/run/netns/{ns}")).with_context(|| format!("namespace {ns}"))?;
         cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
-        let fd = netns.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; it only changes the child's namespace.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        exec_in_netns(&mut cmd, ns)?;
         let child = cmd.spawn().context("starting xdplb")?;
-        drop(netns);
         Ok(Self {
             child: Some(child),
             ns: ns.to_owned(),

@@ -39,7 +39,7 @@ use lb_userspace::loader::ensure_bpffs;
 use self::sh::{cmd, in_ns, ns_sh, output, quietly, sh};
 use self::status::status_report;
 pub use self::{
-    netns::{XdpProg, in_netns, ns_path},
+    netns::{XdpProg, exec_in_netns, in_netns, ns_path},
     status::status,
 };
 

@@ -15,7 +15,6 @@ use std::{
     collections::BTreeSet,
     fmt::Write as _,
     net::UdpSocket,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -143,18 +142,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let ns = std::fs::File::open(lab::ns_path(NS_LB)).unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-        // SAFETY: setns only changes the child's network namespace.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        lab::exec_in_netns(&mut c, NS_LB).unwrap();
         Self(c.spawn().expect("starting prometheus"))
     }
 }

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -427,18 +427,7 @@ fn the_installed_unit_runs_xdplb_unprivileged_and_it_balances_fails_over_and_rel
     for missing in &sandbox.caps {
         let fewer: Vec<String> = sandbox.caps.iter().filter(|c| *c != missing).cloned().collect();
         let mut c = sandbox.command(&fewer, &config);
-        let ns = std::fs::File::open(lab::ns_path(NS_LB)).unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
-        // SAFETY: setns only changes the child's network namespace.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        lab::exec_in_netns(&mut c, NS_LB).unwrap();
         let t = Instant::now();
         let out = c.stdin(Stdio::null()).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -28,6 +28,28 @@ pub fn ns_path(ns: &str) -> PathBuf {
     PathBuf::from(format!("/run/netns/{ns}"))
 }
 
+/// Makes `cmd` start in network namespace `ns`: `setns(CLONE_NEWNET)` between fork
+/// and exec, so its mounts (the host's bpffs among them) stay the caller's, unlike
+/// `ip netns exec`'s.
+pub fn exec_in_netns(cmd: &mut std::process::Command, ns: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let path = ns_path(ns);
+    let file = File::open(&path)
+        .with_context(|| format!("namespace {ns}: cannot open {}", path.display()))?;
+    // SAFETY: setns is async-signal-safe; it only changes the child's namespace. The
+    // closure owns the file, so the descriptor lives as long as the command.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Runs `f` on a fresh thread whose network namespace is `ns` (`None`: the
 /// caller's). The namespace is per thread, so the caller's own stays untouched.
 pub fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
