@@ -9,6 +9,7 @@ pub mod flow;
 pub mod generator;
 pub mod hash;
 pub mod limits;
+pub mod pinned;
 pub mod stats;
 pub mod vip;
 
@@ -65,6 +66,12 @@ pub mod map_names {
         SCRATCH,
         TOO_BIG_RATE,
     ];
+    /// Pinned next to `XDP_LB`'s maps, created by the controller (not in the
+    /// object): the layout version of the set (`pinned::LAYOUT_VERSION`), one u32.
+    pub const LAYOUT: &str = "LAYOUT";
+    /// Pinned next to `XDP_LB`'s maps, created by the controller: one u32 of
+    /// `pinned::backend_flags` per `BACKENDS` slot.
+    pub const BACKEND_FLAGS: &str = "BACKEND_FLAGS";
     /// In the `xdp-decap` object: outer destination addresses to strip (this host's).
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// In the `xdp-decap` object: outer source addresses accepted (the balancers').

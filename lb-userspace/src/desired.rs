@@ -38,6 +38,9 @@ pub struct DesiredBackend {
     pub mac: Option<Mac>,
     pub weight: u32,
     pub state: BackendState,
+    /// The controller's view, pinned for a restarted controller
+    /// (`lb_common::pinned::backend_flags`); 0 where nobody needs it (tests).
+    pub flags: u32,
 }
 
 impl DesiredVip {

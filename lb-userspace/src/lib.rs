@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
 pub mod objects;
+pub mod pins;
 pub mod privileges;
 pub mod server;
 pub mod stats;

@@ -17,24 +17,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::map_names;
 
-use crate::{maps::BpfMaps, objects, privileges, stats::BpfStats};
+use crate::{maps::BpfMaps, objects, pins, privileges, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
-/// Maps whose contents must survive a restart. SCRATCH is per-packet scratch.
-const PINNED_MAPS: &[&str] = &[
-    map_names::CONFIG,
-    map_names::VIPS,
-    map_names::VIP_ADDRS,
-    map_names::VIP_FILTER,
-    map_names::RINGS,
-    map_names::BACKENDS,
-    map_names::CONNS,
-    map_names::STATS,
-    map_names::VIP_STATS,
-    map_names::BACKEND_STATS,
-];
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
@@ -70,7 +56,7 @@ pub struct AttachCheck {
 
 /// Where things are pinned under `pin_dir`.
 pub(crate) fn maps_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("maps")
+    pins::maps_dir(pin_dir)
 }
 pub(crate) fn link_path(pin_dir: &Path) -> PathBuf {
     pin_dir.join("link")
@@ -116,7 +102,8 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
-    let paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
+    let paths: Vec<(&str, PathBuf)> =
+        pins::OBJECT_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -133,9 +120,18 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
 /// the program of an existing link atomically).
 pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Loaded> {
     privileges::require("xdplb run", privileges::BALANCER)?;
-    let adopted = PINNED_MAPS.iter().all(|m| maps_dir(pin_dir).join(m).exists());
+    ensure_bpffs(&maps_dir(pin_dir))?;
+    // Checked before aya reuses a single pin: a partial set, another layout
+    // version or another size is refused with what to do.
+    let survey = pins::survey(pin_dir, &[])?;
+    let adopted = matches!(survey, pins::Survey::Adopt { .. });
+    if let pins::Survey::Adopt { version: 1 } = survey {
+        log::info!("adopting maps pinned by an xdplb from before layout versions (version 1)");
+    }
     let mut ebpf = load_with_pinned_maps(pin_dir)?;
-    let maps = BpfMaps::take_from(&mut ebpf)?;
+    let maps = BpfMaps::take_from(&mut ebpf)?.with_flags(pins::backend_flags(pin_dir)?);
+    // The set is complete: record which layout it has (last, see `pins`).
+    pins::write_layout(pin_dir)?;
     let stats = BpfStats::take_from(&mut ebpf)?;
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
@@ -156,10 +152,15 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
     Ok(Loaded { attachment, maps, stats, adopted })
 }
 
-/// Attaches `prog` (called `name` in messages) to `interface` through a BPF link
-/// pinned at `link_path`, so it stays attached after this process exits. A link
-/// already pinned there gets `prog` swapped in atomically (the interface never runs
-/// without a program) and `None` is returned; otherwise the new link's pin.
+/// Attaches `prog` (called `name` in messages) to `interface` in `mode` through a
+/// BPF link pinned at `link_path`, so it stays attached after this process exits.
+/// A link already pinned there, on that interface in that mode, gets `prog`
+/// swapped in atomically (the interface never runs without a program) and `None`
+/// is returned; otherwise the new link's pin. A pinned link on another interface
+/// (the config moved) is replaced once `prog` runs on the new one; one in another
+/// mode is detached first (an interface cannot run native and generic XDP at
+/// once, so traffic takes the kernel's path for the moment between), and if the
+/// new mode fails the old one is restored and the error says so.
 pub(crate) fn attach_pinned_link(
     prog: &mut Xdp,
     name: &str,
@@ -168,27 +169,108 @@ pub(crate) fn attach_pinned_link(
     mode: XdpMode,
     link_path: &Path,
 ) -> Result<Option<PinnedLink>> {
-    if link_path.exists() {
-        let pinned = PinnedLink::from_pin(link_path)
-            .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
-        let fd: FdLink = pinned.into();
-        let xdp_link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
-        prog.attach_to_link(xdp_link).context("swapping our program into the pinned XDP link")?;
-        log::info!("adopted the XDP link pinned at {}", link_path.display());
-        // The link stays pinned; `prog` owns its fd now.
-        return Ok(None);
+    if !link_path.exists() {
+        return attach_new(prog, name, interface, if_index, mode, link_path).map(Some);
     }
+    let pinned = PinnedLink::from_pin(link_path)
+        .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
+    let fd: FdLink = pinned.into();
+    let old_prog = fd.info().context("reading the pinned XDP link")?.program_id();
+    let attached = crate::netlink::xdp_attached().context("listing attached XDP programs")?;
+    let found = attached.iter().find_map(|a| {
+        let m = if a.driver == Some(old_prog) {
+            XdpMode::Driver
+        } else if a.skb == Some(old_prog) {
+            XdpMode::Skb
+        } else {
+            return None;
+        };
+        Some((a.ifindex, a.name.clone(), m))
+    });
+    let shown = link_path.display();
+    match found {
+        Some((index, _, m)) if index == if_index && m == mode => {
+            let xdp_link = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
+            prog.attach_to_link(xdp_link)
+                .context("swapping our program into the pinned XDP link")?;
+            log::info!("adopted the XDP link pinned at {shown}");
+            // The link stays pinned; `prog` owns its fd now.
+            Ok(None)
+        }
+        Some((index, old, _)) if index != if_index => {
+            // The new interface first: the old one forwards until this one does.
+            let link = attach(prog, name, interface, if_index, mode)?;
+            remove_link_pin(link_path, fd)?;
+            log::warn!(
+                "{name} moved from {old} to {interface} (the config names another interface)"
+            );
+            pin_link(link, link_path).map(Some)
+        }
+        Some((_, _, old_mode)) => {
+            remove_link_pin(link_path, fd)?;
+            log::warn!(
+                "{name} re-attached to {interface} in {mode:?} mode (was {old_mode:?}); \
+                 packets took the kernel's path for the moment between"
+            );
+            match attach(prog, name, interface, if_index, mode) {
+                Ok(link) => pin_link(link, link_path).map(Some),
+                Err(e) => {
+                    let link = attach(prog, name, interface, if_index, old_mode)?;
+                    pin_link(link, link_path)?;
+                    Err(e.context(format!(
+                        "{name} is attached to {interface} in {old_mode:?} mode again; \
+                         set xdp_mode back, or fix what keeps {mode:?} mode from working"
+                    )))
+                }
+            }
+        }
+        None => {
+            // The link's interface is gone (deleted, or recreated with another index).
+            remove_link_pin(link_path, fd)?;
+            log::info!("the XDP link pinned at {shown} was attached to no interface; replaced");
+            attach_new(prog, name, interface, if_index, mode, link_path).map(Some)
+        }
+    }
+}
+
+/// Attaches `prog` through a new link and pins it at `link_path`.
+fn attach_new(
+    prog: &mut Xdp,
+    name: &str,
+    interface: &str,
+    if_index: u32,
+    mode: XdpMode,
+    link_path: &Path,
+) -> Result<PinnedLink> {
+    let link = attach(prog, name, interface, if_index, mode)?;
+    pin_link(link, link_path)
+}
+
+fn attach(
+    prog: &mut Xdp,
+    name: &str,
+    interface: &str,
+    if_index: u32,
+    mode: XdpMode,
+) -> Result<FdLink> {
     let id = prog.attach_to_if_index(if_index, mode).with_context(|| {
         format!("attaching {name} to {interface} ({mode:?} mode); is another XDP program attached?")
     })?;
     let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link).map_err(|_| {
+    FdLink::try_from(link).map_err(|_| {
         anyhow!("the kernel attached {name} without a BPF link (netlink fallback); it could not be pinned")
-    })?;
-    Ok(Some(
-        fd.pin(link_path)
-            .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?,
-    ))
+    })
+}
+
+fn pin_link(link: FdLink, link_path: &Path) -> Result<PinnedLink> {
+    link.pin(link_path).with_context(|| format!("pinning the XDP link at {}", link_path.display()))
+}
+
+/// Removes the pin of a link and closes our handle: the link detaches.
+fn remove_link_pin(link_path: &Path, fd: FdLink) -> Result<()> {
+    fs::remove_file(link_path).with_context(|| format!("removing {}", link_path.display()))?;
+    drop(fd);
+    Ok(())
 }
 
 pub(crate) fn if_index(interface: &str) -> Result<u32> {

@@ -153,6 +153,12 @@ impl Socket {
 }
 
 fn main() -> ExitCode {
+    // First of all: a SIGHUP, SIGTERM or SIGINT during start-up waits for the
+    // daemon's loop instead of killing it or interrupting the verifier (`xdplb
+    // run` lets them through once it can answer).
+    if let Err(e) = controller::hold_signals() {
+        eprintln!("xdplb: {e:#}");
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
@@ -166,7 +172,11 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> Result<ExitCode> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        controller::release_signals()?;
+    }
+    match cli.command {
         Command::Run { config, detach_on_exit } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

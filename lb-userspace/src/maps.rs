@@ -35,6 +35,9 @@ pub trait Maps {
     /// before the slot is given to a new VIP or backend: it must not inherit the
     /// counts of the one that held it before.
     fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()>;
+    /// The controller's view of backend slot `index` (`pinned::backend_flags`),
+    /// for a restarted controller; the data path never reads it.
+    fn set_flags(&mut self, index: u32, flags: u32) -> Result<()>;
     /// What the maps hold now, for a restarted controller to adopt.
     fn snapshot(&self) -> Result<Snapshot>;
     /// The slots of ring `ring`.
@@ -58,6 +61,8 @@ pub struct Snapshot {
     /// Backend entries that were ever written (generation > 0).
     pub backends: Vec<(u32, Backend)>,
     pub filter: Vec<u64>,
+    /// Non-zero `BACKEND_FLAGS` entries, by backend slot.
+    pub flags: Vec<(u32, u32)>,
 }
 
 /// The maps of one loaded `xdp-lb` object.
@@ -73,6 +78,8 @@ pub struct BpfMaps {
     /// statistics readers, `stats.rs`, hold their own handles).
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, Traffic>,
+    /// `BACKEND_FLAGS`: not in the object; pinned by the loader, standalone otherwise.
+    flags: Array<MapData, u32>,
 }
 
 /// Takes map `name` out of a loaded `xdp-lb` as the typed map `T`.
@@ -120,7 +127,14 @@ impl BpfMaps {
             rings: RingMap::new(rings)?,
             vip_stats: duplicate(ebpf, names::VIP_STATS)?,
             backend_stats: duplicate(ebpf, names::BACKEND_STATS)?,
+            flags: backend_flags_map()?,
         })
+    }
+
+    /// Uses `flags` (the pinned `BACKEND_FLAGS`) instead of a map of its own.
+    #[must_use]
+    pub fn with_flags(self, flags: Array<MapData, u32>) -> Self {
+        Self { flags, ..self }
     }
 
     /// The connection-table entry of a flow, if any.
@@ -175,6 +189,10 @@ impl Maps for BpfMaps {
         self.rings.write(ring, slots)
     }
 
+    fn set_flags(&mut self, index: u32, flags: u32) -> Result<()> {
+        self.flags.set(index, flags, 0).with_context(|| format!("writing BACKEND_FLAGS[{index}]"))
+    }
+
     fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()> {
         let (map, name) = match slot {
             Slot::Vip => (&mut self.vip_stats, names::VIP_STATS),
@@ -188,10 +206,15 @@ impl Maps for BpfMaps {
 
     fn snapshot(&self) -> Result<Snapshot> {
         let mut backends = Vec::new();
+        let mut flags = Vec::new();
         for index in 0..MAX_BACKENDS {
             let b = self.backend(index)?;
             if b.generation != 0 {
                 backends.push((index, b));
+            }
+            let f = self.flags.get(&index, 0).context("reading BACKEND_FLAGS")?;
+            if f != 0 {
+                flags.push((index, f));
             }
         }
         Ok(Snapshot {
@@ -208,12 +231,18 @@ impl Maps for BpfMaps {
                 .iter()
                 .collect::<Result<_, _>>()
                 .context("reading VIP_FILTER")?,
+            flags,
         })
     }
 
     fn read_ring(&self, ring: u32) -> Result<Vec<u32>> {
         Ok(self.rings.ring(ring))
     }
+}
+
+/// A fresh, unpinned `BACKEND_FLAGS` map (`loader` pins its own).
+pub fn backend_flags_map() -> Result<Array<MapData, u32>> {
+    Array::create(MAX_BACKENDS, 0).map_err(|e| anyhow!("creating BACKEND_FLAGS: {e}"))
 }
 
 /// The RINGS array, mmapped (it is created BPF_F_MMAPABLE): replacing a 65537-slot

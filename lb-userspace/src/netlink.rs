@@ -1,5 +1,5 @@
 //! rtnetlink, as much of it as xdplb needs: a dump of the kernel's neighbour
-//! table. The messages are built and parsed here by hand (one request and one
+//! table, and of the interfaces' attached XDP programs. The messages are built and parsed here by hand (one request and one
 //! answer type do not justify a netlink crate); parsing is bounds-checked
 //! throughout and treats anything odd as an error or a skipped entry, never a panic.
 
@@ -20,8 +20,20 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
+/// `struct ifinfomsg`: family u8, pad u8, type u16, index i32, flags u32, change u32.
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_PROG_ID: u16 = 4;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+const XDP_ATTACHED_DRV: u8 = 1;
+const XDP_ATTACHED_SKB: u8 = 2;
 /// `struct ndmsg`: family u8, 3 pad bytes, ifindex i32, state u16, flags u8, type u8.
 const NDMSG_LEN: usize = 12;
 const RTA_HDRLEN: usize = 4;
@@ -71,10 +83,16 @@ fn i32_at(buf: &[u8], at: usize) -> Option<i32> {
 
 /// An `RTM_GETNEIGH` dump request for one address family (`AF_INET`/`AF_INET6`).
 fn dump_request(family: u8, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NDMSG_LEN;
+    request(RTM_GETNEIGH, family, NDMSG_LEN, seq)
+}
+
+/// A dump request of message type `kind` whose header (`ndmsg`, `ifinfomsg`) is
+/// `header` bytes, all zero but the family: every entry of the family.
+fn request(kind: u16, family: u8, header: usize, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + header;
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&RTM_GETNEIGH.to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     // Port id 0: the kernel fills in ours.
@@ -85,13 +103,24 @@ fn dump_request(family: u8, seq: u32) -> Vec<u8> {
     msg
 }
 
-/// Parses one received datagram of a dump with sequence number `seq`,
-/// appending its neighbour entries to `out`.
+/// Parses one received datagram of a neighbour dump with sequence number `seq`,
+/// appending its entries to `out`.
+#[cfg(test)]
 fn parse_datagram(
     buf: &[u8],
     seq: u32,
     out: &mut Vec<Neighbour>,
 ) -> Result<Progress, NetlinkError> {
+    walk(buf, seq, |kind, payload| {
+        if kind == RTM_NEWNEIGH {
+            out.extend(parse_neighbour(payload));
+        }
+    })
+}
+
+/// Walks one received datagram of a dump with sequence number `seq`, handing
+/// each message's type and payload to `each`.
+fn walk(buf: &[u8], seq: u32, mut each: impl FnMut(u16, &[u8])) -> Result<Progress, NetlinkError> {
     let mut rest = buf;
     while !rest.is_empty() {
         let len = u32_at(rest, 0).ok_or(NetlinkError::Truncated)? as usize;
@@ -119,11 +148,70 @@ fn parse_datagram(
                 0 => {}
                 code => return Err(NetlinkError::Kernel(code.saturating_neg())),
             },
-            RTM_NEWNEIGH => out.extend(parse_neighbour(payload)),
-            _ => {}
+            kind => each(kind, payload),
         }
     }
     Ok(Progress::More)
+}
+
+/// The attributes after a fixed header: (type without flag bits, data). A
+/// malformed attribute ends the walk, keeping what came before it.
+fn attributes(mut attrs: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16_at(attrs, 0)?);
+        let kind = u16_at(attrs, 2)?;
+        // A length below the header would never advance; one past the end lies.
+        if len < RTA_HDRLEN {
+            return None;
+        }
+        let data = attrs.get(RTA_HDRLEN..len)?;
+        attrs = attrs.get(align4(len)..).unwrap_or_default();
+        Some((kind & NLA_TYPE_MASK, data))
+    })
+}
+
+/// An interface with an XDP program attached, and in which mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpAttached {
+    pub ifindex: u32,
+    pub name: String,
+    /// The program attached in driver (native) mode.
+    pub driver: Option<u32>,
+    /// The program attached in generic (skb) mode.
+    pub skb: Option<u32>,
+}
+
+/// Parses an `RTM_NEWLINK` payload: the interface, if it has an XDP program.
+fn parse_link(payload: &[u8]) -> Option<XdpAttached> {
+    let ifindex = u32_at(payload, 4)?;
+    let mut link = XdpAttached { ifindex, name: String::new(), driver: None, skb: None };
+    for (kind, data) in attributes(payload.get(IFINFOMSG_LEN..)?) {
+        match kind {
+            IFLA_IFNAME => {
+                let name = data.split(|b| *b == 0).next().unwrap_or_default();
+                link.name = String::from_utf8_lossy(name).into_owned();
+            }
+            IFLA_XDP => {
+                let (mut mode, mut id) = (0, None);
+                for (kind, data) in attributes(data) {
+                    match kind {
+                        IFLA_XDP_ATTACHED => mode = data.first().copied().unwrap_or(0),
+                        IFLA_XDP_PROG_ID => id = u32_at(data, 0),
+                        IFLA_XDP_DRV_PROG_ID => link.driver = u32_at(data, 0),
+                        IFLA_XDP_SKB_PROG_ID => link.skb = u32_at(data, 0),
+                        _ => {}
+                    }
+                }
+                match mode {
+                    XDP_ATTACHED_DRV => link.driver = link.driver.or(id),
+                    XDP_ATTACHED_SKB => link.skb = link.skb.or(id),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    (link.driver.is_some() || link.skb.is_some()).then_some(link)
 }
 
 /// Parses the payload of an `RTM_NEWNEIGH` message (`ndmsg` plus attributes).
@@ -259,28 +347,51 @@ impl Netlink {
 /// The kernel's neighbour table for IPv4 or IPv6 (`RTM_GETNEIGH` dump).
 pub fn dump_neighbours(ipv6: bool) -> anyhow::Result<Vec<Neighbour>> {
     let family = if ipv6 { AF_INET6 } else { AF_INET };
+    let mut table = Vec::new();
+    dump(&dump_request(family, 1), "neighbour", |kind, payload| {
+        if kind == RTM_NEWNEIGH {
+            table.extend(parse_neighbour(payload));
+        }
+    })?;
+    Ok(table)
+}
+
+/// Every interface of this network namespace that has an XDP program attached
+/// (`RTM_GETLINK` dump).
+pub fn xdp_attached() -> anyhow::Result<Vec<XdpAttached>> {
+    let mut links = Vec::new();
+    dump(&request(RTM_GETLINK, 0, IFINFOMSG_LEN, 1), "link", |kind, payload| {
+        if kind == RTM_NEWLINK {
+            links.extend(parse_link(payload));
+        }
+    })?;
+    Ok(links)
+}
+
+/// Sends the dump `request` (sequence number 1) and hands every message of the
+/// answer to `each`; `what` names the dump in errors.
+fn dump(request: &[u8], what: &str, mut each: impl FnMut(u16, &[u8])) -> anyhow::Result<()> {
     let sock = Netlink::open().context("cannot open a netlink socket")?;
     // A fresh socket sees only its own request's answers; the sequence number
     // still guards against anything else queued on it.
     let seq = 1;
-    sock.send(&dump_request(family, seq)).context("cannot send the neighbour dump request")?;
+    sock.send(request).with_context(|| format!("cannot send the {what} dump request"))?;
     // Dump datagrams are at most 32 KiB on current kernels.
     let mut buf = vec![0u8; 64 * 1024];
-    let mut table = Vec::new();
     loop {
         let (len, from_kernel) = sock.recv(&mut buf).map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
-                anyhow!("no neighbour dump from the kernel within {NETLINK_TIMEOUT:?}")
+                anyhow!("no {what} dump from the kernel within {NETLINK_TIMEOUT:?}")
             } else {
-                anyhow!("cannot read the neighbour dump: {e}")
+                anyhow!("cannot read the {what} dump: {e}")
             }
         })?;
         if !from_kernel {
             continue;
         }
         let data = buf.get(..len).unwrap_or_default();
-        match parse_datagram(data, seq, &mut table).context("neighbour dump")? {
-            Progress::Done => return Ok(table),
+        match walk(data, seq, &mut each).with_context(|| format!("{what} dump"))? {
+            Progress::Done => return Ok(()),
             Progress::More => {}
         }
     }
@@ -511,5 +622,70 @@ mod tests {
             }
             let _ = parse_datagram(&buf, 7, &mut Vec::new());
         }
+    }
+
+    fn ifinfomsg(ifindex: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = vec![0, 0, 1, 0];
+        p.extend_from_slice(&ifindex.to_ne_bytes());
+        p.extend_from_slice(&[0; 8]);
+        for a in attrs {
+            p.extend_from_slice(a);
+        }
+        p
+    }
+
+    fn xdp(attrs: &[Vec<u8>]) -> Vec<u8> {
+        attr(IFLA_XDP | 0x8000, &attrs.concat())
+    }
+
+    #[test]
+    fn a_link_dump_names_the_interfaces_with_xdp_and_the_mode_of_each_program() {
+        let skb = ifinfomsg(
+            3,
+            &[
+                attr(IFLA_IFNAME, b"eth0\0"),
+                xdp(&[
+                    attr(IFLA_XDP_ATTACHED, &[XDP_ATTACHED_SKB]),
+                    attr(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes()),
+                ]),
+            ],
+        );
+        let multi = ifinfomsg(
+            4,
+            &[
+                attr(IFLA_IFNAME, b"eth1\0"),
+                xdp(&[
+                    attr(IFLA_XDP_ATTACHED, &[4]),
+                    attr(IFLA_XDP_DRV_PROG_ID, &8u32.to_ne_bytes()),
+                    attr(IFLA_XDP_SKB_PROG_ID, &9u32.to_ne_bytes()),
+                ]),
+            ],
+        );
+        let none =
+            ifinfomsg(5, &[attr(IFLA_IFNAME, b"lo\0"), xdp(&[attr(IFLA_XDP_ATTACHED, &[0])])]);
+        let mut buf = message(RTM_NEWLINK, 1, &skb);
+        buf.extend(message(RTM_NEWLINK, 1, &multi));
+        buf.extend(message(RTM_NEWLINK, 1, &none));
+        buf.extend(message(NLMSG_DONE, 1, &0i32.to_ne_bytes()));
+        let mut links = Vec::new();
+        let progress = walk(&buf, 1, |kind, payload| {
+            if kind == RTM_NEWLINK {
+                links.extend(parse_link(payload));
+            }
+        });
+        assert_eq!(progress, Ok(Progress::Done));
+        assert_eq!(
+            links,
+            [
+                XdpAttached { ifindex: 3, name: "eth0".into(), driver: None, skb: Some(77) },
+                XdpAttached { ifindex: 4, name: "eth1".into(), driver: Some(8), skb: Some(9) },
+            ]
+        );
+        assert_eq!(parse_link(&[0; 4]), None, "too short for ifinfomsg");
+    }
+
+    #[test]
+    fn the_kernels_link_dump_reads_without_error() {
+        xdp_attached().expect("a link dump");
     }
 }

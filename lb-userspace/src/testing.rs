@@ -37,6 +37,7 @@ pub enum Op {
     Filter,
     Ring(u32),
     ZeroTraffic(Slot, u32),
+    Flags(u32, u32),
 }
 
 /// The maps in memory: what was written, and in which order. A clone has the
@@ -59,6 +60,8 @@ pub struct FakeMaps {
     pub budget: Option<usize>,
     /// Packets counted per VIP or backend slot (a test sets them; zeroing clears them).
     pub traffic: BTreeMap<(Slot, u32), Traffic>,
+    /// `BACKEND_FLAGS`, non-zero entries.
+    pub flags: BTreeMap<u32, u32>,
 }
 
 impl FakeMaps {
@@ -139,6 +142,18 @@ impl Maps for FakeMaps {
         self.traffic.remove(&(slot, index));
         Ok(())
     }
+    fn set_flags(&mut self, index: u32, flags: u32) -> Result<()> {
+        if index >= MAX_BACKENDS {
+            bail!("BACKEND_FLAGS[{index}] is out of bounds");
+        }
+        self.write(Op::Flags(index, flags))?;
+        if flags == 0 {
+            self.flags.remove(&index);
+        } else {
+            self.flags.insert(index, flags);
+        }
+        Ok(())
+    }
     fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             config: self.config,
@@ -146,6 +161,7 @@ impl Maps for FakeMaps {
             vip_addrs: self.addrs.iter().copied().collect(),
             backends: self.backends.iter().map(|(i, b)| (*i, *b)).collect(),
             filter: self.filter.clone(),
+            flags: self.flags.iter().map(|(i, f)| (*i, *f)).collect(),
         })
     }
     fn read_ring(&self, ring: u32) -> Result<Vec<u32>> {

@@ -36,6 +36,7 @@ use anyhow::{Result, bail};
 use lb_common::{
     Backend, BackendState, LbConfig, VipKey, VipMeta,
     limits::{MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_SIZE, RINGS_PER_VIP, VIP_FILTER_WORDS},
+    pinned::backend_flags,
     vip::{VipAddrKey, filter_bit},
 };
 
@@ -77,6 +78,9 @@ pub struct Adopted {
     pub entries: BTreeMap<(String, String), Backend>,
     /// VIPs and backends in the maps that the plan no longer has; the next apply removes them.
     pub orphans: usize,
+    /// The pinned controller view (`pinned::backend_flags`) of each adopted
+    /// (VIP, backend) that has one (none in maps of layout version 1).
+    pub flags: BTreeMap<(String, String), u32>,
 }
 
 struct VipSlot {
@@ -105,6 +109,8 @@ struct Allocation {
     vips: BTreeMap<String, u32>,
     /// Index and entry of every backend of the plan.
     backends: BTreeMap<BackendId, (u32, Backend)>,
+    /// The flags to pin for every backend of the plan.
+    flags: BTreeMap<BackendId, u32>,
 }
 
 pub struct MapWriter<M: Maps> {
@@ -117,6 +123,8 @@ pub struct MapWriter<M: Maps> {
     filter: Vec<u64>,
     /// Generation last given to each backend index.
     generations: Vec<u32>,
+    /// `BACKEND_FLAGS` as written, per backend index.
+    flags: Vec<u32>,
 }
 
 impl<M: Maps> MapWriter<M> {
@@ -129,6 +137,7 @@ impl<M: Maps> MapWriter<M> {
             vip_addrs: BTreeSet::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
             generations: vec![0; MAX_BACKENDS as usize],
+            flags: vec![0; MAX_BACKENDS as usize],
         }
     }
 
@@ -148,6 +157,11 @@ impl<M: Maps> MapWriter<M> {
         for (index, b) in &snap.backends {
             if let Some(g) = w.generations.get_mut(*index as usize) {
                 *g = b.generation;
+            }
+        }
+        for (index, f) in &snap.flags {
+            if let Some(slot) = w.flags.get_mut(*index as usize) {
+                *slot = *f;
             }
         }
         let mut claimed = BTreeSet::new();
@@ -183,7 +197,12 @@ impl<M: Maps> MapWriter<M> {
                     claimed.insert(*index);
                     w.backends
                         .insert((vip.name.clone(), b.name.clone(), b.address), (*index, *entry));
-                    adopted.entries.insert((vip.name.clone(), b.name.clone()), *entry);
+                    let key = (vip.name.clone(), b.name.clone());
+                    adopted.entries.insert(key.clone(), *entry);
+                    let flags = w.flags[*index as usize];
+                    if flags & backend_flags::KNOWN != 0 {
+                        adopted.flags.insert(key, flags);
+                    }
                 }
             }
         }
@@ -290,6 +309,7 @@ impl<M: Maps> MapWriter<M> {
         // Entries going down, now that no ring points at them; then what the plan removed.
         self.write_entries(&alloc.backends, true, applied)?;
         self.remove_gone(&alloc, applied)?;
+        self.write_flags(&alloc)?;
         self.write_filter(filter)
     }
 
@@ -312,6 +332,7 @@ impl<M: Maps> MapWriter<M> {
         // Free backend indices, lowest first; computed once, only if needed.
         let mut free: Option<std::vec::IntoIter<u32>> = None;
         let mut backends = BTreeMap::new();
+        let mut flags = BTreeMap::new();
         for vip in &plan.vips {
             let rekeyed =
                 self.vips.get(&vip.name).and_then(|s| s.key).is_some_and(|k| k != vip.key());
@@ -333,10 +354,11 @@ impl<M: Maps> MapWriter<M> {
                     generation,
                     vip: vips[&vip.name],
                 };
+                flags.insert(id.clone(), b.flags);
                 backends.insert(id, (index, entry));
             }
         }
-        Some(Allocation { vips, backends })
+        Some(Allocation { vips, backends, flags })
     }
 
     /// Backend indices a new backend may take, lowest first: held by no backend
@@ -405,6 +427,19 @@ impl<M: Maps> MapWriter<M> {
                 self.generations[*index as usize] = entry.generation;
                 self.backends.insert(id.clone(), (*index, *entry));
                 applied.backends_written += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins the controller's view of each backend of the plan where it changed
+    /// (`remove_gone` clears the slots of removed ones).
+    fn write_flags(&mut self, alloc: &Allocation) -> Result<()> {
+        for (id, flags) in &alloc.flags {
+            let index = alloc.backends[id].0 as usize;
+            if self.flags[index] != *flags {
+                self.maps.set_flags(index as u32, *flags)?;
+                self.flags[index] = *flags;
             }
         }
         Ok(())
@@ -506,6 +541,11 @@ impl<M: Maps> MapWriter<M> {
                 let down = Backend { state: BackendState::Down as u8, ..entry };
                 self.maps.set_backend(index, &down)?;
                 applied.backends_written += 1;
+            }
+            if self.flags[index as usize] != 0 && !alloc.backends.values().any(|(i, _)| *i == index)
+            {
+                self.maps.set_flags(index, 0)?;
+                self.flags[index as usize] = 0;
             }
             self.backends.remove(&id);
         }
@@ -609,6 +649,7 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, last]),
             weight: 100,
             state: BackendState::Up,
+            flags: 0,
         }
     }
 

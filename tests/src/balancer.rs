@@ -70,6 +70,7 @@ pub fn backend(name: &str, addr: &str) -> DesiredBackend {
         mac: Some(backend_mac(address)),
         weight: 100,
         state: BackendState::Up,
+        flags: 0,
     }
 }
 

@@ -148,6 +148,34 @@ impl Daemon {
         Ok(unsafe { libc::kill(pid, 0) } != 0 || is_zombie(pid))
     }
 
+    /// Sends `signal` to the daemon (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let Some(child) = &self.child else { bail!("xdplb is not running") };
+        // SAFETY: signalling our own child.
+        if unsafe { libc::kill(i32::try_from(child.id())?, signal) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; its exit code
+    /// (`None`: killed by a signal) and log.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(Option<i32>, String)> {
+        let Some(mut child) = self.child.take() else { bail!("xdplb is not running") };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status.code(), self.log_text()));
+            }
+            if start.elapsed() > timeout {
+                child.kill()?;
+                child.wait()?;
+                bail!("xdplb did not exit within {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait; returns the log.
     pub fn stop(&mut self) -> Result<String> {
         if let Some(mut child) = self.child.take() {

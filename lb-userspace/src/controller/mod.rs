@@ -24,7 +24,7 @@ use aya::programs::XdpMode as AyaXdpMode;
 use log::{error, info};
 use tokio::{
     net::TcpListener,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
@@ -59,7 +59,69 @@ pub struct RunOptions {
 /// Requests the loop answers, with where to send the answer.
 type AdminRx = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
 
+/// The signals the daemon answers, SIGHUP (reload), SIGTERM and SIGINT (stop).
+/// One that arrives while it is still starting must neither kill it with the
+/// default action (a `systemctl reload` right after a start) nor interrupt the
+/// kernel's verifier, which gives up on a pending signal: `main` holds them back
+/// from its first line ([`hold_signals`]), `install` catches them, and the loop
+/// lets them through when it starts ([`Signals::listen`]) and answers them.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+/// The signals `hold_signals` holds back.
+const HELD: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Lets held signals through (to this thread, the loop's); pending ones
+    /// are answered at the loop's first turn.
+    fn listen(self) -> Result<Self> {
+        set_mask(libc::SIG_UNBLOCK)?;
+        Ok(self)
+    }
+}
+
+/// Blocks SIGHUP, SIGTERM and SIGINT in the calling thread and in the threads it
+/// starts later (the runtime's): one that arrives stays pending until the
+/// daemon's loop listens. `main` calls this first of all.
+pub fn hold_signals() -> Result<()> {
+    set_mask(libc::SIG_BLOCK)
+}
+
+/// Undoes `hold_signals` in the calling thread (for the commands that are not
+/// `xdplb run`: Ctrl-C must stop them as usual).
+pub fn release_signals() -> Result<()> {
+    set_mask(libc::SIG_UNBLOCK)
+}
+
+fn set_mask(how: libc::c_int) -> Result<()> {
+    // SAFETY: a sigset_t we own, filled by sigemptyset/sigaddset before use.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        for s in HELD {
+            libc::sigaddset(&raw mut set, s);
+        }
+        libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc)).context("pthread_sigmask");
+    }
+    Ok(())
+}
+
 pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
+    let signals = Signals::install()?;
     let config = config::load(path).map_err(|e| anyhow!("{e}"))?;
     info!("flow hash seed: {}", config.hash_seed);
     config::check_interfaces(&config, config::interface_exists).map_err(|e| anyhow!("{e}"))?;
@@ -109,7 +171,8 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
             error!("metrics endpoint stopped: {e:#}");
         }
     });
-    let ended = event_loop(&mut core, &mut effects, reports, admin_rx, &heartbeat, path).await;
+    let ended =
+        event_loop(&mut core, &mut effects, reports, admin_rx, &heartbeat, path, signals).await;
     // The endpoints hold the statistics maps: close them before detaching.
     for task in [admin_task, metrics_task] {
         task.abort();
@@ -158,10 +221,9 @@ async fn event_loop<M: Maps, N: NeighbourSource>(
     mut admin: AdminRx,
     heartbeat: &Heartbeat,
     path: &Path,
+    signals: Signals,
 ) -> Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let Signals { mut hup, mut term, mut int } = signals.listen()?;
     let mut tick = tokio::time::interval(TICK);
     info!("running; metrics on http://{}/metrics", core.config().metrics_listen);
     loop {

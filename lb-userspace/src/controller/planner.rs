@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{BackendState, ForwardingMode, LbConfig};
+use lb_common::{BackendState, ForwardingMode, LbConfig, pinned::backend_flags};
 
 use crate::{
     config::{BackendConf, Config, Forwarding, Vip},
@@ -32,6 +32,24 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// What a restarted controller reads back (`pinned::backend_flags`).
+    #[must_use]
+    pub fn flags(&self) -> u32 {
+        backend_flags::KNOWN
+            | if self.healthy { backend_flags::HEALTHY } else { 0 }
+            | if self.drained { backend_flags::DRAINED } else { 0 }
+    }
+
+    /// The inverse of `flags`, with `mac`; `None` unless `KNOWN` is set.
+    #[must_use]
+    pub fn from_flags(flags: u32, mac: Option<Mac>) -> Option<Self> {
+        (flags & backend_flags::KNOWN != 0).then_some(Self {
+            healthy: flags & backend_flags::HEALTHY != 0,
+            drained: flags & backend_flags::DRAINED != 0,
+            mac,
+        })
+    }
+
     /// The state the data path should see. A dead backend is down even when drained:
     /// its flows must move.
     #[must_use]
@@ -207,6 +225,7 @@ pub fn plan(cfg: &Config, lb: LbConfig, observed: &BTreeMap<Key, Observed>) -> D
                             mac: seen.mac,
                             weight: b.weight,
                             state: tier.state(b, &seen),
+                            flags: seen.flags(),
                         }
                     })
                     .collect(),

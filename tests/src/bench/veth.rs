@@ -269,6 +269,7 @@ fn plan(mode: ForwardingMode) -> DesiredState {
             mac: Some(CLIENT_MAC),
             weight: 100,
             state: BackendState::Up,
+            flags: 0,
         })
         .collect();
     let vip = |name: &str, port, l4| DesiredVip {

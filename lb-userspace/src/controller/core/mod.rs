@@ -631,15 +631,22 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
     }
 }
 
-/// What a restarted controller takes over from the pinned maps: a backend whose
-/// entry is not down was healthy; a draining one was drained by an operator —
-/// unless it is a reserve waiting outside the ring (the data path holds those as
-/// draining too), which is what a draining reserve of a VIP whose tier was not
-/// calling its reserves must be.
+/// What a restarted controller takes over from the pinned maps: the previous
+/// controller's view of each backend (health and drain, pinned in
+/// `BACKEND_FLAGS`), or, for maps pinned before that existed, a guess from the
+/// data path's state: a backend whose entry is not down was healthy; a draining
+/// one was drained by an operator — unless it is a reserve waiting outside the
+/// ring (the data path holds those as draining too), which is what a draining
+/// reserve of a VIP whose tier was not calling its reserves must be.
 fn adopted_seed(config: &Config, adopted: &Adopted) -> BTreeMap<Key, Observed> {
+    let pinned = |key: &Key, entry: &lb_common::Backend| {
+        let mac = (entry.mac != [0; 6]).then_some(entry.mac);
+        Observed::from_flags(*adopted.flags.get(key)?, mac)
+    };
     let mut seed: BTreeMap<Key, Observed> = adopted
         .entries
         .iter()
+        .filter(|(key, entry)| pinned(key, entry).is_none())
         .map(|(key, entry)| {
             let state = BackendState::from_u8(entry.state);
             let seen = Observed {
@@ -670,6 +677,11 @@ fn adopted_seed(config: &Config, adopted: &Adopted) -> BTreeMap<Key, Observed> {
                     s.drained = true;
                 }
             }
+        }
+    }
+    for (key, entry) in &adopted.entries {
+        if let Some(seen) = pinned(key, entry) {
+            seed.insert(key.clone(), seen);
         }
     }
     seed

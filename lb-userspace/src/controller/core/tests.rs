@@ -215,6 +215,44 @@ fn a_restart_adopts_the_pinned_state_so_traffic_keeps_flowing() {
     assert_eq!(entry(&again, "web", "waf-2").mac, MAC_2, "the MAC is adopted too");
 }
 
+/// A restarted core on a copy of `first`'s maps (what the pins hold).
+fn restarted(first: &TestCore) -> TestCore {
+    let pinned = first.writer.maps().clone();
+    let mut again =
+        Core::start(parse(CONFIG), interface(), pinned, true, resolved(), Instant::now()).unwrap();
+    outputs(&mut again);
+    again
+}
+
+#[test]
+fn a_drain_survives_a_restart_even_when_the_node_was_down_at_the_time() {
+    let mut first = started();
+    probes(&mut first, "web", "waf-1", true, 2);
+    assert_eq!(
+        first.set_drained(Instant::now(), "web", "waf-2", true),
+        Ok("web/waf-2 is down".into())
+    );
+    let mut again = restarted(&first);
+    assert!(again.observed()[&("web".into(), "waf-2".into())].drained, "the drain was kept");
+    probes(&mut again, "web", "waf-2", true, 2);
+    assert_eq!(state(&again, "web", "waf-2"), BackendState::Draining);
+    assert!(!in_ring(&again, "web", "waf-2"), "a drained node that recovers gets no new flows");
+}
+
+#[test]
+fn a_restart_reads_health_and_drain_from_the_pins_not_from_the_data_paths_state() {
+    // waf-2 is healthy and drained; waf-1 healthy; after a restart both keep
+    // exactly that, and an undrain brings waf-2 back without waiting for probes.
+    let first = up_with_waf2_drained();
+    let mut again = restarted(&first);
+    let seen = again.observed();
+    assert!(seen[&("web".into(), "waf-2".into())].healthy);
+    assert!(seen[&("web".into(), "waf-2".into())].drained);
+    assert!(!seen[&("web".into(), "waf-1".into())].drained);
+    again.set_drained(Instant::now(), "web", "waf-2", false).unwrap();
+    assert!(in_ring(&again, "web", "waf-2"));
+}
+
 // --- health ---
 
 #[test]

@@ -1,0 +1,27 @@
+//! What a stopped controller leaves in its pin directory besides the data path's
+//! own maps, for the next one (a restart, an upgrade) to read: the layout
+//! version of the whole set, and the controller's view of each backend. The
+//! data path never reads these; they are created and pinned by the controller.
+
+/// Version of the layout of every pinned map of `xdp-lb` (keys, values, sizes
+/// and what their values mean), stored in the pinned `LAYOUT` map. A controller
+/// refuses pins of another version instead of misreading them.
+///
+/// Bump it with any change a controller of the previous version could misread
+/// even where the sizes agree (a reordered field, a new meaning of a value).
+/// Version 1 is the set from before this map existed (the same maps and
+/// layouts, without `LAYOUT` and `BACKEND_FLAGS`).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
+/// same slot of `BACKENDS`. The data path's state alone cannot say it (draining
+/// is an operator's drain, a standby reserve, or a down backend keeping its flows;
+/// down may hide a drain), so a restarted controller reads this instead.
+pub mod backend_flags {
+    /// The entry was written by a controller (0: never, or a removed backend).
+    pub const KNOWN: u32 = 1;
+    /// Its health check said up.
+    pub const HEALTHY: u32 = 1 << 1;
+    /// An operator drained it (`xdplb drain`).
+    pub const DRAINED: u32 = 1 << 2;
+}
