@@ -10,7 +10,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -35,13 +35,18 @@ const BACKENDS: [(&str, &str); 3] =
     [("b1", "10.97.0.11"), ("b2", "10.97.0.12"), ("b3", "10.97.0.13")];
 const PIN: &str = "/sys/fs/bpf/xdplb-test-controller";
 
-/// Namespaces `xct-lb` (10.97.0.1) and `xct-b1..3`, one veth each into bridge `xct-br`.
+/// Namespaces `xct-lb` (10.97.0.1) and `xct-b1..3`, one veth each into bridge
+/// `xct-br`; one test at a time has them (the tests run on threads of one process).
 struct Net {
     dir: PathBuf,
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
+
+static NET: Mutex<()> = Mutex::new(());
 
 impl Net {
     fn up() -> Self {
+        let guard = NET.lock().unwrap_or_else(PoisonError::into_inner);
         Self::down();
         let dir = std::env::temp_dir().join("xdplb-test-controller");
         let _ = std::fs::remove_dir_all(&dir);
@@ -60,7 +65,36 @@ impl Net {
             ns_sh(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
             ns_sh(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
         }
-        Self { dir }
+        Self { dir, _one_at_a_time: guard }
+    }
+
+    /// Writes the daemon's config (VIP `web` over the three backends, `vip_extra`
+    /// added to the VIP) and starts it; waits until the three backends are up.
+    fn daemon(&self, vip_extra: &str) -> Daemon {
+        let socket = self.dir.join("admin.sock");
+        let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
+        let config = self.dir.join("xdplb.yaml");
+        let backends = BACKENDS.iter().fold(String::new(), |mut s, (n, a)| {
+            let _ = writeln!(s, "      - {{ name: {n}, address: {a} }}");
+            s
+        });
+        std::fs::write(
+            &config,
+            format!(
+                "interface: eth0\nxdp_mode: skb\nmetrics_listen: {metrics}\nadmin_socket: {}\npin_path: {PIN}\n\
+                 health_check_defaults: {{ kind: tcp, port: 80, interval: 100ms, timeout: 80ms, rise: 2, fall: 3 }}\n\
+                 vips:\n  - name: web\n    address: {VIP}\n    port: 80\n    protocol: tcp\n{vip_extra}    backends:\n{backends}",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::start("xct-lb", &config, &socket, metrics, &[]).unwrap();
+        daemon
+            .wait_until("three backends up", Duration::from_secs(15), |d| {
+                d.status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
+            })
+            .unwrap();
+        daemon
     }
 
     fn down() {
@@ -131,29 +165,7 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     let net = Net::up();
     let mut listeners: BTreeMap<&str, Listener> =
         BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
-    let socket = net.dir.join("admin.sock");
-    let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
-    let config = net.dir.join("xdplb.yaml");
-    let backends = BACKENDS.iter().fold(String::new(), |mut s, (n, a)| {
-        let _ = writeln!(s, "      - {{ name: {n}, address: {a} }}");
-        s
-    });
-    std::fs::write(
-        &config,
-        format!(
-            "interface: eth0\nxdp_mode: skb\nmetrics_listen: {metrics}\nadmin_socket: {}\npin_path: {PIN}\n\
-             health_check_defaults: {{ kind: tcp, port: 80, interval: 100ms, timeout: 80ms, rise: 2, fall: 3 }}\n\
-             vips:\n  - name: web\n    address: {VIP}\n    port: 80\n    protocol: tcp\n    backends:\n{backends}",
-            socket.display()
-        ),
-    )
-    .unwrap();
-    let mut daemon = Daemon::start("xct-lb", &config, &socket, metrics, &[]).unwrap();
-    daemon
-        .wait_until("three backends up", Duration::from_secs(15), |d| {
-            d.status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
-        })
-        .unwrap();
+    let mut daemon = net.daemon("");
 
     // Operator views.
     let status = daemon.status().unwrap();
@@ -232,4 +244,73 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     drop(ebpf);
     drop(net);
     assert!(!std::path::Path::new(PIN).exists(), "pins removed by cleanup");
+}
+
+#[test]
+fn with_down_flows_keep_and_all_down_fail_open_a_failed_node_keeps_its_flows_and_a_dead_pool_still_serves()
+ {
+    if !have_root("xdplb run in network namespaces") {
+        return;
+    }
+    binary().expect("the xdplb binary");
+    let net = Net::up();
+    let mut listeners: BTreeMap<&str, Listener> =
+        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+    let daemon = net.daemon("    down_flows: keep\n    all_down: fail_open\n");
+
+    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
+    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
+    let receiver = |flow: &Flow| -> &str {
+        let run = run_program(prog, &flow.frame());
+        assert_eq!(run.action, XDP_TX, "{flow:?}");
+        macs[&decode(&run.frame).dst_mac]
+    };
+    let flows: Vec<Flow> = (0..90).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
+    let before: Vec<&str> = flows.iter().map(&receiver).collect();
+    assert!(before.contains(&"b2"), "{before:?}");
+
+    // b2's check fails: it is down, but its established flows stay on it.
+    drop(listeners.remove("b2"));
+    daemon
+        .wait_until("b2 down-keep", Duration::from_secs(5), |d| {
+            d.status().is_ok_and(|s| backend_lines_in(&s, "down-keep") == 1)
+        })
+        .unwrap();
+    for (flow, was) in flows.iter().zip(&before) {
+        assert_eq!(receiver(&flow.ack()), *was, "{flow:?} moved (down_flows: keep)");
+    }
+    for i in 0..90 {
+        let new = Flow::tcp("10.97.0.51", 30000 + i, VIP, 80);
+        assert_ne!(receiver(&new), "b2", "a new flow to the failed node");
+    }
+
+    // Every check fails: the VIP fails open to all three instead of dropping.
+    listeners.clear();
+    daemon
+        .wait_until("web fails open", Duration::from_secs(5), |d| {
+            d.status()
+                .is_ok_and(|s| s.contains("tier fail_open  all_down fail_open  down_flows keep"))
+        })
+        .unwrap();
+    let got: std::collections::BTreeSet<&str> =
+        (0..300).map(|i| receiver(&Flow::tcp("10.97.0.52", 40000 + i, VIP, 80))).collect();
+    assert_eq!(got.len(), 3, "new flows spread over every node: {got:?}");
+    let (_, body) = daemon.http_get("/metrics").unwrap();
+    for line in [
+        "xdplb_vip_fail_open{vip=\"web\"} 1",
+        "xdplb_vip_all_down{vip=\"web\"} 1",
+        "xdplb_vip_all_down_total{vip=\"web\"} 1",
+    ] {
+        assert!(body.contains(line), "missing {line}");
+    }
+    assert!(
+        daemon.log_text().contains("web: no usable backend; failing open"),
+        "{}",
+        daemon.log_text()
+    );
+    drop(ebpf);
+    drop(daemon);
+    drop(net);
 }

@@ -20,6 +20,10 @@
 //!     protocol: tcp               # tcp (default) | udp
 //!     min_primaries: 1            # default 1: reserves join the ring while fewer
 //!                                 # primaries than this are usable
+//!     all_down: drop              # no usable backend: drop (default) new flows, or
+//!                                 # fail_open: send them to every reachable, undrained one
+//!     down_flows: move            # a backend's check fails: move (default) its
+//!                                 # established flows at once, or keep them on it
 //!     backends:                   # at least one; names and addresses unique
 //!       - { name: waf-1, address: 10.0.0.11, weight: 100 }   # weight 1..=10000, default 100
 //!       - { name: waf-9, address: 10.0.0.19, backup: true }  # a reserve (default false)
@@ -59,7 +63,8 @@ use std::{fmt, path::Path, sync::Arc};
 pub use warnings::warnings;
 
 pub use model::{
-    BackendConf, Config, Forwarding, InitialState, Origin, Protocol, TunnelSource, Vip, XdpMode,
+    AllDown, BackendConf, Config, DownFlows, Forwarding, InitialState, Origin, Protocol,
+    TunnelSource, Vip, XdpMode,
 };
 
 /// Built-in defaults.

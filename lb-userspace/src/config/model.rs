@@ -65,6 +65,60 @@ impl Protocol {
     }
 }
 
+/// What a VIP does with new flows while none of its backends is usable
+/// (`all_down`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllDown {
+    /// Drop them (and count them, `drop_no_backend`): a client gets no answer
+    /// rather than one from a node its health check failed. The default.
+    #[default]
+    Drop,
+    /// Send them to every configured backend that can be reached and is not
+    /// drained, as if all were up (NGINX's behaviour when every server failed):
+    /// when every check fails at once the checks themselves (a shared path, a
+    /// dependency of /healthz) are more likely wrong than every node.
+    FailOpen,
+}
+
+impl AllDown {
+    /// The config's spelling, also used in status and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::FailOpen => "fail_open",
+        }
+    }
+}
+
+/// What happens to the established flows of a backend whose health check
+/// failed (`down_flows`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownFlows {
+    /// Re-hash them to live backends at once (IPVS `expire_nodest_conn`): a dead
+    /// node's connections are lost anyway, and their clients learn it at their
+    /// next packet (a reset from the new node) instead of after a timeout. The default.
+    #[default]
+    Move,
+    /// Leave them on the node (as with a drain), which gets no new flows: a node
+    /// that was only slow to answer its check keeps serving its connections; one
+    /// that is really dead leaves them hanging until the clients time out.
+    Keep,
+}
+
+impl DownFlows {
+    /// The config's spelling, also used in status and logs.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Move => "move",
+            Self::Keep => "keep",
+        }
+    }
+}
+
 /// A backend's state before its first health-check verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +158,10 @@ pub struct Vip {
     /// While fewer primaries (backends without `backup`) than this are usable,
     /// the usable reserves join the ring.
     pub min_primaries: u32,
+    /// New flows while no backend is usable.
+    pub all_down: AllDown,
+    /// Established flows of a backend whose check failed.
+    pub down_flows: DownFlows,
     /// `health_check_defaults` with this VIP's `health_check` keys laid over it.
     pub health_check: CheckSpec,
 }
@@ -235,6 +293,8 @@ impl Config {
             line(4, format!("port: {}", vip.port));
             line(4, format!("protocol: {}", vip.protocol.name()));
             line(4, format!("min_primaries: {}", vip.min_primaries));
+            line(4, format!("all_down: {}", vip.all_down.name()));
+            line(4, format!("down_flows: {}", vip.down_flows.name()));
             line(4, "backends:".into());
             for b in &vip.backends {
                 line(6, format!("- name: {}", scalar(&b.name)));

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::model::{Forwarding, InitialState, Protocol, XdpMode};
+use super::model::{AllDown, DownFlows, Forwarding, InitialState, Protocol, XdpMode};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping of xdplb settings")]
@@ -43,6 +43,8 @@ pub struct RawVip {
     pub protocol: Option<Protocol>,
     pub backends: Option<Vec<RawBackend>>,
     pub min_primaries: Option<u32>,
+    pub all_down: Option<AllDown>,
+    pub down_flows: Option<DownFlows>,
     pub health_check: Option<RawCheck>,
 }
 

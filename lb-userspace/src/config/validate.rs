@@ -335,6 +335,8 @@ fn resolve_vip(v: RawVip, path: &str, defaults_layer: &RawCheck, c: &mut Collect
         protocol: v.protocol.unwrap_or_default(),
         backends,
         min_primaries: v.min_primaries.unwrap_or(defaults::MIN_PRIMARIES),
+        all_down: v.all_down.unwrap_or_default(),
+        down_flows: v.down_flows.unwrap_or_default(),
         health_check,
     }
 }

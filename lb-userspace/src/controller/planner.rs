@@ -3,15 +3,18 @@
 //! data path. Pure: no I/O, so the state rules are tested without a kernel.
 //!
 //! Rules that decide which backends take traffic belong here, as functions of the
-//! same inputs: the reserve tier ([`Tier`]: reserves join a VIP's ring only while
-//! fewer than `min_primaries` of its primaries are usable).
+//! same inputs, in [`Tier`]: the reserve tier (reserves join a VIP's ring only
+//! while fewer than `min_primaries` of its primaries are usable), a VIP's
+//! `all_down` policy (with no usable backend, drop new flows or fail open to
+//! every reachable, undrained backend) and its `down_flows` policy (a backend
+//! whose check failed has its flows moved, or keeps them as if draining).
 
 use std::collections::BTreeMap;
 
 use lb_common::{BackendState, ForwardingMode, LbConfig, pinned::backend_flags};
 
 use crate::{
-    config::{BackendConf, Config, Forwarding, Vip},
+    config::{AllDown, BackendConf, Config, DownFlows, Forwarding, Vip},
     desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     health::Target,
     mac::Mac,
@@ -101,6 +104,12 @@ pub struct Tier {
     pub usable_reserves: usize,
     /// The VIP's `min_primaries`.
     pub min_primaries: u32,
+    /// Backends a failing-open VIP sends new flows to: next hop known, not
+    /// drained by an operator, whatever their health.
+    pub reachable: usize,
+    /// The VIP's `all_down` and `down_flows` policies.
+    pub all_down: AllDown,
+    pub down_flows: DownFlows,
 }
 
 /// What serves a VIP's new flows, as `xdplb status` names it.
@@ -110,6 +119,9 @@ pub enum Serving {
     /// Too few primaries: reserves serve beside the usable primaries.
     PrimaryAndReserve,
     Reserve,
+    /// No usable backend in either tier, `all_down: fail_open`: every reachable,
+    /// undrained backend takes new flows, whatever its health.
+    FailOpen,
     /// No usable backend in either tier: new flows are dropped.
     Nothing,
 }
@@ -121,6 +133,7 @@ impl Serving {
             Self::Primary => "primary",
             Self::PrimaryAndReserve => "primary+reserve",
             Self::Reserve => "reserve",
+            Self::FailOpen => "fail_open",
             Self::Nothing => "none",
         }
     }
@@ -129,9 +142,16 @@ impl Serving {
 impl Tier {
     /// The tier of `vip` given what `seen` says of each backend.
     pub fn of(vip: &Vip, seen: impl Fn(&BackendConf) -> Observed) -> Self {
-        let mut tier = Self { min_primaries: vip.min_primaries, ..Self::default() };
+        let mut tier = Self {
+            min_primaries: vip.min_primaries,
+            all_down: vip.all_down,
+            down_flows: vip.down_flows,
+            ..Self::default()
+        };
         for b in &vip.backends {
-            let usable = usable(&seen(b));
+            let seen = seen(b);
+            tier.reachable += usize::from(reachable(&seen));
+            let usable = usable(&seen);
             if b.backup {
                 tier.reserves += 1;
                 tier.usable_reserves += usize::from(usable);
@@ -155,14 +175,41 @@ impl Tier {
         self.reserves_called() && self.usable_reserves > 0
     }
 
+    /// No backend of either tier can take new flows.
+    #[must_use]
+    pub fn all_down(&self) -> bool {
+        self.usable_primaries == 0 && self.usable_reserves == 0
+    }
+
+    /// All down, `all_down: fail_open`, and some backend reachable: new flows go
+    /// to every reachable, undrained backend.
+    #[must_use]
+    pub fn failing_open(&self) -> bool {
+        self.all_down() && self.all_down == AllDown::FailOpen && self.reachable > 0
+    }
+
     #[must_use]
     pub fn serving(&self) -> Serving {
         match (self.usable_primaries > 0, self.reserve_active()) {
             (true, false) => Serving::Primary,
             (true, true) => Serving::PrimaryAndReserve,
             (false, true) => Serving::Reserve,
+            (false, false) if self.failing_open() => Serving::FailOpen,
             (false, false) => Serving::Nothing,
         }
+    }
+
+    /// A backend whose check failed that keeps its established flows
+    /// (`down_flows: keep`, and the data path can still reach it).
+    #[must_use]
+    pub fn keeps_flows(&self, seen: &Observed) -> bool {
+        self.down_flows == DownFlows::Keep && !seen.healthy && seen.mac.is_some()
+    }
+
+    /// A backend taking new flows only because its VIP fails open.
+    #[must_use]
+    pub fn failed_open(&self, seen: &Observed) -> bool {
+        self.failing_open() && reachable(seen) && !usable(seen)
     }
 
     /// Whether backend `b`, observed as `seen`, waits outside the ring: a healthy,
@@ -175,17 +222,40 @@ impl Tier {
     }
 
     /// Backend `b` as `xdplb status` and the logs name it: `up`, `down`,
-    /// `draining` (by an operator) or `standby` (a reserve outside the ring).
+    /// `draining` (by an operator), `standby` (a reserve outside the ring),
+    /// `down-keep` (down, keeping its flows) or `fail-open` (down, in the ring of
+    /// a VIP that fails open).
     #[must_use]
     pub fn condition(&self, b: &BackendConf, seen: &Observed) -> &'static str {
-        if self.standby(b, seen) { "standby" } else { seen.state().name() }
+        if self.failed_open(seen) {
+            "fail-open"
+        } else if self.standby(b, seen) {
+            "standby"
+        } else if self.keeps_flows(seen) {
+            "down-keep"
+        } else {
+            seen.state().name()
+        }
     }
 
-    /// The state the data path should see for backend `b`.
+    /// The state the data path should see for backend `b`: up in the ring,
+    /// draining (out of the ring, keeping its flows: drained, standby, or down
+    /// with `down_flows: keep`), or down (its flows move).
     #[must_use]
     pub fn state(&self, b: &BackendConf, seen: &Observed) -> BackendState {
-        if self.standby(b, seen) { BackendState::Draining } else { seen.state() }
+        if self.failing_open() && reachable(seen) {
+            BackendState::Up
+        } else if self.standby(b, seen) || self.keeps_flows(seen) {
+            BackendState::Draining
+        } else {
+            seen.state()
+        }
     }
+}
+
+/// A backend the data path can send to and an operator has not drained.
+fn reachable(seen: &Observed) -> bool {
+    seen.mac.is_some() && !seen.drained
 }
 
 /// A backend that can take new flows (what the writer puts in the ring).
@@ -519,6 +589,108 @@ vips:
             let r2 = a.iter().filter(|n| *n == "r2").count();
             assert_eq!(r1 + r2, a.len());
             assert!(r1 * 10 > r2 * 19 && r1 * 10 < r2 * 21, "{r1} / {r2}");
+        }
+    }
+
+    mod policies {
+        //! A VIP's `all_down` and `down_flows` policies, as the planner decides them.
+        use super::*;
+
+        /// Three backends; `extra` goes into the VIP (the policy keys).
+        fn vip(extra: &str) -> Config {
+            crate::config::parse(
+                &format!(
+                    "interface: lo\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 80\n{extra}    backends:\n      - {{ name: a, address: 10.0.0.1 }}\n      - {{ name: b, address: 10.0.0.2 }}\n      - {{ name: c, address: 10.0.0.3 }}\n"
+                ),
+                "t.yaml",
+            )
+            .unwrap()
+        }
+
+        const UP: Observed = Observed { healthy: true, drained: false, mac: Some([2; 6]) };
+        const DEAD: Observed = Observed { healthy: false, drained: false, mac: Some([2; 6]) };
+        const DEAD_DRAINED: Observed = Observed { drained: true, ..DEAD };
+        const DEAD_NO_MAC: Observed = Observed { mac: None, ..DEAD };
+
+        fn planned(cfg: &Config, seen: &[Observed]) -> (Vec<BackendState>, Vec<&'static str>) {
+            let v = &cfg.vips[0];
+            let observed: BTreeMap<Key, Observed> = v
+                .backends
+                .iter()
+                .zip(seen)
+                .map(|(b, s)| (("web".to_owned(), b.name.clone()), *s))
+                .collect();
+            let states = plan(cfg, lb_config(cfg, [9; 6], 1500), &observed).vips[0]
+                .backends
+                .iter()
+                .map(DesiredBackend::effective_state)
+                .collect();
+            let tier = Tier::of(v, |b| self::seen(&observed, v, b));
+            let names = v.backends.iter().map(|b| tier.condition(b, &self::seen(&observed, v, b)));
+            (states, names.collect())
+        }
+
+        use BackendState::{Down, Draining, Up};
+
+        #[test]
+        fn the_defaults_are_drop_and_move_as_before() {
+            let cfg = vip("");
+            assert_eq!(
+                (cfg.vips[0].all_down, cfg.vips[0].down_flows),
+                (AllDown::Drop, DownFlows::Move)
+            );
+            assert_eq!(planned(&cfg, &[DEAD; 3]), (vec![Down; 3], vec!["down"; 3]));
+            assert_eq!(Tier::of(&cfg.vips[0], |_| DEAD).serving(), Serving::Nothing);
+        }
+
+        #[test]
+        fn fail_open_puts_every_reachable_undrained_backend_in_the_ring_while_none_is_usable() {
+            let cfg = vip("    all_down: fail_open\n");
+            let (states, names) = planned(&cfg, &[DEAD, DEAD_DRAINED, DEAD_NO_MAC]);
+            assert_eq!(states, [Up, Down, Down], "not the drained one, not the unreachable one");
+            assert_eq!(names, ["fail-open", "down", "down"]);
+            assert_eq!(Tier::of(&cfg.vips[0], |_| DEAD).serving(), Serving::FailOpen);
+            // One usable backend is enough: the ring is the usual one again.
+            let (states, _) = planned(&cfg, &[DEAD, UP, DEAD]);
+            assert_eq!(states, [Down, Up, Down]);
+            // Nothing reachable: nothing to fail open to.
+            let tier = Tier::of(&cfg.vips[0], |_| DEAD_NO_MAC);
+            assert!(tier.all_down() && !tier.failing_open());
+            assert_eq!(tier.serving(), Serving::Nothing);
+        }
+
+        #[test]
+        fn keep_holds_a_failed_backend_as_draining_so_its_flows_stay() {
+            let cfg = vip("    down_flows: keep\n");
+            let (states, names) = planned(&cfg, &[DEAD, UP, DEAD_NO_MAC]);
+            assert_eq!(states, [Draining, Up, Down], "without a MAC nothing can be kept");
+            assert_eq!(names, ["down-keep", "up", "down"]);
+            let (states, names) = planned(&cfg, &[DEAD_DRAINED, UP, UP]);
+            assert_eq!(states, [Draining, Up, Up], "a drained node that dies keeps its flows too");
+            assert_eq!(names[0], "down-keep");
+        }
+
+        #[test]
+        fn both_policies_together_fail_open_first() {
+            let cfg = vip("    all_down: fail_open\n    down_flows: keep\n");
+            assert_eq!(planned(&cfg, &[DEAD; 3]).0, [Up, Up, Up]);
+            assert_eq!(planned(&cfg, &[DEAD, UP, DEAD]).0, [Draining, Up, Draining]);
+        }
+
+        #[test]
+        fn the_keys_are_checked_and_written_back() {
+            let bad = vip("").to_yaml().replace("all_down: drop", "all_down: open");
+            let err = crate::config::parse(&bad, "t.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains(
+                    "vips[0].all_down: unknown variant `open`, expected `drop` or `fail_open`"
+                ),
+                "{err}"
+            );
+            let cfg = vip("    all_down: fail_open\n    down_flows: keep\n");
+            let yaml = cfg.to_yaml();
+            assert!(yaml.contains("    all_down: fail_open\n    down_flows: keep\n"), "{yaml}");
+            assert_eq!(crate::config::parse(&yaml, "t.yaml").unwrap(), cfg);
         }
     }
 }

@@ -87,14 +87,16 @@ impl Status {
             let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
             let _ = writeln!(
                 s,
-                "\nVIP {} {}:{}/{}  packets {}  bytes {}  tier {}",
+                "\nVIP {} {}:{}/{}  packets {}  bytes {}  tier {}  all_down {}  down_flows {}",
                 v.name,
                 v.address,
                 port,
                 v.protocol.name(),
                 t.packets,
                 t.bytes,
-                tier_text(&vs.tier)
+                tier_text(&vs.tier),
+                v.all_down.name(),
+                v.down_flows.name(),
             );
             row(
                 &mut s,
@@ -209,7 +211,7 @@ mod tests {
             "xdplb {} on eth0 (xdp Driver, Dsr), config /etc/xdplb/xdplb.yaml\n\
              xdp: attached\n\
              \n\
-             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)\n  \
+             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)  all_down drop  down_flows move\n  \
              BACKEND          ADDRESS                                  WEIGHT  ROLE     STATE     HEALTH  DRAINED MAC                  PACKETS\n  \
              waf-1            10.0.0.11                                   100  primary  up        up      no      02:00:00:00:00:0b         10\n  \
              waf-2            10.0.0.12                                   100  primary  draining  up      yes     unresolved                 0\n  \

@@ -103,6 +103,14 @@ pub enum Update {
     ReserveActive { vip: String, active: bool },
     /// A VIP's reserves entered (`to_reserve`) or left its ring.
     TierSwitch { vip: String, to_reserve: bool },
+    /// Whether a VIP has no usable backend, and whether it fails open meanwhile
+    /// (`all_down: fail_open`).
+    AllDown { vip: String, all_down: bool, failing_open: bool },
+    /// A VIP lost its last usable backend (one more episode).
+    AllDownEpisode { vip: String },
+    /// Whether a (VIP, backend) whose check failed keeps its established flows
+    /// (`down_flows: keep`).
+    KeepsFlows { vip: String, backend: String, keeps: bool },
     /// A configuration reload finished.
     Reload { ok: bool },
     /// Whether the next-hop MAC of a (VIP, backend) is unknown.
@@ -113,6 +121,47 @@ pub enum Update {
     ForgetVip { vip: String },
     /// No backend is probed at this target any more: remove its series.
     ForgetTarget { target: String },
+}
+
+/// The families of the per-VIP policies (`all_down`, `down_flows`).
+struct PolicyFamilies {
+    all_down: IntGaugeVec,
+    all_down_total: IntCounterVec,
+    fail_open: IntGaugeVec,
+    keeps_flows: IntGaugeVec,
+}
+
+impl PolicyFamilies {
+    fn new(r: &Registry) -> Self {
+        Self {
+            all_down: gauge_vec(
+                r,
+                "xdplb_vip_all_down",
+                "1 while no backend of a VIP is usable (healthy, undrained, next hop known).",
+                &["vip"],
+            ),
+            all_down_total: counter_vec(
+                r,
+                "xdplb_vip_all_down_total",
+                "Times a VIP lost its last usable backend.",
+                &["vip"],
+            ),
+            fail_open: gauge_vec(
+                r,
+                "xdplb_vip_fail_open",
+                "1 while a VIP with no usable backend sends new flows to every reachable, \
+                 undrained backend (all_down: fail_open).",
+                &["vip"],
+            ),
+            keeps_flows: gauge_vec(
+                r,
+                "xdplb_backend_down_keeping_flows",
+                "1 while a (VIP, backend) whose check failed keeps its established flows \
+                 (down_flows: keep).",
+                &["vip", "backend"],
+            ),
+        }
+    }
 }
 
 /// The controller's and the data path's metrics, in one registry.
@@ -133,6 +182,7 @@ pub struct Metrics {
     tier_switches: IntCounterVec,
     healthy: IntGauge,
     xdp_attached: IntGauge,
+    policy: PolicyFamilies,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     backend_packets: IntCounterVec,
@@ -240,6 +290,7 @@ impl Metrics {
             &["vip", "backend"],
         );
         let (role, reserve_active, tier_switches) = Self::tier_families(&r);
+        let policy = PolicyFamilies::new(&r);
         let vip_packets =
             counter_vec(&r, "xdplb_vip_packets_total", "Packets forwarded per VIP.", &["vip"]);
         let vip_bytes =
@@ -274,6 +325,7 @@ impl Metrics {
             tier_switches,
             healthy,
             xdp_attached,
+            policy,
             vip_packets,
             vip_bytes,
             backend_packets,
@@ -392,6 +444,16 @@ impl Metrics {
                 let to = if *to_reserve { "reserve" } else { "primary" };
                 self.tier_switches.with_label_values(&[vip, to]).inc();
             }
+            Update::AllDown { vip, all_down, failing_open } => {
+                self.policy.all_down.with_label_values(&[vip]).set(i64::from(*all_down));
+                self.policy.fail_open.with_label_values(&[vip]).set(i64::from(*failing_open));
+            }
+            Update::AllDownEpisode { vip } => {
+                self.policy.all_down_total.with_label_values(&[vip]).inc();
+            }
+            Update::KeepsFlows { vip, backend, keeps } => {
+                self.policy.keeps_flows.with_label_values(&[vip, backend]).set(i64::from(*keeps));
+            }
             Update::Reload { ok } => self.reload(*ok),
             Update::Unresolved { vip, backend, unresolved } => {
                 self.unresolved(vip, backend, *unresolved);
@@ -456,6 +518,7 @@ impl Metrics {
         }
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
         let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
+        let _ = self.policy.keeps_flows.remove_label_values(&[vip, backend]);
         self.seen().backends.remove(&(vip.to_owned(), backend.to_owned()));
     }
 
@@ -465,6 +528,9 @@ impl Metrics {
         let _ = self.vip_packets.remove_label_values(&[vip]);
         let _ = self.vip_bytes.remove_label_values(&[vip]);
         let _ = self.reserve_active.remove_label_values(&[vip]);
+        let _ = self.policy.all_down.remove_label_values(&[vip]);
+        let _ = self.policy.all_down_total.remove_label_values(&[vip]);
+        let _ = self.policy.fail_open.remove_label_values(&[vip]);
         for to in ROLES {
             let _ = self.tier_switches.remove_label_values(&[vip, to]);
         }

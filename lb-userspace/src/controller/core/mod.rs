@@ -101,6 +101,9 @@ pub struct Core<M: Maps, N: NeighbourSource> {
     planned: BTreeMap<Key, BackendState>,
     /// Whether each VIP's reserves were in its ring at the last plan.
     reserve_active: BTreeMap<String, bool>,
+    /// Whether each VIP had no usable backend at the last plan; a VIP is only in
+    /// here once it had a usable backend (before, it was starting).
+    all_down: BTreeMap<String, bool>,
     /// The status last published, and whether the loop has yet to take it.
     published: Option<Arc<Status>>,
     unpublished: bool,
@@ -148,6 +151,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             outputs,
             planned: BTreeMap::new(),
             reserve_active: BTreeMap::new(),
+            all_down: BTreeMap::new(),
             published: None,
             unpublished: false,
         };
@@ -295,6 +299,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             self.checks.clone(),
             self.planned.clone(),
             self.reserve_active.clone(),
+            self.all_down.clone(),
         );
         let old = std::mem::replace(&mut self.config, new);
         self.follow_config(&seed, Some(&old));
@@ -318,7 +323,8 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
                 // changed is undone where the maps allow).
                 self.outputs.truncate(kept);
                 self.config = old;
-                (self.backends, self.checks, self.planned, self.reserve_active) = saved;
+                (self.backends, self.checks, self.planned, self.reserve_active, self.all_down) =
+                    saved;
                 self.outputs.push_back(Output::Metric(Update::Reload { ok: false }));
                 let msg = format!(
                     "config not reloaded: writing the maps failed: {e}; the running config stays"
@@ -494,6 +500,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         }
         self.planned = planned;
         self.follow_tiers(&observed);
+        self.follow_policies(&observed);
         let written = match self.writer.apply(&desired) {
             Ok(applied) => {
                 self.outputs.push_back(Output::Written { why, since: now, applied });
@@ -580,6 +587,73 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             }
         }
         self.reserve_active = now_active;
+    }
+
+    /// Sets each VIP's all-down and fail-open gauges and each backend's
+    /// keeps-its-flows gauge; logs and counts each VIP that lost its last usable
+    /// backend, and logs each that got one back. A VIP that never had a usable
+    /// backend since it was configured (every backend starts down until its
+    /// checks rise) is starting, not all down: no episode, no log.
+    fn follow_policies(&mut self, observed: &BTreeMap<Key, Observed>) {
+        let mut now = BTreeMap::new();
+        for v in &self.config.vips {
+            let tier = Tier::of(v, |b| seen(observed, v, b));
+            let down = tier.all_down();
+            let before = self.all_down.get(&v.name).copied();
+            if before.is_some() || !down {
+                now.insert(v.name.clone(), down);
+            }
+            self.outputs.push_back(Output::Metric(Update::AllDown {
+                vip: v.name.clone(),
+                all_down: down,
+                failing_open: tier.failing_open(),
+            }));
+            for b in &v.backends {
+                self.outputs.push_back(Output::Metric(Update::KeepsFlows {
+                    vip: v.name.clone(),
+                    backend: b.name.clone(),
+                    keeps: tier.keeps_flows(&seen(observed, v, b)),
+                }));
+            }
+            if before == Some(down) || before.is_none() {
+                continue;
+            }
+            if down {
+                self.outputs
+                    .push_back(Output::Metric(Update::AllDownEpisode { vip: v.name.clone() }));
+                let what = if tier.failing_open() {
+                    let to: Vec<&str> = v
+                        .backends
+                        .iter()
+                        .filter(|b| tier.failed_open(&seen(observed, v, b)))
+                        .map(|b| b.name.as_str())
+                        .collect();
+                    format!(
+                        "failing open: new flows go to {} whatever their health (all_down: fail_open)",
+                        to.join(", ")
+                    )
+                } else if tier.all_down == crate::config::AllDown::FailOpen {
+                    "new flows are dropped: no backend is reachable to fail open to".to_owned()
+                } else {
+                    "new flows are dropped (all_down: drop)".to_owned()
+                };
+                self.outputs.push_back(Output::log(
+                    Level::Error,
+                    format!("{}: no usable backend; {what}", v.name),
+                ));
+            } else {
+                let usable = tier.usable_primaries + tier.usable_reserves;
+                self.outputs.push_back(Output::log(
+                    Level::Info,
+                    format!(
+                        "{}: {usable} usable backend{} again; new flows follow its ring",
+                        v.name,
+                        if usable == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+        }
+        self.all_down = now;
     }
 
     /// Logs what `config::warnings` finds in the running config.

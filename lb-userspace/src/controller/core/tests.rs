@@ -738,6 +738,7 @@ fn the_status_is_published_once_per_change() {
 fn a_failed_map_write_is_answered_logged_and_shown_in_the_status() {
     let mut core = started();
     probes(&mut core, "web", "waf-1", true, 2);
+    probes(&mut core, "web", "waf-2", true, 2);
     core.writer.maps().fail.store(true, Ordering::Relaxed);
     assert_eq!(
         core.set_drained(Instant::now(), "web", "waf-1", true),
@@ -979,6 +980,108 @@ impl crate::stats::Stats for NoStats {
     fn backend_traffic(&self, _: u32) -> Result<lb_common::Traffic> {
         Ok(lb_common::Traffic::default())
     }
+}
+
+// --- all-down and down-flows policies ---
+
+/// `CONFIG` with `extra` in the VIP `web`, every MAC resolved, both backends up.
+fn with_policy(extra: &str) -> TestCore {
+    let yaml = CONFIG.replacen("    port: 80\n", &format!("    port: 80\n{extra}"), 1);
+    let mut core = start_with(&yaml, resolved());
+    probes(&mut core, "web", "waf-1", true, 2);
+    probes(&mut core, "web", "waf-2", true, 2);
+    outputs(&mut core);
+    core
+}
+
+fn all_down_updates(out: &[Output]) -> Vec<(bool, bool)> {
+    updates(out)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::AllDown { vip, all_down, failing_open } if vip == "web" => {
+                Some((*all_down, *failing_open))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn episodes(out: &[Output]) -> usize {
+    updates(out)
+        .iter()
+        .filter(|u| matches!(u, Update::AllDownEpisode { vip } if vip == "web"))
+        .count()
+}
+
+#[test]
+fn losing_the_last_backend_with_all_down_drop_is_logged_counted_and_dropped() {
+    let mut core = with_policy("");
+    probes(&mut core, "web", "waf-1", false, 3);
+    let out = probes(&mut core, "web", "waf-2", false, 3);
+    assert_eq!(
+        logs(&out, Level::Error),
+        ["web: no usable backend; new flows are dropped (all_down: drop)"]
+    );
+    assert_eq!(episodes(&out), 1);
+    assert_eq!(all_down_updates(&out), [(true, false)]);
+    assert!(core.writer.table("web").unwrap().iter().all(|s| *s == NO_BACKEND));
+    let out = probes(&mut core, "web", "waf-2", true, 2);
+    assert_eq!(
+        logs(&out, Level::Info).last().copied(),
+        Some("web: 1 usable backend again; new flows follow its ring")
+    );
+    assert_eq!((episodes(&out), all_down_updates(&out)), (0, vec![(false, false)]));
+}
+
+#[test]
+fn all_down_fail_open_sends_new_flows_to_every_reachable_undrained_backend() {
+    let mut core = with_policy("    all_down: fail_open\n");
+    probes(&mut core, "web", "waf-1", false, 3);
+    let out = probes(&mut core, "web", "waf-2", false, 3);
+    assert_eq!(
+        logs(&out, Level::Error),
+        [
+            "web: no usable backend; failing open: new flows go to waf-1, waf-2 whatever their health (all_down: fail_open)"
+        ]
+    );
+    assert_eq!(all_down_updates(&out), [(true, true)]);
+    assert!(in_ring(&core, "web", "waf-1") && in_ring(&core, "web", "waf-2"));
+    assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Up as u8, "flows stay");
+    let status = core.poll_status().unwrap();
+    let text = status.render(&Ok(()), &NoStats);
+    assert!(text.contains("tier fail_open  all_down fail_open  down_flows move"), "{text}");
+    assert!(text.contains("fail-open"), "{text}");
+    assert_eq!(
+        state(&core, "api", "waf-1"),
+        BackendState::Down,
+        "api keeps dropping (its default)"
+    );
+    assert!(!in_ring(&core, "api", "waf-1"));
+
+    // One backend back: the ring is made of usable backends again.
+    probes(&mut core, "web", "waf-2", true, 2);
+    assert!(in_ring(&core, "web", "waf-2") && !in_ring(&core, "web", "waf-1"));
+}
+
+#[test]
+fn down_flows_keep_leaves_a_failed_backends_flows_on_it() {
+    let mut core = with_policy("    down_flows: keep\n");
+    let out = probes(&mut core, "web", "waf-2", false, 3);
+    assert_eq!(entry(&core, "web", "waf-2").state, BackendState::Draining as u8);
+    assert!(!in_ring(&core, "web", "waf-2"), "no new flows");
+    assert!(updates(&out).contains(&&Update::KeepsFlows {
+        vip: "web".into(),
+        backend: "waf-2".into(),
+        keeps: true
+    }));
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down, "its health is down");
+    let text = core.poll_status().unwrap().render(&Ok(()), &NoStats);
+    let row = text.lines().find(|l| l.trim_start().starts_with("waf-2")).unwrap();
+    assert_eq!(row.split_whitespace().nth(4), Some("down-keep"), "{row}");
+    // The same node in `api` (default move) is down there: one target, two policies.
+    probes(&mut core, "web", "waf-1", false, 3);
+    assert_eq!(entry(&core, "api", "waf-1").state, BackendState::Down as u8);
+    assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Draining as u8);
 }
 
 // --- reloads at the limits ---
