@@ -73,7 +73,9 @@ pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) ->
     let _ = writeln!(s, "pin_path: {PIN_DIR}/xdplb");
     // The lab's balancers share this seed (as a balancer group must).
     let _ = writeln!(s, "hash_seed: \"{LAB_SEED}\"");
-    let mut hc = String::from("kind: http, port: 80, path: /healthz");
+    // The suites and benchmarks fail the same nodes on purpose, many times a
+    // minute: flap damping would hold them down and measure itself instead.
+    let mut hc = String::from("kind: http, port: 80, path: /healthz, flap_changes: 0");
     for (k, v) in [("interval", checks.interval), ("timeout", checks.timeout)] {
         if let Some(v) = v {
             let _ = write!(hc, ", {k}: {v}");

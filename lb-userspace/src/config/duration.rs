@@ -60,6 +60,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// The shortest exact text for `d` that [`parse`] reads back: `1500ms`, `2m`.
+#[must_use]
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
     let (name, scale) =

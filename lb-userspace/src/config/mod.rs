@@ -39,7 +39,11 @@
 //! `fall: 3`; `initial_state: down`; `refused_is_down: true` (a probe that is
 //! refused — the node answered its SYN with a reset, nothing listens — brings an
 //! up backend down at once; timeouts, resets after connecting and bad answers
-//! still count towards `fall`). Durations are a number and a unit:
+//! still count towards `fall`); `flap_changes: 6`, `flap_window: 60s`,
+//! `flap_hold: 60s` (flap damping: a backend whose health changed more than
+//! `flap_changes` times within `flap_window` is held down for `flap_hold`, and
+//! again at its end while it keeps changing; `flap_changes: 0` turns it off).
+//! Durations are a number and a unit:
 //! `150ms`, `1s`, `1.5s`, `2m` (units ns, us, ms, s, m, h).
 //!
 //! [`parse`] reports every error it finds, each with the field path and the
@@ -60,6 +64,7 @@ mod tests;
 
 use std::{fmt, path::Path, sync::Arc};
 
+pub use duration::format as format_duration;
 pub use warnings::warnings;
 
 pub use model::{
@@ -90,6 +95,12 @@ pub mod defaults {
     pub const RISE: u32 = 2;
     pub const FALL: u32 = 3;
     pub const REFUSED_IS_DOWN: bool = true;
+    /// Flap damping: more health changes than this within `FLAP_WINDOW` hold a
+    /// backend down for `FLAP_HOLD` (three down-and-up cycles in a minute: a node
+    /// that restarts twice is not held; one that dies every few seconds is).
+    pub const FLAP_CHANGES: u32 = 6;
+    pub const FLAP_WINDOW: Duration = Duration::from_mins(1);
+    pub const FLAP_HOLD: Duration = Duration::from_mins(1);
 }
 
 /// One problem in a config file.

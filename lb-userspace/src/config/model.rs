@@ -319,6 +319,9 @@ impl Config {
             line(6, format!("fall: {}", hc.fall));
             line(6, format!("initial_state: {}", if hc.initially_up { "up" } else { "down" }));
             line(6, format!("refused_is_down: {}", hc.refused_is_down));
+            line(6, format!("flap_changes: {}", hc.damping.limit));
+            line(6, format!("flap_window: {}", duration::format(hc.damping.window)));
+            line(6, format!("flap_hold: {}", duration::format(hc.damping.hold)));
         }
         out
     }

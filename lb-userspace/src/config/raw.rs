@@ -81,6 +81,9 @@ pub struct RawCheck {
     pub fall: Option<u32>,
     pub initial_state: Option<InitialState>,
     pub refused_is_down: Option<bool>,
+    pub flap_changes: Option<u32>,
+    pub flap_window: Option<DurationText>,
+    pub flap_hold: Option<DurationText>,
 }
 
 /// A duration as written. Numbers are kept as text too, so that `interval: 200`

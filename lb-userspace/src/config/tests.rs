@@ -145,6 +145,11 @@ fn readme_example_parses_with_defaults_filled_in() {
             fall: 3,
             initially_up: false,
             refused_is_down: true,
+            damping: crate::health::Damping {
+                limit: 6,
+                window: Duration::from_mins(1),
+                hold: Duration::from_mins(1),
+            },
         }
     );
     assert_eq!(cfg.origin.file(), "test.yaml");
@@ -187,6 +192,11 @@ fn minimal_config_gets_the_documented_defaults() {
             fall: 3,
             initially_up: false,
             refused_is_down: true,
+            damping: crate::health::Damping {
+                limit: 6,
+                window: Duration::from_mins(1),
+                hold: Duration::from_mins(1),
+            },
         }
     );
 }
@@ -1093,4 +1103,16 @@ fn ipip_mtu_too_small_for_ipv6_inside_the_tunnel_is_a_warning() {
     assert_eq!((w.path.as_str(), w.line), ("mtu", 4), "{w}");
     assert!(w.message.contains("1260") && w.message.contains("at least 1320"), "{w}");
     assert!(warnings(&ok(&text.replace("mtu: 1300", "mtu: 1320"))).is_empty());
+}
+
+#[test]
+fn flap_damping_keys_layer_like_the_other_keys_and_zero_turns_it_off() {
+    let cfg = ok(&base()
+        .replace("vips:", "health_check_defaults: { flap_changes: 3, flap_window: 10s }\nvips:"));
+    let d = cfg.vips[0].health_check.damping;
+    assert_eq!((d.limit, d.window, d.hold), (3, Duration::from_secs(10), Duration::from_mins(1)));
+    let off = ok(&base().replace("vips:", "health_check_defaults: { flap_changes: 0 }\nvips:"));
+    assert_eq!(off.vips[0].health_check.damping.limit, 0);
+    let bad = errors(&base().replace("vips:", "health_check_defaults: { flap_hold: 30 }\nvips:"));
+    assert!(error_at(&bad, "health_check_defaults.flap_hold").message.contains("unit"), "{bad}");
 }

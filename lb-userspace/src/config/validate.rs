@@ -19,7 +19,7 @@ use super::{
     raw::{DurationText, RawBackend, RawCheck, RawConfig, RawKind, RawVip},
     seed::{self, HashSeed, SeedSource},
 };
-use crate::health::{CheckKind, CheckSpec};
+use crate::health::{CheckKind, CheckSpec, Damping};
 
 /// Maglev spreads load within ~1% only while the ring is over 100 x the backends.
 const MAX_BACKENDS_PER_VIP: usize = (RING_SIZE / 100) as usize;
@@ -402,7 +402,12 @@ fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
             c.error(&child(path, key), format!("{key} must be at least 1"));
         }
     }
-    for (key, text) in [("interval", &layer.interval), ("timeout", &layer.timeout)] {
+    for (key, text) in [
+        ("interval", &layer.interval),
+        ("timeout", &layer.timeout),
+        ("flap_window", &layer.flap_window),
+        ("flap_hold", &layer.flap_hold),
+    ] {
         if let Some(DurationText(t)) = text
             && let Err(e) = duration::parse(t)
         {
@@ -507,6 +512,21 @@ fn merge_checks(
             .refused_is_down
             .or(base.refused_is_down)
             .unwrap_or(defaults::REFUSED_IS_DOWN),
+        damping: Damping {
+            limit: vip.flap_changes.or(base.flap_changes).unwrap_or(defaults::FLAP_CHANGES),
+            window: pick(
+                timing(vip.flap_window.as_ref()),
+                timing(base.flap_window.as_ref()),
+                defaults::FLAP_WINDOW,
+            )
+            .unwrap_or(defaults::FLAP_WINDOW),
+            hold: pick(
+                timing(vip.flap_hold.as_ref()),
+                timing(base.flap_hold.as_ref()),
+                defaults::FLAP_HOLD,
+            )
+            .unwrap_or(defaults::FLAP_HOLD),
+        },
     }
 }
 

@@ -143,9 +143,11 @@ mod tests {
             let _ = writeln!(yaml, "      - {{ name: {name}, address: 10.0.0.{} }}", i + 1);
         }
         let config = crate::config::parse(&yaml, "t.yaml").unwrap();
-        let backends = backends
-            .iter()
-            .map(|(_, index)| BackendStatus { observed: Observed::default(), index: Some(*index) });
+        let backends = backends.iter().map(|(_, index)| BackendStatus {
+            observed: Observed::default(),
+            index: Some(*index),
+            held: false,
+        });
         Status {
             config,
             vips: vec![VipStatus {

@@ -39,6 +39,8 @@ pub struct BackendStatus {
     pub observed: Observed,
     /// Its slot in the backend table (and its statistics), once written.
     pub index: Option<u32>,
+    /// Held down by flap damping.
+    pub held: bool,
 }
 
 impl Status {
@@ -118,7 +120,13 @@ impl Status {
                         &b.weight.to_string(),
                         if b.backup { "reserve" } else { "primary" },
                         vs.tier.condition(b, &seen),
-                        if seen.healthy { "up" } else { "down" },
+                        if bs.held {
+                            "held"
+                        } else if seen.healthy {
+                            "up"
+                        } else {
+                            "down"
+                        },
                         if seen.drained { "yes" } else { "no" },
                         &mac,
                         &packets.packets.to_string(),
@@ -191,10 +199,10 @@ mod tests {
                 index: Some(2),
                 tier,
                 backends: vec![
-                    BackendStatus { observed: seen[0], index: Some(1) },
-                    BackendStatus { observed: seen[1], index: Some(9) },
-                    BackendStatus { observed: seen[2], index: Some(3) },
-                    BackendStatus { observed: seen[3], index: None },
+                    BackendStatus { observed: seen[0], index: Some(1), held: false },
+                    BackendStatus { observed: seen[1], index: Some(9), held: false },
+                    BackendStatus { observed: seen[2], index: Some(3), held: false },
+                    BackendStatus { observed: seen[3], index: None, held: false },
                 ],
             }],
             last_write: Ok(()),

@@ -51,8 +51,11 @@ pub struct CheckSpec {
     /// A refused probe (the backend answered its SYN with a reset: nothing
     /// listens) brings an up backend down at once, without waiting for `fall`.
     pub refused_is_down: bool,
+    /// Flap damping (`flap_changes`, `flap_window`, `flap_hold`).
+    pub damping: Damping,
 }
 
+mod damping;
 mod http;
 mod https;
 pub mod runner;
@@ -64,6 +67,7 @@ mod test_server;
 
 use std::{io, net::IpAddr};
 
+pub use damping::{Damping, Flaps};
 pub use runner::{HealthRunner, Probed};
 pub use state::{Hysteresis, Transition};
 pub use target::Target;

@@ -34,6 +34,11 @@ pub fn spec(kind: CheckKind, port: u16) -> CheckSpec {
         fall: 3,
         initially_up: false,
         refused_is_down: true,
+        damping: super::Damping {
+            limit: 0,
+            window: Duration::from_mins(1),
+            hold: Duration::from_mins(1),
+        },
     }
 }
 

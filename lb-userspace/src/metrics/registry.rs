@@ -111,6 +111,10 @@ pub enum Update {
     /// Whether a (VIP, backend) whose check failed keeps its established flows
     /// (`down_flows: keep`).
     KeepsFlows { vip: String, backend: String, keeps: bool },
+    /// Whether a (VIP, backend) is held down by flap damping.
+    FlapHeld { vip: String, backend: String, held: bool },
+    /// A flap hold of a (VIP, backend) started (or was renewed).
+    FlapHold { vip: String, backend: String },
     /// A configuration reload finished.
     Reload { ok: bool },
     /// Whether the next-hop MAC of a (VIP, backend) is unknown.
@@ -129,6 +133,8 @@ struct PolicyFamilies {
     all_down_total: IntCounterVec,
     fail_open: IntGaugeVec,
     keeps_flows: IntGaugeVec,
+    flap_held: IntGaugeVec,
+    flap_holds: IntCounterVec,
 }
 
 impl PolicyFamilies {
@@ -158,6 +164,19 @@ impl PolicyFamilies {
                 "xdplb_backend_down_keeping_flows",
                 "1 while a (VIP, backend) whose check failed keeps its established flows \
                  (down_flows: keep).",
+                &["vip", "backend"],
+            ),
+            flap_held: gauge_vec(
+                r,
+                "xdplb_backend_flap_held",
+                "1 while a (VIP, backend) is held down by flap damping (flap_changes, \
+                 flap_window, flap_hold).",
+                &["vip", "backend"],
+            ),
+            flap_holds: counter_vec(
+                r,
+                "xdplb_backend_flap_holds_total",
+                "Flap holds of a (VIP, backend), renewals included.",
                 &["vip", "backend"],
             ),
         }
@@ -454,6 +473,12 @@ impl Metrics {
             Update::KeepsFlows { vip, backend, keeps } => {
                 self.policy.keeps_flows.with_label_values(&[vip, backend]).set(i64::from(*keeps));
             }
+            Update::FlapHeld { vip, backend, held } => {
+                self.policy.flap_held.with_label_values(&[vip, backend]).set(i64::from(*held));
+            }
+            Update::FlapHold { vip, backend } => {
+                self.policy.flap_holds.with_label_values(&[vip, backend]).inc();
+            }
             Update::Reload { ok } => self.reload(*ok),
             Update::Unresolved { vip, backend, unresolved } => {
                 self.unresolved(vip, backend, *unresolved);
@@ -519,6 +544,8 @@ impl Metrics {
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
         let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
         let _ = self.policy.keeps_flows.remove_label_values(&[vip, backend]);
+        let _ = self.policy.flap_held.remove_label_values(&[vip, backend]);
+        let _ = self.policy.flap_holds.remove_label_values(&[vip, backend]);
         self.seen().backends.remove(&(vip.to_owned(), backend.to_owned()));
     }
 

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     config::{Config, ConfigErrors, Forwarding},
-    health::{Failure, Hysteresis, Probed, Target, state},
+    health::{Failure, Flaps, Hysteresis, Probed, Target, state},
     interface::Interface,
     mac::Mac,
     maps::Maps,
@@ -83,6 +83,26 @@ struct Tracked {
     unresolved_logged: bool,
 }
 
+/// The health of one probe target: its rise/fall state, and its flap damping.
+#[derive(Clone, Debug)]
+struct Health {
+    flips: Hysteresis,
+    flaps: Flaps,
+}
+
+impl Health {
+    fn new(up: bool, spec: &crate::health::CheckSpec, flaps: Option<Flaps>) -> Self {
+        let flaps =
+            flaps.map_or_else(|| Flaps::new(spec.damping), |f| f.with_settings(spec.damping));
+        Self { flips: Hysteresis::new(up, spec.rise, spec.fall), flaps }
+    }
+
+    /// Up as the data path should see it: its checks say so and no flap hold.
+    fn is_up(&self) -> bool {
+        self.flips.is_up() && !self.flaps.is_held()
+    }
+}
+
 /// The controller core, generic over the maps it writes and where it reads
 /// next-hop MACs, so that tests run it against fakes.
 pub struct Core<M: Maps, N: NeighbourSource> {
@@ -91,7 +111,7 @@ pub struct Core<M: Maps, N: NeighbourSource> {
     writer: MapWriter<M>,
     neighbours: N,
     /// Health of each probe target.
-    checks: BTreeMap<Target, Hysteresis>,
+    checks: BTreeMap<Target, Health>,
     /// Every (VIP, backend) of the config.
     backends: BTreeMap<Key, Tracked>,
     /// The last map write: `Err` says why it failed.
@@ -184,7 +204,9 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
     /// probed by that target and writes the maps. Reports of a target no longer
     /// probed (its loop stopped after they were sent) are ignored.
     pub fn probed(&mut self, now: Instant, report: &Probed) {
-        let Some(health) = self.checks.get_mut(&report.target) else { return };
+        let Some(Health { flips: health, flaps }) = self.checks.get_mut(&report.target) else {
+            return;
+        };
         let target = &report.target;
         self.outputs.push_back(Output::Metric(Update::Probe {
             target: target.endpoint().to_string(),
@@ -205,20 +227,88 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             Level::Debug,
             format!("health: {target} is {}: {reason}", if up { "up" } else { "down" }),
         ));
+        let newly_held = flaps.record(now);
+        let held = flaps.is_held();
+        if newly_held {
+            let d = target.spec.damping;
+            self.outputs.push_back(Output::log(
+                Level::Warn,
+                format!(
+                    "{target} flaps: {} health changes within {}; held down for {} \
+                     (flap_changes {}), then as its checks say once it stops changing",
+                    flaps.recent(),
+                    crate::config::format_duration(d.window),
+                    crate::config::format_duration(d.hold),
+                    d.limit
+                ),
+            ));
+            self.count_holds(target);
+        }
         let observed = self.observed();
         for ((vip, backend), tracked) in &self.backends {
             if tracked.check != *target {
                 continue;
             }
+            let held = if held && up { ", held down: flapping" } else { "" };
             self.outputs.push_back(Output::log(
                 if up { Level::Info } else { Level::Warn },
                 format!(
-                    "{vip}/{backend} is {} ({target}: {reason})",
+                    "{vip}/{backend} is {} ({target}: {reason}{held})",
                     self.condition(&observed, vip, backend)
                 ),
             ));
         }
         self.write(now, "health");
+    }
+
+    /// Counts a flap hold of every backend probed by `target`.
+    fn count_holds(&mut self, target: &Target) {
+        for ((vip, backend), tracked) in &self.backends {
+            if tracked.check == *target {
+                self.outputs.push_back(Output::Metric(Update::FlapHold {
+                    vip: vip.clone(),
+                    backend: backend.clone(),
+                }));
+            }
+        }
+    }
+
+    /// Ends the flap holds that are due (or renews those of targets still
+    /// changing); true when one ended.
+    fn expire_holds(&mut self, now: Instant) -> bool {
+        let mut ended = false;
+        let mut renewed = Vec::new();
+        for (target, health) in &mut self.checks {
+            match health.flaps.expire(now) {
+                Some(true) => {
+                    ended = true;
+                    self.outputs.push_back(Output::log(
+                        Level::Info,
+                        format!(
+                            "{target}: flap hold over; {} as its checks say",
+                            if health.flips.is_up() { "up" } else { "down" }
+                        ),
+                    ));
+                }
+                Some(false) => {
+                    self.outputs.push_back(Output::log(
+                        Level::Warn,
+                        format!(
+                            "{target} kept changing while held ({} changes within {}): held for {} more",
+                            health.flaps.recent(),
+                            crate::config::format_duration(target.spec.damping.window),
+                            crate::config::format_duration(target.spec.damping.hold)
+                        ),
+                    ));
+                    renewed.push(target.clone());
+                }
+                None => {}
+            }
+        }
+        for target in renewed {
+            self.count_holds(&target);
+        }
+        ended
     }
 
     /// `xdplb drain` (`drained`) or `undrain`: the answer for the operator.
@@ -339,6 +429,9 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
     /// The loop's periodic tick: re-reads next-hop MACs, writes when one appeared
     /// or changed.
     pub fn tick(&mut self, now: Instant) {
+        if self.expire_holds(now) {
+            self.write(now, "flap hold over");
+        }
         if self.refresh_neighbours() {
             self.write(now, "neighbours");
         }
@@ -376,10 +469,12 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             if self.checks.contains_key(&target) {
                 continue;
             }
-            let inherited =
-                previous.iter().find(|(old, _)| old.same_probe(&target)).map(|(_, h)| h.is_up());
-            let up = inherited.unwrap_or(healthy || target.spec.initially_up);
-            let health = Hysteresis::new(up, target.spec.rise, target.spec.fall);
+            let inherited = previous.iter().find(|(old, _)| old.same_probe(&target));
+            let up =
+                inherited.map_or(healthy || target.spec.initially_up, |(_, h)| h.flips.is_up());
+            // A retuned check keeps its flap history (and hold) too.
+            let flaps = inherited.map(|(_, h)| h.flaps.clone());
+            let health = Health::new(up, &target.spec, flaps);
             self.checks.insert(target, health);
         }
         for (vip, backend) in before.keys().filter(|key| !self.backends.contains_key(*key)) {
@@ -614,6 +709,11 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
                     backend: b.name.clone(),
                     keeps: tier.keeps_flows(&seen(observed, v, b)),
                 }));
+                self.outputs.push_back(Output::Metric(Update::FlapHeld {
+                    vip: v.name.clone(),
+                    backend: b.name.clone(),
+                    held: self.held(&v.name, &b.name),
+                }));
             }
             if before == Some(down) || before.is_none() {
                 continue;
@@ -676,6 +776,14 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         Tier::of(v, |b| seen(observed, v, b)).condition(b, &seen(observed, v, b))
     }
 
+    /// Whether the target of `vip`/`backend` is held down by flap damping.
+    fn held(&self, vip: &str, backend: &str) -> bool {
+        let Some(tracked) = self.backends.get(&(vip.to_owned(), backend.to_owned())) else {
+            return false;
+        };
+        self.checks.get(&tracked.check).is_some_and(|h| h.flaps.is_held())
+    }
+
     fn lb_config(&self) -> LbConfig {
         lb_config(&self.config, self.interface.mac, self.interface.mtu)
     }
@@ -694,6 +802,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             let backends = v.backends.iter().map(|b| BackendStatus {
                 observed: seen(observed, v, b),
                 index: self.writer.backend_index(&v.name, &b.name),
+                held: self.held(&v.name, &b.name),
             });
             vips.push(VipStatus {
                 index: self.writer.vip_index(&v.name),
@@ -762,9 +871,9 @@ fn adopted_seed(config: &Config, adopted: &Adopted) -> BTreeMap<Key, Observed> {
 }
 
 /// A backend as observed: its target's health, its drain flag and MAC.
-fn observed(tracked: &Tracked, checks: &BTreeMap<Target, Hysteresis>) -> Observed {
+fn observed(tracked: &Tracked, checks: &BTreeMap<Target, Health>) -> Observed {
     Observed {
-        healthy: checks.get(&tracked.check).is_some_and(Hysteresis::is_up),
+        healthy: checks.get(&tracked.check).is_some_and(Health::is_up),
         drained: tracked.drained,
         mac: tracked.mac,
     }

@@ -1084,6 +1084,118 @@ fn down_flows_keep_leaves_a_failed_backends_flows_on_it() {
     assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Draining as u8);
 }
 
+// --- flap damping ---
+
+/// `CONFIG` with rise 1, fall 1 and damping after 2 changes within 60 s, held 30 s.
+fn flappy() -> TestCore {
+    let yaml = CONFIG.replace(
+        "rise: 2, fall: 3",
+        "rise: 1, fall: 1, flap_changes: 2, flap_window: 60s, flap_hold: 30s, refused_is_down: false",
+    );
+    let mut core = start_with(&yaml, resolved());
+    outputs(&mut core);
+    core
+}
+
+/// One probe result of `vip`/`backend`'s target at `now`.
+fn probe_at(core: &mut TestCore, now: Instant, vip: &str, backend: &str, ok: bool) -> Vec<Output> {
+    let report = Probed {
+        target: target(core, vip, backend),
+        failure: if ok { None } else { Some(Failure::Timeout) },
+        duration: Duration::from_millis(1),
+    };
+    core.probed(now, &report);
+    outputs(core)
+}
+
+fn held_rows(core: &mut TestCore) -> Vec<String> {
+    let text = core.poll_status().map(|s| s.render(&Ok(()), &NoStats)).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.split_whitespace().nth(5) == Some("held"))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_backend_that_flaps_more_than_flap_changes_times_is_held_down_then_released() {
+    let mut core = flappy();
+    let t0 = Instant::now();
+    probe_at(&mut core, t0, "web", "waf-2", true); // change 1: up
+    probe_at(&mut core, t0 + Duration::from_secs(1), "web", "waf-2", false); // 2: down
+    let out = probe_at(&mut core, t0 + Duration::from_secs(2), "web", "waf-2", true); // 3: held
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down, "its checks say up, but it flaps");
+    assert!(!in_ring(&core, "web", "waf-2"));
+    let warn = logs(&out, Level::Warn);
+    assert_eq!(
+        warn,
+        [
+            "tcp://10.0.0.12:80 flaps: 3 health changes within 1m; held down for 30s (flap_changes 2), then as its checks say once it stops changing"
+        ]
+    );
+    assert!(
+        updates(&out).contains(&&Update::FlapHold { vip: "web".into(), backend: "waf-2".into() })
+    );
+    assert!(updates(&out).contains(&&Update::FlapHeld {
+        vip: "web".into(),
+        backend: "waf-2".into(),
+        held: true
+    }));
+    assert_eq!(held_rows(&mut core), ["waf-2"], "status says held");
+    assert_eq!(transitions(&out), [], "no state change while held");
+
+    // Steady probes during the hold change nothing; at its end it is up.
+    probe_at(&mut core, t0 + Duration::from_secs(10), "web", "waf-2", true);
+    core.tick(t0 + Duration::from_secs(31));
+    let out = outputs(&mut core);
+    assert!(logs(&out, Level::Warn).is_empty() && written(&out).is_empty(), "held until 32 s");
+    core.tick(t0 + Duration::from_secs(33));
+    assert_eq!(
+        state(&core, "web", "waf-2"),
+        BackendState::Down,
+        "the changes are within 60 s still"
+    );
+    let out = outputs(&mut core);
+    assert!(
+        logs(&out, Level::Warn)[0].starts_with("tcp://10.0.0.12:80 kept changing while held"),
+        "{out:?}"
+    );
+    core.tick(t0 + Duration::from_secs(63));
+    let out = outputs(&mut core);
+    assert_eq!(
+        logs(&out, Level::Info),
+        [
+            "tcp://10.0.0.12:80: flap hold over; up as its checks say",
+            "web: 1 usable backend again; new flows follow its ring"
+        ]
+    );
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Up);
+    assert!(in_ring(&core, "web", "waf-2"));
+    assert_eq!(written(&out)[0].0, "flap hold over");
+}
+
+#[test]
+fn a_node_that_changes_no_more_than_flap_changes_times_is_never_held() {
+    let mut core = flappy();
+    let t0 = Instant::now();
+    for i in 0..10u64 {
+        probe_at(&mut core, t0 + Duration::from_secs(31 * i), "web", "waf-2", i % 2 == 0);
+        assert_eq!(state(&core, "web", "waf-2") == BackendState::Up, i % 2 == 0, "change {i}");
+    }
+}
+
+#[test]
+fn flap_changes_0_turns_damping_off() {
+    let yaml = CONFIG.replace("rise: 2, fall: 3", "rise: 1, fall: 1, flap_changes: 0");
+    let mut core = start_with(&yaml, resolved());
+    let t0 = Instant::now();
+    for i in 0..20u32 {
+        probe_at(&mut core, t0 + Duration::from_millis(100) * i, "web", "waf-2", i % 2 == 0);
+    }
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Down, "the last probe failed");
+    probe_at(&mut core, t0 + Duration::from_secs(3), "web", "waf-2", true);
+    assert_eq!(state(&core, "web", "waf-2"), BackendState::Up);
+}
+
 // --- reloads at the limits ---
 
 /// A config of `n` VIPs `vip0..`, each on its own address, with one backend
