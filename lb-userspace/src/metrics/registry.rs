@@ -310,22 +310,7 @@ impl Metrics {
         );
         let (role, reserve_active, tier_switches) = Self::tier_families(&r);
         let policy = PolicyFamilies::new(&r);
-        let vip_packets =
-            counter_vec(&r, "xdplb_vip_packets_total", "Packets forwarded per VIP.", &["vip"]);
-        let vip_bytes =
-            counter_vec(&r, "xdplb_vip_bytes_total", "Bytes forwarded per VIP.", &["vip"]);
-        let backend_packets = counter_vec(
-            &r,
-            "xdplb_backend_packets_total",
-            "Packets forwarded per (VIP, backend).",
-            &["vip", "backend"],
-        );
-        let backend_bytes = counter_vec(
-            &r,
-            "xdplb_backend_bytes_total",
-            "Bytes forwarded per (VIP, backend).",
-            &["vip", "backend"],
-        );
+        let [vip_packets, vip_bytes, backend_packets, backend_bytes] = Self::traffic_families(&r);
         let dataplane_counters = Self::dataplane_families(&r);
         Self {
             registry: r,
@@ -355,6 +340,26 @@ impl Metrics {
             }),
             dataplane_counters,
         }
+    }
+
+    /// Packets and bytes per VIP and per (VIP, backend).
+    fn traffic_families(r: &Registry) -> [IntCounterVec; 4] {
+        [
+            counter_vec(r, "xdplb_vip_packets_total", "Packets forwarded per VIP.", &["vip"]),
+            counter_vec(r, "xdplb_vip_bytes_total", "Bytes forwarded per VIP.", &["vip"]),
+            counter_vec(
+                r,
+                "xdplb_backend_packets_total",
+                "Packets forwarded per (VIP, backend).",
+                &["vip", "backend"],
+            ),
+            counter_vec(
+                r,
+                "xdplb_backend_bytes_total",
+                "Bytes forwarded per (VIP, backend).",
+                &["vip", "backend"],
+            ),
+        ]
     }
 
     /// The reserve tier's families: each backend's role, and per VIP whether its
