@@ -222,8 +222,11 @@ fn a_sighup_during_start_up_does_not_kill_the_daemon() {
     }
     assert!(sent > 1, "no HUP landed during start-up");
     running(&d);
-    let log = d.stop().unwrap();
-    assert!(log.contains("config reloaded"), "the HUP is answered once running: {log}");
+    d.wait_until("the HUP answered with a reload", Duration::from_secs(10), |d| {
+        d.log_text().contains("config reloaded")
+    })
+    .unwrap();
+    d.stop().unwrap();
     drop(net);
 }
 
