@@ -237,11 +237,13 @@ pub struct Row {
     pub backend: String,
     /// `primary` or `reserve`.
     pub role: String,
-    /// `up`, `down`, `draining` or `standby`.
+    /// `up`, `down`, `draining`, `standby`, `down-keep` or `fail-open`.
     pub state: String,
-    /// `up` or `down`.
+    /// `up`, `down` or `held` (flap damping).
     pub health: String,
     pub drained: bool,
+    /// The next hop's MAC, or `unresolved`.
+    pub mac: String,
 }
 
 /// Every backend line of `xdplb status`.
@@ -266,6 +268,7 @@ pub fn rows(status: &str) -> Vec<Row> {
                     state: cell("STATE"),
                     health: cell("HEALTH"),
                     drained: cell("DRAINED") == "yes",
+                    mac: cell("MAC"),
                 });
             }
             _ => {}

@@ -314,3 +314,55 @@ fn with_down_flows_keep_and_all_down_fail_open_a_failed_node_keeps_its_flows_and
     drop(daemon);
     drop(net);
 }
+
+#[test]
+fn a_backends_new_mac_and_the_interfaces_new_mtu_are_picked_up_while_running() {
+    if !have_root("xdplb run in network namespaces") {
+        return;
+    }
+    binary().expect("the xdplb binary");
+    let net = Net::up();
+    let _listeners: BTreeMap<&str, Listener> =
+        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+    let daemon = net.daemon("");
+    let mac_in_status = |d: &Daemon, name: &str| -> Option<String> {
+        let status = d.status().ok()?;
+        xdplb_tests::rig::rows(&status).into_iter().find(|r| r.backend == name).map(|r| r.mac)
+    };
+    let old = lb_userspace::mac::format(&mac_of("b2"));
+    assert_eq!(mac_in_status(&daemon, "b2").as_deref(), Some(old.as_str()));
+
+    // b2 gets another MAC (a replaced NIC, a moved VM), and the balancer's kernel
+    // drops its entry (as it does once it cannot reach the old MAC): the daemon
+    // notices the entry gone, solicits it, and follows the new MAC.
+    ns_sh("xct-b2", &["ip", "link", "set", "eth0", "address", "02:00:00:00:09:02"]).unwrap();
+    ns_sh("xct-lb", &["ip", "neigh", "flush", "dev", "eth0"]).unwrap();
+    let took = daemon
+        .wait_until("b2's new MAC", Duration::from_secs(20), |d| {
+            mac_in_status(d, "b2").as_deref() == Some("02:00:00:00:09:02")
+        })
+        .unwrap();
+    eprintln!("new MAC followed after {took:?}");
+    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
+    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let to_b2 = (0..300)
+        .map(|i| {
+            decode(&run_program(prog, &Flow::tcp("10.97.0.50", 20000 + i, VIP, 80).frame()).frame)
+                .dst_mac
+        })
+        .filter(|m| *m == [2, 0, 0, 0, 9, 2])
+        .count();
+    assert!(to_b2 > 0, "no flow reaches b2's new MAC");
+
+    // The balancer's interface gets a smaller MTU: the data path's config follows.
+    ns_sh("xct-lb", &["ip", "link", "set", "eth0", "mtu", "1400"]).unwrap();
+    daemon
+        .wait_until("the new MTU", Duration::from_secs(10), |d| {
+            d.log_text().contains("interface eth0 changed: MTU 1500 -> 1400")
+        })
+        .unwrap();
+    drop(ebpf);
+    drop(daemon);
+    drop(net);
+}

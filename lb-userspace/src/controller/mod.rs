@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod planner;
 mod published;
 pub mod status;
+mod watcher;
 
 use std::{
     path::Path,
@@ -21,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::XdpMode as AyaXdpMode;
-use log::{error, info};
+use log::{error, info, warn};
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
@@ -33,7 +34,11 @@ pub use self::{
     core::{Core, Output},
     published::{Attached, Published},
 };
-use self::{liveness::Heartbeat, status::Status};
+use self::{
+    liveness::Heartbeat,
+    status::Status,
+    watcher::{Change, Watcher},
+};
 use crate::{
     admin::{self, Request, Response},
     config::{self, Config, XdpMode},
@@ -143,12 +148,18 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
 
     let now = Instant::now();
-    let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, Kernel, now)?;
+    // The first tables are read here, before the loop runs; later ones by the watcher.
+    let tables = Kernel.tables().map_err(|e| format!("{e:#}"));
+    let (changes_tx, changes) = mpsc::channel(16);
+    let watcher = Watcher::spawn(interface.clone(), Kernel, tables.clone(), TICK, changes_tx)
+        .context("starting the neighbour watcher")?;
+    let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, tables, now)?;
     let first = core.poll_status().ok_or_else(|| anyhow!("internal error: no status at start"))?;
     let (status_tx, status_rx) = watch::channel(first);
     let (reports_tx, reports) = mpsc::channel(4096);
     let metrics = Arc::new(Metrics::new());
     let mut effects = Effects {
+        watcher,
         runner: HealthRunner::new(reports_tx),
         metrics: Arc::clone(&metrics),
         status: status_tx,
@@ -171,8 +182,8 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
             error!("metrics endpoint stopped: {e:#}");
         }
     });
-    let ended =
-        event_loop(&mut core, &mut effects, reports, admin_rx, &heartbeat, path, signals).await;
+    let inputs = Inputs { reports, admin: admin_rx, changes, signals };
+    let ended = event_loop(&mut core, &mut effects, inputs, &heartbeat, path).await;
     // The endpoints hold the statistics maps: close them before detaching.
     for task in [admin_task, metrics_task] {
         task.abort();
@@ -214,15 +225,25 @@ fn spawn_admin(
     (admin_rx, task)
 }
 
-async fn event_loop<M: Maps, N: NeighbourSource>(
-    core: &mut Core<M, N>,
+/// What the loop listens to besides its tick.
+struct Inputs {
+    /// Probe results from the health runner.
+    reports: mpsc::Receiver<Probed>,
+    /// Operator commands from the admin socket.
+    admin: AdminRx,
+    /// What the watcher saw change (neighbour tables, the interface).
+    changes: mpsc::Receiver<Change>,
+    signals: Signals,
+}
+
+async fn event_loop<M: Maps>(
+    core: &mut Core<M>,
     effects: &mut Effects,
-    mut reports: mpsc::Receiver<Probed>,
-    mut admin: AdminRx,
+    inputs: Inputs,
     heartbeat: &Heartbeat,
     path: &Path,
-    signals: Signals,
 ) -> Result<()> {
+    let Inputs { mut reports, mut admin, mut changes, signals } = inputs;
     let Signals { mut hup, mut term, mut int } = signals.listen()?;
     let mut tick = tokio::time::interval(TICK);
     info!("running; metrics on http://{}/metrics", core.config().metrics_listen);
@@ -235,6 +256,11 @@ async fn event_loop<M: Maps, N: NeighbourSource>(
                 effects.carry_out(core);
                 let _ = reply.send(response);
             }
+            Some(change) = changes.recv() => match change {
+                Change::Tables(tables) => core.neighbours(Instant::now(), tables),
+                Change::Interface(Ok(interface)) => core.interface(Instant::now(), interface),
+                Change::Interface(Err(e)) => warn!("re-reading the interface: {e}"),
+            },
             _ = hup.recv() => { let _ = reload(core, path); }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
@@ -249,11 +275,7 @@ async fn event_loop<M: Maps, N: NeighbourSource>(
 }
 
 /// What the loop answers an operator's command.
-fn answer<M: Maps, N: NeighbourSource>(
-    core: &mut Core<M, N>,
-    path: &Path,
-    request: Request,
-) -> Response {
+fn answer<M: Maps>(core: &mut Core<M>, path: &Path, request: Request) -> Response {
     let now = Instant::now();
     let answer = match request {
         Request::Drain { vip, backend } => core.set_drained(now, &vip, &backend, true),
@@ -265,23 +287,21 @@ fn answer<M: Maps, N: NeighbourSource>(
 }
 
 /// Re-reads the config file and hands it to the core, valid or not.
-fn reload<M: Maps, N: NeighbourSource>(
-    core: &mut Core<M, N>,
-    path: &Path,
-) -> Result<String, String> {
+fn reload<M: Maps>(core: &mut Core<M>, path: &Path) -> Result<String, String> {
     let parsed = config::load(path);
     core.reload(Instant::now(), parsed)
 }
 
 /// Carries out the core's decisions.
 struct Effects {
+    watcher: Watcher,
     runner: HealthRunner,
     metrics: Arc<Metrics>,
     status: watch::Sender<Arc<Status>>,
 }
 
 impl Effects {
-    fn carry_out<M: Maps, N: NeighbourSource>(&mut self, core: &mut Core<M, N>) {
+    fn carry_out<M: Maps>(&mut self, core: &mut Core<M>) {
         if let Some(status) = core.poll_status() {
             self.status.send_replace(status);
         }
@@ -290,6 +310,7 @@ impl Effects {
                 Output::Log { level, text } => log::log!(level, "{text}"),
                 Output::Metric(update) => self.metrics.update(&update),
                 Output::ProbeTargets(targets) => self.runner.set_targets(targets),
+                Output::Solicit(hops) => self.watcher.solicit(hops),
                 Output::Written { why, since, applied } => {
                     let took = since.elapsed();
                     self.metrics.map_write(took);

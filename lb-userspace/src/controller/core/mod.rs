@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
@@ -29,12 +29,18 @@ use crate::{
     mac::Mac,
     maps::Maps,
     metrics::Update,
-    neighbours::{NeighbourSource, next_hop},
+    neighbours::{Tables, next_hop},
     writer::{Adopted, Applied, MapWriter},
 };
 
 /// Whether a key differs between two configs.
 type Differs = fn(&Config, &Config) -> bool;
+
+/// How long a next hop's MAC that vanished from the neighbour table is still
+/// used while it is solicited: the kernel drops stale entries it does not use
+/// itself (our traffic bypasses it), and re-resolving one takes milliseconds; a
+/// node that does not answer ARP or neighbour discovery within this leaves the ring.
+pub const MAC_GRACE: Duration = Duration::from_secs(5);
 
 /// Config keys a reload cannot change: they are bound or attached at start.
 const NEEDS_RESTART: [(&str, Differs); 5] = [
@@ -55,6 +61,8 @@ pub enum Output {
     Metric(Update),
     /// Probe exactly these targets from now on.
     ProbeTargets(BTreeSet<Target>),
+    /// Ask the kernel to resolve these next hops (on the balancer's interface).
+    Solicit(BTreeSet<std::net::IpAddr>),
     /// The maps now say what the core decided for `why`; `since` is when the
     /// event that caused it arrived (the map-write latency starts there).
     Written {
@@ -81,6 +89,8 @@ struct Tracked {
     mac: Option<Mac>,
     /// Its missing MAC was logged (once per episode).
     unresolved_logged: bool,
+    /// When its MAC vanished from the neighbour table (still used until `MAC_GRACE`).
+    missing_since: Option<Instant>,
 }
 
 /// The health of one probe target: its rise/fall state, and its flap damping.
@@ -105,11 +115,12 @@ impl Health {
 
 /// The controller core, generic over the maps it writes and where it reads
 /// next-hop MACs, so that tests run it against fakes.
-pub struct Core<M: Maps, N: NeighbourSource> {
+pub struct Core<M: Maps> {
     config: Config,
     interface: Interface,
     writer: MapWriter<M>,
-    neighbours: N,
+    /// The neighbour tables as last read (by the loop's watcher, off the loop).
+    tables: Tables,
     /// Health of each probe target.
     checks: BTreeMap<Target, Health>,
     /// Every (VIP, backend) of the config.
@@ -129,7 +140,7 @@ pub struct Core<M: Maps, N: NeighbourSource> {
     unpublished: bool,
 }
 
-impl<M: Maps, N: NeighbourSource> Core<M, N> {
+impl<M: Maps> Core<M> {
     /// Starts on `maps`. With `adopt`, the maps hold a previous controller's
     /// state (pinned maps after a restart): its backends keep their slots, rings,
     /// state and MAC, so traffic keeps flowing while health is re-learned.
@@ -139,7 +150,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         interface: Interface,
         maps: M,
         adopt: bool,
-        neighbours: N,
+        tables: Result<Tables, String>,
         now: Instant,
     ) -> Result<Self> {
         let mut outputs = VecDeque::new();
@@ -164,7 +175,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
             config,
             interface,
             writer,
-            neighbours,
+            tables: Tables::default(),
             checks: BTreeMap::new(),
             backends: BTreeMap::new(),
             last_write: Ok(()),
@@ -177,7 +188,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         };
         core.follow_config(&seed, None);
         core.warn_config();
-        core.refresh_neighbours();
+        core.read_tables(now, tables);
         core.write(now, "start");
         Ok(core)
     }
@@ -394,7 +405,7 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         let old = std::mem::replace(&mut self.config, new);
         self.follow_config(&seed, Some(&old));
         self.warn_config();
-        self.refresh_neighbours();
+        self.refresh_neighbours(now);
         match self.try_write(now, "reload") {
             Ok(()) => {
                 self.outputs.push_back(Output::Metric(Update::Reload { ok: true }));
@@ -432,8 +443,67 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         if self.expire_holds(now) {
             self.write(now, "flap hold over");
         }
-        if self.refresh_neighbours() {
+        // A MAC whose grace ran out leaves the ring (no table read here).
+        if self.refresh_neighbours(now) {
             self.write(now, "neighbours");
+        }
+    }
+
+    /// The neighbour tables as the loop's watcher read them (off the loop): MACs
+    /// that appeared, changed or vanished are written.
+    pub fn neighbours(&mut self, now: Instant, read: Result<Tables, String>) {
+        if self.read_tables(now, read) {
+            self.write(now, "neighbours");
+        }
+    }
+
+    /// The balancer's interface as re-read by the watcher: a new MAC or MTU is
+    /// written into the data path's config (its source MAC, its MTU for ipip).
+    pub fn interface(&mut self, now: Instant, interface: Interface) {
+        if interface == self.interface {
+            return;
+        }
+        let old = std::mem::replace(&mut self.interface, interface);
+        let new = &self.interface;
+        let mut what = Vec::new();
+        if old.mac != new.mac {
+            what.push(format!(
+                "MAC {} -> {}",
+                crate::mac::format(&old.mac),
+                crate::mac::format(&new.mac)
+            ));
+        }
+        if old.mtu != new.mtu {
+            what.push(format!("MTU {} -> {}", old.mtu, new.mtu));
+        }
+        if old.index != new.index {
+            what.push(format!(
+                "index {} -> {} (recreated: XDP is no longer attached to it)",
+                old.index, new.index
+            ));
+        }
+        self.outputs.push_back(Output::log(
+            Level::Warn,
+            format!("interface {} changed: {}", new.name, what.join(", ")),
+        ));
+        self.refresh_neighbours(now);
+        self.write(now, "interface");
+    }
+
+    /// Takes a read of the neighbour tables; true when a MAC changed.
+    fn read_tables(&mut self, now: Instant, read: Result<Tables, String>) -> bool {
+        match read {
+            Ok(tables) => {
+                self.tables = tables;
+                self.refresh_neighbours(now)
+            }
+            Err(e) => {
+                self.outputs.push_back(Output::log(
+                    Level::Warn,
+                    format!("reading the neighbour table: {e}"),
+                ));
+                false
+            }
         }
     }
 
@@ -454,8 +524,14 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
                 let check = check_target(v, b);
                 *served_healthy.entry(check.clone()).or_default() |= seen.healthy;
                 let unresolved_logged = before.get(&key).is_some_and(|t| t.unresolved_logged);
-                let tracked =
-                    Tracked { check, drained: seen.drained, mac: seen.mac, unresolved_logged };
+                let missing_since = before.get(&key).and_then(|t| t.missing_since);
+                let tracked = Tracked {
+                    check,
+                    drained: seen.drained,
+                    mac: seen.mac,
+                    unresolved_logged,
+                    missing_since,
+                };
                 self.backends.insert(key, tracked);
             }
         }
@@ -502,58 +578,99 @@ impl<M: Maps, N: NeighbourSource> Core<M, N> {
         self.outputs.push_back(Output::ProbeTargets(self.checks.keys().cloned().collect()));
     }
 
-    /// Re-reads next-hop MACs (one neighbour-table read, whatever the number of
-    /// backends) and asks for the missing ones to be resolved. True when a MAC
-    /// appeared or changed. A MAC that vanishes is kept: the table has short gaps.
-    fn refresh_neighbours(&mut self) -> bool {
-        let tables = match self.neighbours.tables() {
-            Ok(tables) => tables,
-            Err(e) => {
-                self.outputs.push_back(Output::log(
-                    Level::Warn,
-                    format!("reading the neighbour table: {e:#}"),
-                ));
-                return false;
-            }
-        };
+    /// Follows next-hop MACs in the last tables read, asks for the missing ones to
+    /// be resolved (`Output::Solicit`), and says whether a MAC the data path uses
+    /// changed. A MAC that vanishes from the table (the kernel dropped the entry,
+    /// or could not resolve it again) is still used for `MAC_GRACE`, while it is
+    /// solicited, then dropped: the backend leaves the ring until it resolves.
+    /// `xdplb_backend_unresolved` says at once that the table lacks it.
+    fn refresh_neighbours(&mut self, now: Instant) -> bool {
         let gateway = self.config.gateway.filter(|_| self.config.forwarding == Forwarding::Ipip);
         let mut changed = false;
+        let mut solicit = BTreeSet::new();
         for v in &self.config.vips {
             for b in &v.backends {
                 let Some(tracked) = self.backends.get_mut(&(v.name.clone(), b.name.clone())) else {
                     continue;
                 };
                 let hop = next_hop(b.address, gateway);
-                let found = tables.mac(self.interface.index, hop);
-                if found.is_none() {
-                    self.neighbours.solicit(&self.interface, hop);
-                    if tracked.mac.is_none() && !tracked.unresolved_logged {
-                        tracked.unresolved_logged = true;
-                        self.outputs.push_back(Output::log(
-                            Level::Warn,
-                            format!(
-                                "{}/{}: no MAC for next hop {hop} on {} yet; kept out of the ring",
-                                v.name, b.name, self.interface.name
-                            ),
-                        ));
+                let found = self.tables.mac(self.interface.index, hop);
+                let who = format!("{}/{}: next hop {hop}", v.name, b.name);
+                match (found, tracked.mac) {
+                    (Some(mac), _) => {
+                        if tracked.missing_since.take().is_some() && tracked.mac == Some(mac) {
+                            self.outputs.push_back(Output::log(
+                                Level::Info,
+                                format!("{who} is back in the neighbour table"),
+                            ));
+                        }
+                        if tracked.mac != Some(mac) {
+                            let text = match tracked.mac {
+                                Some(old) => format!(
+                                    "{who} changed its MAC from {} to {}",
+                                    crate::mac::format(&old),
+                                    crate::mac::format(&mac)
+                                ),
+                                None => format!("{who} resolved"),
+                            };
+                            let level =
+                                if tracked.mac.is_some() { Level::Warn } else { Level::Info };
+                            if tracked.mac.is_some() || tracked.unresolved_logged {
+                                self.outputs.push_back(Output::log(level, text));
+                            }
+                            tracked.unresolved_logged = false;
+                            tracked.missing_since = None;
+                            tracked.mac = Some(mac);
+                            changed = true;
+                        }
                     }
-                } else if found != tracked.mac {
-                    if tracked.mac.is_none() && tracked.unresolved_logged {
-                        tracked.unresolved_logged = false;
-                        self.outputs.push_back(Output::log(
-                            Level::Info,
-                            format!("{}/{}: next hop {hop} resolved", v.name, b.name),
-                        ));
+                    (None, Some(mac)) => {
+                        solicit.insert(hop);
+                        let since = *tracked.missing_since.get_or_insert_with(|| {
+                            self.outputs.push_back(Output::log(
+                                Level::Warn,
+                                format!(
+                                    "{who} is gone from the neighbour table; still sent to {} for {:?} while it is solicited",
+                                    crate::mac::format(&mac),
+                                    MAC_GRACE
+                                ),
+                            ));
+                            now
+                        });
+                        if now.saturating_duration_since(since) >= MAC_GRACE {
+                            tracked.mac = None;
+                            tracked.missing_since = None;
+                            tracked.unresolved_logged = true;
+                            changed = true;
+                            self.outputs.push_back(Output::log(
+                                Level::Warn,
+                                format!("{who} did not resolve again within {MAC_GRACE:?}; kept out of the ring until it does"),
+                            ));
+                        }
                     }
-                    tracked.mac = found;
-                    changed = true;
+                    (None, None) => {
+                        solicit.insert(hop);
+                        if !tracked.unresolved_logged {
+                            tracked.unresolved_logged = true;
+                            self.outputs.push_back(Output::log(
+                                Level::Warn,
+                                format!(
+                                    "{}/{}: no MAC for next hop {hop} on {} yet; kept out of the ring",
+                                    v.name, b.name, self.interface.name
+                                ),
+                            ));
+                        }
+                    }
                 }
                 self.outputs.push_back(Output::Metric(Update::Unresolved {
                     vip: v.name.clone(),
                     backend: b.name.clone(),
-                    unresolved: tracked.mac.is_none(),
+                    unresolved: found.is_none(),
                 }));
             }
+        }
+        if !solicit.is_empty() {
+            self.outputs.push_back(Output::Solicit(solicit));
         }
         changed
     }

@@ -14,6 +14,7 @@ use super::*;
 use crate::{
     config,
     health::Failure,
+    neighbours::Tables,
     testing::{FakeMaps, FakeNeighbours},
 };
 
@@ -42,7 +43,7 @@ vips:
       - { name: waf-1, address: 10.0.0.11 }
 ";
 
-type TestCore = Core<FakeMaps, FakeNeighbours>;
+type TestCore = Core<FakeMaps>;
 
 fn parse(yaml: &str) -> Config {
     config::parse(yaml, "test.yaml").unwrap()
@@ -65,7 +66,8 @@ fn resolved() -> FakeNeighbours {
 }
 
 fn start_with(yaml: &str, neighbours: FakeNeighbours) -> TestCore {
-    Core::start(parse(yaml), interface(), FakeMaps::default(), false, neighbours, Instant::now())
+    let tables = Ok(neighbours.tables);
+    Core::start(parse(yaml), interface(), FakeMaps::default(), false, tables, Instant::now())
         .unwrap()
 }
 
@@ -198,7 +200,7 @@ fn a_restart_adopts_the_pinned_state_so_traffic_keeps_flowing() {
         interface(),
         pinned,
         true,
-        FakeNeighbours::default(),
+        Ok(Tables::default()),
         Instant::now(),
     )
     .unwrap();
@@ -218,8 +220,15 @@ fn a_restart_adopts_the_pinned_state_so_traffic_keeps_flowing() {
 /// A restarted core on a copy of `first`'s maps (what the pins hold).
 fn restarted(first: &TestCore) -> TestCore {
     let pinned = first.writer.maps().clone();
-    let mut again =
-        Core::start(parse(CONFIG), interface(), pinned, true, resolved(), Instant::now()).unwrap();
+    let mut again = Core::start(
+        parse(CONFIG),
+        interface(),
+        pinned,
+        true,
+        Ok(resolved().tables),
+        Instant::now(),
+    )
+    .unwrap();
     outputs(&mut again);
     again
 }
@@ -623,44 +632,58 @@ fn a_reload_that_changes_what_needs_a_restart_is_refused() {
 
 // --- neighbours ---
 
+/// The next hops the core asked to resolve, in order.
+fn solicited(outputs: &[Output]) -> Vec<IpAddr> {
+    outputs
+        .iter()
+        .filter_map(|o| if let Output::Solicit(h) = o { Some(h.iter().copied()) } else { None })
+        .flatten()
+        .collect()
+}
+
+fn unresolved(outputs: &[Output], backend: &str) -> Vec<bool> {
+    updates(outputs)
+        .into_iter()
+        .filter_map(|u| match u {
+            Update::Unresolved { vip, backend: b, unresolved } if vip == "web" && b == backend => {
+                Some(*unresolved)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_backend_without_a_mac_stays_out_of_the_ring_is_solicited_and_logged_once() {
     let mut neighbours = FakeNeighbours::default();
     neighbours.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
+    let tables = neighbours.tables.clone();
     let mut core = start_with(CONFIG, neighbours);
     let out = outputs(&mut core);
     assert_eq!(
         logs(&out, Level::Warn),
         ["web/waf-2: no MAC for next hop 10.0.0.12 on eth0 yet; kept out of the ring"]
     );
-    assert!(updates(&out).contains(&&Update::Unresolved {
-        vip: "web".into(),
-        backend: "waf-2".into(),
-        unresolved: true
-    }));
+    assert_eq!(unresolved(&out, "waf-2"), [true]);
+    assert_eq!(solicited(&out), [ip("10.0.0.12")]);
     probes(&mut core, "web", "waf-2", true, 2);
     assert_eq!(state(&core, "web", "waf-2"), BackendState::Up, "healthy...");
     assert!(!in_ring(&core, "web", "waf-2"), "...but unreachable");
     assert_eq!(entry(&core, "web", "waf-2").state, BackendState::Down as u8);
-    core.tick(Instant::now());
+    core.neighbours(Instant::now(), Ok(tables));
     let out = outputs(&mut core);
     assert!(logs(&out, Level::Warn).is_empty(), "logged once per episode");
     assert!(written(&out).is_empty());
-    assert_eq!(
-        core.neighbours.solicited,
-        [ip("10.0.0.12"), ip("10.0.0.12")],
-        "asked at every refresh"
-    );
+    assert_eq!(solicited(&out), [ip("10.0.0.12")], "asked at every read");
 }
 
 #[test]
-fn a_mac_that_appears_is_written_at_the_next_tick() {
+fn a_mac_that_appears_is_written_when_the_watcher_reads_it() {
     let mut neighbours = FakeNeighbours::default();
     neighbours.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
     let mut core = start_with(CONFIG, neighbours);
     probes(&mut core, "web", "waf-2", true, 2);
-    core.neighbours.resolve(IFINDEX, ip("10.0.0.12"), MAC_2);
-    core.tick(Instant::now());
+    core.neighbours(Instant::now(), Ok(resolved().tables));
     let out = outputs(&mut core);
     assert_eq!(logs(&out, Level::Info), ["web/waf-2: next hop 10.0.0.12 resolved"]);
     assert_eq!(written(&out)[0].0, "neighbours");
@@ -669,18 +692,59 @@ fn a_mac_that_appears_is_written_at_the_next_tick() {
 }
 
 #[test]
-fn a_changed_mac_is_rewritten_and_a_vanished_one_kept() {
+fn a_changed_mac_is_rewritten_at_once() {
     let mut core = started();
     let moved: Mac = [2, 0, 0, 0, 0, 0x99];
-    core.neighbours.resolve(IFINDEX, ip("10.0.0.12"), moved);
-    core.tick(Instant::now());
-    assert_eq!(written(&outputs(&mut core))[0].0, "neighbours");
+    let mut n = resolved();
+    n.resolve(IFINDEX, ip("10.0.0.12"), moved);
+    core.neighbours(Instant::now(), Ok(n.tables));
+    let out = outputs(&mut core);
+    assert_eq!(written(&out)[0].0, "neighbours");
+    assert_eq!(
+        logs(&out, Level::Warn),
+        [
+            "web/waf-2: next hop 10.0.0.12 changed its MAC from 02:00:00:00:00:12 to 02:00:00:00:00:99"
+        ]
+    );
     assert_eq!(entry(&core, "web", "waf-2").mac, moved);
+}
 
-    core.neighbours.forget(ip("10.0.0.12"));
-    core.tick(Instant::now());
-    assert!(written(&outputs(&mut core)).is_empty(), "a short gap in the table moves nothing");
-    assert_eq!(entry(&core, "web", "waf-2").mac, moved);
+#[test]
+fn a_vanished_mac_is_noticed_at_once_kept_for_the_grace_then_dropped() {
+    let mut core = started();
+    probes(&mut core, "web", "waf-2", true, 2);
+    let t0 = Instant::now();
+    let mut gone = resolved();
+    gone.forget(ip("10.0.0.12"));
+    core.neighbours(t0, Ok(gone.tables.clone()));
+    let out = outputs(&mut core);
+    assert_eq!(unresolved(&out, "waf-2"), [true], "the metric says so at once");
+    assert_eq!(solicited(&out), [ip("10.0.0.12")]);
+    assert!(written(&out).is_empty(), "a short gap in the table moves nothing");
+    assert!(in_ring(&core, "web", "waf-2"));
+    assert!(logs(&out, Level::Warn)[0].starts_with("web/waf-2: next hop 10.0.0.12 is gone from the neighbour table; still sent to 02:00:00:00:00:12"));
+
+    // Back within the grace: nothing moved.
+    core.neighbours(t0 + Duration::from_secs(2), Ok(resolved().tables));
+    let out = outputs(&mut core);
+    assert_eq!(
+        logs(&out, Level::Info),
+        ["web/waf-2: next hop 10.0.0.12 is back in the neighbour table"]
+    );
+    assert_eq!(unresolved(&out, "waf-2"), [false]);
+    assert!(written(&out).is_empty());
+
+    // Gone for longer than the grace: out of the ring (the tick notices, no read needed).
+    core.neighbours(t0 + Duration::from_secs(10), Ok(gone.tables));
+    core.tick(t0 + Duration::from_secs(10) + MAC_GRACE);
+    let out = outputs(&mut core);
+    assert!(
+        logs(&out, Level::Warn).iter().any(|l| l.contains("did not resolve again within 5s")),
+        "{out:?}"
+    );
+    assert!(!in_ring(&core, "web", "waf-2"));
+    assert_eq!(entry(&core, "web", "waf-2").state, BackendState::Down as u8);
+    assert_eq!(core.poll_status().unwrap().vips[0].backends[1].observed.mac, None);
 }
 
 #[test]
@@ -694,11 +758,30 @@ fn entries_of_another_interface_do_not_resolve() {
 #[test]
 fn an_unreadable_neighbour_table_changes_nothing() {
     let mut core = started();
-    core.neighbours.fail = Some("netlink: no answer".into());
-    core.tick(Instant::now());
+    core.neighbours(Instant::now(), Err("netlink: no answer".into()));
     let out = outputs(&mut core);
     assert_eq!(logs(&out, Level::Warn), ["reading the neighbour table: netlink: no answer"]);
     assert!(written(&out).is_empty() && updates(&out).is_empty());
+}
+
+#[test]
+fn a_new_interface_mac_or_mtu_is_written_into_the_data_paths_config() {
+    let mut core = started();
+    let changed = Interface { mac: [2, 0, 0, 0, 0, 0x77], mtu: 9000, ..interface() };
+    core.interface(Instant::now(), changed);
+    let out = outputs(&mut core);
+    assert_eq!(
+        logs(&out, Level::Warn),
+        ["interface eth0 changed: MAC 02:00:00:00:00:01 -> 02:00:00:00:00:77, MTU 1500 -> 9000"]
+    );
+    assert!(written(&out)[0].1.config_written);
+    assert_eq!(core.writer.maps().config.src_mac, [2, 0, 0, 0, 0, 0x77]);
+    assert_eq!(core.writer.maps().config.mtu, 9000);
+    core.interface(
+        Instant::now(),
+        Interface { mac: [2, 0, 0, 0, 0, 0x77], mtu: 9000, ..interface() },
+    );
+    assert!(outputs(&mut core).is_empty(), "the same again changes nothing");
 }
 
 #[test]
@@ -898,15 +981,8 @@ fn a_restart_keeps_standby_reserves_undrained_and_a_drained_serving_reserve_drai
     // Standby: the pinned maps hold r1 and r2 as draining; they are not drains.
     let restart = |first: &TestCore| {
         let maps = first.writer.maps().clone();
-        Core::start(
-            parse(TIERED),
-            interface(),
-            maps,
-            true,
-            FakeNeighbours::default(),
-            Instant::now(),
-        )
-        .unwrap()
+        Core::start(parse(TIERED), interface(), maps, true, Ok(Tables::default()), Instant::now())
+            .unwrap()
     };
     let again = restart(&tiered(""));
     for b in ["r1", "r2"] {
