@@ -19,7 +19,10 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::server;
+use crate::{
+    access::{self, Access},
+    server,
+};
 
 /// What the CLI asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +31,19 @@ pub enum Request {
     Drain { vip: String, backend: String },
     Undrain { vip: String, backend: String },
     Reload,
+}
+
+impl Request {
+    /// The command's name, as the CLI spells it.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Drain { .. } => "drain",
+            Self::Undrain { .. } => "undrain",
+            Self::Reload => "reload",
+        }
+    }
 }
 
 /// The daemon's answer: text for humans; `Error` makes the CLI exit 1.
@@ -46,53 +62,99 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long the CLI waits for the daemon (a reload may take a moment).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the admin socket at `path`. Creates the parent directory (mode 0700)
-/// if missing; replaces a stale socket file only when nothing answers on it;
-/// refuses to start if another daemon does; leaves the socket mode 0600.
-/// Must be called inside a tokio runtime.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.exists()
-    {
+/// Binds the admin socket at `path`, with `access`'s mode (0600, or 0660 and
+/// its group) from the moment it exists there: the socket is bound in a private
+/// directory beside `path` (mode 0700), given its mode and group there, and only
+/// then linked into place, so no process ever finds it with the umask's mode.
+/// Creates the parent directory (mode 0700) if missing; replaces a stale socket
+/// file only when nothing answers on it; refuses to start if another daemon
+/// does. Must be called inside a tokio runtime.
+pub fn bind(path: &Path, access: &Access) -> anyhow::Result<UnixListener> {
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_owned(),
+        None => std::path::PathBuf::from("."),
+    };
+    if !parent.exists() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(parent)
+            .create(&parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
-        Ok(meta) if !meta.file_type().is_socket() => {
+    let file = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?;
+    let private = Private::create(&parent, file)?;
+    let staged = private.0.join("socket");
+    let listener = std::os::unix::net::UnixListener::bind(&staged)
+        .map_err(|e| anyhow!("cannot bind {}: {e}", path.display()))?;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(access.mode()))
+        .with_context(|| format!("cannot chmod {}", staged.display()))?;
+    if let Some(gid) = access.status_group {
+        std::os::unix::fs::lchown(&staged, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
+    place(&staged, path)?;
+    drop(private);
+    listener.set_nonblocking(true).context("admin socket: set_nonblocking")?;
+    UnixListener::from_std(listener).context("admin socket: register with tokio")
+}
+
+/// A private directory (mode 0700) beside the socket's path, removed on drop.
+struct Private(std::path::PathBuf);
+
+impl Private {
+    fn create(parent: &Path, file: &std::ffi::OsStr) -> anyhow::Result<Self> {
+        let mut name = std::ffi::OsString::from(".");
+        name.push(file);
+        name.push(format!(".{}.new", std::process::id()));
+        let dir = parent.join(name);
+        // Left by a crashed start of this very pid number: ours to remove.
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Links the bound socket `staged` at `path`: atomic, and failing if `path`
+/// exists, which then is checked: a stale socket nobody answers on is replaced,
+/// a live one means another daemon runs, anything else is left alone.
+fn place(staged: &Path, path: &Path) -> anyhow::Result<()> {
+    for _ in 0..3 {
+        match fs::hard_link(staged, path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            // Deleted meanwhile: try again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+        };
+        if !meta.file_type().is_socket() {
             // Never delete something that is not ours to delete.
             bail!("{} exists and is not a socket", path.display());
         }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+        match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => bail!("another xdplb is running ({} answers)", path.display()),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 debug!("admin: removing stale socket {}", path.display());
                 fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale {}", path.display()))?;
             }
-            // Deleted meanwhile: bind below decides.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot check {}", path.display())),
-        },
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            // Another daemon bound it between our check and our bind.
-            anyhow!("another xdplb is running ({} answers)", path.display())
-        } else {
-            anyhow!("cannot bind {}: {e}", path.display())
         }
-    })?;
-    // Whoever can connect can drain backends: owner only. (The umask-sized window
-    // before this chmod only matters with a permissive umask in a shared directory.)
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
-    listener.set_nonblocking(true).context("admin socket: set_nonblocking")?;
-    UnixListener::from_std(listener).context("admin socket: register with tokio")
+    }
+    bail!("{} keeps reappearing: another xdplb is starting?", path.display())
 }
 
 /// Bounds of the admin connections.
@@ -111,16 +173,18 @@ impl Limits {
 
 /// Serves requests until the task is dropped: one JSON line in, one JSON line
 /// out, several requests per connection in sequence, each connection in its own task.
-pub async fn serve<F, Fut>(listener: UnixListener, handler: F) -> anyhow::Result<()>
+/// Each request is first checked against the peer's credentials (`access`).
+pub async fn serve<F, Fut>(listener: UnixListener, access: Access, handler: F) -> anyhow::Result<()>
 where
     F: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
 {
-    serve_with(listener, handler, Limits::DEFAULT).await
+    serve_with(listener, access, handler, Limits::DEFAULT).await
 }
 
 async fn serve_with<F, Fut>(
     listener: UnixListener,
+    access: Access,
     handler: F,
     limits: Limits,
 ) -> anyhow::Result<()>
@@ -129,9 +193,10 @@ where
     Fut: Future<Output = Response> + Send,
 {
     let handler = Arc::new(handler);
+    let access = Arc::new(access);
     server::serve(listener, limits.max_connections, "admin", move |stream| {
-        let handler = Arc::clone(&handler);
-        async move { connection(stream, &*handler, limits).await }
+        let (handler, access) = (Arc::clone(&handler), Arc::clone(&access));
+        async move { connection(stream, &access, &*handler, limits).await }
     })
     .await
 }
@@ -166,11 +231,17 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-async fn connection<F, Fut>(stream: UnixStream, handler: &F, limits: Limits) -> anyhow::Result<()>
+async fn connection<F, Fut>(
+    stream: UnixStream,
+    access: &Access,
+    handler: &F,
+    limits: Limits,
+) -> anyhow::Result<()>
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
+    let peer = access::peer(&stream).context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     loop {
@@ -186,7 +257,13 @@ where
             }
             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Text(text) => match serde_json::from_slice::<Request>(&text) {
-                Ok(request) => (handler(request).await, false),
+                Ok(request) => match access.allows(&peer, &request) {
+                    Ok(()) => (handler(request).await, false),
+                    Err(denied) => {
+                        debug!("admin: {denied}");
+                        (Response::Error(denied), false)
+                    }
+                },
                 Err(e) => (Response::Error(format!("bad request: {e}")), false),
             },
         };
@@ -286,7 +363,11 @@ mod tests {
     async fn every_request_kind_gets_the_handlers_answer() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        tokio::spawn(serve(
+            bind(&path, &Access::owner_only()).expect("bind"),
+            Access::owner_only(),
+            echo,
+        ));
         let drain = Request::Drain { vip: "web".into(), backend: "waf1".into() };
         let undrain = Request::Undrain { vip: "web".into(), backend: "waf1".into() };
         assert_eq!(
@@ -324,18 +405,76 @@ mod tests {
         let dir = TempDir::new();
         let parent = dir.0.join("run").join("xdplb");
         let path = parent.join("admin.sock");
-        let _listener = bind(&path).expect("bind");
+        let _listener = bind(&path, &Access::owner_only()).expect("bind");
         let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&parent), 0o700);
+    }
+
+    /// The names and event masks inotify reported for `dir` (non-blocking read).
+    fn inotify_events(fd: i32) -> Vec<(String, u32)> {
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: reading into a buffer we own, of the length passed.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        let n = usize::try_from(n).unwrap_or(0);
+        while at + 16 <= n {
+            let word =
+                |o: usize| u32::from_ne_bytes(buf[at + o..at + o + 4].try_into().expect("4"));
+            let (mask, len) = (word(4), word(12) as usize);
+            let name = &buf[at + 16..at + 16 + len];
+            let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or_default());
+            out.push((name.into_owned(), mask));
+            at += 16 + len;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_at_its_path_with_its_final_mode_and_group() {
+        let dir = TempDir::new();
+        let path = dir.0.join("admin.sock");
+        // SAFETY: plain inotify calls on a descriptor we own and close below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let watched = std::ffi::CString::new(dir.0.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string.
+        let wd = unsafe {
+            libc::inotify_add_watch(fd, watched.as_ptr(), libc::IN_CREATE | libc::IN_ATTRIB)
+        };
+        assert!(wd >= 0);
+        // SAFETY: no preconditions.
+        let group = unsafe { libc::getegid() };
+        let access = Access { status_group: Some(group), ..Access::owner_only() };
+        let _listener = bind(&path, &access).expect("bind");
+        let events: Vec<u32> = inotify_events(fd)
+            .into_iter()
+            .filter(|(name, _)| name == "admin.sock")
+            .map(|(_, mask)| mask)
+            .collect();
+        // SAFETY: closing our descriptor.
+        unsafe { libc::close(fd) };
+        assert_eq!(events, [libc::IN_CREATE], "created once, never changed after it appeared");
+        let meta = fs::metadata(&path).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), group);
+        let left: Vec<_> =
+            fs::read_dir(&dir.0).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(left, ["admin.sock"], "the private directory is gone");
     }
 
     #[tokio::test]
     async fn a_second_daemon_on_the_same_socket_is_refused() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        tokio::spawn(serve(bind(&path).expect("bind"), echo));
-        let err = bind(&path).expect_err("second bind must fail").to_string();
+        tokio::spawn(serve(
+            bind(&path, &Access::owner_only()).expect("bind"),
+            Access::owner_only(),
+            echo,
+        ));
+        let err =
+            bind(&path, &Access::owner_only()).expect_err("second bind must fail").to_string();
         assert_eq!(err, format!("another xdplb is running ({} answers)", path.display()));
         // The first daemon is unharmed.
         assert_eq!(
@@ -348,9 +487,13 @@ mod tests {
     async fn a_stale_socket_file_is_replaced() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        drop(bind(&path).expect("first bind"));
+        drop(bind(&path, &Access::owner_only()).expect("first bind"));
         assert!(path.exists(), "the dropped listener leaves its file behind");
-        tokio::spawn(serve(bind(&path).expect("bind over a stale socket"), echo));
+        tokio::spawn(serve(
+            bind(&path, &Access::owner_only()).expect("bind over a stale socket"),
+            Access::owner_only(),
+            echo,
+        ));
         assert_eq!(
             call_async(&path, Request::Reload).await.expect("reload"),
             Response::Ok("reloaded".into())
@@ -362,7 +505,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
         fs::write(&path, "precious").expect("write");
-        let err = bind(&path).expect_err("must refuse").to_string();
+        let err = bind(&path, &Access::owner_only()).expect_err("must refuse").to_string();
         assert!(err.contains("is not a socket"), "{err}");
         assert_eq!(fs::read_to_string(&path).expect("read"), "precious");
     }
@@ -371,7 +514,11 @@ mod tests {
     async fn garbage_gets_an_error_and_the_connection_and_server_keep_working() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        tokio::spawn(serve(
+            bind(&path, &Access::owner_only()).expect("bind"),
+            Access::owner_only(),
+            echo,
+        ));
         let stream = UnixStream::connect(&path).await.expect("connect");
         let (read, mut write) = stream.into_split();
         let mut lines = tokio::io::BufReader::new(read).lines();
@@ -400,7 +547,11 @@ mod tests {
     async fn a_line_over_64_kib_is_refused_and_the_connection_closed() {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
-        tokio::spawn(serve(bind(&path).expect("bind"), echo));
+        tokio::spawn(serve(
+            bind(&path, &Access::owner_only()).expect("bind"),
+            Access::owner_only(),
+            echo,
+        ));
         let mut stream = UnixStream::connect(&path).await.expect("connect");
         let (read, mut write) = stream.split();
         let send = async {
@@ -426,7 +577,12 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("admin.sock");
         let limits = Limits { idle_timeout: Duration::from_millis(200), ..Limits::DEFAULT };
-        tokio::spawn(serve_with(bind(&path).expect("bind"), echo, limits));
+        tokio::spawn(serve_with(
+            bind(&path, &Access::owner_only()).expect("bind"),
+            Access::owner_only(),
+            echo,
+            limits,
+        ));
         let mut stream = UnixStream::connect(&path).await.expect("connect");
         let mut rest = Vec::new();
         let read =

@@ -6,6 +6,7 @@
 //! state (`desired.rs`) -> `writer.rs` writes the difference -> `maps.rs`. The loop
 //! that feeds the core and carries out its decisions is `controller/mod.rs`.
 
+pub mod access;
 pub mod admin;
 pub mod backend_setup;
 pub mod config;

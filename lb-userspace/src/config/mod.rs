@@ -6,7 +6,8 @@
 //! forwarding: dsr                 # dsr (default) | ipip
 //! tunnel_source: { ipv4: 10.0.0.2, ipv6: "fd00::2" }   # ipip: one per backend family
 //! metrics_listen: 127.0.0.1:9650  # default 127.0.0.1:9650
-//! admin_socket: /run/xdplb/admin.sock   # default
+//! admin_socket: /run/xdplb/admin.sock   # default; mode 0600: root and xdplb's own user
+//! admin_group: xdplb-ops          # optional: its members may read `status` (socket 0660)
 //! pin_path: /sys/fs/bpf/xdplb     # default
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip

@@ -175,6 +175,9 @@ pub struct Config {
     pub tunnel_source: TunnelSource,
     pub metrics_listen: SocketAddr,
     pub admin_socket: PathBuf,
+    /// A group whose members may read `status` over the admin socket (which is
+    /// then mode 0660 in that group); `None`: root and xdplb's own user only.
+    pub admin_group: Option<String>,
     pub pin_path: PathBuf,
     /// `None`: read from the interface.
     pub mtu: Option<u32>,
@@ -269,6 +272,9 @@ impl Config {
         }
         line(0, format!("metrics_listen: {}", scalar(&self.metrics_listen.to_string())));
         line(0, format!("admin_socket: {}", scalar(&self.admin_socket.to_string_lossy())));
+        if let Some(group) = &self.admin_group {
+            line(0, format!("admin_group: {}", scalar(group)));
+        }
         line(0, format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())));
         if let Some(mtu) = self.mtu {
             line(0, format!("mtu: {mtu}"));

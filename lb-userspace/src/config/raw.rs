@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub tunnel_source: Option<RawTunnelSource>,
     pub metrics_listen: Option<String>,
     pub admin_socket: Option<String>,
+    pub admin_group: Option<String>,
     pub pin_path: Option<String>,
     pub mtu: Option<u32>,
     pub gateway: Option<String>,

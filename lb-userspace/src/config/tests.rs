@@ -1116,3 +1116,13 @@ fn flap_damping_keys_layer_like_the_other_keys_and_zero_turns_it_off() {
     let bad = errors(&base().replace("vips:", "health_check_defaults: { flap_hold: 30 }\nvips:"));
     assert!(error_at(&bad, "health_check_defaults.flap_hold").message.contains("unit"), "{bad}");
 }
+
+#[test]
+fn admin_group_is_a_group_name_or_number_and_written_back() {
+    let cfg = ok(&base().replace("vips:", "admin_group: xdplb-ops\nvips:"));
+    assert_eq!(cfg.admin_group.as_deref(), Some("xdplb-ops"));
+    assert_eq!(ok(&cfg.to_yaml()), cfg);
+    assert_eq!(ok(&base()).admin_group, None, "root and xdplb's own user only by default");
+    let errs = errors(&base().replace("vips:", "admin_group: \"ops team\"\nvips:"));
+    assert!(error_at(&errs, "admin_group").message.contains("not a group name"), "{errs}");
+}

@@ -82,6 +82,13 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     if admin_socket.as_os_str().is_empty() {
         c.error("admin_socket", "admin_socket must not be empty".into());
     }
+    let admin_group = raw.admin_group;
+    if let Some(g) = &admin_group
+        && (g.is_empty()
+            || g.contains(|ch: char| ch.is_whitespace() || ch.is_control() || ch == ':'))
+    {
+        c.error("admin_group", format!("`{g}` is not a group name or number"));
+    }
     let pin_path = PathBuf::from(raw.pin_path.unwrap_or_else(|| defaults::PIN_PATH.into()));
     if !pin_path.is_absolute() {
         c.error(
@@ -135,6 +142,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         tunnel_source,
         metrics_listen,
         admin_socket,
+        admin_group,
         pin_path,
         mtu: raw.mtu,
         gateway,

@@ -40,6 +40,7 @@ use self::{
     watcher::{Change, Watcher},
 };
 use crate::{
+    access::{self, Access},
     admin::{self, Request, Response},
     config::{self, Config, XdpMode},
     health::{HealthRunner, Probed},
@@ -142,7 +143,17 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         config.xdp_mode,
         if loaded.adopted { ", adopting the pinned maps of a previous run" } else { "" }
     );
-    let admin_listener = admin::bind(&config.admin_socket)?;
+    let access = Access {
+        status_group: match &config.admin_group {
+            None => None,
+            Some(name) => Some(
+                access::group_id(name)
+                    .map_err(|e| anyhow!("{}", config.origin.error("admin_group", e)))?,
+            ),
+        },
+        ..Access::owner_only()
+    };
+    let admin_listener = admin::bind(&config.admin_socket, &access)?;
     let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("metrics_listen {}", config.metrics_listen))?;
@@ -175,7 +186,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         Arc::clone(&heartbeat),
         Arc::new(move || check.attached()),
     );
-    let (admin_rx, admin_task) = spawn_admin(admin_listener, published.clone());
+    let (admin_rx, admin_task) = spawn_admin(admin_listener, access, published.clone());
     let scrape: Arc<dyn metrics::Scrape> = Arc::new(published);
     let metrics_task = tokio::spawn(async move {
         if let Err(e) = metrics::serve(metrics_listener, scrape).await {
@@ -197,11 +208,12 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
 /// other requests reach the loop through the returned channel.
 fn spawn_admin(
     listener: tokio::net::UnixListener,
+    access: Access,
     published: Published<BpfStats>,
 ) -> (AdminRx, JoinHandle<()>) {
     let (admin_tx, admin_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(16);
     let gone = || Response::Error("xdplb is shutting down".into());
-    let serve = admin::serve(listener, move |request| {
+    let serve = admin::serve(listener, access, move |request| {
         let (tx, published) = (admin_tx.clone(), published.clone());
         async move {
             if request == Request::Status {
