@@ -77,9 +77,16 @@ counters! {
     PassNotVip => "pass_not_vip",
     /// Passed: ICMP to a VIP address that is not frag-needed / packet-too-big about a VIP flow.
     PassIcmp => "pass_icmp",
-    /// Passed: IPv6 with an extension header we do not walk.
+    /// Passed: IPv6 to a VIP address with an extension header not walked (AH, ESP,
+    /// mobility) or a chain of hop-by-hop, routing and destination-options headers
+    /// longer than `xdp-lb` skips (four).
     PassIpv6Ext => "pass_ipv6_ext",
-    /// Dropped: a header was cut short.
+    /// Passed: an IP header cut short: its destination cannot be read, so it cannot
+    /// be for a VIP; the kernel's own checks drop it.
+    PassMalformed => "pass_malformed",
+    /// Dropped: a packet to a VIP address whose headers are cut short or inconsistent
+    /// (IP version, header or total length against the frame, a transport header
+    /// outside the packet). The same to any other address passes.
     DropMalformed => "drop_malformed",
     /// Dropped: IPv4 or IPv6 fragment to a VIP address.
     DropFragment => "drop_fragment",

@@ -2,14 +2,17 @@
 //! IPv4 or IPv6 header (IPIP, 6in4, IP6IP6, 4in6) chosen by the backend's family,
 //! or answers the client with ICMP when the result would not fit the MTU.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{
     Backend, Counter, FlowKey, ForwardingMode, LbConfig, family, hash::flow_hash,
     limits::ENCAP_TTL, proto,
 };
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
-    VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at,
+    VLAN_HLEN, copy_mac, copy_words, frame_len, ipv4_checksum, ptr_at,
 };
 
 use crate::{
@@ -37,11 +40,24 @@ pub fn to_backend(
     if pkt.l3_len + outer > cfg.mtu {
         return Err(too_big::answer(ctx, pkt, cfg, cfg.mtu.saturating_sub(outer)));
     }
+    trim(ctx, pkt)?;
     if b.family == family::V4 {
         encap_v4(ctx, pkt, b, cfg, inner)
     } else {
         encap_v6(ctx, pkt, flow, b, cfg, inner)
     }
+}
+
+/// Cuts what follows the IP packet (Ethernet padding, or bytes behind a short total
+/// length) so the tunnel carries the packet alone and its outer length is exact.
+#[inline(always)]
+#[expect(clippy::cast_possible_wrap, reason = "a frame is at most a page")]
+fn trim(ctx: &XdpContext, pkt: &Packet) -> Result<(), Verdict> {
+    let extra = frame_len(ctx).saturating_sub(pkt.l3_off + pkt.l3_len as usize);
+    if extra > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(extra as i32)) } != 0 {
+        return Err(Verdict::Drop(Counter::DropEncapFailed));
+    }
+    Ok(())
 }
 
 /// Grows the head by `outer` bytes and writes the L2 header in front: the given

@@ -10,15 +10,13 @@ mod parse;
 mod select;
 mod too_big;
 mod verdict;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, CounterSet, Traffic, VipMeta, vip::filter_bit};
-use lb_ebpf::net::copy_words;
+use lb_common::{Counter, CounterSet, Traffic};
 
 use crate::{
-    maps::{
-        BACKEND_STATS, CONFIG, SCRATCH, STATS, Scratch, VIP_ADDRS, VIP_FILTER, VIP_STATS, VIPS,
-    },
+    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, VIP_STATS},
     parse::Kind,
     select::Lookup,
     verdict::{Verdict, bump},
@@ -40,18 +38,19 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict> {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let s = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Verdict::Pass(Counter::PassNotVip))? };
-    let pkt = parse::packet(ctx, &mut s.flow)?;
+    let ip = parse::ip(ctx, &mut s.flow)?;
+    if !vip::maybe(&s.flow.dst) {
+        return Err(Verdict::Pass(Counter::PassNotVip));
+    }
+    let pkt = parse::packet(ctx, &ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
     if pkt.kind == Kind::Fragment {
-        return Err(fragment(s));
+        return Err(vip::fragment(s));
     }
     let not_vip = Verdict::Pass(if pkt.kind == Kind::IcmpError {
         Counter::PassIcmp
     } else {
         Counter::PassNotVip
     });
-    if !maybe_vip(&s.flow.dst) {
-        return Err(not_vip);
-    }
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
@@ -60,7 +59,7 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
         bump(stats, Counter::ConnHit);
         (index, backend)
     } else {
-        let vip = lookup_vip(s).ok_or(not_vip)?;
+        let vip = vip::lookup(s).ok_or(not_vip)?;
         bump(
             stats,
             match lookup {
@@ -78,48 +77,6 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
         bump(stats, Counter::IcmpForwarded);
     }
     Ok(verdict)
-}
-
-/// True when `addr` may hold a VIP (false positives are fine: the lookups decide).
-#[inline(always)]
-fn maybe_vip(addr: &lb_common::Addr) -> bool {
-    let bit = filter_bit(addr);
-    VIP_FILTER.get(bit / 64).is_some_and(|w| w & (1 << (bit % 64)) != 0)
-}
-
-/// The VIP for the flow's (address, port, protocol), or the address's port-0 wildcard.
-#[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the key stays in the scratch map; by value it would be copied to the stack"
-)]
-fn lookup_vip(s: &mut Scratch) -> Option<&'static VipMeta> {
-    copy_words(&raw mut s.vip.addr, &raw const s.flow.dst);
-    s.vip.port = s.flow.ports[1];
-    s.vip.proto = s.flow.proto;
-    s.vip.family = s.flow.family;
-    if let Some(meta) = unsafe { VIPS.get(&s.vip) } {
-        return Some(meta);
-    }
-    s.vip.port = 0;
-    unsafe { VIPS.get(&s.vip) }
-}
-
-/// Fragments carry no ports: one to a VIP address is dropped (as Katran and GLB do),
-/// any other goes to the kernel.
-#[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "the key stays in the scratch map; by value it would be copied to the stack"
-)]
-fn fragment(s: &mut Scratch) -> Verdict {
-    copy_words(&raw mut s.vip_addr.addr, &raw const s.flow.dst);
-    s.vip_addr.family = s.flow.family;
-    if maybe_vip(&s.flow.dst) && unsafe { VIP_ADDRS.get(&s.vip_addr) }.is_some() {
-        Verdict::Drop(Counter::DropFragment)
-    } else {
-        Verdict::Pass(Counter::PassNotVip)
-    }
 }
 
 #[inline(always)]

@@ -23,8 +23,14 @@ pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
 
-/// IPv6 next-header values.
+/// IPv6 next-header values: the extension headers `xdp-lb` walks or recognises.
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
 pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_ESP: u8 = 50;
+pub const NEXTHDR_AH: u8 = 51;
+pub const NEXTHDR_DEST: u8 = 60;
+pub const NEXTHDR_MOBILITY: u8 = 135;
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;

@@ -1,18 +1,31 @@
 //! Header parsing: Ethernet (+ one VLAN tag), IPv4/IPv6, TCP/UDP. Fills the flow
 //! key in the client -> VIP direction and says what kind of packet this is.
+//!
+//! In two steps, so traffic that is not for a VIP costs the least and leaves as it
+//! came: [`ip`] reads only as far as the destination address; the caller checks it
+//! against the VIP filter; [`packet`] then checks the headers strictly (IP version,
+//! lengths against the frame, extension headers, the transport header inside the
+//! packet) and reads the ports. A header that fails a check is `DropMalformed`,
+//! which the caller turns into a pass unless the destination holds a VIP.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FlowKey, family, proto};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPV4_HLEN,
-    IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_FRAGMENT, TCP_FLAG_ACK, TCP_FLAG_SYN, TcpHdr, UdpHdr,
-    VLAN_HLEN, VlanHdr, copy_words, ptr_at,
+    IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_AH, NEXTHDR_DEST, NEXTHDR_ESP, NEXTHDR_FRAGMENT,
+    NEXTHDR_HOP, NEXTHDR_MOBILITY, NEXTHDR_ROUTING, TCP_FLAG_ACK, TCP_FLAG_SYN, TcpHdr, UdpHdr,
+    VLAN_HLEN, VlanHdr, copy_words, frame_len, ptr_at,
 };
 
 use crate::{
     icmp,
     verdict::{MALFORMED, Verdict},
 };
+
+/// IPv6 hop-by-hop, routing and destination-options headers skipped in front of
+/// the transport header, at most (a packet may carry hop-by-hop, destination
+/// options, routing, destination options). A longer chain passes to the kernel.
+const MAX_IPV6_EXT: usize = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -24,90 +37,155 @@ pub enum Kind {
     Fragment,
 }
 
+/// Where the IP header is; its family and addresses are in the flow key.
+pub struct Ip {
+    /// Length of the L2 header (Ethernet, plus a VLAN tag).
+    pub l3_off: usize,
+    pub family: u8,
+}
+
 pub struct Packet {
     /// Length of the L2 header (Ethernet, plus a VLAN tag).
     pub l3_off: usize,
-    /// Length of the whole IP packet, as its header says.
+    /// Length of the whole IP packet, as its header says: checked to fit the frame
+    /// (which may be longer: Ethernet padding).
     pub l3_len: u32,
     pub family: u8,
     pub kind: Kind,
 }
 
+/// Ethernet, a VLAN tag, the fixed IPv4 or IPv6 header: fills the flow key's
+/// family and addresses. Anything that is not IP, or too short to say where it
+/// goes, passes.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext, flow: &mut FlowKey) -> Result<Packet, Verdict> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)?;
+pub fn ip(ctx: &XdpContext, flow: &mut FlowKey) -> Result<Ip, Verdict> {
+    const SHORT: Verdict = Verdict::Pass(Counter::PassMalformed);
+    let eth = ptr_at::<EthHdr>(ctx, 0).map_err(|()| SHORT)?;
     let mut ether_type = unsafe { (*eth).proto };
     let mut l3_off = ETH_HLEN;
     if ether_type == ETH_P_8021Q.to_be() || ether_type == ETH_P_8021AD.to_be() {
-        let vlan = ptr_at::<VlanHdr>(ctx, ETH_HLEN).map_err(|()| MALFORMED)?;
+        let vlan = ptr_at::<VlanHdr>(ctx, ETH_HLEN).map_err(|()| SHORT)?;
         ether_type = unsafe { (*vlan).proto };
         l3_off += VLAN_HLEN;
     }
     if ether_type == ETH_P_IP.to_be() {
-        ipv4(ctx, l3_off, flow)
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).map_err(|()| SHORT)? };
+        flow.family = family::V4;
+        flow.src = [ip.src, 0, 0, 0];
+        flow.dst = [ip.dst, 0, 0, 0];
+        Ok(Ip { l3_off, family: family::V4 })
     } else if ether_type == ETH_P_IPV6.to_be() {
-        ipv6(ctx, l3_off, flow)
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off).map_err(|()| SHORT)? };
+        flow.family = family::V6;
+        copy_words(&raw mut flow.src, &raw const ip.src);
+        copy_words(&raw mut flow.dst, &raw const ip.dst);
+        Ok(Ip { l3_off, family: family::V6 })
     } else {
         Err(Verdict::Pass(Counter::PassNotIp))
     }
 }
 
+/// The rest of a packet [`ip`] read: strict header checks, then the kind and the
+/// flow key's protocol and ports.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, Verdict> {
+pub fn packet(ctx: &XdpContext, ip: &Ip, flow: &mut FlowKey) -> Result<Packet, Verdict> {
+    // Bytes from the IP header to the frame's end.
+    let room = frame_len(ctx).saturating_sub(ip.l3_off);
+    if ip.family == family::V4 {
+        ipv4(ctx, ip.l3_off, room, flow)
+    } else {
+        ipv6(ctx, ip.l3_off, room, flow)
+    }
+}
+
+#[inline(always)]
+fn ipv4(
+    ctx: &XdpContext,
+    l3_off: usize,
+    room: usize,
+    flow: &mut FlowKey,
+) -> Result<Packet, Verdict> {
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).map_err(|()| MALFORMED)? };
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    if ihl < IPV4_HLEN {
+    let len = usize::from(u16::from_be(ip.tot_len));
+    // A total length under the header, or over the frame, would let the packet
+    // claim a size it does not have (the MTU check and the outer header use it).
+    if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN || len < ihl || len > room {
         return Err(MALFORMED);
     }
-    flow.family = family::V4;
-    flow.src = [ip.src, 0, 0, 0];
-    flow.dst = [ip.dst, 0, 0, 0];
     flow.proto = ip.proto;
     let kind = if u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0 {
         Kind::Fragment
     } else {
-        let l4_off = l3_off + ihl;
+        let (l4_off, end) = (l3_off + ihl, l3_off + len);
         match ip.proto {
-            proto::TCP | proto::UDP => transport(ctx, l4_off, ip.proto, flow)?,
-            proto::ICMP => icmp::frag_needed(ctx, l4_off, flow).map(|()| Kind::IcmpError)?,
+            proto::TCP | proto::UDP => transport(ctx, l4_off, end, ip.proto, flow)?,
+            proto::ICMP => icmp::frag_needed(ctx, l4_off, end, flow).map(|()| Kind::IcmpError)?,
             _ => return Err(Verdict::Pass(Counter::PassNotVip)),
         }
     };
-    Ok(Packet { l3_off, l3_len: u32::from(u16::from_be(ip.tot_len)), family: family::V4, kind })
+    Ok(Packet { l3_off, l3_len: len as u32, family: family::V4, kind })
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3_off: usize, flow: &mut FlowKey) -> Result<Packet, Verdict> {
+fn ipv6(
+    ctx: &XdpContext,
+    l3_off: usize,
+    room: usize,
+    flow: &mut FlowKey,
+) -> Result<Packet, Verdict> {
     let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off).map_err(|()| MALFORMED)? };
-    flow.family = family::V6;
-    copy_words(&raw mut flow.src, &raw const ip.src);
-    copy_words(&raw mut flow.dst, &raw const ip.dst);
-    flow.proto = ip.next_hdr;
-    let l4_off = l3_off + IPV6_HLEN;
-    let kind = match ip.next_hdr {
-        proto::TCP | proto::UDP => transport(ctx, l4_off, ip.next_hdr, flow)?,
-        proto::ICMPV6 => icmp::packet_too_big(ctx, l4_off, flow).map(|()| Kind::IcmpError)?,
+    let len = usize::from(u16::from_be(ip.payload_len)) + IPV6_HLEN;
+    // Payload length 0 is a jumbogram (or nothing at all): never VIP traffic.
+    if u32::from_be(ip.version_tc_flow) >> 28 != 6 || len == IPV6_HLEN || len > room {
+        return Err(MALFORMED);
+    }
+    let end = l3_off + len;
+    let (mut next, mut off) = (ip.next_hdr, l3_off + IPV6_HLEN);
+    let mut i = 0;
+    while i < MAX_IPV6_EXT && matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST) {
+        // Next header, then the length in 8-byte units, not counting the first 8.
+        let ext = unsafe { &*ptr_at::<[u8; 2]>(ctx, off).map_err(|()| MALFORMED)? };
+        next = ext[0];
+        off += (usize::from(ext[1]) + 1) * 8;
+        i += 1;
+    }
+    flow.proto = next;
+    let kind = match next {
+        proto::TCP | proto::UDP => transport(ctx, off, end, next, flow)?,
+        proto::ICMPV6 => icmp::packet_too_big(ctx, off, end, flow).map(|()| Kind::IcmpError)?,
         NEXTHDR_FRAGMENT => Kind::Fragment,
-        // Hop-by-hop, routing, destination options: not walked; the kernel handles them.
-        _ => return Err(Verdict::Pass(Counter::PassIpv6Ext)),
+        // A longer chain, or AH, ESP, mobility...: the kernel handles them.
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AH | NEXTHDR_ESP
+        | NEXTHDR_MOBILITY => {
+            return Err(Verdict::Pass(Counter::PassIpv6Ext));
+        }
+        _ => return Err(Verdict::Pass(Counter::PassNotVip)),
     };
-    let l3_len = u32::from(u16::from_be(ip.payload_len)) + IPV6_HLEN as u32;
-    Ok(Packet { l3_off, l3_len, family: family::V6, kind })
+    Ok(Packet { l3_off, l3_len: len as u32, family: family::V6, kind })
 }
 
-/// Reads the ports (and the SYN flag) of a TCP or UDP header at `off`.
+/// Reads the ports (and the SYN flag) of a TCP or UDP header at `off`; the header
+/// must end within the packet (`end`), not in the frame's padding.
 #[inline(always)]
 pub fn transport(
     ctx: &XdpContext,
     off: usize,
+    end: usize,
     l4: u8,
     flow: &mut FlowKey,
 ) -> Result<Kind, Verdict> {
     if l4 == proto::TCP {
+        if off + size_of::<TcpHdr>() > end {
+            return Err(MALFORMED);
+        }
         let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, off).map_err(|()| MALFORMED)? };
         flow.ports = [tcp.ports.src, tcp.ports.dst];
         Ok(Kind::Flow { syn: tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN })
     } else {
+        if off + size_of::<UdpHdr>() > end {
+            return Err(MALFORMED);
+        }
         let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, off).map_err(|()| MALFORMED)? };
         flow.ports = [udp.ports.src, udp.ports.dst];
         Ok(Kind::Flow { syn: false })

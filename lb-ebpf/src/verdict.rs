@@ -3,7 +3,7 @@ use lb_common::{Counter, CounterSet};
 
 /// What becomes of a packet: the XDP action and, for pass and drop, the reason.
 /// Every early exit carries one, so the entry point counts all verdicts in one place.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass(Counter),
     Drop(Counter),

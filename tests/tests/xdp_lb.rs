@@ -265,19 +265,6 @@ fn other_ip_protocols_to_a_vip_address_pass() {
     assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
 }
 
-#[test]
-fn ipv6_with_an_extension_header_passes_to_the_kernel() {
-    needs_root!();
-    let lb = Balancer::new(Dsr);
-    // Hop-by-hop options (next header 0) in front of TCP.
-    let mut payload = vec![6, 0, 1, 4, 0, 0, 0, 0];
-    payload.extend_from_slice(&tcp6().l3()[40..]);
-    let p = ipv6_packet(ipv6_header(CLIENT6, VIP6, IpNumber::IPV6_HEADER_HOP_BY_HOP), &payload);
-    let (run, c) = lb.run_counted(&ethernet(ETH_P_IPV6, &p));
-    assert_eq!(run.action, XDP_PASS);
-    assert_eq!(c, counts(&[(ActionPass, 1), (PassIpv6Ext, 1)]));
-}
-
 // ---- L2 / L3 variants -----------------------------------------------------
 
 #[test]
@@ -521,27 +508,33 @@ fn fragment_to_a_non_vip_address_passes() {
 // ---- truncated frames -----------------------------------------------------
 
 #[test]
-fn frame_truncated_at_any_header_boundary_is_dropped_as_malformed() {
+fn frame_cut_short_passes_until_it_names_a_vip_and_is_dropped_after() {
     needs_root!();
     let lb = Balancer::new(Ipip);
+    // (frame, cut before the destination address is whole, cut after it)
     let cases = [
-        ("tcp4", tcp4().frame(), vec![14, 18, 33, 34, 40, 53]),
-        ("udp4", udp4().frame(), vec![14, 33, 34, 41]),
-        ("tcp6", tcp6().frame(), vec![14, 30, 53, 54, 60, 73]),
-        ("udp6", udp6().frame(), vec![14, 53, 54, 61]),
-        ("vlan tcp4", tcp4().vlan(5).frame(), vec![14, 15, 17, 18, 37, 38, 57]),
+        ("tcp4", tcp4().frame(), vec![14, 18, 33], vec![34, 40, 53]),
+        ("udp4", udp4().frame(), vec![14, 33], vec![34, 41]),
+        ("tcp6", tcp6().frame(), vec![14, 30, 53], vec![54, 60, 73]),
+        ("udp6", udp6().frame(), vec![14, 53], vec![54, 61]),
+        ("vlan tcp4", tcp4().vlan(5).frame(), vec![14, 15, 17, 18, 37], vec![38, 57]),
     ];
-    for (name, frame, lens) in cases {
-        for len in lens {
+    for (name, frame, unreadable, cut) in cases {
+        for len in unreadable {
+            // No destination, so not a VIP's: the kernel gets it as it came.
+            let (run, c) = lb.run_counted(&frame[..len]);
+            assert_eq!(
+                (run.action, &run.frame[..]),
+                (XDP_PASS, &frame[..len]),
+                "{name} cut to {len}"
+            );
+            assert_eq!(c, counts(&[(ActionPass, 1), (PassMalformed, 1)]), "{name} cut to {len}");
+        }
+        for len in cut {
             let (run, c) = lb.run_counted(&frame[..len]);
             assert_eq!(run.action, XDP_DROP, "{name} cut to {len} bytes");
-            assert_eq!(
-                c,
-                counts(&[(ActionDrop, 1), (DropMalformed, 1)]),
-                "{name} cut to {len} bytes"
-            );
+            assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]), "{name} cut to {len}");
         }
-        // One byte more than the headers is a whole packet as far as we read.
         assert_eq!(lb.run(&frame).action, XDP_TX, "{name} whole");
     }
 }
@@ -555,6 +548,191 @@ fn ipv4_header_length_below_20_is_malformed() {
     let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &l3));
     assert_eq!(run.action, XDP_DROP);
     assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]));
+}
+
+// ---- strict headers ---------------------------------------------------------
+
+/// `l3` (an IPv4 packet) with `edit` applied to its header and the header checksum redone.
+fn ipv4_edited(l3: &[u8], edit: impl Fn(&mut [u8])) -> Vec<u8> {
+    let mut p = l3.to_vec();
+    edit(&mut p);
+    p[10..12].copy_from_slice(&[0, 0]);
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let sum = !ones_sum(&p[..ihl.clamp(20, p.len())]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+fn set_total_length(p: &mut [u8], len: usize) {
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+}
+
+#[test]
+fn ipv4_header_that_does_not_add_up_is_dropped_when_it_names_a_vip() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        let l3 = tcp4().ack().l3(); // 20 + 20 + 100 bytes
+        let cases = [
+            ("version 6", ipv4_edited(&l3, |p| p[0] = 0x65)),
+            ("header length 16", ipv4_edited(&l3, |p| p[0] = 0x44)),
+            ("total length past the frame", ipv4_edited(&l3, |p| set_total_length(p, 141))),
+            ("total length under the header", ipv4_edited(&l3, |p| set_total_length(p, 19))),
+            ("TCP header past the total length", ipv4_edited(&l3, |p| set_total_length(p, 30))),
+        ];
+        for (name, bad) in cases {
+            let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &bad));
+            assert_eq!(run.action, XDP_DROP, "{name} ({mode:?})");
+            assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]), "{name} ({mode:?})");
+        }
+    }
+}
+
+#[test]
+fn malformed_packet_to_an_address_without_a_vip_leaves_untouched() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let l3 = Flow::tcp(CLIENT4, 40000, "192.0.2.1", 80).ack().l3();
+    for bad in [
+        ipv4_edited(&l3, |p| p[0] = 0x44),
+        ipv4_edited(&l3, |p| set_total_length(p, 9000)),
+        ipv4_edited(&l3, |p| p[0] = 0x65),
+    ] {
+        let frame = ethernet(ETH_P_IP, &bad);
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+    }
+}
+
+#[test]
+fn bytes_behind_a_short_total_length_stay_out_of_the_tunnel_and_out_of_the_mtu_check() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    // A 40-byte packet (a bare ACK) in a 1514-byte frame: the total length says 40.
+    let ack = tcp4().ack().payload(0).l3();
+    let mut l3 = ack.clone();
+    l3.extend_from_slice(&[0xee; 1460]);
+    let run = lb.run(&ethernet(ETH_P_IP, &l3));
+    let flow = tcp4().ack().payload(0);
+    let Outer::V4(h) = assert_encapsulated(&lb, &flow, "web4", &run) else { panic!("want IPIP") };
+    assert_eq!(usize::from(h.total_len), 20 + ack.len(), "the outer length is the packet's");
+    assert_eq!(run.frame.len(), 14 + 20 + ack.len(), "nothing rides behind it");
+    // The other way round: a full-size segment whose header claims 40 bytes is not
+    // let through at 1500 + 20 on the strength of its total length either.
+    let mut seg = full_size(tcp4(), 1500).l3();
+    set_total_length(&mut seg, 40);
+    let run = lb.run(&ethernet(ETH_P_IP, &ipv4_edited(&seg, |_| {})));
+    assert_eq!(run.action, XDP_TX);
+    assert!(run.frame.len() <= 14 + MTU as usize, "a {}-byte frame on the wire", run.frame.len());
+}
+
+#[test]
+fn ethernet_padding_is_kept_in_dsr_and_left_out_of_the_tunnel() {
+    needs_root!();
+    let flow = tcp4().ack().payload(0); // 40 bytes of IP: a 54-byte frame, padded to 60
+    let mut padded = flow.frame();
+    padded.resize(60, 0);
+    let lb = Balancer::new(Dsr);
+    let run = lb.run(&padded);
+    assert_eq!(run.action, XDP_TX);
+    assert_eq!(run.frame[12..], padded[12..], "dsr changes the MACs only");
+    let lb = Balancer::new(Ipip);
+    let run = lb.run(&padded);
+    assert_encapsulated(&lb, &flow, "web4", &run);
+    assert_eq!(run.frame.len(), 14 + 20 + 40);
+}
+
+/// An IPv6 extension header (RFC 8200, 4.3): next header, length in 8-byte units
+/// beyond the first 8, then options (PadN) to fill it.
+fn ext_header(next: u8, units: u8) -> Vec<u8> {
+    let mut h = vec![next, units, 1, 4 + 8 * units];
+    h.resize(8 + 8 * usize::from(units), 0);
+    h
+}
+
+/// `flow`'s IPv6 packet with extension headers `kinds` (next-header values) in front
+/// of its transport header.
+fn ipv6_with_extensions(flow: &Flow, kinds: &[u8]) -> Vec<u8> {
+    let l3 = flow.l3();
+    let transport = l3[6];
+    let mut payload = Vec::new();
+    for (i, _) in kinds.iter().enumerate() {
+        let next = kinds.get(i + 1).copied().unwrap_or(transport);
+        payload.extend(ext_header(next, u8::try_from(i % 2).unwrap()));
+    }
+    payload.extend_from_slice(&l3[40..]);
+    let first = IpNumber(kinds.first().copied().unwrap_or(transport));
+    ipv6_packet(ipv6_header(CLIENT6, VIP6, first), &payload)
+}
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const DEST_OPTIONS: u8 = 60;
+const AH: u8 = 51;
+
+#[test]
+fn ipv6_hop_by_hop_routing_and_destination_options_are_skipped_to_the_ports() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        for kinds in
+            [&[HOP_BY_HOP][..], &[DEST_OPTIONS], &[HOP_BY_HOP, DEST_OPTIONS, ROUTING, DEST_OPTIONS]]
+        {
+            for flow in [tcp6().sport(41001), udp6().sport(41002)] {
+                let l3 = ipv6_with_extensions(&flow, kinds);
+                let (run, c) = lb.run_counted(&ethernet(ETH_P_IPV6, &l3));
+                let vip =
+                    if matches!(flow.l4, xdplb_tests::packet::L4::Udp) { "dns6" } else { "web6" };
+                assert_eq!(lb.receiver(&run), lb.predict(vip, &flow), "{kinds:?} ({mode:?})");
+                assert_eq!(run.decoded().inner, l3, "forwarded whole ({kinds:?}, {mode:?})");
+                assert_eq!(c[ActionTx.name()], 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv6_chain_longer_than_four_or_with_headers_not_walked_passes_to_the_kernel() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    for kinds in [&[DEST_OPTIONS; 5][..], &[AH], &[HOP_BY_HOP, AH]] {
+        let frame = ethernet(ETH_P_IPV6, &ipv6_with_extensions(&tcp6(), kinds));
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!((run.action, &run.frame), (XDP_PASS, &frame), "{kinds:?}");
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassIpv6Ext, 1)]), "{kinds:?}");
+    }
+}
+
+#[test]
+fn ipv6_header_that_does_not_add_up_is_dropped_when_it_names_a_vip() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    let good = ipv6_with_extensions(&tcp6(), &[HOP_BY_HOP, ROUTING]);
+    let set_payload = |p: &mut Vec<u8>, len: u16| p[4..6].copy_from_slice(&len.to_be_bytes());
+    let mut past_frame = good.clone();
+    set_payload(&mut past_frame, u16::try_from(good.len() - 40 + 1).unwrap());
+    let mut zero = good.clone();
+    set_payload(&mut zero, 0);
+    let mut version = good.clone();
+    version[0] = 0x40;
+    let mut ext_past_packet = good.clone();
+    ext_past_packet[40 + 1] = 200; // the hop-by-hop header claims 1608 bytes
+    let cut_in_chain = good[..49].to_vec(); // 1 byte of the routing header
+    let mut cut_in_chain_consistent = cut_in_chain.clone();
+    set_payload(&mut cut_in_chain_consistent, 9);
+    for (name, bad) in [
+        ("payload length past the frame", past_frame),
+        ("payload length 0 (jumbogram)", zero),
+        ("version 4", version),
+        ("extension header past the packet", ext_past_packet),
+        ("cut inside the chain", cut_in_chain),
+        ("chain ends inside the packet", cut_in_chain_consistent),
+    ] {
+        let (run, c) = lb.run_counted(&ethernet(ETH_P_IPV6, &bad));
+        assert_eq!(run.action, XDP_DROP, "{name}");
+        assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]), "{name}");
+    }
 }
 
 // ---- connection table -----------------------------------------------------
@@ -806,12 +984,24 @@ fn unconfigured_balancer_drops_vip_traffic_and_says_why() {
 
 /// An ICMP error from a router about a packet the backend sent on `flow` (VIP -> client).
 fn frag_needed(flow: &Flow) -> Vec<u8> {
-    let quoted = &flow.reversed().l3()[..28];
+    frag_needed_quoting(flow, 28)
+}
+
+/// The same, quoting the first `quote` bytes of the backend's packet.
+fn frag_needed_quoting(flow: &Flow, quote: usize) -> Vec<u8> {
     let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
-    icmp.extend_from_slice(quoted);
+    icmp.extend_from_slice(&flow.reversed().l3()[..quote]);
     let sum = !ones_sum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     ethernet(ETH_P_IP, &ipv4_packet(ipv4_header("192.0.2.254", VIP4, IpNumber::ICMP), &icmp))
+}
+
+/// `frame` (Ethernet, IPv4 without options, ICMP) with its ICMP checksum redone.
+fn with_icmp_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[36..38].copy_from_slice(&[0, 0]);
+    let sum = !ones_sum(&frame[34..]);
+    frame[36..38].copy_from_slice(&sum.to_be_bytes());
+    frame
 }
 
 fn packet_too_big(flow: &Flow) -> Vec<u8> {
@@ -885,16 +1075,50 @@ fn icmp_echo_to_a_vip_passes_to_the_kernel() {
 fn icmp_error_about_a_non_vip_flow_passes() {
     needs_root!();
     let lb = Balancer::new(Dsr);
+    // Addressed to the VIP, as the backend's packets come from it; the quote is not a VIP's.
     let flow = Flow::tcp(CLIENT4, 40000, "192.0.2.50", 80);
-    let mut frame = frag_needed(&flow);
-    // Address the error to the VIP anyway: the quoted flow is still not a VIP's.
-    let (run, c) = lb.run_counted(&frame);
+    let (run, c) = lb.run_counted(&frag_needed(&flow));
     assert_eq!(run.action, XDP_PASS);
     assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));
-    frame.truncate(14 + 20 + 8 + 10); // quote cut inside its IP header
-    let (run, c) = lb.run_counted(&frame);
-    assert_eq!(run.action, XDP_PASS);
-    assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]));
+}
+
+#[test]
+fn icmp_error_whose_quote_stops_short_of_a_vip_flows_ports_passes() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-3");
+    // The whole quote names the flow: forwarded to its backend...
+    assert_eq!(lb.receiver(&lb.run(&frag_needed_quoting(&flow, 28))), "waf-3");
+    // ...a quote cut inside its IP header, or before its ports end, names nothing.
+    for quote in [10, 20, 22] {
+        let (run, c) = lb.run_counted(&frag_needed_quoting(&flow, quote));
+        assert_eq!(run.action, XDP_PASS, "quote of {quote} bytes");
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]), "quote of {quote} bytes");
+    }
+    // The ICMP packet itself cut short (its total length says more) is malformed.
+    let frame = frag_needed_quoting(&flow, 28);
+    let (run, c) = lb.run_counted(&frame[..frame.len() - 2]);
+    assert_eq!(run.action, XDP_DROP);
+    assert_eq!(c, counts(&[(ActionDrop, 1), (DropMalformed, 1)]));
+}
+
+#[test]
+fn icmp_error_quoting_something_else_than_ipv4_tcp_or_udp_passes() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-3");
+    let whole = frag_needed_quoting(&flow, 28);
+    // Offsets in the frame: Ethernet 14, IP 20, ICMP 8, then the quote.
+    let quote = 14 + 20 + 8;
+    let mut not_v4 = whole.clone();
+    not_v4[quote] = 0x65; // "version 6" with a header length of 20
+    let mut not_tcp = whole.clone();
+    not_tcp[quote + 9] = 47; // GRE: its first bytes are no ports
+    for (name, frame) in [("version 6", not_v4), ("GRE", not_tcp)] {
+        let (run, c) = lb.run_counted(&with_icmp_checksum(frame));
+        assert_eq!(run.action, XDP_PASS, "{name}");
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassIcmp, 1)]), "{name}");
+    }
 }
 
 // ---- statistics -----------------------------------------------------------
