@@ -15,8 +15,9 @@ use crate::verdict::{MALFORMED, Verdict};
 /// Any other ICMP, or a quote we cannot read, goes to the kernel untouched.
 const NOT_OURS: Verdict = Verdict::Pass(Counter::PassIcmp);
 
-/// An IPv4 "fragmentation needed" about a VIP flow: fills `flow` with that flow's
-/// key. The ICMP header, at `off`, and the quote must end within the packet (`end`).
+/// An IPv4 "fragmentation needed" about a VIP flow: fills `flow` (whose `dst` is the
+/// error's destination) with that flow's key. The ICMP header, at `off`, and the
+/// quote must end within the packet (`end`).
 #[inline(always)]
 pub fn frag_needed(
     ctx: &XdpContext,
@@ -31,8 +32,13 @@ pub fn frag_needed(
     let quote = off + ICMP_HLEN;
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, quote).map_err(|()| NOT_OURS)? };
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    // A quote of something else than a TCP or UDP packet names no VIP flow.
-    if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN || !matches!(ip.proto, proto::TCP | proto::UDP) {
+    // A quote of something else than a TCP or UDP packet names no VIP flow; nor
+    // does one the VIP did not send (an error about a VIP's packet goes to it).
+    if ip.version_ihl >> 4 != 4
+        || ihl < IPV4_HLEN
+        || !matches!(ip.proto, proto::TCP | proto::UDP)
+        || ip.src != flow.dst[0]
+    {
         return Err(NOT_OURS);
     }
     let ports = quoted_ports(ctx, quote + ihl, end)?;
@@ -60,6 +66,7 @@ pub fn packet_too_big(
     let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, quote).map_err(|()| NOT_OURS)? };
     if u32::from_be(ip.version_tc_flow) >> 28 != 6
         || !matches!(ip.next_hdr, proto::TCP | proto::UDP)
+        || !same_addr(&ip.src, &flow.dst)
     {
         return Err(NOT_OURS);
     }
@@ -69,6 +76,11 @@ pub fn packet_too_big(
     flow.ports = [ports.dst, ports.src];
     flow.proto = ip.next_hdr;
     Ok(())
+}
+
+#[inline(always)]
+fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
 }
 
 /// The ICMP header at `off`: one cut short is a malformed packet.

@@ -26,6 +26,7 @@ pub mod objects;
 pub mod pins;
 pub mod privileges;
 pub mod server;
+pub mod skip;
 pub mod stats;
 #[cfg(test)]
 mod testing;

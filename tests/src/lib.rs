@@ -7,6 +7,7 @@ pub mod bench;
 pub mod chart;
 pub mod daemon;
 pub mod decapsulator;
+pub mod fuzz;
 pub mod lab;
 pub mod packet;
 pub mod privilege;

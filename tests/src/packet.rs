@@ -13,6 +13,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
@@ -219,7 +220,7 @@ pub fn decode(frame: &[u8]) -> Decoded {
     let mut ether_type = u16::from_be_bytes([frame[12], frame[13]]);
     let mut off = 14;
     let mut vlan = None;
-    if ether_type == ETH_P_8021Q {
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         vlan = Some((ether_type, u16::from_be_bytes([frame[14], frame[15]])));
         ether_type = u16::from_be_bytes([frame[16], frame[17]]);
         off = 18;

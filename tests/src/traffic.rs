@@ -120,6 +120,18 @@ pub fn tally_ended(
     tally_by(records, |r| r.end >= from && r.end < to)
 }
 
+/// As `tally`, for requests wholly inside `[from, to)`: started and ended there.
+/// What failed "before" an event must have ended before it: a request in flight
+/// when a node is stopped is reset by the stop, not before it.
+#[must_use]
+pub fn tally_within(
+    records: &[Record],
+    from: Instant,
+    to: Instant,
+) -> (BTreeMap<String, usize>, BTreeMap<Failure, usize>) {
+    tally_by(records, |r| r.start >= from && r.end < to)
+}
+
 fn tally_by(
     records: &[Record],
     pick: impl Fn(&Record) -> bool,

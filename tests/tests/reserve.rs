@@ -38,7 +38,7 @@ use xdplb_tests::{
         Checks, Rig, config_text, expect_ok, rows, wait_until, warm_neighbours, web4, web6,
         with_reserves,
     },
-    traffic::{Failure, HttpLoad, LongLived, Record, tally, tally_all},
+    traffic::{Failure, HttpLoad, LongLived, Record, tally, tally_all, tally_within},
 };
 
 /// waf1 and waf2 are primaries, waf3 and waf4 reserves.
@@ -335,7 +335,8 @@ fn check_switch(
     let warm = load_start + Duration::from_millis(300);
     let base = records.iter().filter(|r| r.start >= warm && r.start < t_break).count();
     let rate = base as f64 / t_break.duration_since(warm).as_secs_f64();
-    let (_, base_failed) = tally(records, warm, t_break);
+    // Requests still in flight at the stop are the break's (reset by it), not the base's.
+    let (_, base_failed) = tally_within(records, warm, t_break);
     let (_, before) = tally(records, t_break, t_det);
     let (after_ok, after) = tally(records, t_det, t_det + AFTER);
     let budget = INTERVAL * FALL + INTERVAL + CHECK_TIMEOUT + MARGIN;
