@@ -15,8 +15,10 @@ pub mod vip;
 
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
-pub use flow::{ConnValue, FlowKey};
-pub use stats::{Counter, CounterSet, DecapCounter, DecapCounterSet, Traffic};
+pub use flow::{ConnValue, FlowKey, conn_flags};
+pub use stats::{
+    BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
+};
 pub use vip::{RingSlot, VipKey, VipMeta};
 
 /// Address family tags stored in keys (not the AF_* values: those differ per OS).
@@ -105,6 +107,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::LbConfig {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::BackendStats {}
     unsafe impl aya::Pod for super::CounterSet {}
     unsafe impl aya::Pod for super::DecapCounterSet {}
     unsafe impl aya::Pod for super::vip::VipAddrKey {}

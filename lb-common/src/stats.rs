@@ -6,6 +6,42 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
+/// What the TCP handshakes sent to one backend did, cumulative: the passive health
+/// signal (the controller suspects a backend that gets SYNs and completes no
+/// handshake). Counted by `xdp-lb` only for packets it forwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    /// TCP SYNs (without ACK) forwarded to the backend, retransmitted ones included.
+    pub syns: u64,
+    /// Flows opened by a SYN forwarded to the backend whose client then sent a
+    /// packet that is no SYN (the handshake's final ACK, or anything after it: the
+    /// client got a SYN-ACK). Once per flow (`flow::conn_flags::AWAITING_HANDSHAKE`).
+    pub completed: u64,
+    /// Of `syns`, those for a flow already in the connection table: a client
+    /// retrying a SYN that got no answer (or reusing the ports of an earlier
+    /// connection still in the table).
+    pub syn_retransmits: u64,
+}
+
+impl Handshakes {
+    /// Adds `other`'s counts (another CPU's).
+    pub fn add(&mut self, other: &Self) {
+        self.syns += other.syns;
+        self.completed += other.completed;
+        self.syn_retransmits += other.syn_retransmits;
+    }
+}
+
+/// The value of the per-backend per-CPU BACKEND_STATS array: one map lookup per
+/// packet counts both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub traffic: Traffic,
+    pub handshakes: Handshakes,
+}
+
 /// A counter enum (index, `ALL`, `COUNT`, stable `name()`) and its per-CPU value
 /// (`$set`, one `u64` per counter, so a program pays one map lookup for all of its
 /// counting). Used for `xdp-lb`'s STATS and `xdp-decap`'s DECAP_STATS.

@@ -54,10 +54,11 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow) };
-    let (index, backend) = if let Lookup::Hit(index, backend) = lookup {
+    let lookup =
+        if syn { Lookup::Miss } else { select::established(&s.flow, pkt.kind != Kind::IcmpError) };
+    let (index, backend, handshakes) = if let Lookup::Hit(index, backend, counts) = lookup {
         bump(stats, Counter::ConnHit);
-        (index, backend)
+        (index, backend, counts)
     } else {
         let vip = vip::lookup(s).ok_or(not_vip)?;
         bump(
@@ -68,11 +69,20 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
                 _ => Counter::ConnMiss,
             },
         );
-        select::from_ring(&s.flow, vip, &cfg.hash_seed)?
+        select::from_ring(&s.flow, vip, &cfg.hash_seed, syn)?
     };
     let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
-    account(&VIP_STATS, backend.vip, frame_len);
-    account(&BACKEND_STATS, index, frame_len);
+    if let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
+        account(unsafe { &mut *t }, frame_len);
+    }
+    // One lookup counts the backend's traffic and the packet's handshake counts.
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
+        let b = unsafe { &mut *b };
+        account(&mut b.traffic, frame_len);
+        if handshakes != 0 {
+            select::count(&mut b.handshakes, handshakes);
+        }
+    }
     if pkt.kind == Kind::IcmpError {
         bump(stats, Counter::IcmpForwarded);
     }
@@ -80,12 +90,9 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
 }
 
 #[inline(always)]
-fn account(map: &aya_ebpf::maps::PerCpuArray<Traffic>, index: u32, bytes: u64) {
-    if let Some(t) = map.get_ptr_mut(index) {
-        let t = unsafe { &mut *t };
-        t.packets += 1;
-        t.bytes += bytes;
-    }
+fn account(t: &mut Traffic, bytes: u64) {
+    t.packets += 1;
+    t.bytes += bytes;
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey,
+    VipMeta,
     limits::{
         CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS,
     },
@@ -52,9 +53,10 @@ pub static STATS: PerCpuArray<CounterSet> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
-/// Packets and bytes per backend index.
+/// Packets, bytes and handshakes per backend index.
 #[map(name = "BACKEND_STATS")]
-pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-packet scratch: map keys built here, not on the 512-byte stack.
 #[map(name = "SCRATCH")]

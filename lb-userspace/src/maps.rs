@@ -14,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, ConnValue, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -77,7 +77,7 @@ pub struct BpfMaps {
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
     /// statistics readers, `stats.rs`, hold their own handles).
     vip_stats: PerCpuArray<MapData, Traffic>,
-    backend_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
     /// `BACKEND_FLAGS`: not in the object; pinned by the loader, standalone otherwise.
     flags: Array<MapData, u32>,
 }
@@ -194,14 +194,10 @@ impl Maps for BpfMaps {
     }
 
     fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()> {
-        let (map, name) = match slot {
-            Slot::Vip => (&mut self.vip_stats, names::VIP_STATS),
-            Slot::Backend => (&mut self.backend_stats, names::BACKEND_STATS),
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-        let zeros =
-            PerCpuValues::try_from(vec![Traffic::default(); cpus]).map_err(|e| anyhow!("{e}"))?;
-        map.set(index, zeros, 0).with_context(|| format!("zeroing {name}[{index}]"))
+        match slot {
+            Slot::Vip => zero(&mut self.vip_stats, names::VIP_STATS, index),
+            Slot::Backend => zero(&mut self.backend_stats, names::BACKEND_STATS, index),
+        }
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
@@ -319,4 +315,16 @@ unsafe impl Send for RingMap {}
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// Zeroes entry `index` of a per-CPU statistics array on every CPU.
+fn zero<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    name: &str,
+    index: u32,
+) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+    let zeros = PerCpuValues::try_from((0..cpus).map(|_| T::default()).collect::<Vec<_>>())
+        .map_err(|e| anyhow!("{e}"))?;
+    map.set(index, zeros, 0).with_context(|| format!("zeroing {name}[{index}]"))
 }

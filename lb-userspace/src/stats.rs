@@ -1,13 +1,13 @@
-//! The data path's statistics, read-only: its global counters and the traffic
-//! per VIP and per backend, summed over CPUs. Status, /metrics and (later)
-//! passive detection read them; nothing here writes a map.
+//! The data path's statistics, read-only: its global counters, the traffic per
+//! VIP and per backend, and each backend's handshakes, summed over CPUs. Status,
+//! /metrics and the passive signal read them; nothing here writes a map.
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, PerCpuValues},
 };
-use lb_common::{CounterSet, Traffic, map_names as names};
+use lb_common::{BackendStats, CounterSet, Handshakes, Traffic, map_names as names};
 
 use crate::maps::take;
 
@@ -21,11 +21,18 @@ pub trait Stats {
     fn backend_traffic(&self, index: u32) -> Result<Traffic>;
 }
 
+/// Where the passive signal reads each backend's SYN and handshake counters;
+/// `BpfStats` is the real thing.
+pub trait HandshakeCounters {
+    /// The counters of backend `index`, cumulative, summed over CPUs.
+    fn handshakes(&self, index: u32) -> Result<Handshakes>;
+}
+
 /// The statistics maps of one loaded `xdp-lb`.
 pub struct BpfStats {
     stats: PerCpuArray<MapData, CounterSet>,
     vip_stats: PerCpuArray<MapData, Traffic>,
-    backend_stats: PerCpuArray<MapData, Traffic>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
 }
 
 impl BpfStats {
@@ -36,6 +43,12 @@ impl BpfStats {
             vip_stats: take(ebpf, names::VIP_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
         })
+    }
+
+    fn backend(&self, index: u32) -> Result<PerCpuValues<BackendStats>> {
+        self.backend_stats
+            .get(&index, 0)
+            .with_context(|| format!("reading {}[{index}]", names::BACKEND_STATS))
     }
 }
 
@@ -55,15 +68,33 @@ impl Stats for BpfStats {
     }
 
     fn backend_traffic(&self, index: u32) -> Result<Traffic> {
-        sum_traffic(&self.backend_stats, index)
+        let mut sum = Traffic::default();
+        for b in self.backend(index)?.iter() {
+            add_traffic(&mut sum, &b.traffic);
+        }
+        Ok(sum)
+    }
+}
+
+impl HandshakeCounters for BpfStats {
+    fn handshakes(&self, index: u32) -> Result<Handshakes> {
+        let mut sum = Handshakes::default();
+        for b in self.backend(index)?.iter() {
+            sum.add(&b.handshakes);
+        }
+        Ok(sum)
     }
 }
 
 fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
     let mut sum = Traffic::default();
     for t in map.get(&index, 0).with_context(|| format!("reading traffic[{index}]"))?.iter() {
-        sum.packets += t.packets;
-        sum.bytes += t.bytes;
+        add_traffic(&mut sum, t);
     }
     Ok(sum)
+}
+
+fn add_traffic(sum: &mut Traffic, t: &Traffic) {
+    sum.packets += t.packets;
+    sum.bytes += t.bytes;
 }

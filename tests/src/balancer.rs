@@ -15,7 +15,7 @@ use lb_userspace::{
     desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     maps::BpfMaps,
     objects,
-    stats::{BpfStats, Stats as _},
+    stats::{BpfStats, HandshakeCounters as _, Stats as _},
     writer::{Applied, MapWriter},
 };
 
@@ -201,6 +201,12 @@ impl Balancer {
     pub fn backend_traffic(&self, vip_name: &str, backend_name: &str) -> Traffic {
         let i = self.writer.backend_index(vip_name, backend_name).expect("backend index");
         self.stats.backend_traffic(i).expect("backend traffic")
+    }
+
+    #[must_use]
+    pub fn handshakes(&self, vip_name: &str, backend_name: &str) -> lb_common::Handshakes {
+        let i = self.writer.backend_index(vip_name, backend_name).expect("backend index");
+        self.stats.handshakes(i).expect("backend handshakes")
     }
 
     /// Which backend a forwarded frame was sent to: by outer destination (ipip)

@@ -893,11 +893,13 @@ fn a_backend_slot_or_vip_slot_given_to_a_newcomer_starts_counting_from_zero() {
         assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-2");
     }
     assert!(lb.backend_traffic("web4", "waf-2").packets >= 5);
+    assert_eq!(lb.handshakes("web4", "waf-2"), shakes(1, 1, 0));
     lb.plan.vips[0].backends.retain(|b| b.name != "waf-2");
     lb.apply();
     lb.plan.vips[0].backends.push(backend("waf-9", "10.0.0.19"));
     lb.apply();
     assert_eq!(lb.backend_traffic("web4", "waf-9").packets, 0, "waf-2's packets are not waf-9's");
+    assert_eq!(lb.handshakes("web4", "waf-9"), shakes(0, 0, 0), "nor its handshakes");
     let web4 = lb.writer.vip_index("web4").unwrap();
     assert!(lb.vip_traffic("web4").packets >= 5);
     let web = lb.plan.vips.remove(0);
@@ -906,6 +908,121 @@ fn a_backend_slot_or_vip_slot_given_to_a_newcomer_starts_counting_from_zero() {
     lb.apply();
     assert_eq!(lb.writer.vip_index("www4"), Some(web4));
     assert_eq!(lb.vip_traffic("www4").packets, 0, "web4's packets are not www4's");
+}
+
+// ---- handshakes: the passive signal ---------------------------------------
+
+/// A backend's handshake counters: SYNs forwarded, handshakes completed, SYNs retransmitted.
+fn shakes(syns: u64, completed: u64, syn_retransmits: u64) -> lb_common::Handshakes {
+    lb_common::Handshakes { syns, completed, syn_retransmits }
+}
+
+#[test]
+fn a_syn_counts_for_its_backend_and_the_clients_next_packet_completes_the_handshake_once() {
+    needs_root!();
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        let flow = tcp4();
+        let owner = lb.receiver(&lb.run(&flow.frame()));
+        assert_eq!(lb.handshakes("web4", &owner), shakes(1, 0, 0), "{mode:?}: a SYN, waiting");
+        for _ in 0..3 {
+            assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), owner);
+        }
+        assert_eq!(lb.handshakes("web4", &owner), shakes(1, 1, 0), "{mode:?}: once per flow");
+        assert_eq!(lb.backend_traffic("web4", &owner).packets, 4);
+        for other in ["waf-1", "waf-2", "waf-3"].into_iter().filter(|b| *b != owner) {
+            assert_eq!(lb.handshakes("web4", other), shakes(0, 0, 0), "{mode:?}: {other}");
+        }
+    }
+}
+
+#[test]
+fn a_syn_for_a_flow_already_in_the_table_is_a_retransmission() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp6();
+    let owner = lb.receiver(&lb.run(&flow.frame()));
+    for _ in 0..2 {
+        assert_eq!(lb.receiver(&lb.run(&flow.frame())), owner, "the ring's pick again");
+    }
+    assert_eq!(lb.handshakes("web6", &owner), shakes(3, 0, 2));
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), owner);
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), owner);
+    assert_eq!(lb.handshakes("web6", &owner), shakes(3, 1, 2), "three SYNs, one connection");
+    // Another flow's SYN is no retransmission.
+    let next = (1..1000).map(|i| flow.sport(40000 + i)).find(|f| lb.predict("web6", f) == owner);
+    assert_eq!(lb.receiver(&lb.run(&next.unwrap().frame())), owner);
+    assert_eq!(lb.handshakes("web6", &owner), shakes(4, 1, 2));
+}
+
+#[test]
+fn a_syn_reusing_the_ports_of_a_completed_connection_waits_for_its_own_handshake() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4();
+    let owner = lb.receiver(&lb.run(&flow.frame()));
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), owner);
+    assert_eq!(lb.receiver(&lb.run(&flow.frame())), owner);
+    assert_eq!(
+        lb.handshakes("web4", &owner),
+        shakes(2, 1, 1),
+        "in the table: counted retransmitted"
+    );
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), owner);
+    assert_eq!(lb.handshakes("web4", &owner), shakes(2, 2, 1), "the new connection completes");
+}
+
+#[test]
+fn flows_not_opened_by_a_syn_complete_no_handshake() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    // UDP, and a TCP flow picked up mid-way (a table miss: opened before the
+    // balancer started, or evicted), say nothing about a handshake.
+    for (vip, flow) in [("dns4", udp4()), ("web4", tcp4().ack().sport(41000))] {
+        let owner = lb.receiver(&lb.run(&flow.frame()));
+        for _ in 0..2 {
+            assert_eq!(lb.receiver(&lb.run(&flow.frame())), owner);
+        }
+        assert_eq!(lb.handshakes(vip, &owner), shakes(0, 0, 0), "{flow:?}");
+        assert_eq!(lb.backend_traffic(vip, &owner).packets, 3);
+    }
+}
+
+#[test]
+fn an_icmp_error_about_a_flow_does_not_complete_its_handshake() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-3");
+    assert_eq!(lb.receiver(&lb.run(&frag_needed(&flow))), "waf-3");
+    assert_eq!(lb.handshakes("web4", "waf-3"), shakes(1, 0, 0));
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-3");
+    assert_eq!(lb.handshakes("web4", "waf-3"), shakes(1, 1, 0));
+}
+
+#[test]
+fn a_handshake_whose_backend_went_down_completes_nowhere() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    lb.set_state("web4", "waf-2", Down);
+    let now = lb.receiver(&lb.run(&flow.ack().frame()));
+    assert_ne!(now, "waf-2");
+    assert_eq!(lb.handshakes("web4", "waf-2"), shakes(1, 0, 0), "its SYN went unanswered");
+    assert_eq!(lb.handshakes("web4", &now), shakes(0, 0, 0), "no SYN of this flow reached it");
+}
+
+#[test]
+fn a_syn_answered_instead_of_forwarded_counts_for_no_backend() {
+    needs_root!();
+    let lb = Balancer::new(Ipip);
+    // A SYN carrying data (TCP Fast Open) too big for the tunnel.
+    let syn = tcp4().payload(1500 - 40);
+    assert_eq!(syn.l3().len(), 1500);
+    let run = lb.run(&syn.frame());
+    assert!(decode_too_big(&run.frame).is_ok(), "answered with fragmentation needed");
+    for b in ["waf-1", "waf-2", "waf-3"] {
+        assert_eq!(lb.handshakes("web4", b), shakes(0, 0, 0), "{b}");
+    }
 }
 
 #[test]
