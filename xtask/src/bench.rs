@@ -20,12 +20,20 @@ const BENCHES: &[(&str, &str)] = &[
     ("maglev", "Maglev table: build time, disruption, balance"),
     ("conntrack", "Connection table under pressure, and map memory"),
     ("failover", "Failover: a dead WAF node stops getting new connections — xdplb against HAProxy"),
+    ("soak", "Soak: ten minutes of 1 M flows, flapping backends and reloads"),
 ];
+
+/// Run only when named (`cargo xtask bench soak`), not by a bare `cargo xtask bench`:
+/// the soak takes ten minutes and the whole machine.
+const OPT_IN: &[&str] = &["soak"];
 
 pub fn run(which: &[String]) -> Result<()> {
     let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
-    let which: Vec<&str> =
-        if which.is_empty() { names.clone() } else { which.iter().map(String::as_str).collect() };
+    let which: Vec<&str> = if which.is_empty() {
+        names.iter().copied().filter(|n| !OPT_IN.contains(n)).collect()
+    } else {
+        which.iter().map(String::as_str).collect()
+    };
     for w in &which {
         if !names.contains(w) {
             bail!("unknown benchmark `{w}`; known: {}", names.join(", "));

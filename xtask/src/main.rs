@@ -91,7 +91,8 @@ enum Task {
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
-        /// Which: xdp, live, http, maglev, conntrack, failover (see BENCHMARKS.md). Default: all.
+        /// Which: xdp, live, http, maglev, conntrack, failover, soak (see BENCHMARKS.md).
+        /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
     },
 }

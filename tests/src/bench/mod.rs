@@ -11,6 +11,7 @@ pub mod failover;
 pub mod http;
 pub mod live;
 pub mod maglev;
+pub mod soak;
 pub mod stats;
 pub mod veth;
 pub mod xdp;

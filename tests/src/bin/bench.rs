@@ -15,8 +15,9 @@ fn main() -> Result<()> {
         Some("maglev") => bench::maglev::run(rest),
         Some("conntrack") => bench::conntrack::run(rest),
         Some("failover") => bench::failover::run(rest),
+        Some("soak") => bench::soak::run(rest),
         _ => bail!(
-            "usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS]"
+            "usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS]"
         ),
     }
 }

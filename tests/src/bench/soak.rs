@@ -1,0 +1,675 @@
+//! `bench soak`: the control plane under a long, busy life. `xdplb run` (release
+//! build) balances one VIP over eight backends in network namespaces, health
+//! checking real listeners, while for ten minutes (by default):
+//! - one million concurrent TCP flows run through the daemon's live maps (frames
+//!   through BPF_PROG_TEST_RUN on a second instance of `xdp_lb` sharing the pinned
+//!   maps, one worker per CPU, so each CPU's share of the LRU connection table
+//!   holds its share of the flows), every flow once per pass, and every pass 1% of
+//!   them replaced by new ones (SYN, then ACK);
+//! - backends flap: every 15 s one of b1..b4 stops listening for 8 s (each node once
+//!   a minute: two changes a minute, under the flap-damping default);
+//! - the config is reloaded every 5 s, alternating with and without a ninth backend
+//!   (the ring changes at every reload);
+//! - the daemon's RSS, threads and open files, and the maps' use (connection-table
+//!   entries, live backend entries) are sampled every 30 s.
+//!
+//! Every flow's backend is remembered; a flow found on another backend counts as
+//! moved, and is a violation unless its backend was disturbed (down, or removed by
+//! a reload) at some status sample since the flow was last seen.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::{ConnValue, Counter, FlowKey, map_names};
+use lb_userspace::{admin::Request, loader, pins, stats::Stats as _};
+
+use super::progress;
+use crate::{
+    balancer::XDP_TX,
+    daemon::{Daemon, binary},
+    lab::{
+        in_netns,
+        sh::{cmd, ns_sh, quietly, sh},
+    },
+    packet::Flow,
+    rig::rows,
+};
+
+const FLOWS: usize = 1_000_000;
+/// Flows replaced by new ones at every pass.
+const CHURN: usize = FLOWS / 100;
+const DURATION: Duration = Duration::from_mins(10);
+const FLAP_EVERY: Duration = Duration::from_secs(15);
+const FLAP_FOR: Duration = Duration::from_secs(8);
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+/// RSS growth between the first sample after warm-up and the last that still
+/// counts as flat (allocator noise, a few more metric series).
+const FLAT: f64 = 0.10;
+
+const VIP: &str = "10.96.100.1";
+const PIN: &str = "/sys/fs/bpf/xdplb-soak";
+/// b1..b8 always configured; b9 only in every other reload's config.
+const NODES: usize = 9;
+const FLAPPING: usize = 4;
+const METRICS: &str = "127.0.0.1:19660";
+
+fn addr(node: usize) -> String {
+    format!("10.96.0.{}", 11 + node)
+}
+
+fn name(node: usize) -> String {
+    format!("b{}", node + 1)
+}
+
+/// Namespaces `xsk-lb` (10.96.0.1) and `xsk-b1..9` on bridge `xsk-br`.
+struct Pool {
+    dir: PathBuf,
+    listeners: Vec<Option<Listener>>,
+}
+
+impl Pool {
+    fn up() -> Result<Self> {
+        Self::down();
+        let dir = std::env::temp_dir().join("xdplb-soak");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        sh(&["ip", "link", "add", "xsk-br", "type", "bridge"])?;
+        sh(&["ip", "link", "set", "xsk-br", "up"])?;
+        let nodes = [("lb".to_owned(), "10.96.0.1".to_owned())]
+            .into_iter()
+            .chain((0..NODES).map(|n| (name(n), addr(n))));
+        for (n, a) in nodes {
+            let (ns, host) = (format!("xsk-{n}"), format!("xsk-{n}-h"));
+            sh(&["ip", "netns", "add", &ns])?;
+            sh(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            sh(&["ip", "link", "set", &host, "master", "xsk-br", "up"])?;
+            ns_sh(&ns, &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+            ns_sh(&ns, &["ip", "link", "set", "eth0", "up"])?;
+            ns_sh(&ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        let listeners = (0..NODES).map(|n| Listener::start(n).map(Some)).collect::<Result<_>>()?;
+        Ok(Self { dir, listeners })
+    }
+
+    fn down() {
+        for n in ["lb".to_owned()].into_iter().chain((0..NODES).map(name)) {
+            quietly(&mut cmd(&["ip", "netns", "del", &format!("xsk-{n}")]));
+            quietly(&mut cmd(&["ip", "link", "del", &format!("xsk-{n}-h")]));
+        }
+        quietly(&mut cmd(&["ip", "link", "del", "xsk-br"]));
+        let _ = loader::remove_pins(Path::new(PIN));
+    }
+
+    /// The config, with or without b9.
+    fn config(&self, with_b9: bool) -> String {
+        let mut s = format!(
+            "interface: eth0\nxdp_mode: skb\nmetrics_listen: {METRICS}\nadmin_socket: {}\n\
+             pin_path: {PIN}\nhash_seed: 000102030405060708090a0b0c0d0e0f\n\
+             health_check_defaults: {{ kind: tcp, port: 80, interval: 200ms, timeout: 150ms, rise: 2, fall: 3 }}\n\
+             vips:\n  - name: web\n    address: {VIP}\n    port: 80\n    backends:\n",
+            self.socket().display()
+        );
+        for n in 0..if with_b9 { NODES } else { NODES - 1 } {
+            let _ = writeln!(s, "      - {{ name: {}, address: {} }}", name(n), addr(n));
+        }
+        s
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("xdplb.yaml")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.listeners.clear();
+        Self::down();
+    }
+}
+
+/// A TCP listener on port 80 in a backend's namespace; dropping it refuses connections.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(node: usize) -> Result<Self> {
+        let sa: SocketAddr = format!("{}:80", addr(node)).parse()?;
+        let l = in_netns(Some(&format!("xsk-{}", name(node))), move || Ok(TcpListener::bind(sa)?))?;
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One pass for a worker: churn the slots `churn` (of all flows), then send every
+/// flow of its share once.
+struct Pass {
+    number: u32,
+    churn: std::ops::Range<usize>,
+    /// The last pass at which each node was seen disturbed.
+    disturbed: Arc<Vec<u32>>,
+}
+
+/// What a worker saw in one pass.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    checked: u64,
+    new_flows: u64,
+    /// Flows found on another backend than before, whose backend was disturbed.
+    moved_from_disturbed: u64,
+    /// Flows found on another backend while theirs was live and unchanged.
+    moved_from_live: u64,
+    dropped: u64,
+    unknown: u64,
+    /// A few of `moved_from_live`, for the report.
+    examples: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Self) {
+        self.checked += o.checked;
+        self.new_flows += o.new_flows;
+        self.moved_from_disturbed += o.moved_from_disturbed;
+        self.moved_from_live += o.moved_from_live;
+        self.dropped += o.dropped;
+        self.unknown += o.unknown;
+        for e in &o.examples {
+            if self.examples.len() < 5 {
+                self.examples.push(e.clone());
+            }
+        }
+    }
+}
+
+/// A frame template and where a flow's source address and port go in it.
+struct Frames {
+    syn: Vec<u8>,
+    ack: Vec<u8>,
+}
+
+const SRC_AT: usize = 14 + 12;
+const SPORT_AT: usize = 14 + 20;
+
+impl Frames {
+    fn new() -> Self {
+        let flow = Flow::tcp("100.64.0.1", 10_000, VIP, 80);
+        Self { syn: flow.syn().frame(), ack: flow.ack().frame() }
+    }
+
+    /// Flow `id`'s frame into `out` (checksums are left stale: the data path does
+    /// not check them).
+    fn write(&self, id: u64, syn: bool, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(if syn { &self.syn } else { &self.ack });
+        let src = 0x6440_0000u32 + u32::try_from(id / 50_000).unwrap_or(u32::MAX);
+        out[SRC_AT..SRC_AT + 4].copy_from_slice(&src.to_be_bytes());
+        let sport = 10_000 + u16::try_from(id % 50_000).unwrap_or(0);
+        out[SPORT_AT..SPORT_AT + 2].copy_from_slice(&sport.to_be_bytes());
+    }
+}
+
+/// One worker: a CPU, its share of the flows (slot k with k % workers == cpu),
+/// and its own instance of xdp_lb on the daemon's pinned maps.
+fn worker(
+    cpu: usize,
+    workers: usize,
+    macs: BTreeMap<[u8; 6], u8>,
+    passes: mpsc::Receiver<Pass>,
+    results: mpsc::Sender<Result<Tally>>,
+) -> Result<()> {
+    pin_to_cpu(cpu)?;
+    let mut ebpf = loader::load_with_pinned_maps(Path::new(PIN))?;
+    let prog: &mut Xdp =
+        ebpf.program_mut("xdp_lb").ok_or_else(|| anyhow!("no xdp_lb"))?.try_into()?;
+    prog.load()?;
+    let slots: Vec<usize> = (cpu..FLOWS).step_by(workers).collect();
+    let mut generation = vec![0u32; slots.len()];
+    // The backend each flow was last seen on (u8::MAX: none yet), and when.
+    let mut node = vec![u8::MAX; slots.len()];
+    let mut seen = vec![0u32; slots.len()];
+    let frames = Frames::new();
+    let (mut frame, mut out) = (Vec::with_capacity(256), vec![0u8; 512]);
+    let run = |frame: &[u8], out: &mut Vec<u8>| -> Result<(u32, u32)> {
+        out.resize(512, 0);
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(out),
+            ..TestRunOptions::new()
+        })?;
+        Ok((r.return_value, r.data_size_out))
+    };
+    for pass in passes {
+        let mut t = Tally::default();
+        let result = (|| -> Result<()> {
+            for (i, &k) in slots.iter().enumerate() {
+                let fresh = pass.churn.contains(&k) || pass.number == 0;
+                if fresh && pass.number > 0 {
+                    generation[i] += 1;
+                }
+                let id = k as u64 + u64::from(generation[i]) * FLOWS as u64;
+                if fresh {
+                    node[i] = u8::MAX;
+                    t.new_flows += 1;
+                    frames.write(id, true, &mut frame);
+                    run(&frame, &mut out)?;
+                }
+                frames.write(id, false, &mut frame);
+                let (action, len) = run(&frame, &mut out)?;
+                t.checked += 1;
+                if action != XDP_TX || len < 6 {
+                    t.dropped += 1;
+                    continue;
+                }
+                let mac: [u8; 6] = out[..6].try_into()?;
+                let Some(&now) = macs.get(&mac) else {
+                    t.unknown += 1;
+                    continue;
+                };
+                let was = node[i];
+                if was != u8::MAX && was != now {
+                    if pass.disturbed[usize::from(was)] >= seen[i] {
+                        t.moved_from_disturbed += 1;
+                    } else {
+                        t.moved_from_live += 1;
+                        if t.examples.len() < 5 {
+                            t.examples.push(format!(
+                                "flow {id} from {} to {} at pass {} (seen there at pass {})",
+                                name(usize::from(was)),
+                                name(usize::from(now)),
+                                pass.number,
+                                seen[i]
+                            ));
+                        }
+                    }
+                }
+                node[i] = now;
+                seen[i] = pass.number;
+            }
+            Ok(())
+        })();
+        if results.send(result.map(|()| t)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity(0) touch
+    // only it and this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) != 0 {
+            bail!("pinning a worker to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A field of /proc/PID/status, in its first unit (kB for memory).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(field)?.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// One sample of the daemon and the maps.
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    threads: u64,
+    fds: usize,
+    conns: usize,
+    live_backends: usize,
+    passes: u32,
+}
+
+/// Entries in the pinned connection table (walks its keys: a second or two at 1 M).
+fn conn_entries() -> Result<usize> {
+    let data = MapData::from_pin(pins::map_path(Path::new(PIN), map_names::CONNS))?;
+    let conns: BpfHashMap<MapData, FlowKey, ConnValue> =
+        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    Ok(conns.keys().filter(Result::is_ok).count())
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let duration = args
+        .first()
+        .map_or(Ok(DURATION), |s| s.parse().map(Duration::from_secs))
+        .context("seconds")?;
+    let daemon_binary = binary().context("the xdplb binary")?;
+    progress(format_args!(
+        "soak for {duration:?} with {} ({FLOWS} flows)",
+        daemon_binary.display()
+    ));
+    let mut pool = Pool::up()?;
+    std::fs::write(pool.config_path(), pool.config(false))?;
+    let daemon =
+        Daemon::start("xsk-lb", &pool.config_path(), &pool.socket(), METRICS.parse()?, &[])?;
+    daemon.wait_until("eight backends up", Duration::from_secs(30), |d| {
+        d.status().is_ok_and(|s| {
+            rows(&s).iter().filter(|r| r.state == "up" && r.mac != "unresolved").count()
+                == NODES - 1
+        })
+    })?;
+    let pid = daemon.pid().ok_or_else(|| anyhow!("no daemon pid"))?;
+    let macs: BTreeMap<[u8; 6], u8> = (0..NODES)
+        .map(|n| {
+            let text = ns_sh(&format!("xsk-{}", name(n)), &["cat", "/sys/class/net/eth0/address"])?;
+            let mac = lb_userspace::mac::parse(text.trim())
+                .ok_or_else(|| anyhow!("{}'s MAC {text:?}", name(n)))?;
+            Ok((mac, u8::try_from(n)?))
+        })
+        .collect::<Result<_>>()?;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+
+    let (results_tx, results) = mpsc::channel();
+    let mut to_workers = Vec::new();
+    let mut handles = Vec::new();
+    for cpu in 0..workers {
+        let (tx, rx) = mpsc::channel::<Pass>();
+        let (macs, results_tx) = (macs.clone(), results_tx.clone());
+        handles.push(std::thread::spawn(move || {
+            if let Err(e) = worker(cpu, workers, macs, rx, results_tx.clone()) {
+                let _ = results_tx.send(Err(e));
+            }
+        }));
+        to_workers.push(tx);
+    }
+    drop(results_tx);
+    let stats_maps = lb_userspace::stats::BpfStats::take_from(&mut loader::load_with_pinned_maps(
+        Path::new(PIN),
+    )?)?;
+    let counters_before = stats_maps.counters()?;
+
+    let start = Instant::now();
+    let mut disturbed = vec![0u32; NODES];
+    let mut total = Tally::default();
+    let mut samples: Vec<Sample> = Vec::new();
+    let (mut next_flap, mut next_reload, mut next_sample) =
+        (start + FLAP_EVERY, start + RELOAD_EVERY, start);
+    let mut down: Option<(usize, Instant)> = None;
+    let (mut flaps, mut reloads, mut reload_failures) = (0usize, 0usize, 0usize);
+    let mut with_b9 = false;
+    let mut flapper = 0usize;
+    let mut pass = 0u32;
+    let mark = |status: &str, disturbed: &mut Vec<u32>, pass: u32| {
+        let rows = rows(status);
+        for n in 0..NODES {
+            let live =
+                rows.iter().any(|r| r.backend == name(n) && r.state == "up" && r.health == "up");
+            if !live {
+                disturbed[n] = pass;
+            }
+        }
+    };
+    while start.elapsed() < duration {
+        let now = Instant::now();
+        if let Some((n, since)) = down
+            && now >= since + FLAP_FOR
+        {
+            pool.listeners[n] = Some(Listener::start(n)?);
+            down = None;
+        }
+        if now >= next_flap && down.is_none() {
+            let n = flapper % FLAPPING;
+            flapper += 1;
+            pool.listeners[n] = None;
+            disturbed[n] = pass;
+            down = Some((n, now));
+            flaps += 1;
+            next_flap = now + FLAP_EVERY;
+        }
+        if now >= next_reload {
+            with_b9 = !with_b9;
+            if !with_b9 {
+                disturbed[NODES - 1] = pass;
+            }
+            std::fs::write(pool.config_path(), pool.config(with_b9))?;
+            match daemon.admin(&Request::Reload)? {
+                lb_userspace::admin::Response::Ok(_) => reloads += 1,
+                lb_userspace::admin::Response::Error(e) => {
+                    reload_failures += 1;
+                    progress(format_args!("reload failed: {e}"));
+                }
+            }
+            if !with_b9 {
+                disturbed[NODES - 1] = pass;
+            }
+            next_reload = now + RELOAD_EVERY;
+        }
+        if let Ok(s) = daemon.status() {
+            mark(&s, &mut disturbed, pass);
+        }
+        let shared = Arc::new(disturbed.clone());
+        let churn = if pass == 0 {
+            0..0
+        } else {
+            let from = (pass as usize * CHURN) % FLOWS;
+            from..(from + CHURN).min(FLOWS)
+        };
+        for tx in &to_workers {
+            tx.send(Pass { number: pass, churn: churn.clone(), disturbed: Arc::clone(&shared) })
+                .map_err(|_| anyhow!("a worker stopped"))?;
+        }
+        let mut this = Tally::default();
+        for _ in 0..workers {
+            this.add(&results.recv().map_err(|_| anyhow!("a worker stopped"))??);
+        }
+        // Disturbances seen right after the pass count for it too.
+        if let Ok(s) = daemon.status() {
+            mark(&s, &mut disturbed, pass);
+        }
+        total.add(&this);
+        if this.moved_from_live > 0 {
+            progress(format_args!(
+                "pass {pass}: {} flows moved off a live node: {:?}",
+                this.moved_from_live, this.examples
+            ));
+        }
+        if Instant::now() >= next_sample {
+            let sample = Sample {
+                at: start.elapsed(),
+                rss_kib: proc_status(pid, "VmRSS:"),
+                threads: proc_status(pid, "Threads:"),
+                fds: open_files(pid),
+                conns: conn_entries()?,
+                live_backends: rows(&daemon.status().unwrap_or_default())
+                    .iter()
+                    .filter(|r| r.state == "up")
+                    .count(),
+                passes: pass + 1,
+            };
+            progress(format_args!(
+                "{:>4} s: RSS {} KiB, {} threads, {} fds, {} conn entries, {} backends up, pass {}, {} flows checked, {} moved off failed nodes, {} off live ones",
+                sample.at.as_secs(),
+                sample.rss_kib,
+                sample.threads,
+                sample.fds,
+                sample.conns,
+                sample.live_backends,
+                sample.passes,
+                total.checked,
+                total.moved_from_disturbed,
+                total.moved_from_live
+            ));
+            samples.push(sample);
+            next_sample += SAMPLE_EVERY;
+        }
+        pass += 1;
+    }
+    drop(to_workers);
+    for h in handles {
+        let _ = h.join();
+    }
+    let counters = stats_maps.counters()?;
+    let d = |c: Counter| counters.get(c) - counters_before.get(c);
+    let log = daemon.log_text();
+    let panicked = log.contains("panicked");
+    drop(daemon);
+    drop(pool);
+    ensure!(!panicked, "the daemon panicked:\n{log}");
+    let report = Report {
+        duration: start.elapsed(),
+        passes: pass,
+        workers,
+        flaps,
+        reloads,
+        reload_failures,
+        total,
+        samples,
+        conn_misses: d(Counter::ConnMiss),
+        conn_rehash: d(Counter::ConnRehash),
+    };
+    print!("{}", report.markdown());
+    ensure!(report.total.moved_from_live == 0, "flows moved off live, unchanged nodes");
+    Ok(())
+}
+
+struct Report {
+    duration: Duration,
+    passes: u32,
+    workers: usize,
+    flaps: usize,
+    reloads: usize,
+    reload_failures: usize,
+    total: Tally,
+    samples: Vec<Sample>,
+    conn_misses: u64,
+    conn_rehash: u64,
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let t = &self.total;
+        let _ = writeln!(
+            s,
+            "`xdplb run` (release) balancing one VIP over 8 backends (TCP checks every 200 ms, \
+             rise 2, fall 3) in network namespaces for {} s: {FLOWS} concurrent TCP flows \
+             through its live maps (BPF_PROG_TEST_RUN on a second `xdp_lb` sharing the pinned \
+             maps, {} workers, one per CPU), every flow once per pass and {CHURN} replaced per \
+             pass (SYN, then ACK); one of b1..b4 stopped for {} s every {} s ({} flaps); a reload \
+             every {} s alternating with and without a ninth backend ({} reloads, {} refused).\n",
+            self.duration.as_secs(),
+            self.workers,
+            FLAP_FOR.as_secs(),
+            FLAP_EVERY.as_secs(),
+            self.flaps,
+            RELOAD_EVERY.as_secs(),
+            self.reloads,
+            self.reload_failures
+        );
+        let _ = writeln!(
+            s,
+            "| t (s) | RSS (MiB) | threads | open files | conn-table entries | backends up | passes |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+        for x in &self.samples {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {} | {} | {} | {} | {} |",
+                x.at.as_secs(),
+                x.rss_kib as f64 / 1024.0,
+                x.threads,
+                x.fds,
+                x.conns,
+                x.live_backends,
+                x.passes
+            );
+        }
+        let warm: Vec<&Sample> =
+            self.samples.iter().filter(|x| x.at >= Duration::from_secs(120)).collect();
+        let verdict = match (warm.first(), warm.last()) {
+            (Some(a), Some(b)) if a.rss_kib > 0 => {
+                let growth = b.rss_kib as f64 / a.rss_kib as f64 - 1.0;
+                format!(
+                    "RSS from {:.1} MiB at {} s to {:.1} MiB at {} s: {:+.1}% ({}; flat means within {:.0}%)",
+                    a.rss_kib as f64 / 1024.0,
+                    a.at.as_secs(),
+                    b.rss_kib as f64 / 1024.0,
+                    b.at.as_secs(),
+                    growth * 100.0,
+                    if growth.abs() <= FLAT { "flat" } else { "NOT flat" },
+                    FLAT * 100.0
+                )
+            }
+            _ => "too short for a memory verdict (samples from 120 s on)".to_owned(),
+        };
+        let _ = writeln!(s, "\n- {verdict}.");
+        let _ = writeln!(
+            s,
+            "- {} passes, {} flow packets checked ({} new flows): **{} moved off a live, unchanged node**; \
+             {} moved off a node that failed or was removed (expected); {} dropped; {} to an unknown MAC.",
+            self.passes,
+            t.checked,
+            t.new_flows,
+            t.moved_from_live,
+            t.moved_from_disturbed,
+            t.dropped,
+            t.unknown
+        );
+        let _ = writeln!(
+            s,
+            "- Data path meanwhile: {} connection-table misses on non-SYN packets (flows the table no \
+             longer held: evicted, or new ones' first ACK after a SYN on another CPU), {} re-hashes of \
+             entries whose backend was down or replaced.",
+            self.conn_misses, self.conn_rehash
+        );
+        for e in &t.examples {
+            let _ = writeln!(s, "  - e.g. {e}");
+        }
+        s
+    }
+}
