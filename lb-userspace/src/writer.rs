@@ -1068,6 +1068,27 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_at_max_vips_with_a_renamed_vip_adopts_the_orphan_and_applies() {
+        // The old name's slot is adopted as an orphan; the new name needs it.
+        let mut w = MapWriter::new(FakeMaps::default());
+        let mut p = vips(MAX_VIPS, 2);
+        w.apply(&p).unwrap();
+        p.vips[5].name = "renamed".into();
+        p.vips[9].port = 8080;
+        let (mut again, adopted) = MapWriter::adopt(std::mem::take(&mut w.maps), &p).unwrap();
+        assert_eq!(adopted.orphans, 1 + 2, "vip5 and its two backends");
+        again.apply(&p).expect("a restart at the limit applies");
+        assert_eq!(again.vip_index("renamed"), Some(5));
+        assert_eq!(again.maps.vips.len(), MAX_VIPS as usize);
+        assert_invariants(&again);
+        // A second restart with the same config finds nothing to do.
+        let (mut third, adopted) = MapWriter::adopt(std::mem::take(&mut again.maps), &p).unwrap();
+        assert_eq!(adopted.orphans, 0);
+        third.maps.ops.clear();
+        assert!(third.apply(&p).unwrap().is_empty(), "{:?}", third.maps.ops);
+    }
+
+    #[test]
     fn adopting_maps_removes_what_the_config_no_longer_has() {
         let mut w = writer();
         let maps = std::mem::take(&mut w.maps);
