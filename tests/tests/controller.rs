@@ -366,3 +366,72 @@ fn a_backends_new_mac_and_the_interfaces_new_mtu_are_picked_up_while_running() {
     drop(daemon);
     drop(net);
 }
+
+/// The soak's check (`cargo xtask bench soak`), short: reloads that remove and
+/// re-add a backend and a flap of another never move an established flow of a
+/// live, unchanged node.
+#[test]
+fn reloads_and_a_flap_move_no_flow_of_a_live_unchanged_node() {
+    if !have_root("xdplb run in network namespaces") {
+        return;
+    }
+    binary().expect("the xdplb binary");
+    let net = Net::up();
+    let mut listeners: BTreeMap<&str, Listener> =
+        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+    // b2 flaps on purpose more often than damping allows.
+    let daemon = net.daemon("    health_check: { flap_changes: 0 }\n");
+    let config = net.dir.join("xdplb.yaml");
+    let with_b3 = std::fs::read_to_string(&config).unwrap();
+    let without_b3 = with_b3.replace("      - { name: b3, address: 10.97.0.13 }\n", "");
+    assert_ne!(with_b3, without_b3);
+
+    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
+    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
+    let receiver = |flow: &Flow| -> &str {
+        let run = run_program(prog, &flow.frame());
+        assert_eq!(run.action, XDP_TX, "{flow:?}");
+        macs[&decode(&run.frame).dst_mac]
+    };
+    let flows: Vec<Flow> = (0..300).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
+    let mut on: Vec<&str> = flows.iter().map(&receiver).collect();
+    // After each step, flows of the nodes it left alone must be where they were.
+    let mut check = |step: &str, left_alone: &[&str]| {
+        for (flow, was) in flows.iter().zip(on.iter_mut()) {
+            let now = receiver(&flow.ack());
+            if left_alone.contains(was) {
+                assert_eq!(now, *was, "{step}: {flow:?} moved off a live, unchanged node");
+            }
+            *was = now;
+        }
+    };
+    let reload = |d: &Daemon, text: &str| {
+        std::fs::write(&config, text).unwrap();
+        assert!(matches!(d.admin(&Request::Reload).unwrap(), lb_userspace::admin::Response::Ok(_)));
+    };
+    let up = |d: &Daemon, n: usize| {
+        d.wait_until("backends up", Duration::from_secs(10), |d| {
+            d.status().is_ok_and(|s| backend_lines_in(&s, "up") == n)
+        })
+        .unwrap();
+    };
+    for round in 0..3 {
+        reload(&daemon, &without_b3);
+        check(&format!("round {round}: b3 removed"), &["b1", "b2"]);
+        reload(&daemon, &with_b3);
+        up(&daemon, 3);
+        check(&format!("round {round}: b3 added"), &["b1", "b2"]);
+        drop(listeners.remove("b2"));
+        up(&daemon, 2);
+        check(&format!("round {round}: b2 down"), &["b1", "b3"]);
+        listeners.insert("b2", Listener::start("b2", "10.97.0.12"));
+        up(&daemon, 3);
+        check(&format!("round {round}: b2 back"), &["b1", "b3"]);
+    }
+    assert!(on.contains(&"b1"), "b1 kept some flows throughout: {on:?}");
+    drop(ebpf);
+    drop(daemon);
+    drop(net);
+}
