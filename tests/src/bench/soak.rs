@@ -279,9 +279,9 @@ impl Frames {
 fn worker(
     cpu: usize,
     workers: usize,
-    macs: BTreeMap<[u8; 6], u8>,
+    macs: &BTreeMap<[u8; 6], u8>,
     passes: mpsc::Receiver<Pass>,
-    results: mpsc::Sender<Result<Tally>>,
+    results: &mpsc::Sender<Result<Tally>>,
 ) -> Result<()> {
     pin_to_cpu(cpu)?;
     let mut ebpf = loader::load_with_pinned_maps(Path::new(PIN))?;
@@ -434,13 +434,250 @@ fn conn_table() -> Result<BpfHashMap<MapData, FlowKey, ConnValue>> {
 
 /// Entries in the pinned connection table (walks its keys: a second or two at 1 M).
 fn conn_entries() -> Result<usize> {
-    Ok(conn_table()?.keys().filter(Result::is_ok).count())
+    Ok(conn_table()?.keys().flatten().count())
 }
 
 fn backend_slots() -> Result<usize> {
     let data = MapData::from_pin(pins::map_path(Path::new(PIN), map_names::BACKENDS))?;
     let backends: Array<MapData, Backend> = Array::try_from(aya::maps::Map::Array(data))?;
     Ok(backends.iter().filter(|b| b.as_ref().is_ok_and(|b| b.family != 0)).count())
+}
+
+/// The worker threads, one per CPU, and their channels.
+struct Workers {
+    to: Vec<mpsc::Sender<Pass>>,
+    results: mpsc::Receiver<Result<Tally>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    fn spawn(count: usize, macs: &BTreeMap<[u8; 6], u8>) -> Self {
+        let (results_tx, results) = mpsc::channel();
+        let (mut to, mut handles) = (Vec::new(), Vec::new());
+        for cpu in 0..count {
+            let (tx, rx) = mpsc::channel::<Pass>();
+            let (macs, results_tx) = (macs.clone(), results_tx.clone());
+            handles.push(std::thread::spawn(move || {
+                if let Err(e) = worker(cpu, count, &macs, rx, &results_tx) {
+                    let _ = results_tx.send(Err(e));
+                }
+            }));
+            to.push(tx);
+        }
+        Self { to, results, handles }
+    }
+
+    /// Pass `number` over every flow, churning its share first.
+    fn pass(&self, number: u32, disturbed: &[u32]) -> Result<Tally> {
+        let shared = Arc::new(disturbed.to_vec());
+        let churn = if number == 0 {
+            0..0
+        } else {
+            let from = (number as usize * CHURN) % FLOWS;
+            from..(from + CHURN).min(FLOWS)
+        };
+        for tx in &self.to {
+            tx.send(Pass { number, churn: churn.clone(), disturbed: Arc::clone(&shared) })
+                .map_err(|_| anyhow!("a worker stopped"))?;
+        }
+        let mut this = Tally::default();
+        for _ in 0..self.to.len() {
+            this.add(&self.results.recv().map_err(|_| anyhow!("a worker stopped"))??);
+        }
+        Ok(this)
+    }
+
+    fn finish(self) {
+        drop(self.to);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// What the soak does to the daemon and what it saw of it.
+struct Soak {
+    pool: Pool,
+    daemon: Daemon,
+    pid: u32,
+    pass: u32,
+    /// The last pass at which each node was seen disturbed.
+    disturbed: Vec<u32>,
+    /// `transitions` at the last look.
+    changes: BTreeMap<String, f64>,
+    /// State changes of b5..b8, which are never stopped (probes failing under load).
+    unplanned: f64,
+    /// The node stopped now, and since when.
+    down: Option<(usize, Instant)>,
+    flapper: usize,
+    flaps: usize,
+    /// Flaps whose node `xdplb status` showed down while it was stopped.
+    flaps_seen: usize,
+    seen_this_flap: bool,
+    with_b9: bool,
+    reloads: usize,
+    reload_failures: usize,
+    total: Tally,
+    samples: Vec<Sample>,
+}
+
+impl Soak {
+    fn start() -> Result<Self> {
+        let pool = Pool::up()?;
+        std::fs::write(pool.config_path(), pool.config(false))?;
+        let daemon =
+            Daemon::start("xsk-lb", &pool.config_path(), &pool.socket(), METRICS.parse()?, &[])?;
+        daemon.wait_until("eight backends up", Duration::from_secs(30), |d| {
+            d.status().is_ok_and(|s| {
+                rows(&s).iter().filter(|r| r.state == "up" && r.mac != "unresolved").count()
+                    == NODES - 1
+            })
+        })?;
+        let pid = daemon.pid().ok_or_else(|| anyhow!("no daemon pid"))?;
+        let changes = transitions(&daemon);
+        Ok(Self {
+            pool,
+            daemon,
+            pid,
+            pass: 0,
+            disturbed: vec![0; NODES],
+            changes,
+            unplanned: 0.0,
+            down: None,
+            flapper: 0,
+            flaps: 0,
+            flaps_seen: 0,
+            seen_this_flap: false,
+            with_b9: false,
+            reloads: 0,
+            reload_failures: 0,
+            total: Tally::default(),
+            samples: Vec::new(),
+        })
+    }
+
+    fn macs() -> Result<BTreeMap<[u8; 6], u8>> {
+        (0..NODES)
+            .map(|n| {
+                let text =
+                    ns_sh(&format!("xsk-{}", name(n)), &["cat", "/sys/class/net/eth0/address"])?;
+                let mac = lb_userspace::mac::parse(text.trim())
+                    .ok_or_else(|| anyhow!("{}'s MAC {text:?}", name(n)))?;
+                Ok((mac, u8::try_from(n)?))
+            })
+            .collect()
+    }
+
+    /// Marks every node not live in `xdplb status`, or whose state changed since
+    /// the last look (`xdplb_backend_transitions_total`: a change between two
+    /// looks, however short), disturbed at this pass.
+    fn look(&mut self) {
+        let stopped = self.down.map(|(n, _)| n);
+        if let Ok(status) = self.daemon.status() {
+            let rows = rows(&status);
+            for (n, at) in self.disturbed.iter_mut().enumerate() {
+                let live = rows
+                    .iter()
+                    .any(|r| r.backend == name(n) && r.state == "up" && r.health == "up");
+                if !live {
+                    *at = self.pass;
+                    self.seen_this_flap |= stopped == Some(n);
+                }
+            }
+        }
+        let now = transitions(&self.daemon);
+        for (n, at) in self.disturbed.iter_mut().enumerate() {
+            let (a, b) = (self.changes.get(&name(n)), now.get(&name(n)));
+            if a != b {
+                *at = self.pass;
+                if (FLAPPING..NODES - 1).contains(&n) {
+                    self.unplanned += b.unwrap_or(&0.0) - a.unwrap_or(&0.0);
+                }
+            }
+        }
+        self.changes = now;
+    }
+
+    /// Brings the stopped node back after FLAP_FOR; stops the next one every FLAP_EVERY.
+    fn flap(&mut self, now: Instant, next: &mut Instant) -> Result<()> {
+        if let Some((n, since)) = self.down
+            && now >= since + FLAP_FOR
+        {
+            self.look(); // the last look before it comes back
+            self.flaps_seen += usize::from(self.seen_this_flap);
+            self.pool.listeners[n] = Some(Listener::start(n)?);
+            self.down = None;
+        }
+        if now >= *next && self.down.is_none() {
+            let n = self.flapper % FLAPPING;
+            self.flapper += 1;
+            self.pool.listeners[n] = None;
+            self.disturbed[n] = self.pass;
+            self.down = Some((n, now));
+            self.seen_this_flap = false;
+            self.flaps += 1;
+            *next = now + FLAP_EVERY;
+        }
+        Ok(())
+    }
+
+    /// Reloads with b9 if it was not configured, without it if it was.
+    fn reload(&mut self) -> Result<()> {
+        self.with_b9 = !self.with_b9;
+        if !self.with_b9 {
+            self.disturbed[NODES - 1] = self.pass;
+        }
+        std::fs::write(self.pool.config_path(), self.pool.config(self.with_b9))?;
+        match self.daemon.admin(&Request::Reload)? {
+            lb_userspace::admin::Response::Ok(_) => self.reloads += 1,
+            lb_userspace::admin::Response::Error(e) => {
+                self.reload_failures += 1;
+                progress(format_args!("reload failed: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn sample(&mut self, at: Duration) -> Result<()> {
+        let pid = self.pid;
+        let sample = Sample {
+            at,
+            rss_kib: proc_status(pid, "VmRSS:"),
+            threads: proc_status(pid, "Threads:"),
+            fds: open_files(pid),
+            series: self.daemon.http_get("/metrics").map_or(0, |(_, text)| {
+                text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count()
+            }),
+            conns: conn_entries()?,
+            backend_slots: backend_slots()?,
+            live_backends: rows(&self.daemon.status().unwrap_or_default())
+                .iter()
+                .filter(|r| r.state == "up")
+                .count(),
+            passes: self.pass + 1,
+            with_b9: self.with_b9,
+        };
+        let t = &self.total;
+        progress(format_args!(
+            "{:>4} s: RSS {} KiB, {} threads, {} fds, {} series, {} conn entries, {} backend slots, {} backends up, pass {}, {} flows checked, {} moved off failed nodes, {} evicted ({} of them moved), {} moved off live ones",
+            sample.at.as_secs(),
+            sample.rss_kib,
+            sample.threads,
+            sample.fds,
+            sample.series,
+            sample.conns,
+            sample.backend_slots,
+            sample.live_backends,
+            sample.passes,
+            t.checked,
+            t.moved_from_disturbed,
+            t.evicted,
+            t.moved_after_eviction,
+            t.moved_from_live
+        ));
+        self.samples.push(sample);
+        Ok(())
+    }
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -453,232 +690,70 @@ pub fn run(args: &[String]) -> Result<()> {
         "soak for {duration:?} with {} ({FLOWS} flows)",
         daemon_binary.display()
     ));
-    let mut pool = Pool::up()?;
-    std::fs::write(pool.config_path(), pool.config(false))?;
-    let daemon =
-        Daemon::start("xsk-lb", &pool.config_path(), &pool.socket(), METRICS.parse()?, &[])?;
-    daemon.wait_until("eight backends up", Duration::from_secs(30), |d| {
-        d.status().is_ok_and(|s| {
-            rows(&s).iter().filter(|r| r.state == "up" && r.mac != "unresolved").count()
-                == NODES - 1
-        })
-    })?;
-    let pid = daemon.pid().ok_or_else(|| anyhow!("no daemon pid"))?;
-    let macs: BTreeMap<[u8; 6], u8> = (0..NODES)
-        .map(|n| {
-            let text = ns_sh(&format!("xsk-{}", name(n)), &["cat", "/sys/class/net/eth0/address"])?;
-            let mac = lb_userspace::mac::parse(text.trim())
-                .ok_or_else(|| anyhow!("{}'s MAC {text:?}", name(n)))?;
-            Ok((mac, u8::try_from(n)?))
-        })
-        .collect::<Result<_>>()?;
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-
-    let (results_tx, results) = mpsc::channel();
-    let mut to_workers = Vec::new();
-    let mut handles = Vec::new();
-    for cpu in 0..workers {
-        let (tx, rx) = mpsc::channel::<Pass>();
-        let (macs, results_tx) = (macs.clone(), results_tx.clone());
-        handles.push(std::thread::spawn(move || {
-            if let Err(e) = worker(cpu, workers, macs, rx, results_tx.clone()) {
-                let _ = results_tx.send(Err(e));
-            }
-        }));
-        to_workers.push(tx);
-    }
-    drop(results_tx);
+    let mut soak = Soak::start()?;
+    let workers = Workers::spawn(
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        &Soak::macs()?,
+    );
     let stats_maps = lb_userspace::stats::BpfStats::take_from(&mut loader::load_with_pinned_maps(
         Path::new(PIN),
     )?)?;
     let counters_before = stats_maps.counters()?;
 
     let start = Instant::now();
-    let mut disturbed = vec![0u32; NODES];
-    let mut total = Tally::default();
-    let mut samples: Vec<Sample> = Vec::new();
     let (mut next_flap, mut next_reload, mut next_sample) =
         (start + FLAP_EVERY, start + RELOAD_EVERY, start);
-    let mut down: Option<(usize, Instant)> = None;
-    let (mut flaps, mut reloads, mut reload_failures) = (0usize, 0usize, 0usize);
-    // Flaps whose node `xdplb status` showed down while it was stopped.
-    let (mut flaps_seen, mut seen_this_flap) = (0usize, false);
-    let mut with_b9 = false;
-    let mut flapper = 0usize;
-    let mut pass = 0u32;
-    // Marks every node not live in `status` disturbed at `pass`; whether the
-    // stopped node (if any) is among them.
-    let mark = |status: &str, disturbed: &mut Vec<u32>, pass: u32, stopped: Option<usize>| {
-        let rows = rows(status);
-        let mut stopped_seen_down = false;
-        for n in 0..NODES {
-            let live =
-                rows.iter().any(|r| r.backend == name(n) && r.state == "up" && r.health == "up");
-            if !live {
-                disturbed[n] = pass;
-                stopped_seen_down |= stopped == Some(n);
-            }
-        }
-        stopped_seen_down
-    };
-    let mut changes = transitions(&daemon);
-    // State changes of b5..b8, which are never stopped (probes failing under load).
-    let mut unplanned = 0.0;
-    let mut follow = |disturbed: &mut Vec<u32>, pass: u32| {
-        let now = transitions(&daemon);
-        for n in 0..NODES {
-            let (a, b) = (changes.get(&name(n)), now.get(&name(n)));
-            if a != b {
-                disturbed[n] = pass;
-                if (FLAPPING..NODES - 1).contains(&n) {
-                    unplanned += b.unwrap_or(&0.0) - a.unwrap_or(&0.0);
-                }
-            }
-        }
-        changes = now;
-    };
     while start.elapsed() < duration {
         let now = Instant::now();
-        if let Some((n, since)) = down
-            && now >= since + FLAP_FOR
-        {
-            // Last look before it comes back.
-            if let Ok(s) = daemon.status() {
-                seen_this_flap |= mark(&s, &mut disturbed, pass, Some(n));
-            }
-            flaps_seen += usize::from(seen_this_flap);
-            pool.listeners[n] = Some(Listener::start(n)?);
-            down = None;
-        }
-        if now >= next_flap && down.is_none() {
-            let n = flapper % FLAPPING;
-            flapper += 1;
-            pool.listeners[n] = None;
-            disturbed[n] = pass;
-            down = Some((n, now));
-            seen_this_flap = false;
-            flaps += 1;
-            next_flap = now + FLAP_EVERY;
-        }
+        soak.flap(now, &mut next_flap)?;
         if now >= next_reload {
-            with_b9 = !with_b9;
-            if !with_b9 {
-                disturbed[NODES - 1] = pass;
-            }
-            std::fs::write(pool.config_path(), pool.config(with_b9))?;
-            match daemon.admin(&Request::Reload)? {
-                lb_userspace::admin::Response::Ok(_) => reloads += 1,
-                lb_userspace::admin::Response::Error(e) => {
-                    reload_failures += 1;
-                    progress(format_args!("reload failed: {e}"));
-                }
-            }
-            if !with_b9 {
-                disturbed[NODES - 1] = pass;
-            }
+            soak.reload()?;
             next_reload = now + RELOAD_EVERY;
         }
-        if let Ok(s) = daemon.status() {
-            seen_this_flap |= mark(&s, &mut disturbed, pass, down.map(|(n, _)| n));
-        }
-        follow(&mut disturbed, pass);
-        let shared = Arc::new(disturbed.clone());
-        let churn = if pass == 0 {
-            0..0
-        } else {
-            let from = (pass as usize * CHURN) % FLOWS;
-            from..(from + CHURN).min(FLOWS)
-        };
-        for tx in &to_workers {
-            tx.send(Pass { number: pass, churn: churn.clone(), disturbed: Arc::clone(&shared) })
-                .map_err(|_| anyhow!("a worker stopped"))?;
-        }
-        let mut this = Tally::default();
-        for _ in 0..workers {
-            this.add(&results.recv().map_err(|_| anyhow!("a worker stopped"))??);
-        }
+        soak.look();
+        let this = workers.pass(soak.pass, &soak.disturbed)?;
         // Disturbances seen right after the pass count for it too.
-        if let Ok(s) = daemon.status() {
-            seen_this_flap |= mark(&s, &mut disturbed, pass, down.map(|(n, _)| n));
-        }
-        follow(&mut disturbed, pass);
-        total.add(&this);
+        soak.look();
+        soak.total.add(&this);
         if this.moved_from_live > 0 {
             progress(format_args!(
-                "pass {pass}: {} flows moved off a live node: {:?}",
-                this.moved_from_live, this.examples
+                "pass {}: {} flows moved off a live node: {:?}",
+                soak.pass, this.moved_from_live, this.examples
             ));
         }
         if Instant::now() >= next_sample {
-            let sample = Sample {
-                at: start.elapsed(),
-                rss_kib: proc_status(pid, "VmRSS:"),
-                threads: proc_status(pid, "Threads:"),
-                fds: open_files(pid),
-                series: daemon.http_get("/metrics").map_or(0, |(_, text)| {
-                    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count()
-                }),
-                conns: conn_entries()?,
-                backend_slots: backend_slots()?,
-                live_backends: rows(&daemon.status().unwrap_or_default())
-                    .iter()
-                    .filter(|r| r.state == "up")
-                    .count(),
-                passes: pass + 1,
-                with_b9,
-            };
-            progress(format_args!(
-                "{:>4} s: RSS {} KiB, {} threads, {} fds, {} series, {} conn entries, {} backend slots, {} backends up, pass {}, {} flows checked, {} moved off failed nodes, {} evicted ({} of them moved), {} moved off live ones",
-                sample.at.as_secs(),
-                sample.rss_kib,
-                sample.threads,
-                sample.fds,
-                sample.series,
-                sample.conns,
-                sample.backend_slots,
-                sample.live_backends,
-                sample.passes,
-                total.checked,
-                total.moved_from_disturbed,
-                total.evicted,
-                total.moved_after_eviction,
-                total.moved_from_live
-            ));
-            samples.push(sample);
+            soak.sample(start.elapsed())?;
             next_sample += SAMPLE_EVERY;
         }
-        pass += 1;
+        soak.pass += 1;
     }
-    if down.is_some() && !seen_this_flap {
-        flaps -= 1; // cut short by the end: not judged
-    } else if down.is_some() {
-        flaps_seen += 1;
+    if soak.down.is_some() && !soak.seen_this_flap {
+        soak.flaps -= 1; // cut short by the end: not judged
+    } else if soak.down.is_some() {
+        soak.flaps_seen += 1;
     }
-    drop(to_workers);
-    for h in handles {
-        let _ = h.join();
-    }
+    let workers_count = workers.to.len();
+    workers.finish();
     let counters = stats_maps.counters()?;
     let d = |c: Counter| counters.get(c) - counters_before.get(c);
-    let log = daemon.log_text();
-    let panicked = log.contains("panicked");
-    drop(daemon);
-    drop(pool);
-    ensure!(!panicked, "the daemon panicked:\n{log}");
+    let log = soak.daemon.log_text();
+    ensure!(!log.contains("panicked"), "the daemon panicked:\n{log}");
     let report = Report {
         duration: start.elapsed(),
-        passes: pass,
-        workers,
-        flaps,
-        flaps_seen,
-        unplanned,
-        reloads,
-        reload_failures,
-        total,
-        samples,
+        passes: soak.pass,
+        workers: workers_count,
+        flaps: soak.flaps,
+        flaps_seen: soak.flaps_seen,
+        unplanned: soak.unplanned,
+        reloads: soak.reloads,
+        reload_failures: soak.reload_failures,
+        total: soak.total,
+        samples: soak.samples,
         conn_misses: d(Counter::ConnMiss),
         conn_rehash: d(Counter::ConnRehash),
     };
+    drop(soak.daemon);
+    drop(soak.pool);
     // A failed requirement is stated in the report (BENCHMARKS.md keeps the
     // figures of a miss too), not turned into an error that would lose them.
     print!("{}", report.markdown());
@@ -707,7 +782,7 @@ struct Report {
 impl Report {
     /// Samples from two minutes on (start-up and the first passes excluded).
     fn warm(&self) -> Vec<&Sample> {
-        self.samples.iter().filter(|x| x.at >= Duration::from_secs(120)).collect()
+        self.samples.iter().filter(|x| x.at >= Duration::from_mins(2)).collect()
     }
 
     /// RSS growth over the warm samples, if there are two.
