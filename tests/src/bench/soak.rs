@@ -751,6 +751,9 @@ pub fn run(args: &[String]) -> Result<()> {
         samples: soak.samples,
         conn_misses: d(Counter::ConnMiss),
         conn_rehash: d(Counter::ConnRehash),
+        load: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
     };
     drop(soak.daemon);
     drop(soak.pool);
@@ -777,6 +780,8 @@ struct Report {
     samples: Vec<Sample>,
     conn_misses: u64,
     conn_rehash: u64,
+    /// /proc/loadavg's first three fields at the end.
+    load: String,
 }
 
 impl Report {
@@ -839,28 +844,9 @@ impl Report {
         f
     }
 
-    fn markdown(&self) -> String {
+    /// The samples, one row each.
+    fn table(&self) -> String {
         let mut s = String::new();
-        let t = &self.total;
-        let _ = writeln!(
-            s,
-            "`xdplb run` (release) balancing one VIP over 8 backends (TCP checks every 200 ms, \
-             rise 2, fall 3, default flap damping and policies) in network namespaces for {} s: \
-             {FLOWS} concurrent TCP flows through its live maps (BPF_PROG_TEST_RUN on a second \
-             `xdp_lb` sharing the pinned maps, {} workers, one per CPU), every flow once per pass \
-             and {CHURN} replaced per pass (SYN, then ACK); one of b1..b4 stopped for {} s every \
-             {} s ({} flaps, {} seen down in `xdplb status`); a reload every {} s alternating with \
-             and without a ninth backend ({} reloads answered ok, {} refused).\n",
-            self.duration.as_secs(),
-            self.workers,
-            FLAP_FOR.as_secs(),
-            FLAP_EVERY.as_secs(),
-            self.flaps,
-            self.flaps_seen,
-            RELOAD_EVERY.as_secs(),
-            self.reloads,
-            self.reload_failures
-        );
         let _ = writeln!(
             s,
             "| t (s) | RSS (MiB) | threads | open files | metric series | conn-table entries | backend slots written | backends up | passes |"
@@ -881,6 +867,37 @@ impl Report {
                 x.passes
             );
         }
+        s
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let t = &self.total;
+        let _ = writeln!(
+            s,
+            "`xdplb run` (release) balancing one VIP over 8 backends (TCP checks every 200 ms, \
+             rise 2, fall 3, default flap damping and policies) in network namespaces for {} s: \
+             {FLOWS} concurrent TCP flows through its live maps (BPF_PROG_TEST_RUN on a second \
+             `xdp_lb` sharing the pinned maps, {} workers, one per CPU), every flow once per pass \
+             and {CHURN} replaced per pass (SYN, then ACK; a pass took {:.1} s on average); one \
+             of b1..b4 stopped for at least {} s every {} s or at the next pass ({} flaps, {} \
+             seen down in `xdplb status`); a reload every {} s or at the next pass, alternating \
+             with and without a ninth backend ({} reloads answered ok, one every {:.1} s on \
+             average; {} refused). Load average at the end: {} (the machine is shared).\n",
+            self.duration.as_secs(),
+            self.workers,
+            self.duration.as_secs_f64() / f64::from(self.passes.max(1)),
+            FLAP_FOR.as_secs(),
+            FLAP_EVERY.as_secs(),
+            self.flaps,
+            self.flaps_seen,
+            RELOAD_EVERY.as_secs(),
+            self.reloads,
+            self.duration.as_secs_f64() / self.reloads.max(1) as f64,
+            self.reload_failures,
+            self.load
+        );
+        s.push_str(&self.table());
         let verdict = match self.growth() {
             Some((growth, a, b)) => format!(
                 "RSS from {:.1} MiB at {} s to {:.1} MiB at {} s: {:+.1}% ({}; flat means within {:.0}%)",
@@ -912,12 +929,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- Connection table: {} established flows were no longer in it when their packet \
-             came (the LRU evicted them: {FLOWS} flows plus the churned ones' stale entries in \
-             {} entries); {} of those were re-hashed onto another backend because the ring had \
-             changed since their SYN. Data-path counters: {} table misses on non-SYN packets, {} \
+            "- Connection table: {} established flows ({:.1} per pass, about as many as the \
+             {CHURN} new ones a pass inserts) were no longer in it when their packet came: the \
+             kernel's LRU is approximate and, with {FLOWS} live flows plus the churned ones' \
+             stale entries in {} entries, evicts live flows too; {} of those were re-hashed onto \
+             another backend because the ring had changed since their SYN. Data-path counters: {} table misses on non-SYN packets, {} \
              re-hashes of entries whose backend was down or replaced.",
             t.evicted,
+            t.evicted as f64 / f64::from(self.passes.max(1)),
             lb_common::limits::CONN_TABLE_SIZE,
             t.moved_after_eviction,
             self.conn_misses,
