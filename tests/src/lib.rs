@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod decapsulator;
 pub mod fuzz;
 pub mod lab;
+pub mod listener;
 pub mod packet;
 pub mod privilege;
 pub mod rig;

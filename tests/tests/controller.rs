@@ -7,13 +7,9 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -22,10 +18,8 @@ use lb_userspace::{admin::Request, loader};
 use xdplb_tests::{
     balancer::{XDP_TX, run_program},
     daemon::{Daemon, binary},
-    lab::{
-        in_netns,
-        sh::{cmd, ns_sh, quietly, sh},
-    },
+    lab::sh::{cmd, ns_sh, quietly, sh},
+    listener::Listener,
     packet::{Flow, decode},
     privilege::have_root,
 };
@@ -113,43 +107,38 @@ impl Drop for Net {
     }
 }
 
-/// A TCP listener on port 80 in a backend's namespace; dropping it refuses connections.
-struct Listener {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start(name: &str, addr: &str) -> Self {
-        let sa: SocketAddr = format!("{addr}:80").parse().unwrap();
-        let l = in_netns(Some(&format!("xct-{name}")), move || Ok(TcpListener::bind(sa)?)).unwrap();
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => drop(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A listener on port 80 in backend `name`'s namespace.
+fn listen(name: &str, addr: &str) -> Listener {
+    Listener::start(&format!("xct-{name}"), format!("{addr}:80").parse().unwrap()).unwrap()
 }
 
 fn mac_of(name: &str) -> [u8; 6] {
     let text = ns_sh(&format!("xct-{name}"), &["cat", "/sys/class/net/eth0/address"]).unwrap();
     lb_userspace::mac::parse(text.trim()).unwrap()
+}
+
+/// The daemon's live maps under a second `xdp_lb`, and which backend a frame reaches.
+struct Live {
+    ebpf: aya::Ebpf,
+    macs: BTreeMap<[u8; 6], &'static str>,
+}
+
+impl Live {
+    fn load() -> Self {
+        let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
+        let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let macs = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
+        Self { ebpf, macs }
+    }
+
+    /// The backend `flow`'s frame is sent to.
+    fn receiver(&self, flow: &Flow) -> &'static str {
+        let prog: &Xdp = self.ebpf.program("xdp_lb").unwrap().try_into().unwrap();
+        let run = run_program(prog, &flow.frame());
+        assert_eq!(run.action, XDP_TX, "{flow:?}");
+        self.macs[&decode(&run.frame).dst_mac]
+    }
 }
 
 fn backend_lines_in(status: &str, state: &str) -> usize {
@@ -164,7 +153,7 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     binary().expect("the xdplb binary");
     let net = Net::up();
     let mut listeners: BTreeMap<&str, Listener> =
-        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+        BACKENDS.iter().map(|(n, a)| (*n, listen(n, a))).collect();
     let mut daemon = net.daemon("");
 
     // Operator views.
@@ -183,15 +172,8 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     }
 
     // The same data path, on the daemon's live maps.
-    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
-    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
-    prog.load().unwrap();
-    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
-    let receiver = |flow: &Flow| -> &str {
-        let run = run_program(prog, &flow.frame());
-        assert_eq!(run.action, XDP_TX, "{flow:?}");
-        macs[&decode(&run.frame).dst_mac]
-    };
+    let live = Live::load();
+    let receiver = |flow: &Flow| live.receiver(flow);
     let flows: Vec<Flow> = (0..90).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
     let before: Vec<&str> = flows.iter().map(&receiver).collect();
     for (b, _) in BACKENDS {
@@ -241,7 +223,7 @@ fn xdplb_run_reports_status_and_metrics_and_fails_a_dead_backends_flows_over() {
     let log = daemon.stop().unwrap();
     assert!(log.contains("stays attached"), "{log}");
     assert!(std::path::Path::new(PIN).join("link").exists());
-    drop(ebpf);
+    drop(live);
     drop(net);
     assert!(!std::path::Path::new(PIN).exists(), "pins removed by cleanup");
 }
@@ -255,18 +237,11 @@ fn with_down_flows_keep_and_all_down_fail_open_a_failed_node_keeps_its_flows_and
     binary().expect("the xdplb binary");
     let net = Net::up();
     let mut listeners: BTreeMap<&str, Listener> =
-        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+        BACKENDS.iter().map(|(n, a)| (*n, listen(n, a))).collect();
     let daemon = net.daemon("    down_flows: keep\n    all_down: fail_open\n");
 
-    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
-    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
-    prog.load().unwrap();
-    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
-    let receiver = |flow: &Flow| -> &str {
-        let run = run_program(prog, &flow.frame());
-        assert_eq!(run.action, XDP_TX, "{flow:?}");
-        macs[&decode(&run.frame).dst_mac]
-    };
+    let live = Live::load();
+    let receiver = |flow: &Flow| live.receiver(flow);
     let flows: Vec<Flow> = (0..90).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
     let before: Vec<&str> = flows.iter().map(&receiver).collect();
     assert!(before.contains(&"b2"), "{before:?}");
@@ -310,7 +285,7 @@ fn with_down_flows_keep_and_all_down_fail_open_a_failed_node_keeps_its_flows_and
         "{}",
         daemon.log_text()
     );
-    drop(ebpf);
+    drop(live);
     drop(daemon);
     drop(net);
 }
@@ -323,7 +298,7 @@ fn a_backends_new_mac_and_the_interfaces_new_mtu_are_picked_up_while_running() {
     binary().expect("the xdplb binary");
     let net = Net::up();
     let _listeners: BTreeMap<&str, Listener> =
-        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+        BACKENDS.iter().map(|(n, a)| (*n, listen(n, a))).collect();
     let daemon = net.daemon("");
     let mac_in_status = |d: &Daemon, name: &str| -> Option<String> {
         let status = d.status().ok()?;
@@ -378,7 +353,7 @@ fn reloads_and_a_flap_move_no_flow_of_a_live_unchanged_node() {
     binary().expect("the xdplb binary");
     let net = Net::up();
     let mut listeners: BTreeMap<&str, Listener> =
-        BACKENDS.iter().map(|(n, a)| (*n, Listener::start(n, a))).collect();
+        BACKENDS.iter().map(|(n, a)| (*n, listen(n, a))).collect();
     // b2 flaps on purpose more often than damping allows.
     let daemon = net.daemon("    health_check: { flap_changes: 0 }\n");
     let config = net.dir.join("xdplb.yaml");
@@ -386,15 +361,8 @@ fn reloads_and_a_flap_move_no_flow_of_a_live_unchanged_node() {
     let without_b3 = with_b3.replace("      - { name: b3, address: 10.97.0.13 }\n", "");
     assert_ne!(with_b3, without_b3);
 
-    let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
-    let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
-    prog.load().unwrap();
-    let macs: BTreeMap<[u8; 6], &str> = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
-    let receiver = |flow: &Flow| -> &str {
-        let run = run_program(prog, &flow.frame());
-        assert_eq!(run.action, XDP_TX, "{flow:?}");
-        macs[&decode(&run.frame).dst_mac]
-    };
+    let live = Live::load();
+    let receiver = |flow: &Flow| live.receiver(flow);
     let flows: Vec<Flow> = (0..300).map(|i| Flow::tcp("10.97.0.50", 20000 + i, VIP, 80)).collect();
     let mut on: Vec<&str> = flows.iter().map(&receiver).collect();
     // After each step, flows of the nodes it left alone must be where they were.
@@ -426,12 +394,12 @@ fn reloads_and_a_flap_move_no_flow_of_a_live_unchanged_node() {
         drop(listeners.remove("b2"));
         up(&daemon, 2);
         check(&format!("round {round}: b2 down"), &["b1", "b3"]);
-        listeners.insert("b2", Listener::start("b2", "10.97.0.12"));
+        listeners.insert("b2", listen("b2", "10.97.0.12"));
         up(&daemon, 3);
         check(&format!("round {round}: b2 back"), &["b1", "b3"]);
     }
     assert!(on.contains(&"b1"), "b1 kept some flows throughout: {on:?}");
-    drop(ebpf);
+    drop(live);
     drop(daemon);
     drop(net);
 }

@@ -26,13 +26,8 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{Arc, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -49,10 +44,8 @@ use super::progress;
 use crate::{
     balancer::{XDP_TX, flow_key},
     daemon::{Daemon, binary},
-    lab::{
-        in_netns,
-        sh::{cmd, ns_sh, quietly, sh},
-    },
+    lab::sh::{cmd, ns_sh, quietly, sh},
+    listener::Listener,
     packet::Flow,
     rig::rows,
 };
@@ -112,7 +105,7 @@ impl Pool {
             ns_sh(&ns, &["ip", "link", "set", "eth0", "up"])?;
             ns_sh(&ns, &["ip", "link", "set", "lo", "up"])?;
         }
-        let listeners = (0..NODES).map(|n| Listener::start(n).map(Some)).collect::<Result<_>>()?;
+        let listeners = (0..NODES).map(|n| listen(n).map(Some)).collect::<Result<_>>()?;
         Ok(Self { dir, listeners })
     }
 
@@ -156,38 +149,9 @@ impl Drop for Pool {
     }
 }
 
-/// A TCP listener on port 80 in a backend's namespace; dropping it refuses connections.
-struct Listener {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Listener {
-    fn start(node: usize) -> Result<Self> {
-        let sa: SocketAddr = format!("{}:80", addr(node)).parse()?;
-        let l = in_netns(Some(&format!("xsk-{}", name(node))), move || Ok(TcpListener::bind(sa)?))?;
-        l.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => drop(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Self { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A listener on port 80 in node `node`'s namespace.
+fn listen(node: usize) -> Result<Listener> {
+    Listener::start(&format!("xsk-{}", name(node)), format!("{}:80", addr(node)).parse()?)
 }
 
 /// One pass for a worker: churn the slots `churn` (of all flows), then send every
@@ -605,7 +569,7 @@ impl Soak {
         {
             self.look(); // the last look before it comes back
             self.flaps_seen += usize::from(self.seen_this_flap);
-            self.pool.listeners[n] = Some(Listener::start(n)?);
+            self.pool.listeners[n] = Some(listen(n)?);
             self.down = None;
         }
         if now >= *next && self.down.is_none() {
