@@ -183,7 +183,7 @@ mod tests {
         } else {
             origin.checked_sub(Duration::from_millis(ms.unsigned_abs())).expect("past")
         };
-        Record { start, end: start, outcome: outcome.map(str::to_owned) }
+        Record { start, end: start, outcome: outcome.map(str::to_owned), connect: None }
     }
 
     #[test]

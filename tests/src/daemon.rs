@@ -128,6 +128,16 @@ impl Daemon {
         })
     }
 
+    /// The sum of every series of metric `name` whose labels include `labels`
+    /// (0 when there is none), from `/metrics`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let (code, body) = self.http_get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(metric_sum(&body, name, labels))
+    }
+
     #[must_use]
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -198,6 +208,21 @@ impl Daemon {
     }
 }
 
+/// The sum over the series of `name` in Prometheus text whose labels include
+/// `labels` (`name{a="x",b="y"} 3`).
+#[must_use]
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let wanted = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && wanted).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
@@ -207,5 +232,21 @@ fn is_zombie(pid: i32) -> bool {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metric_sums_the_series_whose_labels_match() {
+        let text = "# HELP x_total X.\n# TYPE x_total counter\n\
+                    x_total{vip=\"web\",to=\"down\"} 2\nx_total{vip=\"api\",to=\"down\"} 3\n\
+                    x_total{vip=\"web\",to=\"up\"} 5\nx_total_other 7\ny 1.5\n";
+        assert!((metric_sum(text, "x_total", &[("to", "down")]) - 5.0).abs() < 1e-9);
+        assert!((metric_sum(text, "x_total", &[]) - 10.0).abs() < 1e-9);
+        assert!((metric_sum(text, "y", &[]) - 1.5).abs() < 1e-9);
+        assert!(metric_sum(text, "z", &[]).abs() < 1e-9);
     }
 }

@@ -13,4 +13,5 @@ pub mod listener;
 pub mod packet;
 pub mod privilege;
 pub mod rig;
+pub mod syn_flood;
 pub mod traffic;

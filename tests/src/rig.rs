@@ -26,6 +26,8 @@ pub struct Checks {
     pub timeout: Option<&'static str>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    /// Further `health_check_defaults` keys, as written (e.g. `passive: false`).
+    pub extra: Option<&'static str>,
 }
 
 pub struct Rig {
@@ -85,6 +87,9 @@ pub fn config_text(mode: Mode, wafs: usize, checks: &Checks, weights: &[u32]) ->
         if let Some(v) = v {
             let _ = write!(hc, ", {k}: {v}");
         }
+    }
+    if let Some(extra) = checks.extra {
+        let _ = write!(hc, ", {extra}");
     }
     let _ = writeln!(s, "health_check_defaults: {{ {hc} }}\nvips:");
     let vips: [(&str, IpAddr, u16, &str); 4] = [

@@ -53,6 +53,24 @@ pub struct Record {
     pub end: Instant,
     /// The WAF's name (`waf2`) or the failure.
     pub outcome: Result<String, Failure>,
+    /// How long the TCP connect took (a retransmitted SYN shows as a second or
+    /// more); `None` when it failed, or was not recorded.
+    pub connect: Option<Duration>,
+}
+
+impl Record {
+    /// Whether the request failed after its connection was established (a
+    /// failure that no balancer decision can undo once the node held the flow).
+    #[must_use]
+    pub fn failed_connected(&self) -> bool {
+        self.outcome.is_err() && self.connect.is_some()
+    }
+
+    /// Whether the connection itself failed (refused, or no SYN answered in time).
+    #[must_use]
+    pub fn failed_to_connect(&self) -> bool {
+        self.outcome.is_err() && self.connect.is_none()
+    }
 }
 
 /// Records shared between workers and readers.
@@ -149,7 +167,24 @@ fn tally_by(
 
 /// One HTTP/1.1 GET on a fresh connection; the body is the WAF's name.
 pub fn http_once(target: SocketAddr, timeout: Duration) -> Result<String, Failure> {
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| Failure::from_io(&e))?;
+    http_timed(target, timeout).1
+}
+
+/// `http_once`, recorded: the connect time (`None` if the connect failed) and
+/// the outcome.
+pub fn http_timed(
+    target: SocketAddr,
+    timeout: Duration,
+) -> (Option<Duration>, Result<String, Failure>) {
+    let start = Instant::now();
+    let s = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(Failure::from_io(&e))),
+    };
+    (Some(start.elapsed()), exchange(s, timeout))
+}
+
+fn exchange(mut s: TcpStream, timeout: Duration) -> Result<String, Failure> {
     s.set_read_timeout(Some(timeout)).map_err(|e| Failure::from_io(&e))?;
     s.set_write_timeout(Some(timeout)).map_err(|e| Failure::from_io(&e))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")
@@ -226,7 +261,8 @@ pub fn http_bulk(
 }
 
 /// Steady HTTP load from a namespace: `workers` threads, each sending one request
-/// on a new connection every `1 / rate_per_worker` (or as fast as answers come).
+/// on a new connection every `1 / rate_per_worker` (or as fast as answers come),
+/// their turns spread evenly over the period.
 pub struct HttpLoad {
     pub log: Log,
     stop: Arc<AtomicBool>,
@@ -245,18 +281,25 @@ impl HttpLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let period = Duration::from_secs_f64(1.0 / rate_per_worker);
         let mut threads = Vec::new();
-        for _ in 0..workers {
+        let first = Instant::now();
+        for i in 0..workers {
             let (log, stop, ns) = (log.clone(), Arc::clone(&stop), ns.to_owned());
+            // Workers take turns through each period, as independent clients would,
+            // rather than all sending at once.
+            let offset = period * u32::try_from(i)? / u32::try_from(workers)?;
             // Each worker lives in the namespace for its whole life.
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(std::thread::spawn(move || {
                 let entered = in_netns(Some(&ns), || {
                     let _ = ready_tx.send(Ok(()));
-                    let mut next = Instant::now();
+                    let mut next = first + offset;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                     while !stop.load(Ordering::Relaxed) {
                         let start = Instant::now();
-                        let outcome = http_once(target, timeout);
-                        log.push(Record { start, end: Instant::now(), outcome });
+                        let (connect, outcome) = http_timed(target, timeout);
+                        log.push(Record { start, end: Instant::now(), outcome, connect });
                         next += period;
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
@@ -327,7 +370,7 @@ impl LongLived {
                         );
                     }
                     let failed = outcome.is_err();
-                    l.push(Record { start, end: Instant::now(), outcome });
+                    l.push(Record { start, end: Instant::now(), outcome, connect: None });
                     if failed {
                         break; // a broken connection stays broken
                     }

@@ -863,7 +863,7 @@ fn requests_sequential(target: SocketAddr, n: usize) -> Result<Vec<Record>> {
             .map(|_| {
                 let start = Instant::now();
                 let outcome = http_once(target, REQUEST_TIMEOUT);
-                Record { start, end: Instant::now(), outcome }
+                Record { start, end: Instant::now(), outcome, connect: None }
             })
             .collect())
     })

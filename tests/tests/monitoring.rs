@@ -227,8 +227,13 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
     // The rig's VIPs, checked every 100 ms (fall 1, rise 1: a fast flapper), plus a
     // VIP with no usable node: waf1 on a closed port, and a node that does not exist
     // (its next hop never resolves, its checks time out after 150 ms: slow checks).
-    let checks =
-        Checks { interval: Some("100ms"), timeout: Some("80ms"), rise: Some(1), fall: Some(1) };
+    let checks = Checks {
+        interval: Some("100ms"),
+        timeout: Some("80ms"),
+        rise: Some(1),
+        fall: Some(1),
+        ..Checks::default()
+    };
     let mut text = rig::config_text(Mode::Dsr, 3, &checks, &[]).replace(
         &format!("admin_socket: {}/xdplb/admin.sock", lab::LAB_DIR),
         &format!("admin_socket: {}/admin.sock", dir.display()),

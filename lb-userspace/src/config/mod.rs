@@ -43,8 +43,13 @@
 //! still count towards `fall`); `flap_changes: 6`, `flap_window: 60s`,
 //! `flap_hold: 60s` (flap damping: a backend whose health changed more than
 //! `flap_changes` times within `flap_window` is held down for `flap_hold`, and
-//! again at its end while it keeps changing; `flap_changes: 0` turns it off).
-//! Durations are a number and a unit:
+//! again at its end while it keeps changing; `flap_changes: 0` turns it off);
+//! `passive: true` (when the data path sees the
+//! backend receive SYNs but complete no handshake, probe it at once and then
+//! every `fast_interval`, each probe bounded by `fast_timeout`, until rise/fall
+//! decides; the traffic alone never takes a backend out); `fast_interval: 10ms`
+//! and `fast_timeout: 40ms` (or the regular `interval` / `timeout` when shorter;
+//! at least 10ms, at most the regular ones). Durations are a number and a unit:
 //! `150ms`, `1s`, `1.5s`, `2m` (units ns, us, ms, s, m, h).
 //!
 //! [`parse`] reports every error it finds, each with the field path and the
@@ -102,6 +107,14 @@ pub mod defaults {
     pub const FLAP_CHANGES: u32 = 6;
     pub const FLAP_WINDOW: Duration = Duration::from_mins(1);
     pub const FLAP_HOLD: Duration = Duration::from_mins(1);
+    pub const PASSIVE: bool = true;
+    /// A suspect backend is probed this often, each probe given this long; see
+    /// `controller/suspicion.rs` for why these two values.
+    pub const FAST_INTERVAL: Duration = Duration::from_millis(10);
+    pub const FAST_TIMEOUT: Duration = Duration::from_millis(40);
+    /// The controller reads the data path's counters this often, so a shorter
+    /// fast interval could not be kept.
+    pub const MIN_FAST_INTERVAL: Duration = Duration::from_millis(10);
 }
 
 /// One problem in a config file.

@@ -328,6 +328,9 @@ impl Config {
             line(6, format!("flap_changes: {}", hc.damping.limit));
             line(6, format!("flap_window: {}", duration::format(hc.damping.window)));
             line(6, format!("flap_hold: {}", duration::format(hc.damping.hold)));
+            line(6, format!("passive: {}", hc.passive));
+            line(6, format!("fast_interval: {}", duration::format(hc.fast_interval)));
+            line(6, format!("fast_timeout: {}", duration::format(hc.fast_timeout)));
         }
         out
     }

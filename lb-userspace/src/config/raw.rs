@@ -85,6 +85,9 @@ pub struct RawCheck {
     pub flap_changes: Option<u32>,
     pub flap_window: Option<DurationText>,
     pub flap_hold: Option<DurationText>,
+    pub passive: Option<bool>,
+    pub fast_interval: Option<DurationText>,
+    pub fast_timeout: Option<DurationText>,
 }
 
 /// A duration as written. Numbers are kept as text too, so that `interval: 200`

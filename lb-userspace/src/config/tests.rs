@@ -150,6 +150,9 @@ fn readme_example_parses_with_defaults_filled_in() {
                 window: Duration::from_mins(1),
                 hold: Duration::from_mins(1),
             },
+            passive: true,
+            fast_interval: Duration::from_millis(10),
+            fast_timeout: Duration::from_millis(40),
         }
     );
     assert_eq!(cfg.origin.file(), "test.yaml");
@@ -197,6 +200,9 @@ fn minimal_config_gets_the_documented_defaults() {
                 window: Duration::from_mins(1),
                 hold: Duration::from_mins(1),
             },
+            passive: true,
+            fast_interval: Duration::from_millis(10),
+            fast_timeout: Duration::from_millis(40),
         }
     );
 }
@@ -239,16 +245,17 @@ fn vip_health_check_overrides_defaults_key_by_key() {
 }
 
 #[test]
-fn refused_is_down_layers_like_the_other_keys() {
+fn refusal_and_fast_probe_keys_layer_like_the_others() {
     let cfg = ok(&yaml(
         "
         interface: eth0
-        health_check_defaults: { refused_is_down: false }
+        health_check_defaults: { refused_is_down: false, fast_interval: 30ms }
         vips:
           - name: web
             address: 203.0.113.10
             port: 443
             backends: [{ name: a, address: 10.0.0.11 }]
+            health_check: { passive: false, fast_timeout: 25ms }
           - name: other
             address: 203.0.113.11
             port: 443
@@ -256,9 +263,74 @@ fn refused_is_down_layers_like_the_other_keys() {
             health_check: { refused_is_down: true }
         ",
     ));
-    assert!(!cfg.vips[0].health_check.refused_is_down);
-    assert!(cfg.vips[1].health_check.refused_is_down);
-    assert!(ok(&base()).vips[0].health_check.refused_is_down, "on by default");
+    let hc = &cfg.vips[0].health_check;
+    assert!(!hc.refused_is_down && !hc.passive);
+    assert_eq!(
+        (hc.fast_interval, hc.fast_timeout),
+        (Duration::from_millis(30), Duration::from_millis(25))
+    );
+    let hc = &cfg.vips[1].health_check;
+    assert!(hc.refused_is_down && hc.passive);
+    assert_eq!(
+        (hc.fast_interval, hc.fast_timeout),
+        (Duration::from_millis(30), Duration::from_millis(40))
+    );
+}
+
+#[test]
+fn fast_probes_are_never_slower_than_the_regular_ones() {
+    // Unset, they follow a shorter regular interval and timeout.
+    let cfg = ok(&base().replace(
+        "interface: eth0",
+        "interface: eth0\nhealth_check_defaults: { interval: 8ms, timeout: 6ms }",
+    ));
+    let hc = &cfg.vips[0].health_check;
+    assert_eq!(
+        (hc.fast_interval, hc.fast_timeout),
+        (Duration::from_millis(8), Duration::from_millis(6))
+    );
+}
+
+#[test]
+fn fast_probe_timing_out_of_bounds_is_an_error_at_the_key_written() {
+    let text = yaml(
+        "
+        interface: eth0
+        health_check_defaults: { fast_interval: 5ms }
+        vips:
+          - name: web
+            address: 203.0.113.10
+            port: 443
+            backends: [{ name: a, address: 10.0.0.11 }]
+            health_check: { interval: 100ms, timeout: 50ms, fast_timeout: 60ms }
+          - name: other
+            address: 203.0.113.11
+            port: 443
+            backends: [{ name: a, address: 10.0.0.11 }]
+            health_check: { interval: 100ms, timeout: 50ms, fast_interval: 150ms }
+        ",
+    );
+    let errs = errors(&text);
+    let got: Vec<(&str, &str)> =
+        errs.iter().map(|e| (e.path.as_str(), e.message.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "health_check_defaults.fast_interval",
+                "fast_interval 5ms is shorter than 10ms, how often the controller reads the data path"
+            ),
+            (
+                "vips[0].health_check.fast_timeout",
+                "fast_timeout 60ms must not be longer than timeout 50ms"
+            ),
+            (
+                "vips[1].health_check.fast_interval",
+                "fast_interval 150ms must not be longer than interval 100ms"
+            ),
+        ],
+        "{errs}"
+    );
 }
 
 #[test]
@@ -379,6 +451,9 @@ fn to_yaml_writes_defaults_and_durations_as_text() {
         "      timeout: 150ms",
         "      initial_state: down",
         "      refused_is_down: true",
+        "      passive: true",
+        "      fast_interval: 10ms",
+        "      fast_timeout: 40ms",
     ] {
         assert!(printed.lines().any(|l| l == line), "no line `{line}` in:\n{printed}");
     }

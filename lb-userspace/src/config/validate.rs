@@ -415,6 +415,8 @@ fn check_layer(layer: &RawCheck, path: &str, c: &mut Collector<'_>) {
         ("timeout", &layer.timeout),
         ("flap_window", &layer.flap_window),
         ("flap_hold", &layer.flap_hold),
+        ("fast_interval", &layer.fast_interval),
+        ("fast_timeout", &layer.fast_timeout),
     ] {
         if let Some(DurationText(t)) = text
             && let Err(e) = duration::parse(t)
@@ -495,6 +497,7 @@ fn merge_checks(
 
     let interval = interval.unwrap_or(defaults::INTERVAL);
     let timeout = timeout.unwrap_or(defaults::TIMEOUT);
+    let (fast_interval, fast_timeout) = fast_timing(vip, vip_path, base, interval, timeout, c);
     CheckSpec {
         kind,
         port,
@@ -535,7 +538,75 @@ fn merge_checks(
             )
             .unwrap_or(defaults::FLAP_HOLD),
         },
+        passive: vip.passive.or(base.passive).unwrap_or(defaults::PASSIVE),
+        fast_interval,
+        fast_timeout,
     }
+}
+
+/// `fast_interval` and `fast_timeout`, the VIP's over the defaults'. Unset, each is
+/// its built-in default or the regular `interval` / `timeout` when that is shorter:
+/// fast probes are never slower than the regular ones. Set, each must be at least
+/// `MIN_FAST_INTERVAL` (how often the controller looks) and at most its regular
+/// counterpart; the error names the key that was written.
+fn fast_timing(
+    vip: &RawCheck,
+    vip_path: &str,
+    base: &RawCheck,
+    interval: Duration,
+    timeout: Duration,
+    c: &mut Collector<'_>,
+) -> (Duration, Duration) {
+    let mut one = |key: &str,
+                   top: Option<&DurationText>,
+                   bottom: Option<&DurationText>,
+                   builtin: Duration,
+                   regular: Duration,
+                   regular_key: &str| {
+        let (written, at) = match (timing(top), timing(bottom)) {
+            (Ok(Some(d)), _) => (d, child(vip_path, key)),
+            (Ok(None), Ok(Some(d))) => (d, format!("health_check_defaults.{key}")),
+            // Unset, or invalid (already reported by `check_layer`).
+            _ => return builtin.min(regular),
+        };
+        if written < defaults::MIN_FAST_INTERVAL {
+            c.error(
+                &at,
+                format!(
+                    "{key} {} is shorter than {}, how often the controller reads the data path",
+                    duration::format(written),
+                    duration::format(defaults::MIN_FAST_INTERVAL)
+                ),
+            );
+        } else if written > regular {
+            c.error(
+                &at,
+                format!(
+                    "{key} {} must not be longer than {regular_key} {}",
+                    duration::format(written),
+                    duration::format(regular)
+                ),
+            );
+        }
+        written
+    };
+    let fast_interval = one(
+        "fast_interval",
+        vip.fast_interval.as_ref(),
+        base.fast_interval.as_ref(),
+        defaults::FAST_INTERVAL,
+        interval,
+        "interval",
+    );
+    let fast_timeout = one(
+        "fast_timeout",
+        vip.fast_timeout.as_ref(),
+        base.fast_timeout.as_ref(),
+        defaults::FAST_TIMEOUT,
+        timeout,
+        "timeout",
+    );
+    (fast_interval, fast_timeout)
 }
 
 /// Checks across VIPs: unique names and unique (address, port, protocol).

@@ -4,14 +4,17 @@
 //! it publishes for the endpoints.
 //!
 //! Failover path: `health/runner.rs` (probe) -> [`Core::probed`] (rise/fall,
-//! backend state) -> `planner.rs` (desired state) -> `writer.rs` (rings and
+//! backend state; `sampler.rs` feeds [`Core::sampled`] the data path's counters,
+//! whose suspicions trigger probes) -> `planner.rs` (desired state) -> `writer.rs` (rings and
 //! entries) -> `maps.rs`.
 
 mod core;
 pub mod liveness;
 pub mod planner;
 mod published;
+mod sampler;
 pub mod status;
+pub mod suspicion;
 mod watcher;
 
 use std::{
@@ -28,6 +31,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
+    time::MissedTickBehavior,
 };
 
 pub use self::{
@@ -36,6 +40,7 @@ pub use self::{
 };
 use self::{
     liveness::Heartbeat,
+    sampler::{SAMPLE, Sampler},
     status::Status,
     watcher::{Change, Watcher},
 };
@@ -49,7 +54,7 @@ use crate::{
     maps::Maps,
     metrics::{self, Metrics},
     neighbours::{Kernel, NeighbourSource},
-    stats::BpfStats,
+    stats::{BpfStats, HandshakeCounters},
 };
 
 /// How often the loop ticks: next-hop MACs are re-read, the heartbeat beats.
@@ -179,9 +184,11 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
 
     let heartbeat = Arc::new(Heartbeat::new(now));
     let check = loaded.attachment.check().clone();
+    let stats = Arc::new(loaded.stats);
+    let sampler = Sampler::new(Arc::clone(&stats) as Arc<dyn HandshakeCounters + Send + Sync>);
     let published = Published::new(
         status_rx,
-        Arc::new(loaded.stats),
+        stats,
         metrics,
         Arc::clone(&heartbeat),
         Arc::new(move || check.attached()),
@@ -194,8 +201,9 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         }
     });
     let inputs = Inputs { reports, admin: admin_rx, changes, signals };
-    let ended = event_loop(&mut core, &mut effects, inputs, &heartbeat, path).await;
-    // The endpoints hold the statistics maps: close them before detaching.
+    let ended = event_loop(&mut core, &mut effects, sampler, inputs, &heartbeat, path).await;
+    // The sampler (dropped with the loop) and the endpoints hold the statistics
+    // maps: close them before detaching.
     for task in [admin_task, metrics_task] {
         task.abort();
         let _ = task.await;
@@ -251,6 +259,7 @@ struct Inputs {
 async fn event_loop<M: Maps>(
     core: &mut Core<M>,
     effects: &mut Effects,
+    mut sampler: Sampler,
     inputs: Inputs,
     heartbeat: &Heartbeat,
     path: &Path,
@@ -258,6 +267,9 @@ async fn event_loop<M: Maps>(
     let Inputs { mut reports, mut admin, mut changes, signals } = inputs;
     let Signals { mut hup, mut term, mut int } = signals.listen()?;
     let mut tick = tokio::time::interval(TICK);
+    let mut sample = tokio::time::interval(SAMPLE);
+    // A late sample is taken late, not twice: the rule reads times, not counts of samples.
+    sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
     info!("running; metrics on http://{}/metrics", core.config().metrics_listen);
     loop {
         tokio::select! {
@@ -281,6 +293,7 @@ async fn event_loop<M: Maps>(
                 heartbeat.beat(now);
                 core.tick(now);
             }
+            _ = sample.tick() => sampler.sample(core),
         }
         effects.carry_out(core);
     }
@@ -323,6 +336,7 @@ impl Effects {
                 Output::Metric(update) => self.metrics.update(&update),
                 Output::ProbeTargets(targets) => self.runner.set_targets(targets),
                 Output::Solicit(hops) => self.watcher.solicit(hops),
+                Output::Probe { target, timeout } => self.runner.probe_once(target, timeout),
                 Output::Written { why, since, applied } => {
                     let took = since.elapsed();
                     self.metrics.map_write(took);

@@ -28,6 +28,7 @@ impl CheckKind {
 }
 
 /// One health check, fully resolved (config defaults filled in).
+#[expect(clippy::struct_excessive_bools, reason = "each flag is its own config key")]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CheckSpec {
     pub kind: CheckKind,
@@ -53,6 +54,12 @@ pub struct CheckSpec {
     pub refused_is_down: bool,
     /// Flap damping (`flap_changes`, `flap_window`, `flap_hold`).
     pub damping: Damping,
+    /// Probe at once, and then every `fast_interval` with `fast_timeout`, when the
+    /// data path sees the backend stop completing handshakes (see
+    /// `controller/suspicion.rs`); rise and fall still decide.
+    pub passive: bool,
+    pub fast_interval: Duration,
+    pub fast_timeout: Duration,
 }
 
 mod damping;

@@ -90,6 +90,25 @@ impl HealthRunner {
         }
     }
 
+    /// Probes `target` once, now, bounded by `timeout` instead of its own, and
+    /// reports it like the loops do (the fast probes of a suspect backend). It runs
+    /// beside the target's loop, not in it: a suspicion does not wait for the loop's
+    /// turn. A runner dropped meanwhile loses the report; the probe ends by its timeout.
+    pub fn probe_once(&self, target: Target, timeout: Duration) {
+        let reports = self.reports.clone();
+        self.runtime.spawn(async move {
+            let mut spec = target.spec.clone();
+            spec.timeout = timeout;
+            let started = Instant::now();
+            let failure = probe(target.address, &spec).await.err();
+            let duration = started.elapsed();
+            if let Some(failure) = &failure {
+                debug!("health: {target}: fast probe failed: {failure}");
+            }
+            let _ = reports.send(Probed { target, failure, duration }).await;
+        });
+    }
+
     /// The targets being probed, in order.
     pub fn targets(&self) -> impl Iterator<Item = &Target> {
         self.loops.keys()
@@ -340,6 +359,33 @@ mod tests {
         let connections = server.connections();
         sleep(Duration::from_millis(200)).await;
         assert_eq!(server.connections(), connections);
+    }
+
+    #[tokio::test]
+    async fn a_one_off_probe_reports_at_once_with_its_own_timeout() {
+        // A listener that never accepts, its backlog full: connects hang.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(LOCALHOST, 0)).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        while let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr))
+                .await
+        {
+            fillers.push(stream);
+        }
+        // Its loop would wait 10 s for a probe to time out; the one-off waits 50 ms.
+        let mut t = Target { address: LOCALHOST, spec: spec(CheckKind::Tcp, addr.port()) };
+        t.spec.timeout = Duration::from_secs(10);
+        let (runner, mut rx) = runner();
+        let started = Instant::now();
+        runner.probe_once(t.clone(), Duration::from_millis(50));
+        let report = next_report(&mut rx).await;
+        assert_eq!(report.target, t, "reported as the target, not as a spec with another timeout");
+        assert_eq!(report.failure, Some(Failure::Timeout));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(runner.is_empty(), "no loop was started");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub fn spec(kind: CheckKind, port: u16) -> CheckSpec {
             window: Duration::from_mins(1),
             hold: Duration::from_mins(1),
         },
+        passive: true,
+        fast_interval: Duration::from_millis(20),
+        fast_timeout: Duration::from_millis(500),
     }
 }
 

@@ -30,6 +30,12 @@ const MAP_WRITE_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Suspicion to decision: a refused node is confirmed in a millisecond, a silent
+/// one after `fall` fast timeouts (~100 ms by default); a refuted suspicion ends
+/// with the first probe's answer.
+const DECISION_BUCKETS: &[f64] =
+    &[0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
+
 /// Where a data-path counter is exported, derived from its name so a counter
 /// added to `lb_common` shows up without touching this file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +131,13 @@ pub enum Update {
     ForgetVip { vip: String },
     /// No backend is probed at this target any more: remove its series.
     ForgetTarget { target: String },
+    /// The data path's counters made a (VIP, backend) suspect.
+    Suspicion { vip: String, backend: String },
+    /// A probe sent at once because of a suspicion (`target` as in `Probe`).
+    TriggeredProbe { target: String },
+    /// A suspicion ended: `outcome` "down", "refuted" or "expired", `took` since it
+    /// was raised.
+    SuspicionDecided { outcome: &'static str, took: Duration },
 }
 
 /// The families of the per-VIP policies (`all_down`, `down_flows`).
@@ -202,6 +215,9 @@ pub struct Metrics {
     healthy: IntGauge,
     xdp_attached: IntGauge,
     policy: PolicyFamilies,
+    suspicions: IntCounterVec,
+    triggered_probes: IntCounterVec,
+    suspicion_decision: HistogramVec,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     backend_packets: IntCounterVec,
@@ -311,6 +327,7 @@ impl Metrics {
         let (role, reserve_active, tier_switches) = Self::tier_families(&r);
         let policy = PolicyFamilies::new(&r);
         let [vip_packets, vip_bytes, backend_packets, backend_bytes] = Self::traffic_families(&r);
+        let (suspicions, triggered_probes, suspicion_decision) = Self::passive_families(&r);
         let dataplane_counters = Self::dataplane_families(&r);
         Self {
             registry: r,
@@ -330,6 +347,9 @@ impl Metrics {
             healthy,
             xdp_attached,
             policy,
+            suspicions,
+            triggered_probes,
+            suspicion_decision,
             vip_packets,
             vip_bytes,
             backend_packets,
@@ -409,6 +429,33 @@ impl Metrics {
             0,
         );
         (last_reload_ok, healthy, xdp_attached)
+    }
+
+    /// Registers the families of the passive signal: suspicions, the probes they
+    /// triggered, and how long they took to decide.
+    fn passive_families(r: &Registry) -> (IntCounterVec, IntCounterVec, HistogramVec) {
+        let suspicions = counter_vec(
+            r,
+            "xdplb_suspicions_total",
+            "Times a (VIP, backend) received SYNs but completed no handshake for longer than its \
+             window, and was probed at once.",
+            &["vip", "backend"],
+        );
+        let triggered_probes = counter_vec(
+            r,
+            "xdplb_triggered_probes_total",
+            "Probes sent at once because a backend checked at this target was suspect.",
+            &["target"],
+        );
+        let suspicion_decision = histogram_vec(
+            r,
+            "xdplb_suspicion_decision_seconds",
+            "Time from a suspicion to its end: down (the probes brought the backend down), \
+             refuted (a probe succeeded) or expired.",
+            &["outcome"],
+            DECISION_BUCKETS,
+        );
+        (suspicions, triggered_probes, suspicion_decision)
     }
 
     /// Registers the families of the global data-path counters and returns one
@@ -491,6 +538,15 @@ impl Metrics {
             Update::ForgetBackend { vip, backend } => self.forget_backend(vip, backend),
             Update::ForgetVip { vip } => self.forget_vip(vip),
             Update::ForgetTarget { target } => self.forget_target(target),
+            Update::Suspicion { vip, backend } => {
+                self.suspicions.with_label_values(&[vip, backend]).inc();
+            }
+            Update::TriggeredProbe { target } => {
+                self.triggered_probes.with_label_values(&[target]).inc();
+            }
+            Update::SuspicionDecided { outcome, took } => {
+                self.suspicion_decision.with_label_values(&[outcome]).observe(took.as_secs_f64());
+            }
         }
     }
 
@@ -519,6 +575,7 @@ impl Metrics {
             let _ = self.probes.remove_label_values(&[target, result]);
         }
         let _ = self.target_probe_duration.remove_label_values(&[target]);
+        let _ = self.triggered_probes.remove_label_values(&[target]);
         for reason in self.seen().reasons.remove(target).unwrap_or_default() {
             let _ = self.probe_failures.remove_label_values(&[target, reason.as_str()]);
         }
@@ -546,6 +603,7 @@ impl Metrics {
         for role in ROLES {
             let _ = self.role.remove_label_values(&[vip, backend, role]);
         }
+        let _ = self.suspicions.remove_label_values(&[vip, backend]);
         let _ = self.backend_packets.remove_label_values(&[vip, backend]);
         let _ = self.backend_bytes.remove_label_values(&[vip, backend]);
         let _ = self.policy.keeps_flows.remove_label_values(&[vip, backend]);
@@ -945,6 +1003,44 @@ mod tests {
         m.forget_target("10.0.0.11:80");
         let text = m.render();
         assert!(!text.contains("10.0.0.11:80"), "{text}");
+    }
+
+    #[test]
+    fn suspicions_triggered_probes_and_decision_times_are_counted_and_forgotten_with_their_owner() {
+        let m = Metrics::new();
+        let suspicion = Update::Suspicion { vip: "web".into(), backend: "waf1".into() };
+        m.update(&suspicion);
+        m.update(&suspicion);
+        for _ in 0..3 {
+            m.update(&Update::TriggeredProbe { target: "10.0.0.11:80".into() });
+        }
+        m.update(&Update::SuspicionDecided { outcome: "down", took: Duration::from_millis(90) });
+        m.update(&Update::SuspicionDecided { outcome: "refuted", took: Duration::from_millis(1) });
+        let text = m.render();
+        let labels = [("vip", "web"), ("backend", "waf1")];
+        assert_eq!(value(&text, "xdplb_suspicions_total", &labels), Some(2.0));
+        assert_eq!(
+            value(&text, "xdplb_triggered_probes_total", &[("target", "10.0.0.11:80")]),
+            Some(3.0)
+        );
+        let bucket = |outcome, le| {
+            value(
+                &text,
+                "xdplb_suspicion_decision_seconds_bucket",
+                &[("outcome", outcome), ("le", le)],
+            )
+        };
+        assert_eq!((bucket("down", "0.075"), bucket("down", "0.1")), (Some(0.0), Some(1.0)));
+        assert_eq!(bucket("refuted", "0.001"), Some(1.0));
+
+        m.forget_backend("web", "waf1");
+        m.forget_target("10.0.0.11:80");
+        let text = m.render();
+        assert_eq!(value(&text, "xdplb_suspicions_total", &labels), None);
+        assert_eq!(
+            value(&text, "xdplb_triggered_probes_total", &[("target", "10.0.0.11:80")]),
+            None
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! failed request's start; only requests to the dead node fail), and the number
 //! of failed connections. A third event: every primary stopped (waf1 and waf2)
 //! with waf3 a reserve (xdplb `backup: true`, HAProxy `backup`): the time until
-//! new connections reach the reserve and the failed connections.
+//! new connections reach the reserve and the failed connections. xdplb runs with
+//! its defaults and with its health checks alone (as before issue #11), with
+//! clients that time out after 1 s and after 3 s (the kernel's SYN retries at work).
 
 use std::{
     collections::BTreeMap,
@@ -18,11 +20,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use lb_userspace::admin::{Request, Response};
 
 use crate::{
     chart,
     lab::{self, Lab, NS_CLIENT, NS_LB, VIP4},
-    rig::{Checks, Rig, rows, web4, with_reserves},
+    rig::{Checks, Rig, config_text, rows, web4, with_reserves},
     traffic::{HttpLoad, Record},
 };
 
@@ -71,6 +74,15 @@ pub struct Sample {
     /// Start of the last request that failed, after the failure.
     pub last_new_connection: Duration,
     pub failed: usize,
+    /// Of `failed`: connections that never got established (refused, or no SYN
+    /// answered within the client's timeout) ...
+    pub failed_to_connect: usize,
+    /// ... and requests whose connection was established before the node died
+    /// (no balancer can save those: the node held them).
+    pub failed_connected: usize,
+    /// Requests that succeeded after a connect of 0.9 s or more: a retransmitted SYN
+    /// reached a live node after the first was lost to the dead one.
+    pub rescued: usize,
     /// Requests per 100 ms bin and answering node (`failed` for failures), from
     /// [`BEFORE`] before the fault until the node is repaired.
     pub timeline: BTreeMap<String, Vec<f64>>,
@@ -104,14 +116,21 @@ impl Balancer for Rig {
     }
 }
 
-/// Client timeout: a request to a silent node fails after this.
+/// Client timeout: a request to a silent node fails after this (the connect gets
+/// no SYN retransmission: Linux resends a SYN after 1 s).
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Client timeout that lets the kernel's default SYN retries work (resends at 1 s
+/// and 3 s): a client as most are.
+const TIMEOUT_RETRIES: Duration = Duration::from_secs(3);
+/// A connect this slow waited for a retransmitted SYN.
+const RETRANSMITTED: Duration = Duration::from_millis(900);
 const WAFS: usize = 3;
 
+/// `runs` events of `kind` under `load` (whose clients time out after `timeout`).
 fn measure(
     b: &dyn Balancer,
     lab: &Lab,
-    load: &HttpLoad,
+    (load, timeout): (&HttpLoad, Duration),
     kind: Kind,
     runs: usize,
     label: &str,
@@ -125,26 +144,49 @@ fn measure(
         let detection =
             wait(|| b.is_down(kind.waf()), Duration::from_secs(30), "the node marked down")?;
         // Let requests sent before detection finish (or time out).
-        std::thread::sleep(TIMEOUT + Duration::from_millis(300));
+        std::thread::sleep(timeout + Duration::from_millis(300));
+        let repaired = Instant::now();
         kind.repair(lab)?;
         let records = load.log.records();
-        let failed: Vec<&Record> =
-            records.iter().filter(|r| r.start >= t0 && r.outcome.is_err()).collect();
-        let last = failed.iter().map(|r| r.start.duration_since(t0)).max().unwrap_or_default();
+        // Every request that ended badly while the node was dead, including one
+        // that started before the fault and was cut by it.
+        let during: Vec<&Record> =
+            records.iter().filter(|r| r.end >= t0 && r.end < repaired).collect();
+        let failed: Vec<&&Record> = during.iter().filter(|r| r.outcome.is_err()).collect();
+        let last = failed.iter().map(|r| r.start.saturating_duration_since(t0)).max();
+        let sample = Sample {
+            detection,
+            last_new_connection: last.unwrap_or_default(),
+            failed: failed.len(),
+            failed_to_connect: failed.iter().filter(|r| r.failed_to_connect()).count(),
+            failed_connected: failed.iter().filter(|r| r.failed_connected()).count(),
+            rescued: during
+                .iter()
+                .filter(|r| r.outcome.is_ok() && r.connect.is_some_and(|c| c >= RETRANSMITTED))
+                .count(),
+            timeline: chart::bin(
+                &records,
+                t0,
+                (
+                    -BEFORE.as_secs_f64(),
+                    (detection + timeout + Duration::from_millis(300)).as_secs_f64(),
+                ),
+            ),
+        };
         super::progress(format!(
-            "{label}, {}, run {}: detected in {:.0} ms, last failed request started at {:.0} ms, {} failed",
+            "{label}, {}, client timeout {timeout:?}, run {}: detected in {:.0} ms, last failed \
+             request started at {:.0} ms, {} failed ({} to connect, {} after connecting), {} \
+             rescued by a retransmitted SYN",
             kind.name(),
             run + 1,
             ms(detection),
-            ms(last),
-            failed.len()
+            ms(sample.last_new_connection),
+            sample.failed,
+            sample.failed_to_connect,
+            sample.failed_connected,
+            sample.rescued,
         ));
-        let window = (
-            -BEFORE.as_secs_f64(),
-            (detection + TIMEOUT + Duration::from_millis(300)).as_secs_f64(),
-        );
-        let timeline = chart::bin(&records, t0, window);
-        out.push(Sample { detection, last_new_connection: last, failed: failed.len(), timeline });
+        out.push(sample);
     }
     wait(|| b.all_up(WAFS), Duration::from_secs(30), "all nodes up")?;
     Ok(out)
@@ -255,6 +297,8 @@ struct Row {
     checks: &'static str,
     /// `checks` in a chart title.
     checks_short: &'static str,
+    /// The clients' connect and read timeout.
+    timeout: Duration,
     kind: Kind,
     samples: Vec<Sample>,
 }
@@ -299,12 +343,14 @@ fn draw(rows: &[Row], path: &Path) -> Result<()> {
     };
     let x_max = |system: &str, checks: &str| {
         rows.iter()
-            .filter(|r| r.system == system && r.checks == checks)
+            .filter(|r| r.system == system && r.checks == checks && r.timeout == TIMEOUT)
             .filter_map(median)
             .map(|s| end(&s))
             .fold(1.0_f64, f64::max)
     };
     let mut panels = vec![];
+    // The rows measured with the same clients (1 s timeout), side by side.
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.timeout == TIMEOUT).collect();
     for kind in [Kind::Refused, Kind::Silent] {
         for r in rows.iter().filter(|r| r.kind == kind) {
             let Some(s) = median(r) else { continue };
@@ -336,38 +382,73 @@ fn draw(rows: &[Row], path: &Path) -> Result<()> {
     )
 }
 
+/// xdplb's defaults, as the report names them.
+const DEFAULTS: &str = "defaults: http, 200ms, fall 3, rise 2; refused_is_down, passive";
+
+/// xdplb's health checks without what issue #11 added: a refusal counts
+/// towards `fall`, no probes triggered by the traffic.
+const CHECKS_ALONE: &str = "refused_is_down: false, passive: false";
+
 fn measure_all(runs: usize) -> Result<(Vec<Row>, Vec<ReserveRow>)> {
     let mut rows = Vec::new();
     let rig = Rig::up(lab::Mode::Dsr, WAFS, &Checks::default())?;
+    let xdplb = |checks, checks_short, timeout, kind, samples| Row {
+        system: "xdplb (dsr)",
+        checks,
+        checks_short,
+        timeout,
+        kind,
+        samples,
+    };
     {
         let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
         for kind in [Kind::Refused, Kind::Silent] {
-            let samples = measure(&rig, &rig.lab, &load, kind, runs, "xdplb")?;
-            rows.push(Row {
-                system: "xdplb (dsr)",
-                checks: "defaults: http, 200ms, fall 3, rise 2",
-                checks_short: "200ms x 3",
-                kind,
-                samples,
-            });
+            let samples = measure(&rig, &rig.lab, (&load, TIMEOUT), kind, runs, "xdplb")?;
+            rows.push(xdplb(DEFAULTS, "defaults", TIMEOUT, kind, samples));
         }
+    }
+    {
+        // The same clients with the kernel's default SYN retries: twice the events,
+        // the issue's 20 at the default 10.
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT_RETRIES)?;
+        let samples =
+            measure(&rig, &rig.lab, (&load, TIMEOUT_RETRIES), Kind::Silent, runs * 2, "xdplb")?;
+        rows.push(xdplb(DEFAULTS, "defaults", TIMEOUT_RETRIES, Kind::Silent, samples));
     }
     // The reserve event: waf3 becomes a reserve by a reload.
     let text = std::fs::read_to_string(&rig.config)?;
     std::fs::write(&rig.config, with_reserves(&text, &[RESERVE], 1))?;
-    match rig.daemon.admin(&lb_userspace::admin::Request::Reload)? {
-        lb_userspace::admin::Response::Ok(_) => {}
-        lb_userspace::admin::Response::Error(e) => bail!("reloading with a reserve: {e}"),
+    match rig.daemon.admin(&Request::Reload)? {
+        Response::Ok(_) => {}
+        Response::Error(e) => bail!("reloading with a reserve: {e}"),
     }
     let mut reserve_rows = Vec::new();
     {
         let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
         let samples = measure_reserve(&rig, &rig.lab, &load, runs, "xdplb")?;
-        reserve_rows.push(ReserveRow {
-            system: "xdplb (dsr)",
-            checks: "defaults: http, 200ms, fall 3, rise 2",
-            samples,
-        });
+        reserve_rows.push(ReserveRow { system: "xdplb (dsr)", checks: DEFAULTS, samples });
+    }
+    {
+        // Before #11: the same checks, a refusal one failure among `fall`, no
+        // traffic-triggered probes, and no reserve. A reload: the nodes keep their health.
+        let checks = Checks { extra: Some(CHECKS_ALONE), ..Checks::default() };
+        std::fs::write(&rig.config, config_text(lab::Mode::Dsr, WAFS, &checks, &[]))?;
+        match rig.daemon.admin(&Request::Reload)? {
+            Response::Ok(_) => {}
+            Response::Error(e) => bail!("reloading xdplb with {CHECKS_ALONE}: {e}"),
+        }
+        let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
+        for kind in [Kind::Refused, Kind::Silent] {
+            let samples =
+                measure(&rig, &rig.lab, (&load, TIMEOUT), kind, runs, "xdplb (checks alone)")?;
+            rows.push(xdplb(
+                "the same checks alone (`refused_is_down: false, passive: false`: before #11)",
+                "checks alone",
+                TIMEOUT,
+                kind,
+                samples,
+            ));
+        }
     }
     let Rig { mut daemon, lab, .. } = rig;
     daemon.stop()?; // --detach-on-exit: the lb namespace is free for HAProxy.
@@ -388,8 +469,15 @@ fn measure_all(runs: usize) -> Result<(Vec<Row>, Vec<ReserveRow>)> {
             let h = Haproxy::start(extra, false)?;
             let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
             for kind in [Kind::Refused, Kind::Silent] {
-                let samples = measure(&h, &lab, &load, kind, events, "haproxy")?;
-                rows.push(Row { system: "HAProxy 2.6 (tcp)", checks, checks_short, kind, samples });
+                let samples = measure(&h, &lab, (&load, TIMEOUT), kind, events, "haproxy")?;
+                rows.push(Row {
+                    system: "HAProxy 2.6 (tcp)",
+                    checks,
+                    checks_short,
+                    timeout: TIMEOUT,
+                    kind,
+                    samples,
+                });
             }
         }
         let h = Haproxy::start(extra, true)?;
@@ -564,29 +652,44 @@ fn report(rows: &[Row], chart_path: &Path) -> String {
     );
     let _ = writeln!(
         s,
-        "| balancer | health checks | failure | events | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) |"
+        "| balancer | health checks | client timeout | failure | events | detection median (worst) | no new connection to the dead node after, median (worst) | failed connections median (worst) | failed in all: to connect / after connecting | rescued by a retransmitted SYN, in all |"
     );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let (d, dw) = stats(r.samples.iter().map(|x| ms(x.detection)));
         let (l, lw) = stats(r.samples.iter().map(|x| ms(x.last_new_connection)));
         let (f, fw) = stats(r.samples.iter().map(|x| x.failed as f64));
+        let total = |pick: fn(&Sample) -> usize| r.samples.iter().map(pick).sum::<usize>();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {d:.0} ms ({dw:.0}) | {l:.0} ms ({lw:.0}) | {f:.0} ({fw:.0}) |",
+            "| {} | {} | {} s | {} | {} | {d:.0} ms ({dw:.0}) | {l:.0} ms ({lw:.0}) | {f:.0} ({fw:.0}) | {} / {} | {} |",
             r.system,
             r.checks,
+            r.timeout.as_secs(),
             r.kind.name(),
-            r.samples.len()
+            r.samples.len(),
+            total(|x| x.failed_to_connect),
+            total(|x| x.failed_connected),
+            total(|x| x.rescued),
         );
     }
     let _ = writeln!(
         s,
-        "\nLoad: 48 client threads × 8 requests/s, one HTTP request per new TCP connection \
-         (client timeout 1 s), to the VIP of 3 nginx WAF nodes in the lab (dsr for xdplb). A failure is nginx \
-         stopped on waf2 (connections refused) or waf3's traffic dropped by nftables (silence). Detection: from the \
-         failure to the balancer reporting the node down (xdplb status / HAProxy `show stat`, polled every 10 ms). \
-         'No new connection after': start of the last request that failed (only requests sent to the dead node fail)."
+        "\nLoad: 48 client threads × 8 requests/s (384 new connections/s), one HTTP request per new TCP \
+         connection, to the VIP of 3 nginx WAF nodes in the lab (dsr for xdplb). Client timeout (connect and each \
+         read): 1 s, so a SYN lost to a dead node is not retransmitted in time (Linux resends after 1 s); 3 s, the \
+         kernel's default SYN retries at work (resends at 1 s and 3 s). A failure is nginx stopped on waf2 \
+         (connections refused) or waf3's traffic dropped by nftables (silence). Detection: from the failure to the \
+         balancer reporting the node down (xdplb status / HAProxy `show stat`, polled every 10 ms). 'No new \
+         connection after': start of the last request that failed. Failed connections: requests that failed from \
+         the fault until the node was repaired, split into connections never established and requests cut after \
+         connecting (the node died holding them; no balancer can save those; a client of HAProxy, a proxy, \
+         always connects to HAProxy itself, so its failures all come after connecting). Rescued: requests that succeeded \
+         after a connect of 0.9 s or more, their first SYN lost to the dead node. xdplb's defaults: http checks \
+         every 200 ms (timeout 150 ms), fall 3, rise 2; a refused check is down at once (`refused_is_down`); the \
+         data path's SYN and handshake counters, read every 10 ms, make a node that completes no handshake \
+         suspect, and it is probed every 10 ms (timeout 40 ms) until rise/fall decides (`passive`). The checks \
+         alone: the same settings with both off, as before issue #11 (the same daemon, reloaded)."
     );
     s
 }

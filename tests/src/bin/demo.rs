@@ -2,7 +2,8 @@
 //! HTTP load from the client and prints, once a second, requests/s per WAF node,
 //! each node's health state and failed requests; kills waf2's nginx (refused
 //! connections), brings it back, then cuts waf3's link (silence), restores it, and
-//! sums up detection time and failed requests per event. Removes the lab on exit
+//! sums up detection time, what saw it (the traffic or the health checks) and
+//! failed requests per event. Removes the lab on exit
 //! and on Ctrl-C.
 //!
 //! `--reserve`: four nodes, waf3 and waf4 reserves (`backup: true`). Both
@@ -37,6 +38,17 @@ struct Event {
     waf: String,
     at: Instant,
     detected: Option<Duration>,
+    /// Suspicions that ended with the node down, when the event happened.
+    confirmed_before: f64,
+    /// What saw it: the traffic (a suspicion, then fast probes) or the checks.
+    by: &'static str,
+}
+
+/// Suspicions so far that probes confirmed (the node went down).
+fn confirmed(rig: &Rig) -> f64 {
+    rig.daemon
+        .metric("xdplb_suspicion_decision_seconds_count", &[("outcome", "down")])
+        .unwrap_or(0.0)
 }
 
 fn main() {
@@ -124,6 +136,7 @@ fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()>
             let k: usize = waf.trim_start_matches("waf").parse().unwrap_or(0);
             // The event starts before the action: requests failing while it runs are its own.
             let at = Instant::now();
+            let confirmed_before = confirmed(&rig);
             match verb {
                 "stop" => rig.lab.stop_waf(k)?,
                 "start" => rig.lab.start_waf(k)?,
@@ -137,7 +150,14 @@ fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()>
                 _ => "link restored",
             };
             println!("   >>> {:>5.1}s  {waf}: {what}", start.elapsed().as_secs_f64());
-            events.push(Event { what: action, waf: waf.to_owned(), at, detected: None });
+            events.push(Event {
+                what: action,
+                waf: waf.to_owned(),
+                at,
+                detected: None,
+                confirmed_before,
+                by: "",
+            });
             done += 1;
         }
         // Detection: the first moment the daemon shows the new state.
@@ -149,6 +169,13 @@ fn run(mode: Mode, reserve: bool, chart: Option<&std::path::Path>) -> Result<()>
             };
             if rig.state("web4", &ev.waf).is_ok_and(|s| s == want) {
                 ev.detected = Some(ev.at.elapsed());
+                ev.by = if want == "up" {
+                    "health checks (rise)"
+                } else if confirmed(&rig) > ev.confirmed_before {
+                    "traffic: suspect, probed"
+                } else {
+                    "health checks"
+                };
             }
         }
         if start.elapsed() >= next_row {
@@ -239,10 +266,13 @@ fn draw(
 }
 
 fn summary(events: &[Event], records: &[Record]) {
-    println!("\nSummary (health checks: xdplb defaults, interval 200ms, fall 3, rise 2)");
     println!(
-        "  {:<14} {:>12} {:>16} {:>22}",
-        "event", "detected in", "failed requests", "last failure after"
+        "\nSummary (xdplb defaults: checks every 200ms, fall 3, rise 2; a refused check is down at \
+         once; a node that gets SYNs but completes no handshake for 30 ms is probed every 10 ms)"
+    );
+    println!(
+        "  {:<14} {:>12} {:<26} {:>16} {:>22}",
+        "event", "detected in", " seen by", "failed requests", "last failure after"
     );
     for (i, ev) in events.iter().enumerate() {
         let until = events.get(i + 1).map_or(Instant::now(), |n| n.at);
@@ -255,10 +285,11 @@ fn summary(events: &[Event], records: &[Record]) {
             .max();
         let kinds: BTreeMap<Failure, usize> = failed;
         println!(
-            "  {:<14} {:>12} {:>16} {:>22}",
+            "  {:<14} {:>12}  {:<25} {:>16} {:>22}",
             ev.what,
             ev.detected
                 .map_or("not seen".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+            ev.by,
             if kinds.is_empty() { "0".to_owned() } else { format!("{n} {kinds:?}") },
             last.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
         );

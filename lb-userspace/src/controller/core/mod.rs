@@ -64,6 +64,12 @@ pub enum Output {
     ProbeTargets(BTreeSet<Target>),
     /// Ask the kernel to resolve these next hops (on the balancer's interface).
     Solicit(BTreeSet<std::net::IpAddr>),
+    /// Probe `target` once, now, bounded by `timeout`, and report it like the
+    /// others (a fast probe of a suspect backend).
+    Probe {
+        target: Target,
+        timeout: Duration,
+    },
     /// The maps now say what the core decided for `why`; `since` is when the
     /// event that caused it arrived (the map-write latency starts there).
     Written {
@@ -139,6 +145,8 @@ pub struct Core<M: Maps> {
     /// The status last published, and whether the loop has yet to take it.
     published: Option<Arc<Status>>,
     unpublished: bool,
+    /// Suspicions raised by the data path's counters, and their fast probes.
+    passive: passive::Passive,
 }
 
 impl<M: Maps> Core<M> {
@@ -186,6 +194,7 @@ impl<M: Maps> Core<M> {
             all_down: BTreeMap::new(),
             published: None,
             unpublished: false,
+            passive: passive::Passive::default(),
         };
         core.follow_config(&seed, None);
         core.warn_config();
@@ -216,7 +225,7 @@ impl<M: Maps> Core<M> {
     /// probed by that target and writes the maps. Reports of a target no longer
     /// probed (its loop stopped after they were sent) are ignored.
     pub fn probed(&mut self, now: Instant, report: &Probed) {
-        let Some(Health { flips: health, flaps }) = self.checks.get_mut(&report.target) else {
+        let Some(Health { flips: health, .. }) = self.checks.get_mut(&report.target) else {
             return;
         };
         let target = &report.target;
@@ -228,19 +237,28 @@ impl<M: Maps> Core<M> {
         }));
         let conclusive = target.spec.refused_is_down && report.failure == Some(Failure::Refused);
         let flip = if conclusive { health.fail_at_once() } else { health.observe(report.ok()) };
-        let Some(flip) = flip else { return };
-        let reason = if conclusive {
-            "connection refused: nothing listens (refused_is_down)".to_owned()
-        } else {
-            state::reason(flip, health, report.failure.as_ref())
-        };
-        let up = flip.is_up();
+        let up = health.is_up();
+        if let Some(flip) = flip {
+            let reason = if conclusive {
+                "connection refused: nothing listens (refused_is_down)".to_owned()
+            } else {
+                state::reason(flip, health, report.failure.as_ref())
+            };
+            self.flipped(now, target, flip.is_up(), &reason);
+        }
+        self.settle_suspicion(now, report, up);
+    }
+
+    /// `target`'s health flipped (to `up`): every backend it serves changes state.
+    fn flipped(&mut self, now: Instant, target: &Target, up: bool, reason: &str) {
         self.outputs.push_back(Output::log(
             Level::Debug,
             format!("health: {target} is {}: {reason}", if up { "up" } else { "down" }),
         ));
+        let Some(Health { flaps, .. }) = self.checks.get_mut(target) else { return };
         let newly_held = flaps.record(now);
         let held = flaps.is_held();
+        let recent = flaps.recent();
         if newly_held {
             let d = target.spec.damping;
             self.outputs.push_back(Output::log(
@@ -248,7 +266,7 @@ impl<M: Maps> Core<M> {
                 format!(
                     "{target} flaps: {} health changes within {}; held down for {} \
                      (flap_changes {}), then as its checks say once it stops changing",
-                    flaps.recent(),
+                    recent,
                     crate::config::format_duration(d.window),
                     crate::config::format_duration(d.hold),
                     d.limit
@@ -738,6 +756,7 @@ impl<M: Maps> Core<M> {
             }
             Err(e) => Err(format!("{e:#}")),
         };
+        self.rewatch();
         self.last_write.clone_from(&written);
         let status = Arc::new(self.status(&observed));
         if self.published.as_deref() != Some(&status) {
@@ -997,5 +1016,8 @@ fn observed(tracked: &Tracked, checks: &BTreeMap<Target, Health>) -> Observed {
     }
 }
 
+mod passive;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_passive;

@@ -25,7 +25,7 @@ const MAC_2: Mac = [2, 0, 0, 0, 0, 0x12];
 /// waf-1 serves two VIPs (one address, one check: one probe target); waf-2 one.
 /// The flow-hash seed is set so that no config warning depends on the host's
 /// /etc/xdplb/hash-seed.
-const CONFIG: &str = "
+pub(super) const CONFIG: &str = "
 interface: eth0
 hash_seed: 000102030405060708090a0b0c0d0e0f
 health_check_defaults: { kind: tcp, port: 80, rise: 2, fall: 3 }
@@ -43,36 +43,36 @@ vips:
       - { name: waf-1, address: 10.0.0.11 }
 ";
 
-type TestCore = Core<FakeMaps>;
+pub(super) type TestCore = Core<FakeMaps>;
 
-fn parse(yaml: &str) -> Config {
+pub(super) fn parse(yaml: &str) -> Config {
     config::parse(yaml, "test.yaml").unwrap()
 }
 
-fn interface() -> Interface {
+pub(super) fn interface() -> Interface {
     Interface { name: "eth0".into(), index: IFINDEX, mac: [2, 0, 0, 0, 0, 1], mtu: 1500 }
 }
 
-fn ip(text: &str) -> IpAddr {
+pub(super) fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
 /// Neighbour tables in which both WAF nodes resolve.
-fn resolved() -> FakeNeighbours {
+pub(super) fn resolved() -> FakeNeighbours {
     let mut n = FakeNeighbours::default();
     n.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
     n.resolve(IFINDEX, ip("10.0.0.12"), MAC_2);
     n
 }
 
-fn start_with(yaml: &str, neighbours: FakeNeighbours) -> TestCore {
+pub(super) fn start_with(yaml: &str, neighbours: FakeNeighbours) -> TestCore {
     let tables = Ok(neighbours.tables);
     Core::start(parse(yaml), interface(), FakeMaps::default(), false, tables, Instant::now())
         .unwrap()
 }
 
 /// Started on `CONFIG`, every MAC resolved, its start-up outputs taken.
-fn started() -> TestCore {
+pub(super) fn started() -> TestCore {
     let mut core = start_with(CONFIG, resolved());
     outputs(&mut core);
     core.poll_status();
@@ -89,11 +89,11 @@ fn up_with_waf2_drained() -> TestCore {
     core
 }
 
-fn outputs(core: &mut TestCore) -> Vec<Output> {
+pub(super) fn outputs(core: &mut TestCore) -> Vec<Output> {
     std::iter::from_fn(|| core.poll_output()).collect()
 }
 
-fn logs(outputs: &[Output], level: Level) -> Vec<&str> {
+pub(super) fn logs(outputs: &[Output], level: Level) -> Vec<&str> {
     outputs
         .iter()
         .filter_map(|o| match o {
@@ -103,7 +103,7 @@ fn logs(outputs: &[Output], level: Level) -> Vec<&str> {
         .collect()
 }
 
-fn updates(outputs: &[Output]) -> Vec<&Update> {
+pub(super) fn updates(outputs: &[Output]) -> Vec<&Update> {
     outputs.iter().filter_map(|o| if let Output::Metric(u) = o { Some(u) } else { None }).collect()
 }
 
@@ -117,7 +117,7 @@ fn transitions(outputs: &[Output]) -> Vec<(String, String, BackendState)> {
         .collect()
 }
 
-fn written(outputs: &[Output]) -> Vec<(&'static str, Applied)> {
+pub(super) fn written(outputs: &[Output]) -> Vec<(&'static str, Applied)> {
     outputs
         .iter()
         .filter_map(|o| match o {
@@ -135,18 +135,24 @@ fn probe_targets(outputs: &[Output]) -> Vec<&BTreeSet<Target>> {
 }
 
 /// The probe target of `vip`/`backend` in the running config.
-fn target(core: &TestCore, vip: &str, backend: &str) -> Target {
+pub(super) fn target(core: &TestCore, vip: &str, backend: &str) -> Target {
     core.backends[&(vip.to_owned(), backend.to_owned())].check.clone()
 }
 
-fn probe(core: &mut TestCore, target: &Target, failure: Option<Failure>) {
+pub(super) fn probe(core: &mut TestCore, target: &Target, failure: Option<Failure>) {
     let report = Probed { target: target.clone(), failure, duration: Duration::from_millis(1) };
     core.probed(Instant::now(), &report);
 }
 
 /// `n` probe results of `vip`/`backend`'s target: successes, or timeouts (which,
 /// unlike refusals, count towards `fall`).
-fn probes(core: &mut TestCore, vip: &str, backend: &str, ok: bool, n: usize) -> Vec<Output> {
+pub(super) fn probes(
+    core: &mut TestCore,
+    vip: &str,
+    backend: &str,
+    ok: bool,
+    n: usize,
+) -> Vec<Output> {
     let t = target(core, vip, backend);
     for _ in 0..n {
         probe(core, &t, if ok { None } else { Some(Failure::Timeout) });
@@ -154,7 +160,7 @@ fn probes(core: &mut TestCore, vip: &str, backend: &str, ok: bool, n: usize) -> 
     outputs(core)
 }
 
-fn state(core: &TestCore, vip: &str, backend: &str) -> BackendState {
+pub(super) fn state(core: &TestCore, vip: &str, backend: &str) -> BackendState {
     core.observed()[&(vip.to_owned(), backend.to_owned())].state()
 }
 
@@ -867,7 +873,7 @@ vips:
 
 /// Started on `TIERED` with `extra` after `port: 80`, every MAC resolved, every
 /// backend up; outputs taken.
-fn tiered(extra: &str) -> TestCore {
+pub(super) fn tiered(extra: &str) -> TestCore {
     let mut n = FakeNeighbours::default();
     for last in 11..=14 {
         n.resolve(IFINDEX, ip(&format!("10.0.0.{last}")), [2, 0, 0, 0, 0, last]);
