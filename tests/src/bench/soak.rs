@@ -893,8 +893,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- Connection table: {} established flows ({:.1} per pass, about as many as the \
-             {CHURN} new ones a pass inserts) were no longer in it when their packet came: the \
+            "- Connection table: {} established flows ({:.0} per pass; a pass inserts \
+             {CHURN} new ones) were no longer in it when their packet came: the \
              kernel's LRU is approximate and, with {FLOWS} live flows plus the churned ones' \
              stale entries in {} entries, evicts live flows too; {} of those were re-hashed onto \
              another backend because the ring had changed since their SYN. Data-path counters: {} table misses on non-SYN packets, {} \
