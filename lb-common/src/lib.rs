@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod flow;
 pub mod generator;
@@ -53,6 +54,9 @@ pub mod map_names {
     pub const SCRATCH: &str = "SCRATCH";
     /// Per CPU: when the next ICMP too-big answer is due (its rate limit).
     pub const TOO_BIG_RATE: &str = "TOO_BIG_RATE";
+    /// In `xdp-lb` and `xdp-tools`: the `bench::Script` their timed programs replay
+    /// (benchmarks only; never written by the controller).
+    pub const BENCH_SCRIPT: &str = "BENCH_SCRIPT";
     /// Every map of the `xdp-lb` object.
     pub const XDP_LB: &[&str] = &[
         CONFIG,
@@ -67,6 +71,7 @@ pub mod map_names {
         BACKEND_STATS,
         SCRATCH,
         TOO_BIG_RATE,
+        BENCH_SCRIPT,
     ];
     /// Pinned next to `XDP_LB`'s maps, created by the controller (not in the
     /// object): the layout version of the set (`pinned::LAYOUT_VERSION`), one u32.
@@ -113,4 +118,5 @@ mod pod {
     unsafe impl aya::Pod for super::vip::VipAddrKey {}
     unsafe impl aya::Pod for super::RingSlot {}
     unsafe impl aya::Pod for super::generator::GenConfig {}
+    unsafe impl aya::Pod for super::bench::Script {}
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Counter, CounterSet, Traffic};
 
 use crate::{
-    maps::{BACKEND_STATS, CONFIG, SCRATCH, STATS, VIP_STATS},
+    maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, VIP_STATS},
     parse::Kind,
     select::Lookup,
     verdict::{Verdict, bump},
@@ -25,11 +25,27 @@ use crate::{
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    balance(&ctx)
+}
+
+/// `xdp_lb` behind the benchmarks' frame restore (`lb_ebpf::timed`): loaded by
+/// `cargo xtask bench xdp` only, to time many runs per test run.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_lb_timed(ctx: XdpContext) -> u32 {
+    match lb_ebpf::timed::restore_from(&ctx, &BENCH_SCRIPT) {
+        Ok(()) => balance(&ctx),
+        _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
     let stats = unsafe { &mut *stats };
-    match process(&ctx, stats) {
+    match process(ctx, stats) {
         Ok(v) | Err(v) => v.record(stats),
     }
 }

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey,
     VipMeta,
+    bench::Script,
     limits::{
         CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS,
     },
@@ -66,6 +67,10 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// (the answers' rate limit, `too_big::allow`).
 #[map(name = "TOO_BIG_RATE")]
 pub static TOO_BIG_RATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `xdp_lb_timed` replays (benchmarks only, `lb_ebpf::timed`).
+#[map(name = "BENCH_SCRIPT")]
+pub static BENCH_SCRIPT: Array<Script> = Array::with_max_entries(1, 0);
 
 #[repr(C)]
 pub struct Scratch {

@@ -35,7 +35,12 @@ mod tests {
         assert_eq!(maps_of(XDP_DECAP), names(map_names::XDP_DECAP));
         assert_eq!(
             maps_of(XDP_TOOLS),
-            names(&[map_names::GEN_CONFIG, map_names::GEN_SEQ, map_names::SINK_STATS])
+            names(&[
+                map_names::GEN_CONFIG,
+                map_names::GEN_SEQ,
+                map_names::SINK_STATS,
+                map_names::BENCH_SCRIPT
+            ])
         );
     }
 }

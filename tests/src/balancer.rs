@@ -5,11 +5,12 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapData},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic, family,
-    hash::flow_hash, limits::RING_SIZE, map_names, proto,
+    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic, bench::Script,
+    family, hash::flow_hash, limits::RING_SIZE, map_names, proto,
 };
 use lb_userspace::{
     desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
@@ -25,6 +26,7 @@ use crate::packet::{Decoded, Flow, L4, LB_MAC, Outer, decode};
 pub use aya_ebpf_bindings::bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
 pub const MTU: u32 = 1500;
+const TIMED: &str = "xdp_lb_timed";
 /// The fixtures' flow-hash seed (any but the public one).
 pub const SEED: lb_common::hash::Seed = [0x1234_5678, 0x9abc_def0, 0x0fed_cba9, 0x8765_4321];
 pub const TUNNEL_V4: &str = "10.0.0.2";
@@ -170,6 +172,23 @@ impl Balancer {
     #[must_use]
     pub fn program(&self) -> &Xdp {
         self.ebpf.program("xdp_lb").expect("xdp_lb").try_into().expect("xdp")
+    }
+
+    /// Loads `xdp_lb_timed` (`xdp_lb` behind the benchmarks' frame restore,
+    /// `lb_ebpf::timed`; see [`Balancer::timed_program`]) and returns the map of
+    /// the script it replays.
+    pub fn load_timed(&mut self) -> Array<MapData, Script> {
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(TIMED).expect(TIMED).try_into().expect("an XDP program");
+        prog.load().expect("the verifier accepts xdp_lb_timed");
+        let map = self.ebpf.take_map(map_names::BENCH_SCRIPT).expect("BENCH_SCRIPT");
+        Array::try_from(map).expect("an array")
+    }
+
+    /// `xdp_lb_timed`, once [`Balancer::load_timed`] loaded it.
+    #[must_use]
+    pub fn timed_program(&self) -> &Xdp {
+        self.ebpf.program(TIMED).expect(TIMED).try_into().expect("xdp")
     }
 
     /// One frame through the program.

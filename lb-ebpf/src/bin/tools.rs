@@ -5,6 +5,8 @@
 //! - `xdp_tx`: returns XDP_TX and nothing else, the cost of the test harness.
 //! - `xdp_mac_swap`: swaps MACs and returns XDP_TX, the floor for any forwarder.
 //! - `xdp_count`: counts frames and bytes per CPU and drops them (traffic sink).
+//! - `xdp_tx_timed`, `xdp_mac_swap_timed`: the same behind the benchmarks' frame
+//!   restore (`lb_ebpf::timed`), to compare with `xdp_lb_timed`.
 //! - `xdp_gen`: a traffic generator for BPF_PROG_TEST_RUN in live-frames mode:
 //!   writes the frame of the next flow (from a template) and returns XDP_TX.
 #![no_std]
@@ -18,9 +20,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     Traffic,
+    bench::Script,
     generator::{FRAME_LEN, GenConfig},
 };
-use lb_ebpf::net::{copy_words, ptr_at};
+use lb_ebpf::{
+    net::{copy_words, ptr_at},
+    timed,
+};
 
 #[map(name = "SINK_STATS")]
 static SINK_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(1, 0);
@@ -39,6 +45,10 @@ static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 #[map(name = "GEN_SEQ")]
 static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// What the timed programs replay (`lb_ebpf::timed`).
+#[map(name = "BENCH_SCRIPT")]
+static BENCH_SCRIPT: Array<Script> = Array::with_max_entries(1, 0);
+
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
@@ -52,7 +62,32 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 #[xdp]
 #[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
 pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
-    let Ok(macs) = ptr_at::<[u16; 6]>(&ctx, 0) else {
+    mac_swap(&ctx)
+}
+
+/// `xdp_tx` behind the frame restore: the harness of the timed benchmarks.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_tx_timed(ctx: XdpContext) -> u32 {
+    match timed::restore_from(&ctx, &BENCH_SCRIPT) {
+        Ok(()) => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// `xdp_mac_swap` behind the frame restore: the floor of the timed benchmarks.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_mac_swap_timed(ctx: XdpContext) -> u32 {
+    match timed::restore_from(&ctx, &BENCH_SCRIPT) {
+        Ok(()) => mac_swap(&ctx),
+        _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn mac_swap(ctx: &XdpContext) -> u32 {
+    let Ok(macs) = ptr_at::<[u16; 6]>(ctx, 0) else {
         return xdp_action::XDP_DROP;
     };
     // Destination and source MACs as six 16-bit words: three loads and stores each way.

@@ -1,0 +1,54 @@
+//! What the timed benchmark programs (`xdp_*_timed`, `lb_ebpf::timed`) replay: a
+//! script of frames, one per run of a `BPF_PROG_TEST_RUN` with a large `repeat`.
+//!
+//! With `repeat > 1` the kernel runs a program again on whatever the previous run
+//! left in the frame (rewritten MACs, an outer header). A timed program first puts
+//! back the frame the script gives this run (head, tail and bytes), then runs the
+//! program under test; the same prologue in front of an empty program is the
+//! harness, subtracted from every case. Many runs per timed section average the
+//! kernel's ~10 ns clock steps away, which one run per section (`repeat = 1`) cannot.
+
+/// Bytes a scripted frame may have.
+pub const FRAME_MAX: usize = 128;
+
+/// The one entry of the `BENCH_SCRIPT` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// The two frames of a flow: `frames[0]` for its first `first` packets, then `frames[1]`.
+    pub frames: [[u8; FRAME_MAX]; 2],
+    /// Their lengths (at most `FRAME_MAX`).
+    pub lens: [u32; 2],
+    /// Packets per flow. 0: one flow, the frames as given. Otherwise run `n` sends
+    /// packet `n % per_flow` of flow `n / per_flow`, whose source port is the frame's
+    /// plus the flow number, and the low 16 bits of its source address the frame's
+    /// plus the flow number / 65536 (no checksum is fixed: the programs read none).
+    pub per_flow: u32,
+    /// Packets of a flow that use `frames[0]`.
+    pub first: u32,
+    /// Offset of the source port and of the low 16 bits of the source address.
+    pub port_off: u32,
+    pub addr_off: u32,
+    /// Runs so far (written by the program; zeroed with the script).
+    pub seq: u64,
+    /// Where the frame started in the first run (written by the program; 0 until then).
+    pub head: u64,
+    /// Where it starts in this run (the program's scratch).
+    pub now: u64,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            frames: [[0; FRAME_MAX]; 2],
+            lens: [0; 2],
+            per_flow: 0,
+            first: 0,
+            port_off: 0,
+            addr_off: 0,
+            seq: 0,
+            head: 0,
+            now: 0,
+        }
+    }
+}

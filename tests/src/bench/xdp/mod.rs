@@ -1,0 +1,359 @@
+//! `bench xdp`: cost per packet of `xdp_lb` through BPF_PROG_TEST_RUN, against an
+//! empty program (the harness) and a MAC swap (the floor), by two methods: one
+//! run per timed section (repeat 1, this file) and many (`timed`).
+
+pub mod timed;
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::ForwardingMode;
+use lb_userspace::objects;
+
+use crate::{
+    balancer::{Balancer, VIP4, VIP6, XDP_PASS, XDP_TX},
+    packet::Flow,
+};
+
+/// One frame through a program, timed by the kernel (BPF_PROG_TEST_RUN, repeat 1,
+/// so every run sees the original frame). Returns the action and the nanoseconds.
+fn timed_run(prog: &Xdp, frame: &[u8], out: &mut [u8]) -> Result<(u32, u64)> {
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out),
+        repeat: 1,
+        ..TestRunOptions::new()
+    })?;
+    Ok((r.return_value, r.duration.as_nanos() as u64))
+}
+
+struct Case<'a> {
+    name: &'static str,
+    prog: &'a Xdp,
+    /// Taken in turn, run by run (several: one new flow per run).
+    frames: Vec<Vec<u8>>,
+    want: u32,
+}
+
+impl<'a> Case<'a> {
+    fn new(name: &'static str, prog: &'a Xdp, frame: Vec<u8>, want: u32) -> Self {
+        Self { name, prog, frames: vec![frame], want }
+    }
+
+    fn frame(&self, run: usize) -> &[u8] {
+        &self.frames[run % self.frames.len()]
+    }
+}
+
+/// SYNs of distinct flows, more than the fixtures' connection table holds (8192),
+/// so each is new to the table when it comes round again.
+fn new_syns() -> Vec<Vec<u8>> {
+    (0..16_384u16).map(|i| Flow::tcp("198.51.100.7", 1024 + i, VIP4, 80).frame()).collect()
+}
+
+/// `bench xdp [RUNS] [SAMPLES]`: both methods, `RUNS` (100000) runs per case of the
+/// first, `SAMPLES` (300) test runs of `timed::REPEAT` per case of the second; 0
+/// leaves a method out.
+pub fn run(args: &[String]) -> Result<()> {
+    let runs: usize = args.first().map_or(Ok(100_000), |s| s.parse()).context("runs per case")?;
+    let samples: usize = args.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
+    ensure!(runs > 0 || samples > 0, "nothing to measure: RUNS and SAMPLES are both 0");
+    if runs > 0 {
+        println!("### One run per timed section (repeat 1)\n");
+        repeat_one(runs)?;
+    }
+    if samples > 0 {
+        println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
+        run_timed(samples)?;
+    }
+    Ok(())
+}
+
+/// The first method: every case, `runs` times, one run per `BPF_PROG_TEST_RUN`.
+fn repeat_one(runs: usize) -> Result<()> {
+    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
+    for name in ["xdp_tx", "xdp_mac_swap"] {
+        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+    }
+    let empty: &Xdp = tools.program("xdp_tx").context("xdp_tx")?.try_into()?;
+    let floor: &Xdp = tools.program("xdp_mac_swap").context("xdp_mac_swap")?.try_into()?;
+    let dsr = Balancer::new(ForwardingMode::Dsr);
+    let ipip = Balancer::new(ForwardingMode::Ipip);
+
+    let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
+    // The table hits are another flow's: a SYN on their 5-tuple would start a new
+    // connection there (and take the flow out of the table until its ACK).
+    let ack4 = Flow::tcp("198.51.100.7", 40001, VIP4, 80).ack().payload(0);
+    let udp4 = Flow::udp("198.51.100.7", 40001, VIP4, 53).payload(18);
+    let syn6 = Flow::tcp("2001:db8:c::7", 40000, VIP6, 80);
+    let other = Flow::tcp("198.51.100.7", 40000, "192.0.2.1", 80);
+    let mut cases = vec![
+        Case::new("empty XDP_TX (harness)", empty, syn4.frame(), XDP_TX),
+        Case::new("MAC swap + XDP_TX (floor)", floor, syn4.frame(), XDP_TX),
+    ];
+    for (mode, lb) in [("dsr", &dsr), ("ipip", &ipip)] {
+        let p = lb.program();
+        // Seed the connection table, so ACK and UDP measure a table hit.
+        for f in [&ack4, &udp4] {
+            ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
+        }
+        let label =
+            |s: &str| -> &'static str { Box::leak(format!("{s}, {mode}").into_boxed_str()) };
+        cases.extend([
+            // The same SYN run after run: after the first, a retransmission.
+            Case::new(label("TCP SYN v4"), p, syn4.frame(), XDP_TX),
+            Case {
+                frames: new_syns(),
+                ..Case::new(label("TCP SYN v4 (new flow)"), p, vec![], XDP_TX)
+            },
+            Case::new(label("TCP ACK v4 (table hit)"), p, ack4.frame(), XDP_TX),
+            Case::new(label("UDP v4 (table hit)"), p, udp4.frame(), XDP_TX),
+            Case::new(label("TCP SYN v6"), p, syn6.frame(), XDP_TX),
+            Case::new(label("non-VIP pass"), p, other.frame(), XDP_PASS),
+        ]);
+    }
+
+    // Interleave cases run by run, so a noisy neighbour hurts all of them alike.
+    let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(runs); cases.len()];
+    let mut out = vec![0u8; 2048];
+    let started = Instant::now();
+    for i in 0..runs {
+        for (case, s) in cases.iter().zip(&mut samples) {
+            let (action, ns) = timed_run(case.prog, case.frame(i), &mut out)?;
+            ensure!(
+                action == case.want,
+                "{}: run {i} returned action {action}, want {}",
+                case.name,
+                case.want
+            );
+            s.push(ns);
+        }
+        if i % 5000 == 0 {
+            eprintln!("  run {i}/{runs} ({:.1}s)", started.elapsed().as_secs_f64());
+        }
+    }
+
+    let stat = |s: &mut Vec<u64>| -> (f64, f64) {
+        s.sort_unstable();
+        // Median, and the mean of the middle 80% (both robust to preemption spikes).
+        let med = s[s.len() / 2] as f64;
+        let lo = s.len() / 10;
+        let mid = &s[lo..s.len() - lo];
+        (med, mid.iter().sum::<u64>() as f64 / mid.len() as f64)
+    };
+    let stats: Vec<(f64, f64)> = samples.iter_mut().map(stat).collect();
+    report(&cases, &stats, runs);
+    Ok(())
+}
+
+/// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case.
+pub fn run_timed(samples: usize) -> Result<()> {
+    use timed::{Case as T, Replay};
+    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
+    for name in ["xdp_tx_timed", "xdp_mac_swap_timed"] {
+        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+    }
+    let mut tools_script: aya::maps::Array<_, lb_common::bench::Script> =
+        aya::maps::Array::try_from(
+            tools.take_map(lb_common::map_names::BENCH_SCRIPT).context("BENCH_SCRIPT")?,
+        )?;
+    let harness: &Xdp = tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?;
+    let floor: &Xdp =
+        tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
+    let mut dsr = Balancer::new(ForwardingMode::Dsr);
+    let mut ipip = Balancer::new(ForwardingMode::Ipip);
+    let mut dsr_script = dsr.load_timed();
+    let mut ipip_script = ipip.load_timed();
+
+    let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
+    // The table hits are another flow's: a SYN on their 5-tuple would start a new
+    // connection there (and take the flow out of the table until its ACK).
+    let ack4 = Flow::tcp("198.51.100.7", 40001, VIP4, 80).ack().payload(0);
+    let udp4 = Flow::udp("198.51.100.7", 40001, VIP4, 53).payload(18);
+    let syn6 = Flow::tcp("2001:db8:c::7", 40000, VIP6, 80);
+    let other = Flow::tcp("198.51.100.7", 40000, "192.0.2.1", 80);
+    let mut cases = vec![T {
+        name: "MAC swap + XDP_TX (floor)".into(),
+        lb: None,
+        replay: Replay::same(syn4.frame()),
+        want: XDP_TX,
+        per_unit: 1,
+    }];
+    for (i, (mode, lb)) in [("dsr", &dsr), ("ipip", &ipip)].into_iter().enumerate() {
+        for f in [&ack4, &udp4] {
+            ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
+        }
+        let case = |name: &str, replay: Replay, want: u32, per_unit: u32| T {
+            name: format!("{name}, {mode}"),
+            lb: Some(i),
+            replay,
+            want,
+            per_unit,
+        };
+        cases.push(case("TCP SYN v4, a new flow each", Replay::new_flows(syn4.frame()), XDP_TX, 1));
+        cases.push(case("TCP SYN v4, the same flow each", Replay::same(syn4.frame()), XDP_TX, 1));
+        cases.push(case("TCP ACK v4 (table hit)", Replay::same(ack4.frame()), XDP_TX, 1));
+        cases.push(case("UDP v4 (table hit)", Replay::same(udp4.frame()), XDP_TX, 1));
+        cases.push(case("TCP SYN v6, a new flow each", Replay::new_flows(syn6.frame()), XDP_TX, 1));
+        cases.push(case("non-VIP pass", Replay::same(other.frame()), XDP_PASS, 1));
+        cases.push(case(
+            "new TCP v4 connection: SYN + ACK + 10 hits",
+            Replay::flows(syn4.frame(), syn4.ack().payload(0).frame(), 12, 1),
+            XDP_TX,
+            12,
+        ));
+    }
+    if let Ok(only) = std::env::var("XDP_BENCH_ONLY") {
+        let keep: Vec<&str> = only.split(',').collect();
+        cases.retain(|c| c.lb.is_none() || keep.iter().any(|k| c.name.contains(k)));
+    }
+    let (dp, ip) = (dsr.timed_program(), ipip.timed_program());
+    let mut lbs = [(dp, &mut dsr_script), (ip, &mut ipip_script)];
+    let m = timed::measure(&cases, &mut lbs, floor, harness, &mut tools_script, samples)?;
+    report_timed(&cases, &m, samples);
+    Ok(())
+}
+
+/// The second method's table, and the verdict on the connection target.
+fn report_timed(cases: &[timed::Case], m: &[timed::Measured], samples: usize) {
+    let mean = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let lo = v.len() / 10;
+        let mid = &v[lo..v.len() - lo];
+        mid.iter().sum::<f64>() / mid.len() as f64
+    };
+    let floor_net = mean(&m[0].net).max(0.1);
+    println!("| case | ns per run | net of harness ns | × floor (net) | net ns per unit |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut connection = Vec::new();
+    for (c, m) in cases.iter().zip(m) {
+        let net = mean(&m.net);
+        println!(
+            "| {} | {:.1} | {net:.1} | {:.1} | {:.0} |",
+            c.name,
+            mean(&m.runs),
+            net / floor_net,
+            net * f64::from(c.per_unit)
+        );
+        if c.per_unit > 1 {
+            connection.push((c.name.clone(), net * f64::from(c.per_unit)));
+        }
+    }
+    println!();
+    println!(
+        "{samples} samples per case of {} runs each, interleaved; each case's test run is \
+         followed by the harness (`xdp_tx_timed`) on the same script, and \"net\" is the \
+         difference of the pair (trimmed mean of the middle 80%). \"A new flow each\" steps the \
+         source port and address every run (cold cache lines, as under a SYN flood); \"the same \
+         flow each\" repeats one frame (what the first method measures). A connection is one \
+         flow's SYN, its handshake ACK and 10 more ACKs, a new flow each.",
+        timed::REPEAT
+    );
+    println!();
+    let target = KATRAN_CONNECTION / 2.0;
+    println!(
+        "Target (issue #13): a new TCP connection at most half of Katran's ({KATRAN_CONNECTION:.0} \
+         ns by the first method's figures: a SYN and 11 table hits), ≤ {target:.0} ns:"
+    );
+    for (name, ns) in connection {
+        let met = if ns <= target { "met" } else { "**missed**" };
+        println!("- {name}: {ns:.0} ns ({met})");
+    }
+}
+
+/// The table of cases (`stats`: median and trimmed mean of each) and the verdict on
+/// each target.
+fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
+    let harness = stats[0].1;
+    let floor_net = (stats[1].1 - harness).max(0.1);
+    let mut by_name = BTreeMap::new();
+    println!(
+        "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (case, (med, mean)) in cases.iter().zip(stats) {
+        let net = mean - harness;
+        by_name.insert(case.name, (net / floor_net, mean / stats[1].1, net));
+        println!(
+            "| {} | {med:.0} | {mean:.1} | {net:.1} | {:.1} | {:.2} |",
+            case.name,
+            net / floor_net,
+            mean / stats[1].1
+        );
+    }
+    println!();
+    println!(
+        "{runs} runs per case, interleaved; every run's action checked. Harness = the empty program's trimmed mean ({harness:.1} ns); floor (net) = MAC swap minus harness = {floor_net:.1} ns."
+    );
+    println!();
+    println!("Targets (issue #2), judged on both ratios:");
+    let targets = [
+        ("TCP ACK v4 (table hit)", 2.5),
+        ("UDP v4 (table hit)", 3.0),
+        ("TCP SYN v4", 5.0),
+        ("TCP SYN v6", 5.5),
+        ("non-VIP pass", 1.5),
+    ];
+    for mode in ["dsr", "ipip"] {
+        for (case, target) in targets {
+            let Some(&(net, raw, _)) = by_name.get(format!("{case}, {mode}").as_str()) else {
+                continue;
+            };
+            let verdict = |x: f64| {
+                if x <= target {
+                    "met".to_owned()
+                } else {
+                    format!("**missed** by {:.0}%", (x / target - 1.0) * 100.0)
+                }
+            };
+            println!(
+                "- {case}, {mode}: ≤ {target}x; raw {raw:.2}x ({}), net {net:.1}x ({})",
+                verdict(raw),
+                verdict(net)
+            );
+        }
+    }
+    println!();
+    println!(
+        "Targets (issue #13), net of the harness, against Katran's `balancer.bpf.c` measured \
+         with this method on this kind of machine outside this repository (its source is in no \
+         package registry; reference figures, not re-measured here): a SYN at most half of \
+         Katran's, ipip table hits at most half of Katran's."
+    );
+    println!();
+    println!("| case | Katran (reference) ns | target ns | xdplb dsr ns | xdplb ipip ns |");
+    println!("|---|---:|---:|---:|---:|");
+    for (case, katran, target) in KATRAN {
+        let ns = |mode: &str| {
+            by_name.get(format!("{case}, {mode}").as_str()).map_or(
+                "–".to_owned(),
+                |&(_, _, n)| {
+                    let met = target.is_none_or(|t| n <= t);
+                    format!("{n:.0}{}", if met { "" } else { " (**missed**)" })
+                },
+            )
+        };
+        let target = target.map_or("no slower".to_owned(), |t| format!("≤ {t:.0}"));
+        println!("| {case} | {katran:.0} | {target} | {} | {} |", ns("dsr"), ns("ipip"));
+    }
+}
+
+/// Katran's cost per case, ns net of the harness, by the first method (issue #13),
+/// and xdplb's target (`None`: no slower than before).
+const KATRAN: [(&str, f64, Option<f64>); 5] = [
+    ("TCP SYN v4", 352.0, Some(176.0)),
+    ("TCP SYN v6", 361.0, Some(180.5)),
+    ("TCP ACK v4 (table hit)", 136.0, Some(68.0)),
+    ("UDP v4 (table hit)", 163.0, Some(81.5)),
+    ("non-VIP pass", 62.0, None),
+];
+/// Katran's cost of a whole new TCP connection (SYN + handshake ACK + 10 hits) from
+/// the same figures: a SYN and 11 table hits.
+const KATRAN_CONNECTION: f64 = 352.0 + 11.0 * 136.0;

@@ -1,0 +1,137 @@
+//! `bench xdp`, second method: many runs per timed section. Each case's program
+//! runs behind the frame restore of `lb_ebpf::timed` (`xdp_lb_timed`), `REPEAT`
+//! times per `BPF_PROG_TEST_RUN`, and the same restore in front of an empty
+//! program (`xdp_tx_timed`) with the same script is timed right after it: the
+//! difference is the case's own cost, resolved to about a nanosecond where one
+//! run per timed section sees the kernel clock's ~10 ns steps.
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{
+    maps::{Array, MapData},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use lb_common::bench::{FRAME_MAX, Script};
+
+/// Runs per timed section.
+pub const REPEAT: u32 = 1000;
+
+/// Which frames a case replays.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// `frames[0]` for the first `first` packets of a flow, then `frames[1]`.
+    pub frames: [Vec<u8>; 2],
+    /// Packets per flow (0: one flow throughout, the frames as given).
+    pub per_flow: u32,
+    pub first: u32,
+}
+
+impl Replay {
+    /// One frame, the same flow every run.
+    #[must_use]
+    pub fn same(frame: Vec<u8>) -> Self {
+        Self { frames: [frame.clone(), frame], per_flow: 0, first: 1 }
+    }
+
+    /// One frame, a new flow every run (source port and address stepped).
+    #[must_use]
+    pub fn new_flows(frame: Vec<u8>) -> Self {
+        Self { frames: [frame.clone(), frame], per_flow: 1, first: 1 }
+    }
+
+    /// Flows of `per_flow` packets: `first` of `a`, the rest `b`.
+    #[must_use]
+    pub fn flows(a: Vec<u8>, b: Vec<u8>, per_flow: u32, first: u32) -> Self {
+        Self { frames: [a, b], per_flow, first }
+    }
+
+    /// The script, starting at run `seq` (so flows do not repeat across test runs).
+    fn script(&self, seq: u64) -> Result<Script> {
+        let mut s = Script { per_flow: self.per_flow, first: self.first, seq, ..Script::default() };
+        for (i, f) in self.frames.iter().enumerate() {
+            ensure!(
+                f.len() <= FRAME_MAX,
+                "a replayed frame is {} bytes (at most {FRAME_MAX})",
+                f.len()
+            );
+            s.frames[i][..f.len()].copy_from_slice(f);
+            s.lens[i] = f.len() as u32;
+        }
+        // Ethernet without a tag; the source port follows the IP header.
+        let (l3, v6) = (14, self.frames[0][12..14] == [0x86, 0xdd]);
+        s.addr_off = if v6 { l3 + 8 + 14 } else { l3 + 12 + 2 };
+        s.port_off = if v6 { l3 + 40 } else { l3 + 20 };
+        Ok(s)
+    }
+}
+
+/// A program behind the restore, with the map its script goes in.
+pub struct Timed<'a> {
+    pub prog: &'a Xdp,
+    pub script: &'a mut Array<MapData, Script>,
+}
+
+impl Timed<'_> {
+    /// Runs `replay` from run `seq` on, `REPEAT` times; the action of the last run
+    /// and the kernel's mean ns per run.
+    pub fn run(&mut self, replay: &Replay, seq: u64) -> Result<(u32, u32)> {
+        self.script.set(0, replay.script(seq)?, 0).context("writing BENCH_SCRIPT")?;
+        let mut out = vec![0u8; 2048];
+        let r = self.prog.test_run(TestRunOptions {
+            data_in: Some(&replay.frames[0]),
+            data_out: Some(&mut out),
+            repeat: REPEAT,
+            ..TestRunOptions::new()
+        })?;
+        Ok((r.return_value, u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX)))
+    }
+}
+
+/// One case of the second method.
+pub struct Case {
+    pub name: String,
+    /// Which program: `None` is the floor (MAC swap), `Some(i)` balancer `i`.
+    pub lb: Option<usize>,
+    pub replay: Replay,
+    pub want: u32,
+    /// Packets in one unit of the case (12 for a whole connection), to scale its cost.
+    pub per_unit: u32,
+}
+
+/// Per case: ns per run, and net of the harness (the difference of each pair).
+pub struct Measured {
+    pub runs: Vec<f64>,
+    pub net: Vec<f64>,
+}
+
+/// Times every case `samples` times, interleaved, each right before its harness.
+pub fn measure(
+    cases: &[Case],
+    lbs: &mut [(&Xdp, &mut Array<MapData, Script>)],
+    floor: &Xdp,
+    harness: &Xdp,
+    tools_script: &mut Array<MapData, Script>,
+    samples: usize,
+) -> Result<Vec<Measured>> {
+    let mut out: Vec<Measured> =
+        cases.iter().map(|_| Measured { runs: Vec::new(), net: Vec::new() }).collect();
+    for s in 0..samples {
+        let seq = s as u64 * u64::from(REPEAT);
+        for (case, m) in cases.iter().zip(&mut out) {
+            let (action, ns) = match case.lb {
+                Some(i) => {
+                    let (prog, script) = &mut lbs[i];
+                    Timed { prog, script }.run(&case.replay, seq)?
+                }
+                None => Timed { prog: floor, script: tools_script }.run(&case.replay, seq)?,
+            };
+            ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
+            let (_, base) = Timed { prog: harness, script: tools_script }.run(&case.replay, seq)?;
+            m.runs.push(f64::from(ns));
+            m.net.push(f64::from(ns) - f64::from(base));
+        }
+        if s % 50 == 0 {
+            super::super::progress(format!("timed: sample {s}/{samples}"));
+        }
+    }
+    Ok(out)
+}
