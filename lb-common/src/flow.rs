@@ -21,16 +21,19 @@ pub struct ConnValue {
     pub backend: u32,
     /// `Backend::generation` when the entry was written.
     pub generation: u32,
-    /// `conn_flags` bits.
-    pub flags: u32,
 }
 
-/// Bits of `ConnValue::flags`.
-pub mod conn_flags {
-    /// Written by a TCP SYN whose handshake has not been seen to complete: the
-    /// flow's next client packet that is no SYN clears it and counts a completed
-    /// handshake for the backend (`Handshakes::completed`), so each flow counts once.
-    /// Entries written by anything else (UDP, a TCP flow picked up mid-way) never
-    /// have it: they count nothing.
-    pub const AWAITING_HANDSHAKE: u32 = 1;
+/// One slot of the SYN array (`SYNS`): the backend a TCP SYN was sent to, until
+/// the handshake's ACK puts the flow in the connection table. Direct-mapped by the
+/// flow hash (`hash::syn_slot`), so a flood of SYNs only overwrites other pending
+/// handshakes, never an established flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynSlot {
+    /// `hash::syn_tag` of the flow (0: empty).
+    pub tag: u64,
+    /// Index into the backend table.
+    pub backend: u32,
+    /// `Backend::generation` when the SYN was sent.
+    pub generation: u32,
 }

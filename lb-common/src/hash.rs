@@ -9,7 +9,7 @@
 //! public or 32-bit seed, or an unkeyed mix like Murmur (whose collisions do not
 //! depend on the seed), would let it. The ring itself (Maglev) does not use it.
 
-use crate::FlowKey;
+use crate::{FlowKey, limits::SYN_SLOTS};
 
 /// A flow-hash seed: 128 bits as four words.
 pub type Seed = [u32; 4];
@@ -67,18 +67,49 @@ pub const fn siphash<const C: usize, const D: usize>(seed: &Seed, m: [u64; 3]) -
 }
 
 /// The flow hash: SipHash-1-3 under `seed` of the client address, both ports and
-/// the protocol. The VIP is not hashed: every VIP has its own ring.
+/// the protocol. The VIP is not hashed: every VIP has its own ring. The data path
+/// computes it once per new flow and derives the ring slot (`ring_hash`) and the
+/// SYN array's slot and tag (`syn_slot`, `syn_tag`) from it.
 #[inline(always)]
 #[must_use]
-pub const fn flow_hash(key: &FlowKey, seed: &Seed) -> u32 {
+pub const fn flow_hash64(key: &FlowKey, seed: &Seed) -> u64 {
     let ports = (key.ports[0] as u64) | (key.ports[1] as u64) << 16 | (key.proto as u64) << 32;
     let m = [
         key.src[0] as u64 | (key.src[1] as u64) << 32,
         key.src[2] as u64 | (key.src[3] as u64) << 32,
         ports,
     ];
-    let h = siphash::<1, 3>(seed, m);
+    siphash::<1, 3>(seed, m)
+}
+
+/// The 32 bits of a flow hash the Maglev ring slot is taken from.
+#[inline(always)]
+#[must_use]
+pub const fn ring_hash(h: u64) -> u32 {
     (h ^ (h >> 32)) as u32
+}
+
+/// `ring_hash` of the flow: the ring slot is this modulo `limits::RING_SIZE`.
+#[inline(always)]
+#[must_use]
+pub const fn flow_hash(key: &FlowKey, seed: &Seed) -> u32 {
+    ring_hash(flow_hash64(key, seed))
+}
+
+/// The flow's slot in the SYN array (`limits::SYN_SLOTS` slots).
+#[inline(always)]
+#[must_use]
+pub const fn syn_slot(h: u64) -> u32 {
+    (h >> 40) as u32 & (SYN_SLOTS - 1)
+}
+
+/// What a SYN array slot holds to say which flow it is for: the whole 64-bit
+/// hash, never 0 (an empty slot). Two flows share a tag with odds of 2^-63, and a
+/// client cannot aim at one without the seed.
+#[inline(always)]
+#[must_use]
+pub const fn syn_tag(h: u64) -> u64 {
+    h | 1
 }
 
 /// A short public name for a seed, to compare balancers' seeds without showing

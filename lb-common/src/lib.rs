@@ -16,7 +16,7 @@ pub mod vip;
 
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
-pub use flow::{ConnValue, FlowKey, conn_flags};
+pub use flow::{ConnValue, FlowKey, SynSlot};
 pub use stats::{
     BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
 };
@@ -48,6 +48,8 @@ pub mod map_names {
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNS: &str = "CONNS";
+    /// TCP SYNs waiting for their handshake's ACK (`flow::SynSlot`).
+    pub const SYNS: &str = "SYNS";
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -66,6 +68,7 @@ pub mod map_names {
         RINGS,
         BACKENDS,
         CONNS,
+        SYNS,
         STATS,
         VIP_STATS,
         BACKEND_STATS,
@@ -110,6 +113,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnValue {}
+    unsafe impl aya::Pod for super::SynSlot {}
     unsafe impl aya::Pod for super::LbConfig {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::BackendStats {}

@@ -16,6 +16,11 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const NO_BACKEND: u32 = u32::MAX;
 /// Default connection-table size (entries, shared by all CPUs, LRU per CPU).
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Slots of the SYN array (`flow::SynSlot`, 16 B each): handshakes in flight that
+/// can be told apart. A slot lives one round trip (SYN to ACK); two flows that
+/// share one only matter when the ring changed in between (the ACK then follows
+/// the ring). A power of two.
+pub const SYN_SLOTS: u32 = 1 << 18;
 /// 64-bit words of the VIP address filter (65536 bits).
 pub const VIP_FILTER_WORDS: u32 = 1024;
 /// Distinct VIP addresses (fragments are matched by address alone).

@@ -11,8 +11,10 @@
 /// even where the sizes agree (a reordered field, a new meaning of a value).
 /// Version 1 is the set from before this map existed (the same maps and
 /// layouts, without `LAYOUT` and `BACKEND_FLAGS`). Version 3: `ConnValue` gained
-/// `flags`, `BACKEND_STATS` holds `BackendStats` (traffic and handshakes).
-pub const LAYOUT_VERSION: u32 = 3;
+/// `flags`, `BACKEND_STATS` holds `BackendStats` (traffic and handshakes). Version
+/// 4: a SYN waits in `SYNS`, not `CONNS` (`ConnValue` lost `flags`), and `STATS`
+/// counts `conn_handshake`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
 /// same slot of `BACKENDS`. The data path's state alone cannot say it (draining

@@ -16,11 +16,12 @@ pub struct Handshakes {
     pub syns: u64,
     /// Flows opened by a SYN forwarded to the backend whose client then sent a
     /// packet that is no SYN (the handshake's final ACK, or anything after it: the
-    /// client got a SYN-ACK). Once per flow (`flow::conn_flags::AWAITING_HANDSHAKE`).
+    /// client got a SYN-ACK). Once per flow: the packet that takes the flow from the
+    /// SYN array (`flow::SynSlot`) into the connection table.
     pub completed: u64,
-    /// Of `syns`, those for a flow already in the connection table: a client
-    /// retrying a SYN that got no answer (or reusing the ports of an earlier
-    /// connection still in the table).
+    /// Of `syns`, those for a flow the balancer already remembers (in the SYN
+    /// array or the connection table): a client retrying a SYN that got no answer
+    /// (or reusing the ports of an earlier connection still in the table).
     pub syn_retransmits: u64,
 }
 
@@ -142,8 +143,12 @@ counters! {
     ConnHit => "conn_hit",
     /// Connection table miss (non-SYN): hashed.
     ConnMiss => "conn_miss",
-    /// TCP SYN: hashed without looking at the table.
+    /// TCP SYN: hashed to the ring, remembered in the SYN array (not the table)
+    /// until its handshake's ACK.
     ConnSyn => "conn_syn",
+    /// A TCP handshake's ACK (the first non-SYN packet of a flow whose SYN the SYN
+    /// array remembers): sent where the SYN went and put in the table.
+    ConnHandshake => "conn_handshake",
     /// Hit on a backend that is down or was replaced: re-hashed.
     ConnRehash => "conn_rehash",
     /// ICMP frag-needed / packet-too-big forwarded to the flow's backend.

@@ -13,12 +13,12 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, CounterSet, Traffic};
+use lb_common::{Counter, CounterSet, Traffic, proto};
 
 use crate::{
     maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, VIP_STATS},
     parse::Kind,
-    select::Lookup,
+    select::{Lookup, Missed},
     verdict::{Verdict, bump},
 };
 
@@ -70,22 +70,32 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let lookup =
-        if syn { Lookup::Miss } else { select::established(&s.flow, pkt.kind != Kind::IcmpError) };
-    let (index, backend, handshakes) = if let Lookup::Hit(index, backend, counts) = lookup {
+    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow) };
+    let (index, backend, handshakes) = if let Lookup::Hit(index, backend) = lookup {
         bump(stats, Counter::ConnHit);
-        (index, backend, counts)
+        (index, backend, 0)
     } else {
         let vip = vip::lookup(s).ok_or(not_vip)?;
-        bump(
-            stats,
-            match lookup {
-                _ if syn => Counter::ConnSyn,
-                Lookup::Stale => Counter::ConnRehash,
-                _ => Counter::ConnMiss,
-            },
-        );
-        select::from_ring(&s.flow, vip, &cfg.hash_seed, syn)?
+        if syn {
+            bump(stats, Counter::ConnSyn);
+            select::syn(&s.flow, vip, &cfg.hash_seed)?
+        } else {
+            let missed = match pkt.kind {
+                Kind::IcmpError => Missed::IcmpError,
+                _ if s.flow.proto == proto::TCP => Missed::TcpClient,
+                _ => Missed::Other,
+            };
+            let (index, backend, counts) = select::first(&s.flow, vip, &cfg.hash_seed, missed)?;
+            bump(
+                stats,
+                match lookup {
+                    _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
+                    Lookup::Stale => Counter::ConnRehash,
+                    _ => Counter::ConnMiss,
+                },
+            );
+            (index, backend, counts)
+        }
     };
     let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
     if let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {

@@ -7,11 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, Traffic, VipKey,
-    VipMeta,
+    Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, SynSlot, Traffic,
+    VipKey, VipMeta,
     bench::Script,
     limits::{
-        CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, VIP_FILTER_WORDS,
+        CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, SYN_SLOTS,
+        VIP_FILTER_WORDS,
     },
     vip::VipAddrKey,
 };
@@ -45,6 +46,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FlowKey, ConnValue> =
     LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// TCP SYNs waiting for their handshake's ACK, direct-mapped by flow hash: a new
+/// connection enters `CONNS` only once its handshake completes, so spoofed SYNs
+/// cannot evict established flows. Shared by all CPUs: the ACK may arrive on
+/// another one than the SYN.
+#[map(name = "SYNS")]
+pub static SYNS: Array<SynSlot> = Array::with_max_entries(SYN_SLOTS, 0);
 
 /// Every global counter, one entry per CPU.
 #[map(name = "STATS")]

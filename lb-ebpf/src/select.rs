@@ -1,26 +1,30 @@
-//! Backend selection: the connection table first, the VIP's Maglev ring on a miss.
+//! Backend selection: the connection table first; on a miss, the SYN array for a
+//! handshake's ACK, else the VIP's Maglev ring.
 //!
 //! A table hit is kept unless its backend is down or the slot was given to another
 //! backend since (a dead node's flows move at once, as IPVS `expire_nodest_conn`);
 //! a draining backend keeps its hits. A TCP SYN skips the table: a new connection
 //! always goes where the ring says, so it never lands on a draining backend.
 //!
-//! Both count what the packet says about the flow's handshake (`Handshakes`, the
-//! passive health signal): a SYN, a SYN for a flow already in the table (a
-//! retransmission), the first client packet after a SYN (a completed handshake,
-//! once per flow through a flag in the entry). Constant cost: the SYN's insert
-//! itself tells a retransmission (`BPF_NOEXIST` fails), the flag is written once.
+//! A SYN does not enter the table: the SYN array remembers its backend, and the
+//! handshake's ACK puts the flow in the table there. The table therefore holds only
+//! flows that completed a handshake (or sent data: UDP, flows from before a
+//! restart), so spoofed SYNs cannot evict established flows; and the ACK follows
+//! its SYN even when the ring changed in between, unless that backend went down.
+//!
+//! Each step also says what the packet counts for its backend's `Handshakes` (the
+//! passive health signal): a SYN; a SYN for a flow the SYN array or the table
+//! already holds (a retransmission, or a reused 5-tuple); the packet that takes a
+//! flow from the SYN array into the table (a completed handshake, once per flow).
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Backend, BackendState, ConnValue, Counter, FlowKey, Handshakes, VipMeta,
-    conn_flags::AWAITING_HANDSHAKE,
-    hash::{Seed, flow_hash},
+    Backend, BackendState, ConnValue, Counter, FlowKey, Handshakes, SynSlot, VipMeta,
+    hash::{Seed, flow_hash64, ring_hash, syn_slot, syn_tag},
     limits::RING_SIZE,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNS, RINGS},
+    maps::{BACKENDS, CONNS, RINGS, SYNS},
     verdict::Verdict,
 };
 
@@ -39,77 +43,131 @@ pub fn count(h: &mut Handshakes, counts: u8) {
     h.syn_retransmits += u64::from((counts & SYN_RETRANSMIT) >> 1);
     h.completed += u64::from((counts & COMPLETED) >> 2);
 }
-/// What `bpf_map_update_elem` returns for `BPF_NOEXIST` on a present key.
-const EEXIST: i32 = -17;
 
 /// What the connection table says about a flow.
 pub enum Lookup {
-    /// A live backend (index, entry): use it; and what the packet counts for it
-    /// (`COMPLETED` or nothing).
-    Hit(u32, &'static Backend, u8),
+    /// A live backend (index, entry): use it.
+    Hit(u32, &'static Backend),
     /// An entry whose backend is down or was replaced: re-hash.
     Stale,
     Miss,
 }
 
-/// The table's backend for a packet that is no SYN; `client`: the packet is the
-/// flow's own (not an ICMP error quoting it), so it can complete a handshake.
 #[inline(always)]
-pub fn established(flow: &FlowKey, client: bool) -> Lookup {
-    let Some(conn) = CONNS.get_ptr_mut(flow) else {
+pub fn established(flow: &FlowKey) -> Lookup {
+    let Some(conn) = (unsafe { CONNS.get(flow) }) else {
         return Lookup::Miss;
     };
-    // An entry evicted and reused under us (LRU) miscounts one handshake at worst.
-    let conn = unsafe { &mut *conn };
-    let (index, generation) = (conn.backend, conn.generation);
-    match BACKENDS.get(index) {
-        Some(b) if b.generation == generation && b.state != BackendState::Down as u8 => {
-            let completed = client && conn.flags & AWAITING_HANDSHAKE != 0;
-            if completed {
-                // Written once per flow, so later hits leave the entry's cache line clean.
-                conn.flags &= !AWAITING_HANDSHAKE;
-            }
-            Lookup::Hit(index, b, if completed { COMPLETED } else { 0 })
-        }
-        _ => Lookup::Stale,
+    let index = conn.backend;
+    match live(index, conn.generation) {
+        Some(b) => Lookup::Hit(index, b),
+        None => Lookup::Stale,
     }
 }
 
-/// The backend the VIP's ring gives `flow`, remembered in the connection table,
-/// and what the packet counts for it (`syn`: a TCP SYN).
+/// The backend at `index` if it still holds the slot (`generation`) and is not down.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map values go by reference, as everywhere in the data path"
-)]
-pub fn from_ring(
+fn live(index: u32, generation: u32) -> Option<&'static Backend> {
+    BACKENDS
+        .get(index)
+        .filter(|b| b.generation == generation && b.state != BackendState::Down as u8)
+}
+
+/// A new TCP connection (a SYN): the ring's pick, remembered in the SYN array; and
+/// what the SYN counts (`SYN`, `SYN_RETRANSMIT`).
+#[inline(always)]
+pub fn syn(
     flow: &FlowKey,
     vip: &VipMeta,
     seed: &Seed,
-    syn: bool,
 ) -> Result<(u32, &'static Backend, u8), Verdict> {
-    let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(flow_hash(flow, seed) % RING_SIZE);
+    let h = flow_hash64(flow, seed);
+    let (index, b) = from_ring(vip, h)?;
+    // An entry for this 5-tuple is an earlier connection's (a reused client port, a
+    // draining backend's flow): the handshake's ACK would follow it, not this SYN.
+    let mut known = unsafe { CONNS.get(flow) }.is_some();
+    if known {
+        let _ = CONNS.remove(flow);
+    }
+    if let Some(slot) = SYNS.get_ptr_mut(syn_slot(h)) {
+        // SAFETY: a map value; a racing SYN on another CPU for the same slot costs
+        // at most that handshake's ACK following the ring instead.
+        let slot = unsafe { &mut *slot };
+        known |= slot.tag == syn_tag(h);
+        *slot = SynSlot { tag: syn_tag(h), backend: index, generation: b.generation };
+    }
+    Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)))
+}
+
+/// What kind of packet missed the table, for [`first`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// A TCP packet of the flow that is no SYN: may complete a handshake.
+    TcpClient,
+    /// An ICMP error quoting the flow: follows a pending handshake, completes none,
+    /// and leaves the table alone (the flow's own packets decide its entry).
+    IcmpError,
+    /// Anything else (UDP): the ring's pick.
+    Other,
+}
+
+/// A packet of a flow the table does not hold (or names a dead backend for): a TCP
+/// handshake's ACK goes where its SYN went, anything else where the ring says, and
+/// the flow enters the table; with what the packet counts (`COMPLETED` or nothing).
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys go by reference, as everywhere in the data path"
+)]
+pub fn first(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    seed: &Seed,
+    missed: Missed,
+) -> Result<(u32, &'static Backend, u8), Verdict> {
+    let h = flow_hash64(flow, seed);
+    let pending = if missed == Missed::Other { None } else { pending(h, vip, missed) };
+    let (index, b, counts) = if let Some((index, b)) = pending {
+        (index, b, if missed == Missed::TcpClient { COMPLETED } else { 0 })
+    } else {
+        let (index, b) = from_ring(vip, h)?;
+        (index, b, 0)
+    };
+    if missed != Missed::IcmpError {
+        let conn = ConnValue { backend: index, generation: b.generation };
+        // A full table evicts (LRU); a failed insert only costs a re-hash later.
+        let _ = CONNS.insert(flow, &conn, 0);
+    }
+    Ok((index, b, counts))
+}
+
+/// The backend the SYN of the flow with hash `h` went to, if the SYN array still
+/// holds it and the backend is not down. The flow's own packet empties the slot
+/// (the flow moves to the table); an ICMP error leaves it. The hash leaves out the
+/// VIP, so the backend must be one of this VIP's: the same client address and
+/// ports to another VIP is another flow.
+#[inline(always)]
+fn pending(h: u64, vip: &VipMeta, missed: Missed) -> Option<(u32, &'static Backend)> {
+    // SAFETY: a map value (see `syn`).
+    let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h))? };
+    if slot.tag != syn_tag(h) {
+        return None;
+    }
+    let index = slot.backend;
+    // Another VIP's handshake keeps its slot.
+    BACKENDS.get(index).filter(|b| b.vip == vip.index)?;
+    if missed == Missed::TcpClient {
+        slot.tag = 0;
+    }
+    live(index, slot.generation).map(|b| (index, b))
+}
+
+/// The backend the VIP's ring gives the flow with hash `h`.
+#[inline(always)]
+fn from_ring(vip: &VipMeta, h: u64) -> Result<(u32, &'static Backend), Verdict> {
+    let slot = vip.ring.wrapping_mul(RING_SIZE).wrapping_add(ring_hash(h) % RING_SIZE);
     let index = RINGS.get(slot).ok_or(NO_BACKEND)?.backend;
     // An empty ring holds NO_BACKEND, which is past the end of BACKENDS.
     let b = BACKENDS.get(index).ok_or(NO_BACKEND)?;
-    let flags = if syn { AWAITING_HANDSHAKE } else { 0 };
-    let conn = ConnValue { backend: index, generation: b.generation, flags };
-    // A full table evicts (LRU); a failed insert only costs a re-hash later. A SYN
-    // inserts only where there is no entry, so a new flow pays one insert as
-    // before; the refusal is a retransmission, whose entry takes the ring's pick
-    // in place.
-    let mut retransmit = false;
-    if !syn {
-        let _ = CONNS.insert(flow, &conn, u64::from(BPF_ANY));
-    } else if CONNS.insert(flow, &conn, u64::from(BPF_NOEXIST)) == Err(EEXIST) {
-        retransmit = true;
-        match CONNS.get_ptr_mut(flow) {
-            Some(entry) => unsafe { *entry = conn },
-            // Evicted since: insert.
-            None => {
-                let _ = CONNS.insert(flow, &conn, u64::from(BPF_ANY));
-            }
-        }
-    }
-    Ok((index, b, (u8::from(syn) * SYN) | (u8::from(retransmit) * SYN_RETRANSMIT)))
+    Ok((index, b))
 }

@@ -743,7 +743,7 @@ fn established_flow_stays_on_its_backend_when_the_backend_set_changes() {
     let mut lb = Balancer::new(Dsr);
     // Open 200 flows, then add a fourth backend: the ring moves ~1/4 of the slots.
     let flows: Vec<Flow> = (0..200).map(|i| tcp4().sport(10000 + i)).collect();
-    let first: Vec<String> = flows.iter().map(|f| lb.receiver(&lb.run(&f.frame()))).collect();
+    let first: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
     lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
     lb.apply();
     let moved_in_ring =
@@ -771,16 +771,32 @@ fn non_syn_without_an_entry_is_hashed_and_then_remembered() {
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
 }
 
-/// A flow whose connection entry names `from`, while the ring would now pick another.
+/// Opens a TCP flow (its SYN, then the handshake's ACK); returns where both went.
+fn open(lb: &Balancer, flow: &Flow) -> String {
+    let (run, c) = lb.run_counted(&flow.syn().frame());
+    let to = lb.receiver(&run);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnSyn, 1)]));
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to, "the handshake's ACK follows its SYN");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+    to
+}
+
+/// An open flow (in the table) on `from`; the callers then change its state.
 fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
-    // Find a flow the ring gives `from`; open it; then take `from` out of the ring by
-    // adding its twin weight elsewhere is not possible, so the callers change state.
     (0..1000)
         .map(|i| tcp4().sport(20000 + i))
         .find(|f| lb.predict("web4", f) == from)
-        .inspect(|f| {
-            assert_eq!(lb.receiver(&lb.run(&f.frame())), from);
-        })
+        .inspect(|f| assert_eq!(open(lb, f), from))
+        .expect("some flow hashes to the backend")
+}
+
+/// A flow whose SYN went to `from`, and no further.
+fn half_open(lb: &Balancer, from: &str) -> Flow {
+    (0..1000)
+        .map(|i| tcp4().sport(30000 + i))
+        .find(|f| lb.predict("web4", f) == from)
+        .inspect(|f| assert_eq!(lb.receiver(&lb.run(&f.frame())), from))
         .expect("some flow hashes to the backend")
 }
 
@@ -808,9 +824,113 @@ fn syn_is_hashed_even_when_the_table_names_another_backend() {
     // Drain waf-1: the table still names it (draining keeps flows), the ring does not.
     lb.set_state("web4", "waf-1", Draining);
     assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1");
+    // A new connection on the same 5-tuple (the client reused its port).
     let (run, c) = lb.run_counted(&flow.syn().frame());
-    assert_ne!(lb.receiver(&run), "waf-1");
+    let to = lb.receiver(&run);
+    assert_ne!(to, "waf-1");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnSyn, 1)]));
+    // Its handshake's ACK goes where the SYN went, not where the old entry said.
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+#[test]
+fn a_syn_alone_puts_nothing_in_the_table_its_handshakes_ack_does() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4();
+    assert_eq!(lb.run(&flow.syn().frame()).action, XDP_TX);
+    assert_eq!(lb.run(&flow.syn().frame()).action, XDP_TX, "a retransmitted SYN");
+    assert_eq!(lb.conn(&flow), None, "a SYN is not a connection yet");
+    let to = lb.receiver(&lb.run(&flow.ack().frame()));
+    let conn = lb.conn(&flow).expect("the ACK completed the handshake");
+    assert_eq!(Some(conn.backend), lb.writer.backend_index("web4", &to));
+}
+
+#[test]
+fn handshake_ack_follows_its_syn_when_the_ring_changed_in_between() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    // A backend joins while SYNs are out: each handshake completes where its SYN went.
+    let flows: Vec<Flow> = (0..200).map(|i| tcp4().sport(10000 + i)).collect();
+    let first: Vec<String> = flows.iter().map(|f| lb.receiver(&lb.run(&f.frame()))).collect();
+    lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
+    lb.apply();
+    let moved = flows.iter().zip(&first).filter(|(f, b)| lb.predict("web4", f) != **b).count();
+    assert!(moved > 10, "the new ring must move some of these flows ({moved})");
+    let before = lb.counters();
+    for (flow, backend) in flows.iter().zip(&first) {
+        assert_eq!(&lb.receiver(&lb.run(&flow.ack().frame())), backend, "{flow:?} moved");
+    }
+    assert_eq!(deltas(&before, &lb.counters()), counts(&[(ActionTx, 200), (ConnHandshake, 200)]));
+}
+
+#[test]
+fn handshake_ack_follows_its_syn_to_a_backend_drained_in_between() {
+    needs_root!();
+    let mut lb = Balancer::new(Ipip);
+    let flow = half_open(&lb, "waf-3");
+    lb.set_state("web4", "waf-3", Draining);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-3", "a draining backend keeps the connections it accepted");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
+#[test]
+fn handshake_ack_whose_syn_went_to_a_backend_now_down_is_hashed_to_a_live_one() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = half_open(&lb, "waf-2");
+    lb.set_state("web4", "waf-2", Down);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow));
+    assert_ne!(lb.receiver(&run), "waf-2");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+}
+
+#[test]
+fn handshake_ack_to_another_vip_from_the_same_client_ports_is_not_that_vips_handshake() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    // The flow hash leaves the VIP out (each VIP has its own ring), so these two
+    // flows share a SYN array slot.
+    let to_web = tcp4();
+    let to_mixed = Flow::tcp(CLIENT4, to_web.sport, MIXED_VIP4, 80);
+    let web = lb.receiver(&lb.run(&to_web.frame()));
+    let (run, c) = lb.run_counted(&to_mixed.ack().frame());
+    assert_eq!(lb.receiver(&run), "v6-node", "mixed4's only backend");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+    let (run, c) = lb.run_counted(&to_web.ack().frame());
+    assert_eq!(lb.receiver(&run), web, "web4's handshake is still pending");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
+#[test]
+fn a_spoofed_syn_flood_evicts_no_established_flow() {
+    needs_root!();
+    // One CPU: its LRU list is the table's only share in use (4096 of the fixtures'
+    // 8192 entries), and the flood offers five times that in new flows.
+    pin_to_one_cpu();
+    let mut lb = Balancer::new(Dsr);
+    let flows: Vec<Flow> = (0..500).map(|i| tcp4().sport(10000 + i)).collect();
+    let first: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
+    for i in 0..20_000u32 {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        let spoofed = Flow::tcp(&format!("100.64.{hi}.{lo}"), 1024 + (i % 50_000) as u16, VIP4, 80);
+        assert_eq!(lb.run(&spoofed.frame()).action, XDP_TX);
+    }
+    let kept = flows.iter().filter(|f| lb.conn(f).is_some()).count();
+    assert_eq!(kept, flows.len(), "established flows evicted by SYNs");
+    // And they still go to their backends after a ring change.
+    lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
+    lb.apply();
+    for (flow, backend) in flows.iter().zip(&first) {
+        assert_eq!(&lb.receiver(&lb.run(&flow.ack().frame())), backend, "{flow:?} moved");
+    }
 }
 
 #[test]
@@ -991,8 +1111,8 @@ fn flows_not_opened_by_a_syn_complete_no_handshake() {
 #[test]
 fn an_icmp_error_about_a_flow_does_not_complete_its_handshake() {
     needs_root!();
-    let mut lb = Balancer::new(Dsr);
-    let flow = pinned_flow(&mut lb, "waf-3");
+    let lb = Balancer::new(Dsr);
+    let flow = half_open(&lb, "waf-3");
     assert_eq!(lb.receiver(&lb.run(&frag_needed(&flow))), "waf-3");
     assert_eq!(lb.handshakes("web4", "waf-3"), shakes(1, 0, 0));
     assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-3");
@@ -1003,7 +1123,7 @@ fn an_icmp_error_about_a_flow_does_not_complete_its_handshake() {
 fn a_handshake_whose_backend_went_down_completes_nowhere() {
     needs_root!();
     let mut lb = Balancer::new(Dsr);
-    let flow = pinned_flow(&mut lb, "waf-2");
+    let flow = half_open(&lb, "waf-2");
     lb.set_state("web4", "waf-2", Down);
     let now = lb.receiver(&lb.run(&flow.ack().frame()));
     assert_ne!(now, "waf-2");
@@ -1160,7 +1280,7 @@ fn icmpv6_packet_too_big_goes_to_the_backend_that_owns_the_flow() {
     for mode in [Dsr, Ipip] {
         let lb = Balancer::new(mode);
         let flow = tcp6().sport(41000);
-        let owner = lb.receiver(&lb.run(&flow.frame()));
+        let owner = open(&lb, &flow);
         let (run, c) = lb.run_counted(&packet_too_big(&flow));
         assert_eq!(lb.receiver(&run), owner, "{mode:?}");
         assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1), (IcmpForwarded, 1)]), "{mode:?}");
