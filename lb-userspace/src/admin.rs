@@ -47,10 +47,13 @@ impl Request {
 }
 
 /// The daemon's answer: text for humans; `Error` makes the CLI exit 1.
+/// `Failing` is a `status` of a balancer that cannot forward: the CLI prints it
+/// as it prints `Ok`, and exits 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Ok(String),
     Error(String),
+    Failing(String),
 }
 
 /// Longest request or response line, newline excluded.

@@ -61,7 +61,7 @@ impl DesiredBackend {
     /// The identity Maglev hashes: name and address, never list position.
     #[must_use]
     pub fn ring_id(&self) -> String {
-        format!("{}/{}", self.name, self.address)
+        ring_id(&self.name, self.address)
     }
 
     /// The state the data path should see: a backend without a MAC cannot be reached.
@@ -69,6 +69,12 @@ impl DesiredBackend {
     pub fn effective_state(&self) -> BackendState {
         if self.mac.is_none() { BackendState::Down } else { self.state }
     }
+}
+
+/// A backend's identity in its VIP's ring: `name/address`.
+#[must_use]
+pub fn ring_id(name: &str, address: IpAddr) -> String {
+    format!("{name}/{address}")
 }
 
 /// An address as the four network-order words the maps use, and its family tag.

@@ -5,6 +5,10 @@
 //! decides (rise/fall, backend state) -> `controller/planner.rs` plans the desired
 //! state (`desired.rs`) -> `writer.rs` writes the difference -> `maps.rs`. The loop
 //! that feeds the core and carries out its decisions is `controller/mod.rs`.
+//!
+//! Balancer redundancy: `controller/balancer_health.rs` judges whether this
+//! balancer can forward; `ha/` judges it continuously and tells keepalived (a
+//! track file) and BIRD (VIP routes in a table of our own).
 
 pub mod access;
 pub mod admin;
@@ -13,6 +17,7 @@ pub mod config;
 pub mod controller;
 pub mod decap;
 pub mod desired;
+pub mod ha;
 pub mod health;
 pub mod interface;
 pub mod loader;

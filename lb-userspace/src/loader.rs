@@ -4,11 +4,13 @@
 //! program into the pinned link atomically, so established flows never stop.
 
 use std::{
-    fs,
+    fs::{self, File},
+    io,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -18,11 +20,41 @@ use aya::{
     },
 };
 
-use crate::{maps::BpfMaps, objects, pins, privileges, stats::BpfStats};
+use crate::{maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// Held for as long as one `xdplb` owns a pin directory: an exclusive `flock` on
+/// the directory itself (bpffs holds no regular files), released when the
+/// process exits however it exits.
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: File,
+}
+
+/// Takes the pin directory `pin_dir` for this process, creating it (and mounting
+/// bpffs) if need be; fails at once, touching nothing, when another process
+/// holds it: a second `xdplb run` must not swap its program into the running
+/// one's link.
+pub fn lock_pins(pin_dir: &Path) -> Result<PinLock> {
+    ensure_bpffs(pin_dir)?;
+    let dir = File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            bail!(
+                "another xdplb is running with pin_path {} (it holds that directory); \
+                 stop it first, or give this one its own pin_path",
+                pin_dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("locking {}", pin_dir.display()));
+    }
+    Ok(PinLock { _dir: dir })
+}
 
 /// A loaded and attached balancer.
 pub struct Loaded {
@@ -42,15 +74,19 @@ pub struct Attachment {
     /// Set when we created the link; an adopted link's fd belongs to the program.
     _link: Option<PinnedLink>,
     check: AttachCheck,
+    /// Last: the pins stay ours until the program and link are closed.
+    _lock: PinLock,
 }
 
-/// Whether our program is still the one attached: what `/healthz` and `xdplb
-/// status` report. Plain data, so the endpoints check without the program.
+/// Whether our program is still the one attached, as the kernel reports it:
+/// part of the balancer's own health (`/healthz`, `xdplb status`). Plain data,
+/// so the health monitor checks without the program.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachCheck {
     pin_dir: PathBuf,
     interface: String,
     if_index: u32,
+    mode: XdpMode,
     program_id: u32,
 }
 
@@ -78,7 +114,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
         };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context(
+            return Err(io::Error::last_os_error()).context(
                 "mounting bpffs on /sys/fs/bpf (needs CAP_SYS_ADMIN: mount it first, as systemd does at boot)",
             );
         }
@@ -120,6 +156,8 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
 /// the program of an existing link atomically).
 pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Loaded> {
     privileges::require("xdplb run", privileges::BALANCER)?;
+    // First: a second `xdplb run` on these pins stops here, before it touches them.
+    let lock = lock_pins(pin_dir)?;
     ensure_bpffs(&maps_dir(pin_dir))?;
     // Checked before aya reuses a single pin: a partial set, another layout
     // version or another size is refused with what to do.
@@ -146,9 +184,10 @@ pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result
         pin_dir: pin_dir.to_owned(),
         interface: interface.to_owned(),
         if_index,
+        mode,
         program_id,
     };
-    let attachment = Attachment { _ebpf: ebpf, _link: link, check };
+    let attachment = Attachment { _ebpf: ebpf, _link: link, check, _lock: lock };
     Ok(Loaded { attachment, maps, stats, adopted })
 }
 
@@ -176,7 +215,7 @@ pub(crate) fn attach_pinned_link(
         .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
     let fd: FdLink = pinned.into();
     let old_prog = fd.info().context("reading the pinned XDP link")?.program_id();
-    let attached = crate::netlink::xdp_attached().context("listing attached XDP programs")?;
+    let attached = netlink::xdp_attached().context("listing attached XDP programs")?;
     let found = attached.iter().find_map(|a| {
         let m = if a.driver == Some(old_prog) {
             XdpMode::Driver
@@ -284,32 +323,78 @@ impl Attachment {
         &self.check
     }
 
-    /// Detaches the program and removes every pin.
+    /// Detaches the program and removes every pin, still holding the pin lock.
     pub fn detach(self) -> Result<()> {
-        let pin_dir = self.check.pin_dir.clone();
-        drop(self);
-        remove_pins(&pin_dir)
+        let Self { _ebpf: ebpf, _link: link, check, _lock: lock } = self;
+        drop(link);
+        drop(ebpf);
+        let removed = remove_pins(&check.pin_dir);
+        drop(lock);
+        removed
     }
 }
 
 impl AttachCheck {
-    /// Ok while the interface still exists and our program is the one the pinned link runs.
+    /// Ok while this balancer can forward: the interface still exists, is up and
+    /// has its lower layer (carrier), the pinned link runs our program, and the
+    /// kernel reports our program attached to the interface in the configured
+    /// mode. Otherwise why not.
     pub fn attached(&self) -> Result<(), String> {
-        match if_index(&self.interface) {
+        let name = &self.interface;
+        match if_index(name) {
             Ok(i) if i == self.if_index => {}
-            _ => return Err(format!("interface {} is gone or was recreated", self.interface)),
+            _ => return Err(format!("interface {name} is gone or was recreated")),
         }
         let link = PinnedLink::from_pin(link_path(&self.pin_dir))
             .map_err(|e| format!("XDP link pin missing: {e}"))?;
         let fd: FdLink = link.into();
         let info = fd.info().map_err(|e| format!("reading the XDP link: {e}"))?;
         let ours = self.program_id;
-        if info.program_id() == ours {
-            Ok(())
-        } else {
-            Err(format!("the XDP link runs program {} instead of ours ({ours})", info.program_id()))
+        if info.program_id() != ours {
+            return Err(format!(
+                "the XDP link runs program {} instead of ours ({ours})",
+                info.program_id()
+            ));
         }
+        let state = netlink::link_state(self.if_index)
+            .map_err(|e| format!("asking the kernel about {name}: {e:#}"))?;
+        judge_link(name, self.mode, ours, &state)
     }
+}
+
+/// The kernel's view of the interface against what we attached.
+fn judge_link(
+    name: &str,
+    mode: XdpMode,
+    ours: u32,
+    state: &netlink::LinkState,
+) -> Result<(), String> {
+    if !state.up {
+        return Err(format!("interface {name} is down"));
+    }
+    if !state.lower_up {
+        return Err(format!("interface {name} has no carrier"));
+    }
+    let (running, mode_name) = match mode {
+        XdpMode::Skb => (state.xdp.skb, "skb"),
+        XdpMode::Hardware => (state.xdp.hw, "hardware"),
+        XdpMode::Driver | XdpMode::Default => (state.xdp.driver, "driver"),
+    };
+    match running {
+        id if id == ours => Ok(()),
+        0 => Err(format!("no XDP program runs on {name} in {mode_name} mode (ours is {ours})")),
+        id => Err(format!("program {id} runs on {name} in {mode_name} mode, not ours ({ours})")),
+    }
+}
+
+/// Removes the link pin (detaching XDP once no process holds it) and the map pins.
+/// Refuses while a running `xdplb` holds the pin directory ([`lock_pins`]).
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    let _lock = lock_pins(pin_dir)?;
+    remove_pins(pin_dir)
 }
 
 /// Removes the link pin (detaching XDP once no process holds it) and the map pins.
@@ -331,4 +416,51 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
         fs::remove_dir(pin_dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{LinkState, XdpPrograms};
+
+    fn state(up: bool, lower_up: bool, driver: u32, skb: u32) -> LinkState {
+        LinkState { up, lower_up, xdp: XdpPrograms { driver, skb, hw: 0 } }
+    }
+
+    #[test]
+    fn our_program_must_run_in_the_configured_mode_on_a_live_interface() {
+        let judge = |mode, s: &LinkState| judge_link("eth0", mode, 42, s);
+        assert_eq!(judge(XdpMode::Driver, &state(true, true, 42, 0)), Ok(()));
+        assert_eq!(judge(XdpMode::Skb, &state(true, true, 0, 42)), Ok(()));
+        assert_eq!(
+            judge(XdpMode::Driver, &state(true, true, 0, 42)),
+            Err("no XDP program runs on eth0 in driver mode (ours is 42)".into()),
+            "attached, but in generic mode where driver mode was configured"
+        );
+        assert_eq!(
+            judge(XdpMode::Driver, &state(true, true, 7, 0)),
+            Err("program 7 runs on eth0 in driver mode, not ours (42)".into())
+        );
+        assert_eq!(
+            judge(XdpMode::Driver, &state(false, false, 42, 0)),
+            Err("interface eth0 is down".into())
+        );
+        assert_eq!(
+            judge(XdpMode::Driver, &state(true, false, 42, 0)),
+            Err("interface eth0 has no carrier".into())
+        );
+    }
+
+    #[test]
+    fn a_second_owner_of_a_pin_directory_is_refused_until_the_first_lets_go() {
+        let dir = std::env::temp_dir().join(format!("xdplb-pinlock-{}", std::process::id()));
+        let first = lock_pins(&dir).expect("the first takes it");
+        let err = lock_pins(&dir).expect_err("the second is refused").to_string();
+        assert!(err.starts_with("another xdplb is running with pin_path"), "{err}");
+        assert!(detach(&dir).is_err(), "detach refuses while the pins are held");
+        drop(first);
+        let again = lock_pins(&dir).expect("free again");
+        drop(again);
+        fs::remove_dir(&dir).expect("cleanup");
+    }
 }

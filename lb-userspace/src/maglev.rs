@@ -23,6 +23,7 @@ pub struct Member<'a> {
 
 const SEED_OFFSET: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
 const SEED_SKIP: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
+const SEED_DIGEST: u64 = 0x6d61_676c_6576_6467; // "maglevdg"
 
 /// FNV-1a over the bytes, then a splitmix64 finaliser: stable across hosts,
 /// releases and architectures (unlike std's `DefaultHasher`).
@@ -88,6 +89,36 @@ pub fn build(members: &[Member<'_>], size: u32) -> Vec<u32> {
         }
     }
     table
+}
+
+/// A digest of `table` by the identities of the members in its slots, never by
+/// the values written there (backend-table indices, which differ between
+/// balancers that allocated them in another order): two tables that send every
+/// slot to the same member have the same digest, on any host. `members` are the
+/// table's members (as given to [`build`]); a slot whose value is no member's
+/// counts as empty.
+#[must_use]
+pub fn digest(members: &[Member<'_>], table: &[u32]) -> u64 {
+    let mut sorted: Vec<&Member<'_>> = members.iter().collect();
+    sorted.sort_by(|a, b| (a.id, a.value).cmp(&(b.id, b.value)));
+    // Each value's rank in identity order; values are small table indices.
+    let top = sorted.iter().map(|m| m.value as usize + 1).max().unwrap_or(0);
+    let mut rank = vec![u32::MAX; top];
+    for (i, m) in sorted.iter().enumerate() {
+        rank[m.value as usize] = i as u32;
+    }
+    let names: usize = sorted.iter().map(|m| m.id.len() + 1).sum();
+    let mut bytes = Vec::with_capacity(names + 1 + table.len() * 4);
+    for m in &sorted {
+        bytes.extend_from_slice(m.id.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes.push(0);
+    for &value in table {
+        let r = rank.get(value as usize).copied().unwrap_or(u32::MAX);
+        bytes.extend_from_slice(&r.to_le_bytes());
+    }
+    stable_hash(&bytes, SEED_DIGEST)
 }
 
 #[cfg(test)]
@@ -189,6 +220,34 @@ mod tests {
             assert!(moved as f64 >= ideal * 0.95, "n={n}: moved {moved}, ideal {ideal:.0}");
             assert!(moved as f64 <= ideal * 1.6, "n={n}: moved {moved}, ideal {ideal:.0}");
         }
+    }
+
+    #[test]
+    fn the_digest_follows_identities_not_table_indices() {
+        let on = |values: [u32; 3]| {
+            let ids = ["waf-1/10.0.0.11", "waf-2/10.0.0.12", "waf-3/10.0.0.13"];
+            let m: Vec<Member<'_>> =
+                ids.iter().zip(values).map(|(id, value)| Member { id, weight: 1, value }).collect();
+            let table = build(&m, 13);
+            (digest(&m, &table), table)
+        };
+        // Another balancer allocated other indices: other bytes, the same ring.
+        let (a, table_a) = on([0, 1, 2]);
+        let (b, table_b) = on([7, 3, 12]);
+        assert_ne!(table_a, table_b);
+        assert_eq!(a, b);
+        assert_eq!(a, 0x8511_87e3_585e_9723, "pinned: balancers of different versions compare it");
+        // One slot sent elsewhere, or a member fewer, changes it.
+        let m = [
+            Member { id: "waf-1/10.0.0.11", weight: 1, value: 0 },
+            Member { id: "waf-2/10.0.0.12", weight: 1, value: 1 },
+        ];
+        let mut table = build(&m, 13);
+        let whole = digest(&m, &table);
+        assert_ne!(whole, a);
+        table[0] = 1 - table[0];
+        assert_ne!(digest(&m, &table), whole);
+        assert_ne!(digest(&[], &build(&[], 13)), whole, "the empty ring has its own digest");
     }
 
     #[test]

@@ -87,9 +87,13 @@ enum Command {
         #[arg(long, requires = "output")]
         force: bool,
     },
-    /// Show VIPs and backends of the running daemon: state, health, drain, MAC, packets.
+    /// Show the balancer's health, then VIPs (with their ring digest) and backends of the
+    /// running daemon: state, health, drain, MAC, packets. Exits 1 while the balancer
+    /// cannot forward (the reasons are on its `health:` line, as /healthz gives them).
     #[command(
-        after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket"
+        after_help = "Example:\n  xdplb status\n  xdplb status --config /etc/xdplb/xdplb.yaml   # its admin_socket\n\n\
+        Two balancers with the same config and backend health show the same `ring` digest\n\
+        for each VIP: a flow then reaches the same backend through either."
     )]
     Status(Socket),
     /// Stop sending new flows to a backend of a VIP; its established flows stay.
@@ -236,7 +240,7 @@ fn try_main() -> Result<ExitCode> {
                 (None, Some(p)) => p,
                 (None, None) => PathBuf::from(config::defaults::PIN_PATH),
             };
-            loader::remove_pins(&dir)?;
+            loader::detach(&dir)?;
             eprintln!("removed the pins in {} (XDP detaches once no xdplb runs)", dir.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -248,6 +252,13 @@ fn call(socket: &Socket, request: &Request) -> Result<ExitCode> {
         Response::Ok(text) => {
             println!("{}", text.trim_end());
             Ok(ExitCode::SUCCESS)
+        }
+        Response::Failing(text) => {
+            println!("{}", text.trim_end());
+            if let Some(line) = text.lines().find(|l| l.starts_with("health: ")) {
+                eprintln!("xdplb: {}", line.trim_start_matches("health: "));
+            }
+            Ok(ExitCode::FAILURE)
         }
         Response::Error(text) => {
             eprintln!("xdplb: {}", text.trim_end());

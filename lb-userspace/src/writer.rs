@@ -41,7 +41,7 @@ use lb_common::{
 };
 
 use crate::{
-    desired::{DesiredState, DesiredVip, addr_words},
+    desired::{DesiredState, DesiredVip, addr_words, ring_id},
     maglev::{self, Member},
     maps::{Maps, Slot},
 };
@@ -95,6 +95,17 @@ struct VipSlot {
     /// The members it was built from (ring id, weight, backend index): the same
     /// members build the same ring, so an unchanged VIP costs no Maglev build.
     members: Vec<(String, u32, u32)>,
+    /// Members and digest of `table`, once known (see [`Ring`]).
+    ring: Option<Ring>,
+}
+
+/// What a VIP's ring in use holds, comparable across balancers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// Backends with slots.
+    pub members: usize,
+    /// `maglev::digest` of the table: by backend identities, not indices.
+    pub digest: u64,
 }
 
 impl VipSlot {
@@ -178,8 +189,14 @@ impl<M: Maps> MapWriter<M> {
             let found = plan.vips.iter().find(|v| v.key() == *key && !w.vips.contains_key(&v.name));
             let name =
                 found.map_or_else(|| format!("(orphan vip {})", meta.index), |v| v.name.clone());
-            let slot =
-                VipSlot { index: meta.index, key: Some(*key), active, table, members: vec![] };
+            let slot = VipSlot {
+                index: meta.index,
+                key: Some(*key),
+                active,
+                table,
+                members: vec![],
+                ring: None,
+            };
             w.vips.insert(name, slot);
             let Some(vip) = found else {
                 adopted.orphans += 1;
@@ -242,6 +259,41 @@ impl<M: Maps> MapWriter<M> {
         self.vips.get(name).map(|v| v.table.as_slice())
     }
 
+    /// Members and digest of the ring VIP `name` uses, once known.
+    #[must_use]
+    pub fn ring(&self, name: &str) -> Option<Ring> {
+        self.vips.get(name).and_then(|v| v.ring)
+    }
+
+    /// Digests the rings switched (or adopted) since: by the identities of the
+    /// backends in their slots. After the writes, as the digest is for comparing
+    /// balancers, not for packets.
+    fn note_rings(&mut self) {
+        for (name, slot) in &mut self.vips {
+            if slot.ring.is_some() || slot.table.is_empty() {
+                continue;
+            }
+            let mut present = vec![false; MAX_BACKENDS as usize];
+            for &value in &slot.table {
+                if let Some(p) = present.get_mut(value as usize) {
+                    *p = true;
+                }
+            }
+            let ids: Vec<(String, u32)> = self
+                .backends
+                .iter()
+                .filter(|((vip, _, _), (index, _))| {
+                    vip == name && present.get(*index as usize) == Some(&true)
+                })
+                .map(|((_, backend, address), (index, _))| (ring_id(backend, *address), *index))
+                .collect();
+            let members: Vec<Member<'_>> =
+                ids.iter().map(|(id, value)| Member { id, weight: 1, value: *value }).collect();
+            let digest = maglev::digest(&members, &slot.table);
+            slot.ring = Some(Ring { members: members.len(), digest });
+        }
+    }
+
     /// Whether `plan` fits the maps at all; `apply` checks this before writing.
     pub fn check(plan: &DesiredState) -> Result<()> {
         check_capacity(plan)
@@ -259,6 +311,7 @@ impl<M: Maps> MapWriter<M> {
             self.apply_fitting(&self.retained(plan), &mut applied)?;
         }
         self.apply_fitting(plan, &mut applied)?;
+        self.note_rings();
         Ok(applied)
     }
 
@@ -472,6 +525,7 @@ impl<M: Maps> MapWriter<M> {
             active: 1,
             table: Vec::new(),
             members: Vec::new(),
+            ring: None,
         });
         let is_new = slot.key.is_none() && slot.table.is_empty();
         if is_new {
@@ -506,6 +560,7 @@ impl<M: Maps> MapWriter<M> {
             slot.active = idle;
             slot.table = table;
             slot.members = members;
+            slot.ring = None;
             applied.rings_switched += 1;
         } else if slot.key != Some(key) {
             self.maps
@@ -690,6 +745,36 @@ mod tests {
         assert!(position(ops, |o| *o == Op::Filter) < vip, "filter lets the address through first");
         assert_eq!((a.backends_written, a.rings_switched, a.vips_added), (3, 1, 1));
         assert_eq!(a.slots_moved, RING_SIZE as usize);
+    }
+
+    #[test]
+    fn two_writers_with_other_slots_agree_on_the_ring_digest() {
+        // A balancer that met the backends in another order (a reload history, a
+        // restart) has other backend indices in its ring, and the same ring.
+        let mut other = MapWriter::new(FakeMaps::default());
+        let mut first = plan();
+        first.vips[0].backends.retain(|b| b.name == "c");
+        other.apply(&first).unwrap();
+        other.apply(&plan()).unwrap();
+        let w = writer();
+        assert_ne!(other.table("web"), w.table("web"), "the indices differ");
+        let ring = w.ring("web").unwrap();
+        assert_eq!(other.ring("web"), Some(ring));
+        assert_eq!(ring.members, 3);
+        // A backend down changes it; back up, it is the same again.
+        let mut p = plan();
+        p.vips[0].backends[1].state = BackendState::Down;
+        let mut w = w;
+        w.apply(&p).unwrap();
+        assert_eq!(w.ring("web").map(|r| r.members), Some(2));
+        assert_ne!(w.ring("web"), Some(ring));
+        w.apply(&plan()).unwrap();
+        assert_eq!(w.ring("web"), Some(ring));
+        // A restarted controller adopting the maps knows the same digest.
+        let (adopted, _) = MapWriter::adopt(w.maps.clone(), &plan()).unwrap();
+        let mut adopted = adopted;
+        adopted.apply(&plan()).unwrap();
+        assert_eq!(adopted.ring("web"), Some(ring));
     }
 
     #[test]

@@ -80,10 +80,21 @@ impl Daemon {
         admin::call(&self.socket, req)
     }
 
-    /// `xdplb status` text.
+    /// `xdplb status` text, whether the balancer is healthy or not.
     pub fn status(&self) -> Result<String> {
         match self.admin(&Request::Status)? {
+            Response::Ok(s) | Response::Failing(s) => Ok(s),
+            Response::Error(e) => bail!("status: {e}"),
+        }
+    }
+
+    /// `xdplb status` text if the balancer is healthy; its `health:` line if not.
+    pub fn healthy_status(&self) -> Result<String> {
+        match self.admin(&Request::Status)? {
             Response::Ok(s) => Ok(s),
+            Response::Failing(s) => {
+                bail!("{}", s.lines().find(|l| l.starts_with("health:")).unwrap_or("unhealthy"))
+            }
             Response::Error(e) => bail!("status: {e}"),
         }
     }

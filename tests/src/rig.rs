@@ -205,7 +205,7 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
 pub fn expect_ok(resp: Response) -> Result<String> {
     match resp {
         Response::Ok(m) => Ok(m),
-        Response::Error(e) => anyhow::bail!("xdplb answered an error: {e}"),
+        Response::Error(e) | Response::Failing(e) => anyhow::bail!("xdplb answered an error: {e}"),
     }
 }
 

@@ -627,7 +627,9 @@ fn broken_reload(rig: &mut Rig, tag: &str) -> Result<()> {
         Response::Error(e) => {
             ensure!(e.contains("not reloaded"), "{tag}: unexpected error text: {e}");
         }
-        Response::Ok(m) => bail!("{tag}: an invalid config was accepted: {m}"),
+        Response::Ok(m) | Response::Failing(m) => {
+            bail!("{tag}: an invalid config was accepted: {m}")
+        }
     }
     ensure!(
         before == after,

@@ -13,6 +13,10 @@
 //! gateway: 10.0.0.1               # optional next hop for ipip
 //! hash_seed_file: /etc/xdplb/hash-seed   # the flow hash's secret (or hash_seed: 32 hex digits);
 //!                                 # default: that file if it exists; the same on every balancer
+//! ha:                             # optional: tell VRRP / BGP whether to send traffic here
+//!   track_file: /run/xdplb/vrrp.track   # keepalived track_file (weight 0): 0 healthy, 1 not
+//!   route_table: 100              # VIP host routes here while healthy, for BIRD to export
+//!   withdraw_wait: 2s             # planned stop: withdraw, forward this long, then exit
 //! health_check_defaults: { kind: http, port: 80, path: /healthz }
 //! vips:                           # at least one
 //!   - name: waf-https             # required, unique; A-Z a-z 0-9 _ - .
@@ -74,7 +78,7 @@ pub use duration::format as format_duration;
 pub use warnings::warnings;
 
 pub use model::{
-    AllDown, BackendConf, Config, DownFlows, Forwarding, InitialState, Origin, Protocol,
+    AllDown, BackendConf, Config, DownFlows, Forwarding, Ha, InitialState, Origin, Protocol,
     TunnelSource, Vip, XdpMode,
 };
 
@@ -115,6 +119,8 @@ pub mod defaults {
     /// The controller reads the data path's counters this often, so a shorter
     /// fast interval could not be kept.
     pub const MIN_FAST_INTERVAL: Duration = Duration::from_millis(10);
+    /// `ha.withdraw_wait` when `ha` names an engine (else 0: nothing to wait for).
+    pub const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
 }
 
 /// One problem in a config file.

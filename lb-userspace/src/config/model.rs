@@ -5,6 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -135,6 +136,51 @@ pub struct TunnelSource {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+/// How this balancer tells the redundancy engines whether it should carry
+/// traffic (see `ha/`): a keepalived track file, VIP routes for a BGP daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ha {
+    /// keepalived `track_file` (weight 0) xdplb writes: `0` while this balancer
+    /// is healthy, `1` otherwise.
+    pub track_file: Option<PathBuf>,
+    /// Kernel routing table holding a blackhole host route per VIP address while
+    /// this balancer is healthy, for BIRD to export over BGP.
+    pub route_table: Option<u32>,
+    /// On a planned stop (SIGTERM): withdraw, keep forwarding this long while the
+    /// routers converge, then exit.
+    pub withdraw_wait: Duration,
+}
+
+impl Ha {
+    /// Whether any engine is told anything.
+    #[must_use]
+    pub fn engines(&self) -> bool {
+        self.track_file.is_some() || self.route_table.is_some()
+    }
+
+    /// The `ha:` section as `Config::to_yaml` writes it: (indent, line); nothing
+    /// when every key has its default.
+    fn to_yaml(&self) -> Vec<(usize, String)> {
+        if !self.engines() && self.withdraw_wait.is_zero() {
+            return vec![];
+        }
+        let mut out = vec![(0, "ha:".to_owned())];
+        if let Some(path) = &self.track_file {
+            out.push((2, format!("track_file: {}", scalar(&path.to_string_lossy()))));
+        }
+        if let Some(table) = self.route_table {
+            out.push((2, format!("route_table: {table}")));
+        }
+        let wait = if self.withdraw_wait.is_zero() {
+            "0s".to_owned()
+        } else {
+            duration::format(self.withdraw_wait)
+        };
+        out.push((2, format!("withdraw_wait: {wait}")));
+        out
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConf {
     /// Identity with `address` (Maglev hashes both, never the list position).
@@ -185,6 +231,7 @@ pub struct Config {
     pub gateway: Option<IpAddr>,
     /// The flow hash's secret seed and where it came from.
     pub hash_seed: HashSeed,
+    pub ha: Ha,
     pub vips: Vec<Vip>,
     /// Where this config came from; not part of its value.
     pub origin: Origin,
@@ -291,6 +338,9 @@ impl Config {
                 line(0, format!("hash_seed_file: {}", scalar(&p.to_string_lossy())));
             }
             SeedSource::DefaultFile(_) | SeedSource::Public => {}
+        }
+        for (indent, text) in self.ha.to_yaml() {
+            line(indent, text);
         }
         line(0, "vips:".into());
         for vip in &self.vips {

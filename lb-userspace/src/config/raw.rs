@@ -25,7 +25,16 @@ pub struct RawConfig {
     pub hash_seed: Option<String>,
     pub hash_seed_file: Option<String>,
     pub health_check_defaults: Option<RawCheck>,
+    pub ha: Option<RawHa>,
     pub vips: Option<Vec<RawVip>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with track_file, route_table, withdraw_wait")]
+pub struct RawHa {
+    pub track_file: Option<String>,
+    pub route_table: Option<u32>,
+    pub withdraw_wait: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]

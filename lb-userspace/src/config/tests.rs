@@ -406,6 +406,7 @@ fn to_yaml_round_trips_to_an_equal_config() {
         mtu: 9000
         gateway: \"fd00::1\"
         hash_seed: \"00112233445566778899aabbccddeeff\"
+        ha: { track_file: /run/xdplb/vrrp.track, route_table: 100, withdraw_wait: 1.5s }
         health_check_defaults: { kind: https, host: \"waf.example\", tls_verify: false, interval: 1.5s, timeout: 1s, initial_state: up }
         vips:
           - name: waf.v6
@@ -1200,4 +1201,45 @@ fn admin_group_is_a_group_name_or_number_and_written_back() {
     assert_eq!(ok(&base()).admin_group, None, "root and xdplb's own user only by default");
     let errs = errors(&base().replace("vips:", "admin_group: \"ops team\"\nvips:"));
     assert!(error_at(&errs, "admin_group").message.contains("not a group name"), "{errs}");
+}
+
+// --- ha: the redundancy engines ---------------------------------------------------
+
+#[test]
+fn ha_is_off_by_default_and_stops_at_once() {
+    let cfg = ok(&base());
+    assert_eq!(cfg.ha, Ha::default());
+    assert!(!cfg.ha.engines());
+    assert!(!cfg.to_yaml().contains("ha:"), "nothing to print");
+}
+
+#[test]
+fn an_ha_engine_brings_a_default_withdraw_wait() {
+    let cfg = ok(&format!("{}ha: {{ track_file: /run/xdplb/vrrp.track }}\n", base()));
+    assert_eq!(cfg.ha.track_file, Some(PathBuf::from("/run/xdplb/vrrp.track")));
+    assert_eq!(cfg.ha.route_table, None);
+    assert_eq!(cfg.ha.withdraw_wait, Duration::from_secs(2));
+    let cfg = ok(&format!("{}ha: {{ route_table: 100, withdraw_wait: 0s }}\n", base()));
+    assert_eq!((cfg.ha.route_table, cfg.ha.withdraw_wait), (Some(100), Duration::ZERO));
+    let printed = cfg.to_yaml();
+    assert_eq!(ok(&printed), cfg, "{printed}");
+    // A wait without an engine: a track script on /healthz sees it fail meanwhile.
+    let cfg = ok(&format!("{}ha: {{ withdraw_wait: 500ms }}\n", base()));
+    assert_eq!(cfg.ha.withdraw_wait, Duration::from_millis(500));
+    assert_eq!(ok(&cfg.to_yaml()), cfg);
+}
+
+#[test]
+fn ha_errors_name_the_key_and_line() {
+    let text = format!("{}ha:\n  route_table: 254\n", base());
+    let line = text.lines().count();
+    assert_only_error(&text, "ha.route_table", line, 16, "the main table");
+    let text = format!("{}ha:\n  track_file: vrrp.track\n", base());
+    assert_only_error(&text, "ha.track_file", text.lines().count(), 15, "absolute path");
+    let text = format!("{}ha:\n  withdraw_wait: 10m\n", base());
+    assert_only_error(&text, "ha.withdraw_wait", text.lines().count(), 18, "longer than 5m");
+    let text = format!("{}ha:\n  withdraw_wait: 0x\n", base());
+    assert_only_error(&text, "ha.withdraw_wait", text.lines().count(), 18, "unknown unit");
+    let errs = errors(&format!("{}ha:\n  table: 100\n", base()));
+    assert!(errs.to_string().contains("unknown field `table`"), "{errs}");
 }

@@ -15,8 +15,8 @@ use lb_common::limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE};
 use super::{
     ConfigError, defaults, duration,
     locate::{Pos, PosIndex, child},
-    model::{BackendConf, Config, Forwarding, InitialState, Origin, TunnelSource, Vip},
-    raw::{DurationText, RawBackend, RawCheck, RawConfig, RawKind, RawVip},
+    model::{BackendConf, Config, Forwarding, Ha, InitialState, Origin, TunnelSource, Vip},
+    raw::{DurationText, RawBackend, RawCheck, RawConfig, RawHa, RawKind, RawVip},
     seed::{self, HashSeed, SeedSource},
 };
 use crate::health::{CheckKind, CheckSpec, Damping};
@@ -107,6 +107,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     }
     let gateway = raw.gateway.as_deref().and_then(|t| unicast_addr(t, "gateway", c));
     let hash_seed = resolve_seed(raw.hash_seed, raw.hash_seed_file, c);
+    let ha = resolve_ha(raw.ha.unwrap_or_default(), c);
 
     let defaults_layer = raw.health_check_defaults.unwrap_or_default();
     check_layer(&defaults_layer, "health_check_defaults", c);
@@ -147,6 +148,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         mtu: raw.mtu,
         gateway,
         hash_seed,
+        ha,
         vips,
         origin: Origin::default(),
     };
@@ -191,6 +193,76 @@ fn resolve_seed(text: Option<String>, file: Option<String>, c: &mut Collector<'_
             HashSeed::default()
         }
     }
+}
+
+/// Longest `ha.withdraw_wait`: a planned stop is not a place to park a balancer.
+const MAX_WITHDRAW_WAIT: Duration = Duration::from_mins(5);
+
+fn resolve_ha(raw: RawHa, c: &mut Collector<'_>) -> Ha {
+    let track_file = raw.track_file.map(PathBuf::from);
+    if let Some(path) = &track_file
+        && (!path.is_absolute() || path.file_name().is_none())
+    {
+        c.error(
+            "ha.track_file",
+            format!("track_file `{}` must be an absolute path to a file", path.display()),
+        );
+    }
+    if let Some(table) = raw.route_table {
+        let reserved = match table {
+            0 => Some("0 (unspecified)"),
+            253 => Some("253 (the default table)"),
+            254 => Some("254 (the main table)"),
+            255 => Some("255 (the local table)"),
+            _ => None,
+        };
+        if let Some(what) = reserved {
+            c.error(
+                "ha.route_table",
+                format!(
+                    "route_table {what} is the kernel's; give xdplb a table of its own (e.g. 100) that only BIRD reads"
+                ),
+            );
+        }
+    }
+    let default_wait = if track_file.is_some() || raw.route_table.is_some() {
+        defaults::WITHDRAW_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let withdraw_wait = match raw.withdraw_wait {
+        None => default_wait,
+        Some(DurationText(text)) => match parse_wait(&text) {
+            Ok(d) if d <= MAX_WITHDRAW_WAIT => d,
+            Ok(_) => {
+                c.error(
+                    "ha.withdraw_wait",
+                    format!(
+                        "withdraw_wait {text} is longer than {}",
+                        duration::format(MAX_WITHDRAW_WAIT)
+                    ),
+                );
+                default_wait
+            }
+            Err(e) => {
+                c.error("ha.withdraw_wait", e);
+                default_wait
+            }
+        },
+    };
+    Ha { track_file, route_table: raw.route_table, withdraw_wait }
+}
+
+/// A duration, where zero (`0s`, `0ms`...) is allowed: no wait.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let split = s.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let zero = number.starts_with('0') && number.chars().all(|ch| ch == '0' || ch == '.');
+    if zero && ["ns", "us", "ms", "s", "m", "h"].contains(&unit) {
+        return Ok(Duration::ZERO);
+    }
+    duration::parse(text)
 }
 
 /// Linux's rule for device names (`dev_valid_name`).

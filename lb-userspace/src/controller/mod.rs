@@ -8,6 +8,7 @@
 //! whose suspicions trigger probes) -> `planner.rs` (desired state) -> `writer.rs` (rings and
 //! entries) -> `maps.rs`.
 
+pub mod balancer_health;
 mod core;
 pub mod liveness;
 pub mod planner;
@@ -36,7 +37,7 @@ use tokio::{
 
 pub use self::{
     core::{Core, Output},
-    published::{Attached, Published},
+    published::{Published, Verdict},
 };
 use self::{
     liveness::Heartbeat,
@@ -48,6 +49,7 @@ use crate::{
     access::{self, Access},
     admin::{self, Request, Response},
     config::{self, Config, XdpMode},
+    ha::{self, Monitor, monitor::Inputs as MonitorInputs},
     health::{HealthRunner, Probed},
     interface,
     loader::{self, Attachment},
@@ -57,8 +59,10 @@ use crate::{
     stats::{BpfStats, HandshakeCounters},
 };
 
-/// How often the loop ticks: next-hop MACs are re-read, the heartbeat beats.
+/// How often the loop ticks: next-hop MACs are re-read.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the loop beats its heartbeat (`balancer_health::LOOP_STALL` judges it).
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -169,6 +173,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let (changes_tx, changes) = mpsc::channel(16);
     let watcher = Watcher::spawn(interface.clone(), Kernel, tables.clone(), TICK, changes_tx)
         .context("starting the neighbour watcher")?;
+    let engines = ha::engines(&config);
     let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, tables, now)?;
     let first = core.poll_status().ok_or_else(|| anyhow!("internal error: no status at start"))?;
     let (status_tx, status_rx) = watch::channel(first);
@@ -186,13 +191,18 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let check = loaded.attachment.check().clone();
     let stats = Arc::new(loaded.stats);
     let sampler = Sampler::new(Arc::clone(&stats) as Arc<dyn HandshakeCounters + Send + Sync>);
-    let published = Published::new(
-        status_rx,
-        stats,
-        metrics,
-        Arc::clone(&heartbeat),
-        Arc::new(move || check.attached()),
+    let monitor = Arc::new(
+        Monitor::spawn(MonitorInputs {
+            status: status_rx.clone(),
+            heartbeat: Arc::clone(&heartbeat),
+            attached: Arc::new(move || check.attached()),
+            metrics: Arc::clone(&metrics),
+            engines,
+        })
+        .context("starting the health monitor thread")?,
     );
+    let verdict = Arc::clone(&monitor);
+    let published = Published::new(status_rx, stats, metrics, Arc::new(move || verdict.judged()));
     let (admin_rx, admin_task) = spawn_admin(admin_listener, access, published.clone());
     let scrape: Arc<dyn metrics::Scrape> = Arc::new(published);
     let metrics_task = tokio::spawn(async move {
@@ -201,13 +211,16 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         }
     });
     let inputs = Inputs { reports, admin: admin_rx, changes, signals };
-    let ended = event_loop(&mut core, &mut effects, sampler, inputs, &heartbeat, path).await;
+    let ended =
+        event_loop(&mut core, &mut effects, sampler, inputs, &heartbeat, &monitor, path).await;
     // The sampler (dropped with the loop) and the endpoints hold the statistics
-    // maps: close them before detaching.
+    // maps, and the monitor: close them before detaching; the monitor withdraws
+    // as it goes.
     for task in [admin_task, metrics_task] {
         task.abort();
         let _ = task.await;
     }
+    drop(monitor);
     ended?;
     shutdown(core.config(), loaded.attachment, &options)
 }
@@ -226,9 +239,12 @@ fn spawn_admin(
         async move {
             if request == Request::Status {
                 // Reads the data path's counters: off the async workers.
-                return tokio::task::spawn_blocking(move || Response::Ok(published.status_text()))
-                    .await
-                    .unwrap_or_else(|e| Response::Error(format!("status failed: {e}")));
+                return tokio::task::spawn_blocking(move || match published.status_text() {
+                    (text, true) => Response::Ok(text),
+                    (text, false) => Response::Failing(text),
+                })
+                .await
+                .unwrap_or_else(|e| Response::Error(format!("status failed: {e}")));
             }
             let (reply_tx, reply_rx) = oneshot::channel();
             if tx.send((request, reply_tx)).await.is_err() {
@@ -262,6 +278,7 @@ async fn event_loop<M: Maps>(
     mut sampler: Sampler,
     inputs: Inputs,
     heartbeat: &Heartbeat,
+    monitor: &Monitor,
     path: &Path,
 ) -> Result<()> {
     let Inputs { mut reports, mut admin, mut changes, signals } = inputs;
@@ -270,8 +287,18 @@ async fn event_loop<M: Maps>(
     let mut sample = tokio::time::interval(SAMPLE);
     // A late sample is taken late, not twice: the rule reads times, not counts of samples.
     sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    // A planned stop in progress: when the wait after withdrawing ends.
+    let mut stop_at: Option<tokio::time::Instant> = None;
     info!("running; metrics on http://{}/metrics", core.config().metrics_listen);
     loop {
+        let stopping = stop_at.is_some();
+        let stop = async move {
+            match stop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(report) = reports.recv() => core.probed(Instant::now(), &report),
             Some((request, reply)) = admin.recv() => {
@@ -286,17 +313,47 @@ async fn event_loop<M: Maps>(
                 Change::Interface(Err(e)) => warn!("re-reading the interface: {e}"),
             },
             _ = hup.recv() => { let _ = reload(core, path); }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = tick.tick() => {
-                let now = Instant::now();
-                heartbeat.beat(now);
-                core.tick(now);
+            // A second signal while withdrawn stops at once.
+            _ = term.recv() => {
+                if stopping {
+                    return Ok(());
+                }
+                stop_at = Some(planned_stop(core.config(), monitor));
             }
+            _ = int.recv() => {
+                if stopping {
+                    return Ok(());
+                }
+                stop_at = Some(planned_stop(core.config(), monitor));
+            }
+            () = stop => {
+                info!("stopping after the withdraw wait");
+                return Ok(());
+            }
+            _ = beat.tick() => heartbeat.beat(Instant::now()),
+            _ = tick.tick() => core.tick(Instant::now()),
             _ = sample.tick() => sampler.sample(core),
+        }
+        if matches!(stop_at, Some(at) if at <= tokio::time::Instant::now()) {
+            return Ok(());
         }
         effects.carry_out(core);
     }
+}
+
+/// A planned stop (SIGTERM, SIGINT): withdraws from the redundancy engines and
+/// fails `/healthz` now; keeps forwarding and following the backends for
+/// `ha.withdraw_wait` while the routers converge. When to stop.
+fn planned_stop(config: &Config, monitor: &Monitor) -> tokio::time::Instant {
+    monitor.withdraw();
+    let wait = config.ha.withdraw_wait;
+    if !wait.is_zero() {
+        info!(
+            "planned stop: withdrawn; forwarding {wait:?} more while the routers converge \
+             (a second signal stops at once)"
+        );
+    }
+    tokio::time::Instant::now() + wait
 }
 
 /// What the loop answers an operator's command.

@@ -1,23 +1,22 @@
 //! What the endpoints read: the status the core last published, the data path's
-//! statistics and the loop's heartbeat — never the core, so a scrape or a status
-//! request never waits for the loop, and the loop never waits for them.
+//! statistics and the health monitor's latest verdict — never the core, so a
+//! scrape or a status request never waits for the loop, and the loop never
+//! waits for them.
 
 use std::{sync::Arc, time::Instant};
 
 use lb_common::Traffic;
 use tokio::sync::watch;
 
-use super::{
-    liveness::{Heartbeat, verdict},
-    status::Status,
-};
+use super::status::Status;
 use crate::{
+    ha::Judged,
     metrics::{Metrics, Scrape},
     stats::Stats,
 };
 
-/// Whether our program is still the one attached (`AttachCheck::attached`).
-pub type Attached = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// The health monitor's latest verdict (`ha::Monitor::judged`).
+pub type Verdict = Arc<dyn Fn() -> Judged + Send + Sync>;
 
 /// The read side of a running controller, shared by the admin socket (`status`)
 /// and the metrics endpoint (`/metrics`, `/healthz`).
@@ -25,8 +24,7 @@ pub struct Published<S> {
     status: watch::Receiver<Arc<Status>>,
     counters: Arc<S>,
     metrics: Arc<Metrics>,
-    heartbeat: Arc<Heartbeat>,
-    attached: Attached,
+    verdict: Verdict,
 }
 
 impl<S> Clone for Published<S> {
@@ -35,8 +33,7 @@ impl<S> Clone for Published<S> {
             status: self.status.clone(),
             counters: Arc::clone(&self.counters),
             metrics: Arc::clone(&self.metrics),
-            heartbeat: Arc::clone(&self.heartbeat),
-            attached: Arc::clone(&self.attached),
+            verdict: Arc::clone(&self.verdict),
         }
     }
 }
@@ -47,10 +44,9 @@ impl<S: Stats> Published<S> {
         status: watch::Receiver<Arc<Status>>,
         counters: Arc<S>,
         metrics: Arc<Metrics>,
-        heartbeat: Arc<Heartbeat>,
-        attached: Attached,
+        verdict: Verdict,
     ) -> Self {
-        Self { status, counters, metrics, heartbeat, attached }
+        Self { status, counters, metrics, verdict }
     }
 
     /// The status as published last.
@@ -58,10 +54,19 @@ impl<S: Stats> Published<S> {
         Arc::clone(&self.status.borrow())
     }
 
-    /// The `xdplb status` text (reads the data path's counters).
+    /// The `xdplb status` text (reads the data path's counters), and whether this
+    /// balancer is healthy.
     #[must_use]
-    pub fn status_text(&self) -> String {
-        self.status().render(&(self.attached)(), &*self.counters)
+    pub fn status_text(&self) -> (String, bool) {
+        let judged = (self.verdict)();
+        let verdict = judged.healthz(Instant::now());
+        let mut health = judged.health;
+        if let Err(stale) = &verdict
+            && health.ok()
+        {
+            health.failing.push(stale.trim_end().to_owned());
+        }
+        (self.status().render(&judged.attached, &health, &*self.counters), verdict.is_ok())
     }
 
     /// The data path's counters into the metrics, for the VIPs and backends of
@@ -84,10 +89,14 @@ impl<S: Stats> Published<S> {
                 .collect();
             self.metrics.dataplane(&counters, &vips, &backends);
         }
-        let attached = (self.attached)();
-        let ok = attached.is_ok();
-        let healthy = verdict(self.heartbeat.silent_for(Instant::now()), attached).is_ok();
-        self.metrics.health(ok, healthy);
+        let judged = (self.verdict)();
+        let healthy = judged.healthz(Instant::now()).is_ok();
+        self.metrics.health(judged.attached.is_ok(), healthy);
+        let rings: Vec<(String, String, usize)> = status
+            .vips()
+            .filter_map(|(v, vs)| Some((v.name.clone(), vs.ring?.hex(), vs.ring?.members)))
+            .collect();
+        self.metrics.balancer.rings(&rings);
         self.metrics.render()
     }
 }
@@ -97,8 +106,8 @@ impl<S: Stats + Send + Sync + 'static> Scrape for Published<S> {
         self.scrape()
     }
 
-    fn health(&self) -> Result<(), String> {
-        verdict(self.heartbeat.silent_for(Instant::now()), (self.attached)())
+    fn health(&self) -> Result<String, String> {
+        (self.verdict)().healthz(Instant::now())
     }
 }
 
@@ -112,8 +121,9 @@ mod tests {
     use super::*;
     use crate::{
         controller::{
+            balancer_health::Health,
             planner::Observed,
-            status::{BackendStatus, VipStatus},
+            status::{BackendStatus, RingStatus, VipStatus},
         },
         metrics::Update,
         testing::value,
@@ -154,37 +164,41 @@ mod tests {
                 index: Some(0),
                 tier: crate::controller::planner::Tier::default(),
                 backends: backends.collect(),
+                ring: Some(RingStatus { members: 2, digest: 0xabc }),
             }],
             last_write: Ok(()),
+            starting: None,
         }
     }
 
-    fn published(
-        first: Status,
-        attached: Result<(), String>,
-    ) -> (Published<Sent>, watch::Sender<Arc<Status>>, Arc<Heartbeat>) {
+    fn judged(at: Instant, attached: Result<(), String>) -> Judged {
+        let failing = attached.clone().err().into_iter().collect();
+        Judged { at, attached, health: Health { failing, warnings: vec![] } }
+    }
+
+    fn published(first: Status, verdict: Judged) -> (Published<Sent>, watch::Sender<Arc<Status>>) {
         let (tx, rx) = watch::channel(Arc::new(first));
-        let heartbeat = Arc::new(Heartbeat::new(Instant::now()));
-        let attached: Attached = Arc::new(move || attached.clone());
         let p = Published::new(
             rx,
             Arc::new(Sent),
             Arc::new(Metrics::new()),
-            Arc::clone(&heartbeat),
-            attached,
+            Arc::new(move || verdict.clone()),
         );
-        (p, tx, heartbeat)
+        (p, tx)
     }
 
     #[test]
     fn a_scrape_counts_the_traffic_of_the_backends_the_status_lists() {
-        let (p, tx, _) = published(status(&[("waf1", 3), ("waf2", 7)]), Ok(()));
+        let (p, tx) =
+            published(status(&[("waf1", 3), ("waf2", 7)]), judged(Instant::now(), Ok(())));
         let text = p.metrics();
         let packets = |text: &str, b| {
             value(text, "xdplb_backend_packets_total", &[("vip", "web"), ("backend", b)])
         };
         assert_eq!((packets(&text, "waf1"), packets(&text, "waf2")), (Some(4.0), Some(8.0)));
         assert_eq!(value(&text, "xdplb_vip_packets_total", &[("vip", "web")]), Some(1.0));
+        let ring = [("vip", "web"), ("digest", "0000000000000abc")];
+        assert_eq!(value(&text, "xdplb_vip_ring_info", &ring), Some(1.0));
 
         // waf2 leaves the config: the new status goes out, then its series are forgotten;
         // later scrapes read the new status and never bring them back.
@@ -196,39 +210,49 @@ mod tests {
 
     #[test]
     fn a_scrape_exports_what_healthz_would_answer() {
-        let (p, _, heartbeat) = published(status(&[("waf1", 1)]), Ok(()));
-        heartbeat.beat(Instant::now());
+        let (p, _) = published(status(&[("waf1", 1)]), judged(Instant::now(), Ok(())));
         let text = p.metrics();
         assert_eq!(value(&text, "xdplb_healthy", &[]), Some(1.0));
         assert_eq!(value(&text, "xdplb_program_attached", &[]), Some(1.0));
-        let (p, _, _) = published(status(&[("waf1", 1)]), Err("XDP link pin missing".into()));
+        let (p, _) = published(
+            status(&[("waf1", 1)]),
+            judged(Instant::now(), Err("XDP link pin missing".into())),
+        );
         let text = p.metrics();
         assert_eq!(value(&text, "xdplb_healthy", &[]), Some(0.0));
         assert_eq!(value(&text, "xdplb_program_attached", &[]), Some(0.0));
     }
 
     #[test]
-    fn status_text_is_rendered_from_the_published_status() {
-        let (p, tx, _) = published(status(&[("waf1", 3)]), Err("XDP link pin missing".into()));
-        assert!(p.status_text().contains("xdp: NOT attached: XDP link pin missing"));
-        assert!(p.status_text().contains("waf1"));
+    fn status_text_is_rendered_from_the_published_status_and_says_whether_it_fails() {
+        let (p, tx) = published(
+            status(&[("waf1", 3)]),
+            judged(Instant::now(), Err("XDP link pin missing".into())),
+        );
+        let (text, healthy) = p.status_text();
+        assert!(!healthy);
+        assert!(text.contains("xdp: NOT attached: XDP link pin missing"), "{text}");
+        assert!(text.contains("health: FAILING: XDP link pin missing"), "{text}");
+        assert!(text.contains("waf1"));
         tx.send_replace(Arc::new(status(&[("waf9", 3)])));
-        let text = p.status_text();
+        let (text, _) = p.status_text();
         assert!(text.contains("waf9") && !text.contains("waf1"), "{text}");
+        let (p, _) = published(status(&[("waf1", 3)]), judged(Instant::now(), Ok(())));
+        assert!(p.status_text().1);
     }
 
     #[test]
-    fn health_needs_a_beating_loop_and_an_attached_program() {
-        let (p, _, heartbeat) = published(status(&[("waf1", 1)]), Ok(()));
-        heartbeat.beat(Instant::now());
-        assert_eq!(p.health(), Ok(()));
-        let (p, _, _) = published(
-            status(&[("waf1", 1)]),
-            Err("interface eth0 is gone or was recreated".into()),
-        );
-        assert_eq!(p.health(), Err("interface eth0 is gone or was recreated".into()));
-        let stalled =
-            Heartbeat::new(Instant::now().checked_sub(Duration::from_mins(1)).expect("uptime"));
-        assert!(verdict(stalled.silent_for(Instant::now()), Ok(())).is_err());
+    fn health_is_the_monitors_fresh_verdict() {
+        let (p, _) = published(status(&[("waf1", 1)]), judged(Instant::now(), Ok(())));
+        assert_eq!(p.health(), Ok("ok\n".to_owned()));
+        let gone = "interface eth0 is gone or was recreated";
+        let (p, _) = published(status(&[("waf1", 1)]), judged(Instant::now(), Err(gone.into())));
+        assert_eq!(p.health(), Err(format!("{gone}\n")));
+        let old = Instant::now().checked_sub(Duration::from_secs(5)).expect("uptime");
+        let (p, _) = published(status(&[("waf1", 1)]), judged(old, Ok(())));
+        let stale = p.health().expect_err("a stalled monitor fails");
+        assert!(stale.starts_with("health monitor stalled"), "{stale}");
+        let (text, healthy) = p.status_text();
+        assert!(!healthy && text.contains("health: FAILING: health monitor stalled"), "{text}");
     }
 }

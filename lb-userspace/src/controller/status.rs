@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 
 use lb_common::Traffic;
 
-use super::planner::{Observed, Tier};
+use super::{
+    balancer_health::Health,
+    planner::{Observed, Tier},
+};
 use crate::{
     config::{BackendConf, Config, Vip},
     mac,
@@ -22,6 +25,20 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     /// The last map write: `Err` says why it failed.
     pub last_write: Result<(), String>,
+    /// Set while the balancer starts, until the health of every backend is
+    /// decided (then never again: a reload that adds a backend does not restart it).
+    pub starting: Option<Starting>,
+}
+
+/// How far a starting balancer is from knowing its backends' health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Starting {
+    /// Probe targets without a decided state yet.
+    pub undecided: usize,
+    /// Healthy backends whose next-hop MAC is not known yet (out of the ring).
+    pub unresolved: usize,
+    /// Probe targets in all.
+    pub checks: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +49,26 @@ pub struct VipStatus {
     pub tier: Tier,
     /// One per backend of the VIP in the config, in order.
     pub backends: Vec<BackendStatus>,
+    /// The ring in use, once written.
+    pub ring: Option<RingStatus>,
+}
+
+/// A VIP's ring in use, as every balancer can compare it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingStatus {
+    /// Backends with slots in it.
+    pub members: usize,
+    /// `maglev::digest`: equal on two balancers exactly when their rings send
+    /// every slot to the same backend.
+    pub digest: u64,
+}
+
+impl RingStatus {
+    /// The digest as status and metrics show it.
+    #[must_use]
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,10 +92,16 @@ impl Status {
             .flat_map(|(v, vs)| v.backends.iter().zip(&vs.backends).map(move |(b, bs)| (v, b, bs)))
     }
 
-    /// The `xdplb status` text. `attached` is the data path's attachment check;
-    /// packet and byte counts come from `traffic` (0 where unreadable).
+    /// The `xdplb status` text. `attached` is the data path's attachment check,
+    /// `health` the balancer's health; packet and byte counts come from `traffic`
+    /// (0 where unreadable).
     #[must_use]
-    pub fn render(&self, attached: &Result<(), String>, traffic: &impl Stats) -> String {
+    pub fn render(
+        &self,
+        attached: &Result<(), String>,
+        health: &Health,
+        traffic: &impl Stats,
+    ) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -77,6 +120,12 @@ impl Status {
                 Err(e) => format!("NOT attached: {e}"),
             }
         );
+        // Balancers of a group must show the same fingerprint, as the same ring digests.
+        let _ = writeln!(s, "flow hash: {}", self.config.hash_seed);
+        let _ = writeln!(s, "{}", health.line());
+        for warning in &health.warnings {
+            let _ = writeln!(s, "warning: {warning}");
+        }
         let row = |s: &mut String, cells: [&str; 9]| {
             let [name, address, weight, role, state, health, drained, mac, packets] = cells;
             let _ = writeln!(
@@ -87,9 +136,13 @@ impl Status {
         for (v, vs) in self.vips() {
             let t = vs.index.and_then(|i| traffic.vip_traffic(i).ok()).unwrap_or_default();
             let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
+            let ring = vs.ring.map_or_else(String::new, |r| {
+                let plural = if r.members == 1 { "" } else { "s" };
+                format!("  ring {} ({} backend{plural})", r.hex(), r.members)
+            });
             let _ = writeln!(
                 s,
-                "\nVIP {} {}:{}/{}  packets {}  bytes {}  tier {}  all_down {}  down_flows {}",
+                "\nVIP {} {}:{}/{}  packets {}  bytes {}  tier {}  all_down {}  down_flows {}{ring}",
                 v.name,
                 v.address,
                 port,
@@ -183,7 +236,7 @@ mod tests {
     /// waf-1 up, waf-2 drained (no MAC), waf-3 a healthy reserve, waf-4 a reserve never seen.
     fn status(waf1: Observed) -> Status {
         let config = crate::config::parse(
-            "interface: eth0\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 0\n    backends:\n      - { name: waf-1, address: 10.0.0.11 }\n      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13, backup: true }\n      - { name: waf-4, address: 10.0.0.14, backup: true }\n",
+            "interface: eth0\nhash_seed: \"00112233445566778899aabbccddeeff\"\nvips:\n  - name: web\n    address: 192.0.2.1\n    port: 0\n    backends:\n      - { name: waf-1, address: 10.0.0.11 }\n      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13, backup: true }\n      - { name: waf-4, address: 10.0.0.14, backup: true }\n",
             "/etc/xdplb/xdplb.yaml",
         )
         .unwrap();
@@ -204,8 +257,10 @@ mod tests {
                     BackendStatus { observed: seen[2], index: Some(3), held: false },
                     BackendStatus { observed: seen[3], index: None, held: false },
                 ],
+                ring: Some(RingStatus { members: 1, digest: 0x00c0_ffee }),
             }],
             last_write: Ok(()),
+            starting: None,
         }
     }
 
@@ -214,25 +269,30 @@ mod tests {
 
     #[test]
     fn status_shows_each_backend_role_state_health_drain_mac_and_packets() {
-        let text = status(UP).render(&Ok(()), &Counting);
+        let text = status(UP).render(&Ok(()), &Health::default(), &Counting);
         let want = format!(
             "xdplb {} on eth0 (xdp Driver, Dsr), config /etc/xdplb/xdplb.yaml\n\
              xdp: attached\n\
+             flow hash: hash_seed in the config, fingerprint {:08x}\n\
+             health: ok\n\
              \n\
-             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)  all_down drop  down_flows move\n  \
+             VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)  all_down drop  down_flows move  ring 0000000000c0ffee (1 backend)\n  \
              BACKEND          ADDRESS                                  WEIGHT  ROLE     STATE     HEALTH  DRAINED MAC                  PACKETS\n  \
              waf-1            10.0.0.11                                   100  primary  up        up      no      02:00:00:00:00:0b         10\n  \
              waf-2            10.0.0.12                                   100  primary  draining  up      yes     unresolved                 0\n  \
              waf-3            10.0.0.13                                   100  reserve  standby   up      no      02:00:00:00:00:0d         30\n  \
              waf-4            10.0.0.14                                   100  reserve  down      down    no      unresolved                 0\n",
-            env!("CARGO_PKG_VERSION")
+            env!("CARGO_PKG_VERSION"),
+            lb_common::hash::fingerprint(
+                &crate::config::seed::parse("00112233445566778899aabbccddeeff").unwrap()
+            )
         );
         assert_eq!(text, want);
     }
 
     #[test]
     fn with_no_usable_primary_the_status_says_the_reserves_serve() {
-        let text = status(Observed::default()).render(&Ok(()), &Counting);
+        let text = status(Observed::default()).render(&Ok(()), &Health::default(), &Counting);
         assert!(
             text.contains(
                 "tier reserve (0 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)"
@@ -244,12 +304,19 @@ mod tests {
     }
 
     #[test]
-    fn status_says_why_xdp_is_not_attached() {
-        let text =
-            status(UP).render(&Err("interface eth0 is gone or was recreated".into()), &Counting);
+    fn status_says_why_xdp_is_not_attached_and_why_the_balancer_fails() {
+        let gone = "interface eth0 is gone or was recreated".to_owned();
+        let health = Health { failing: vec![gone.clone()], warnings: vec!["mind the gap".into()] };
+        let text = status(UP).render(&Err(gone), &health, &Counting);
+        let lines: Vec<&str> =
+            text.lines().skip(1).filter(|l| !l.starts_with("flow hash:")).take(3).collect();
         assert_eq!(
-            text.lines().nth(1),
-            Some("xdp: NOT attached: interface eth0 is gone or was recreated")
+            lines,
+            [
+                "xdp: NOT attached: interface eth0 is gone or was recreated",
+                "health: FAILING: interface eth0 is gone or was recreated",
+                "warning: mind the gap"
+            ]
         );
     }
 }

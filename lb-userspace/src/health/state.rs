@@ -63,7 +63,13 @@ impl Hysteresis {
     /// The run length that the next flip needs.
     #[must_use]
     pub fn threshold(&self) -> u32 {
-        if self.up { self.fall } else { self.rise }
+        self.threshold_to(!self.up)
+    }
+
+    /// The run of results a flip to `up` (or down) needs: `rise` or `fall`.
+    #[must_use]
+    pub fn threshold_to(&self, up: bool) -> u32 {
+        if up { self.rise } else { self.fall }
     }
 
     /// Records one probe result; `Some` only when the state flips.

@@ -17,8 +17,9 @@ use crate::server;
 pub trait Scrape: Send + Sync + 'static {
     /// Full metrics text (the controller refreshes data-path values first).
     fn metrics(&self) -> String;
-    /// Ok while the XDP program is attached and the control loop is alive; Err(reason) otherwise.
-    fn health(&self) -> Result<(), String>;
+    /// The balancer's health: `Ok(body)` (200) while it can forward, `Err(body)`
+    /// (503) with the reasons otherwise.
+    fn health(&self) -> Result<String, String>;
 }
 
 /// Bounds of one HTTP connection.
@@ -231,8 +232,8 @@ async fn answer(route: Route, source: &Arc<dyn Scrape>) -> anyhow::Result<Reply>
         Route::Health => {
             let source = Arc::clone(source);
             match tokio::task::spawn_blocking(move || source.health()).await? {
-                Ok(()) => Reply::text(200, "OK", "ok\n"),
-                Err(reason) => Reply::text(503, "Service Unavailable", format!("{reason}\n")),
+                Ok(body) => Reply::text(200, "OK", body),
+                Err(body) => Reply::text(503, "Service Unavailable", body),
             }
         }
         Route::NotFound => Reply::text(404, "Not Found", "not found\n"),
@@ -258,11 +259,11 @@ mod tests {
         fn metrics(&self) -> String {
             "xdplb_fake_total 42\n".to_owned()
         }
-        fn health(&self) -> Result<(), String> {
+        fn health(&self) -> Result<String, String> {
             if self.healthy.load(Ordering::SeqCst) {
-                Ok(())
+                Ok("ok\n".to_owned())
             } else {
-                Err("xdp program detached".to_owned())
+                Err("xdp program detached\n".to_owned())
             }
         }
     }
@@ -322,8 +323,8 @@ mod tests {
             fn metrics(&self) -> String {
                 self.0.render()
             }
-            fn health(&self) -> Result<(), String> {
-                Ok(())
+            fn health(&self) -> Result<String, String> {
+                Ok("ok\n".to_owned())
             }
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

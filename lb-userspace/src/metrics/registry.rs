@@ -18,6 +18,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use super::balancer::BalancerMetrics;
+
 /// Probe durations: a LAN TCP connect takes ~0.1 ms, a slow TLS handshake up to a
 /// second (longer ones land in +Inf, and the timeout shows as a failure anyway).
 const PROBE_BUCKETS: &[f64] =
@@ -225,17 +227,29 @@ pub struct Metrics {
     /// One handle per `Counter`, in `Counter::ALL` order.
     dataplane_counters: Vec<IntCounter>,
     seen: Mutex<Seen>,
+    /// The balancer's own health and rings.
+    pub balancer: BalancerMetrics,
 }
 
 // Metric definitions are constants of this file: a failure to register one is a
 // programming error that the unit tests catch, hence `expect`.
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(super) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
     registry.register(Box::new(metric.clone())).expect("unique counter");
     metric
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(super) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
     registry.register(Box::new(metric.clone())).expect("unique gauge");
     metric
@@ -330,6 +344,7 @@ impl Metrics {
         let (suspicions, triggered_probes, suspicion_decision) = Self::passive_families(&r);
         let dataplane_counters = Self::dataplane_families(&r);
         Self {
+            balancer: BalancerMetrics::new(&r),
             registry: r,
             probe_duration,
             target_probe_duration,
@@ -419,7 +434,7 @@ impl Metrics {
         let healthy = gauge(
             r,
             "xdplb_healthy",
-            "1 while /healthz answers 200: our XDP program is attached and the control loop runs.",
+            "1 while /healthz answers 200: this balancer can forward (see /healthz for why not).",
             0,
         );
         let xdp_attached = gauge(

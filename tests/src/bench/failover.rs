@@ -420,7 +420,7 @@ fn measure_all(runs: usize) -> Result<(Vec<Row>, Vec<ReserveRow>)> {
     std::fs::write(&rig.config, with_reserves(&text, &[RESERVE], 1))?;
     match rig.daemon.admin(&Request::Reload)? {
         Response::Ok(_) => {}
-        Response::Error(e) => bail!("reloading with a reserve: {e}"),
+        Response::Error(e) | Response::Failing(e) => bail!("reloading with a reserve: {e}"),
     }
     let mut reserve_rows = Vec::new();
     {

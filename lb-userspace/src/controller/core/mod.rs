@@ -20,7 +20,7 @@ use log::Level;
 
 use super::{
     planner::{Key, Observed, Tier, check_target, lb_config, plan, seen},
-    status::{BackendStatus, Status, VipStatus},
+    status::{BackendStatus, RingStatus, Starting, Status, VipStatus},
 };
 use crate::{
     config::{Config, ConfigErrors, Forwarding},
@@ -134,6 +134,13 @@ pub struct Core<M: Maps> {
     backends: BTreeMap<Key, Tracked>,
     /// The last map write: `Err` says why it failed.
     last_write: Result<(), String>,
+    /// Until the health of every probe target is decided once, the balancer is
+    /// starting: per target, the run of probe results that agree with its state
+    /// ([`DECIDED`] once the run was as long as a flip to that state needs, or it
+    /// flipped). `None` once started.
+    decided: Option<BTreeMap<Target, u32>>,
+    /// Starting ends by then even if some target never reported.
+    settle_by: Instant,
     outputs: VecDeque<Output>,
     /// The state last planned for each (VIP, backend), to count transitions.
     planned: BTreeMap<Key, BackendState>,
@@ -180,6 +187,7 @@ impl<M: Maps> Core<M> {
             (MapWriter::new(maps), Adopted::default())
         };
         let seed = adopted_seed(&config, &adopted);
+        let settle_by = now + settle_limit(&config);
         let mut core = Self {
             config,
             interface,
@@ -188,6 +196,9 @@ impl<M: Maps> Core<M> {
             checks: BTreeMap::new(),
             backends: BTreeMap::new(),
             last_write: Ok(()),
+            // Adopted maps carry the previous controller's decisions: no start-up.
+            decided: (!adopt).then(BTreeMap::new),
+            settle_by,
             outputs,
             planned: BTreeMap::new(),
             reserve_active: BTreeMap::new(),
@@ -238,6 +249,8 @@ impl<M: Maps> Core<M> {
         let conclusive = target.spec.refused_is_down && report.failure == Some(Failure::Refused);
         let flip = if conclusive { health.fail_at_once() } else { health.observe(report.ok()) };
         let up = health.is_up();
+        let agrees = report.ok() == up;
+        let needed = health.threshold_to(up);
         if let Some(flip) = flip {
             let reason = if conclusive {
                 "connection refused: nothing listens (refused_is_down)".to_owned()
@@ -247,6 +260,9 @@ impl<M: Maps> Core<M> {
             self.flipped(now, target, flip.is_up(), &reason);
         }
         self.settle_suspicion(now, report, up);
+        // After the write: a start that ends here publishes the ring it decided.
+        // A refusal is as conclusive for the start as for the health.
+        self.decide(target, flip.is_some() || conclusive, agrees, needed);
     }
 
     /// `target`'s health flipped (to `up`): every backend it serves changes state.
@@ -457,22 +473,44 @@ impl<M: Maps> Core<M> {
     }
 
     /// The loop's periodic tick: re-reads next-hop MACs, writes when one appeared
-    /// or changed.
+    /// or changed; ends a start-up that waited too long for some probe target.
     pub fn tick(&mut self, now: Instant) {
         if self.expire_holds(now) {
             self.write(now, "flap hold over");
         }
+        if self.decided.is_some() && now >= self.settle_by {
+            let mut waiting: Vec<String> =
+                self.undecided().map(|t| format!("the health of {t}")).collect();
+            let starting =
+                self.starting().unwrap_or(Starting { undecided: 0, unresolved: 0, checks: 0 });
+            if starting.unresolved > 0 {
+                waiting.push(format!("the next hop of {} healthy backends", starting.unresolved));
+            }
+            self.outputs.push_back(Output::log(
+                Level::Warn,
+                format!(
+                    "started without knowing {} within {:?}",
+                    waiting.join(", "),
+                    settle_limit(&self.config)
+                ),
+            ));
+            self.decided = None;
+            self.publish();
+        }
         // A MAC whose grace ran out leaves the ring (no table read here).
         if self.refresh_neighbours(now) {
             self.write(now, "neighbours");
+            self.check_started();
         }
     }
 
     /// The neighbour tables as the loop's watcher read them (off the loop): MACs
-    /// that appeared, changed or vanished are written.
+    /// that appeared, changed or vanished are written. A start waiting for a next
+    /// hop may end here.
     pub fn neighbours(&mut self, now: Instant, read: Result<Tables, String>) {
         if self.read_tables(now, read) {
             self.write(now, "neighbours");
+            self.check_started();
         }
     }
 
@@ -507,6 +545,7 @@ impl<M: Maps> Core<M> {
         ));
         self.refresh_neighbours(now);
         self.write(now, "interface");
+        self.check_started();
     }
 
     /// Takes a read of the neighbour tables; true when a MAC changed.
@@ -524,6 +563,65 @@ impl<M: Maps> Core<M> {
                 false
             }
         }
+    }
+
+    /// While starting, counts a probe result of `target`: a flip decides it; so
+    /// does a run of `needed` results that agree with its state (one result does
+    /// not: a first probe may fail on a cold neighbour cache).
+    fn decide(&mut self, target: &Target, flipped: bool, agrees: bool, needed: u32) {
+        let Some(decided) = &mut self.decided else { return };
+        let run = decided.entry(target.clone()).or_default();
+        if *run == DECIDED {
+            return;
+        }
+        *run = match (flipped, agrees) {
+            (true, _) => DECIDED,
+            (false, true) if *run + 1 >= needed => DECIDED,
+            (false, true) => *run + 1,
+            (false, false) => 0,
+        };
+        if *run == DECIDED {
+            self.check_started();
+        }
+    }
+
+    /// While starting: once the health of every target is decided and every
+    /// healthy backend's next hop resolved (so that the ring is what a peer with
+    /// the same view builds), the balancer has started. Publishes the progress.
+    fn check_started(&mut self) {
+        let Some(starting) = self.starting() else { return };
+        if starting.undecided == 0 && starting.unresolved == 0 {
+            self.decided = None;
+            self.outputs.push_back(Output::log(
+                Level::Info,
+                format!(
+                    "started: the health of all {} backend checks is decided",
+                    self.checks.len()
+                ),
+            ));
+        }
+        self.publish();
+    }
+
+    /// While starting, the probe targets whose health is not decided yet.
+    fn undecided(&self) -> impl Iterator<Item = &Target> {
+        let decided = self.decided.as_ref();
+        self.checks.keys().filter(move |t| decided.is_some_and(|d| d.get(*t) != Some(&DECIDED)))
+    }
+
+    /// How far the start is, while starting.
+    fn starting(&self) -> Option<Starting> {
+        self.decided.as_ref()?;
+        let unresolved = self
+            .backends
+            .values()
+            .filter(|t| t.mac.is_none() && observed(t, &self.checks).healthy)
+            .count();
+        Some(Starting {
+            undecided: self.undecided().count(),
+            unresolved,
+            checks: self.checks.len(),
+        })
     }
 
     /// Makes the tracked backends and the probe targets follow the config. A
@@ -758,12 +856,17 @@ impl<M: Maps> Core<M> {
         };
         self.rewatch();
         self.last_write.clone_from(&written);
-        let status = Arc::new(self.status(&observed));
+        self.publish();
+        written
+    }
+
+    /// Publishes the status if it changed.
+    fn publish(&mut self) {
+        let status = Arc::new(self.status(&self.observed()));
         if self.published.as_deref() != Some(&status) {
             self.published = Some(status);
             self.unpublished = true;
         }
-        written
     }
 
     /// Logs and counts each VIP whose reserves entered or left its ring, and
@@ -941,13 +1044,16 @@ impl<M: Maps> Core<M> {
                 index: self.writer.backend_index(&v.name, &b.name),
                 held: self.held(&v.name, &b.name),
             });
+            let ring = self.writer.ring(&v.name);
             vips.push(VipStatus {
                 index: self.writer.vip_index(&v.name),
                 tier: Tier::of(v, |b| seen(observed, v, b)),
                 backends: backends.collect(),
+                ring: ring.map(|r| RingStatus { members: r.members, digest: r.digest }),
             });
         }
-        Status { config: self.config.clone(), vips, last_write: self.last_write.clone() }
+        let starting = self.starting();
+        Status { config: self.config.clone(), vips, last_write: self.last_write.clone(), starting }
     }
 }
 
@@ -1005,6 +1111,24 @@ fn adopted_seed(config: &Config, adopted: &Adopted) -> BTreeMap<Key, Observed> {
         }
     }
     seed
+}
+
+/// A target whose health is decided, in `Core::decided`.
+const DECIDED: u32 = u32::MAX;
+
+/// How long a start may wait for every probe target's first decision: twice
+/// the slowest target's `max(rise, fall) + 1` probes and a timeout, and 2 s.
+fn settle_limit(config: &Config) -> Duration {
+    let slowest = config
+        .vips
+        .iter()
+        .map(|v| {
+            let c = &v.health_check;
+            c.interval * (c.rise.max(c.fall) + 1) + c.timeout
+        })
+        .max()
+        .unwrap_or_default();
+    slowest * 2 + Duration::from_secs(2)
 }
 
 /// A backend as observed: its target's health, its drain flag and MAC.

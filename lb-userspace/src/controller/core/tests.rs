@@ -13,6 +13,7 @@ use lb_common::{BackendState, limits::NO_BACKEND};
 use super::*;
 use crate::{
     config,
+    controller::{balancer_health::Health, status::Starting},
     health::Failure,
     neighbours::Tables,
     testing::{FakeMaps, FakeNeighbours},
@@ -268,6 +269,110 @@ fn a_restart_reads_health_and_drain_from_the_pins_not_from_the_data_paths_state(
     assert!(in_ring(&again, "web", "waf-2"));
 }
 
+// --- starting: the balancer's health waits for every backend's ---
+
+fn starting(core: &mut TestCore) -> Option<Starting> {
+    core.poll_status().expect("a status was published").starting
+}
+
+#[test]
+fn a_fresh_start_is_starting_until_every_target_is_decided_once() {
+    let mut core = start_with(CONFIG, resolved());
+    outputs(&mut core);
+    assert_eq!(starting(&mut core), Some(Starting { undecided: 2, unresolved: 0, checks: 2 }));
+    // waf-1 rises: decided up, and the status that says so has it in the ring.
+    probes(&mut core, "web", "waf-1", true, 2);
+    let status = core.poll_status().expect("published");
+    assert_eq!(status.starting, Some(Starting { undecided: 1, unresolved: 0, checks: 2 }));
+    assert!(status.vips[0].ring.is_some_and(|r| r.members == 1));
+    // `fall` failures decide a target that starts down: it is down. One does not.
+    probes(&mut core, "web", "waf-2", false, 2);
+    assert_eq!(core.poll_status(), None, "two failures of three: undecided");
+    probes(&mut core, "web", "waf-2", true, 1);
+    probes(&mut core, "web", "waf-2", false, 2);
+    assert_eq!(core.poll_status(), None, "a success restarts the run");
+    let out = probes(&mut core, "web", "waf-2", false, 1);
+    assert_eq!(starting(&mut core), None);
+    assert_eq!(logs(&out, Level::Info), ["started: the health of all 2 backend checks is decided"]);
+    // Later results and a reload that adds a backend do not start it again.
+    probes(&mut core, "web", "waf-2", true, 2);
+    let more = CONFIG.replace(
+        "      - { name: waf-2, address: 10.0.0.12 }",
+        "      - { name: waf-2, address: 10.0.0.12 }\n      - { name: waf-3, address: 10.0.0.13 }",
+    );
+    core.reload(Instant::now(), Ok(parse(&more))).expect("reload");
+    assert_eq!(starting(&mut core), None);
+}
+
+#[test]
+fn a_start_waits_for_the_next_hop_of_every_healthy_backend() {
+    let mut neighbours = FakeNeighbours::default();
+    neighbours.resolve(IFINDEX, ip("10.0.0.11"), MAC_1);
+    let mut core = start_with(CONFIG, neighbours);
+    probes(&mut core, "web", "waf-1", true, 2);
+    probes(&mut core, "web", "waf-2", true, 2);
+    // Both up, but waf-2 is not in the ring a peer that resolved it builds.
+    assert_eq!(starting(&mut core), Some(Starting { undecided: 0, unresolved: 1, checks: 2 }));
+    // The watcher's next read has it.
+    core.neighbours(Instant::now(), Ok(resolved().tables));
+    assert_eq!(starting(&mut core), None);
+    assert!(in_ring(&core, "web", "waf-2"));
+}
+
+#[test]
+fn a_success_that_has_not_yet_risen_decides_nothing() {
+    let mut core = start_with(CONFIG, resolved());
+    outputs(&mut core);
+    core.poll_status();
+    probes(&mut core, "web", "waf-1", true, 1);
+    assert_eq!(core.poll_status(), None, "one success of two: still undecided");
+}
+
+#[test]
+fn a_restart_that_adopts_the_pinned_state_is_not_starting() {
+    let pinned = up_with_waf2_drained().writer.maps().clone();
+    let mut again = Core::start(
+        parse(CONFIG),
+        interface(),
+        pinned,
+        true,
+        Ok(resolved().tables),
+        Instant::now(),
+    )
+    .unwrap();
+    assert_eq!(starting(&mut again), None);
+}
+
+#[test]
+fn a_start_that_waits_too_long_for_a_target_ends_at_a_tick_with_a_warning() {
+    let t0 = Instant::now();
+    let mut core = Core::start(
+        parse(CONFIG),
+        interface(),
+        FakeMaps::default(),
+        false,
+        Ok(resolved().tables),
+        t0,
+    )
+    .unwrap();
+    outputs(&mut core);
+    core.poll_status();
+    probes(&mut core, "web", "waf-1", false, 3);
+    assert!(core.poll_status().is_some_and(|s| s.starting.is_some()));
+    // tcp checks, 200 ms x (3 + 1) + 150 ms, twice, and 2 s: 3.9 s.
+    core.tick(t0 + Duration::from_millis(3800));
+    assert_eq!(core.poll_status(), None);
+    core.tick(t0 + Duration::from_millis(3900));
+    let out = outputs(&mut core);
+    assert_eq!(starting(&mut core), None);
+    let warned = logs(&out, Level::Warn);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].starts_with("started without knowing the health of tcp://10.0.0.12:80"),
+        "{warned:?}"
+    );
+}
+
 // --- health ---
 
 #[test]
@@ -404,6 +509,10 @@ fn every_probe_is_counted_and_a_report_from_a_stopped_loop_is_ignored() {
 #[test]
 fn results_that_do_not_flip_write_nothing_and_publish_nothing() {
     let mut core = started();
+    // Decide both targets first: the start-up's progress is published.
+    probes(&mut core, "web", "waf-1", false, 3);
+    probes(&mut core, "web", "waf-2", false, 3);
+    assert!(core.poll_status().is_some_and(|s| s.starting.is_none()));
     let out = probes(&mut core, "web", "waf-1", false, 5);
     assert!(written(&out).is_empty() && logs(&out, Level::Info).is_empty());
     assert_eq!(core.poll_status(), None);
@@ -922,7 +1031,7 @@ fn reserves_wait_outside_the_ring_while_a_primary_is_up() {
     assert_eq!(reserve_active(&out), [false]);
     assert!(switches(&out).is_empty());
     let status = core.poll_status().unwrap();
-    assert!(status.render(&Ok(()), &NoStats).contains("standby"));
+    assert!(status.render(&Ok(()), &Health::default(), &NoStats).contains("standby"));
 }
 
 #[test]
@@ -1130,7 +1239,7 @@ fn all_down_fail_open_sends_new_flows_to_every_reachable_undrained_backend() {
     assert!(in_ring(&core, "web", "waf-1") && in_ring(&core, "web", "waf-2"));
     assert_eq!(entry(&core, "web", "waf-1").state, BackendState::Up as u8, "flows stay");
     let status = core.poll_status().unwrap();
-    let text = status.render(&Ok(()), &NoStats);
+    let text = status.render(&Ok(()), &Health::default(), &NoStats);
     assert!(text.contains("tier fail_open  all_down fail_open  down_flows move"), "{text}");
     assert!(text.contains("fail-open"), "{text}");
     assert_eq!(
@@ -1157,7 +1266,7 @@ fn down_flows_keep_leaves_a_failed_backends_flows_on_it() {
         keeps: true
     }));
     assert_eq!(state(&core, "web", "waf-2"), BackendState::Down, "its health is down");
-    let text = core.poll_status().unwrap().render(&Ok(()), &NoStats);
+    let text = core.poll_status().unwrap().render(&Ok(()), &Health::default(), &NoStats);
     let row = text.lines().find(|l| l.trim_start().starts_with("waf-2")).unwrap();
     assert_eq!(row.split_whitespace().nth(4), Some("down-keep"), "{row}");
     // The same node in `api` (default move) is down there: one target, two policies.
@@ -1175,6 +1284,9 @@ fn flappy() -> TestCore {
         "rise: 1, fall: 1, flap_changes: 2, flap_window: 60s, flap_hold: 30s, refused_is_down: false",
     );
     let mut core = start_with(&yaml, resolved());
+    // waf-1's health decided (down), so that the start ends with waf-2's first
+    // change, not with a warning at a later tick.
+    probes(&mut core, "web", "waf-1", false, 1);
     outputs(&mut core);
     core
 }
@@ -1191,7 +1303,10 @@ fn probe_at(core: &mut TestCore, now: Instant, vip: &str, backend: &str, ok: boo
 }
 
 fn held_rows(core: &mut TestCore) -> Vec<String> {
-    let text = core.poll_status().map(|s| s.render(&Ok(()), &NoStats)).unwrap_or_default();
+    let text = core
+        .poll_status()
+        .map(|s| s.render(&Ok(()), &Health::default(), &NoStats))
+        .unwrap_or_default();
     text.lines()
         .filter(|l| l.split_whitespace().nth(5) == Some("held"))
         .map(|l| l.split_whitespace().next().unwrap().to_owned())
