@@ -15,6 +15,7 @@
 //! Everything the lab makes is named here, so [`Lab::down`] can remove it after a
 //! crash too. Used by `cargo xtask lab`, the demo and the end-to-end tests.
 
+pub mod ha;
 mod netns;
 mod nginx;
 pub mod sh;
@@ -39,6 +40,7 @@ use lb_userspace::loader::ensure_bpffs;
 use self::sh::{cmd, in_ns, ns_sh, output, quietly, sh};
 use self::status::status_report;
 pub use self::{
+    ha::Redundancy,
     netns::{XdpProg, exec_in_netns, in_netns, ns_path},
     status::status,
 };
@@ -141,11 +143,14 @@ pub struct LabConfig {
     pub mode: Mode,
     /// WAF nodes, 1..=[`MAX_WAFS`].
     pub wafs: usize,
+    /// A pair of balancers and the engine that moves traffic between them (see
+    /// `lab/ha.rs`); `None`: the one balancer `lb`.
+    pub ha: Option<Redundancy>,
 }
 
 impl Default for LabConfig {
     fn default() -> Self {
-        Self { mode: Mode::Dsr, wafs: 3 }
+        Self { mode: Mode::Dsr, wafs: 3, ha: None }
     }
 }
 
@@ -156,6 +161,10 @@ pub enum Node {
     Lb,
     /// WAF node k, 1-based.
     Waf(usize),
+    /// Balancer k >= 2 of a lab with redundancy (`lb` is the first).
+    Peer(usize),
+    /// The router in front of the balancers (BGP).
+    Router,
 }
 
 impl Node {
@@ -165,16 +174,20 @@ impl Node {
             Self::Client => 10,
             Self::Lb => 2,
             Self::Waf(k) => u8::try_from(10 + k).unwrap_or(u8::MAX),
+            Self::Peer(k) => u8::try_from(1 + k).unwrap_or(u8::MAX),
+            Self::Router => 1,
         }
     }
 
-    /// Its namespace: `client`, `lb`, `waf1`...
+    /// Its namespace: `client`, `lb`, `lb2`, `router`, `waf1`...
     #[must_use]
     pub fn ns(self) -> String {
         match self {
             Self::Client => "client".to_owned(),
             Self::Lb => "lb".to_owned(),
             Self::Waf(k) => format!("waf{k}"),
+            Self::Peer(k) => format!("lb{k}"),
+            Self::Router => "router".to_owned(),
         }
     }
 
@@ -244,14 +257,15 @@ pub fn waf6(k: usize) -> Ipv6Addr {
     Node::Waf(k).v6()
 }
 
-/// True for the namespace names the lab owns: `client`, `lb`, `waf<N>`.
+/// True for the namespace names the lab owns: `client`, `lb`, `lb<N>`, `router`,
+/// `waf<N>`.
 #[must_use]
 pub fn is_lab_ns(name: &str) -> bool {
-    name == NS_CLIENT
-        || name == NS_LB
-        || name
-            .strip_prefix("waf")
+    let numbered = |prefix: &str| {
+        name.strip_prefix(prefix)
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    name == NS_CLIENT || name == NS_LB || name == "router" || numbered("waf") || numbered("lb")
 }
 
 /// Prints a progress line.
@@ -283,8 +297,14 @@ impl Lab {
             }
             return Err(e.context("building the lab"));
         }
+        let ha = config.ha.map_or_else(String::new, |h| {
+            format!(
+                ", balancers {} with {h}",
+                lab.balancers().iter().map(|b| b.ns()).collect::<Vec<_>>().join(" and ")
+            )
+        });
         step(format!(
-            "lab up: {} mode, {} WAF nodes, VIPs {VIP4} and {VIP6}",
+            "lab up: {} mode, {} WAF nodes, VIPs {VIP4} and {VIP6}{ha}",
             config.mode, config.wafs
         ));
         Ok(lab)
@@ -306,6 +326,7 @@ impl Lab {
                     config.wafs =
                         v.parse().with_context(|| format!("wafs={v:?} in {}", path.display()))?;
                 }
+                Some(("ha", v)) => config.ha = Some(v.parse()?),
                 _ => {}
             }
         }
@@ -327,10 +348,16 @@ impl Lab {
         1..=self.config.wafs
     }
 
-    /// Every node: client, lb, waf1..N.
+    /// Every node: client, the router (BGP), the balancers, waf1..N.
     #[must_use]
     pub fn nodes(&self) -> Vec<Node> {
-        [Node::Client, Node::Lb].into_iter().chain(self.wafs().map(Node::Waf)).collect()
+        let router = (self.config.ha == Some(Redundancy::Bgp)).then_some(Node::Router);
+        [Node::Client]
+            .into_iter()
+            .chain(router)
+            .chain(self.balancers())
+            .chain(self.wafs().map(Node::Waf))
+            .collect()
     }
 
     fn build(&self) -> Result<()> {
@@ -368,17 +395,28 @@ impl Lab {
             ));
             add_node(node)?;
         }
-        step(format!("client routes {VIP4} and {VIP6} via the lb ({LB4}, {LB6})"));
-        ns_sh(NS_CLIENT, &["ip", "route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
+        let (hop4, hop6) = self.vip_next_hops();
+        let via = match self.config.ha {
+            None => "the lb",
+            Some(Redundancy::Vrrp) => "the VRRP floating next hop",
+            Some(Redundancy::Bgp) => "the router",
+        };
+        step(format!("client routes {VIP4} and {VIP6} via {via} ({hop4}, {hop6})"));
+        ns_sh(NS_CLIENT, &["ip", "route", "add", &format!("{VIP4}/32"), "via", &hop4.to_string()])?;
         ns_sh(
             NS_CLIENT,
-            &["ip", "-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()],
+            &["ip", "-6", "route", "add", &format!("{VIP6}/128"), "via", &hop6.to_string()],
         )?;
+        if self.config.ha == Some(Redundancy::Bgp) {
+            Self::build_router()?;
+        }
         for k in self.wafs() {
             self.add_waf(k)?;
         }
         step("XDP pass-through on the veths that receive forwarded frames");
-        attach(None, &Node::Lb.veth(), &XdpProg::Pass, "root")?;
+        for balancer in self.balancers() {
+            attach(None, &balancer.veth(), &XdpProg::Pass, "root")?;
+        }
         attach(Some(NS_CLIENT), NS_IF, &XdpProg::Pass, NS_CLIENT)?;
         if self.config.mode == Mode::Dsr {
             for k in self.wafs() {
@@ -393,10 +431,14 @@ impl Lab {
         for k in self.wafs() {
             self.prepare_waf(k, false)?;
         }
+        let ha = self.config.ha.map_or_else(String::new, |h| format!("ha={h}\n"));
         std::fs::write(
             state_file(),
-            format!("mode={}\nwafs={}\n", self.config.mode, self.config.wafs),
+            format!("mode={}\nwafs={}\n{ha}", self.config.mode, self.config.wafs),
         )?;
+        if self.config.ha.is_some() {
+            self.start_engines()?;
+        }
         step("checking every WAF node answers /healthz from the lb");
         for k in self.wafs() {
             let url = format!("http://{}/healthz", waf4(k));
@@ -438,6 +480,11 @@ impl Lab {
             c.arg("--pin-path").arg(&pin);
             if !mss_clamp {
                 c.arg("--no-mss-clamp");
+            }
+            // The other balancers of a pair: their tunnel packets are decapsulated too.
+            for peer in self.balancers().into_iter().skip(1) {
+                c.arg("--balancer").arg(peer.v4().to_string());
+                c.arg("--balancer").arg(peer.v6().to_string());
             }
             let line = sh::show(&c);
             let out = in_netns(Some(&ns), || output(&mut c))?;
@@ -484,16 +531,8 @@ impl Lab {
         let namespaces = lab_namespaces()?;
         let mut pids = udp_responders();
         for ns in &namespaces {
-            let out = output(&mut cmd(&["ip", "netns", "pids", ns]))?;
-            pids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
+            pids.extend(namespace_pids(ns)?);
         }
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        pids.retain(|&p| p != me);
         pids.sort_unstable();
         pids.dedup();
         if !namespaces.is_empty() || !pids.is_empty() {
@@ -824,6 +863,18 @@ fn run_with_stdin(c: &mut std::process::Command, input: &str) -> Result<()> {
 
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The processes in network namespace `ns` (this process left out).
+fn namespace_pids(ns: &str) -> Result<Vec<i32>> {
+    let out = output(&mut cmd(&["ip", "netns", "pids", ns]))?;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|&p| p != me)
+        .collect())
 }
 
 /// Lab namespaces that exist now.

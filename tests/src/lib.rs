@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod lab;
 pub mod listener;
 pub mod packet;
+pub mod pair;
 pub mod privilege;
 pub mod rig;
 pub mod syn_flood;

@@ -143,7 +143,7 @@ impl Rig {
     /// As [`Rig::up`] with the config `text` (four VIPs over `wafs` nodes, as
     /// [`config_text`] writes them); waits until every backend's health is up.
     pub fn up_with(mode: Mode, wafs: usize, text: &str) -> Result<Self> {
-        let lab = LabGuard::up(&LabConfig { mode, wafs })?;
+        let lab = LabGuard::up(&LabConfig { mode, wafs, ha: None })?;
         std::fs::create_dir_all(dir())?;
         let config = dir().join("xdplb.yaml");
         std::fs::write(&config, text)?;

@@ -348,6 +348,8 @@ pub struct LongLived {
     thread: Option<JoinHandle<()>>,
     /// The WAF it reached first.
     pub backend: String,
+    /// The client's end of the connection (which balancer carries it, behind ECMP).
+    pub local: SocketAddr,
 }
 
 impl LongLived {
@@ -360,13 +362,17 @@ impl LongLived {
             let result = in_netns(Some(&ns), || {
                 let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let local = s.local_addr()?;
                 let mut first = Some(first_tx);
                 while !st.load(Ordering::Relaxed) {
                     let start = Instant::now();
                     let outcome = keepalive_request(&mut s);
                     if let Some(tx) = first.take() {
                         let _ = tx.send(
-                            outcome.clone().map_err(|f| anyhow!("first request failed: {f:?}")),
+                            outcome
+                                .clone()
+                                .map(|b| (b, local))
+                                .map_err(|f| anyhow!("first request failed: {f:?}")),
                         );
                     }
                     let failed = outcome.is_err();
@@ -382,10 +388,10 @@ impl LongLived {
                 eprintln!("long-lived connection: {e:#}");
             }
         });
-        let backend = first_rx
+        let (backend, local) = first_rx
             .recv_timeout(Duration::from_secs(5))
             .context("long-lived connection did not start")??;
-        Ok(Self { log, stop, thread: Some(thread), backend })
+        Ok(Self { log, stop, thread: Some(thread), backend, local })
     }
 
     /// Stops it; returns (answers from its first backend, any other outcome).

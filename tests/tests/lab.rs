@@ -33,7 +33,7 @@ fn turn() -> MutexGuard<'static, ()> {
 const T: Duration = Duration::from_secs(2);
 
 fn lab_with(mode: Mode, wafs: usize) -> LabGuard {
-    LabGuard::up(&LabConfig { mode, wafs }).expect("lab up")
+    LabGuard::up(&LabConfig { mode, wafs, ha: None }).expect("lab up")
 }
 
 /// One datagram from a socket in `ns` to `to`, the reply and who sent it.
@@ -282,7 +282,7 @@ fn lab_down_removes_every_namespace_link_and_pin() {
         assert!(out.status.success(), "lab up: {}", String::from_utf8_lossy(&out.stderr));
     }
     let lab = Lab::current().expect("state").expect("a lab");
-    assert_eq!(*lab.config(), LabConfig { mode: Mode::Dsr, wafs: 2 });
+    assert_eq!(*lab.config(), LabConfig { mode: Mode::Dsr, wafs: 2, ha: None });
     let netns = lab::sh::sh(&["ip", "netns", "list"]).expect("ip netns");
     let ours = netns
         .lines()

@@ -3,10 +3,10 @@
 //! the lab provokes what every alert is about (nodes down, a VIP without a usable
 //! node, an unresolved next hop, a flapping node, drops, a refused reload, slow
 //! checks, a balancer that cannot be scraped, one whose program is not attached, a
-//! VIP served by its reserve). Then every alert must be pending or firing, and every
-//! rule's and every dashboard query must be valid and return series through
-//! Prometheus's HTTP API. New rule files and panels are picked up without touching
-//! this file.
+//! VIP served by its reserve, a peer balancer that has withdrawn and disagrees on a
+//! ring). Then every alert must be pending or firing, and every rule's and every
+//! dashboard query must be valid and return series through Prometheus's HTTP API.
+//! New rule files and panels are picked up without touching this file.
 
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 #![allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
@@ -34,6 +34,10 @@ use xdplb_tests::{
 const PROM: &str = "127.0.0.1:9091";
 /// A second target of the `xdplb` job where nothing listens: a balancer that is down.
 const DEAD_TARGET: &str = "127.0.0.1:9";
+/// A third target of the job: a peer balancer that has withdrawn and whose ring of
+/// web4 differs (XdplbBalancerWithdrawn, XdplbBalancerRingsDiffer), served as fixed
+/// text by `peer_balancer`.
+const PEER_TARGET: &str = "127.0.0.1:19660";
 const DEAD_PORT: u16 = 9999;
 /// A VIP whose primary is never usable: its reserve serves (XdplbVipServedByReserves).
 const RESERVE_PORT: u16 = 9998;
@@ -118,6 +122,27 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Serves [`PEER_TARGET`]'s metrics in the lb namespace until the test ends: a
+/// balancer that has withdrawn, and whose ring of web4 is not the real xdplb's.
+fn peer_balancer() {
+    let listener = in_netns(Some(NS_LB), || Ok(std::net::TcpListener::bind(PEER_TARGET)?)).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let body = "xdplb_balancer_announced 0\n\
+                    xdplb_vip_ring_info{vip=\"web4\",digest=\"0000000000000000\"} 1\n";
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
 /// Debian's prometheus in the lb namespace, stopped on drop.
 struct Prometheus(Child);
 
@@ -127,7 +152,7 @@ impl Prometheus {
             rule_files().iter().map(|f| format!("  - {}\n", f.display())).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\
-             scrape_configs:\n  - job_name: xdplb\n    static_configs:\n      - targets: [\"{}\", \"{DEAD_TARGET}\"]\n",
+             scrape_configs:\n  - job_name: xdplb\n    static_configs:\n      - targets: [\"{}\", \"{DEAD_TARGET}\", \"{PEER_TARGET}\"]\n",
             files.concat(),
             rig::METRICS
         );
@@ -221,7 +246,7 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         return;
     }
     let t0 = Instant::now();
-    let lab = LabGuard::up(&LabConfig { mode: Mode::Dsr, wafs: 3 }).unwrap();
+    let lab = LabGuard::up(&LabConfig { mode: Mode::Dsr, wafs: 3, ha: None }).unwrap();
     let dir = Path::new(lab::LAB_DIR).join("monitoring");
     std::fs::create_dir_all(&dir).unwrap();
     // The rig's VIPs, checked every 100 ms (fall 1, rise 1: a fast flapper), plus a
@@ -270,6 +295,7 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
             })
         })
         .unwrap();
+    peer_balancer();
     let _prometheus = Prometheus::start(&dir.join("prometheus"));
     wait("prometheus to scrape xdplb", Duration::from_secs(30), || {
         let r = api(&lab, "/api/v1/query", Some("up{job=\"xdplb\"} == 1"))?;

@@ -294,7 +294,7 @@ fn the_installed_unit_runs_xdplb_unprivileged_and_it_balances_fails_over_and_rel
     assert_eq!(sandbox.user, user);
     assert_eq!(sandbox.exec_start[0], "/usr/bin/xdplb", "the packaged binary");
 
-    let lab = LabGuard::up(&LabConfig { mode: Mode::Dsr, wafs: 3 }).unwrap();
+    let lab = LabGuard::up(&LabConfig { mode: Mode::Dsr, wafs: 3, ha: None }).unwrap();
     // The config: the lab's, with the unit's pin directory and admin socket.
     let dir = Path::new(lab::LAB_DIR).join("pkg");
     std::fs::create_dir_all(&dir).unwrap();

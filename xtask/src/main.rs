@@ -39,8 +39,8 @@ enum Task {
     /// cargo-deb, and with --lab / --bench the Debian packages the lab, the tests and
     /// the benchmarks use.
     Setup {
-        /// Also nginx, ethtool, nftables, bpftool, curl, prometheus, lintian (lab,
-        /// end-to-end, monitoring and package tests).
+        /// Also nginx, ethtool, nftables, bpftool, curl, prometheus, lintian, keepalived,
+        /// bird2 (lab, end-to-end, monitoring, package and redundancy tests).
         #[arg(long)]
         lab: bool,
         /// Also haproxy and wrk (benchmarks against peers); implies --lab.
@@ -71,6 +71,11 @@ enum Task {
         /// stop and the reserves take over, then the primaries return.
         #[arg(long)]
         reserve: bool,
+        /// A pair of balancers instead of one: vrrp (keepalived) or bgp (BIRD, ECMP on a
+        /// router); a balancer's host dies, comes back, and one is stopped for maintenance,
+        /// with a column per balancer.
+        #[arg(long, value_enum)]
+        ha: Option<lab::Ha>,
     },
     /// Run every test: format and clippy checks, unit tests, packet-level and
     /// namespace tests (root), then a million fuzzed frames through each XDP program.
@@ -136,7 +141,7 @@ fn try_main() -> Result<()> {
             setup(Extras::Build)?;
             lint::lint()
         }
-        Task::Demo { mode, chart, reserve } => {
+        Task::Demo { mode, chart, reserve, ha } => {
             setup(Extras::Lab)?;
             step("building xdplb and the demo (release)");
             run(Command::new("cargo").args([
@@ -159,6 +164,9 @@ fn try_main() -> Result<()> {
             }
             if let Some(chart) = chart {
                 demo.arg("--chart").arg(chart);
+            }
+            if let Some(ha) = ha {
+                demo.arg("--ha").arg(ha.as_str());
             }
             run(&mut demo)
         }

@@ -19,7 +19,8 @@ pub enum Extras {
     #[default]
     Build,
     /// Also what the lab, end-to-end and deployment-kit tests run: nginx, ethtool,
-    /// nftables, Prometheus (and its promtool), lintian.
+    /// nftables, Prometheus (and its promtool), lintian, and the redundancy engines
+    /// keepalived and BIRD 2.
     Lab,
     /// Also the peers and load tools benchmarks compare against: haproxy, wrk.
     Bench,
@@ -42,6 +43,8 @@ pub fn setup(extras: Extras) -> Result<()> {
             "curl",
             "prometheus",
             "lintian",
+            "keepalived",
+            "bird2",
         ]);
     }
     if extras >= Extras::Bench {

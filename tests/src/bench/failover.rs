@@ -306,24 +306,37 @@ struct Row {
 /// Where `cargo xtask bench failover` draws its timeline (README and BENCHMARKS.md show it).
 pub const CHART: &str = "docs/failover.svg";
 
-/// `bench failover [EVENTS] [--chart FILE]` (default 10 events per failure kind
-/// and balancer, chart in [`CHART`]).
+/// `bench failover [EVENTS] [--chart FILE] [--balancers-only]` (default 10 events
+/// per failure kind and balancer, chart in [`CHART`]): WAF nodes failing behind
+/// xdplb and HAProxy, then a pair of balancers losing one (`balancers.rs`).
+/// `--balancers-only` (development) runs the balancer rows alone.
 pub fn run(args: &[String]) -> Result<()> {
     let mut runs = 10;
     let mut chart_path = PathBuf::from(CHART);
+    let mut balancers_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--chart" {
             chart_path = it.next().context("--chart needs a file")?.into();
+        } else if a == "--balancers-only" {
+            balancers_only = true;
         } else {
             runs = a.parse().with_context(|| format!("events per row: {a:?}"))?;
         }
     }
-    let (rows, reserve_rows) = measure_all(runs)?;
-    draw(&rows, &chart_path)?;
-    super::progress(format!("wrote the failover timeline to {}", chart_path.display()));
-    print!("{}", report(&rows, &chart_path));
-    print!("{}", reserve_report(&reserve_rows));
+    if !balancers_only {
+        let (rows, reserve_rows) = measure_all(runs)?;
+        draw(&rows, &chart_path)?;
+        super::progress(format!("wrote the failover timeline to {}", chart_path.display()));
+        print!("{}", report(&rows, &chart_path));
+        print!("{}", reserve_report(&reserve_rows));
+    }
+    if crate::pair::available() {
+        print!("{}", super::balancers::report(&super::balancers::measure(runs)?));
+    } else {
+        super::progress("keepalived or BIRD missing: no balancer rows (cargo xtask setup --lab)");
+        println!("\n(Balancer rows not measured: keepalived or BIRD not installed.)");
+    }
     Ok(())
 }
 

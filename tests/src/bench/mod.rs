@@ -6,6 +6,7 @@
     reason = "packet, request and slot counts are far below 2^52; rates are printed with 2 decimals"
 )]
 
+pub mod balancers;
 pub mod conntrack;
 pub mod failover;
 pub mod http;

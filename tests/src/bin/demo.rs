@@ -9,6 +9,10 @@
 //! `--reserve`: four nodes, waf3 and waf4 reserves (`backup: true`). Both
 //! primaries stop one after the other: the reserves take the traffic when the
 //! second goes; the primaries come back and new connections return to them.
+//!
+//! `--ha vrrp|bgp`: a pair of balancers instead (`pair.rs`): a balancer's host dies,
+//! comes back, then one is stopped for maintenance; a column per balancer shows the
+//! packets it forwards, and long-lived connections show that none is lost.
 
 use std::{
     collections::BTreeMap,
@@ -17,12 +21,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use xdplb_tests::{
     chart,
-    lab::Mode,
+    lab::{Mode, Redundancy},
+    pair::Pair,
     rig::{Checks, Rig, config_text, web4, with_reserves},
-    traffic::{Failure, HttpLoad, Record, tally, tally_ended},
+    traffic::{Failure, HttpLoad, LongLived, Record, tally, tally_ended},
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -65,7 +70,13 @@ fn main() {
         .position(|a| a == "--chart")
         .and_then(|i| args.get(i + 1))
         .map(std::path::PathBuf::from);
-    match run(mode, reserve, chart.as_deref()) {
+    let ha = args.iter().position(|a| a == "--ha").and_then(|i| args.get(i + 1));
+    let result = match ha.map(|h| h.parse::<Redundancy>()) {
+        Some(Ok(ha)) => run_ha(mode, ha),
+        Some(Err(e)) => Err(e),
+        None => run(mode, reserve, chart.as_deref()),
+    };
+    match result {
         Ok(()) => {}
         Err(e) => {
             eprintln!("demo failed: {e:#}");
@@ -297,4 +308,177 @@ fn summary(events: &[Event], records: &[Record]) {
     let total = records.len();
     let failed = records.iter().filter(|r| r.outcome.is_err()).count();
     println!("  {total} requests in all, {failed} failed");
+}
+
+/// Long-lived connections the HA demo keeps open through every event.
+const LONG_LIVED: usize = 20;
+/// WAF nodes behind the pair.
+const WAFS: usize = 3;
+
+/// What happens when, in the HA demo: (second, action).
+const HA_SCRIPT: [(u64, &str); 4] = [(5, "kill"), (12, "revive"), (18, "stop"), (24, "start")];
+
+/// One event of the HA demo: what, on which balancer, when, and when the engine
+/// carried the VIP elsewhere.
+struct HaEvent {
+    action: &'static str,
+    k: usize,
+    at: Instant,
+    moved: Option<Duration>,
+}
+
+/// Carries out `action` on the pair (`kill` and `stop` pick the carrier); what to print.
+fn ha_act(pair: &mut Pair, action: &str, target: &mut usize) -> Result<&'static str> {
+    Ok(match action {
+        "kill" => {
+            *target = *pair.carriers(web4().ip())?.first().context("nothing carries")?;
+            pair.kill(*target)?;
+            "host dies (link cut, xdplb and its engine killed)"
+        }
+        "revive" => {
+            pair.revive(*target)?;
+            "host back (link, engine, xdplb adopting its pins)"
+        }
+        "stop" => {
+            *target = *pair.carriers(web4().ip())?.last().context("nothing carries")?;
+            // SIGTERM; the demo goes on while it withdraws and waits.
+            let pid = pair.daemon(*target)?.pid().context("no pid")?;
+            // SAFETY: signalling the daemon the pair started.
+            unsafe { libc::kill(i32::try_from(pid)?, libc::SIGTERM) };
+            "xdplb stopped for maintenance (withdraw, wait 2 s, exit)"
+        }
+        _ => {
+            pair.stop(*target)?;
+            pair.start(*target)?;
+            "xdplb started again"
+        }
+    })
+}
+
+/// One line of the HA demo's table: the second ending at `row_end`.
+fn ha_row(
+    pair: &Pair,
+    records: &[Record],
+    row_end: Instant,
+    second: Duration,
+    packets: &mut [Option<u64>; 2],
+    alive: usize,
+) {
+    let row_start = row_end.checked_sub(Duration::from_secs(1)).unwrap_or(row_end);
+    let (ok, failed) = tally_ended(records, row_start, row_end);
+    let mut rates = [String::new(), String::new()];
+    for k in 1..=2 {
+        let now = pair.vip_packets(k).ok();
+        rates[k - 1] = match (packets[k - 1], now) {
+            (Some(a), Some(b)) => b.saturating_sub(a).to_string(),
+            (_, None) => "-".to_owned(),
+            _ => String::new(),
+        };
+        packets[k - 1] = now;
+    }
+    let carried: Vec<String> = pair
+        .carriers(web4().ip())
+        .unwrap_or_default()
+        .iter()
+        .map(|k| xdplb_tests::pair::node(*k).ns())
+        .collect();
+    println!(
+        "  {:>5.0}s   {:>9} {:>9} {:>9}   {:>11} {:>11}   {:>6}   {:>6}/{LONG_LIVED}   {}",
+        second.as_secs_f64(),
+        ok.get("waf1").copied().unwrap_or(0),
+        ok.get("waf2").copied().unwrap_or(0),
+        ok.get("waf3").copied().unwrap_or(0),
+        rates[0],
+        rates[1],
+        failed.values().sum::<usize>(),
+        alive,
+        if carried.is_empty() { "nobody".to_owned() } else { carried.join(" ") }
+    );
+}
+
+fn ha_summary(ha: Redundancy, events: &[HaEvent], records: &[Record], lost: usize) {
+    println!("\nSummary ({ha})");
+    println!(
+        "  {:<8} {:<5} {:>22} {:>16}",
+        "event", "on", "traffic moved after", "failed requests"
+    );
+    for (i, ev) in events.iter().enumerate() {
+        let until = events.get(i + 1).map_or(Instant::now(), |n| n.at);
+        let (_, failed) = tally(records, ev.at, until);
+        println!(
+            "  {:<8} {:<5} {:>22} {:>16}",
+            ev.action,
+            xdplb_tests::pair::node(ev.k).ns(),
+            ev.moved.map_or("-".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)),
+            failed.values().sum::<usize>()
+        );
+    }
+    println!(
+        "  {} requests on new connections, {} failed; {LONG_LIVED} long-lived connections, {lost} lost",
+        records.len(),
+        records.iter().filter(|r| r.outcome.is_err()).count()
+    );
+}
+
+/// The HA demo: a pair of balancers, load and long-lived connections from the
+/// client, a host death, a revival, a planned stop and a start; a line a second.
+fn run_ha(mode: Mode, ha: Redundancy) -> Result<()> {
+    println!(
+        "==> xdplb redundancy demo ({ha}, {mode} mode): balancers lb and lb2 with the same config, \
+         {WAFS} nginx WAF nodes"
+    );
+    let mut pair = Pair::up(mode, ha, WAFS, &Checks::default())?;
+    println!("==> both balancers up; {}", pair.lab.engines_status());
+    let long: Vec<LongLived> = (0..LONG_LIVED)
+        .map(|_| LongLived::open(xdplb_tests::lab::NS_CLIENT, web4(), Duration::from_millis(200)))
+        .collect::<Result<_>>()?;
+    let load =
+        HttpLoad::start(xdplb_tests::lab::NS_CLIENT, web4(), 8, 25.0, Duration::from_secs(2))?;
+    let start = Instant::now();
+    println!(
+        "\n   time   {:>9} {:>9} {:>9}   {:>11} {:>11}   {:>6}   {:>9}   carried by",
+        "waf1 r/s", "waf2 r/s", "waf3 r/s", "lb pkt/s", "lb2 pkt/s", "failed", "long-lived"
+    );
+    let (mut done, mut target) = (0, 1);
+    let mut next_row = Duration::from_secs(1);
+    let mut packets: [Option<u64>; 2] = [None, None];
+    let mut events: Vec<HaEvent> = Vec::new();
+    while start.elapsed() < Duration::from_secs(30) && !INTERRUPTED.load(Ordering::Relaxed) {
+        if done < HA_SCRIPT.len() && start.elapsed() >= Duration::from_secs(HA_SCRIPT[done].0) {
+            let action = HA_SCRIPT[done].1;
+            let at = Instant::now();
+            let what = ha_act(&mut pair, action, &mut target)?;
+            let ns = xdplb_tests::pair::node(target).ns();
+            println!("   >>> {:>5.1}s  {ns}: {what}", start.elapsed().as_secs_f64());
+            events.push(HaEvent { action, k: target, at, moved: None });
+            done += 1;
+        }
+        // The first moment the engine carries the VIP elsewhere.
+        if let Some(ev) = events
+            .last_mut()
+            .filter(|e| e.moved.is_none() && (e.action == "kill" || e.action == "stop"))
+        {
+            let carriers = pair.carriers(web4().ip()).unwrap_or_default();
+            if !carriers.is_empty() && !carriers.contains(&ev.k) {
+                ev.moved = Some(ev.at.elapsed());
+            }
+        }
+        if start.elapsed() >= next_row {
+            let alive =
+                long.iter().filter(|l| l.log.records().iter().all(|r| r.outcome.is_ok())).count();
+            ha_row(&pair, &load.log.records(), start + next_row, next_row, &mut packets, alive);
+            next_row += Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let records = load.stop();
+    let lost =
+        long.into_iter().filter(|l| l.log.records().iter().any(|r| r.outcome.is_err())).count();
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        println!("\n==> interrupted; removing the lab");
+        return Ok(());
+    }
+    ha_summary(ha, &events, &records, lost);
+    println!("\n==> removing the lab");
+    Ok(())
 }

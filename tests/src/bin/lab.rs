@@ -1,15 +1,22 @@
 //! `lab`: the network-namespace lab from the command line (`cargo xtask lab`).
 //!
 //! ```text
-//! lab up [--mode dsr|ipip] [--wafs N]   build it (removing any previous lab first)
+//! lab up [--mode dsr|ipip] [--wafs N] [--ha vrrp|bgp]
+//!                                       build it (removing any previous lab first);
+//!                                       --ha: two balancers with keepalived or BIRD
 //! lab down                              remove everything it made
 //! lab status                            namespaces, addresses, XDP, nginx, probes
 //! ```
 
 use anyhow::{Context as _, Result, bail};
-use xdplb_tests::lab::{Lab, LabConfig, MAX_WAFS};
+use xdplb_tests::{
+    lab::{Lab, LabConfig, MAX_WAFS, ha::balancer},
+    pair,
+    rig::Checks,
+};
 
-const USAGE: &str = "usage: lab up [--mode dsr|ipip] [--wafs N] | lab down | lab status";
+const USAGE: &str =
+    "usage: lab up [--mode dsr|ipip] [--wafs N] [--ha vrrp|bgp] | lab down | lab status";
 
 fn main() {
     if let Err(e) = try_main() {
@@ -26,6 +33,20 @@ fn try_main() -> Result<()> {
             let config = parse_up(rest)?;
             let lab = Lab::up(&config)?;
             print!("{}", lab.status());
+            if let Some(ha) = config.ha {
+                let configs =
+                    pair::write_configs(config.mode, ha, config.wafs, &Checks::default())?;
+                println!(
+                    "\nxdplb is not running yet; start it on each balancer (same config, host-local paths):"
+                );
+                for (i, path) in configs.iter().enumerate() {
+                    println!(
+                        "  ip netns exec {} xdplb run --config {}",
+                        balancer(i + 1).ns(),
+                        path.display()
+                    );
+                }
+            }
             Ok(())
         }
         "down" if rest.is_empty() => {
@@ -61,6 +82,7 @@ fn parse_up(args: &[String]) -> Result<LabConfig> {
         };
         match name {
             "--mode" => config.mode = value()?.parse()?,
+            "--ha" => config.ha = Some(value()?.parse()?),
             "--wafs" => {
                 let v = value()?;
                 config.wafs = v

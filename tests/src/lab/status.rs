@@ -70,11 +70,9 @@ fn addresses(ns: &str, ifname: &str) -> String {
     )
 }
 
-pub(super) fn status_report(lab: Option<&Lab>) -> String {
+/// The first lines: the lab's shape and its engines; `Err` when nothing exists.
+fn heading(lab: Option<&Lab>, nothing: bool) -> Result<String, String> {
     let mut s = String::new();
-    let mut namespaces = lab_namespaces().unwrap_or_default();
-    namespaces.sort();
-    let links = root_links().unwrap_or_default();
     match lab {
         Some(lab) => {
             let _ = writeln!(
@@ -83,16 +81,29 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
                 lab.mode(),
                 lab.config.wafs
             );
+            if lab.config.ha.is_some() {
+                let _ = writeln!(s, "{}", lab.engines_status());
+            }
         }
-        None if namespaces.is_empty() && links.is_empty() => {
-            return "lab: down (nothing of it exists)\n".to_owned();
-        }
+        None if nothing => return Err("lab: down (nothing of it exists)\n".to_owned()),
         None => {
             let _ = writeln!(
                 s,
                 "lab: no state file in {LAB_DIR}, but leftovers exist (`lab down` removes them)"
             );
         }
+    }
+    Ok(s)
+}
+
+pub(super) fn status_report(lab: Option<&Lab>) -> String {
+    let mut s = String::new();
+    let mut namespaces = lab_namespaces().unwrap_or_default();
+    namespaces.sort();
+    let links = root_links().unwrap_or_default();
+    match heading(lab, namespaces.is_empty() && links.is_empty()) {
+        Ok(h) => s.push_str(&h),
+        Err(down) => return down,
     }
     let bridge = if links.iter().any(|l| l == BRIDGE) { "present" } else { "MISSING" };
     let _ = writeln!(s, "bridge {BRIDGE}: {bridge}; root-side links: {}", links.join(" "));
@@ -106,6 +117,11 @@ pub(super) fn status_report(lab: Option<&Lab>) -> String {
         let node = match ns.as_str() {
             NS_CLIENT => Node::Client,
             NS_LB => Node::Lb,
+            "router" => Node::Router,
+            w if w.starts_with("lb") => match w.trim_start_matches("lb").parse() {
+                Ok(k) => Node::Peer(k),
+                Err(_) => continue,
+            },
             w => match w.trim_start_matches("waf").parse() {
                 Ok(k) => Node::Waf(k),
                 Err(_) => continue,

@@ -1,0 +1,266 @@
+//! A pair of balancers in the lab (`lab/ha.rs`), each running `xdplb run` with
+//! the same config (only host-local paths differ: admin socket, pins, track file,
+//! and the tunnel source in ipip mode) and telling its engine (keepalived or BIRD)
+//! whether to send it traffic. What the redundancy end-to-end tests, the demo and
+//! the balancer rows of the failover benchmark start from; the topology for peer
+//! sync builds on it too.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{
+    daemon::Daemon,
+    lab::{
+        LabConfig, LabGuard, Mode, Node, PIN_DIR, Redundancy,
+        ha::{self, BALANCERS, ROUTE_TABLE, balancer},
+    },
+    rig::{self, Checks, METRICS},
+};
+
+/// One balancer of the pair.
+pub struct Member {
+    /// Its number: 1 for `lb`, 2 for `lb2`.
+    pub k: usize,
+    pub node: Node,
+    pub config: PathBuf,
+    /// `None` while its xdplb is stopped or its host is dead.
+    pub daemon: Option<Daemon>,
+}
+
+pub struct Pair {
+    /// Declared before the lab: daemons stop before the lab goes.
+    pub members: Vec<Member>,
+    pub lab: LabGuard,
+    pub ha: Redundancy,
+}
+
+/// The config of balancer `k`: `text` (as `rig::config_text` writes it) with this
+/// host's admin socket, pin directory and tunnel source, and its engine under `ha:`.
+#[must_use]
+pub fn balancer_config(text: &str, ha: Redundancy, k: usize) -> String {
+    let node = balancer(k);
+    let dir = node.dir();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("admin_socket:") {
+            let _ = writeln!(out, "admin_socket: {}", dir.join("admin.sock").display());
+        } else if line.starts_with("pin_path:") {
+            let _ = writeln!(out, "pin_path: {PIN_DIR}/{}-xdplb", node.ns());
+            let engine = match ha {
+                Redundancy::Vrrp => {
+                    format!("track_file: {}", ha::track_file(k).display())
+                }
+                Redundancy::Bgp => format!("route_table: {ROUTE_TABLE}"),
+            };
+            let _ = writeln!(out, "ha: {{ {engine} }}");
+        } else if line.starts_with("tunnel_source:") {
+            let _ =
+                writeln!(out, "tunnel_source: {{ ipv4: {}, ipv6: \"{}\" }}", node.v4(), node.v6());
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+/// Writes each balancer's config into its lab directory (for `lab up --ha`, so an
+/// operator can start them by hand); the paths, by balancer.
+pub fn write_configs(
+    mode: Mode,
+    ha: Redundancy,
+    wafs: usize,
+    checks: &Checks,
+) -> Result<Vec<PathBuf>> {
+    let text = rig::config_text(mode, wafs, checks, &[]);
+    (1..=BALANCERS)
+        .map(|k| {
+            let dir = balancer(k).dir();
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("xdplb.yaml");
+            std::fs::write(&path, balancer_config(&text, ha, k))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Ring digest of each VIP in an `xdplb status` text.
+#[must_use]
+pub fn ring_digests(status: &str) -> BTreeMap<String, String> {
+    status
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let name = w.first().filter(|f| **f == "VIP").and(w.get(1))?;
+            let ring = w.iter().position(|x| *x == "ring")?;
+            Some(((*name).to_owned(), (*w.get(ring + 1)?).to_owned()))
+        })
+        .collect()
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+impl Pair {
+    /// The lab with `ha`, xdplb on both balancers, every backend up on both, both
+    /// healthy, and the engine carrying the VIPs through both (BGP) or one (VRRP).
+    pub fn up(mode: Mode, ha: Redundancy, wafs: usize, checks: &Checks) -> Result<Self> {
+        let lab = LabGuard::up(&LabConfig { mode, wafs, ha: Some(ha) })?;
+        let t = Instant::now();
+        let configs = write_configs(mode, ha, wafs, checks)?;
+        let members = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, config)| Member { k: i + 1, node: balancer(i + 1), config, daemon: None })
+            .collect();
+        let mut pair = Self { members, lab, ha };
+        for k in 1..=BALANCERS {
+            pair.start(k)?;
+        }
+        for k in 1..=BALANCERS {
+            pair.wait_healthy(k, wafs * 4)?;
+        }
+        let healthy = t.elapsed();
+        let all: Vec<usize> = (1..=BALANCERS).collect();
+        pair.lab.wait_engines(&all, WAIT).context("the engines carrying the VIPs")?;
+        eprintln!(
+            "==> pair up: both balancers healthy {:.1} s after the lab, carrying the VIPs {:.1} s after",
+            healthy.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(pair)
+    }
+
+    fn member(&self, k: usize) -> Result<&Member> {
+        self.members.get(k.wrapping_sub(1)).with_context(|| format!("no balancer {k}"))
+    }
+
+    /// Balancer `k`'s running xdplb.
+    pub fn daemon(&self, k: usize) -> Result<&Daemon> {
+        self.member(k)?
+            .daemon
+            .as_ref()
+            .with_context(|| format!("xdplb on balancer {k} is not running"))
+    }
+
+    /// Starts xdplb on balancer `k` (adopting its pinned maps, if any).
+    pub fn start(&mut self, k: usize) -> Result<()> {
+        let m =
+            self.members.get_mut(k.wrapping_sub(1)).with_context(|| format!("no balancer {k}"))?;
+        ensure!(m.daemon.is_none(), "xdplb already runs on balancer {k}");
+        let socket = m.node.dir().join("admin.sock");
+        m.daemon = Some(Daemon::start(&m.node.ns(), &m.config, &socket, METRICS.parse()?, &[])?);
+        Ok(())
+    }
+
+    /// Waits until balancer `k` shows `count` backends up and says it is healthy.
+    pub fn wait_healthy(&self, k: usize, count: usize) -> Result<Duration> {
+        let d = self.daemon(k)?;
+        d.wait_until(&format!("balancer {k}: {count} backends up and healthy"), WAIT, |d| {
+            d.healthy_status().is_ok_and(|s| {
+                rig::states(&s).iter().filter(|(_, _, st)| st == "up").count() >= count
+            })
+        })
+    }
+
+    /// A planned stop of balancer `k`'s xdplb (SIGTERM: withdraw, wait, exit); its
+    /// log.
+    pub fn stop(&mut self, k: usize) -> Result<String> {
+        let m =
+            self.members.get_mut(k.wrapping_sub(1)).with_context(|| format!("no balancer {k}"))?;
+        let mut d =
+            m.daemon.take().with_context(|| format!("xdplb on balancer {k} is not running"))?;
+        d.stop()
+    }
+
+    /// Balancer `k`'s host dies (link down, every process killed).
+    pub fn kill(&mut self, k: usize) -> Result<()> {
+        self.lab.kill_balancer(k)?;
+        let m =
+            self.members.get_mut(k.wrapping_sub(1)).with_context(|| format!("no balancer {k}"))?;
+        // Reaps the killed process.
+        if let Some(mut d) = m.daemon.take() {
+            let _ = d.stop();
+        }
+        Ok(())
+    }
+
+    /// Balancer `k`'s host comes back: link, engine, xdplb (adopting its pins).
+    pub fn revive(&mut self, k: usize) -> Result<()> {
+        self.lab.revive_balancer(k)?;
+        self.start(k)
+    }
+
+    /// Each VIP's ring digest on balancer `k`.
+    pub fn digests(&self, k: usize) -> Result<BTreeMap<String, String>> {
+        let digests = ring_digests(&self.daemon(k)?.status()?);
+        ensure!(!digests.is_empty(), "balancer {k} shows no ring digest");
+        Ok(digests)
+    }
+
+    /// Packets balancer `k` forwarded to VIPs so far (all VIPs).
+    pub fn vip_packets(&self, k: usize) -> Result<u64> {
+        let (code, body) = self.daemon(k)?.http_get("/metrics")?;
+        ensure!(code == 200, "/metrics of balancer {k} answered {code}");
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("xdplb_vip_packets_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// The balancers that carry new flows now: the VRRP master, or every next hop
+    /// of the router's route to `vip`.
+    pub fn carriers(&self, vip: std::net::IpAddr) -> Result<Vec<usize>> {
+        match self.ha {
+            Redundancy::Vrrp => Ok(self.lab.vrrp_master().into_iter().collect()),
+            Redundancy::Bgp => self.lab.bgp_next_hops(vip),
+        }
+    }
+
+    /// The balancer that carries the client's TCP connection from `local` to `vip`.
+    pub fn carrier_of(&self, local: SocketAddr, vip: SocketAddr) -> Result<usize> {
+        match self.ha {
+            Redundancy::Vrrp => self.lab.vrrp_master().context("no VRRP master"),
+            Redundancy::Bgp => self.lab.bgp_balancer_of(vip.ip(), local.port(), vip.port()),
+        }
+    }
+
+    /// Waits until the engine carries the VIPs through exactly `want`.
+    pub fn wait_carriers(&self, want: &[usize], timeout: Duration) -> Result<Duration> {
+        self.lab.wait_engines(want, timeout)
+    }
+
+    /// Polls `check` every 10 ms until it holds; how long it took.
+    pub fn wait(
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        while !check() {
+            if start.elapsed() > timeout {
+                bail!("not within {timeout:?}: {what}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(start.elapsed())
+    }
+}
+
+/// The lab's node of balancer `k`, for callers that only know the number.
+#[must_use]
+pub fn node(k: usize) -> Node {
+    balancer(k)
+}
+
+/// True when the pair can be built here: keepalived and BIRD installed.
+#[must_use]
+pub fn available() -> bool {
+    ha::engines_installed()
+}
