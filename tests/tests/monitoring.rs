@@ -346,7 +346,10 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
     // (as a careless `rm` would; the link lives on in xdplb's fd until it exits)
     // makes /healthz fail.
     std::fs::remove_file(Path::new(lab::PIN_DIR).join("xdplb/link")).unwrap();
-    assert_eq!(daemon.http_get("/healthz").unwrap().0, 503);
+    // The health monitor judges every 50 ms.
+    wait("/healthz to fail", Duration::from_secs(2), || {
+        Ok(daemon.http_get("/healthz").map_err(|e| e.to_string())?.0 == 503)
+    });
 
     // Every alert becomes active (pending or firing).
     let all = rules();
