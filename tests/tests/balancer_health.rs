@@ -21,7 +21,7 @@ use std::{
 use xdplb_tests::{
     daemon::{Daemon, binary},
     lab::{
-        in_netns,
+        exec_in_netns, in_netns,
         sh::{cmd, ns_sh, quietly, sh},
     },
     privilege::have_root,
@@ -229,13 +229,12 @@ fn the_balancer_reports_why_it_cannot_forward_and_withdraws_from_the_engines() {
     assert!(metrics_text.contains("xdplb_vip_ring_info{digest=\""));
     let ours = running_program().expect("our program on eth0");
 
-    // A second xdplb on the same pins refuses before it touches the link.
+    // A second xdplb on the same pins and interface refuses before it touches the link.
     let second_config = net.config("second", "127.0.0.1:19652".parse().unwrap());
-    let second = Command::new(binary().unwrap())
-        .args(["run", "--config"])
-        .arg(&second_config)
-        .output()
-        .unwrap();
+    let mut second = Command::new(binary().unwrap());
+    second.args(["run", "--config"]).arg(&second_config);
+    exec_in_netns(&mut second, LB).unwrap();
+    let second = second.output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(err.contains(&format!("another xdplb is running with pin_path {PIN}")), "{err}");

@@ -23,7 +23,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::status::Status;
+use super::{planner::Serving, status::Status};
 
 /// The control loop beats every [`HEARTBEAT`](super::HEARTBEAT); silence this long
 /// is a stall.
@@ -127,6 +127,19 @@ pub fn judge(facts: &Facts<'_>) -> Health {
             "no usable backend for VIP {}: its packets are dropped here as on every balancer \
              that sees the same; this balancer stays announced",
             empty.join(", ")
+        ));
+    }
+    let open: Vec<&str> = status
+        .vips()
+        .filter(|(_, vs)| vs.tier.serving() == Serving::FailOpen)
+        .map(|(v, _)| v.name.as_str())
+        .collect();
+    if !open.is_empty() {
+        health.warnings.push(format!(
+            "no usable backend for VIP {}: all_down fail_open sends its new flows to every \
+             reachable backend, as on every balancer that sees the same; this balancer stays \
+             announced",
+            open.join(", ")
         ));
     }
     health
@@ -244,5 +257,18 @@ mod tests {
             judged(&none_written, &Ok(()), 0, false).warnings.is_empty(),
             "no ring yet: unknown"
         );
+        // all_down: fail_open puts the reachable backends in the ring: a warning
+        // of its own, still healthy.
+        let mut failing_open = status(&[1]);
+        failing_open.vips[0].tier = Tier {
+            primaries: 1,
+            reachable: 1,
+            all_down: crate::config::AllDown::FailOpen,
+            ..Tier::default()
+        };
+        let h = judged(&failing_open, &Ok(()), 0, false);
+        assert!(h.ok());
+        assert_eq!(h.warnings.len(), 1, "{h:?}");
+        assert!(h.warnings[0].contains("VIP v0: all_down fail_open sends"), "{h:?}");
     }
 }
