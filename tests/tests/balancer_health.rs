@@ -247,7 +247,8 @@ fn the_balancer_reports_why_it_cannot_forward_and_withdraws_from_the_engines() {
     let took = wait("withdrawn after the carrier loss", Duration::from_secs(5), || withdrawn(&net));
     eprintln!("carrier lost: withdrawn after {took:?}");
     let (code, body) = daemon.http_get("/healthz").unwrap();
-    assert_eq!((code, body.as_str()), (503, "interface eth0 has no carrier\n"));
+    // The node's checks fail too by now on a slow machine: a warning line may follow.
+    assert_eq!((code, body.lines().next()), (503, Some("interface eth0 has no carrier")), "{body}");
     let (ok, text) = status_cli(&socket);
     assert!(!ok, "xdplb status exits 1 while failing: {text}");
     assert!(text.contains("health: FAILING: interface eth0 has no carrier"), "{text}");
@@ -267,7 +268,12 @@ fn the_balancer_reports_why_it_cannot_forward_and_withdraws_from_the_engines() {
     wait("withdrawn after the detach", Duration::from_secs(5), || withdrawn(&net));
     let (code, body) = daemon.http_get("/healthz").unwrap();
     assert_eq!(code, 503);
-    assert_eq!(body, format!("no XDP program runs on eth0 in skb mode (ours is {ours})\n"));
+    let first = body.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!("no XDP program runs on eth0 in skb mode (ours is {ours})"),
+        "{body}"
+    );
     daemon.stop().unwrap();
     drop(daemon);
 
