@@ -226,7 +226,10 @@ fn run_tests() -> Result<()> {
     run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
     // tests/tests/package.rs installs it and runs it as the unit would.
     package()?;
-    step("packet-level, namespace, monitoring and package tests (xdplb-tests; need root)");
+    step(
+        "packet-level, namespace, balancer-pair (keepalived, BIRD), monitoring and package tests \
+         (xdplb-tests; need root)",
+    );
     run(Command::new("cargo").args(["test", "--no-fail-fast", "--package", "xdplb-tests"]))?;
     fuzz()
 }
