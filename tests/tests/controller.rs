@@ -63,7 +63,8 @@ impl Net {
     }
 
     /// Writes the daemon's config (VIP `web` over the three backends, `vip_extra`
-    /// added to the VIP) and starts it; waits until the three backends are up.
+    /// added to the VIP) and starts it; waits until the three backends are up and the
+    /// balancer is healthy.
     fn daemon(&self, vip_extra: &str) -> Daemon {
         let socket = self.dir.join("admin.sock");
         let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
@@ -84,8 +85,9 @@ impl Net {
         .unwrap();
         let daemon = Daemon::start("xct-lb", &config, &socket, metrics, &[]).unwrap();
         daemon
-            .wait_until("three backends up", Duration::from_secs(15), |d| {
-                d.status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
+            // Healthy too: the balancer's health, judged every 50 ms, may lag the status.
+            .wait_until("three backends up and the balancer healthy", Duration::from_secs(15), |d| {
+                d.healthy_status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
             })
             .unwrap();
         daemon
