@@ -330,16 +330,7 @@ fn a_success_that_has_not_yet_risen_decides_nothing() {
 
 #[test]
 fn a_restart_that_adopts_the_pinned_state_is_not_starting() {
-    let pinned = up_with_waf2_drained().writer.maps().clone();
-    let mut again = Core::start(
-        parse(CONFIG),
-        interface(),
-        pinned,
-        true,
-        Ok(resolved().tables),
-        Instant::now(),
-    )
-    .unwrap();
+    let mut again = restarted(&up_with_waf2_drained());
     assert_eq!(starting(&mut again), None);
 }
 
