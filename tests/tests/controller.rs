@@ -86,9 +86,11 @@ impl Net {
         let daemon = Daemon::start("xct-lb", &config, &socket, metrics, &[]).unwrap();
         daemon
             // Healthy too: the balancer's health, judged every 50 ms, may lag the status.
-            .wait_until("three backends up and the balancer healthy", Duration::from_secs(15), |d| {
-                d.healthy_status().is_ok_and(|s| backend_lines_in(&s, "up") == 3)
-            })
+            .wait_until(
+                "three backends up and the balancer healthy",
+                Duration::from_secs(15),
+                |d| d.healthy_status().is_ok_and(|s| backend_lines_in(&s, "up") == 3),
+            )
             .unwrap();
         daemon
     }

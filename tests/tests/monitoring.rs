@@ -298,7 +298,10 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
     peer_balancer();
     let _prometheus = Prometheus::start(&dir.join("prometheus"));
     wait("prometheus to scrape xdplb", Duration::from_secs(30), || {
-        let r = api(&lab, "/api/v1/query", Some("up{job=\"xdplb\"} == 1"))?;
+        // xdplb's own target: the fake peer is up at once, and drops sent before
+        // xdplb's first scrape would start its series above zero (no rate, no alert).
+        let up = format!("up{{job=\"xdplb\",instance=\"{}\"}} == 1", rig::METRICS);
+        let r = api(&lab, "/api/v1/query", Some(&up))?;
         Ok(r["result"].as_array().is_some_and(|a| !a.is_empty()))
     });
 
