@@ -137,6 +137,8 @@ fn restore(pair: &mut Pair) -> Result<()> {
     // Both carry (BGP), or either is master (VRRP).
     pair.wait_carriers(&[1, 2], WAIT)?;
     Pair::wait("identical rings", WAIT, || same_rings(pair).is_ok_and(|same| same))?;
+    // Let routes and neighbour caches settle before the next scenario.
+    std::thread::sleep(Duration::from_millis(500));
     Ok(())
 }
 
@@ -180,7 +182,17 @@ impl Conns {
             while opened < LONG_LIVED {
                 tries += 1;
                 ensure!(tries < LONG_LIVED * 4, "only {opened} connections to {target} opened");
-                let c = LongLived::open(xdplb_tests::lab::NS_CLIENT, target, KEEPALIVE_PERIOD)?;
+                // One that cannot start (the router's ECMP route being rewritten as
+                // a balancer rejoins) is tried again; losses count from here on.
+                let c = match LongLived::open(xdplb_tests::lab::NS_CLIENT, target, KEEPALIVE_PERIOD)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("opening a long-lived connection to {target}: {e:#}; again");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
                 if avoid == Some(c.backend.as_str()) {
                     continue;
                 }
