@@ -448,7 +448,9 @@ fn measure_all(runs: usize) -> Result<(Vec<Row>, Vec<ReserveRow>)> {
         std::fs::write(&rig.config, config_text(lab::Mode::Dsr, WAFS, &checks, &[]))?;
         match rig.daemon.admin(&Request::Reload)? {
             Response::Ok(_) => {}
-            Response::Error(e) => bail!("reloading xdplb with {CHECKS_ALONE}: {e}"),
+            Response::Error(e) | Response::Failing(e) => {
+                bail!("reloading xdplb with {CHECKS_ALONE}: {e}")
+            }
         }
         let load = HttpLoad::start(NS_CLIENT, web4(), 48, 8.0, TIMEOUT)?;
         for kind in [Kind::Refused, Kind::Silent] {

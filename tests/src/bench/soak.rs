@@ -594,7 +594,7 @@ impl Soak {
         std::fs::write(self.pool.config_path(), self.pool.config(self.with_b9))?;
         match self.daemon.admin(&Request::Reload)? {
             lb_userspace::admin::Response::Ok(_) => self.reloads += 1,
-            lb_userspace::admin::Response::Error(e) => {
+            lb_userspace::admin::Response::Error(e) | lb_userspace::admin::Response::Failing(e) => {
                 self.reload_failures += 1;
                 progress(format_args!("reload failed: {e}"));
             }
