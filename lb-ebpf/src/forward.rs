@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Counter, FlowKey, ForwardingMode, LbConfig, family, hash::flow_hash,
+    Backend, Counter, FlowKey, ForwardingMode, LbConfig, family, hash::flow_label,
     limits::ENCAP_TTL, proto,
 };
 use lb_ebpf::net::{
@@ -134,8 +134,8 @@ fn encap_v6(
     inner: u8,
 ) -> Result<Verdict, Verdict> {
     let off = push_l2(ctx, pkt.l3_off, IPV6_HLEN, &b.mac, &cfg.src_mac, ETH_P_IPV6)?;
-    // Flow label from the flow hash: routers on the way spread tunnels by flow (RFC 6438).
-    let label = flow_hash(flow, &cfg.hash_seed) & 0x000f_ffff;
+    // Routers on the way spread tunnels by flow (RFC 6438).
+    let label = flow_label(flow);
     let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)? };
     ip.version_tc_flow = ((6 << 28) | label).to_be();
     ip.payload_len = (pkt.l3_len as u16).to_be();

@@ -146,8 +146,12 @@ fn ipip_tcp_v6_is_encapsulated_in_ipv6_with_a_flow_label() {
     let Outer::V6(h) = assert_encapsulated(&lb, &tcp6(), "web6", &run) else {
         panic!("want IP6IP6")
     };
-    let label = lb_common::hash::flow_hash(&flow_key(&tcp6()), &SEED) & 0xfffff;
-    assert_eq!(h.flow_label.value(), label, "flow label carries the flow hash");
+    let label = lb_common::hash::flow_label(&flow_key(&tcp6()));
+    assert_eq!(h.flow_label.value(), label, "flow label from the flow's 5-tuple");
+    let Outer::V6(later) = lb.run(&tcp6().ack().frame()).decoded().outer.unwrap() else {
+        panic!("want IP6IP6")
+    };
+    assert_eq!(later.flow_label.value(), label, "the same for every packet of the flow");
 }
 
 #[test]
