@@ -786,22 +786,26 @@ fn open(lb: &Balancer, flow: &Flow) -> String {
     to
 }
 
+/// A TCP flow the ring gives `from` (source ports from `first` on).
+fn flow_to(lb: &Balancer, from: &str, first: u16) -> Flow {
+    (0..1000)
+        .map(|i| tcp4().sport(first + i))
+        .find(|f| lb.predict("web4", f) == from)
+        .expect("some flow hashes to the backend")
+}
+
 /// An open flow (in the table) on `from`; the callers then change its state.
 fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
-    (0..1000)
-        .map(|i| tcp4().sport(20000 + i))
-        .find(|f| lb.predict("web4", f) == from)
-        .inspect(|f| assert_eq!(open(lb, f), from))
-        .expect("some flow hashes to the backend")
+    let flow = flow_to(lb, from, 20000);
+    assert_eq!(open(lb, &flow), from);
+    flow
 }
 
 /// A flow whose SYN went to `from`, and no further.
 fn half_open(lb: &Balancer, from: &str) -> Flow {
-    (0..1000)
-        .map(|i| tcp4().sport(30000 + i))
-        .find(|f| lb.predict("web4", f) == from)
-        .inspect(|f| assert_eq!(lb.receiver(&lb.run(&f.frame())), from))
-        .expect("some flow hashes to the backend")
+    let flow = flow_to(lb, from, 30000);
+    assert_eq!(lb.receiver(&lb.run(&flow.frame())), from);
+    flow
 }
 
 #[test]
