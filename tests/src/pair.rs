@@ -5,11 +5,15 @@
 //! the balancer rows of the failover benchmark start from; the topology for peer
 //! sync builds on it too.
 
+mod conns;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    io::Write as _,
     net::SocketAddr,
-    path::PathBuf,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -23,6 +27,11 @@ use crate::{
     },
     rig::{self, Checks, METRICS},
 };
+
+pub use conns::Conns;
+
+/// The UDP port each balancer receives its peers' sync messages on.
+pub const SYNC_PORT: u16 = 4790;
 
 /// One balancer of the pair.
 pub struct Member {
@@ -39,12 +48,16 @@ pub struct Pair {
     pub members: Vec<Member>,
     pub lab: LabGuard,
     pub ha: Redundancy,
+    /// The shared config (as `rig::config_text` writes it) each member's is made from.
+    text: String,
 }
 
 /// The config of balancer `k`: `text` (as `rig::config_text` writes it) with this
-/// host's admin socket, pin directory and tunnel source, and its engine under `ha:`.
+/// host's admin socket, pin directory and tunnel source, its engine under `ha:`,
+/// and with `sync_key` (a key file) a `sync:` section: listening on its own lab
+/// address, the other balancers its peers.
 #[must_use]
-pub fn balancer_config(text: &str, ha: Redundancy, k: usize) -> String {
+pub fn balancer_config(text: &str, ha: Redundancy, k: usize, sync_key: Option<&Path>) -> String {
     let node = balancer(k);
     let dir = node.dir();
     let mut out = String::new();
@@ -60,6 +73,9 @@ pub fn balancer_config(text: &str, ha: Redundancy, k: usize) -> String {
                 Redundancy::Bgp => format!("route_table: {ROUTE_TABLE}"),
             };
             let _ = writeln!(out, "ha: {{ {engine} }}");
+            if let Some(key) = sync_key {
+                out.push_str(&sync_section(k, key));
+            }
         } else if line.starts_with("tunnel_source:") {
             let _ =
                 writeln!(out, "tunnel_source: {{ ipv4: {}, ipv6: \"{}\" }}", node.v4(), node.v6());
@@ -70,6 +86,38 @@ pub fn balancer_config(text: &str, ha: Redundancy, k: usize) -> String {
     out
 }
 
+/// Balancer `k`'s `sync:` section.
+fn sync_section(k: usize, key: &Path) -> String {
+    let at = |k: usize| SocketAddr::new(balancer(k).v4().into(), SYNC_PORT);
+    let peers: Vec<String> =
+        (1..=BALANCERS).filter(|&p| p != k).map(|p| format!("\"{}\"", at(p))).collect();
+    format!(
+        "sync:\n  listen: \"{}\"\n  peers: [ {} ]\n  key_file: {}\n",
+        at(k),
+        peers.join(", "),
+        key.display()
+    )
+}
+
+/// Writes a new sync key to `path`: 32 random bytes as 64 hex characters, mode
+/// 0600 (the format `xdplb gen-sync-key` writes).
+pub fn write_sync_key(path: &Path) -> Result<()> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{hex}")?;
+    Ok(())
+}
+
 /// Writes each balancer's config into its lab directory (for `lab up --ha`, so an
 /// operator can start them by hand); the paths, by balancer.
 pub fn write_configs(
@@ -78,13 +126,18 @@ pub fn write_configs(
     wafs: usize,
     checks: &Checks,
 ) -> Result<Vec<PathBuf>> {
-    let text = rig::config_text(mode, wafs, checks, &[]);
+    write_pair_configs(&rig::config_text(mode, wafs, checks, &[]), ha, None)
+}
+
+/// Writes each balancer's config made from `text` (see [`balancer_config`]); the
+/// paths, by balancer.
+fn write_pair_configs(text: &str, ha: Redundancy, sync_key: Option<&Path>) -> Result<Vec<PathBuf>> {
     (1..=BALANCERS)
         .map(|k| {
             let dir = balancer(k).dir();
             std::fs::create_dir_all(&dir)?;
             let path = dir.join("xdplb.yaml");
-            std::fs::write(&path, balancer_config(&text, ha, k))?;
+            std::fs::write(&path, balancer_config(text, ha, k, sync_key))?;
             Ok(path)
         })
         .collect()
@@ -110,15 +163,27 @@ impl Pair {
     /// The lab with `ha`, xdplb on both balancers, every backend up on both, both
     /// healthy, and the engine carrying the VIPs through both (BGP) or one (VRRP).
     pub fn up(mode: Mode, ha: Redundancy, wafs: usize, checks: &Checks) -> Result<Self> {
+        Self::up_with(mode, ha, wafs, &rig::config_text(mode, wafs, checks, &[]), None)
+    }
+
+    /// As [`Pair::up`] with the config `text` (as `rig::config_text` writes it for
+    /// `wafs` nodes) and, with `sync_key`, peer sync between the balancers.
+    pub fn up_with(
+        mode: Mode,
+        ha: Redundancy,
+        wafs: usize,
+        text: &str,
+        sync_key: Option<&Path>,
+    ) -> Result<Self> {
         let lab = LabGuard::up(&LabConfig { mode, wafs, ha: Some(ha) })?;
         let t = Instant::now();
-        let configs = write_configs(mode, ha, wafs, checks)?;
+        let configs = write_pair_configs(text, ha, sync_key)?;
         let members = configs
             .into_iter()
             .enumerate()
             .map(|(i, config)| Member { k: i + 1, node: balancer(i + 1), config, daemon: None })
             .collect();
-        let mut pair = Self { members, lab, ha };
+        let mut pair = Self { members, lab, ha, text: text.to_owned() };
         for k in 1..=BALANCERS {
             pair.start(k)?;
         }
@@ -134,6 +199,16 @@ impl Pair {
             t.elapsed().as_secs_f64()
         );
         Ok(pair)
+    }
+
+    /// Rewrites both balancers' configs with or without peer sync; each xdplb
+    /// reads it when it next starts.
+    pub fn set_sync(&mut self, sync_key: Option<&Path>) -> Result<()> {
+        let paths = write_pair_configs(&self.text, self.ha, sync_key)?;
+        for (m, path) in self.members.iter_mut().zip(paths) {
+            m.config = path;
+        }
+        Ok(())
     }
 
     fn member(&self, k: usize) -> Result<&Member> {

@@ -22,7 +22,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -30,14 +29,14 @@ use anyhow::{Context as _, Result, ensure};
 use xdplb_tests::{
     daemon::binary,
     lab::{Mode, Redundancy, ha::BALANCERS, sh::ns_sh, waf4, waf6},
-    pair::{self, Pair},
+    pair::{self, Conns, Pair},
     privilege::have_root,
     rig::{Checks, web4, web6},
-    traffic::{Failure, HttpLoad, LongLived, Record, tally},
+    traffic::{Failure, HttpLoad, Record, tally},
 };
 
 const WAFS: usize = 3;
-/// Long-lived connections per address family.
+/// Long-lived connections per address family (`Conns`).
 const LONG_LIVED: usize = 50;
 /// A long-lived connection sends a request this often.
 const KEEPALIVE_PERIOD: Duration = Duration::from_millis(250);
@@ -167,83 +166,6 @@ fn rings_identical(pair: &mut Pair, tag: &str) -> Result<()> {
     Ok(())
 }
 
-/// Long-lived connections to both VIPs, `LONG_LIVED` per family, each with the
-/// balancer that carries it.
-struct Conns {
-    conns: Vec<(LongLived, SocketAddr, usize)>,
-}
-
-impl Conns {
-    fn open(pair: &Pair, avoid: Option<&str>) -> Result<Self> {
-        let mut conns = Vec::new();
-        for target in [web4(), web6()] {
-            let mut opened = 0;
-            let mut tries = 0;
-            while opened < LONG_LIVED {
-                tries += 1;
-                ensure!(tries < LONG_LIVED * 4, "only {opened} connections to {target} opened");
-                // One that cannot start (the router's ECMP route being rewritten as
-                // a balancer rejoins) is tried again; losses count from here on.
-                let c = match LongLived::open(xdplb_tests::lab::NS_CLIENT, target, KEEPALIVE_PERIOD)
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("opening a long-lived connection to {target}: {e:#}; again");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                if avoid == Some(c.backend.as_str()) {
-                    continue;
-                }
-                let carrier = pair.carrier_of(c.local, target)?;
-                conns.push((c, target, carrier));
-                opened += 1;
-            }
-        }
-        Ok(Self { conns })
-    }
-
-    /// Connections per (family, balancer).
-    fn spread(&self) -> BTreeMap<(&'static str, usize), usize> {
-        let mut out = BTreeMap::new();
-        for (_, target, k) in &self.conns {
-            let family = if target.is_ipv4() { "IPv4" } else { "IPv6" };
-            *out.entry((family, *k)).or_default() += 1;
-        }
-        out
-    }
-
-    /// Connections that broke or moved to another node, each with what it saw.
-    fn lost(&self) -> Vec<String> {
-        self.conns
-            .iter()
-            .filter_map(|(c, target, k)| {
-                let bad: Vec<Record> = c
-                    .log
-                    .records()
-                    .into_iter()
-                    .filter(|r| r.outcome.as_deref() != Ok(c.backend.as_str()))
-                    .collect();
-                (!bad.is_empty()).then(|| {
-                    format!(
-                        "{} -> {target} via balancer {k} to {}: {:?}",
-                        c.local, c.backend, bad[0].outcome
-                    )
-                })
-            })
-            .collect()
-    }
-
-    /// Requests answered so far over all connections.
-    fn answered(&self) -> usize {
-        self.conns
-            .iter()
-            .map(|(c, _, _)| c.log.records().iter().filter(|r| r.outcome.is_ok()).count())
-            .sum()
-    }
-}
-
 /// New connections to both VIPs while a scenario runs.
 struct Load {
     loads: Vec<HttpLoad>,
@@ -290,12 +212,9 @@ fn other(k: usize) -> usize {
 fn abrupt_death(pair: &mut Pair, tag: &str) -> Result<()> {
     let victim = active(pair)?;
     let survivor = other(victim);
-    let conns = Conns::open(pair, None)?;
+    let conns = Conns::open(pair, &[web4(), web6()], LONG_LIVED, KEEPALIVE_PERIOD, None)?;
     let spread = conns.spread();
-    eprintln!(
-        "{tag}: {} long-lived connections by (family, balancer): {spread:?}",
-        conns.conns.len()
-    );
+    eprintln!("{tag}: {} long-lived connections by (family, balancer): {spread:?}", conns.len());
     if pair.ha == Redundancy::Bgp {
         for family in ["IPv4", "IPv6"] {
             for k in 1..=BALANCERS {
@@ -354,7 +273,7 @@ fn abrupt_death(pair: &mut Pair, tag: &str) -> Result<()> {
     );
     ensure!(lost.is_empty(), "{tag}: long-lived connections lost after the revival: {lost:#?}");
     ensure!(
-        answered > answered_before_revive + conns.conns.len(),
+        answered > answered_before_revive + conns.len(),
         "{tag}: the long-lived connections stopped answering"
     );
     Ok(())
@@ -363,7 +282,7 @@ fn abrupt_death(pair: &mut Pair, tag: &str) -> Result<()> {
 fn planned_stop(pair: &mut Pair, tag: &str) -> Result<()> {
     let victim = if pair.ha == Redundancy::Bgp { 2 } else { active(pair)? };
     let survivor = other(victim);
-    let conns = Conns::open(pair, None)?;
+    let conns = Conns::open(pair, &[web4(), web6()], LONG_LIVED, KEEPALIVE_PERIOD, None)?;
     let load = Load::start()?;
     std::thread::sleep(Duration::from_secs(1));
     let t_stop = Instant::now();
@@ -421,7 +340,7 @@ fn unblind(k: usize) -> Result<()> {
 fn views_disagree(pair: &mut Pair, tag: &str) -> Result<()> {
     // Connections on waf2 through the blind balancer would be moved off it, as any
     // balancer moves flows off a node it sees down; these avoid it.
-    let conns = Conns::open(pair, Some("waf2"))?;
+    let conns = Conns::open(pair, &[web4(), web6()], LONG_LIVED, KEEPALIVE_PERIOD, Some("waf2"))?;
     let load = Load::start()?;
     std::thread::sleep(Duration::from_millis(500));
     let t_blind = Instant::now();
