@@ -33,6 +33,7 @@ pub mod privileges;
 pub mod server;
 pub mod skip;
 pub mod stats;
+pub mod sync;
 #[cfg(test)]
 mod testing;
 pub mod writer;

@@ -87,6 +87,27 @@ enum Command {
         #[arg(long, requires = "output")]
         force: bool,
     },
+    /// Generate the shared key that authenticates peer sync messages (64 hex digits,
+    /// 256 bits from the kernel's RNG), written to FILE with mode 0600.
+    ///
+    /// Every balancer of a group must hold the same key (`sync.key_file` in the
+    /// config): generate it once, then copy the file to the others.
+    #[command(after_help = "Example:
+  xdplb gen-sync-key /etc/xdplb/sync-key
+  scp -p /etc/xdplb/sync-key lb2:/etc/xdplb/sync-key
+
+Then, in each balancer's config:
+  sync:
+    listen: 10.0.0.1:4790          # this balancer
+    peers: [ \"10.0.0.2:4790\" ]     # the others
+    key_file: /etc/xdplb/sync-key")]
+    GenSyncKey {
+        /// Where to write the key (mode 0600).
+        file: PathBuf,
+        /// Replace an existing file (every peer then needs the new one).
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the balancer's health, then VIPs (with their ring digest) and backends of the
     /// running daemon: state, health, drain, MAC, packets. Exits 1 while the balancer
     /// cannot forward (the reasons are on its `health:` line, as /healthz gives them).
@@ -224,6 +245,15 @@ fn try_main() -> Result<ExitCode> {
                 "wrote a new flow-hash seed to {} (fingerprint {:08x}); copy it to every balancer of the group",
                 path.display(),
                 lb_common::hash::fingerprint(&seed)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenSyncKey { file, force } => {
+            let key = lb_userspace::sync::key::write_new(&file, force)?;
+            eprintln!(
+                "wrote a new sync key to {} (fingerprint {:08x}); copy it to every peer",
+                file.display(),
+                key.fingerprint()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -17,6 +17,10 @@
 //!   track_file: /run/xdplb/vrrp.track   # keepalived track_file (weight 0): 0 healthy, 1 not
 //!   route_table: 100              # VIP host routes here while healthy, for BIRD to export
 //!   withdraw_wait: 2s             # planned stop: withdraw, forward this long, then exit
+//! sync:                           # optional: share connection-table exceptions with peers
+//!   listen: 10.0.0.1:4790         # UDP address:port peers send to (IPv4 or IPv6)
+//!   peers: [ "10.0.0.2:4790" ]    # the other balancers' listen addresses (at least one)
+//!   key_file: /etc/xdplb/sync-key # shared secret, 64 hex digits (`xdplb gen-sync-key`), mode 0600
 //! health_check_defaults: { kind: http, port: 80, path: /healthz }
 //! vips:                           # at least one
 //!   - name: waf-https             # required, unique; A-Z a-z 0-9 _ - .
@@ -79,7 +83,7 @@ pub use warnings::warnings;
 
 pub use model::{
     AllDown, BackendConf, Config, DownFlows, Forwarding, Ha, InitialState, Origin, Protocol,
-    TunnelSource, Vip, XdpMode,
+    SyncConf, TunnelSource, Vip, XdpMode,
 };
 
 /// Built-in defaults.

@@ -181,6 +181,32 @@ impl Ha {
     }
 }
 
+/// `sync:`: share this balancer's connection-table exceptions with its peers
+/// and install theirs (`crate::sync`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConf {
+    /// UDP address:port peers' messages are received on (and ours sent from).
+    pub listen: SocketAddr,
+    /// The other balancers' `listen` addresses.
+    pub peers: Vec<SocketAddr>,
+    /// The shared key's file (64 hex digits), read at load and reload.
+    pub key_file: PathBuf,
+    pub key: crate::sync::key::SyncKey,
+}
+
+impl SyncConf {
+    /// The `sync:` section as `Config::to_yaml` writes it: (indent, line).
+    fn to_yaml(&self) -> Vec<(usize, String)> {
+        let peers: Vec<String> = self.peers.iter().map(|p| scalar(&p.to_string())).collect();
+        vec![
+            (0, "sync:".to_owned()),
+            (2, format!("listen: {}", scalar(&self.listen.to_string()))),
+            (2, format!("peers: [{}]", peers.join(", "))),
+            (2, format!("key_file: {}", scalar(&self.key_file.to_string_lossy()))),
+        ]
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConf {
     /// Identity with `address` (Maglev hashes both, never the list position).
@@ -232,6 +258,8 @@ pub struct Config {
     /// The flow hash's secret seed and where it came from.
     pub hash_seed: HashSeed,
     pub ha: Ha,
+    /// `None`: no peer sync.
+    pub sync: Option<SyncConf>,
     pub vips: Vec<Vip>,
     /// Where this config came from; not part of its value.
     pub origin: Origin,
@@ -340,6 +368,9 @@ impl Config {
             SeedSource::DefaultFile(_) | SeedSource::Public => {}
         }
         for (indent, text) in self.ha.to_yaml() {
+            line(indent, text);
+        }
+        for (indent, text) in self.sync.iter().flat_map(SyncConf::to_yaml) {
             line(indent, text);
         }
         line(0, "vips:".into());

@@ -26,6 +26,7 @@ pub struct RawConfig {
     pub hash_seed_file: Option<String>,
     pub health_check_defaults: Option<RawCheck>,
     pub ha: Option<RawHa>,
+    pub sync: Option<RawSync>,
     pub vips: Option<Vec<RawVip>>,
 }
 
@@ -35,6 +36,14 @@ pub struct RawHa {
     pub track_file: Option<String>,
     pub route_table: Option<u32>,
     pub withdraw_wait: Option<DurationText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with listen, peers, key_file")]
+pub struct RawSync {
+    pub listen: Option<String>,
+    pub peers: Option<Vec<String>>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -112,7 +112,9 @@ pub fn format(seed: &Seed) -> String {
     hex(seed.iter().flat_map(|w| w.to_le_bytes()))
 }
 
-fn hex(bytes: impl Iterator<Item = u8>) -> String {
+/// Bytes as lowercase hex digits.
+#[must_use]
+pub fn hex(bytes: impl Iterator<Item = u8>) -> String {
     bytes.fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -126,14 +128,20 @@ pub fn read(path: &Path) -> Result<Seed, String> {
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Fills `buf` from the kernel's CSPRNG.
+pub fn random(buf: &mut [u8]) -> Result<()> {
+    // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if usize::try_from(n).ok() != Some(buf.len()) {
+        bail!("getrandom: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A new random seed (the kernel's CSPRNG).
 pub fn generate() -> Result<Seed> {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if usize::try_from(n).ok() != Some(bytes.len()) {
-        bail!("getrandom: {}", std::io::Error::last_os_error());
-    }
+    random(&mut bytes)?;
     parse(&hex(bytes.into_iter())).map_err(anyhow::Error::msg)
 }
 
@@ -142,6 +150,14 @@ pub fn generate() -> Result<Seed> {
 /// balancer group must share it).
 pub fn write_new(path: &Path, replace: bool) -> Result<Seed> {
     let seed = generate()?;
+    write_private(path, &format(&seed), replace, "seed")?;
+    Ok(seed)
+}
+
+/// Writes `text` and a newline to a new file `path` of mode 0600 (its directory
+/// created); an existing file is kept unless `replace`. `what` names the secret
+/// in the error: every balancer of a group must keep the same one.
+pub fn write_private(path: &Path, text: &str, replace: bool, what: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -155,7 +171,7 @@ pub fn write_new(path: &Path, replace: bool) -> Result<Seed> {
     let mut file = options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             anyhow::anyhow!(
-                "{} exists; every balancer of a group must keep the same seed (--force replaces it)",
+                "{} exists; every balancer of a group must keep the same {what} (--force replaces it)",
                 path.display()
             )
         } else {
@@ -164,8 +180,8 @@ pub fn write_new(path: &Path, replace: bool) -> Result<Seed> {
     })?;
     // An existing file keeps its mode on truncation: make it private too.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    writeln!(file, "{}", format(&seed)).with_context(|| format!("writing {}", path.display()))?;
-    Ok(seed)
+    writeln!(file, "{text}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

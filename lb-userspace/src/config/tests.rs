@@ -1243,3 +1243,107 @@ fn ha_errors_name_the_key_and_line() {
     let errs = errors(&format!("{}ha:\n  table: 100\n", base()));
     assert!(errs.to_string().contains("unknown field `table`"), "{errs}");
 }
+
+// --- sync: ---------------------------------------------------------------------
+
+/// A key file holding `text`, mode 0600, unique to the test.
+fn sync_key_file(name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("xdplb-cfg-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn with_sync(section: &str) -> String {
+    format!("{}{}", base(), yaml(section))
+}
+
+#[test]
+fn sync_section_resolves_and_round_trips() {
+    let key = sync_key_file("good", &"5a".repeat(32));
+    let text = with_sync(&format!(
+        "
+        sync:
+          listen: \"[::]:4790\"
+          peers: [ \"10.0.0.2:4790\", \"[fd00::2]:4790\" ]
+          key_file: {}
+        ",
+        key.display()
+    ));
+    let cfg = ok(&text);
+    let sync = cfg.sync.as_ref().expect("sync on");
+    assert_eq!(sync.listen.to_string(), "[::]:4790");
+    assert_eq!(sync.peers.len(), 2);
+    assert_eq!(sync.key.0, [0x5a; 32]);
+    assert_eq!(ok(&cfg.to_yaml()), cfg, "to_yaml gives the same config back");
+    assert!(ok(&base()).sync.is_none(), "absent: sync off");
+}
+
+#[test]
+fn sync_errors_name_the_field_and_its_line() {
+    let key = sync_key_file("for-errors", &"5a".repeat(32));
+    let text = with_sync(&format!(
+        "
+        sync:
+          listen: 10.0.0.1
+          peers: [ \"10.0.0.2:4790\", \"10.0.0.2:4790\", \"[fd00::2]:4790\", nonsense ]
+          key_file: {}
+        ",
+        key.display()
+    ));
+    let errs = errors(&text);
+    let listen = error_at(&errs, "sync.listen");
+    assert!(listen.message.contains("ADDRESS:PORT"), "{listen}");
+    assert_eq!(listen.line, 11);
+    assert!(error_at(&errs, "sync.peers[1]").message.contains("listed twice"));
+    assert!(error_at(&errs, "sync.peers[3]").message.contains("`nonsense`"));
+
+    let text = with_sync(
+        "
+        sync:
+          listen: 10.0.0.1:4790
+          peers: [ \"[fd00::2]:4790\", \"10.0.0.1:4790\" ]
+          key_file: relative/key
+        ",
+    );
+    let errs = errors(&text);
+    assert!(error_at(&errs, "sync.peers[0]").message.contains("family"), "{errs}");
+    assert!(error_at(&errs, "sync.peers[1]").message.contains("own sync.listen"), "{errs}");
+    assert!(error_at(&errs, "sync.key_file").message.contains("absolute"), "{errs}");
+    assert_eq!(error_at(&errs, "sync.key_file").line, 13);
+
+    let text = with_sync("\nsync: { listen: \"10.0.0.1:4790\" }\n");
+    let errs = errors(&text);
+    assert!(error_at(&errs, "sync.peers").message.contains("at least one peer"), "{errs}");
+    assert!(error_at(&errs, "sync.key_file").message.contains("gen-sync-key"), "{errs}");
+
+    let bad = sync_key_file("short", "abcd\n");
+    let text = with_sync(&format!(
+        "\nsync: {{ listen: \"10.0.0.1:4790\", peers: [\"10.0.0.2:4790\"], key_file: {} }}\n",
+        bad.display()
+    ));
+    let e = error_at(&errors(&text), "sync.key_file").message.clone();
+    assert!(e.contains("64 hexadecimal digits") && e.contains("short"), "{e}");
+    let text =
+        with_sync("\nsync: { listen: \"10.0.0.1:4790\", peers: [], key_file: /k, port: 1 }\n");
+    assert!(errors(&text).to_string().contains("port"), "unknown keys are refused");
+}
+
+#[test]
+fn a_sync_key_readable_by_others_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = sync_key_file("open", &"5a".repeat(32));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = with_sync(&format!(
+        "\nsync: {{ listen: \"10.0.0.1:4790\", peers: [\"10.0.0.2:4790\"], key_file: {} }}\n",
+        key.display()
+    ));
+    let w = warnings(&ok(&text));
+    assert!(
+        w.iter().any(|w| w.path == "sync.key_file" && w.message.contains("chmod 600")),
+        "{w:?}"
+    );
+}

@@ -15,8 +15,10 @@ use lb_common::limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE};
 use super::{
     ConfigError, defaults, duration,
     locate::{Pos, PosIndex, child},
-    model::{BackendConf, Config, Forwarding, Ha, InitialState, Origin, TunnelSource, Vip},
-    raw::{DurationText, RawBackend, RawCheck, RawConfig, RawHa, RawKind, RawVip},
+    model::{
+        BackendConf, Config, Forwarding, Ha, InitialState, Origin, SyncConf, TunnelSource, Vip,
+    },
+    raw::{DurationText, RawBackend, RawCheck, RawConfig, RawHa, RawKind, RawSync, RawVip},
     seed::{self, HashSeed, SeedSource},
 };
 use crate::health::{CheckKind, CheckSpec, Damping};
@@ -108,6 +110,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     let gateway = raw.gateway.as_deref().and_then(|t| unicast_addr(t, "gateway", c));
     let hash_seed = resolve_seed(raw.hash_seed, raw.hash_seed_file, c);
     let ha = resolve_ha(raw.ha.unwrap_or_default(), c);
+    let sync = raw.sync.and_then(|s| resolve_sync(s, c));
 
     let defaults_layer = raw.health_check_defaults.unwrap_or_default();
     check_layer(&defaults_layer, "health_check_defaults", c);
@@ -149,6 +152,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         gateway,
         hash_seed,
         ha,
+        sync,
         vips,
         origin: Origin::default(),
     };
@@ -193,6 +197,96 @@ fn resolve_seed(text: Option<String>, file: Option<String>, c: &mut Collector<'_
             HashSeed::default()
         }
     }
+}
+
+/// `sync:`: every key required; peers distinct, not this balancer's `listen`, and
+/// of its family (a socket bound to an IPv4 address cannot send to IPv6), unless
+/// it listens on the IPv6 wildcard `[::]` (dual stack).
+fn resolve_sync(raw: RawSync, c: &mut Collector<'_>) -> Option<SyncConf> {
+    let socket = |text: &str, path: &str, c: &mut Collector<'_>| match text
+        .trim()
+        .parse::<SocketAddr>()
+    {
+        Ok(a) if a.port() == 0 => {
+            c.error(path, format!("`{text}` has port 0: give the UDP port (e.g. {}:4790)", a.ip()));
+            None
+        }
+        Ok(a) if a.ip().is_multicast() => {
+            c.error(path, format!("{} is not a unicast address", a.ip()));
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.error(
+                path,
+                format!("invalid address `{text}`: expected ADDRESS:PORT, e.g. 10.0.0.1:4790 or \"[fd00::1]:4790\""),
+            );
+            None
+        }
+    };
+    let listen = match raw.listen.as_deref() {
+        None => {
+            c.error("sync.listen", "sync needs listen: the UDP ADDRESS:PORT peers send to".into());
+            None
+        }
+        Some(text) => socket(text, "sync.listen", c),
+    };
+    let texts = raw.peers.unwrap_or_default();
+    if texts.is_empty() {
+        c.error(
+            "sync.peers",
+            "sync needs at least one peer (the other balancers' listen addresses)".into(),
+        );
+    }
+    let mut peers: Vec<SocketAddr> = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let path = format!("sync.peers[{i}]");
+        let Some(peer) = socket(text, &path, c) else { continue };
+        if peer.ip().is_unspecified() {
+            c.error(&path, format!("{} is not an address a peer can be reached at", peer.ip()));
+        } else if peers.contains(&peer) {
+            c.error(&path, format!("peer {peer} is listed twice"));
+        } else if Some(peer) == listen {
+            c.error(&path, format!("peer {peer} is this balancer's own sync.listen"));
+        } else if let Some(l) = listen
+            && l.is_ipv4() != peer.is_ipv4()
+            && !(l.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        {
+            c.error(
+                &path,
+                format!(
+                    "peer {peer} is not of the family of sync.listen {l} (listen on [::] for both)"
+                ),
+            );
+        }
+        peers.push(peer);
+    }
+    let key = match raw.key_file.map(PathBuf::from) {
+        None => {
+            c.error(
+                "sync.key_file",
+                "sync needs key_file: the shared key (`xdplb gen-sync-key FILE`, copied to every peer)"
+                    .into(),
+            );
+            None
+        }
+        Some(path) if !path.is_absolute() => {
+            c.error(
+                "sync.key_file",
+                format!("key_file `{}` must be an absolute path", path.display()),
+            );
+            None
+        }
+        Some(path) => match crate::sync::key::read(&path) {
+            Ok(key) => Some((path, key)),
+            Err(e) => {
+                c.error("sync.key_file", e);
+                None
+            }
+        },
+    };
+    let (key_file, key) = key?;
+    Some(SyncConf { listen: listen?, peers, key_file, key })
 }
 
 /// Longest `ha.withdraw_wait`: a planned stop is not a place to park a balancer.

@@ -19,6 +19,18 @@ pub fn warnings(cfg: &Config) -> Vec<ConfigError> {
         out.push(cfg.origin.error("hash_seed", w));
     }
     ipip_mtu(cfg, &mut out);
+    if let Some(sync) = &cfg.sync
+        && crate::sync::key::readable_by_others(&sync.key_file)
+    {
+        out.push(cfg.origin.error(
+            "sync.key_file",
+            format!(
+                "{} is readable by other users: anyone who reads it can forge sync messages \
+                 (chmod 600)",
+                sync.key_file.display()
+            ),
+        ));
+    }
     out.sort_by_key(|w| (w.line, w.column));
     out
 }

@@ -4,6 +4,7 @@
 pub mod balancer;
 pub mod endpoint;
 pub mod registry;
+pub mod sync;
 
 pub use endpoint::{Scrape, serve};
 pub use registry::{Metrics, Update};

@@ -229,6 +229,8 @@ pub struct Metrics {
     seen: Mutex<Seen>,
     /// The balancer's own health and rings.
     pub balancer: BalancerMetrics,
+    /// Peer sync (`crate::sync`).
+    pub sync: super::sync::SyncMetrics,
 }
 
 // Metric definitions are constants of this file: a failure to register one is a
@@ -345,6 +347,7 @@ impl Metrics {
         let dataplane_counters = Self::dataplane_families(&r);
         Self {
             balancer: BalancerMetrics::new(&r),
+            sync: super::sync::SyncMetrics::new(&r),
             registry: r,
             probe_duration,
             target_probe_duration,

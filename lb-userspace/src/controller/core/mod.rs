@@ -43,13 +43,15 @@ type Differs = fn(&Config, &Config) -> bool;
 pub const MAC_GRACE: Duration = Duration::from_secs(5);
 
 /// Config keys a reload cannot change: they are bound or attached at start.
-const NEEDS_RESTART: [(&str, Differs); 6] = [
+const NEEDS_RESTART: [(&str, Differs); 7] = [
     ("interface", |a, b| a.interface != b.interface),
     ("xdp_mode", |a, b| a.xdp_mode != b.xdp_mode),
     ("pin_path", |a, b| a.pin_path != b.pin_path),
     ("metrics_listen", |a, b| a.metrics_listen != b.metrics_listen),
     ("admin_socket", |a, b| a.admin_socket != b.admin_socket),
     ("admin_group", |a, b| a.admin_group != b.admin_group),
+    // The socket is bound at start; peers and key follow a reload.
+    ("sync.listen", |a, b| a.sync.as_ref().map(|s| s.listen) != b.sync.as_ref().map(|s| s.listen)),
 ];
 
 /// A decision for the loop to carry out, in the order made.
