@@ -194,6 +194,13 @@ pub struct SyncConf {
     pub key: crate::sync::key::SyncKey,
 }
 
+impl Config {
+    /// The `sync:` section, if any, as `to_yaml` writes it.
+    fn sync_yaml(&self) -> Vec<(usize, String)> {
+        self.sync.as_ref().map(SyncConf::to_yaml).unwrap_or_default()
+    }
+}
+
 impl SyncConf {
     /// The `sync:` section as `Config::to_yaml` writes it: (indent, line).
     fn to_yaml(&self) -> Vec<(usize, String)> {
@@ -367,10 +374,7 @@ impl Config {
             }
             SeedSource::DefaultFile(_) | SeedSource::Public => {}
         }
-        for (indent, text) in self.ha.to_yaml() {
-            line(indent, text);
-        }
-        for (indent, text) in self.sync.iter().flat_map(SyncConf::to_yaml) {
+        for (indent, text) in self.ha.to_yaml().into_iter().chain(self.sync_yaml()) {
             line(indent, text);
         }
         line(0, "vips:".into());

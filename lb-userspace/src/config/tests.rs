@@ -1247,7 +1247,7 @@ fn ha_errors_name_the_key_and_line() {
 // --- sync: ---------------------------------------------------------------------
 
 /// A key file holding `text`, mode 0600, unique to the test.
-fn sync_key_file(name: &str, text: &str) -> std::path::PathBuf {
+fn sync_key_file(name: &str, text: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = std::env::temp_dir().join(format!("xdplb-cfg-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -250,7 +250,7 @@ fn resolve_sync(raw: RawSync, c: &mut Collector<'_>) -> Option<SyncConf> {
             c.error(&path, format!("peer {peer} is this balancer's own sync.listen"));
         } else if let Some(l) = listen
             && l.is_ipv4() != peer.is_ipv4()
-            && !(l.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+            && l.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         {
             c.error(
                 &path,
