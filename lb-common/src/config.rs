@@ -1,4 +1,4 @@
-use crate::{Addr, hash::Seed};
+use crate::{Addr, hash::Seed, limits::ACCEPT_MACS};
 
 /// How a chosen backend is reached.
 #[repr(u32)]
@@ -20,7 +20,8 @@ pub struct LbConfig {
     /// Largest L3 packet the egress link carries; a packet that would exceed it once
     /// encapsulated is answered with ICMP too-big (`too_big` in lb-ebpf).
     pub mtu: u32,
-    /// Source MAC of forwarded frames (the balancer interface's own).
+    /// The balancer interface's own MAC: the source of forwarded frames, and the
+    /// destination VIP traffic must be addressed to (or one of `accept_macs`).
     pub src_mac: [u8; 6],
     pub _pad: [u8; 2],
     /// Outer IPv4 source for ipip.
@@ -29,4 +30,33 @@ pub struct LbConfig {
     pub tunnel_src_v6: Addr,
     /// The flow hash's secret seed (`hash::flow_hash`): the same on every balancer.
     pub hash_seed: Seed,
+    /// Other destination MACs VIP traffic is taken on (the config's `accept_macs`,
+    /// e.g. keepalived's VRRP virtual MAC); a frame to any other MAC (another
+    /// host's, flooded here by a bridge or a promiscuous NIC; broadcast; multicast)
+    /// passes untouched. Unused entries repeat `src_mac` (see [`accept_macs`]), so
+    /// the data path compares them all without a count.
+    pub accept_macs: [[u8; 6]; ACCEPT_MACS],
+}
+
+/// `LbConfig::accept_macs` for the interface's MAC `own` and the `extra` ones
+/// (only the first `ACCEPT_MACS` fit; the config allows no more).
+#[must_use]
+pub fn accept_macs(own: [u8; 6], extra: &[[u8; 6]]) -> [[u8; 6]; ACCEPT_MACS] {
+    let mut out = [own; ACCEPT_MACS];
+    for (slot, mac) in out.iter_mut().zip(extra) {
+        *slot = *mac;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_accepted_macs_repeat_the_interfaces_own() {
+        let (own, vmac) = ([2, 0, 0, 0, 0, 1], [0, 0, 0x5e, 0, 1, 51]);
+        assert_eq!(accept_macs(own, &[]), [own; ACCEPT_MACS]);
+        assert_eq!(accept_macs(own, &[vmac]), [vmac, own, own, own]);
+    }
 }

@@ -40,3 +40,6 @@ pub const TOO_BIG_QUOTE: usize = 128;
 /// Addresses in each of `xdp-decap`'s sets (this host's tunnel endpoints, the
 /// balancers' tunnel sources, the VIPs).
 pub const MAX_DECAP_ADDRS: u32 = 64;
+/// Destination MACs `xdp-lb` accepts VIP traffic on besides the interface's own
+/// (`LbConfig::accept_macs`: VRRP virtual MACs, one per IPv4 or IPv6 instance).
+pub const ACCEPT_MACS: usize = 4;

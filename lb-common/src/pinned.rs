@@ -13,8 +13,9 @@
 /// layouts, without `LAYOUT` and `BACKEND_FLAGS`). Version 3: `ConnValue` gained
 /// `flags`, `BACKEND_STATS` holds `BackendStats` (traffic and handshakes). Version
 /// 4: a SYN waits in `SYNS`, not `CONNS` (`ConnValue` lost `flags`), and `STATS`
-/// counts `conn_handshake`.
-pub const LAYOUT_VERSION: u32 = 4;
+/// counts `conn_handshake`. Version 5: `LbConfig` gained `accept_macs`, `STATS`
+/// counts `pass_not_for_us`.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
 /// same slot of `BACKENDS`. The data path's state alone cannot say it (draining

@@ -118,6 +118,11 @@ counters! {
     /// mobility) or a chain of hop-by-hop, routing and destination-options headers
     /// longer than `xdp-lb` skips (four).
     PassIpv6Ext => "pass_ipv6_ext",
+    /// Passed: to a VIP address (by the address filter), but not addressed to this
+    /// balancer's MAC (`LbConfig::src_mac`, `accept_macs`): another host's unicast
+    /// frame that a bridge flooded or a promiscuous NIC let in (the VRRP peer's:
+    /// forwarding it too would send one flow to two backends), broadcast or multicast.
+    PassNotForUs => "pass_not_for_us",
     /// Passed: an IP header cut short: its destination cannot be read, so it cannot
     /// be for a VIP; the kernel's own checks drop it.
     PassMalformed => "pass_malformed",

@@ -58,6 +58,12 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     if !vip::maybe(&s.flow.dst) {
         return Err(Verdict::Pass(Counter::PassNotVip));
     }
+    let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
+    // Another host's frame (a standby's bridge port floods its peer's traffic
+    // here) is that host's to forward: forwarding it too sends one flow twice.
+    if !parse::addressed_to_us(ctx, cfg) {
+        return Err(Verdict::Pass(Counter::PassNotForUs));
+    }
     let pkt = parse::packet(ctx, &ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
     if pkt.kind == Kind::Fragment {
         return Err(vip::fragment(s));
@@ -67,7 +73,6 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     } else {
         Counter::PassNotVip
     });
-    let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
     let lookup = if syn { Lookup::Miss } else { select::established(&s.flow) };

@@ -168,6 +168,26 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     }
 }
 
+/// Whether two MACs are equal: a 32-bit and a 16-bit compare folded into one
+/// branch (byte-wise array equality would be six loads and branches on BPF).
+#[inline(always)]
+#[must_use]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "MACs sit at even offsets; x86 BPF loads unaligned anyway"
+)]
+pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: 6 bytes on both sides: a u32 at 0 and a u16 at 4.
+    let (hi, lo) = unsafe {
+        (
+            a.cast::<u32>().read_volatile() ^ b.cast::<u32>().read_volatile(),
+            a.add(4).cast::<u16>().read_volatile() ^ b.add(4).cast::<u16>().read_volatile(),
+        )
+    };
+    hi | u32::from(lo) == 0
+}
+
 /// `seed` plus the one's-complement sum of the `T` at `p` (packet or stack), by
 /// the kernel's `bpf_csum_diff`; fold it with [`csum_fold`].
 #[inline(always)]

@@ -9,12 +9,12 @@
 //! which the caller turns into a pass unless the destination holds a VIP.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, family, proto};
+use lb_common::{Counter, FlowKey, LbConfig, family, limits::ACCEPT_MACS, proto};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPV4_HLEN,
     IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_AH, NEXTHDR_DEST, NEXTHDR_ESP, NEXTHDR_FRAGMENT,
     NEXTHDR_HOP, NEXTHDR_MOBILITY, NEXTHDR_ROUTING, TCP_FLAG_ACK, TCP_FLAG_SYN, TcpHdr, UdpHdr,
-    VLAN_HLEN, VlanHdr, copy_words, frame_len, ptr_at,
+    VLAN_HLEN, VlanHdr, copy_words, frame_len, mac_eq, ptr_at,
 };
 
 use crate::{
@@ -83,6 +83,27 @@ pub fn ip(ctx: &XdpContext, flow: &mut FlowKey) -> Result<Ip, Verdict> {
     } else {
         Err(Verdict::Pass(Counter::PassNotIp))
     }
+}
+
+/// Whether the frame is addressed to this balancer: to the interface's MAC (one
+/// compare, what forwarded traffic pays) or to one of `accept_macs`. Another
+/// host's frame (flooded by a bridge, let in by a promiscuous NIC: a VRRP peer's),
+/// broadcast and multicast are not. [`ip`] checked the Ethernet header is there.
+#[inline(always)]
+pub fn addressed_to_us(ctx: &XdpContext, cfg: &LbConfig) -> bool {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else { return false };
+    let dst = unsafe { &(*eth).dst };
+    if mac_eq(dst, &cfg.src_mac) {
+        return true;
+    }
+    let mut i = 0;
+    while i < ACCEPT_MACS {
+        if mac_eq(dst, &cfg.accept_macs[i]) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The rest of a packet [`ip`] read: strict header checks, then the kind and the

@@ -258,6 +258,27 @@ mod tests {
     }
 
     #[test]
+    fn the_layout_version_names_these_layouts() {
+        // Changing a pinned layout fails here until LAYOUT_VERSION is bumped with it
+        // (and this list): an older controller must refuse the pins, not misread them.
+        use lb_common::{
+            Backend, BackendStats, ConnValue, Counter, FlowKey, LbConfig, SynSlot, VipKey, VipMeta,
+        };
+        let sizes = [
+            size_of::<LbConfig>(),
+            Counter::COUNT as usize,
+            size_of::<Backend>(),
+            size_of::<FlowKey>(),
+            size_of::<ConnValue>(),
+            size_of::<SynSlot>(),
+            size_of::<BackendStats>(),
+            size_of::<VipKey>(),
+            size_of::<VipMeta>(),
+        ];
+        assert_eq!((LAYOUT_VERSION, sizes), (5, [76, 24, 32, 40, 8, 16, 40, 20, 8]));
+    }
+
+    #[test]
     fn nothing_pinned_is_fresh_and_a_complete_compatible_set_is_adopted() {
         let e = expected(&[]).unwrap();
         assert_eq!(decide(dir(), &e, &BTreeMap::new(), None), Ok(Survey::Fresh));

@@ -120,6 +120,7 @@ pub fn standard_plan(mode: ForwardingMode) -> DesiredState {
             tunnel_src_v4: u32::from_ne_bytes(v4.octets()),
             tunnel_src_v6: v6,
             hash_seed: SEED,
+            accept_macs: lb_common::config::accept_macs(LB_MAC, &[]),
         },
         vips: vec![
             vip("web4", VIP4, 80, proto::TCP, wafs4()),

@@ -6,8 +6,15 @@ use std::net::IpAddr;
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, VlanId};
 
+/// The balancer's interface MAC (the fixtures' `LbConfig::src_mac`): every frame
+/// the fixtures build is addressed to it, as a client's router addresses them.
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+/// Another balancer on the same segment (the VRRP peer).
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+/// keepalived's VRRP virtual MAC for virtual router 51 (`use_vmac`).
+pub const VRRP_VMAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 51];
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -136,6 +143,13 @@ impl Flow {
 #[must_use]
 pub const fn l2_len(vlan: bool) -> usize {
     if vlan { 18 } else { 14 }
+}
+
+/// `frame` with its destination MAC replaced by `mac`.
+#[must_use]
+pub fn addressed_to(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
 }
 
 /// An Ethernet header in front of an IP packet.

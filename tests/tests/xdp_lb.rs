@@ -8,8 +8,9 @@ use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
 use xdplb_tests::{
     balancer::*,
     packet::{
-        CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC, Outer,
-        decode_too_big, ethernet, ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
+        BROADCAST_MAC, CLIENT_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, LB_MAC,
+        Outer, PEER_MAC, VRRP_VMAC, addressed_to, decode_too_big, ethernet, ipv4_header,
+        ipv4_packet, ipv6_header, ipv6_packet,
     },
     privilege::have_root,
 };
@@ -266,6 +267,94 @@ fn other_ip_protocols_to_a_vip_address_pass() {
     let gre = ipv4_packet(ipv4_header(CLIENT4, VIP4, IpNumber::GRE), &[0; 8]);
     let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &gre));
     assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+}
+
+// ---- destination MAC --------------------------------------------------------
+
+/// Every kind of VIP traffic: a SYN, a mid-flow ACK, UDP, IPv4 and IPv6.
+fn vip_flows() -> [Flow; 4] {
+    [tcp4(), tcp6().ack(), udp4(), udp6()]
+}
+
+#[test]
+fn vip_traffic_addressed_to_another_hosts_mac_passes_untouched_and_is_counted() {
+    needs_root!();
+    // A standby balancer's bridge port floods the active one's frames here; forwarding
+    // them too would send one flow to two backends.
+    for mode in [Dsr, Ipip] {
+        let lb = Balancer::new(mode);
+        for flow in vip_flows() {
+            let frame = addressed_to(flow.frame(), PEER_MAC);
+            let (run, c) = lb.run_counted(&frame);
+            assert_eq!((run.action, &run.frame), (XDP_PASS, &frame), "{mode:?} {flow:?}");
+            assert_eq!(c, counts(&[(ActionPass, 1), (PassNotForUs, 1)]));
+            assert_eq!(lb.conn(&flow), None, "nothing remembered of another host's flow");
+        }
+    }
+}
+
+#[test]
+fn broadcast_and_multicast_frames_to_a_vip_pass_to_the_kernel() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let ipv4_multicast = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
+    let ipv6_multicast = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
+    for mac in [BROADCAST_MAC, ipv4_multicast, ipv6_multicast] {
+        let frame = addressed_to(tcp4().frame(), mac);
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!((run.action, &run.frame), (XDP_PASS, &frame), "{mac:02x?}");
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassNotForUs, 1)]));
+    }
+}
+
+#[test]
+fn vip_traffic_addressed_to_the_interfaces_mac_is_forwarded() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    assert_eq!(lb.plan.config.src_mac, LB_MAC, "the fixtures' frames go to the configured MAC");
+    for flow in [tcp4(), tcp6()] {
+        let vip = if flow.src.is_ipv4() { "web4" } else { "web6" };
+        assert_dsr(&lb, &flow, vip, &lb.run(&flow.frame()));
+    }
+    // The interface's MAC changed (the controller rewrites CONFIG): the new one is ours,
+    // the old one another host's.
+    let new_mac = [0x02, 0, 0, 0, 0, 0x42];
+    lb.plan.config.src_mac = new_mac;
+    lb.plan.config.accept_macs = lb_common::config::accept_macs(new_mac, &[]);
+    lb.apply();
+    let run = lb.run(&addressed_to(tcp4().frame(), new_mac));
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &tcp4()));
+    let (run, c) = lb.run_counted(&tcp4().frame());
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotForUs, 1)]));
+}
+
+#[test]
+fn vip_traffic_addressed_to_an_accepted_mac_is_forwarded() {
+    needs_root!();
+    // keepalived with use_vmac: the router sends to the VRRP virtual MAC.
+    let mut lb = Balancer::new(Dsr);
+    lb.plan.config.accept_macs = lb_common::config::accept_macs(LB_MAC, &[VRRP_VMAC]);
+    lb.apply();
+    let flow = tcp4();
+    let run = lb.run(&addressed_to(flow.frame(), VRRP_VMAC));
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow));
+    assert_eq!(run.decoded().src_mac, LB_MAC, "sent from the interface's own MAC");
+    assert_dsr(&lb, &flow, "web4", &lb.run(&flow.frame()));
+    let other_vrid = [0x00, 0x00, 0x5e, 0x00, 0x01, 52];
+    let (run, c) = lb.run_counted(&addressed_to(flow.frame(), other_vrid));
+    assert_eq!(run.action, XDP_PASS);
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotForUs, 1)]));
+}
+
+#[test]
+fn traffic_to_other_addresses_is_not_for_a_vip_whatever_its_mac() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let frame = addressed_to(Flow::tcp(CLIENT4, 1, "192.0.2.1", 80).frame(), PEER_MAC);
+    let (run, c) = lb.run_counted(&frame);
+    assert_eq!((run.action, &run.frame), (XDP_PASS, &frame));
     assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
 }
 

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{BackendState, ForwardingMode, LbConfig, pinned::backend_flags};
+use lb_common::{
+    BackendState, ForwardingMode, LbConfig, config::accept_macs, pinned::backend_flags,
+};
 
 use crate::{
     config::{AllDown, BackendConf, Config, DownFlows, Forwarding, Vip},
@@ -86,6 +88,7 @@ pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
         tunnel_src_v4: cfg.tunnel_source.ipv4.map_or(0, |a| u32::from_ne_bytes(a.octets())),
         tunnel_src_v6: cfg.tunnel_source.ipv6.map_or([0; 4], |a| addr_words(a.into()).0),
         hash_seed: cfg.hash_seed.seed,
+        accept_macs: accept_macs(src_mac, &[]),
     }
 }
 

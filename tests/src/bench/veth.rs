@@ -289,6 +289,7 @@ fn plan(mode: ForwardingMode) -> DesiredState {
             tunnel_src_v4: u32::from_ne_bytes(DUT_ADDR.octets()),
             tunnel_src_v6: v6,
             hash_seed: crate::balancer::SEED,
+            accept_macs: lb_common::config::accept_macs(LB_MAC, &[]),
         },
         vips: vec![vip("tcp", TCP_PORT, proto::TCP), vip("udp", UDP_PORT, proto::UDP)],
     }

@@ -12,8 +12,8 @@ use crate::{
     balancer::{MIXED_VIP4, MIXED_VIP6, TUNNEL_V4, TUNNEL_V6, VIP4, VIP6, WILDCARD_VIP4},
     decapsulator::{NODE_V4, NODE_V6, tunnel_frame},
     packet::{
-        ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, L4, ethernet, ipv4_header, ipv4_packet,
-        ipv6_header, ipv6_packet,
+        BROADCAST_MAC, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Flow, L4, PEER_MAC,
+        addressed_to, ethernet, ipv4_header, ipv4_packet, ipv6_header, ipv6_packet,
     },
 };
 
@@ -148,6 +148,17 @@ pub fn lb_frame(rng: &mut Rng) -> Vec<u8> {
     if rng.one_in(8) {
         // Ethernet padding, or bytes behind the IP packet.
         frame.extend((0..=rng.below(64)).map(|_| rng.byte()));
+    }
+    if rng.one_in(16) {
+        // Flooded here, not ours: the VRRP peer's, broadcast, multicast, or another VRRP MAC.
+        let vrid = rng.byte();
+        let mac = *rng.pick(&[
+            PEER_MAC,
+            BROADCAST_MAC,
+            [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12],
+            [0x00, 0x00, 0x5e, 0x00, 0x01, vrid],
+        ]);
+        frame = addressed_to(frame, mac);
     }
     frame
 }

@@ -17,6 +17,7 @@ use crate::{
 pub const LB_INVARIANTS: &[&str] = &[
     "the action is XDP_PASS, XDP_DROP or XDP_TX (never XDP_ABORTED)",
     "a frame whose IP destination holds no VIP (or cannot be read) passes unchanged",
+    "a frame not addressed to the balancer's MAC (or an accepted one) passes unchanged",
     "a passed frame is unchanged",
     "a dsr frame sent is the frame, to a backend of a VIP at its destination, only the MACs changed",
     "an ipip frame sent is the whole IP packet (padding cut) under a correct outer header from the tunnel source to a backend of a VIP at its destination",
@@ -111,6 +112,8 @@ pub struct LbOracle {
     tunnel_v4: IpAddr,
     tunnel_v6: IpAddr,
     vip_addrs: BTreeSet<IpAddr>,
+    /// Destination MACs VIP traffic is taken on: the interface's and the accepted ones.
+    macs: BTreeSet<[u8; 6]>,
     /// (VIP address, backend address, backend MAC) for every backend.
     backends: Vec<(IpAddr, IpAddr, [u8; 6])>,
 }
@@ -133,6 +136,7 @@ impl LbOracle {
             tunnel_v4: IpAddr::from(c.tunnel_src_v4.to_ne_bytes()),
             tunnel_v6: IpAddr::from(v6),
             vip_addrs: plan.vips.iter().map(|v| v.address).collect(),
+            macs: std::iter::once(c.src_mac).chain(c.accept_macs).collect(),
             backends: plan
                 .vips
                 .iter()
@@ -155,13 +159,15 @@ impl LbOracle {
         let out = &run.frame;
         let addrs = ip_addresses(input);
         let to_vip = addrs.is_some_and(|(_, _, dst)| self.vip_addrs.contains(&dst));
+        let to_us = self.macs.contains(&mac(input, 0));
         match run.action {
             XDP_PASS | XDP_DROP | XDP_TX => {}
             a => return Err(format!("action {a}")),
         }
-        if !to_vip && (run.action != XDP_PASS || out != input) {
+        if !(to_vip && to_us) && (run.action != XDP_PASS || out != input) {
             return Err(format!(
-                "not for a VIP ({addrs:?}), yet action {} and changed: {}",
+                "not for a VIP ({addrs:?}) or to {:02x?}, not our MAC, yet action {} and changed: {}",
+                mac(input, 0),
                 run.action,
                 out != input
             ));
