@@ -6,12 +6,13 @@
 //! sync builds on it too.
 
 mod conns;
+pub mod datagrams;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -86,14 +87,19 @@ pub fn balancer_config(text: &str, ha: Redundancy, k: usize, sync_key: Option<&P
     out
 }
 
+/// Where balancer `k` receives its peers' sync messages (`sync.listen`).
+#[must_use]
+pub fn sync_address(k: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(balancer(k).v4(), SYNC_PORT)
+}
+
 /// Balancer `k`'s `sync:` section.
 fn sync_section(k: usize, key: &Path) -> String {
-    let at = |k: usize| SocketAddr::new(balancer(k).v4().into(), SYNC_PORT);
     let peers: Vec<String> =
-        (1..=BALANCERS).filter(|&p| p != k).map(|p| format!("\"{}\"", at(p))).collect();
+        (1..=BALANCERS).filter(|&p| p != k).map(|p| format!("\"{}\"", sync_address(p))).collect();
     format!(
         "sync:\n  listen: \"{}\"\n  peers: [ {} ]\n  key_file: {}\n",
-        at(k),
+        sync_address(k),
         peers.join(", "),
         key.display()
     )

@@ -29,8 +29,12 @@ use anyhow::{Context as _, Result, ensure};
 use lb_userspace::admin::Request;
 use xdplb_tests::{
     daemon::{Daemon, binary},
-    lab::{LAB_DIR, Mode, Redundancy, ha::BALANCERS},
-    pair::{self, Conns, Pair},
+    lab::{CLIENT4, LAB_DIR, Mode, NS_CLIENT, Redundancy, ha::BALANCERS},
+    pair::{
+        self, Conns, Pair,
+        datagrams::{Capture, send_spoofed},
+        sync_address,
+    },
     privilege::have_root,
     rig::{Checks, config_text, expect_ok, rows, warm_neighbours, web4, web6},
 };
@@ -233,6 +237,17 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
     let standby = other(active);
     let (returning, drained) = (format!("waf{RETURNING}"), format!("waf{DRAINED}"));
 
+    // What the active sends the standby, for the forgeries of step 3.
+    let capture = if sync {
+        Some(Capture::start(
+            &pair::node(standby).ns(),
+            sync_address(active),
+            sync_address(standby),
+        )?)
+    } else {
+        None
+    };
+
     // 1. A node down on both balancers while the connections open (neighbours
     // warmed first: `warm_neighbours` needs every node).
     warm_neighbours(WAFS, WAIT)?;
@@ -296,6 +311,9 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
              on the drained {drained}"
         );
         exchanged = Some(Exceptions { held, sent, installed });
+        let seen = capture.context("capture")?.stop()?;
+        forgeries_change_nothing(pair, active, standby, &seen)
+            .with_context(|| format!("{tag}: forged sync messages"))?;
     }
     let broken = conns.lost();
     ensure!(broken.is_empty(), "{tag}: connections broke before the kill: {broken:#?}");
@@ -331,4 +349,57 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
         );
     }
     Ok(outcome)
+}
+
+/// `xdplb_sync_messages_rejected_total{reason}` on balancer `k`.
+fn rejected(pair: &Pair, k: usize, reason: &str) -> Result<f64> {
+    pair.daemon(k)?.metric("xdplb_sync_messages_rejected_total", &[("reason", reason)])
+}
+
+/// A datagram the active sent, sent to the standby again from outside: altered
+/// (its MAC no longer matches), as it was (a replay), and as it was from an
+/// address that is not a peer. Each is rejected and counted under its reason, and
+/// the standby's installed exceptions stay as they were.
+fn forgeries_change_nothing(
+    pair: &Pair,
+    active: usize,
+    standby: usize,
+    seen: &[Vec<u8>],
+) -> Result<()> {
+    // The largest carries the most exceptions.
+    let genuine = seen.iter().max_by_key(|d| d.len()).with_context(|| {
+        format!("no sync datagram from {} seen on the standby", sync_address(active))
+    })?;
+    let installed = exceptions(pair, standby, "peer")?;
+    let (from, to) = (sync_address(active), sync_address(standby));
+    let stranger = std::net::SocketAddrV4::new(CLIENT4, from.port());
+    let mut altered = genuine.clone();
+    // A byte inside the entries: an accepted datagram would install another flow.
+    altered[genuine.len() / 2] ^= 0x5a;
+    let cases: [(&str, std::net::SocketAddrV4, &[u8], &[&str]); 3] = [
+        ("altered", from, &altered, &["bad_mac"]),
+        ("replayed", from, genuine, &["replay", "expired"]),
+        ("from a stranger", stranger, genuine, &["unknown_peer"]),
+    ];
+    for (what, src, payload, reasons) in cases {
+        let count = |pair: &Pair| -> Result<f64> {
+            reasons.iter().map(|r| rejected(pair, standby, r)).sum()
+        };
+        let before = count(pair)?;
+        send_spoofed(NS_CLIENT, src, to, payload)?;
+        Pair::wait(&format!("the {what} datagram rejected ({reasons:?})"), WAIT, || {
+            count(pair).is_ok_and(|n| n > before)
+        })?;
+        let now = exceptions(pair, standby, "peer")?;
+        ensure!(
+            (now - installed).abs() < 0.5,
+            "the {what} datagram changed the standby's peer exceptions: {installed} -> {now}"
+        );
+        eprintln!(
+            "forged: the {what} datagram ({} bytes) from {src}: rejected as {reasons:?}, \
+             {now} peer exceptions as before",
+            payload.len()
+        );
+    }
+    Ok(())
 }
