@@ -21,10 +21,11 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
-    daemon::Daemon,
+    daemon::{self, Daemon},
     lab::{
         LabConfig, LabGuard, Mode, Node, PIN_DIR, Redundancy,
         ha::{self, BALANCERS, ROUTE_TABLE, balancer},
+        sh,
     },
     rig::{self, Checks, METRICS},
 };
@@ -250,6 +251,20 @@ impl Pair {
                 rig::states(&s).iter().filter(|(_, _, st)| st == "up").count() >= count
             })
         })
+    }
+
+    /// Detaches balancer `k`'s XDP program and removes its pinned maps (`xdplb
+    /// detach`), while its xdplb is stopped: the next start begins with an empty
+    /// connection table.
+    pub fn forget(&self, k: usize) -> Result<()> {
+        let m = self.member(k)?;
+        ensure!(m.daemon.is_none(), "xdplb still runs on balancer {k}");
+        let bin = daemon::binary()?;
+        // From here: `ip netns exec` would remount /sys, and bpffs with it.
+        sh::sh(&[&bin.to_string_lossy(), "detach", "--config", &m.config.to_string_lossy()])?;
+        let pins = Path::new(PIN_DIR).join(format!("{}-xdplb", m.node.ns()));
+        ensure!(!pins.exists(), "{} survives `xdplb detach`", pins.display());
+        Ok(())
     }
 
     /// A planned stop of balancer `k`'s xdplb (SIGTERM: withdraw, wait, exit); its

@@ -86,7 +86,9 @@ fn sync_vrrp() {
         }
         eprintln!("\n=== {tag}");
         let t = Instant::now();
-        let result = configure(&mut pair, sync.then_some(key.as_path()))
+        // The pair is fresh for the first half.
+        let restart = !outcomes.is_empty() || !failed.is_empty();
+        let result = configure(&mut pair, sync.then_some(key.as_path()), restart)
             .with_context(|| format!("{tag}: configuring the pair"))
             .and_then(|()| ring_change_then_death(&mut pair, tag, sync));
         match result {
@@ -153,35 +155,33 @@ impl std::fmt::Display for Outcome {
 /// Both balancers running with peer sync (`sync_key`) or without, healthy, every
 /// node up and undrained, identical rings, one of them carrying the VIPs. A
 /// balancer that already runs restarts to read its new config (a planned stop:
-/// the other carries the VIPs meanwhile).
-fn configure(pair: &mut Pair, sync_key: Option<&Path>) -> Result<()> {
+/// the other carries the VIPs meanwhile) if `restart`; each balancer (re)started
+/// here starts with an empty connection table, so that the exceptions counted are
+/// this half's connections only.
+fn configure(pair: &mut Pair, sync_key: Option<&Path>, restart: bool) -> Result<()> {
     if let Some(key) = sync_key {
         pair::write_sync_key(key)?;
     }
-    let configs = |pair: &Pair| -> Vec<String> {
-        pair.members
-            .iter()
-            .map(|m| std::fs::read_to_string(&m.config).unwrap_or_default())
-            .collect()
-    };
-    let before = configs(pair);
     pair.set_sync(sync_key)?;
-    let changed: Vec<bool> = before.iter().zip(configs(pair)).map(|(a, b)| *a != b).collect();
     for k in 1..=WAFS {
         pair.lab.start_waf(k)?;
     }
     let running: Vec<usize> = (1..=BALANCERS).filter(|&k| pair.daemon(k).is_ok()).collect();
     for k in 1..=BALANCERS {
         if !running.contains(&k) {
-            pair.revive(k)?;
+            pair.lab.revive_balancer(k)?;
+            pair.forget(k)?;
+            pair.start(k)?;
             pair.wait_healthy(k, WAFS * 4)?;
         }
     }
-    for &k in running.iter().filter(|&&k| changed[k - 1]) {
+    // Draining is kept across restarts (in the pins); the forgotten have none.
+    for &k in running.iter().filter(|_| restart) {
         let other = other(k);
         pair.wait_healthy(other, WAFS * 4)?;
         pair.stop(k)?;
         pair.wait_carriers(&[other], WAIT)?;
+        pair.forget(k)?;
         pair.start(k)?;
         pair.wait_healthy(k, WAFS * 4)?;
     }
@@ -288,33 +288,10 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
     );
 
     // 3. With sync, the standby holds the active's exceptions.
-    let mut exchanged = None;
-    if sync {
-        let took = Pair::wait("the standby to hold the active's exceptions", WAIT, || {
-            let local = exceptions(pair, active, "local").unwrap_or(-1.0);
-            let peer = exceptions(pair, standby, "peer").unwrap_or(-2.0);
-            local > 0.0 && (local - peer).abs() < 0.5
-        })?;
-        let held = exceptions(pair, active, "local")?;
-        let installed = exceptions(pair, standby, "peer")?;
-        let sent = pair.daemon(active)?.metric("xdplb_sync_entries_sent_total", &[])?;
-        eprintln!(
-            "{tag}: the standby holds the active's {held} exceptions {} ms after the rings agreed \
-             ({sent} entries sent)",
-            took.as_millis()
-        );
-        #[expect(clippy::cast_precision_loss, reason = "a few hundred connections")]
-        let drained = on_drained as f64;
-        ensure!(
-            held >= drained,
-            "{tag}: the active holds {held} exceptions, fewer than the {on_drained} connections \
-             on the drained {drained}"
-        );
-        exchanged = Some(Exceptions { held, sent, installed });
-        let seen = capture.context("capture")?.stop()?;
-        forgeries_change_nothing(pair, active, standby, &seen)
-            .with_context(|| format!("{tag}: forged sync messages"))?;
-    }
+    let exchanged = match capture {
+        Some(capture) => Some(standby_holds(pair, tag, active, &conns, on_drained, capture)?),
+        None => None,
+    };
     let broken = conns.lost();
     ensure!(broken.is_empty(), "{tag}: connections broke before the kill: {broken:#?}");
 
@@ -349,6 +326,42 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
         );
     }
     Ok(outcome)
+}
+
+/// Waits until the standby holds the active's exceptions (the metrics, polled),
+/// at least one per connection on the drained node: the active found them after
+/// the drain, not only after the earlier return. Then checks forged messages
+/// against the datagrams `capture` saw.
+fn standby_holds(
+    pair: &Pair,
+    tag: &str,
+    active: usize,
+    conns: &Conns,
+    on_drained: usize,
+    capture: Capture,
+) -> Result<Exceptions> {
+    let standby = other(active);
+    #[expect(clippy::cast_precision_loss, reason = "a few hundred connections")]
+    let (floor, ceiling) = (on_drained as f64, conns.len() as f64);
+    let took = Pair::wait("the standby to hold the active's exceptions", WAIT, || {
+        let local = exceptions(pair, active, "local").unwrap_or(-1.0);
+        let peer = exceptions(pair, standby, "peer").unwrap_or(-2.0);
+        local >= floor && (local - peer).abs() < 0.5
+    })?;
+    let held = exceptions(pair, active, "local")?;
+    let installed = exceptions(pair, standby, "peer")?;
+    let sent = pair.daemon(active)?.metric("xdplb_sync_entries_sent_total", &[])?;
+    eprintln!(
+        "{tag}: the standby holds the active's {held} exceptions {} ms after the rings agreed \
+         ({sent} entries sent)",
+        took.as_millis()
+    );
+    // The tables started empty: every entry is one of these connections.
+    ensure!(held <= ceiling, "{tag}: {held} exceptions held for {ceiling} connections");
+    let seen = capture.stop()?;
+    forgeries_change_nothing(pair, active, standby, &seen)
+        .with_context(|| format!("{tag}: forged sync messages"))?;
+    Ok(Exceptions { held, sent, installed })
 }
 
 /// `xdplb_sync_messages_rejected_total{reason}` on balancer `k`.

@@ -270,10 +270,12 @@ impl Lab {
         sh(&args)
     }
 
-    /// The balancer that holds the VRRP floating address, if one does.
+    /// The balancer that holds the VRRP floating address, if one does. A dead
+    /// host ([`Lab::kill_balancer`]) is none: a keepalived killed before it saw its
+    /// link go down leaves the address behind, on a host nothing reaches.
     #[must_use]
     pub fn vrrp_master(&self) -> Option<usize> {
-        (1..=self.balancers().len()).find(|&k| {
+        (1..=self.balancers().len()).filter(|&k| link_up(k)).find(|&k| {
             ns_sh(&balancer(k).ns(), &["ip", "-4", "-o", "addr", "show", "dev", NS_IF])
                 .is_ok_and(|a| a.contains(&format!(" {FLOAT4}/")))
         })
@@ -407,6 +409,15 @@ impl Lab {
             }
         }
     }
+}
+
+/// Whether balancer `k`'s link to the bridge is up (administratively: what
+/// [`Lab::kill_balancer`] takes down).
+fn link_up(k: usize) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{}/flags", balancer(k).veth()))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0) // IFF_UP
 }
 
 /// Starts keepalived on balancer `k` with the shipped config, if it is not running.

@@ -44,10 +44,10 @@ impl Capture {
                 let n =
                     unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 let Ok(n) = usize::try_from(n) else { continue }; // the timeout, or EINTR
-                if let Some(p) = udp_payload(&buf[..n], from, to) {
-                    if got.len() < KEEP {
-                        got.push(p);
-                    }
+                if let Some(p) = udp_payload(&buf[..n], from, to)
+                    && got.len() < KEEP
+                {
+                    got.push(p);
                 }
             }
             got
