@@ -14,6 +14,7 @@ pub mod access;
 pub mod admin;
 pub mod backend_setup;
 pub mod config;
+pub mod conn_table;
 pub mod controller;
 pub mod decap;
 pub mod desired;

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapData,
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,7 +21,9 @@ use aya::{
     },
 };
 
-use crate::{maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats};
+use lb_common::map_names;
+
+use crate::{conn_table, maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
 /// bpffs magic number (statfs f_type).
@@ -135,9 +138,18 @@ fn is_bpffs(path: &Path) -> bool {
 /// the pinned ones: the program then runs on the live state of a running (or
 /// stopped) balancer. Not loaded into the kernel yet.
 pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
+    load_pinned(pin_dir, None)
+}
+
+/// As [`load_with_pinned_maps`], creating a missing connection table with
+/// `conn_table_size` entries (the object's default without one).
+fn load_pinned(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
+    if let Some(size) = conn_table_size {
+        loader.map_max_entries(map_names::CONNS, size);
+    }
     let paths: Vec<(&str, PathBuf)> =
         pins::OBJECT_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
     for (name, path) in &paths {
@@ -151,26 +163,39 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
     })
 }
 
-/// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones)
-/// and attaches it to `interface` through a link pinned at `pin_dir/link` (replacing
-/// the program of an existing link atomically).
-pub fn load_and_attach(pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Loaded> {
+/// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones;
+/// a new connection table gets `conn_table` entries) and attaches it to
+/// `interface` through a link pinned at `pin_dir/link` (replacing the program of
+/// an existing link atomically).
+pub fn load_and_attach(
+    pin_dir: &Path,
+    interface: &str,
+    mode: XdpMode,
+    conn_table: u32,
+) -> Result<Loaded> {
     privileges::require("xdplb run", privileges::BALANCER)?;
     // First: a second `xdplb run` on these pins stops here, before it touches them.
     let lock = lock_pins(pin_dir)?;
     ensure_bpffs(&maps_dir(pin_dir))?;
     // Checked before aya reuses a single pin: a partial set, another layout
     // version or another size is refused with what to do.
-    let survey = pins::survey(pin_dir, &[])?;
+    let size = conn_table::Size::on_this_host(conn_table)?;
+    let survey = pins::survey(pin_dir, &[(map_names::CONNS, size.entries)])?;
     let adopted = matches!(survey, pins::Survey::Adopt { .. });
     if let pins::Survey::Adopt { version: 1 } = survey {
         log::info!("adopting maps pinned by an xdplb from before layout versions (version 1)");
     }
-    let mut ebpf = load_with_pinned_maps(pin_dir)?;
+    let mut ebpf = load_pinned(pin_dir, Some(conn_table))?;
     let maps = BpfMaps::take_from(&mut ebpf)?.with_flags(pins::backend_flags(pin_dir)?);
     // The set is complete: record which layout it has (last, see `pins`).
     pins::write_layout(pin_dir)?;
-    let stats = BpfStats::take_from(&mut ebpf)?;
+    let conns = MapData::from_pin(pins::map_path(pin_dir, map_names::CONNS))
+        .context("opening the pinned connection table")?;
+    let stats = BpfStats::take_from(&mut ebpf)?.counting(conn_table::Watch::spawn(
+        conns,
+        size,
+        conn_table::INTERVAL,
+    )?);
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| anyhow!("no program {PROGRAM} in the object"))?

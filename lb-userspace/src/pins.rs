@@ -147,6 +147,17 @@ pub fn decide(
     }
     for (name, want) in expected {
         let Some(have) = found.get(*name) else { continue };
+        let resized = Shape { max_entries: want.max_entries, ..*have } == *want;
+        if *name == map_names::CONNS && have != want && resized {
+            return Err(format!(
+                "the pinned connection table {} holds {} entries, conn_table_size asks for {} \
+                 (rounded up to a multiple of the CPUs): a table cannot be resized in place; set \
+                 conn_table_size back to keep the established flows, or {start_fresh}",
+                map_path(dir, name).display(),
+                have.max_entries,
+                want.max_entries
+            ));
+        }
         if have != want {
             return Err(format!(
                 "pinned map {} does not match this xdplb ({have}; expected {want}): it was \
@@ -327,13 +338,29 @@ mod tests {
     }
 
     #[test]
-    fn a_pin_of_another_size_is_refused_naming_the_map_and_both_shapes() {
-        let e = expected(&[]).unwrap();
+    fn a_connection_table_of_another_size_is_refused_naming_conn_table_size() {
+        let e = expected(&[(map_names::CONNS, 65536)]).unwrap();
         let mut found = all(&e);
         found.get_mut(map_names::CONNS).unwrap().max_entries = 8192;
         let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
+        assert_eq!(
+            err,
+            "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS holds 8192 entries, \
+             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs): a table \
+             cannot be resized in place; set conn_table_size back to keep the established \
+             flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
+             removes the pins: established flows are dropped), then start again"
+        );
+    }
+
+    #[test]
+    fn a_pin_of_another_shape_is_refused_naming_the_map_and_both_shapes() {
+        let e = expected(&[]).unwrap();
+        let mut found = all(&e);
+        found.get_mut(map_names::CONNS).unwrap().key_size = 16;
+        let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
         assert!(err.starts_with("pinned map /sys/fs/bpf/xdplb/maps/CONNS does not match"), "{err}");
-        assert!(err.contains("8192 entries, flags 0x2; expected"), "{err}");
+        assert!(err.contains("key 16 B, value 8 B, 1048576 entries, flags 0x2; expected"), "{err}");
         let mut found = all(&e);
         found.get_mut(map_names::CONFIG).unwrap().value_size += 16;
         assert!(decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err().contains("CONFIG"));

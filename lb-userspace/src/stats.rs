@@ -9,7 +9,7 @@ use aya::{
 };
 use lb_common::{BackendStats, CounterSet, Handshakes, Traffic, map_names as names};
 
-use crate::maps::take;
+use crate::{conn_table, maps::take};
 
 /// What readers of the statistics need; `BpfStats` is the real thing.
 pub trait Stats {
@@ -19,6 +19,8 @@ pub trait Stats {
     fn vip_traffic(&self, index: u32) -> Result<Traffic>;
     /// Packets and bytes sent to backend `index`.
     fn backend_traffic(&self, index: u32) -> Result<Traffic>;
+    /// The connection table's size and last count, where one is kept.
+    fn conn_table(&self) -> Option<conn_table::Use>;
 }
 
 /// Where the passive signal reads each backend's SYN and handshake counters;
@@ -33,6 +35,7 @@ pub struct BpfStats {
     stats: PerCpuArray<MapData, CounterSet>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
+    conn_table: Option<conn_table::Watch>,
 }
 
 impl BpfStats {
@@ -42,7 +45,15 @@ impl BpfStats {
             stats: take(ebpf, names::STATS)?,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            conn_table: None,
         })
+    }
+
+    /// With the connection table counted by `watch` (its thread stops when these
+    /// statistics are dropped).
+    #[must_use]
+    pub fn counting(self, watch: conn_table::Watch) -> Self {
+        Self { conn_table: Some(watch), ..self }
     }
 
     fn backend(&self, index: u32) -> Result<PerCpuValues<BackendStats>> {
@@ -73,6 +84,10 @@ impl Stats for BpfStats {
             add_traffic(&mut sum, &b.traffic);
         }
         Ok(sum)
+    }
+
+    fn conn_table(&self) -> Option<conn_table::Use> {
+        self.conn_table.as_ref().map(conn_table::Watch::latest)
     }
 }
 

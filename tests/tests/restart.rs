@@ -15,7 +15,10 @@ use std::{
 
 use aya::EbpfLoader;
 use lb_common::map_names;
-use lb_userspace::{loader, netlink, objects, pins};
+use lb_userspace::{
+    admin::{Request, Response},
+    loader, netlink, objects, pins,
+};
 use xdplb_tests::{
     daemon::{Daemon, binary},
     lab::{
@@ -166,10 +169,40 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     let mut d = net.start(&net.config("eth0", "skb"), &[]);
     let (code, log) = d.wait_exit(Duration::from_secs(15)).unwrap();
     assert_eq!(code, Some(1), "{log}");
-    assert!(log.contains("/maps/CONNS does not match this xdplb"), "{log}");
+    assert!(
+        log.contains("/maps/CONNS holds 8192 entries, conn_table_size asks for 1048576"),
+        "{log}"
+    );
     assert!(log.contains(&format!("xdplb detach --pin-path {PIN}")), "{log}");
     assert!(xdp_in_ns().is_empty(), "nothing attached");
     assert!(pins::map_path(Path::new(PIN), map_names::CONNS).exists(), "the pins are left alone");
+
+    // The config that sized them adopts them; status shows the size, use and
+    // each CPU's share; a reload that resizes the table is refused.
+    let sized = net.config("eth0", "skb");
+    let text = std::fs::read_to_string(&sized).unwrap();
+    std::fs::write(&sized, format!("conn_table_size: 8192\n{text}")).unwrap();
+    let mut d = net.start(&sized, &[]);
+    running(&d);
+    let status = d.status().unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let line = status.lines().find(|l| l.starts_with("connection table: ")).unwrap_or_default();
+    assert!(
+        line.starts_with("connection table: 0 of 8192 entries in use (0.0%, counted"),
+        "{status}"
+    );
+    let share = format!("; LRU per CPU: {} entries on each of {cpus} CPUs", 8192 / cpus);
+    assert!(line.ends_with(&share), "{status}");
+    let metric = |name| d.metric(name, &[]).unwrap();
+    assert!((metric("xdplb_conntrack_capacity") - 8192.0).abs() < 0.5);
+    assert!(metric("xdplb_conntrack_entries").abs() < 0.5);
+    std::fs::write(&sized, format!("conn_table_size: 16384\n{text}")).unwrap();
+    let answer = d.admin(&Request::Reload).unwrap();
+    assert_eq!(
+        answer,
+        Response::Error("config not reloaded: changing conn_table_size needs a restart".into())
+    );
+    d.stop().unwrap();
 
     // A complete set from a run, then one map lost: refused, not mixed with a fresh one.
     loader::remove_pins(Path::new(PIN)).unwrap();

@@ -9,6 +9,9 @@
 //! admin_socket: /run/xdplb/admin.sock   # default; mode 0600: root and xdplb's own user
 //! admin_group: xdplb-ops          # optional: its members may read `status` (socket 0660)
 //! pin_path: /sys/fs/bpf/xdplb     # default
+//! conn_table_size: 1048576        # default; connection-table entries, 1024..=67108864
+//!                                 # (~112 B each; LRU per CPU: each CPU's flows get
+//!                                 # size / CPUs); a change needs a restart and `xdplb detach`
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip
 //! hash_seed_file: /etc/xdplb/hash-seed   # the flow hash's secret (or hash_seed: 32 hex digits);
@@ -98,6 +101,11 @@ pub mod defaults {
     pub const METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9650);
     pub const ADMIN_SOCKET: &str = "/run/xdplb/admin.sock";
     pub const PIN_PATH: &str = "/sys/fs/bpf/xdplb";
+    pub const CONN_TABLE_SIZE: u32 = lb_common::limits::CONN_TABLE_SIZE;
+    /// Bounds of `conn_table_size`: below, a CPU's share of the LRU holds a
+    /// handful of flows; above, the table takes ~7 GiB (~112 B an entry).
+    pub const CONN_TABLE_MIN: u64 = 1024;
+    pub const CONN_TABLE_MAX: u64 = 1 << 26;
     pub const WEIGHT: u32 = 100;
     /// As HAProxy's and NGINX's `backup`: reserves serve only when no primary can.
     pub const MIN_PRIMARIES: u32 = 1;

@@ -28,6 +28,17 @@ pub enum XdpMode {
     Skb,
 }
 
+impl XdpMode {
+    /// The config's spelling.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        }
+    }
+}
+
 /// How packets reach the backends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +48,17 @@ pub enum Forwarding {
     Dsr,
     /// IP-in-IP (or IP6-in-IP6) encapsulation; works across L3.
     Ipip,
+}
+
+impl Forwarding {
+    /// The config's spelling.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dsr => "dsr",
+            Self::Ipip => "ipip",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -258,6 +280,9 @@ pub struct Config {
     /// then mode 0660 in that group); `None`: root and xdplb's own user only.
     pub admin_group: Option<String>,
     pub pin_path: PathBuf,
+    /// Entries of the connection table (`CONNS`), shared by all CPUs, each CPU's
+    /// LRU list holding its share (`conntrack::TableSize`). Read at start only.
+    pub conn_table_size: u32,
     /// `None`: read from the interface.
     pub mtu: Option<u32>,
     /// Next hop for `ipip` when backends are not on-link.
@@ -322,26 +347,8 @@ impl Config {
             let _ = writeln!(out, "{:indent$}{text}", "");
         };
         line(0, format!("interface: {}", scalar(&self.interface)));
-        line(
-            0,
-            format!(
-                "xdp_mode: {}",
-                match self.xdp_mode {
-                    XdpMode::Driver => "driver",
-                    XdpMode::Skb => "skb",
-                }
-            ),
-        );
-        line(
-            0,
-            format!(
-                "forwarding: {}",
-                match self.forwarding {
-                    Forwarding::Dsr => "dsr",
-                    Forwarding::Ipip => "ipip",
-                }
-            ),
-        );
+        line(0, format!("xdp_mode: {}", self.xdp_mode.name()));
+        line(0, format!("forwarding: {}", self.forwarding.name()));
         let TunnelSource { ipv4, ipv6 } = self.tunnel_source;
         if ipv4.is_some() || ipv6.is_some() {
             line(0, "tunnel_source:".into());
@@ -358,6 +365,7 @@ impl Config {
             line(0, format!("admin_group: {}", scalar(group)));
         }
         line(0, format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())));
+        line(0, format!("conn_table_size: {}", self.conn_table_size));
         if let Some(mtu) = self.mtu {
             line(0, format!("mtu: {mtu}"));
         }

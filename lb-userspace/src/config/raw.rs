@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub admin_socket: Option<String>,
     pub admin_group: Option<String>,
     pub pin_path: Option<String>,
+    /// Wide, so that a size past `u32` gets our positioned range error.
+    pub conn_table_size: Option<u64>,
     pub mtu: Option<u32>,
     pub gateway: Option<String>,
     pub hash_seed: Option<String>,

@@ -100,6 +100,7 @@ fn readme_example_parses_with_defaults_filled_in() {
     assert_eq!(cfg.admin_socket, PathBuf::from("/run/xdplb/admin.sock"));
     assert_eq!(cfg.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
     assert_eq!((cfg.mtu, cfg.gateway), (None, None));
+    assert_eq!(cfg.conn_table_size, 1 << 20, "the connection table's default size");
     assert_eq!(cfg.vips.len(), 1);
     let vip = &cfg.vips[0];
     assert_eq!((vip.name.as_str(), vip.address, vip.port), ("waf-https", v4(203, 0, 113, 10), 443));
@@ -393,6 +394,26 @@ fn ipip_accepts_mixed_families_with_both_tunnel_sources() {
 }
 
 #[test]
+fn conn_table_size_is_read_and_bounded_with_its_line() {
+    let sized = |n: &str| {
+        base().replace("interface: eth0\n", &format!("interface: eth0\nconn_table_size: {n}\n"))
+    };
+    assert_eq!(ok(&sized("1024")).conn_table_size, 1024);
+    assert_eq!(ok(&sized("67108864")).conn_table_size, 1 << 26);
+    for n in ["1023", "0", "67108865", "4294967296"] {
+        assert_only_error(
+            &sized(n),
+            "conn_table_size",
+            2,
+            18,
+            &format!("conn_table_size {n} is out of range 1024..=67108864"),
+        );
+    }
+    let errs = errors(&sized("-5"));
+    assert!(errs.to_string().contains("conn_table_size"), "{errs}");
+}
+
+#[test]
 fn to_yaml_round_trips_to_an_equal_config() {
     let rich = yaml(
         "
@@ -403,6 +424,7 @@ fn to_yaml_round_trips_to_an_equal_config() {
         metrics_listen: \"[::1]:9100\"
         admin_socket: /tmp/xdplb.sock
         pin_path: /sys/fs/bpf/other
+        conn_table_size: 65536
         mtu: 9000
         gateway: \"fd00::1\"
         hash_seed: \"00112233445566778899aabbccddeeff\"

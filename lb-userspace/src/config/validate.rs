@@ -102,6 +102,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         );
     }
 
+    let conn_table_size = conn_table_size(raw.conn_table_size, c);
     if let Some(mtu) = raw.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -148,6 +149,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         admin_socket,
         admin_group,
         pin_path,
+        conn_table_size,
         mtu: raw.mtu,
         gateway,
         hash_seed,
@@ -291,6 +293,27 @@ fn resolve_sync(raw: RawSync, c: &mut Collector<'_>) -> Option<SyncConf> {
 
 /// Longest `ha.withdraw_wait`: a planned stop is not a place to park a balancer.
 const MAX_WITHDRAW_WAIT: Duration = Duration::from_mins(5);
+
+/// `conn_table_size`, within its bounds (the default where absent or out of them).
+fn conn_table_size(raw: Option<u64>, c: &mut Collector<'_>) -> u32 {
+    match raw {
+        None => defaults::CONN_TABLE_SIZE,
+        Some(n) if (defaults::CONN_TABLE_MIN..=defaults::CONN_TABLE_MAX).contains(&n) => {
+            u32::try_from(n).unwrap_or(defaults::CONN_TABLE_SIZE)
+        }
+        Some(n) => {
+            c.error(
+                "conn_table_size",
+                format!(
+                    "conn_table_size {n} is out of range {}..={} (entries; ~112 bytes each)",
+                    defaults::CONN_TABLE_MIN,
+                    defaults::CONN_TABLE_MAX
+                ),
+            );
+            defaults::CONN_TABLE_SIZE
+        }
+    }
+}
 
 fn resolve_ha(raw: RawHa, c: &mut Collector<'_>) -> Ha {
     let track_file = raw.track_file.map(PathBuf::from);

@@ -145,7 +145,8 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         XdpMode::Driver => AyaXdpMode::Driver,
         XdpMode::Skb => AyaXdpMode::Skb,
     };
-    let loaded = loader::load_and_attach(&config.pin_path, &config.interface, mode)?;
+    let loaded =
+        loader::load_and_attach(&config.pin_path, &config.interface, mode, config.conn_table_size)?;
     info!(
         "xdp_lb attached to {} ({:?} mode){}",
         config.interface,

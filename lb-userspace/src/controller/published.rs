@@ -89,6 +89,9 @@ impl<S: Stats> Published<S> {
                 .collect();
             self.metrics.dataplane(&counters, &vips, &backends);
         }
+        if let Some(table) = self.counters.conn_table() {
+            self.metrics.conn_table(&table);
+        }
         let judged = (self.verdict)();
         let healthy = judged.healthz(Instant::now()).is_ok();
         self.metrics.health(judged.attached.is_ok(), healthy);
@@ -141,6 +144,14 @@ mod tests {
         }
         fn backend_traffic(&self, index: u32) -> Result<Traffic> {
             self.vip_traffic(index)
+        }
+        fn conn_table(&self) -> Option<crate::conn_table::Use> {
+            Some(crate::conn_table::Use {
+                size: crate::conn_table::Size::new(1000, 3),
+                entries: 77,
+                counted: Instant::now(),
+                error: None,
+            })
         }
     }
 
@@ -206,6 +217,18 @@ mod tests {
         p.metrics.update(&Update::ForgetBackend { vip: "web".into(), backend: "waf2".into() });
         let text = p.metrics();
         assert_eq!((packets(&text, "waf1"), packets(&text, "waf2")), (Some(4.0), None));
+    }
+
+    #[test]
+    fn a_scrape_exports_the_connection_tables_last_count_and_size() {
+        let (p, _) = published(status(&[("waf1", 1)]), judged(Instant::now(), Ok(())));
+        let text = p.metrics();
+        assert_eq!(value(&text, "xdplb_conntrack_entries", &[]), Some(77.0));
+        assert_eq!(
+            value(&text, "xdplb_conntrack_capacity", &[]),
+            Some(1002.0),
+            "as the kernel sizes it"
+        );
     }
 
     #[test]

@@ -93,8 +93,8 @@ impl Status {
     }
 
     /// The `xdplb status` text. `attached` is the data path's attachment check,
-    /// `health` the balancer's health; packet and byte counts come from `traffic`
-    /// (0 where unreadable).
+    /// `health` the balancer's health; packet and byte counts and the connection
+    /// table's use come from `traffic` (0 where unreadable).
     #[must_use]
     pub fn render(
         &self,
@@ -125,6 +125,9 @@ impl Status {
         let _ = writeln!(s, "{}", health.line());
         for warning in &health.warnings {
             let _ = writeln!(s, "warning: {warning}");
+        }
+        if let Some(table) = traffic.conn_table() {
+            let _ = writeln!(s, "{}", table.line(std::time::Instant::now()));
         }
         let row = |s: &mut String, cells: [&str; 9]| {
             let [name, address, weight, role, state, health, drained, mac, packets] = cells;
@@ -231,6 +234,14 @@ mod tests {
             }
             Ok(Traffic { packets: u64::from(index) * 10, bytes: 0 })
         }
+        fn conn_table(&self) -> Option<crate::conn_table::Use> {
+            Some(crate::conn_table::Use {
+                size: crate::conn_table::Size::new(8192, 2),
+                entries: 1024,
+                counted: std::time::Instant::now(),
+                error: None,
+            })
+        }
     }
 
     /// waf-1 up, waf-2 drained (no MAC), waf-3 a healthy reserve, waf-4 a reserve never seen.
@@ -275,6 +286,7 @@ mod tests {
              xdp: attached\n\
              flow hash: hash_seed in the config, fingerprint {:08x}\n\
              health: ok\n\
+             connection table: 1024 of 8192 entries in use (12.5%, counted 0 s ago); LRU per CPU: 4096 entries on each of 2 CPUs\n\
              \n\
              VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)  all_down drop  down_flows move  ring 0000000000c0ffee (1 backend)\n  \
              BACKEND          ADDRESS                                  WEIGHT  ROLE     STATE     HEALTH  DRAINED MAC                  PACKETS\n  \

@@ -226,6 +226,8 @@ pub struct Metrics {
     backend_bytes: IntCounterVec,
     /// One handle per `Counter`, in `Counter::ALL` order.
     dataplane_counters: Vec<IntCounter>,
+    conntrack_entries: IntGauge,
+    conntrack_capacity: IntGauge,
     seen: Mutex<Seen>,
     /// The balancer's own health and rings.
     pub balancer: BalancerMetrics,
@@ -345,6 +347,7 @@ impl Metrics {
         let [vip_packets, vip_bytes, backend_packets, backend_bytes] = Self::traffic_families(&r);
         let (suspicions, triggered_probes, suspicion_decision) = Self::passive_families(&r);
         let dataplane_counters = Self::dataplane_families(&r);
+        let (conntrack_entries, conntrack_capacity) = Self::conn_table_gauges(&r);
         Self {
             balancer: BalancerMetrics::new(&r),
             sync: super::sync::SyncMetrics::new(&r),
@@ -377,7 +380,27 @@ impl Metrics {
                 ..Seen::default()
             }),
             dataplane_counters,
+            conntrack_entries,
+            conntrack_capacity,
         }
+    }
+
+    /// The connection table's use and size (`conn_table`), set at scrape time.
+    fn conn_table_gauges(r: &Registry) -> (IntGauge, IntGauge) {
+        let entries = gauge(
+            r,
+            "xdplb_conntrack_entries",
+            "Entries in the connection table at its last count (every 10 s, off the control loop).",
+            0,
+        );
+        let capacity = gauge(
+            r,
+            "xdplb_conntrack_capacity",
+            "Entries the connection table holds (conn_table_size, rounded up to a multiple of \
+             the CPUs); each CPU's LRU list holds capacity / CPUs of them.",
+            0,
+        );
+        (entries, capacity)
     }
 
     /// Packets and bytes per VIP and per (VIP, backend).
@@ -713,6 +736,13 @@ impl Metrics {
             );
             advance(&self.backend_bytes.with_label_values(&labels), &mut last.bytes, now.bytes);
         }
+    }
+
+    /// The connection table's last count and size: `xdplb_conntrack_entries`,
+    /// `xdplb_conntrack_capacity`.
+    pub fn conn_table(&self, table: &crate::conn_table::Use) {
+        self.conntrack_entries.set(i64::try_from(table.entries).unwrap_or(i64::MAX));
+        self.conntrack_capacity.set(i64::from(table.size.entries));
     }
 
     /// Text exposition format (version 0.0.4).

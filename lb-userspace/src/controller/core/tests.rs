@@ -736,6 +736,16 @@ fn a_reload_that_changes_what_needs_a_restart_is_refused() {
     assert_eq!(core.config(), &parse(CONFIG));
 }
 
+#[test]
+fn a_reload_that_resizes_the_connection_table_is_refused() {
+    let mut core = started();
+    let resized = CONFIG.replace("interface: eth0", "interface: eth0\nconn_table_size: 65536");
+    let err = core.reload(Instant::now(), Ok(parse(&resized))).unwrap_err();
+    assert_eq!(err, "config not reloaded: changing conn_table_size needs a restart");
+    assert_eq!(updates(&outputs(&mut core)), [&Update::Reload { ok: false }]);
+    assert_eq!(core.config(), &parse(CONFIG));
+}
+
 // --- neighbours ---
 
 /// The next hops the core asked to resolve, in order.
@@ -1161,6 +1171,9 @@ impl crate::stats::Stats for NoStats {
     }
     fn backend_traffic(&self, _: u32) -> Result<lb_common::Traffic> {
         Ok(lb_common::Traffic::default())
+    }
+    fn conn_table(&self) -> Option<crate::conn_table::Use> {
+        None
     }
 }
 
