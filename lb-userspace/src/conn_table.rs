@@ -99,6 +99,12 @@ impl Use {
 /// `FlowKey` and `ConnValue` (an approximation while packets change it: an entry
 /// moved between buckets during the walk may count twice or not at all).
 pub fn count(map: BorrowedFd<'_>) -> io::Result<u64> {
+    count_by(map, BATCH)
+}
+
+/// [`count`], fetching `batch` entries per system call (tests cross batches).
+#[doc(hidden)]
+pub fn count_by(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
     /// `union bpf_attr`'s `batch` member.
     #[repr(C)]
     struct BatchAttr {
@@ -112,8 +118,8 @@ pub fn count(map: BorrowedFd<'_>) -> io::Result<u64> {
         flags: u64,
     }
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut keys = vec![FlowKey::default(); BATCH];
-    let mut values = vec![ConnValue::default(); BATCH];
+    let mut keys = vec![FlowKey::default(); batch];
+    let mut values = vec![ConnValue::default(); batch];
     let (mut position, mut next) = (0u32, 0u32);
     let (mut total, mut first) = (0u64, true);
     loop {
@@ -122,12 +128,12 @@ pub fn count(map: BorrowedFd<'_>) -> io::Result<u64> {
             out_batch: (&raw mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
+            count: u32::try_from(batch).unwrap_or(u32::MAX),
             map_fd: u32::try_from(map.as_raw_fd()).unwrap_or(u32::MAX),
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: the attribute points at buffers of BATCH keys and values of the
+        // SAFETY: the attribute points at buffers of `batch` keys and values of the
         // map's sizes and at two u32 batch positions (a hash map's), all ours.
         let rc = unsafe {
             libc::syscall(

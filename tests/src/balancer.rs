@@ -170,6 +170,20 @@ impl Balancer {
         self.apply();
     }
 
+    /// A handle of the map `name` the loaded program uses.
+    #[must_use]
+    pub fn map(&self, name: &str) -> MapData {
+        let ids = self.program().info().expect("program info").map_ids().expect("map ids");
+        let id = ids
+            .unwrap_or_default()
+            .into_iter()
+            .find(|id| {
+                aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some(name))
+            })
+            .unwrap_or_else(|| panic!("xdp_lb uses no map {name}"));
+        MapData::from_id(id).expect("opening the map")
+    }
+
     #[must_use]
     pub fn program(&self) -> &Xdp {
         self.ebpf.program("xdp_lb").expect("xdp_lb").try_into().expect("xdp")

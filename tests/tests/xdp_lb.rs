@@ -3,6 +3,8 @@
 //! and checks the verdict, the frame that comes out, and the counters it moved.
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
+use std::os::fd::AsFd as _;
+
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
 use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
 use xdplb_tests::{
@@ -946,6 +948,23 @@ fn a_syn_alone_puts_nothing_in_the_table_its_handshakes_ack_does() {
     let to = lb.receiver(&lb.run(&flow.ack().frame()));
     let conn = lb.conn(&flow).expect("the ACK completed the handshake");
     assert_eq!(Some(conn.backend), lb.writer.backend_index("web4", &to));
+}
+
+#[test]
+fn the_connection_table_is_counted_in_batches_however_they_split_it() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let conns = lb.map(lb_common::map_names::CONNS);
+    let count = |batch| lb_userspace::conn_table::count_by(conns.fd().as_fd(), batch).unwrap();
+    assert_eq!(count(64), 0);
+    // Fewer flows than one CPU's share of the fixtures' 8192 entries: none evicted.
+    for port in 0..3000 {
+        assert_eq!(lb.run(&udp4().sport(1000 + port).frame()).action, XDP_TX);
+    }
+    for batch in [64, 1000, 2999, 3000, 4096] {
+        assert_eq!(count(batch), 3000, "{batch} per call");
+    }
+    assert_eq!(lb_userspace::conn_table::count(conns.fd().as_fd()).unwrap(), 3000);
 }
 
 #[test]
