@@ -43,7 +43,7 @@ type Differs = fn(&Config, &Config) -> bool;
 pub const MAC_GRACE: Duration = Duration::from_secs(5);
 
 /// Config keys a reload cannot change: they are bound or attached at start.
-const NEEDS_RESTART: [(&str, Differs); 7] = [
+const NEEDS_RESTART: [(&str, Differs); 8] = [
     ("interface", |a, b| a.interface != b.interface),
     ("xdp_mode", |a, b| a.xdp_mode != b.xdp_mode),
     ("pin_path", |a, b| a.pin_path != b.pin_path),
