@@ -7,4 +7,8 @@
 //! them elsewhere. Those entries are the *exceptions*; only they are synced.
 //! See docs/sync.md for the protocol and the rules.
 
+pub mod exceptions;
+pub mod install;
 pub mod key;
+pub mod peers;
+pub mod wire;
