@@ -146,6 +146,14 @@ impl BpfMaps {
         }
     }
 
+    /// A second handle on the connection table, for peer sync's own thread.
+    pub fn conns_handle(&self) -> Result<HashMap<MapData, FlowKey, ConnValue>> {
+        use aya::maps::IterableMap as _;
+        let fd = self.conns.map().fd().as_fd().try_clone_to_owned().context("CONNS: dup")?;
+        let data = MapData::from_fd(fd).map_err(|e| anyhow!("CONNS: {e}"))?;
+        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("CONNS: {e}"))
+    }
+
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }

@@ -44,6 +44,7 @@ use crate::{
     desired::{DesiredState, DesiredVip, addr_words, ring_id},
     maglev::{self, Member},
     maps::{Maps, Slot},
+    sync::exceptions::{View, ViewBackend, ViewVip},
 };
 
 /// What one `apply` changed.
@@ -292,6 +293,30 @@ impl<M: Maps> MapWriter<M> {
             let digest = maglev::digest(&members, &slot.table);
             slot.ring = Some(Ring { members: members.len(), digest });
         }
+    }
+
+    /// The rings and backend entries as written, for peer sync's exception rule.
+    #[must_use]
+    pub fn sync_view(&self, seed: lb_common::hash::Seed) -> View {
+        let mut view = View { seed, ..View::default() };
+        let mut keys = BTreeMap::new();
+        for (name, slot) in &self.vips {
+            if let Some(key) = slot.key
+                && !slot.table.is_empty()
+            {
+                view.vips.insert(key, ViewVip { ring: slot.table.clone().into() });
+                keys.insert(name.as_str(), key);
+            }
+        }
+        for ((vip, _, address), (index, b)) in &self.backends {
+            if let Some(key) = keys.get(vip.as_str()) {
+                let state = BackendState::from_u8(b.state);
+                let entry =
+                    ViewBackend { vip: *key, address: *address, generation: b.generation, state };
+                view.backends.insert(*index, entry);
+            }
+        }
+        view
     }
 
     /// Whether `plan` fits the maps at all; `apply` checks this before writing.

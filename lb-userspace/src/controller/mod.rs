@@ -57,6 +57,7 @@ use crate::{
     metrics::{self, Metrics},
     neighbours::{Kernel, NeighbourSource},
     stats::{BpfStats, HandshakeCounters},
+    sync,
 };
 
 /// How often the loop ticks: next-hop MACs are re-read.
@@ -175,16 +176,32 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let watcher = Watcher::spawn(interface.clone(), Kernel, tables.clone(), TICK, changes_tx)
         .context("starting the neighbour watcher")?;
     let engines = ha::engines(&config);
+    // Peer sync reads and writes the connection table through a handle of its own.
+    let conns = match &config.sync {
+        Some(_) => Some(loaded.maps.conns_handle()?),
+        None => None,
+    };
+    let sync_conf = config.sync.clone();
     let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, tables, now)?;
     let first = core.poll_status().ok_or_else(|| anyhow!("internal error: no status at start"))?;
     let (status_tx, status_rx) = watch::channel(first);
     let (reports_tx, reports) = mpsc::channel(4096);
     let metrics = Arc::new(Metrics::new());
+    let sync = match (&sync_conf, conns) {
+        (Some(conf), Some(conns)) => Some(
+            sync::Service::spawn(conf, sync::conns::BpfConns::new(conns), Arc::clone(&metrics))
+                .context("starting peer sync")?,
+        ),
+        _ => None,
+    };
+    let peers = sync.as_ref().map(|s| Arc::clone(&s.shared));
     let mut effects = Effects {
         watcher,
         runner: HealthRunner::new(reports_tx),
         metrics: Arc::clone(&metrics),
         status: status_tx,
+        sync,
+        sync_conf,
     };
     effects.carry_out(&mut core);
 
@@ -203,7 +220,8 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         .context("starting the health monitor thread")?,
     );
     let verdict = Arc::clone(&monitor);
-    let published = Published::new(status_rx, stats, metrics, Arc::new(move || verdict.judged()));
+    let published = Published::new(status_rx, stats, metrics, Arc::new(move || verdict.judged()))
+        .with_peers(peers);
     let (admin_rx, admin_task) = spawn_admin(admin_listener, access, published.clone());
     let scrape: Arc<dyn metrics::Scrape> = Arc::new(published);
     let metrics_task = tokio::spawn(async move {
@@ -381,12 +399,24 @@ struct Effects {
     runner: HealthRunner,
     metrics: Arc<Metrics>,
     status: watch::Sender<Arc<Status>>,
+    /// Peer sync's thread, with `sync:`.
+    sync: Option<sync::Service>,
+    /// The `sync:` section it was last given (a reload may change peers and key).
+    sync_conf: Option<config::SyncConf>,
 }
 
 impl Effects {
     fn carry_out<M: Maps>(&mut self, core: &mut Core<M>) {
         if let Some(status) = core.poll_status() {
             self.status.send_replace(status);
+        }
+        if let Some(service) = &self.sync
+            && core.config().sync != self.sync_conf
+        {
+            self.sync_conf.clone_from(&core.config().sync);
+            if let Some(conf) = &self.sync_conf {
+                service.configure(conf);
+            }
         }
         while let Some(output) = core.poll_output() {
             match output {
@@ -395,6 +425,11 @@ impl Effects {
                 Output::ProbeTargets(targets) => self.runner.set_targets(targets),
                 Output::Solicit(hops) => self.watcher.solicit(hops),
                 Output::Probe { target, timeout } => self.runner.probe_once(target, timeout),
+                Output::SyncView(view) => {
+                    if let Some(service) = &self.sync {
+                        service.view(view);
+                    }
+                }
                 Output::Written { why, since, applied } => {
                     let took = since.elapsed();
                     self.metrics.map_write(took);

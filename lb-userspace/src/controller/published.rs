@@ -25,6 +25,8 @@ pub struct Published<S> {
     counters: Arc<S>,
     metrics: Arc<Metrics>,
     verdict: Verdict,
+    /// Peer sync's state, with `sync:` (the `peers:` section of the status).
+    peers: Option<Arc<crate::sync::service::Shared>>,
 }
 
 impl<S> Clone for Published<S> {
@@ -34,6 +36,7 @@ impl<S> Clone for Published<S> {
             counters: Arc::clone(&self.counters),
             metrics: Arc::clone(&self.metrics),
             verdict: Arc::clone(&self.verdict),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -46,7 +49,13 @@ impl<S: Stats> Published<S> {
         metrics: Arc<Metrics>,
         verdict: Verdict,
     ) -> Self {
-        Self { status, counters, metrics, verdict }
+        Self { status, counters, metrics, verdict, peers: None }
+    }
+
+    /// Shows peer sync's peers in the status.
+    #[must_use]
+    pub fn with_peers(self, peers: Option<Arc<crate::sync::service::Shared>>) -> Self {
+        Self { peers, ..self }
     }
 
     /// The status as published last.
@@ -66,7 +75,11 @@ impl<S: Stats> Published<S> {
         {
             health.failing.push(stale.trim_end().to_owned());
         }
-        (self.status().render(&judged.attached, &health, &*self.counters), verdict.is_ok())
+        let mut text = self.status().render(&judged.attached, &health, &*self.counters);
+        if let Some(peers) = &self.peers {
+            text.push_str(&peers.render(Instant::now()));
+        }
+        (text, verdict.is_ok())
     }
 
     /// The data path's counters into the metrics, for the VIPs and backends of

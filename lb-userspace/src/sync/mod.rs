@@ -7,8 +7,11 @@
 //! them elsewhere. Those entries are the *exceptions*; only they are synced.
 //! See docs/sync.md for the protocol and the rules.
 
+pub mod conns;
 pub mod exceptions;
 pub mod install;
 pub mod key;
 pub mod peers;
+pub mod service;
 pub mod wire;
+pub use service::Service;

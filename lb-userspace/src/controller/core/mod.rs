@@ -81,6 +81,9 @@ pub enum Output {
         since: Instant,
         applied: Applied,
     },
+    /// With `sync:`: the rings and backends as now written, after a write that
+    /// changed them. Peer sync finds its exceptions again against it.
+    SyncView(Arc<crate::sync::exceptions::View>),
 }
 
 impl Output {
@@ -158,6 +161,8 @@ pub struct Core<M: Maps> {
     unpublished: bool,
     /// Suspicions raised by the data path's counters, and their fast probes.
     passive: passive::Passive,
+    /// The last `Output::SyncView` given out.
+    sync_view: Option<Arc<crate::sync::exceptions::View>>,
 }
 
 impl<M: Maps> Core<M> {
@@ -210,6 +215,7 @@ impl<M: Maps> Core<M> {
             published: None,
             unpublished: false,
             passive: passive::Passive::default(),
+            sync_view: None,
         };
         core.follow_config(&seed, None);
         core.warn_config();
@@ -837,6 +843,7 @@ impl<M: Maps> Core<M> {
         let written = match self.writer.apply(&desired) {
             Ok(applied) => {
                 self.outputs.push_back(Output::Written { why, since: now, applied });
+                self.follow_sync_view();
                 for v in &self.config.vips {
                     for b in &v.backends {
                         let key = (v.name.clone(), b.name.clone());
@@ -862,6 +869,20 @@ impl<M: Maps> Core<M> {
         self.last_write.clone_from(&written);
         self.publish();
         written
+    }
+
+    /// With `sync:`, gives out the rings and backends as written when they
+    /// changed (a ring switched, a backend's state or generation moved).
+    fn follow_sync_view(&mut self) {
+        if self.config.sync.is_none() {
+            return;
+        }
+        let view = self.writer.sync_view(self.config.hash_seed.seed);
+        if self.sync_view.as_deref() != Some(&view) {
+            let view = Arc::new(view);
+            self.sync_view = Some(Arc::clone(&view));
+            self.outputs.push_back(Output::SyncView(view));
+        }
     }
 
     /// Publishes the status if it changed.
