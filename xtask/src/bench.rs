@@ -21,6 +21,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("conntrack", "Connection table under pressure, and map memory"),
     ("failover", "Failover: a dead WAF node stops getting new connections — xdplb against HAProxy"),
     ("soak", "Soak: ten minutes of 1 M flows, flapping backends and reloads"),
+    ("sync", "Peer sync: exceptions and bytes per ring change at 1 M flows"),
 ];
 
 /// Run only when named (`cargo xtask bench soak`), not by a bare `cargo xtask bench`:

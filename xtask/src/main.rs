@@ -96,7 +96,7 @@ enum Task {
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
     Bench {
-        /// Which: xdp, live, http, maglev, conntrack, failover, soak (see BENCHMARKS.md).
+        /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md).
         /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
     },

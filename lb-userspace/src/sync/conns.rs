@@ -51,7 +51,11 @@ impl BpfConns {
     }
 
     /// The next at most [`BATCH`] entries after `cursor` into `out`.
-    pub fn scan_step(&self, cursor: &mut Cursor, out: &mut Vec<(FlowKey, ConnValue)>) -> Result<()> {
+    pub fn scan_step(
+        &self,
+        cursor: &mut Cursor,
+        out: &mut Vec<(FlowKey, ConnValue)>,
+    ) -> Result<()> {
         let mut keys = vec![FlowKey::default(); BATCH];
         let mut values = vec![ConnValue::default(); BATCH];
         let mut next: u64 = 0;

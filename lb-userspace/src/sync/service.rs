@@ -245,7 +245,8 @@ impl Worker {
             self.snapshot(now);
             let busy = self.send(now);
             let wait = if self.scan.is_some() || busy { 0 } else { 20 };
-            let mut fd = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fd =
+                libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one pollfd we own, for the duration of the call.
             unsafe { libc::poll(&raw mut fd, 1, wait) };
         }
@@ -282,7 +283,10 @@ impl Worker {
         self.set_peers(&conf.peers);
         self.release(released);
         self.dirty = true;
-        info!("sync: peers now {}", conf.peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        info!(
+            "sync: peers now {}",
+            conf.peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
     }
 
     /// Entries no peer owns any more (it restarted, or left the config): they
@@ -297,8 +301,12 @@ impl Worker {
     }
 
     fn start_scan(&mut self, rescan: bool) {
-        self.scan =
-            Some(Scan { cursor: Cursor::default(), found: Exceptions::new(), started: Instant::now(), rescan });
+        self.scan = Some(Scan {
+            cursor: Cursor::default(),
+            found: Exceptions::new(),
+            started: Instant::now(),
+            rescan,
+        });
     }
 
     /// A bounded part of a full scan; at its end the set is replaced.
@@ -312,7 +320,12 @@ impl Worker {
                 scan.cursor.done = true;
             }
             let receiver = &self.receiver;
-            exceptions::find(&self.view, batch.drain(..), |f| receiver.is_installed(f), &mut scan.found);
+            exceptions::find(
+                &self.view,
+                batch.drain(..),
+                |f| receiver.is_installed(f),
+                &mut scan.found,
+            );
             if scan.cursor.done {
                 break;
             }
@@ -323,7 +336,9 @@ impl Worker {
         let Some(scan) = self.scan.take() else { return };
         let took = now.saturating_duration_since(scan.started);
         self.metrics.sync.scanned(took.as_secs_f64());
-        if scan.found.len() != self.local.len() || scan.found.keys().any(|k| !self.local.contains_key(k)) {
+        if scan.found.len() != self.local.len()
+            || scan.found.keys().any(|k| !self.local.contains_key(k))
+        {
             self.dirty = true;
         }
         log::debug!("sync: {} exceptions found in {took:?}", scan.found.len());
@@ -344,7 +359,14 @@ impl Worker {
                     return;
                 }
             };
-            let got = self.receiver.datagram(from, &buf[..n], now, wall_ms(), &self.view, &mut self.conns);
+            let got = self.receiver.datagram(
+                from,
+                &buf[..n],
+                now,
+                wall_ms(),
+                &self.view,
+                &mut self.conns,
+            );
             match got {
                 Err(reject) => self.metrics.sync.rejected(reject.name()),
                 Ok(r) => {
@@ -355,7 +377,11 @@ impl Worker {
                         self.metrics.sync.refused("unknown_backend", i.unknown_backend);
                         self.metrics.sync.refused("present", i.present);
                         if i.installed + i.removed > 0 {
-                            log::debug!("sync: from {label}: {} installed, {} withdrawn", i.installed, i.removed);
+                            log::debug!(
+                                "sync: from {label}: {} installed, {} withdrawn",
+                                i.installed,
+                                i.removed
+                            );
                         }
                         // A flow a peer now owns is not ours to send.
                         let before = self.local.len();
@@ -379,7 +405,8 @@ impl Worker {
         }
         self.dirty = false;
         self.next_snapshot = now + PERIOD;
-        let entries: Vec<Entry> = self.local.iter().map(|(flow, (_, id))| Entry { flow: *flow, id: *id }).collect();
+        let entries: Vec<Entry> =
+            self.local.iter().map(|(flow, (_, id))| Entry { flow: *flow, id: *id }).collect();
         let chunks = self.sender.snapshot(&entries);
         for p in &mut self.peers {
             p.queue = chunks.iter().cloned().collect();
@@ -426,6 +453,7 @@ impl Worker {
                 sent: p.sent,
             });
         }
-        *self.shared.lines.lock().unwrap_or_else(PoisonError::into_inner) = (self.local.len(), lines);
+        *self.shared.lines.lock().unwrap_or_else(PoisonError::into_inner) =
+            (self.local.len(), lines);
     }
 }

@@ -14,6 +14,7 @@ pub mod live;
 pub mod maglev;
 pub mod soak;
 pub mod stats;
+pub mod sync;
 pub mod veth;
 pub mod xdp;
 

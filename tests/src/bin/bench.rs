@@ -16,8 +16,9 @@ fn main() -> Result<()> {
         Some("conntrack") => bench::conntrack::run(rest),
         Some("failover") => bench::failover::run(rest),
         Some("soak") => bench::soak::run(rest),
+        Some("sync") => bench::sync::run(rest),
         _ => bail!(
-            "usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS]"
+            "usage: bench xdp [RUNS] | live [RUNS] | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS] | sync [RUNS]"
         ),
     }
 }
