@@ -92,7 +92,7 @@ impl BpfConns {
 
     fn map_fd(&self) -> u32 {
         use aya::maps::IterableMap as _;
-        self.map.map().fd().as_fd().as_raw_fd() as u32
+        self.map.map().fd().as_fd().as_raw_fd().cast_unsigned()
     }
 }
 

@@ -6,7 +6,7 @@
 //! What a peer's complete snapshot no longer lists is removed, if the entry is
 //! still the one installed.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::BuildHasher};
 
 use lb_common::{ConnValue, FlowKey};
 
@@ -20,7 +20,7 @@ pub trait ConnTable {
     fn remove(&mut self, flow: &FlowKey);
 }
 
-impl ConnTable for HashMap<FlowKey, ConnValue> {
+impl<S: BuildHasher> ConnTable for HashMap<FlowKey, ConnValue, S> {
     fn get(&self, flow: &FlowKey) -> Option<ConnValue> {
         HashMap::get(self, flow).copied()
     }
@@ -51,10 +51,10 @@ pub struct Installs {
 
 /// Makes `installed` (what this peer's entries put in `table`) follow its
 /// complete `snapshot`, holding at most `cap` entries for it.
-pub fn apply(
+pub fn apply<S: BuildHasher>(
     view: &View,
     table: &mut impl ConnTable,
-    installed: &mut HashMap<FlowKey, ConnValue>,
+    installed: &mut HashMap<FlowKey, ConnValue, S>,
     snapshot: &[Entry],
     cap: usize,
 ) -> Installs {

@@ -242,7 +242,7 @@ pub(crate) mod tests {
             family: fam,
             _pad: [0; 2],
         };
-        let port = if i % 2 == 0 { 0 } else { 443u16.to_be() };
+        let port = if i.is_multiple_of(2) { 0 } else { 443u16.to_be() };
         Entry {
             flow,
             id: Identity {
