@@ -11,7 +11,6 @@ use std::{
     fmt::Write as _,
     net::{SocketAddr, UdpSocket},
     os::unix::fs::PermissionsExt as _,
-    path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +27,7 @@ use lb_userspace::{
 };
 use xdplb_tests::{
     daemon::binary,
-    lab::{self, CLIENT4, LAB_DIR, LB4, Mode, NS_CLIENT, in_netns},
+    lab::{self, CLIENT4, LB4, Mode, NS_CLIENT, in_netns},
     privilege::have_root,
     rig::{Checks, Rig, config_text, wait_until},
 };
@@ -65,8 +64,9 @@ fn forged_replayed_and_malformed_sync_datagrams_change_nothing() {
         return;
     }
     binary().expect("the xdplb binary: `cargo build -p lb-userspace --bin xdplb`");
-    std::fs::create_dir_all(LAB_DIR).unwrap();
-    let key_file = Path::new(LAB_DIR).join("sync-forged.key");
+    // Not under the lab's directory: bringing the lab up empties it.
+    let key_file =
+        std::env::temp_dir().join(format!("xdplb-sync-forged-{}.key", std::process::id()));
     std::fs::write(&key_file, seed::hex(KEY.into_iter())).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut text = config_text(Mode::Dsr, 2, &Checks::default(), &[]);
