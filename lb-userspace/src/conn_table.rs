@@ -105,6 +105,33 @@ pub fn count(map: BorrowedFd<'_>) -> io::Result<u64> {
 /// [`count`], fetching `batch` entries per system call (tests cross batches).
 #[doc(hidden)]
 pub fn count_by(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
+    let mut keys = vec![FlowKey::default(); batch];
+    let mut values = vec![ConnValue::default(); batch];
+    let mut cursor = Cursor::default();
+    let mut total = 0u64;
+    while !cursor.done {
+        total += read_batch(map, &mut cursor, &mut keys, &mut values)? as u64;
+    }
+    Ok(total)
+}
+
+/// Where a walk of the table is: the kernel's batch position.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cursor {
+    position: Option<u32>,
+    /// The walk is over.
+    pub done: bool,
+}
+
+/// The next entries of the walk at `cursor` (at most `keys.len()`, which must be
+/// `values.len()`) into `keys` and `values`; how many. The walk uses
+/// `BPF_MAP_LOOKUP_BATCH`: thousands of entries per system call.
+pub fn read_batch(
+    map: BorrowedFd<'_>,
+    cursor: &mut Cursor,
+    keys: &mut [FlowKey],
+    values: &mut [ConnValue],
+) -> io::Result<usize> {
     /// `union bpf_attr`'s `batch` member.
     #[repr(C)]
     struct BatchAttr {
@@ -118,39 +145,35 @@ pub fn count_by(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
         flags: u64,
     }
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut keys = vec![FlowKey::default(); batch];
-    let mut values = vec![ConnValue::default(); batch];
-    let (mut position, mut next) = (0u32, 0u32);
-    let (mut total, mut first) = (0u64, true);
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const position) as u64 },
-            out_batch: (&raw mut next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(batch).unwrap_or(u32::MAX),
-            map_fd: u32::try_from(map.as_raw_fd()).unwrap_or(u32::MAX),
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: the attribute points at buffers of `batch` keys and values of the
-        // map's sizes and at two u32 batch positions (a hash map's), all ours.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        total += u64::from(attr.count);
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            // ENOENT: the walk is over (this call's entries are counted above).
-            return if e.raw_os_error() == Some(libc::ENOENT) { Ok(total) } else { Err(e) };
+    let batch = keys.len().min(values.len());
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: cursor.position.as_ref().map_or(0, |p| std::ptr::from_ref(p) as u64),
+        out_batch: (&raw mut next) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(batch).unwrap_or(u32::MAX),
+        map_fd: u32::try_from(map.as_raw_fd()).unwrap_or(u32::MAX),
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the attribute points at buffers of `batch` keys and values of the
+    // map's sizes and at two u32 batch positions (a hash map's), all alive for
+    // the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
+    };
+    let n = attr.count as usize;
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT: the walk is over (this call's entries are in the buffers).
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
         }
-        (position, first) = (next, false);
+        cursor.done = true;
     }
+    cursor.position = Some(next);
+    Ok(n)
 }
 
 /// A thread counting the connection table every [`INTERVAL`]; dropping it stops
