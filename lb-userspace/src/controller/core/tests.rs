@@ -1488,3 +1488,58 @@ fn a_reload_whose_map_write_fails_keeps_the_running_config_and_its_state() {
     assert!(!in_ring(&core, "web", "waf-1"), "later changes are written again");
     assert_eq!(core.poll_status().unwrap().last_write, Ok(()));
 }
+
+/// `CONFIG` with a `sync:` section (its key in a file of the test's own).
+fn with_sync() -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = std::env::temp_dir().join(format!("xdplb-core-sync-{}.key", std::process::id()));
+    std::fs::write(&key, "5a".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "{CONFIG}sync: {{ listen: \"10.0.0.1:4790\", peers: [\"10.0.0.2:4790\"], key_file: {} }}\n",
+        key.display()
+    )
+}
+
+fn sync_views(outputs: &[Output]) -> Vec<&crate::sync::exceptions::View> {
+    outputs
+        .iter()
+        .filter_map(|o| if let Output::SyncView(v) = o { Some(&**v) } else { None })
+        .collect()
+}
+
+#[test]
+fn with_sync_every_write_that_changes_rings_or_backends_gives_out_the_view() {
+    let mut core = start_with(&with_sync(), resolved());
+    let views = outputs(&mut core);
+    assert_eq!(sync_views(&views).len(), 1, "the first write's");
+    let mut out = probes(&mut core, "web", "waf-1", true, 2);
+    out.extend(probes(&mut core, "web", "waf-2", true, 2));
+    let view = sync_views(&out).last().copied().cloned().expect("the rings changed: a view");
+    let waf2 = core.writer.backend_index("web", "waf-2").unwrap();
+    let web = view.vips.values().find(|v| v.ring.contains(&waf2)).expect("waf-2 in web's ring");
+    assert!(
+        web.ring.iter().all(|&i| view.backends.contains_key(&i)),
+        "every slot's backend is in the view"
+    );
+    assert_eq!(view.seed, core.config().hash_seed.seed);
+    // A write that changes nothing gives out nothing.
+    core.tick(Instant::now());
+    assert!(sync_views(&outputs(&mut core)).is_empty());
+    // A drain: waf-2 leaves the ring and is draining in the view.
+    core.set_drained(Instant::now(), "web", "waf-2", true).unwrap();
+    let out = outputs(&mut core);
+    let view = sync_views(&out).last().copied().cloned().expect("a view after the drain");
+    assert_eq!(view.backends[&waf2].state, BackendState::Draining);
+    assert!(view.vips.values().all(|v| !v.ring.contains(&waf2)));
+}
+
+#[test]
+fn without_sync_no_view_is_given_out() {
+    let mut core = start_with(CONFIG, resolved());
+    let mut out = probes(&mut core, "web", "waf-1", true, 2);
+    core.set_drained(Instant::now(), "web", "waf-1", true).unwrap();
+    out.extend(outputs(&mut core));
+    assert!(!written(&out).is_empty(), "the maps were written");
+    assert!(sync_views(&out).is_empty());
+}
