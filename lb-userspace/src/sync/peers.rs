@@ -398,6 +398,26 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_removed_by_a_reload_releases_its_entries_and_is_unknown_after() {
+        let mut r = Receiver::new(&KEY, &[peer()], 1000);
+        let mut table: HashMap<FlowKey, ConnValue> = HashMap::new();
+        let mut s = Sender::new(42);
+        for d in datagrams(&mut s, &[entry_v(1, false)], T) {
+            r.datagram(peer(), &d, Instant::now(), T, &view(), &mut table).unwrap();
+        }
+        let other: SocketAddr = "[fd00::2]:4790".parse().unwrap();
+        let released = r.configure(&KEY, &[other]);
+        assert_eq!(released.len(), 1);
+        assert_eq!((r.installed(), table.len()), (0, 1), "left in the table, no longer the peer's");
+        let d = datagrams(&mut s, &[], T + 1).remove(0);
+        let got = r.datagram(peer(), &d, Instant::now(), T + 1, &view(), &mut table);
+        assert_eq!(got.err(), Some(Reject::UnknownPeer));
+        // A mapped IPv4 source is the IPv4 peer (a dual-stack socket).
+        let mapped: SocketAddr = "[::ffff:10.0.0.2]:4790".parse().unwrap();
+        assert_eq!(canonical(mapped), peer());
+    }
+
+    #[test]
     fn reordered_datagrams_are_taken_once_each() {
         let mut rx = PeerRx::default();
         let h =
