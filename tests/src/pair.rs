@@ -6,7 +6,6 @@
 //! sync builds on it too.
 
 mod conns;
-pub mod datagrams;
 
 use std::{
     collections::BTreeMap,
