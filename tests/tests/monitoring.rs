@@ -238,11 +238,11 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         return;
     }
     if Command::new("prometheus").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and prometheus is missing: `cargo xtask setup --lab`"
+        // Fails under CI=true; counted by `cargo xtask test` otherwise.
+        lb_userspace::skip::skip(
+            "monitoring",
+            "prometheus not installed (cargo xtask setup --lab)",
         );
-        eprintln!("SKIPPED: prometheus not installed (cargo xtask setup --lab)");
         return;
     }
     let t0 = Instant::now();

@@ -50,12 +50,11 @@ fn deb() -> Option<PathBuf> {
         })
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
     if newest.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and no package in {}: run `cargo xtask package`",
-            dir.display()
+        // Fails under CI=true; counted by `cargo xtask test` otherwise.
+        lb_userspace::skip::skip(
+            "package",
+            &format!("no package in {} (cargo xtask package builds it)", dir.display()),
         );
-        eprintln!("SKIPPED: no package in {} (cargo xtask package builds it)", dir.display());
     }
     newest
 }
