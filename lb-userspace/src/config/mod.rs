@@ -14,6 +14,9 @@
 //!                                 # size / CPUs); a change needs a restart and `xdplb detach`
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip
+//! accept_macs: ["00:00:5e:00:01:33"]   # optional, at most 4: destination MACs VIP traffic
+//!                                 # is also taken on besides the interface's own (VRRP
+//!                                 # use_vmac); frames to any other MAC pass to the kernel
 //! hash_seed_file: /etc/xdplb/hash-seed   # the flow hash's secret (or hash_seed: 32 hex digits);
 //!                                 # default: that file if it exists; the same on every balancer
 //! ha:                             # optional: tell VRRP / BGP whether to send traffic here

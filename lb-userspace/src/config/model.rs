@@ -15,7 +15,7 @@ use super::{
     locate::{Pos, PosIndex},
     seed::{self, HashSeed, SeedSource},
 };
-use crate::health::CheckSpec;
+use crate::{health::CheckSpec, mac::Mac};
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -221,6 +221,23 @@ impl Config {
     fn sync_yaml(&self) -> Vec<(usize, String)> {
         self.sync.as_ref().map(SyncConf::to_yaml).unwrap_or_default()
     }
+
+    /// `mtu`, `gateway` and `accept_macs`, those set, as `to_yaml` writes them.
+    fn link_yaml(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(mtu) = self.mtu {
+            out.push(format!("mtu: {mtu}"));
+        }
+        if let Some(gw) = self.gateway {
+            out.push(format!("gateway: {}", scalar(&gw.to_string())));
+        }
+        if !self.accept_macs.is_empty() {
+            let macs: Vec<String> =
+                self.accept_macs.iter().map(|m| format!("\"{}\"", crate::mac::format(m))).collect();
+            out.push(format!("accept_macs: [{}]", macs.join(", ")));
+        }
+        out
+    }
 }
 
 impl SyncConf {
@@ -287,6 +304,9 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// Next hop for `ipip` when backends are not on-link.
     pub gateway: Option<IpAddr>,
+    /// Destination MACs VIP traffic is also taken on besides the interface's own
+    /// (keepalived's VRRP virtual MACs under `use_vmac`): `LbConfig::accept_macs`.
+    pub accept_macs: Vec<Mac>,
     /// The flow hash's secret seed and where it came from.
     pub hash_seed: HashSeed,
     pub ha: Ha,
@@ -366,11 +386,8 @@ impl Config {
         }
         line(0, format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())));
         line(0, format!("conn_table_size: {}", self.conn_table_size));
-        if let Some(mtu) = self.mtu {
-            line(0, format!("mtu: {mtu}"));
-        }
-        if let Some(gw) = self.gateway {
-            line(0, format!("gateway: {}", scalar(&gw.to_string())));
+        for text in self.link_yaml() {
+            line(0, text);
         }
         // The default file and the public seed are what an absent key means.
         match &self.hash_seed.source {

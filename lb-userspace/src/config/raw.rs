@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub conn_table_size: Option<u64>,
     pub mtu: Option<u32>,
     pub gateway: Option<String>,
+    pub accept_macs: Option<Vec<String>>,
     pub hash_seed: Option<String>,
     pub hash_seed_file: Option<String>,
     pub health_check_defaults: Option<RawCheck>,

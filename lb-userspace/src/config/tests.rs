@@ -414,6 +414,32 @@ fn conn_table_size_is_read_and_bounded_with_its_line() {
 }
 
 #[test]
+fn accept_macs_are_unicast_macs_at_most_four() {
+    assert_eq!(ok(&base()).accept_macs, Vec::<[u8; 6]>::new(), "none by default");
+    let cfg = ok(&base().replace(
+        "interface: eth0",
+        "interface: eth0\naccept_macs: [\"00:00:5e:00:01:33\", \"00:00:5E:00:02:33\"]",
+    ));
+    assert_eq!(cfg.accept_macs, [[0, 0, 0x5e, 0, 1, 0x33], [0, 0, 0x5e, 0, 2, 0x33]]);
+    let bad = base().replace(
+        "interface: eth0",
+        "interface: eth0\naccept_macs: [\"00:00:5e:00:01\", \"ff:ff:ff:ff:ff:ff\", \"01:00:5e:00:00:12\", \"00:00:00:00:00:00\"]",
+    );
+    let errs = errors(&bad);
+    assert_eq!(errs.len(), 4, "{errs}");
+    assert!(error_at(&errs, "accept_macs[0]").message.contains("not a MAC address"), "{errs}");
+    assert!(error_at(&errs, "accept_macs[1]").message.contains("broadcast"), "{errs}");
+    assert!(error_at(&errs, "accept_macs[2]").message.contains("multicast"), "{errs}");
+    assert!(error_at(&errs, "accept_macs[3]").message.contains("not a usable MAC"), "{errs}");
+    assert_eq!(error_at(&errs, "accept_macs[1]").line, 2, "{errs}");
+    let five = base().replace(
+        "interface: eth0",
+        "interface: eth0\naccept_macs: [\"02:00:00:00:00:01\", \"02:00:00:00:00:02\", \"02:00:00:00:00:03\", \"02:00:00:00:00:04\", \"02:00:00:00:00:05\"]",
+    );
+    assert_only_error(&five, "accept_macs", 2, 14, "5 MACs listed, at most 4");
+}
+
+#[test]
 fn to_yaml_round_trips_to_an_equal_config() {
     let rich = yaml(
         "
@@ -427,6 +453,7 @@ fn to_yaml_round_trips_to_an_equal_config() {
         conn_table_size: 65536
         mtu: 9000
         gateway: \"fd00::1\"
+        accept_macs: [\"00:00:5e:00:01:33\", \"00:00:5E:00:02:33\"]
         hash_seed: \"00112233445566778899aabbccddeeff\"
         ha: { track_file: /run/xdplb/vrrp.track, route_table: 100, withdraw_wait: 1.5s }
         health_check_defaults: { kind: https, host: \"waf.example\", tls_verify: false, interval: 1.5s, timeout: 1s, initial_state: up }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::limits::{MAX_BACKENDS, MAX_VIPS, RING_SIZE};
+use lb_common::limits::{ACCEPT_MACS, MAX_BACKENDS, MAX_VIPS, RING_SIZE};
 
 use super::{
     ConfigError, defaults, duration,
@@ -21,7 +21,10 @@ use super::{
     raw::{DurationText, RawBackend, RawCheck, RawConfig, RawHa, RawKind, RawSync, RawVip},
     seed::{self, HashSeed, SeedSource},
 };
-use crate::health::{CheckKind, CheckSpec, Damping};
+use crate::{
+    health::{CheckKind, CheckSpec, Damping},
+    mac::Mac,
+};
 
 /// Maglev spreads load within ~1% only while the ring is over 100 x the backends.
 const MAX_BACKENDS_PER_VIP: usize = (RING_SIZE / 100) as usize;
@@ -109,6 +112,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         c.error("mtu", format!("mtu {mtu} is out of range 68..=65535"));
     }
     let gateway = raw.gateway.as_deref().and_then(|t| unicast_addr(t, "gateway", c));
+    let accept_macs = resolve_accept_macs(&raw.accept_macs.unwrap_or_default(), c);
     let hash_seed = resolve_seed(raw.hash_seed, raw.hash_seed_file, c);
     let ha = resolve_ha(raw.ha.unwrap_or_default(), c);
     let sync = raw.sync.and_then(|s| resolve_sync(s, c));
@@ -152,6 +156,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         conn_table_size,
         mtu: raw.mtu,
         gateway,
+        accept_macs,
         hash_seed,
         ha,
         sync,
@@ -161,6 +166,33 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     check_vip_set(&cfg, c);
     check_forwarding(&cfg, c);
     cfg
+}
+
+/// `accept_macs`: unicast MACs besides the interface's, at most `ACCEPT_MACS`.
+fn resolve_accept_macs(texts: &[String], c: &mut Collector<'_>) -> Vec<Mac> {
+    if texts.len() > ACCEPT_MACS {
+        c.error(
+            "accept_macs",
+            format!("{} MACs listed, at most {ACCEPT_MACS} are supported", texts.len()),
+        );
+    }
+    let mut macs = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let path = format!("accept_macs[{i}]");
+        match crate::mac::parse(text.trim()) {
+            None => c.error(&path, format!("`{text}` is not a MAC address (aa:bb:cc:dd:ee:ff)")),
+            // The group bit: broadcast and multicast frames always go to the kernel.
+            Some(m) if m[0] & 1 != 0 => c.error(
+                &path,
+                format!(
+                    "{text} is a multicast or broadcast MAC; VIP traffic is sent to a unicast one"
+                ),
+            ),
+            Some([0, 0, 0, 0, 0, 0]) => c.error(&path, format!("{text} is not a usable MAC")),
+            Some(m) => macs.push(m),
+        }
+    }
+    macs
 }
 
 /// The flow-hash seed: `hash_seed`, `hash_seed_file`, the default file, or the

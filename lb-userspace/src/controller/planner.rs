@@ -88,7 +88,7 @@ pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
         tunnel_src_v4: cfg.tunnel_source.ipv4.map_or(0, |a| u32::from_ne_bytes(a.octets())),
         tunnel_src_v6: cfg.tunnel_source.ipv6.map_or([0; 4], |a| addr_words(a.into()).0),
         hash_seed: cfg.hash_seed.seed,
-        accept_macs: accept_macs(src_mac, &[]),
+        accept_macs: accept_macs(src_mac, &cfg.accept_macs),
     }
 }
 
@@ -348,6 +348,14 @@ mod tests {
         assert_eq!(p.config.mtu, 1500);
         assert_eq!(p.config.hash_seed, [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c]);
         assert_eq!(p.config.src_mac, [9; 6]);
+        assert_eq!(p.config.accept_macs, [[9; 6]; 4], "none configured: the interface's own");
+        let vrrp = crate::config::parse(
+            "interface: lo\naccept_macs: [\"00:00:5e:00:01:33\"]\nvips:\n  - {name: web, address: 192.0.2.1, port: 80, backends: [{name: a, address: 10.0.0.1}]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let vmac = [0, 0, 0x5e, 0, 1, 0x33];
+        assert_eq!(lb_config(&vrrp, [9; 6], 1500).accept_macs, [vmac, [9; 6], [9; 6], [9; 6]]);
     }
 
     /// Configs without `backup` or `min_primaries`, as they existed before the
