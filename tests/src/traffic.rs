@@ -325,6 +325,12 @@ impl HttpLoad {
         self.log.records()
     }
 
+    /// Asks it to stop after its current request or pause, without waiting (so
+    /// that many stop together; dropping it waits).
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -406,6 +412,12 @@ impl LongLived {
             .filter(|r| r.outcome.as_deref() != Ok(self.backend.as_str()))
             .collect();
         (same, other)
+    }
+
+    /// Asks it to stop after its current request or pause, without waiting (so
+    /// that many stop together; dropping it waits).
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     fn halt(&mut self) {

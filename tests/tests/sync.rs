@@ -151,14 +151,22 @@ impl std::fmt::Display for Outcome {
 /// Both balancers running with peer sync (`sync_key`) or without, healthy, every
 /// node up and undrained, identical rings, one of them carrying the VIPs. A
 /// balancer that already runs restarts to read its new config (a planned stop:
-/// the other carries the VIPs meanwhile) if `restart`; each balancer (re)started
-/// here starts with an empty connection table, so that the exceptions counted are
-/// this half's connections only.
+/// the other carries the VIPs meanwhile) if `restart` or its config changed;
+/// each balancer (re)started here starts with an empty connection table, so that
+/// the exceptions counted are this half's connections only.
 fn configure(pair: &mut Pair, sync_key: Option<&Path>, restart: bool) -> Result<()> {
     if let Some(key) = sync_key {
         pair::write_sync_key(key)?;
     }
+    let configs = |pair: &Pair| -> Vec<String> {
+        pair.members
+            .iter()
+            .map(|m| std::fs::read_to_string(&m.config).unwrap_or_default())
+            .collect()
+    };
+    let before = configs(pair);
     pair.set_sync(sync_key)?;
+    let restart = restart || before != configs(pair);
     for k in 1..=WAFS {
         pair.lab.start_waf(k)?;
     }
@@ -220,6 +228,11 @@ fn wait_state(pair: &Pair, k: usize, state: &str) -> Result<Duration> {
             })
         })
     })
+}
+
+/// Two counts read as floats (from metrics or text) are the same count.
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() < 0.5
 }
 
 /// `xdplb_sync_exceptions{origin}` on balancer `k`.
@@ -328,7 +341,7 @@ fn standby_holds(
     let took = Pair::wait("the standby to hold the active's exceptions", WAIT, || {
         let local = exceptions(pair, active, "local").unwrap_or(-1.0);
         let peer = exceptions(pair, standby, "peer").unwrap_or(-2.0);
-        local >= floor && (local - peer).abs() < 0.5
+        local >= floor && same(local, peer)
     })?;
     let held = exceptions(pair, active, "local")?;
     let installed = exceptions(pair, standby, "peer")?;
@@ -340,5 +353,37 @@ fn standby_holds(
     );
     // The tables started empty: every entry is one of these connections.
     ensure!(held <= ceiling, "{tag}: {held} exceptions held for {ceiling} connections");
+    // `xdplb status` says the same: the active's own count, the standby's row for it.
+    Pair::wait("xdplb status to show the exceptions on both balancers", WAIT, || {
+        let own = peers_section(pair, active).ok().map(|(own, _)| own);
+        let row = peers_section(pair, standby).ok().and_then(|(_, rows)| {
+            rows.into_iter().find(|(peer, _)| *peer == pair::sync_address(active).to_string())
+        });
+        own.is_some_and(|n| same(n, held)) && row.is_some_and(|(_, n)| same(n, installed))
+    })
+    .with_context(|| format!("{tag}: the peers: section of xdplb status"))?;
     Ok(Exceptions { held, sent, installed })
+}
+
+/// The `peers:` section of balancer `k`'s `xdplb status`: its own exception count,
+/// and each peer's address with the exceptions installed from it.
+fn peers_section(pair: &Pair, k: usize) -> Result<(f64, Vec<(String, f64)>)> {
+    let status = pair.daemon(k)?.status()?;
+    let mut lines = status.lines().skip_while(|l| !l.starts_with("peers:"));
+    let head = lines.next().with_context(|| format!("no peers: section in\n{status}"))?;
+    let own = head
+        .split(['(', ' '])
+        .find_map(|w| w.parse::<f64>().ok())
+        .with_context(|| format!("no count in {head:?}"))?;
+    // Rows: PEER, LAST HEARD (one or two words), RECEIVED, INSTALLED, SENT.
+    let rows = lines
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let installed = w.get(w.len().checked_sub(2)?)?.parse().ok()?;
+            Some(((*w.first()?).to_owned(), installed))
+        })
+        .collect();
+    Ok((own, rows))
 }

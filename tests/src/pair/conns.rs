@@ -158,6 +158,16 @@ impl Conns {
     }
 }
 
+impl Drop for Conns {
+    /// Every connection told first, then each waited for: one pause in all, not
+    /// one per connection.
+    fn drop(&mut self) {
+        for (c, _, _) in &self.conns {
+            c.signal_stop();
+        }
+    }
+}
+
 fn family(target: SocketAddr) -> &'static str {
     if target.is_ipv4() { "IPv4" } else { "IPv6" }
 }
