@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::MapInfo;
-use lb_common::{Counter, ForwardingMode, limits::CONN_TABLE_SIZE};
+use lb_common::{Counter, ForwardingMode, limits::CONN_TABLE_SIZE, map_names};
 use lb_userspace::stats::Stats as _;
 
 use super::{
@@ -25,6 +25,9 @@ const RUN: Duration = Duration::from_secs(2);
 struct Samples {
     rate: Vec<f64>,
     hit: Vec<f64>,
+    /// Table entries after each warm-up, and its handshakes completed.
+    entries: Vec<f64>,
+    handshakes: Vec<f64>,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -37,10 +40,19 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut samples: Vec<Samples> = FLOWS.iter().map(|_| Samples::default()).collect();
     for r in 0..runs {
         for (i, &(flows, name)) in FLOWS.iter().enumerate() {
-            // Warm up long enough to offer every flow twice (at ~3 Mpps): the table
-            // holds this case's flows, not the previous case's, when timing starts.
-            pair.send(L4::Tcp, flows, Duration::from_millis(300 + u64::from(flows) / 1500))?;
+            // Warm up with real handshakes, long enough to offer every flow twice (at
+            // ~3 Mpps): SYNs (the SYN array, not the table), then ACKs (the handshake's
+            // ACK puts the flow in the table), so the table holds this case's flows,
+            // not the previous case's, when timing starts.
+            let warm = Duration::from_millis(300 + u64::from(flows) / 1500);
+            let before = lb.stats.counters()?;
+            pair.send(L4::Syn, flows, warm)?;
+            pair.send(L4::Tcp, flows, warm)?;
             let (seen, counted) = (pair.received()?, lb.stats.counters()?);
+            samples[i].handshakes.push(
+                (counted.get(Counter::ConnHandshake) - before.get(Counter::ConnHandshake)) as f64,
+            );
+            samples[i].entries.push(table_entries(&lb)? as f64);
             let sent = pair.send(L4::Tcp, flows, RUN)?;
             let got = pair.received()? - seen;
             let after = lb.stats.counters()?;
@@ -56,16 +68,33 @@ pub fn run(args: &[String]) -> Result<()> {
                 sent.frames
             );
             progress(format_args!(
-                "run {}/{runs} {name:>5} flows: {:.2} Mpps per CPU-s, {:.1}% table hits",
+                "run {}/{runs} {name:>5} flows: {:.2} Mpps per CPU-s, {:.1}% table hits, {} \
+                 entries after the warm-up's {} handshakes",
                 r + 1,
                 got as f64 / sent.cpu.as_secs_f64() / 1e6,
-                100.0 * s.hit.last().copied().unwrap_or(0.0)
+                100.0 * s.hit.last().copied().unwrap_or(0.0),
+                s.entries.last().copied().unwrap_or(0.0),
+                s.handshakes.last().copied().unwrap_or(0.0),
             ));
         }
     }
     drop(pair);
     report(&samples, runs, &memory);
     Ok(())
+}
+
+/// Entries in `xdp_lb`'s connection table now (`conn_table::count`, as `xdplb
+/// status` counts them).
+fn table_entries(lb: &Lb) -> Result<u64> {
+    let ids =
+        lb.program()?.info()?.map_ids()?.context("the kernel does not list a program's maps")?;
+    for id in ids {
+        let info = MapInfo::from_id(id)?;
+        if info.name_as_str() == Some(map_names::CONNS) {
+            return Ok(lb_userspace::conn_table::count(info.fd()?.as_fd())?);
+        }
+    }
+    anyhow::bail!("xdp_lb uses no map {}", map_names::CONNS)
 }
 
 fn possible_cpus() -> usize {
@@ -87,29 +116,44 @@ fn report(samples: &[Samples], runs: usize, memory: &[MapMemory]) {
     let per_cpu = CONN_TABLE_SIZE as usize / possible_cpus();
     println!(
         "Method: the rig of `bench live` (generator pinned to one CPU, `xdp_lb` in dsr mode on \
-         `lb0`, TCP ACKs of established flows, 64-byte frames), with the generator stepping over \
-         1 k, 256 k or 1 M flows (source port, then source address) in turn. The connection \
+         `lb0`, 64-byte frames), with the generator stepping over 1 k, 256 k or 1 M flows (source \
+         port, then source address) in turn. Each case first opens its flows with real \
+         handshakes: SYNs over every flow (a SYN goes to the ring's pick and waits in the SYN \
+         array, {syn_slots} slots, direct-mapped: it takes no table entry), then ACKs over every \
+         flow (the handshake's ACK puts the flow in the table where its SYN went; an ACK whose \
+         SYN's slot was taken by a later SYN is a mid-flow pickup, hashed to the ring, and enters \
+         the table too); then TCP ACKs of the established flows are timed. The connection \
          table is the default one ({CONN_TABLE_SIZE} entries, `BPF_F_NO_COMMON_LRU`: one LRU list \
          per CPU, each holding {CONN_TABLE_SIZE} / {} possible CPUs = {per_cpu} entries). One \
          generator CPU is one RSS queue: all its flows live in that CPU's list, so 256 k flows fit \
          and 1 M flows cycle through a list half their size (most packets a miss, an eviction and \
          an insert; the kernel's LRU is approximate, so some still hit): the worst case of LRU \
          pressure, not the steady state of 1 M flows spread over every CPU's list. Rates are frames per CPU-second as in `bench live`; each case warms up by \
-         offering every flow twice, then {runs} interleaved runs of {} s. Hits are xdp_lb's own \
-         counters (`conn_hit` / (`conn_hit` + `conn_miss`)).\n",
+         offering every flow twice (SYNs, then ACKs), then {runs} interleaved runs of {} s. Hits \
+         are xdp_lb's own counters (`conn_hit` / (`conn_hit` + `conn_miss`)); handshakes are its \
+         `conn_handshake` count during the warm-up; entries are the table's, counted after the \
+         warm-up as `xdplb status` counts them (a batched walk, `lb_userspace::conn_table`). Both \
+         are the first run's: the table starts empty and each case's flows include the smaller \
+         case's (later runs find the larger cases' flows still there).\n",
         possible_cpus(),
-        RUN.as_secs()
+        RUN.as_secs(),
+        syn_slots = lb_common::limits::SYN_SLOTS,
     );
     println!(
-        "| flows | Mpps per CPU-second, median (min–max) | × 1 k flows | connection-table hits |"
+        "| flows | Mpps per CPU-second, median (min–max) | × 1 k flows | connection-table hits | \
+         handshakes completed in the first warm-up | table entries after it |"
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |h| h.median);
+    let first = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
     for (s, (_, name)) in samples.iter().zip(FLOWS) {
         println!(
-            "| {name} | {} | {:.2} | {:.1}% |",
+            "| {name} | {} | {:.2} | {:.1}% | {:.0} | {:.0} |",
             show(&s.rate.iter().map(|r| r / 1e6).collect::<Vec<_>>(), 2),
             ratio(&s.rate, &samples[0].rate),
-            100.0 * Summary::of(&s.hit).map_or(f64::NAN, |h| h.median)
+            100.0 * median(&s.hit),
+            first(&s.handshakes),
+            first(&s.entries),
         );
     }
     println!();
@@ -153,6 +197,31 @@ struct MapMemory {
 }
 
 /// Every map `xdp_lb` uses, with the kernel's figures from fdinfo.
+/// Key and value sizes of `xdp_lb`'s map `name` from the lb-common types it is
+/// declared with (none for the program's own per-packet scratch).
+fn layout(name: &str) -> Option<(usize, usize, &'static str)> {
+    use lb_common::{
+        Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, SynSlot,
+        Traffic, VipKey, VipMeta, bench::Script, vip::VipAddrKey,
+    };
+    let index = size_of::<u32>();
+    Some(match name {
+        map_names::CONFIG => (index, size_of::<LbConfig>(), "u32 / LbConfig"),
+        map_names::VIPS => (size_of::<VipKey>(), size_of::<VipMeta>(), "VipKey / VipMeta"),
+        map_names::VIP_ADDRS => (size_of::<VipAddrKey>(), size_of::<u32>(), "VipAddrKey / u32"),
+        map_names::VIP_FILTER | map_names::TOO_BIG_RATE => (index, size_of::<u64>(), "u32 / u64"),
+        map_names::RINGS => (index, size_of::<RingSlot>(), "u32 / RingSlot"),
+        map_names::BACKENDS => (index, size_of::<Backend>(), "u32 / Backend"),
+        map_names::CONNS => (size_of::<FlowKey>(), size_of::<ConnValue>(), "FlowKey / ConnValue"),
+        map_names::SYNS => (index, size_of::<SynSlot>(), "u32 / SynSlot"),
+        map_names::STATS => (index, size_of::<CounterSet>(), "u32 / CounterSet"),
+        map_names::VIP_STATS => (index, size_of::<Traffic>(), "u32 / Traffic"),
+        map_names::BACKEND_STATS => (index, size_of::<BackendStats>(), "u32 / BackendStats"),
+        map_names::BENCH_SCRIPT => (index, size_of::<Script>(), "u32 / bench::Script"),
+        _ => return None,
+    })
+}
+
 fn map_memory(lb: &Lb) -> Result<Vec<MapMemory>> {
     let ids =
         lb.program()?.info()?.map_ids()?.context("the kernel does not list a program's maps")?;
@@ -167,8 +236,18 @@ fn map_memory(lb: &Lb) -> Result<Vec<MapMemory>> {
                 .find_map(|l| l.strip_prefix(k)?.strip_prefix(':')?.trim().parse().ok())
                 .unwrap_or(0)
         };
+        let name = info.name_as_str().unwrap_or("?").to_owned();
+        // The table shows the sizes lb-common defines, checked against the kernel's.
+        if let Some((key, value, types)) = layout(&name) {
+            ensure!(
+                (field("key_size"), field("value_size")) == (key as u64, value as u64),
+                "{name}: the kernel says key {} B, value {} B; lb-common's {types} are {key} B, {value} B",
+                field("key_size"),
+                field("value_size")
+            );
+        }
         out.push(MapMemory {
-            name: info.name_as_str().unwrap_or("?").to_owned(),
+            name,
             kind: info.map_type().map_or_else(|_| "?".to_owned(), |t| format!("{t:?}")),
             key: field("key_size"),
             value: field("value_size"),

@@ -76,6 +76,9 @@ pub enum L4 {
     Tcp,
     /// UDP datagrams.
     Udp,
+    /// TCP SYNs (new connections: the ring and the SYN array; `Tcp` after them
+    /// completes the handshakes).
+    Syn,
 }
 
 impl L4 {
@@ -84,6 +87,7 @@ impl L4 {
         match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
+            Self::Syn => "TCP SYN",
         }
     }
 }
@@ -95,6 +99,7 @@ pub fn template(l4: L4) -> [u8; FRAME_LEN] {
     let mut f = match l4 {
         L4::Tcp => Flow::tcp(&src, CLIENT_PORT, &dst, TCP_PORT).ack().payload(0).frame(),
         L4::Udp => Flow::udp(&src, CLIENT_PORT, &dst, UDP_PORT).payload(18).frame(),
+        L4::Syn => Flow::tcp(&src, CLIENT_PORT, &dst, TCP_PORT).syn().payload(0).frame(),
     };
     // Ethernet padding: the IP total length still says 40 (TCP) or 46 (UDP) bytes.
     f.resize(FRAME_LEN, 0);
@@ -179,7 +184,7 @@ impl Pair {
             u32::from(CLIENT_PORT) + ports <= 65_536 && flows.div_ceil(ports) < 200,
             "{flows} flows do not fit the generator's port and address ranges"
         );
-        let config = GenConfig::new(&frame, flows, ports, l4 == L4::Tcp);
+        let config = GenConfig::new(&frame, flows, ports, l4 != L4::Udp);
         let mut map: Array<_, GenConfig> = Array::try_from(
             self.tools.map_mut(map_names::GEN_CONFIG).context(map_names::GEN_CONFIG)?,
         )?;
