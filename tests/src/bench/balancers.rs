@@ -319,9 +319,9 @@ pub fn report(rows: &[Row]) -> String {
          10 ms. Traffic gap: from the fault to the first probe (a new connection, {PROBERS} threads, one \
          every ~5 ms each, {} ms to connect) served after the last one that failed; 0 when none failed. \
          In this lab a host death takes the balancer's bridge port down, so the bridge floods frames for \
-         the dead balancer's MAC and the survivor's XDP program (which does not check the destination \
-         MAC) forwards them at once: the traffic gap of a host death is a lab artifact, smaller than on \
-         a switch whose port stays up; read the engine column for it. Client connections: 8 threads x \
+         the dead balancer's MAC to the survivor, whose XDP program passes them to its kernel (they are \
+         not addressed to it), as on a switch: the gap lasts until the engine has moved the VIPs and \
+         the router or client has learnt the survivor's MAC. Client connections: 8 threads x \
          10 requests/s, a new connection each, {} s timeout (a lost SYN is retransmitted after 1 s and \
          still succeeds). A host death alternates between the balancers (VRRP: the master), the balancer \
          is revived between events (it rejoins: VRRP as backup, nopreempt; BGP after BIRD's error wait). \
