@@ -38,3 +38,4 @@ pub mod sync;
 #[cfg(test)]
 mod testing;
 pub mod writer;
+pub mod xorshift;

@@ -21,6 +21,7 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use etherparse::PacketBuilder;
+use lb_userspace::xorshift::XorShift;
 
 use crate::lab::in_netns;
 
@@ -106,7 +107,8 @@ fn flood(
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> Result<()> {
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ u64::from(rate));
+    // Sources and ports only need to vary.
+    let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15 ^ u64::from(rate));
     let dst = libc::sockaddr_in {
         sin_family: libc::sa_family_t::try_from(libc::AF_INET)?,
         sin_port: 0,
@@ -123,7 +125,7 @@ fn flood(
         let allowed = elapsed.saturating_mul(per_second) / 1_000_000;
         while due < allowed {
             packet.clear();
-            let r = rng.next();
+            let r = rng.next_u64();
             // 198.18.0.0/15: the low 17 bits of r.
             let source = Ipv4Addr::from(0xc612_0000 | (u32::try_from(r & 0x1_ffff)?));
             let sport = u16::try_from((r >> 17) & 0xffff)?.max(1024);
@@ -157,18 +159,4 @@ fn flood(
         std::thread::sleep(TICK);
     }
     Ok(())
-}
-
-/// xorshift64*: sources and ports only need to vary.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }

@@ -145,8 +145,8 @@ async fn probe_loop(target: Target, reports: mpsc::Sender<Probed>, mut rng: XorS
     }
 }
 
-/// xorshift64*: jitter only needs to differ between loops, not be unpredictable.
-struct XorShift(u64);
+/// Jitter only needs to differ between loops, not be unpredictable.
+struct XorShift(crate::xorshift::XorShift);
 
 impl XorShift {
     fn seeded(target: &Target) -> Self {
@@ -156,17 +156,11 @@ impl XorShift {
         target.hash(&mut hasher);
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().hash(&mut hasher);
         STARTED.fetch_add(1, Ordering::Relaxed).hash(&mut hasher);
-        // Zero is xorshift's one fixed point.
-        Self(hasher.finish() | 1)
+        Self(crate::xorshift::XorShift::new(hasher.finish()))
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (0 when `n` is 0), by multiply-high rather than modulo.
