@@ -127,6 +127,15 @@ impl Flow {
         out
     }
 
+    /// `frame()` addressed to `mac`: a balancer forwards only frames for its own MAC,
+    /// so tests that run a live daemon's program address its interface.
+    #[must_use]
+    pub fn frame_to(&self, mac: [u8; 6]) -> Vec<u8> {
+        let mut frame = self.frame();
+        frame[..6].copy_from_slice(&mac);
+        frame
+    }
+
     /// The IP packet inside `frame()` (what a backend must receive intact).
     #[must_use]
     pub fn l3(&self) -> Vec<u8> {

@@ -125,6 +125,8 @@ fn mac_of(name: &str) -> [u8; 6] {
 struct Live {
     ebpf: aya::Ebpf,
     macs: BTreeMap<[u8; 6], &'static str>,
+    /// The balancer's interface: the program forwards only frames addressed to it.
+    lb_mac: [u8; 6],
 }
 
 impl Live {
@@ -133,13 +135,13 @@ impl Live {
         let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
         prog.load().unwrap();
         let macs = BACKENDS.iter().map(|(n, _)| (mac_of(n), *n)).collect();
-        Self { ebpf, macs }
+        Self { ebpf, macs, lb_mac: mac_of("lb") }
     }
 
     /// The backend `flow`'s frame is sent to.
     fn receiver(&self, flow: &Flow) -> &'static str {
         let prog: &Xdp = self.ebpf.program("xdp_lb").unwrap().try_into().unwrap();
-        let run = run_program(prog, &flow.frame());
+        let run = run_program(prog, &flow.frame_to(self.lb_mac));
         assert_eq!(run.action, XDP_TX, "{flow:?}");
         self.macs[&decode(&run.frame).dst_mac]
     }
@@ -325,10 +327,11 @@ fn a_backends_new_mac_and_the_interfaces_new_mtu_are_picked_up_while_running() {
     let mut ebpf = loader::load_with_pinned_maps(std::path::Path::new(PIN)).unwrap();
     let prog: &mut Xdp = ebpf.program_mut("xdp_lb").unwrap().try_into().unwrap();
     prog.load().unwrap();
+    let lb_mac = mac_of("lb");
     let to_b2 = (0..300)
         .map(|i| {
-            decode(&run_program(prog, &Flow::tcp("10.97.0.50", 20000 + i, VIP, 80).frame()).frame)
-                .dst_mac
+            let flow = Flow::tcp("10.97.0.50", 20000 + i, VIP, 80);
+            decode(&run_program(prog, &flow.frame_to(lb_mac)).frame).dst_mac
         })
         .filter(|m| *m == [2, 0, 0, 0, 9, 2])
         .count();

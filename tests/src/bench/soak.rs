@@ -211,9 +211,13 @@ const SRC_AT: usize = 14 + 12;
 const SPORT_AT: usize = 14 + 20;
 
 impl Frames {
-    fn new() -> Self {
+    /// Frames addressed to the balancer's interface (it forwards only those).
+    fn new() -> Result<Self> {
+        let text = ns_sh("xsk-lb", &["cat", "/sys/class/net/eth0/address"])?;
+        let lb =
+            lb_userspace::mac::parse(text.trim()).ok_or_else(|| anyhow!("lb's MAC {text:?}"))?;
         let flow = Flow::tcp("100.64.0.1", 10_000, VIP, 80);
-        Self { syn: flow.syn().frame(), ack: flow.ack().frame(), flow }
+        Ok(Self { syn: flow.syn().frame_to(lb), ack: flow.ack().frame_to(lb), flow })
     }
 
     fn addresses(id: u64) -> (u32, u16) {
@@ -258,7 +262,7 @@ fn worker(
     // The backend each flow was last seen on (u8::MAX: none yet), and when.
     let mut node = vec![u8::MAX; slots.len()];
     let mut seen = vec![0u32; slots.len()];
-    let frames = Frames::new();
+    let frames = Frames::new()?;
     let (mut frame, mut out) = (Vec::with_capacity(256), vec![0u8; 512]);
     let run = |frame: &[u8], out: &mut Vec<u8>| -> Result<(u32, u32)> {
         out.resize(512, 0);
