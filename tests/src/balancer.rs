@@ -138,9 +138,16 @@ impl Balancer {
     /// Loads `xdp-lb` (a small connection table: tests use few flows) with no state.
     #[must_use]
     pub fn empty() -> Self {
+        Self::empty_of(objects::XDP_LB)
+    }
+
+    /// [`Balancer::empty`] of another xdp-lb object (a scratch build, for an A/B
+    /// benchmark); its maps must be the ones this tree's lb-common describes.
+    #[must_use]
+    pub fn empty_of(object: &[u8]) -> Self {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::CONNS, 8192)
-            .load(objects::XDP_LB)
+            .load(object)
             .expect("loading the xdp-lb object");
         let prog: &mut Xdp =
             ebpf.program_mut("xdp_lb").expect("xdp_lb program").try_into().expect("an XDP program");
@@ -153,7 +160,13 @@ impl Balancer {
     /// The standard plan, applied.
     #[must_use]
     pub fn new(mode: ForwardingMode) -> Self {
-        let mut b = Self::empty();
+        Self::new_of(objects::XDP_LB, mode)
+    }
+
+    /// [`Balancer::new`] of another xdp-lb object (see [`Balancer::empty_of`]).
+    #[must_use]
+    pub fn new_of(object: &[u8], mode: ForwardingMode) -> Self {
+        let mut b = Self::empty_of(object);
         b.plan = standard_plan(mode);
         b.apply();
         b

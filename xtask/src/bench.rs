@@ -90,6 +90,56 @@ pub fn run(which: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `bench xdp --object NAME=FILE ...`: the second method over every object, printed
+/// (an A/B for development, not a BENCHMARKS.md section).
+pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usize>) -> Result<()> {
+    if which != ["xdp"] {
+        bail!("--object is for `cargo xtask bench xdp` alone");
+    }
+    step("building the bench (release)");
+    run_cmd(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "xdplb-tests",
+        "--bin",
+        "bench",
+    ]))?;
+    let mut bench = Command::new("target/release/bench");
+    bench.args(["xdp", "0", &samples.unwrap_or(300).to_string()]);
+    for o in objects {
+        bench.args(["--object", o]);
+    }
+    step(format!("bench xdp, objects {}", objects.join(" ")));
+    run_cmd(&mut bench)
+}
+
+/// Where [`build_ebpf`] builds: apart from lb-userspace's own (its OUT_DIR).
+const EBPF_TARGET_DIR: &str = "target/ebpf";
+
+/// Builds this tree's lb-ebpf as aya-build does in lb-userspace's build.rs (nightly,
+/// bpfel, build-std=core, BTF) and copies xdp-lb to `out`.
+pub fn build_ebpf(out: &Path) -> Result<()> {
+    step(format!("building lb-ebpf (bpfel, release) into {EBPF_TARGET_DIR}"));
+    let arch = format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH);
+    let flags = [arch.as_str(), "-Cdebuginfo=2", "-Clink-arg=--btf"];
+    run_cmd(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf", "--bins"])
+            .args(["--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--target-dir", EBPF_TARGET_DIR])
+            .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    let built = Path::new(EBPF_TARGET_DIR).join("bpfel-unknown-none/release/xdp-lb");
+    std::fs::copy(&built, out)
+        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    step(format!("xdp-lb of this tree in {}", out.display()));
+    Ok(())
+}
+
 fn machine() -> Result<String> {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let kernel = output(Command::new("uname").arg("-r"))?;

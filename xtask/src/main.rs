@@ -95,10 +95,35 @@ enum Task {
         action: lab::LabAction,
     },
     /// Run benchmarks and write their tables into BENCHMARKS.md.
+    ///
+    /// A/B of xdp-lb objects (no rebuild of the bench between them): build each tree's
+    /// object with `cargo xtask build-ebpf --out FILE`, then
+    /// `cargo xtask bench xdp --object A=FILE --object B=FILE [--samples N]`: the second
+    /// method's cases for every object, interleaved in one run, each case's net ns per
+    /// object and the ratio to the first; printed, not written into BENCHMARKS.md.
     Bench {
         /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md).
         /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
+        /// `NAME=FILE`: an xdp-lb object to compare (bench xdp only; repeat it; the first
+        /// is the base of the ratios). `FILE` `main` names the object the bench embeds.
+        #[arg(long = "object", value_name = "NAME=FILE")]
+        objects: Vec<String>,
+        /// With --object: samples per case of the second method (default 300).
+        #[arg(long, requires = "objects")]
+        samples: Option<usize>,
+    },
+    /// Build this tree's XDP objects (lb-ebpf) as lb-userspace's build.rs does, and copy
+    /// xdp-lb to FILE: a scratch object for `cargo xtask bench xdp --object NAME=FILE`.
+    /// The command it runs (from the tree's root):
+    /// `CARGO_ENCODED_RUSTFLAGS=$'--cfg=bpf_target_arch="x86_64"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf'
+    /// rustup run nightly cargo build --package lb-ebpf --bins --release
+    /// --target bpfel-unknown-none -Z build-std=core --target-dir target/ebpf`,
+    /// leaving target/ebpf/bpfel-unknown-none/release/xdp-lb.
+    BuildEbpf {
+        /// Where to copy xdp-lb.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
     },
 }
 
@@ -174,9 +199,17 @@ fn try_main() -> Result<()> {
             setup(Extras::Lab)?;
             lab::run_lab(&action)
         }
-        Task::Bench { which } => {
+        Task::Bench { which, objects, samples } => {
             setup(Extras::Bench)?;
-            bench::run(&which)
+            if objects.is_empty() {
+                bench::run(&which)
+            } else {
+                bench::compare_objects(&which, &objects, samples)
+            }
+        }
+        Task::BuildEbpf { out } => {
+            setup(Extras::Build)?;
+            bench::build_ebpf(&out)
         }
     }
 }

@@ -55,20 +55,64 @@ fn new_syns() -> Vec<Vec<u8>> {
     (0..16_384u16).map(|i| Flow::tcp("198.51.100.7", 1024 + i, VIP4, 80).frame()).collect()
 }
 
-/// `bench xdp [RUNS] [SAMPLES]`: both methods, `RUNS` (100000) runs per case of the
-/// first, `SAMPLES` (300) test runs of `timed::REPEAT` per case of the second; 0
-/// leaves a method out.
+/// An xdp-lb object under test: a name and its bytes.
+pub struct Object {
+    pub name: String,
+    pub bytes: &'static [u8],
+}
+
+impl Object {
+    /// `NAME=FILE`; `FILE` `main` is the object this binary embeds.
+    fn parse(arg: &str) -> Result<Self> {
+        let (name, file) =
+            arg.split_once('=').with_context(|| format!("--object {arg}: want NAME=FILE"))?;
+        let bytes: &'static [u8] = if file == "main" {
+            objects::XDP_LB
+        } else {
+            // A heap buffer this large is 16-byte aligned, as the ELF parser wants.
+            let read = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+            Box::leak(read.into_boxed_slice())
+        };
+        Ok(Self { name: name.to_owned(), bytes })
+    }
+}
+
+/// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]...`: both methods, `RUNS` (100000)
+/// runs per case of the first, `SAMPLES` (300) test runs of `timed::REPEAT` per case
+/// of the second; 0 leaves a method out. With `--object` (repeated; `FILE` an xdp-lb
+/// object built by `cargo xtask build-ebpf --out FILE`, or `main` for the embedded
+/// one): an A/B of the objects by the second method only, each case run for every
+/// object in turn, its net ns per object and the ratio to the first object.
 pub fn run(args: &[String]) -> Result<()> {
-    let runs: usize = args.first().map_or(Ok(100_000), |s| s.parse()).context("runs per case")?;
-    let samples: usize = args.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
+    let mut objects = Vec::new();
+    let mut plain = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--object" {
+            objects.push(Object::parse(it.next().context("--object needs NAME=FILE")?)?);
+        } else {
+            plain.push(a);
+        }
+    }
+    let ab = !objects.is_empty();
+    if !ab {
+        objects.push(Object { name: "main".into(), bytes: objects::XDP_LB });
+    }
+    let runs: usize = plain.first().map_or(Ok(100_000), |s| s.parse()).context("runs per case")?;
+    let samples: usize = plain.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
     ensure!(runs > 0 || samples > 0, "nothing to measure: RUNS and SAMPLES are both 0");
+    if ab {
+        ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
+        println!("### A/B of xdp-lb objects (many runs per timed section)\n");
+        return run_timed(samples, &objects);
+    }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
         repeat_one(runs)?;
     }
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
-        run_timed(samples)?;
+        run_timed(samples, &objects)?;
     }
     Ok(())
 }
@@ -151,8 +195,13 @@ fn repeat_one(runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case.
-pub fn run_timed(samples: usize) -> Result<()> {
+/// The balancer's modes the second method measures.
+const MODES: [(&str, ForwardingMode); 2] =
+    [("dsr", ForwardingMode::Dsr), ("ipip", ForwardingMode::Ipip)];
+
+/// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
+/// every case for every object in turn.
+pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     use timed::{Case as T, Replay};
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
     for name in ["xdp_tx_timed", "xdp_mac_swap_timed"] {
@@ -166,10 +215,10 @@ pub fn run_timed(samples: usize) -> Result<()> {
     let harness: &Xdp = tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?;
     let floor: &Xdp =
         tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
-    let mut dsr = Balancer::new(ForwardingMode::Dsr);
-    let mut ipip = Balancer::new(ForwardingMode::Ipip);
-    let mut dsr_script = dsr.load_timed();
-    let mut ipip_script = ipip.load_timed();
+    // Balancer `o * 2 + m`: object `o` in mode `m`.
+    let mut lbs: Vec<Balancer> =
+        objects.iter().flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m))).collect();
+    let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
 
     let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
     // The table hits are another flow's: a SYN on their 5-tuple would start a new
@@ -178,6 +227,26 @@ pub fn run_timed(samples: usize) -> Result<()> {
     let udp4 = Flow::udp("198.51.100.7", 40001, VIP4, 53).payload(18);
     let syn6 = Flow::tcp("2001:db8:c::7", 40000, VIP6, 80);
     let other = Flow::tcp("198.51.100.7", 40000, "192.0.2.1", 80);
+    for lb in &lbs {
+        for f in [&ack4, &udp4] {
+            ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
+        }
+    }
+    // (name, replay, action, packets per unit)
+    let kinds = [
+        ("TCP SYN v4, a new flow each", Replay::new_flows(syn4.frame()), XDP_TX, 1),
+        ("TCP SYN v4, the same flow each", Replay::same(syn4.frame()), XDP_TX, 1),
+        ("TCP ACK v4 (table hit)", Replay::same(ack4.frame()), XDP_TX, 1),
+        ("UDP v4 (table hit)", Replay::same(udp4.frame()), XDP_TX, 1),
+        ("TCP SYN v6, a new flow each", Replay::new_flows(syn6.frame()), XDP_TX, 1),
+        ("non-VIP pass", Replay::same(other.frame()), XDP_PASS, 1),
+        (
+            "new TCP v4 connection: SYN + ACK + 10 hits",
+            Replay::flows(syn4.frame(), syn4.ack().payload(0).frame(), 12, 1),
+            XDP_TX,
+            12,
+        ),
+    ];
     let mut cases = vec![T {
         name: "MAC swap + XDP_TX (floor)".into(),
         lb: None,
@@ -185,50 +254,108 @@ pub fn run_timed(samples: usize) -> Result<()> {
         want: XDP_TX,
         per_unit: 1,
     }];
-    for (i, (mode, lb)) in [("dsr", &dsr), ("ipip", &ipip)].into_iter().enumerate() {
-        for f in [&ack4, &udp4] {
-            ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
+    for (m, (mode, _)) in MODES.iter().enumerate() {
+        for (name, replay, want, per_unit) in &kinds {
+            // The objects side by side, case by case.
+            for o in 0..objects.len() {
+                cases.push(T {
+                    name: format!("{name}, {mode}"),
+                    lb: Some(o * MODES.len() + m),
+                    replay: replay.clone(),
+                    want: *want,
+                    per_unit: *per_unit,
+                });
+            }
         }
-        let case = |name: &str, replay: Replay, want: u32, per_unit: u32| T {
-            name: format!("{name}, {mode}"),
-            lb: Some(i),
-            replay,
-            want,
-            per_unit,
-        };
-        cases.push(case("TCP SYN v4, a new flow each", Replay::new_flows(syn4.frame()), XDP_TX, 1));
-        cases.push(case("TCP SYN v4, the same flow each", Replay::same(syn4.frame()), XDP_TX, 1));
-        cases.push(case("TCP ACK v4 (table hit)", Replay::same(ack4.frame()), XDP_TX, 1));
-        cases.push(case("UDP v4 (table hit)", Replay::same(udp4.frame()), XDP_TX, 1));
-        cases.push(case("TCP SYN v6, a new flow each", Replay::new_flows(syn6.frame()), XDP_TX, 1));
-        cases.push(case("non-VIP pass", Replay::same(other.frame()), XDP_PASS, 1));
-        cases.push(case(
-            "new TCP v4 connection: SYN + ACK + 10 hits",
-            Replay::flows(syn4.frame(), syn4.ack().payload(0).frame(), 12, 1),
-            XDP_TX,
-            12,
-        ));
     }
     if let Ok(only) = std::env::var("XDP_BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
         cases.retain(|c| c.lb.is_none() || keep.iter().any(|k| c.name.contains(k)));
     }
-    let (dp, ip) = (dsr.timed_program(), ipip.timed_program());
-    let mut lbs = [(dp, &mut dsr_script), (ip, &mut ipip_script)];
-    let m = timed::measure(&cases, &mut lbs, floor, harness, &mut tools_script, samples)?;
-    report_timed(&cases, &m, samples);
+    let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
+    let m = timed::measure(&cases, &mut timed, floor, harness, &mut tools_script, samples)?;
+    if objects.len() == 1 {
+        report_timed(&cases, &m, samples);
+    } else {
+        report_objects(&cases, &m, objects, MODES.len(), samples);
+    }
     Ok(())
+}
+
+/// Trimmed mean: the middle 80%.
+fn trimmed(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let lo = v.len() / 10;
+    let mid = &v[lo..v.len() - lo];
+    mid.iter().sum::<f64>() / mid.len() as f64
+}
+
+/// The A/B table: each case's net ns per object (per unit for a whole connection) and
+/// each object's ratio to the first.
+fn report_objects(
+    cases: &[timed::Case],
+    m: &[timed::Measured],
+    objects: &[Object],
+    modes: usize,
+    samples: usize,
+) {
+    let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let base = &names[0];
+    print!("| case |");
+    for n in &names {
+        print!(" {n} net ns |");
+    }
+    for n in &names[1..] {
+        print!(" {n} / {base} |");
+    }
+    println!();
+    println!("|---|{}", "---:|".repeat(2 * names.len() - 1));
+    let mut rows: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    for (c, m) in cases.iter().zip(m) {
+        let net = trimmed(&m.net) * f64::from(c.per_unit);
+        let (o, name) = match c.lb {
+            None => (None, c.name.clone()),
+            Some(i) => (Some(i / modes), c.name.clone()),
+        };
+        let at = rows.iter().position(|(n, _)| *n == name).unwrap_or_else(|| {
+            rows.push((name, vec![None; names.len()]));
+            rows.len() - 1
+        });
+        let row = &mut rows[at];
+        match o {
+            Some(o) => row.1[o] = Some(net),
+            None => row.1.fill(Some(net)),
+        }
+    }
+    for (name, nets) in rows {
+        print!("| {name} |");
+        for n in &nets {
+            print!(" {} |", n.map_or("–".into(), |n| format!("{n:.1}")));
+        }
+        for n in &nets[1..] {
+            let r = match (n, nets[0]) {
+                (Some(n), Some(b)) if b > 0.0 => format!("{:.3}", n / b),
+                _ => "–".into(),
+            };
+            print!(" {r} |");
+        }
+        println!();
+    }
+    println!();
+    println!(
+        "{samples} samples per case of {} runs each; the objects' runs of a case follow each \
+         other, every case followed by the harness on the same script; net = case minus \
+         harness, trimmed mean of the middle 80% (a whole connection: per connection, 12 \
+         packets). Objects: {}.",
+        timed::REPEAT,
+        objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
 }
 
 /// The second method's table, and the verdict on the connection target.
 fn report_timed(cases: &[timed::Case], m: &[timed::Measured], samples: usize) {
-    let mean = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        let lo = v.len() / 10;
-        let mid = &v[lo..v.len() - lo];
-        mid.iter().sum::<f64>() / mid.len() as f64
-    };
+    let mean = trimmed;
     let floor_net = mean(&m[0].net).max(0.1);
     println!("| case | ns per run | net of harness ns | × floor (net) | net ns per unit |");
     println!("|---|---:|---:|---:|---:|");
