@@ -229,5 +229,5 @@ impl Decap {
 
 /// Detaches a pinned `xdp-decap` (once no process holds it) and removes its pins.
 pub fn detach(pin_dir: &Path) -> Result<()> {
-    loader::remove_pins(pin_dir)
+    loader::remove_pins(pin_dir).map(drop)
 }

@@ -107,7 +107,7 @@ pub(crate) fn link_path(pin_dir: &Path) -> PathBuf {
 /// allowed. Otherwise mounts bpffs on `/sys/fs/bpf` (not mounted at boot
 /// everywhere; systemd does mount it).
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    let root = Path::new("/sys/fs/bpf");
+    let root = Path::new(BPF_ROOT);
     let on_bpffs = dir.ancestors().find(|p| p.exists()).is_some_and(is_bpffs);
     if !on_bpffs && dir.starts_with(root) && !is_bpffs(root) {
         let c = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
@@ -355,7 +355,7 @@ impl Attachment {
         drop(ebpf);
         let removed = remove_pins(&check.pin_dir);
         drop(lock);
-        removed
+        removed.map(drop)
     }
 }
 
@@ -412,21 +412,74 @@ fn judge_link(
     }
 }
 
+/// What [`detach`] or [`remove_pins`] found under a pin directory and removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Removed {
+    /// The pin directory existed.
+    pub dir: bool,
+    /// The XDP link pin was there (removing it detaches XDP once no process holds it).
+    pub link: bool,
+    /// How many map pins were there.
+    pub maps: usize,
+}
+
+impl Removed {
+    /// The line `xdplb detach` prints: what was found in `dir` and removed. An
+    /// absent directory under an `/sys/fs/bpf` that is no bpffs (`ip netns exec`
+    /// remounts /sys) is most likely not the operator's meaning of "nothing
+    /// pinned": say so.
+    #[must_use]
+    pub fn describe(&self, dir: &Path, bpffs_root: bool) -> String {
+        let d = dir.display();
+        match (self.link, self.maps) {
+            (true, n) if n > 0 => {
+                format!("removed the pins in {d} (XDP detaches once no xdplb runs)")
+            }
+            (true, _) => format!(
+                "removed the XDP link pin in {d} (no map pins were there; XDP detaches once no \
+                 xdplb runs)"
+            ),
+            (false, n) if n > 0 => {
+                format!(
+                    "removed {n} map pins in {d} (no XDP link pin was there: nothing to detach)"
+                )
+            }
+            _ if !self.dir && dir.starts_with(BPF_ROOT) && !bpffs_root => format!(
+                "nothing pinned in {d}: nothing removed ({BPF_ROOT} is no bpffs here: under `ip \
+                 netns exec`, which remounts /sys, the host's pins are out of sight; run `xdplb \
+                 detach` outside it)"
+            ),
+            _ if !self.dir => format!("nothing pinned in {d}: nothing removed (no such directory)"),
+            _ => format!("nothing pinned in {d}: nothing removed"),
+        }
+    }
+}
+
+const BPF_ROOT: &str = "/sys/fs/bpf";
+
+/// Whether `/sys/fs/bpf` is a bpffs mount in this mount namespace.
+#[must_use]
+pub fn bpffs_root() -> bool {
+    is_bpffs(Path::new(BPF_ROOT))
+}
+
 /// Removes the link pin (detaching XDP once no process holds it) and the map pins.
 /// Refuses while a running `xdplb` holds the pin directory ([`lock_pins`]).
-pub fn detach(pin_dir: &Path) -> Result<()> {
+pub fn detach(pin_dir: &Path) -> Result<Removed> {
     if !pin_dir.exists() {
-        return Ok(());
+        return Ok(Removed::default());
     }
     let _lock = lock_pins(pin_dir)?;
     remove_pins(pin_dir)
 }
 
 /// Removes the link pin (detaching XDP once no process holds it) and the map pins.
-pub fn remove_pins(pin_dir: &Path) -> Result<()> {
+pub fn remove_pins(pin_dir: &Path) -> Result<Removed> {
+    let mut removed = Removed { dir: pin_dir.exists(), ..Removed::default() };
     let link = link_path(pin_dir);
     if link.exists() {
         fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        removed.link = true;
     }
     let maps = maps_dir(pin_dir);
     if maps.exists() {
@@ -434,19 +487,51 @@ pub fn remove_pins(pin_dir: &Path) -> Result<()> {
             let m = m?;
             fs::remove_file(m.path())
                 .with_context(|| format!("removing {}", m.path().display()))?;
+            removed.maps += 1;
         }
         fs::remove_dir(&maps)?;
     }
     if pin_dir.exists() && fs::read_dir(pin_dir)?.next().is_none() {
         fs::remove_dir(pin_dir)?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::netlink::{LinkState, XdpPrograms};
+
+    #[test]
+    fn detach_says_what_it_found_and_removed() {
+        let say = |dir: bool, link: bool, maps: usize, bpffs: bool| {
+            Removed { dir, link, maps }.describe(Path::new("/sys/fs/bpf/xdplb"), bpffs)
+        };
+        assert_eq!(
+            say(true, true, 9, true),
+            "removed the pins in /sys/fs/bpf/xdplb (XDP detaches once no xdplb runs)"
+        );
+        assert!(say(true, false, 9, true).starts_with("removed 9 map pins in /sys/fs/bpf/xdplb"));
+        assert!(say(true, true, 0, true).starts_with("removed the XDP link pin in"));
+        assert_eq!(
+            say(true, false, 0, true),
+            "nothing pinned in /sys/fs/bpf/xdplb: nothing removed"
+        );
+        assert_eq!(
+            say(false, false, 0, true),
+            "nothing pinned in /sys/fs/bpf/xdplb: nothing removed (no such directory)"
+        );
+        let netns = say(false, false, 0, false);
+        assert!(
+            netns.starts_with("nothing pinned in /sys/fs/bpf/xdplb: nothing removed"),
+            "{netns}"
+        );
+        assert!(netns.contains("/sys/fs/bpf is no bpffs here"), "{netns}");
+        assert!(netns.contains("ip netns exec"), "{netns}");
+        // Elsewhere than under /sys/fs/bpf the mount there is no hint.
+        let other = Removed::default().describe(Path::new("/run/pins"), false);
+        assert_eq!(other, "nothing pinned in /run/pins: nothing removed (no such directory)");
+    }
 
     fn state(up: bool, lower_up: bool, driver: u32, skb: u32) -> LinkState {
         LinkState { up, lower_up, xdp: XdpPrograms { driver, skb, hw: 0 } }

@@ -270,8 +270,8 @@ fn try_main() -> Result<ExitCode> {
                 (None, Some(p)) => p,
                 (None, None) => PathBuf::from(config::defaults::PIN_PATH),
             };
-            loader::detach(&dir)?;
-            eprintln!("removed the pins in {} (XDP detaches once no xdplb runs)", dir.display());
+            let removed = loader::detach(&dir)?;
+            eprintln!("{}", removed.describe(&dir, loader::bpffs_root()));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -290,3 +290,45 @@ fn detach_on_exit_detaches_while_metrics_connections_are_open() {
     drop(open);
     drop(net);
 }
+
+#[test]
+fn xdplb_detach_says_what_it_found_and_removed() {
+    if !have_root("xdplb run in a network namespace") {
+        return;
+    }
+    let bin = binary().expect("the xdplb binary");
+    let net = Net::up();
+    let detach = |netns: bool| {
+        let mut c = if netns {
+            cmd(&["ip", "netns", "exec", NS, &bin.to_string_lossy()])
+        } else {
+            cmd(&[&bin.to_string_lossy()])
+        };
+        let out = c.args(["detach", "--pin-path", PIN]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = detach(false);
+    assert!(said.starts_with(&format!("nothing pinned in {PIN}: nothing removed")), "{said}");
+
+    // A stopped daemon leaves its pins (and XDP attached through the link pin).
+    let mut d = net.start(&net.config("eth0", "skb"), &[]);
+    running(&d);
+    d.stop().unwrap();
+    assert!(Path::new(PIN).exists(), "pins left by the daemon");
+    // `ip netns exec` remounts /sys: the host's pins are out of sight there.
+    let said = detach(true);
+    assert!(said.starts_with(&format!("nothing pinned in {PIN}: nothing removed")), "{said}");
+    assert!(said.contains("ip netns exec"), "{said}");
+    assert!(Path::new(PIN).exists(), "the pins are still there");
+    assert_eq!(xdp_in_ns().len(), 1, "still attached");
+
+    let said = detach(false);
+    assert_eq!(
+        said.trim_end(),
+        format!("removed the pins in {PIN} (XDP detaches once no xdplb runs)")
+    );
+    assert!(!Path::new(PIN).exists(), "pins removed");
+    assert!(xdp_in_ns().is_empty(), "XDP detached");
+    drop(net);
+}
