@@ -27,6 +27,7 @@
 //!   listen: 10.0.0.1:4790         # UDP address:port peers send to (IPv4 or IPv6)
 //!   peers: [ "10.0.0.2:4790" ]    # the other balancers' listen addresses (at least one)
 //!   key_file: /etc/xdplb/sync-key # shared secret, 64 hex digits (`xdplb gen-sync-key`), mode 0600
+//!   max_entries_per_peer: 262144  # default; entries installed from one peer at most
 //! health_check_defaults: { kind: http, port: 80, path: /healthz }
 //! vips:                           # at least one
 //!   - name: waf-https             # required, unique; A-Z a-z 0-9 _ - .
@@ -109,6 +110,13 @@ pub mod defaults {
     /// handful of flows; above, the table takes ~7 GiB (~112 B an entry).
     pub const CONN_TABLE_MIN: u64 = 1024;
     pub const CONN_TABLE_MAX: u64 = 1 << 26;
+    /// `sync.max_entries_per_peer`: a node's return plus a drain at 1 M flows
+    /// leaves ~400 k exceptions (BENCHMARKS.md, bench sync), above this default;
+    /// at most the largest connection table (each held entry also costs ~100 B
+    /// of the daemon's memory).
+    pub const SYNC_MAX_ENTRIES_PER_PEER: usize = 1 << 18;
+    pub const SYNC_MAX_ENTRIES_PER_PEER_MIN: u64 = 1;
+    pub const SYNC_MAX_ENTRIES_PER_PEER_MAX: u64 = CONN_TABLE_MAX;
     pub const WEIGHT: u32 = 100;
     /// As HAProxy's and NGINX's `backup`: reserves serve only when no primary can.
     pub const MIN_PRIMARIES: u32 = 1;

@@ -214,6 +214,9 @@ pub struct SyncConf {
     /// The shared key's file (64 hex digits), read at load and reload.
     pub key_file: PathBuf,
     pub key: crate::sync::key::SyncKey,
+    /// Entries installed from one peer at most; more are refused and counted
+    /// (`xdplb_sync_entries_refused_total{reason="cap"}`). Follows a reload.
+    pub max_entries_per_peer: usize,
 }
 
 impl Config {
@@ -244,12 +247,16 @@ impl SyncConf {
     /// The `sync:` section as `Config::to_yaml` writes it: (indent, line).
     fn to_yaml(&self) -> Vec<(usize, String)> {
         let peers: Vec<String> = self.peers.iter().map(|p| scalar(&p.to_string())).collect();
-        vec![
+        let mut out = vec![
             (0, "sync:".to_owned()),
             (2, format!("listen: {}", scalar(&self.listen.to_string()))),
             (2, format!("peers: [{}]", peers.join(", "))),
             (2, format!("key_file: {}", scalar(&self.key_file.to_string_lossy()))),
-        ]
+        ];
+        if self.max_entries_per_peer != super::defaults::SYNC_MAX_ENTRIES_PER_PEER {
+            out.push((2, format!("max_entries_per_peer: {}", self.max_entries_per_peer)));
+        }
+        out
     }
 }
 

@@ -42,11 +42,15 @@ pub struct RawHa {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with listen, peers, key_file")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with listen, peers, key_file (and optionally max_entries_per_peer)"
+)]
 pub struct RawSync {
     pub listen: Option<String>,
     pub peers: Option<Vec<String>>,
     pub key_file: Option<String>,
+    pub max_entries_per_peer: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

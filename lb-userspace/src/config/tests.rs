@@ -1327,8 +1327,38 @@ fn sync_section_resolves_and_round_trips() {
     assert_eq!(sync.listen.to_string(), "[::]:4790");
     assert_eq!(sync.peers.len(), 2);
     assert_eq!(sync.key.0, [0x5a; 32]);
+    assert_eq!(sync.max_entries_per_peer, 262_144, "the default cap per peer");
     assert_eq!(ok(&cfg.to_yaml()), cfg, "to_yaml gives the same config back");
     assert!(ok(&base()).sync.is_none(), "absent: sync off");
+}
+
+#[test]
+fn sync_max_entries_per_peer_is_bounded_and_named_with_its_line() {
+    let key = sync_key_file("cap", &"5a".repeat(32));
+    let with_cap = |cap: &str| {
+        with_sync(&format!(
+            "
+            sync:
+              listen: 10.0.0.1:4790
+              peers: [ \"10.0.0.2:4790\" ]
+              key_file: {}
+              max_entries_per_peer: {cap}
+            ",
+            key.display()
+        ))
+    };
+    let cfg = ok(&with_cap("1048576"));
+    assert_eq!(cfg.sync.as_ref().unwrap().max_entries_per_peer, 1 << 20);
+    assert_eq!(ok(&cfg.to_yaml()), cfg, "to_yaml keeps the cap");
+    for bad in ["0", "67108865"] {
+        let errs = errors(&with_cap(bad));
+        let e = error_at(&errs, "sync.max_entries_per_peer");
+        assert!(e.message.contains(&format!("{bad} is out of range 1..=67108864")), "{e}");
+        assert_eq!(e.line, 14, "{e}");
+    }
+    let errs = errors(&with_cap("lots"));
+    assert_eq!(errs.iter().next().unwrap().line, 14, "{errs}");
+    assert!(errs.to_string().contains("max_entries_per_peer"), "{errs}");
 }
 
 #[test]

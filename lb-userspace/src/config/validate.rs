@@ -319,8 +319,31 @@ fn resolve_sync(raw: RawSync, c: &mut Collector<'_>) -> Option<SyncConf> {
             }
         },
     };
+    let max_entries_per_peer = max_entries_per_peer(raw.max_entries_per_peer, c);
     let (key_file, key) = key?;
-    Some(SyncConf { listen: listen?, peers, key_file, key })
+    Some(SyncConf { listen: listen?, peers, key_file, key, max_entries_per_peer })
+}
+
+/// `sync.max_entries_per_peer`, within its bounds (the default where absent).
+fn max_entries_per_peer(raw: Option<u64>, c: &mut Collector<'_>) -> usize {
+    let (min, max) =
+        (defaults::SYNC_MAX_ENTRIES_PER_PEER_MIN, defaults::SYNC_MAX_ENTRIES_PER_PEER_MAX);
+    match raw {
+        None => defaults::SYNC_MAX_ENTRIES_PER_PEER,
+        Some(n) if (min..=max).contains(&n) => {
+            usize::try_from(n).unwrap_or(defaults::SYNC_MAX_ENTRIES_PER_PEER)
+        }
+        Some(n) => {
+            c.error(
+                "sync.max_entries_per_peer",
+                format!(
+                    "max_entries_per_peer {n} is out of range {min}..={max} (entries installed \
+                     from one peer; ~100 bytes of memory each)"
+                ),
+            );
+            defaults::SYNC_MAX_ENTRIES_PER_PEER
+        }
+    }
 }
 
 /// Longest `ha.withdraw_wait`: a planned stop is not a place to park a balancer.

@@ -167,17 +167,21 @@ impl Receiver {
     #[must_use]
     pub fn new(secret: &[u8; 32], peers: &[SocketAddr], cap: usize) -> Self {
         let mut r = Self { key: wire::mac_key(secret), peers: HashMap::new(), cap };
-        r.configure(secret, peers);
+        r.configure(secret, peers, cap);
         r
     }
 
-    /// A reload: the key, and the peers (a removed peer's entries are released).
+    /// A reload: the key, the peers (a removed peer's entries are released) and
+    /// the cap per peer (from each peer's next complete snapshot on: a lower one
+    /// withdraws what that snapshot holds past it, as if the peer had not sent it).
     pub fn configure(
         &mut self,
         secret: &[u8; 32],
         peers: &[SocketAddr],
+        cap: usize,
     ) -> Vec<(FlowKey, ConnValue)> {
         self.key = wire::mac_key(secret);
+        self.cap = cap;
         let mut released = Vec::new();
         self.peers.retain(|a, p| {
             let keep = peers.contains(a);
@@ -406,7 +410,7 @@ mod tests {
             r.datagram(peer(), &d, Instant::now(), T, &view(), &mut table).unwrap();
         }
         let other: SocketAddr = "[fd00::2]:4790".parse().unwrap();
-        let released = r.configure(&KEY, &[other]);
+        let released = r.configure(&KEY, &[other], 1000);
         assert_eq!(released.len(), 1);
         assert_eq!((r.installed(), table.len()), (0, 1), "left in the table, no longer the peer's");
         let d = datagrams(&mut s, &[], T + 1).remove(0);
@@ -445,5 +449,29 @@ mod tests {
         let installs = installs.unwrap();
         assert_eq!((installs.installed, installs.cap), (30, 20));
         assert_eq!(table.len(), 30);
+    }
+
+    #[test]
+    fn the_cap_follows_a_reload_from_the_next_snapshot_on() {
+        let mut r = Receiver::new(&KEY, &[peer()], 30);
+        let mut table: HashMap<FlowKey, ConnValue> = HashMap::new();
+        let mut s = Sender::new(1);
+        let mut send = |r: &mut Receiver, table: &mut HashMap<FlowKey, ConnValue>, n, at| {
+            let entries: Vec<Entry> = (1..=n).map(|i| entry_v(i, false)).collect();
+            let mut installs = None;
+            for d in datagrams(&mut s, &entries, at) {
+                installs =
+                    r.datagram(peer(), &d, Instant::now(), at, &view(), table).unwrap().installs;
+            }
+            installs.unwrap()
+        };
+        assert_eq!(send(&mut r, &mut table, 50, T).cap, 20);
+        assert!(r.configure(&KEY, &[peer()], 60).is_empty());
+        let raised = send(&mut r, &mut table, 50, T + 1);
+        assert_eq!((raised.installed, raised.cap, r.installed()), (20, 0, 50));
+        assert!(r.configure(&KEY, &[peer()], 10).is_empty());
+        let lowered = send(&mut r, &mut table, 55, T + 2);
+        assert_eq!((lowered.installed, lowered.removed, lowered.cap), (0, 40, 45));
+        assert_eq!((r.installed(), table.len()), (10, 10));
     }
 }

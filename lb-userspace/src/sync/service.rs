@@ -45,8 +45,6 @@ pub const RESCAN: Duration = Duration::from_secs(1);
 /// bursts of `BURST`: a large exception set is spread out, never a flood.
 pub const RATE: f64 = 2000.0;
 pub const BURST: f64 = 256.0;
-/// Entries held from one peer; more are refused and counted (`cap`).
-pub const PEER_CAP: usize = 1 << 18;
 /// Batches of the table read per turn of the thread (`conns::BATCH` each).
 const SCAN_STEPS_PER_TURN: usize = 4;
 
@@ -119,7 +117,7 @@ impl Service {
         let mut worker = Worker {
             socket,
             key: wire::mac_key(&conf.key.0),
-            receiver: Receiver::new(&conf.key.0, &conf.peers, PEER_CAP),
+            receiver: Receiver::new(&conf.key.0, &conf.peers, conf.max_entries_per_peer),
             sender: Sender::new(u64::from_ne_bytes(epoch)),
             peers: Vec::new(),
             conns,
@@ -282,7 +280,7 @@ impl Worker {
 
     fn configure(&mut self, conf: &SyncConf) {
         self.key = wire::mac_key(&conf.key.0);
-        let released = self.receiver.configure(&conf.key.0, &conf.peers);
+        let released = self.receiver.configure(&conf.key.0, &conf.peers, conf.max_entries_per_peer);
         self.set_peers(&conf.peers);
         self.release(released);
         self.dirty = true;
