@@ -86,22 +86,48 @@ impl HashSeed {
     }
 }
 
+/// Why a text is not a secret of [`parse_secret`]: each secret words it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadSecret {
+    /// Not `2 * N` hex digits: how many characters it has (whitespace around left out).
+    NotHex { chars: usize },
+    /// Every byte zero: no secret at all.
+    AllZero,
+}
+
+/// `N` secret bytes from their text form: `2 * N` hex digits, surrounding
+/// whitespace ignored, not all zero. The one parser of the hash seed and the
+/// sync key (and of any secret file like them).
+pub fn parse_secret<const N: usize>(text: &str) -> Result<[u8; N], BadSecret> {
+    let t = text.trim();
+    if t.len() != 2 * N || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BadSecret::NotHex { chars: t.chars().count() });
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    };
+    let mut bytes = [0u8; N];
+    for (b, pair) in bytes.iter_mut().zip(t.as_bytes().chunks_exact(2)) {
+        *b = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    if bytes == [0; N] {
+        return Err(BadSecret::AllZero);
+    }
+    Ok(bytes)
+}
+
 /// A seed from its text form: 32 hex digits, surrounding whitespace ignored.
 pub fn parse(text: &str) -> Result<Seed, String> {
-    let t = text.trim();
-    if t.len() != HEX_DIGITS || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "a seed is {HEX_DIGITS} hexadecimal digits (128 bits), as `xdplb gen-seed` writes; got {} characters",
-            t.chars().count()
-        ));
-    }
-    let mut bytes = [0u8; 16];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    if bytes == [0; 16] {
-        return Err("an all-zero seed is no secret: generate one with `xdplb gen-seed`".into());
-    }
+    let bytes = parse_secret::<{ HEX_DIGITS / 2 }>(text).map_err(|e| match e {
+        BadSecret::NotHex { chars } => format!(
+            "a seed is {HEX_DIGITS} hexadecimal digits (128 bits), as `xdplb gen-seed` writes; got {chars} characters"
+        ),
+        BadSecret::AllZero => {
+            "an all-zero seed is no secret: generate one with `xdplb gen-seed`".to_owned()
+        }
+    })?;
     let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     Ok([word(0), word(4), word(8), word(12)])
 }
@@ -194,6 +220,14 @@ mod tests {
         assert_eq!(seed, [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c]);
         assert_eq!(format(&seed), "000102030405060708090a0b0c0d0e0f");
         assert_eq!(parse("  000102030405060708090A0B0C0D0E0F  ").unwrap(), seed);
+    }
+
+    #[test]
+    fn a_secret_is_its_bytes_in_hex_of_either_case_and_never_all_zero() {
+        assert_eq!(parse_secret::<3>(" 00fF7a\n"), Ok([0x00, 0xff, 0x7a]));
+        assert_eq!(parse_secret::<3>("00ff7"), Err(BadSecret::NotHex { chars: 5 }));
+        assert_eq!(parse_secret::<3>("00ff7g"), Err(BadSecret::NotHex { chars: 6 }));
+        assert_eq!(parse_secret::<2>("0000"), Err(BadSecret::AllZero));
     }
 
     #[test]

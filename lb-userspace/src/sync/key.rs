@@ -6,7 +6,7 @@ use std::{fmt, path::Path};
 
 use anyhow::Result;
 
-use crate::config::seed;
+use crate::config::seed::{self, BadSecret};
 
 /// Hex digits of a key: 256 bits.
 pub const HEX_DIGITS: usize = 64;
@@ -35,22 +35,15 @@ impl SyncKey {
 
 /// A key from its text form: 64 hex digits, surrounding whitespace ignored.
 pub fn parse(text: &str) -> Result<SyncKey, String> {
-    let t = text.trim();
-    if t.len() != HEX_DIGITS || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
+    seed::parse_secret::<{ HEX_DIGITS / 2 }>(text).map(SyncKey).map_err(|e| match e {
+        BadSecret::NotHex { chars } => format!(
             "a sync key is {HEX_DIGITS} hexadecimal digits (32 bytes), as `xdplb gen-sync-key` \
-             writes; got {} characters",
-            t.chars().count()
-        ));
-    }
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    if bytes == [0; 32] {
-        return Err("an all-zero key is no secret: generate one with `xdplb gen-sync-key`".into());
-    }
-    Ok(SyncKey(bytes))
+             writes; got {chars} characters"
+        ),
+        BadSecret::AllZero => {
+            "an all-zero key is no secret: generate one with `xdplb gen-sync-key`".to_owned()
+        }
+    })
 }
 
 /// Reads a key file; the error says what is wrong with it.
