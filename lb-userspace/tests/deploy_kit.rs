@@ -86,6 +86,11 @@ fn the_rule_folder_has_the_alerts_an_operator_needs() {
         "XdplbDropsRising",
         "XdplbReloadFailed",
         "XdplbProbeLatencyHigh",
+        "XdplbSyncPeerLagging",
+        "XdplbSyncPeerNeverHeard",
+        "XdplbSyncMessagesRejected",
+        "XdplbSyncEntriesRefused",
+        "XdplbSyncSendDropped",
     ] {
         assert!(alerts.contains(want), "no alert {want} in deploy/prometheus/rules: {alerts:?}");
     }
@@ -194,7 +199,8 @@ fn the_dashboard_is_well_formed_and_covers_what_an_operator_watches() {
             exprs.push_str(t["expr"].as_str().unwrap());
         }
     }
-    // Per-VIP traffic, per-node state and check latency, drops by reason, failover events.
+    // Per-VIP traffic, per-node state and check latency, drops by reason, failover
+    // events; peer sync: lag per peer, rejected datagrams, refused entries, send drops.
     for metric in [
         "xdplb_vip_packets_total",
         "xdplb_backend_packets_total",
@@ -203,6 +209,10 @@ fn the_dashboard_is_well_formed_and_covers_what_an_operator_watches() {
         "xdplb_healthy",
         "xdplb_xdp_drop_total",
         "xdplb_backend_transitions_total",
+        "xdplb_sync_lag_seconds",
+        "xdplb_sync_messages_rejected_total",
+        "xdplb_sync_entries_refused_total",
+        "xdplb_sync_send_dropped_total",
     ] {
         assert!(exprs.contains(metric), "no panel reads {metric}");
     }

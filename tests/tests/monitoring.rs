@@ -4,7 +4,8 @@
 //! node, an unresolved next hop, a flapping node, drops, a refused reload, slow
 //! checks, a balancer that cannot be scraped, one whose program is not attached, a
 //! VIP served by its reserve, a peer balancer that has withdrawn and disagrees on a
-//! ring). Then every alert must be pending or firing, and every rule's and every
+//! ring, peer sync with a peer silent since its one snapshot, one never heard and
+//! unreachable, rejected datagrams and refused entries). Then every alert must be pending or firing, and every rule's and every
 //! dashboard query must be valid and return series through Prometheus's HTTP API.
 //! New rule files and panels are picked up without touching this file.
 
@@ -14,13 +15,24 @@
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
-    net::UdpSocket,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use lb_userspace::admin::{Request, Response};
+use lb_common::{FlowKey, VipKey, proto};
+use lb_userspace::{
+    admin::{Request, Response},
+    config::seed,
+    desired::addr_words,
+    sync::{
+        exceptions::Identity,
+        peers::Sender,
+        wire::{Entry, mac_key},
+    },
+};
 use serde_json::Value;
 use xdplb_tests::{
     daemon::Daemon,
@@ -41,6 +53,14 @@ const PEER_TARGET: &str = "127.0.0.1:19660";
 const DEAD_PORT: u16 = 9999;
 /// A VIP whose primary is never usable: its reserve serves (XdplbVipServedByReserves).
 const RESERVE_PORT: u16 = 9998;
+/// Peer sync on loopback in the lb namespace: xdplb listens on `SYNC_LISTEN`; the
+/// test is the peer `SYNC_PEER` (one snapshot, then silence: XdplbSyncPeerLagging);
+/// `SYNC_UNREACHABLE` is never heard and cannot be sent to from a loopback address
+/// (XdplbSyncPeerNeverHeard, XdplbSyncSendDropped).
+const SYNC_LISTEN: &str = "127.0.0.1:4790";
+const SYNC_PEER: &str = "127.0.0.1:4791";
+const SYNC_UNREACHABLE: &str = "192.0.2.1:4790";
+const SYNC_KEY: [u8; 32] = [0x5a; 32];
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -141,6 +161,44 @@ fn peer_balancer() {
             );
         }
     });
+}
+
+/// As the peer `SYNC_PEER`: one genuine snapshot whose entry names a backend xdplb
+/// does not have (refused: XdplbSyncEntriesRefused), and datagrams of no peer and
+/// of no sense (rejected: XdplbSyncMessagesRejected).
+fn sync_peer_once() {
+    let (src, family) = addr_words(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 2)));
+    let (dst, _) = addr_words(VIP4.into());
+    let port = lab::HTTP_PORT.to_be();
+    let flow = FlowKey {
+        src,
+        dst,
+        ports: [40_000u16.to_be(), port],
+        proto: proto::TCP,
+        family,
+        _pad: [0; 2],
+    };
+    let vip = VipKey { addr: dst, port, proto: proto::TCP, family };
+    let unknown = Identity { vip, backend: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 251)) };
+    let mut peer = Sender::new(0x5eed);
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let datagrams: Vec<Vec<u8>> = peer
+        .snapshot(&[Entry { flow, id: unknown }])
+        .iter()
+        .map(|(h, e)| peer.seal(&mac_key(&SYNC_KEY), h, e, u64::try_from(now_ms).unwrap()))
+        .collect();
+    let to: SocketAddr = SYNC_LISTEN.parse().unwrap();
+    in_netns(Some(NS_LB), move || {
+        let s = UdpSocket::bind(SYNC_PEER)?;
+        for d in &datagrams {
+            s.send_to(d, to)?;
+        }
+        s.send_to(b"XLBS but not much more", to)?;
+        UdpSocket::bind("127.0.0.1:0")?.send_to(&datagrams[0], to)?;
+        Ok(())
+    })
+    .unwrap();
 }
 
 /// Debian's prometheus in the lb namespace, stopped on drop.
@@ -277,6 +335,15 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
          \x20     - {{ name: ghost, address: \"10.99.0.250\" }}\n      - {{ name: waf3, address: \"{}\", backup: true }}\n",
         lab::waf4(3)
     );
+    let key_file = dir.join("sync-key");
+    std::fs::write(&key_file, seed::hex(SYNC_KEY.into_iter())).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _ = write!(
+        text,
+        "sync:\n  listen: \"{SYNC_LISTEN}\"\n  peers: [ \"{SYNC_PEER}\", \"{SYNC_UNREACHABLE}\" ]\n  \
+         key_file: {}\n",
+        key_file.display()
+    );
     let config = dir.join("xdplb.yaml");
     std::fs::write(&config, &text).unwrap();
     let daemon = Daemon::start(
@@ -304,6 +371,9 @@ fn prometheus_evaluates_every_rule_and_dashboard_query_against_xdplb_and_every_a
         let r = api(&lab, "/api/v1/query", Some(&up))?;
         Ok(r["result"].as_array().is_some_and(|a| !a.is_empty()))
     });
+
+    // Peer sync: after the first scrape, so the counters' rates start from zero.
+    sync_peer_once();
 
     // Traffic through the VIP, so the traffic panels have something to show.
     let ok = in_netns(Some(NS_CLIENT), || {
