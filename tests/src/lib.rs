@@ -14,5 +14,6 @@ pub mod packet;
 pub mod pair;
 pub mod privilege;
 pub mod rig;
+pub mod serial;
 pub mod syn_flood;
 pub mod traffic;

@@ -4,14 +4,7 @@
 //! through the very maps the daemon writes (BPF_PROG_TEST_RUN).
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Mutex, MutexGuard, PoisonError},
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Mutex, time::Duration};
 
 use aya::programs::Xdp;
 use lb_userspace::{admin::Request, loader};
@@ -22,6 +15,7 @@ use xdplb_tests::{
     listener::Listener,
     packet::{Flow, decode},
     privilege::have_root,
+    serial::Serial,
 };
 
 const VIP: &str = "10.97.100.1";
@@ -32,19 +26,14 @@ const PIN: &str = "/sys/fs/bpf/xdplb-test-controller";
 /// Namespaces `xct-lb` (10.97.0.1) and `xct-b1..3`, one veth each into bridge
 /// `xct-br`; one test at a time has them (the tests run on threads of one process).
 struct Net {
-    dir: PathBuf,
-    _one_at_a_time: MutexGuard<'static, ()>,
+    serial: Serial,
 }
 
 static NET: Mutex<()> = Mutex::new(());
 
 impl Net {
     fn up() -> Self {
-        let guard = NET.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::down();
-        let dir = std::env::temp_dir().join("xdplb-test-controller");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let serial = Serial::take(&NET, "xdplb-test-controller", Self::down);
         sh(&["ip", "link", "add", "xct-br", "type", "bridge"]).unwrap();
         sh(&["ip", "link", "set", "xct-br", "up"]).unwrap();
         let nodes = [("lb", "10.97.0.1")].into_iter().chain(BACKENDS);
@@ -59,16 +48,16 @@ impl Net {
             ns_sh(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
             ns_sh(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
         }
-        Self { dir, _one_at_a_time: guard }
+        Self { serial }
     }
 
     /// Writes the daemon's config (VIP `web` over the three backends, `vip_extra`
     /// added to the VIP) and starts it; waits until the three backends are up and the
     /// balancer is healthy.
     fn daemon(&self, vip_extra: &str) -> Daemon {
-        let socket = self.dir.join("admin.sock");
+        let socket = self.serial.dir.join("admin.sock");
         let metrics: SocketAddr = "127.0.0.1:19650".parse().unwrap();
-        let config = self.dir.join("xdplb.yaml");
+        let config = self.serial.dir.join("xdplb.yaml");
         let backends = BACKENDS.iter().fold(String::new(), |mut s, (n, a)| {
             let _ = writeln!(s, "      - {{ name: {n}, address: {a} }}");
             s
@@ -102,12 +91,6 @@ impl Net {
         }
         quietly(&mut cmd(&["ip", "link", "del", "xct-br"]));
         let _ = loader::remove_pins(std::path::Path::new(PIN));
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        Self::down();
     }
 }
 
@@ -363,7 +346,7 @@ fn reloads_and_a_flap_move_no_flow_of_a_live_unchanged_node() {
         BACKENDS.iter().map(|(n, a)| (*n, listen(n, a))).collect();
     // b2 flaps on purpose more often than damping allows.
     let daemon = net.daemon("    health_check: { flap_changes: 0 }\n");
-    let config = net.dir.join("xdplb.yaml");
+    let config = net.serial.dir.join("xdplb.yaml");
     let with_b3 = std::fs::read_to_string(&config).unwrap();
     let without_b3 = with_b3.replace("      - { name: b3, address: 10.97.0.13 }\n", "");
     assert_ne!(with_b3, without_b3);

@@ -9,7 +9,7 @@ use std::{
     io::Write as _,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -26,6 +26,7 @@ use xdplb_tests::{
         sh::{cmd, ns_sh, quietly, sh},
     },
     privilege::have_root,
+    serial::Serial,
 };
 
 const NS: &str = "xrs-lb";
@@ -35,19 +36,14 @@ const METRICS: &str = "127.0.0.1:19651";
 /// Namespace `xrs-lb` with `eth0` and `eth1` (veth peers of `xrs-h0`/`xrs-h1`);
 /// one test at a time has it (the tests of this file run on threads of one process).
 struct Net {
-    dir: PathBuf,
-    _one_at_a_time: MutexGuard<'static, ()>,
+    serial: Serial,
 }
 
 static NET: Mutex<()> = Mutex::new(());
 
 impl Net {
     fn up() -> Self {
-        let guard = NET.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::down();
-        let dir = std::env::temp_dir().join("xdplb-test-restart");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let serial = Serial::take(&NET, "xdplb-test-restart", Self::down);
         sh(&["ip", "netns", "add", NS]).unwrap();
         for (i, inner) in ["eth0", "eth1"].iter().enumerate() {
             let host = format!("xrs-h{i}");
@@ -58,7 +54,7 @@ impl Net {
             ns_sh(NS, &["ip", "link", "set", inner, "up"]).unwrap();
         }
         ns_sh(NS, &["ip", "link", "set", "lo", "up"]).unwrap();
-        Self { dir, _one_at_a_time: guard }
+        Self { serial }
     }
 
     fn down() {
@@ -71,7 +67,7 @@ impl Net {
 
     /// Writes the config (interface, xdp_mode) and returns its path.
     fn config(&self, interface: &str, mode: &str) -> PathBuf {
-        let path = self.dir.join("xdplb.yaml");
+        let path = self.serial.dir.join("xdplb.yaml");
         std::fs::write(
             &path,
             format!(
@@ -88,17 +84,11 @@ impl Net {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("admin.sock")
+        self.serial.dir.join("admin.sock")
     }
 
     fn start(&self, config: &Path, extra: &[&str]) -> Daemon {
         Daemon::start(NS, config, &self.socket(), METRICS.parse().unwrap(), extra).unwrap()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        Self::down();
     }
 }
 
