@@ -9,14 +9,15 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic, bench::Script,
-    family, hash::flow_hash, limits::RING_SIZE, map_names, proto,
+    BackendState, Counter, CounterSet, FlowKey, ForwardingMode, LbConfig, Traffic, VipKey,
+    bench::Script, family, hash::flow_hash, limits::RING_SIZE, map_names, proto,
 };
 use lb_userspace::{
     desired::{DesiredBackend, DesiredState, DesiredVip, addr_words},
     maps::BpfMaps,
     objects,
     stats::{BpfStats, HandshakeCounters as _, Stats as _},
+    sync::{exceptions::Identity, wire::Entry},
     writer::{Applied, MapWriter},
 };
 
@@ -327,6 +328,15 @@ pub fn flow_key(flow: &Flow) -> FlowKey {
         family: if fam == family::V4 { family::V4 } else { family::V6 },
         _pad: [0; 2],
     }
+}
+
+/// A peer-sync exception as a peer sends it: `flow` (to a VIP on the flow's own
+/// port) held by `backend`.
+#[must_use]
+pub fn sync_entry(flow: &Flow, backend: IpAddr) -> Entry {
+    let key = flow_key(flow);
+    let vip = VipKey { addr: key.dst, port: key.ports[1], proto: key.proto, family: key.family };
+    Entry { flow: key, id: Identity { vip, backend } }
 }
 
 #[must_use]

@@ -22,21 +22,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_common::{FlowKey, VipKey, proto};
 use lb_userspace::{
     admin::{Request, Response},
     config::seed,
-    desired::addr_words,
-    sync::{
-        exceptions::Identity,
-        peers::Sender,
-        wire::{Entry, mac_key},
-    },
+    sync::{peers::Sender, wire::mac_key},
 };
 use serde_json::Value;
 use xdplb_tests::{
+    balancer::sync_entry,
     daemon::Daemon,
     lab::{self, LabConfig, LabGuard, Mode, NS_CLIENT, NS_LB, VIP4, in_netns},
+    packet::Flow,
     privilege::have_root,
     rig::{self, Checks, states, web4},
     traffic::http_once,
@@ -167,24 +163,13 @@ fn peer_balancer() {
 /// does not have (refused: XdplbSyncEntriesRefused), and datagrams of no peer and
 /// of no sense (rejected: XdplbSyncMessagesRejected).
 fn sync_peer_once() {
-    let (src, family) = addr_words(IpAddr::V4(Ipv4Addr::new(10, 99, 1, 2)));
-    let (dst, _) = addr_words(VIP4.into());
-    let port = lab::HTTP_PORT.to_be();
-    let flow = FlowKey {
-        src,
-        dst,
-        ports: [40_000u16.to_be(), port],
-        proto: proto::TCP,
-        family,
-        _pad: [0; 2],
-    };
-    let vip = VipKey { addr: dst, port, proto: proto::TCP, family };
-    let unknown = Identity { vip, backend: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 251)) };
+    let flow = Flow::tcp("10.99.1.2", 40_000, &VIP4.to_string(), lab::HTTP_PORT);
+    let unknown = sync_entry(&flow, IpAddr::V4(Ipv4Addr::new(10, 99, 0, 251)));
     let mut peer = Sender::new(0x5eed);
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let datagrams: Vec<Vec<u8>> = peer
-        .snapshot(&[Entry { flow, id: unknown }])
+        .snapshot(&[unknown])
         .iter()
         .map(|(h, e)| peer.seal(&mac_key(&SYNC_KEY), h, e, u64::try_from(now_ms).unwrap()))
         .collect();

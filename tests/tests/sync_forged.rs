@@ -15,19 +15,18 @@ use std::{
 };
 
 use anyhow::Result;
-use lb_common::{FlowKey, VipKey, proto};
 use lb_userspace::{
     config::seed,
-    desired::addr_words,
     sync::{
-        exceptions::Identity,
         peers::Sender,
         wire::{Entry, mac_key},
     },
 };
 use xdplb_tests::{
+    balancer::sync_entry,
     daemon::binary,
     lab::{self, CLIENT4, LB4, Mode, NS_CLIENT, in_netns},
+    packet::Flow,
     privilege::have_root,
     rig::{Checks, Rig, config_text, wait_until},
 };
@@ -42,19 +41,8 @@ fn now_ms() -> u64 {
 
 /// An exception the daemon can map: a client's flow to web4 on waf1.
 fn entry() -> Entry {
-    let (src, family) = addr_words(CLIENT4.into());
-    let (dst, _) = addr_words(lab::VIP4.into());
-    let port = lab::HTTP_PORT.to_be();
-    let flow = FlowKey {
-        src,
-        dst,
-        ports: [40_000u16.to_be(), port],
-        proto: proto::TCP,
-        family,
-        _pad: [0; 2],
-    };
-    let vip = VipKey { addr: dst, port, proto: proto::TCP, family };
-    Entry { flow, id: Identity { vip, backend: lab::waf4(1).into() } }
+    let flow = Flow::tcp(&CLIENT4.to_string(), 40_000, &lab::VIP4.to_string(), lab::HTTP_PORT);
+    sync_entry(&flow, lab::waf4(1).into())
 }
 
 #[test]
