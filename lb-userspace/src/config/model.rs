@@ -247,16 +247,13 @@ impl SyncConf {
     /// The `sync:` section as `Config::to_yaml` writes it: (indent, line).
     fn to_yaml(&self) -> Vec<(usize, String)> {
         let peers: Vec<String> = self.peers.iter().map(|p| scalar(&p.to_string())).collect();
-        let mut out = vec![
+        vec![
             (0, "sync:".to_owned()),
             (2, format!("listen: {}", scalar(&self.listen.to_string()))),
             (2, format!("peers: [{}]", peers.join(", "))),
             (2, format!("key_file: {}", scalar(&self.key_file.to_string_lossy()))),
-        ];
-        if self.max_entries_per_peer != super::defaults::SYNC_MAX_ENTRIES_PER_PEER {
-            out.push((2, format!("max_entries_per_peer: {}", self.max_entries_per_peer)));
-        }
-        out
+            (2, format!("max_entries_per_peer: {}", self.max_entries_per_peer)),
+        ]
     }
 }
 

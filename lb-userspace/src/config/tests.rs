@@ -1328,6 +1328,7 @@ fn sync_section_resolves_and_round_trips() {
     assert_eq!(sync.peers.len(), 2);
     assert_eq!(sync.key.0, [0x5a; 32]);
     assert_eq!(sync.max_entries_per_peer, 262_144, "the default cap per peer");
+    assert!(cfg.to_yaml().contains("\n  max_entries_per_peer: 262144\n"), "the default shown");
     assert_eq!(ok(&cfg.to_yaml()), cfg, "to_yaml gives the same config back");
     assert!(ok(&base()).sync.is_none(), "absent: sync off");
 }
