@@ -28,6 +28,13 @@ const BENCHES: &[(&str, &str)] = &[
 /// the soak takes ten minutes and the whole machine.
 const OPT_IN: &[&str] = &["soak"];
 
+/// Parts of a section that can be rerun alone, only when named: the name, the
+/// benchmark and the argument that runs the part alone, and the heading the part's
+/// Markdown starts with. A part is the end of its benchmark's section, from that
+/// heading on, and a rerun replaces just that.
+const PARTS: &[(&str, &str, &str, &str)] =
+    &[("failover:balancers", "failover", "--balancers-only", "### Balancer failover")];
+
 pub fn run(which: &[String]) -> Result<()> {
     let names: Vec<&str> = BENCHES.iter().map(|(n, _)| *n).collect();
     let which: Vec<&str> = if which.is_empty() {
@@ -36,47 +43,38 @@ pub fn run(which: &[String]) -> Result<()> {
         which.iter().map(String::as_str).collect()
     };
     for w in &which {
-        if !names.contains(w) {
-            bail!("unknown benchmark `{w}`; known: {}", names.join(", "));
+        if !names.contains(w) && !PARTS.iter().any(|p| p.0 == *w) {
+            let parts: Vec<&str> = PARTS.iter().map(|p| p.0).collect();
+            bail!("unknown benchmark `{w}`; known: {}, {}", names.join(", "), parts.join(", "));
         }
     }
     let machine = machine()?;
     step("building the benchmarks and the xdplb binary they run (release)");
-    run_cmd(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "lb-userspace",
-        "--package",
-        "xdplb-tests",
-        "--bin",
-        "xdplb",
-        "--bin",
-        "bench",
-    ]))?;
+    run_cmd(&mut cargo_release("build", &["lb-userspace", "xdplb-tests"], &["xdplb", "bench"]))?;
     let started = Instant::now();
     let mut took = Vec::new();
     for w in which {
         step(format!("benchmark {w}"));
+        let part = PARTS.iter().find(|p| p.0 == w);
         let t = Instant::now();
-        let body = output(
-            Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "--package",
-                    "xdplb-tests",
-                    "--bin",
-                    "bench",
-                    "--",
-                    w,
-                ])
-                .stderr(std::process::Stdio::inherit()),
-        )?;
+        let mut bench = cargo_release("run", &["xdplb-tests"], &["bench"]);
+        bench.args(["--", part.map_or(w, |p| p.1)]).args(part.map(|p| p.2));
+        let body = output(bench.stderr(std::process::Stdio::inherit()))?;
         let secs = t.elapsed().as_secs();
         let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
+        if let Some(&(_, of, _, heading)) = part {
+            let body = body.trim();
+            let (head, rest) = body.split_once('\n').unwrap_or((body, ""));
+            let text = format!(
+                "{head}\n\nMeasured {} on {machine}; this part took {secs} s.\n\
+                 Command: `cargo xtask bench {w}`\n{rest}",
+                date.trim()
+            );
+            splice_part(Path::new(FILE), of, heading, &text)?;
+            eprintln!("    wrote the `{w}` part of the `{of}` section of {FILE} ({secs} s)");
+            took.push(format!("{w} {secs} s"));
+            continue;
+        }
         let mut section = String::new();
         writeln!(section, "Measured {} on {machine}; this section took {secs} s.", date.trim())?;
         writeln!(section, "Command: `cargo xtask bench {w}`\n")?;
@@ -97,15 +95,7 @@ pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usi
         bail!("--object is for `cargo xtask bench xdp` alone");
     }
     step("building the bench (release)");
-    run_cmd(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "xdplb-tests",
-        "--bin",
-        "bench",
-    ]))?;
+    run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
     let mut bench = Command::new("target/release/bench");
     bench.args(["xdp", "0", &samples.unwrap_or(300).to_string()]);
     for o in objects {
@@ -155,6 +145,36 @@ fn machine() -> Result<String> {
     Ok(format!("{cpus} cores ({model}), Linux {}", kernel.trim()))
 }
 
+/// `cargo VERB --release --quiet` for `bins` of `packages`.
+fn cargo_release(verb: &str, packages: &[&str], bins: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args([verb, "--release", "--quiet"]);
+    for p in packages {
+        c.args(["--package", p]);
+    }
+    for b in bins {
+        c.args(["--bin", b]);
+    }
+    c
+}
+
+/// Replaces the end of section `name`, from the line starting with `heading` to
+/// its closing marker, with `body`; the section and the part must be there (a
+/// whole run of the benchmark writes them).
+fn splice_part(path: &Path, name: &str, heading: &str, body: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+        bail!("no `{name}` section in {}: run `cargo xtask bench {name}` first", path.display());
+    };
+    let Some(h) = text[a..b].find(&format!("\n{heading}")).map(|h| a + h + 1) else {
+        bail!("no `{heading}` part in the `{name}` section: run `cargo xtask bench {name}`");
+    };
+    let new = format!("{}{}\n\n{}", &text[..h], body.trim(), &text[b..]);
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`,
 /// appending `heading` and the pair when absent.
 fn splice(path: &Path, name: &str, heading: &str, body: &str) -> Result<()> {
@@ -188,5 +208,24 @@ mod tests {
         );
         assert!(t.find("three").unwrap() < t.find("two").unwrap(), "a stays before b: {t}");
         assert_eq!(t.matches("## A").count(), 1, "the heading is added once: {t}");
+    }
+
+    #[test]
+    fn a_part_replaces_only_the_end_of_its_section() {
+        let dir = std::env::temp_dir().join(format!("xtask-part-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("B.md");
+        std::fs::write(&f, "# B\n").unwrap();
+        splice(&f, "a", "## A", "rows\n\n### Part\n\nold part\n").unwrap();
+        splice(&f, "b", "## B", "other").unwrap();
+        splice_part(&f, "a", "### Part", "### Part\n\nnew part\n").unwrap();
+        let t = std::fs::read_to_string(&f).unwrap();
+        assert!(t.contains("rows\n\n### Part\n\nnew part\n\n<!-- /bench:a -->"), "{t}");
+        assert!(!t.contains("old part") && t.contains("other"), "{t}");
+        let err = splice_part(&f, "b", "### Part", "x").unwrap_err().to_string();
+        assert!(err.contains("no `### Part` part"), "{err}");
+        let err = splice_part(&f, "c", "### Part", "x").unwrap_err().to_string();
+        assert!(err.contains("cargo xtask bench c"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

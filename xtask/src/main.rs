@@ -102,7 +102,8 @@ enum Task {
     /// method's cases for every object, interleaved in one run, each case's net ns per
     /// object and the ratio to the first; printed, not written into BENCHMARKS.md.
     Bench {
-        /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md).
+        /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md),
+        /// or failover:balancers (the balancer-pair rows of failover alone).
         /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
         /// `NAME=FILE`: an xdp-lb object to compare (bench xdp only; repeat it; the first
