@@ -214,6 +214,14 @@ impl Balancer {
         Array::try_from(map).expect("an array")
     }
 
+    /// Attaches `xdp_lb_timed` to `interface` in generic mode (see
+    /// `bench::xdp::timed::Dispatcher`: it keeps the program in the XDP dispatcher).
+    pub fn attach_timed(&mut self, interface: &str) -> anyhow::Result<()> {
+        let prog: &mut Xdp = self.ebpf.program_mut(TIMED).expect(TIMED).try_into()?;
+        prog.attach(interface, aya::programs::XdpMode::Skb)?;
+        Ok(())
+    }
+
     /// `xdp_lb_timed`, once [`Balancer::load_timed`] loaded it.
     #[must_use]
     pub fn timed_program(&self) -> &Xdp {

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use lb_common::ForwardingMode;
 use lb_userspace::objects;
@@ -202,11 +202,13 @@ const MODES: [(&str, ForwardingMode); 2] =
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
 /// every case for every object in turn.
 pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
-    use timed::{Case as T, Replay};
+    use timed::{Case as T, Dispatcher, Replay};
+    let mut dispatcher = Dispatcher::new()?;
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
     for name in ["xdp_tx_timed", "xdp_mac_swap_timed"] {
         let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
         p.load()?;
+        p.attach(&dispatcher.interface()?, XdpMode::Skb)?;
     }
     let mut tools_script: aya::maps::Array<_, lb_common::bench::Script> =
         aya::maps::Array::try_from(
@@ -219,6 +221,9 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     let mut lbs: Vec<Balancer> =
         objects.iter().flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m))).collect();
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
+    for lb in &mut lbs {
+        lb.attach_timed(&dispatcher.interface()?)?;
+    }
 
     let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
     // The table hits are another flow's: a SYN on their 5-tuple would start a new
