@@ -104,7 +104,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
-        return run_timed(samples, &objects);
+        return run_timed(samples, &objects, AB_INSTANCES);
     }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
@@ -112,7 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
-        run_timed(samples, &objects)?;
+        run_timed(samples, &objects, 1)?;
     }
     Ok(())
 }
@@ -199,9 +199,15 @@ fn repeat_one(runs: usize) -> Result<()> {
 const MODES: [(&str, ForwardingMode); 2] =
     [("dsr", ForwardingMode::Dsr), ("ipip", ForwardingMode::Ipip)];
 
+/// Balancers per object and mode in an A/B of objects. Two loads of one object can
+/// differ by 20-40 ns on a case, the same way run after run (where the kernel put the
+/// program or its maps, it seems): an A/B takes each object's faster instance, and
+/// shows the slower one.
+const AB_INSTANCES: usize = 2;
+
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
-/// every case for every object in turn.
-pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
+/// every case for every object (each loaded `instances` times) in turn.
+pub fn run_timed(samples: usize, objects: &[Object], instances: usize) -> Result<()> {
     use timed::{Case as T, Dispatcher, Replay};
     let mut dispatcher = Dispatcher::new()?;
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
@@ -217,9 +223,12 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     let harness: &Xdp = tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?;
     let floor: &Xdp =
         tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
-    // Balancer `o * 2 + m`: object `o` in mode `m`.
-    let mut lbs: Vec<Balancer> =
-        objects.iter().flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m))).collect();
+    // Balancer `(o * instances + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
+    let mut lbs: Vec<Balancer> = objects
+        .iter()
+        .flat_map(|o| std::iter::repeat_n(o, instances))
+        .flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m)))
+        .collect();
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
     for lb in &mut lbs {
         lb.attach_timed(&dispatcher.interface()?)?;
@@ -262,10 +271,10 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     for (m, (mode, _)) in MODES.iter().enumerate() {
         for (name, replay, want, per_unit) in &kinds {
             // The objects side by side, case by case.
-            for o in 0..objects.len() {
+            for i in 0..objects.len() * instances {
                 cases.push(T {
                     name: format!("{name}, {mode}"),
-                    lb: Some(o * MODES.len() + m),
+                    lb: Some(i * MODES.len() + m),
                     replay: replay.clone(),
                     want: *want,
                     per_unit: *per_unit,
@@ -282,7 +291,7 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     if objects.len() == 1 {
         report_timed(&cases, &m, samples);
     } else {
-        report_objects(&cases, &m, objects, MODES.len(), samples);
+        report_objects(&cases, &m, objects, MODES.len() * instances, samples);
     }
     Ok(())
 }
@@ -296,13 +305,13 @@ fn trimmed(v: &[f64]) -> f64 {
     mid.iter().sum::<f64>() / mid.len() as f64
 }
 
-/// The A/B table: each case's net ns per object (per unit for a whole connection) and
-/// each object's ratio to the first.
+/// The A/B table: each case's net ns per object (per unit for a whole connection; its
+/// fastest instance, the slowest in brackets) and each object's ratio to the first.
 fn report_objects(
     cases: &[timed::Case],
     m: &[timed::Measured],
     objects: &[Object],
-    modes: usize,
+    per_object: usize,
     samples: usize,
 ) {
     let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
@@ -316,27 +325,34 @@ fn report_objects(
     }
     println!();
     println!("|---|{}", "---:|".repeat(2 * names.len() - 1));
-    let mut rows: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    let mut rows: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
     for (c, m) in cases.iter().zip(m) {
         let net = trimmed(&m.net) * f64::from(c.per_unit);
         let (o, name) = match c.lb {
             None => (None, c.name.clone()),
-            Some(i) => (Some(i / modes), c.name.clone()),
+            Some(i) => (Some(i / per_object), c.name.clone()),
         };
         let at = rows.iter().position(|(n, _)| *n == name).unwrap_or_else(|| {
-            rows.push((name, vec![None; names.len()]));
+            rows.push((name, vec![Vec::new(); names.len()]));
             rows.len() - 1
         });
         let row = &mut rows[at];
         match o {
-            Some(o) => row.1[o] = Some(net),
-            None => row.1.fill(Some(net)),
+            Some(o) => row.1[o].push(net),
+            None => row.1.iter_mut().for_each(|v| v.push(net)),
         }
     }
-    for (name, nets) in rows {
+    for (name, instances) in rows {
         print!("| {name} |");
-        for n in &nets {
-            print!(" {} |", n.map_or("–".into(), |n| format!("{n:.1}")));
+        let min = |v: &Vec<f64>| v.iter().copied().reduce(f64::min);
+        let nets: Vec<Option<f64>> = instances.iter().map(min).collect();
+        for v in &instances {
+            let max = v.iter().copied().reduce(f64::max);
+            match (min(v), max) {
+                (Some(lo), Some(hi)) if hi - lo >= 0.05 => print!(" {lo:.1} ({hi:.1}) |"),
+                (Some(lo), _) => print!(" {lo:.1} |"),
+                _ => print!(" – |"),
+            }
         }
         for n in &nets[1..] {
             let r = match (n, nets[0]) {
@@ -349,10 +365,11 @@ fn report_objects(
     }
     println!();
     println!(
-        "{samples} samples per case of {} runs each; the objects' runs of a case follow each \
-         other, every case followed by the harness on the same script; net = case minus \
-         harness, trimmed mean of the middle 80% (a whole connection: per connection, 12 \
-         packets). Objects: {}.",
+        "{samples} samples per case of {} runs each, the cases in a new order each sample, \
+         every case followed by the harness on the same script; net = case minus harness, \
+         trimmed mean of the middle 80% (a whole connection: per connection, 12 packets). \
+         Each object is loaded {AB_INSTANCES} times (two loads of one object can differ by \
+         20-40 ns on a case): the faster instance, the slower in brackets. Objects: {}.",
         timed::REPEAT,
         objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
     );
