@@ -16,7 +16,7 @@ pub mod vip;
 
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
-pub use flow::{ConnValue, FlowKey, SynSlot};
+pub use flow::{ConnValue, FlowKey, FlowKey4, SynSlot};
 pub use stats::{
     BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
 };
@@ -48,6 +48,8 @@ pub mod map_names {
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNS: &str = "CONNS";
+    /// The connection table of IPv4 flows (`flow::FlowKey4`); `CONNS` holds IPv6's.
+    pub const CONNS4: &str = "CONNS4";
     /// TCP SYNs waiting for their handshake's ACK (`flow::SynSlot`).
     pub const SYNS: &str = "SYNS";
     pub const STATS: &str = "STATS";
@@ -68,6 +70,7 @@ pub mod map_names {
         RINGS,
         BACKENDS,
         CONNS,
+        CONNS4,
         SYNS,
         STATS,
         VIP_STATS,
@@ -112,6 +115,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipMeta {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::SynSlot {}
     unsafe impl aya::Pod for super::LbConfig {}

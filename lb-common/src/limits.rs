@@ -14,7 +14,8 @@ pub const RING_ENTRIES: u32 = MAX_VIPS * RINGS_PER_VIP * RING_SIZE;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Ring slot value for a VIP with no usable backend.
 pub const NO_BACKEND: u32 = u32::MAX;
-/// Default connection-table size (entries, shared by all CPUs, LRU per CPU).
+/// Default connection-table size: entries of the IPv4 table (shared by all CPUs,
+/// LRU per CPU); the IPv6 table holds a quarter as many.
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Slots of the SYN array (`flow::SynSlot`, 16 B each): handshakes in flight that
 /// can be told apart. A slot lives one round trip (SYN to ACK); two flows that

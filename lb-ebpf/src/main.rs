@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod conns;
 mod forward;
 mod icmp;
 mod maps;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, CounterSet, FlowKey, LbConfig, RingSlot, SynSlot, Traffic,
-    VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, CounterSet, FlowKey, FlowKey4, LbConfig, RingSlot, SynSlot,
+    Traffic, VipKey, VipMeta,
     bench::Script,
     limits::{
         CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, SYN_SLOTS,
@@ -41,10 +41,17 @@ pub static RINGS: Array<RingSlot> = Array::with_max_entries(RING_ENTRIES, BPF_F_
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Flow -> backend. One hash for all CPUs, an LRU list per CPU (as Katran) so
-/// eviction needs no cross-CPU lock.
+/// IPv6 flow -> backend. One hash for all CPUs, an LRU list per CPU (as Katran)
+/// so eviction needs no cross-CPU lock. A quarter of `CONNS4`'s size (the
+/// controller sizes both from `conn_table_size`).
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FlowKey, ConnValue> =
+    LruHashMap::with_max_entries(CONN_TABLE_SIZE / 4, BPF_F_NO_COMMON_LRU);
+
+/// IPv4 flow -> backend, as `CONNS` under a 16-byte key (the kernel hashes and
+/// compares the whole key on every lookup; `conns.rs`).
+#[map(name = "CONNS4")]
+pub static CONNS4: LruHashMap<FlowKey4, ConnValue> =
     LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// TCP SYNs waiting for their handshake's ACK, direct-mapped by flow hash: a new

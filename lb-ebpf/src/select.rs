@@ -24,7 +24,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNS, RINGS, SYNS},
+    conns,
+    maps::{BACKENDS, RINGS, SYNS},
     verdict::Verdict,
 };
 
@@ -55,7 +56,7 @@ pub enum Lookup {
 
 #[inline(always)]
 pub fn established(flow: &FlowKey) -> Lookup {
-    let Some(conn) = (unsafe { CONNS.get(flow) }) else {
+    let Some(conn) = conns::get(flow) else {
         return Lookup::Miss;
     };
     let index = conn.backend;
@@ -85,9 +86,9 @@ pub fn syn(
     let (index, b) = from_ring(vip, h)?;
     // An entry for this 5-tuple is an earlier connection's (a reused client port, a
     // draining backend's flow): the handshake's ACK would follow it, not this SYN.
-    let mut known = unsafe { CONNS.get(flow) }.is_some();
+    let mut known = conns::get(flow).is_some();
     if known {
-        let _ = CONNS.remove(flow);
+        conns::remove(flow);
     }
     if let Some(slot) = SYNS.get_ptr_mut(syn_slot(h)) {
         // SAFETY: a map value; a racing SYN on another CPU for the same slot costs
@@ -115,10 +116,6 @@ pub enum Missed {
 /// handshake's ACK goes where its SYN went, anything else where the ring says, and
 /// the flow enters the table; with what the packet counts (`COMPLETED` or nothing).
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys go by reference, as everywhere in the data path"
-)]
 pub fn first(
     flow: &FlowKey,
     vip: &VipMeta,
@@ -134,9 +131,7 @@ pub fn first(
         (index, b, 0)
     };
     if missed != Missed::IcmpError {
-        let conn = ConnValue { backend: index, generation: b.generation };
-        // A full table evicts (LRU); a failed insert only costs a re-hash later.
-        let _ = CONNS.insert(flow, &conn, 0);
+        conns::insert(flow, &ConnValue { backend: index, generation: b.generation });
     }
     Ok((index, b, counts))
 }

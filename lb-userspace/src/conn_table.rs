@@ -1,16 +1,22 @@
 //! The connection table's size and use, for `xdplb status` and `/metrics`.
 //!
-//! `CONNS` is an LRU hash with one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as
-//! Katran): the kernel rounds its size up to a multiple of the possible CPUs and
-//! gives each CPU's list an equal share. A flow's entry comes from the list of the
-//! CPU that inserted it (its RSS queue's), so a CPU that receives more flows than
-//! its share evicts while the others have room. The kernel does not say which list
-//! holds an entry, so the use is counted for the whole table; status shows each
-//! CPU's share beside it.
+//! The table is two LRU hashes: `CONNS4` holds IPv4 flows under a 16-byte key
+//! (`FlowKey4`), `CONNS` IPv6 flows under the 40-byte `FlowKey`; the kernel hashes
+//! and compares the whole key on every packet, so IPv4 pays for 16 bytes, not 40.
+//! `conn_table_size` sizes the IPv4 table; the IPv6 table holds a quarter of that
+//! ([`v6_entries`]), so the memory stays what one table of `conn_table_size` flows
+//! under the 40-byte key took (~88 B per IPv4 entry, ~112 B per IPv6 one).
 //!
-//! Counting walks the whole table (`BPF_MAP_LOOKUP_BATCH`, thousands of entries
-//! per system call; tens of milliseconds at a million): a thread of its own does
-//! it every [`INTERVAL`], never the control loop, and readers take the last count.
+//! Each has one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as Katran): the kernel
+//! rounds its size up to a multiple of the possible CPUs and gives each CPU's list
+//! an equal share. A flow's entry comes from the list of the CPU that inserted it
+//! (its RSS queue's), so a CPU that receives more flows than its share evicts
+//! while the others have room. The kernel does not say which list holds an entry,
+//! so the use is counted for each table; status shows each CPU's share beside it.
+//!
+//! Counting walks the tables (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per
+//! system call; tens of milliseconds at a million): a thread of its own does it
+//! every [`INTERVAL`], never the control loop, and readers take the last count.
 
 use std::{
     io,
@@ -22,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::MapData;
-use lb_common::{ConnValue, FlowKey};
+use lb_common::{ConnValue, FlowKey, FlowKey4, map_names};
 
 /// How often the table is counted: a scrape every 15 s sees a count at most
 /// this old; a walk of a full default table costs one CPU tens of milliseconds.
@@ -31,81 +37,116 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Entries fetched per system call.
 const BATCH: usize = 4096;
 
-/// The table's size as the kernel holds it.
+/// Entries of the IPv6 table (`CONNS`) for `conn_table_size` (the IPv4 table's):
+/// a quarter, at least 1024 (the smallest `conn_table_size`).
+#[must_use]
+pub const fn v6_entries(conn_table_size: u32) -> u32 {
+    let quarter = conn_table_size / 4;
+    if quarter < 1024 { 1024 } else { quarter }
+}
+
+/// The tables' `max_entries` for `conn_table_size`, by map name, as the loader
+/// asks for them (the kernel rounds them: [`Size`]).
+#[must_use]
+pub const fn max_entries(conn_table_size: u32) -> [(&'static str, u32); 2] {
+    [(map_names::CONNS4, conn_table_size), (map_names::CONNS, v6_entries(conn_table_size))]
+}
+
+/// The two tables' sizes as the kernel holds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size {
-    /// Entries in all.
-    pub entries: u32,
-    /// Possible CPUs: one LRU list each.
+    /// Entries of the IPv4 table (`CONNS4`).
+    pub v4: u32,
+    /// Entries of the IPv6 table (`CONNS`).
+    pub v6: u32,
+    /// Possible CPUs: one LRU list each, in each table.
     pub cpus: u32,
 }
 
 impl Size {
-    /// `configured` entries as the kernel sizes a per-CPU LRU hash over `cpus`
-    /// possible CPUs (`htab_map_alloc`): rounded up to a multiple of `cpus` so that
-    /// every list holds the same share (down where rounding up would overflow).
+    /// The tables for `conn_table_size` as the kernel sizes a per-CPU LRU hash
+    /// over `cpus` possible CPUs (`htab_map_alloc`): each rounded up to a multiple
+    /// of `cpus` so that every list holds the same share (down where rounding up
+    /// would overflow).
     #[must_use]
-    pub fn new(configured: u32, cpus: u32) -> Self {
+    pub fn new(conn_table_size: u32, cpus: u32) -> Self {
         let cpus = cpus.max(1);
-        let entries = configured.checked_next_multiple_of(cpus).unwrap_or(configured / cpus * cpus);
-        Self { entries, cpus }
+        let round = |n: u32| n.checked_next_multiple_of(cpus).unwrap_or(n / cpus * cpus);
+        Self { v4: round(conn_table_size), v6: round(v6_entries(conn_table_size)), cpus }
     }
 
-    /// `configured` entries on this host's possible CPUs.
-    pub fn on_this_host(configured: u32) -> Result<Self> {
+    /// `conn_table_size` on this host's possible CPUs.
+    pub fn on_this_host(conn_table_size: u32) -> Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))?;
-        Ok(Self::new(configured, u32::try_from(cpus).unwrap_or(u32::MAX)))
+        Ok(Self::new(conn_table_size, u32::try_from(cpus).unwrap_or(u32::MAX)))
     }
 
-    /// Entries of each CPU's LRU list.
+    /// Entries of both tables.
     #[must_use]
-    pub fn per_cpu(&self) -> u32 {
-        self.entries / self.cpus
+    pub fn entries(&self) -> u64 {
+        u64::from(self.v4) + u64::from(self.v6)
     }
 }
 
-/// The table's size and its last count.
+/// The tables' sizes and their last count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Use {
     pub size: Size,
-    /// Entries at the last count.
-    pub entries: u64,
+    /// IPv4 and IPv6 entries at the last count.
+    pub v4: u64,
+    pub v6: u64,
     /// When that count finished.
     pub counted: Instant,
-    /// Why the latest count failed, if it did (`entries` is then an older one's).
+    /// Why the latest count failed, if it did (the entries are then an older one's).
     pub error: Option<String>,
 }
 
 impl Use {
+    /// Entries of both tables at the last count.
+    #[must_use]
+    pub fn entries(&self) -> u64 {
+        self.v4 + self.v6
+    }
+
     /// The `connection table:` line of `xdplb status`.
     #[must_use]
     #[expect(clippy::cast_precision_loss, reason = "a percentage with one decimal")]
     pub fn line(&self, now: Instant) -> String {
-        let Size { entries: size, cpus } = self.size;
-        let percent = 100.0 * self.entries as f64 / f64::from(size.max(1));
+        let Size { v4, v6, cpus } = self.size;
+        let size = self.size.entries();
+        let percent = 100.0 * self.entries() as f64 / size.max(1) as f64;
         let age = now.saturating_duration_since(self.counted).as_secs();
         let failed =
             self.error.as_ref().map_or_else(String::new, |e| format!("; counting failed: {e}"));
         format!(
-            "connection table: {} of {size} entries in use ({percent:.1}%, counted {age} s ago); \
-             LRU per CPU: {} entries on each of {cpus} CPUs{failed}",
-            self.entries,
-            self.size.per_cpu(),
+            "connection table: {} of {size} entries in use ({percent:.1}%, counted {age} s ago): \
+             IPv4 {} of {v4}, IPv6 {} of {v6}; LRU per CPU: {} IPv4 and {} IPv6 entries on each \
+             of {cpus} CPUs{failed}",
+            self.entries(),
+            self.v4,
+            self.v6,
+            v4 / cpus,
+            v6 / cpus,
         )
     }
 }
 
-/// Counts the entries of the hash map `map` whose keys and values are
-/// `FlowKey` and `ConnValue` (an approximation while packets change it: an entry
-/// moved between buckets during the walk may count twice or not at all).
-pub fn count(map: BorrowedFd<'_>) -> io::Result<u64> {
-    count_by(map, BATCH)
+/// A key type of the connection table: `FlowKey4` (`CONNS4`) or `FlowKey` (`CONNS`).
+pub trait Key: Copy + Default {}
+impl Key for FlowKey {}
+impl Key for FlowKey4 {}
+
+/// Counts the entries of the hash map `map` whose keys and values are `K` and
+/// `ConnValue` (an approximation while packets change it: an entry moved between
+/// buckets during the walk may count twice or not at all).
+pub fn count<K: Key>(map: BorrowedFd<'_>) -> io::Result<u64> {
+    count_by::<K>(map, BATCH)
 }
 
 /// [`count`], fetching `batch` entries per system call (tests cross batches).
 #[doc(hidden)]
-pub fn count_by(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
-    let mut keys = vec![FlowKey::default(); batch];
+pub fn count_by<K: Key>(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
+    let mut keys = vec![K::default(); batch];
     let mut values = vec![ConnValue::default(); batch];
     let mut cursor = Cursor::default();
     let mut total = 0u64;
@@ -126,10 +167,10 @@ pub struct Cursor {
 /// The next entries of the walk at `cursor` (at most `keys.len()`, which must be
 /// `values.len()`) into `keys` and `values`; how many. The walk uses
 /// `BPF_MAP_LOOKUP_BATCH`: thousands of entries per system call.
-pub fn read_batch(
+pub fn read_batch<K: Key>(
     map: BorrowedFd<'_>,
     cursor: &mut Cursor,
-    keys: &mut [FlowKey],
+    keys: &mut [K],
     values: &mut [ConnValue],
 ) -> io::Result<usize> {
     /// `union bpf_attr`'s `batch` member.
@@ -184,26 +225,39 @@ pub struct Watch {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The two tables, for [`Watch`].
+pub struct Tables {
+    /// `CONNS4`.
+    pub v4: MapData,
+    /// `CONNS`.
+    pub v6: MapData,
+}
+
+impl Tables {
+    /// Counts both: (IPv4, IPv6) entries.
+    fn count(&self) -> io::Result<(u64, u64)> {
+        Ok((count::<FlowKey4>(self.v4.fd().as_fd())?, count::<FlowKey>(self.v6.fd().as_fd())?))
+    }
+}
+
 impl Watch {
-    /// Counts `map` (the connection table, of `size`) once, then starts the thread.
-    pub fn spawn(map: MapData, size: Size, interval: Duration) -> Result<Self> {
-        let first = count(map.fd().as_fd()).context("counting the connection table")?;
-        let latest = Arc::new(Mutex::new(Use {
-            size,
-            entries: first,
-            counted: Instant::now(),
-            error: None,
-        }));
+    /// Counts `tables` (the connection table, of `size`) once, then starts the thread.
+    pub fn spawn(tables: Tables, size: Size, interval: Duration) -> Result<Self> {
+        let (v4, v6) = tables.count().context("counting the connection table")?;
+        let latest =
+            Arc::new(Mutex::new(Use { size, v4, v6, counted: Instant::now(), error: None }));
         let (stop, stopped) = mpsc::channel::<()>();
         let shared = Arc::clone(&latest);
         let thread = std::thread::Builder::new()
             .name("xdplb-conntrack".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    let counted = count(map.fd().as_fd());
+                    let counted = tables.count();
                     let mut u = shared.lock().unwrap_or_else(PoisonError::into_inner);
                     match counted {
-                        Ok(n) => (u.entries, u.counted, u.error) = (n, Instant::now(), None),
+                        Ok((v4, v6)) => {
+                            (u.v4, u.v6, u.counted, u.error) = (v4, v6, Instant::now(), None);
+                        }
                         Err(e) => u.error = Some(e.to_string()),
                     }
                 }
@@ -233,24 +287,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_size_is_rounded_up_to_a_share_per_cpu_as_the_kernel_does() {
-        assert_eq!(Size::new(1 << 20, 2), Size { entries: 1 << 20, cpus: 2 });
-        assert_eq!(Size::new(1 << 20, 2).per_cpu(), 1 << 19);
-        assert_eq!(Size::new(1000, 3), Size { entries: 1002, cpus: 3 });
-        assert_eq!(Size::new(1000, 3).per_cpu(), 334);
-        assert_eq!(Size::new(u32::MAX, 2).entries, u32::MAX - 1, "down where up overflows");
-        assert_eq!(Size::new(1024, 0).entries, 1024, "no CPU count read: one list");
+    fn the_ipv6_table_holds_a_quarter_of_the_ipv4_tables_size_at_least_1024() {
+        assert_eq!(v6_entries(1 << 20), 1 << 18);
+        assert_eq!(v6_entries(4096), 1024);
+        assert_eq!(v6_entries(1024), 1024, "the smallest conn_table_size");
+        assert_eq!(v6_entries(u32::MAX), u32::MAX / 4);
     }
 
     #[test]
-    fn the_status_line_shows_size_use_and_each_cpus_share() {
+    fn the_sizes_are_rounded_up_to_a_share_per_cpu_as_the_kernel_does() {
+        assert_eq!(Size::new(1 << 20, 2), Size { v4: 1 << 20, v6: 1 << 18, cpus: 2 });
+        assert_eq!(Size::new(1 << 20, 2).entries(), (1 << 20) + (1 << 18));
+        assert_eq!(Size::new(8000, 3), Size { v4: 8001, v6: 2001, cpus: 3 });
+        assert_eq!(Size::new(u32::MAX, 2).v4, u32::MAX - 1, "down where up overflows");
+        assert_eq!(
+            Size::new(1024, 0),
+            Size { v4: 1024, v6: 1024, cpus: 1 },
+            "no CPU count: one list"
+        );
+    }
+
+    #[test]
+    fn the_status_line_shows_size_use_of_each_table_and_each_cpus_share() {
         let at = Instant::now();
-        let mut u = Use { size: Size::new(1 << 20, 2), entries: 4096, counted: at, error: None };
+        let size = Size::new(1 << 20, 2);
+        let mut u = Use { size, v4: 4000, v6: 96, counted: at, error: None };
         let later = at + Duration::from_secs(3);
         assert_eq!(
             u.line(later),
-            "connection table: 4096 of 1048576 entries in use (0.4%, counted 3 s ago); \
-             LRU per CPU: 524288 entries on each of 2 CPUs"
+            "connection table: 4096 of 1310720 entries in use (0.3%, counted 3 s ago): IPv4 4000 \
+             of 1048576, IPv6 96 of 262144; LRU per CPU: 524288 IPv4 and 131072 IPv6 entries on \
+             each of 2 CPUs"
         );
         u.error = Some("Operation not permitted".into());
         assert!(u.line(later).ends_with("; counting failed: Operation not permitted"));

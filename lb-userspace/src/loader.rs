@@ -141,14 +141,16 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
     load_pinned(pin_dir, None)
 }
 
-/// As [`load_with_pinned_maps`], creating a missing connection table with
-/// `conn_table_size` entries (the object's default without one).
+/// As [`load_with_pinned_maps`], creating missing connection tables for
+/// `conn_table_size` (`conn_table::Size`; the object's defaults without one).
 fn load_pinned(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
     if let Some(size) = conn_table_size {
-        loader.map_max_entries(map_names::CONNS, size);
+        for (name, entries) in conn_table::max_entries(size) {
+            loader.map_max_entries(name, entries);
+        }
     }
     let paths: Vec<(&str, PathBuf)> =
         pins::OBJECT_MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
@@ -180,7 +182,8 @@ pub fn load_and_attach(
     // Checked before aya reuses a single pin: a partial set, another layout
     // version or another size is refused with what to do.
     let size = conn_table::Size::on_this_host(conn_table)?;
-    let survey = pins::survey(pin_dir, &[(map_names::CONNS, size.entries)])?;
+    let survey =
+        pins::survey(pin_dir, &[(map_names::CONNS4, size.v4), (map_names::CONNS, size.v6)])?;
     let adopted = matches!(survey, pins::Survey::Adopt { .. });
     if let pins::Survey::Adopt { version: 1 } = survey {
         log::info!("adopting maps pinned by an xdplb from before layout versions (version 1)");
@@ -189,10 +192,13 @@ pub fn load_and_attach(
     let maps = BpfMaps::take_from(&mut ebpf)?.with_flags(pins::backend_flags(pin_dir)?);
     // The set is complete: record which layout it has (last, see `pins`).
     pins::write_layout(pin_dir)?;
-    let conns = MapData::from_pin(pins::map_path(pin_dir, map_names::CONNS))
-        .context("opening the pinned connection table")?;
+    let table = |name| {
+        MapData::from_pin(pins::map_path(pin_dir, name))
+            .with_context(|| format!("opening the pinned connection table {name}"))
+    };
+    let tables = conn_table::Tables { v4: table(map_names::CONNS4)?, v6: table(map_names::CONNS)? };
     let stats = BpfStats::take_from(&mut ebpf)?.counting(conn_table::Watch::spawn(
-        conns,
+        tables,
         size,
         conn_table::INTERVAL,
     )?);

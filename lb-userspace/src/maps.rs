@@ -14,7 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, FlowKey, LbConfig, RingSlot, Traffic, VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, FlowKey, FlowKey4, LbConfig, RingSlot, Traffic, VipKey,
+    VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -72,6 +73,8 @@ pub struct BpfMaps {
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     vip_filter: Array<MapData, u64>,
     backends: Array<MapData, Backend>,
+    /// The connection table: IPv4 flows (`CONNS4`), IPv6 flows (`CONNS`).
+    conns4: HashMap<MapData, FlowKey4, ConnValue>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
     rings: RingMap,
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
@@ -123,6 +126,7 @@ impl BpfMaps {
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
             backends: take(ebpf, names::BACKENDS)?,
+            conns4: take(ebpf, names::CONNS4)?,
             conns: take(ebpf, names::CONNS)?,
             rings: RingMap::new(rings)?,
             vip_stats: duplicate(ebpf, names::VIP_STATS)?,
@@ -137,26 +141,42 @@ impl BpfMaps {
         Self { flags, ..self }
     }
 
-    /// The connection-table entry of a flow, if any.
+    /// The connection-table entry of a flow, if any (`CONNS4` holds IPv4 flows).
     pub fn conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>> {
-        match self.conns.get(flow, 0) {
+        let got = if flow.family == lb_common::family::V4 {
+            self.conns4.get(&FlowKey4::of(flow), 0)
+        } else {
+            self.conns.get(flow, 0)
+        };
+        match got {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading CONNS"),
+            Err(e) => Err(e).context("reading the connection table"),
         }
     }
 
-    /// A second handle on the connection table, for peer sync's own thread.
-    pub fn conns_handle(&self) -> Result<HashMap<MapData, FlowKey, ConnValue>> {
-        use aya::maps::IterableMap as _;
-        let fd = self.conns.map().fd().as_fd().try_clone_to_owned().context("CONNS: dup")?;
-        let data = MapData::from_fd(fd).map_err(|e| anyhow!("CONNS: {e}"))?;
-        HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("CONNS: {e}"))
+    /// Second handles on the connection table, for peer sync's own thread.
+    pub fn conns_handle(&self) -> Result<crate::sync::conns::BpfConns> {
+        Ok(crate::sync::conns::BpfConns::new(
+            second(&self.conns4, names::CONNS4)?,
+            second(&self.conns, names::CONNS)?,
+        ))
     }
 
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
+}
+
+/// A second handle on the LRU hash `map` (called `name`).
+fn second<K: aya::Pod>(
+    map: &HashMap<MapData, K, ConnValue>,
+    name: &str,
+) -> Result<HashMap<MapData, K, ConnValue>> {
+    use aya::maps::IterableMap as _;
+    let fd = map.map().fd().as_fd().try_clone_to_owned().with_context(|| format!("{name}: dup"))?;
+    let data = MapData::from_fd(fd).map_err(|e| anyhow!("{name}: {e}"))?;
+    HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("{name}: {e}"))
 }
 
 impl Maps for BpfMaps {

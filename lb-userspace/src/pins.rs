@@ -28,6 +28,7 @@ pub const OBJECT_MAPS: &[&str] = &[
     map_names::VIP_FILTER,
     map_names::RINGS,
     map_names::BACKENDS,
+    map_names::CONNS4,
     map_names::CONNS,
     map_names::STATS,
     map_names::VIP_STATS,
@@ -124,6 +125,18 @@ pub fn decide(
     if found.is_empty() {
         return Ok(Survey::Fresh);
     }
+    let other_version = |version| {
+        format!(
+            "the maps pinned in {} have layout version {version}, this xdplb uses version \
+             {LAYOUT_VERSION}: run the xdplb version that pinned them, or {start_fresh}",
+            maps_dir(dir).display()
+        )
+    };
+    // First: another version's set may lack a map this one has (version 6 added
+    // CONNS4), which is no partial set.
+    if let Some(version) = layout.filter(|v| *v != LAYOUT_VERSION) {
+        return Err(other_version(version));
+    }
     let missing: Vec<&str> =
         expected.iter().map(|(n, _)| *n).filter(|n| !found.contains_key(*n)).collect();
     // Version 1 had neither of the controller's two maps; anything else missing
@@ -139,19 +152,18 @@ pub fn decide(
     }
     let version = if missing.is_empty() { layout.unwrap_or(0) } else { 1 };
     if version != LAYOUT_VERSION && version != 1 {
-        return Err(format!(
-            "the maps pinned in {} have layout version {version}, this xdplb uses version \
-             {LAYOUT_VERSION}: run the xdplb version that pinned them, or {start_fresh}",
-            maps_dir(dir).display()
-        ));
+        return Err(other_version(version));
     }
     for (name, want) in expected {
         let Some(have) = found.get(*name) else { continue };
         let resized = Shape { max_entries: want.max_entries, ..*have } == *want;
-        if *name == map_names::CONNS && have != want && resized {
+        let table = *name == map_names::CONNS4 || *name == map_names::CONNS;
+        if table && have != want && resized {
             return Err(format!(
                 "the pinned connection table {} holds {} entries, conn_table_size asks for {} \
-                 (rounded up to a multiple of the CPUs): a table cannot be resized in place; set \
+                 (rounded up to a multiple of the CPUs; the IPv6 table CONNS holds a quarter of \
+                 conn_table_size, the IPv4 table CONNS4 all of it): a table cannot be resized in \
+                 place; set \
                  conn_table_size back to keep the established flows, or {start_fresh}",
                 map_path(dir, name).display(),
                 have.max_entries,
@@ -273,12 +285,14 @@ mod tests {
         // Changing a pinned layout fails here until LAYOUT_VERSION is bumped with it
         // (and this list): an older controller must refuse the pins, not misread them.
         use lb_common::{
-            Backend, BackendStats, ConnValue, Counter, FlowKey, LbConfig, SynSlot, VipKey, VipMeta,
+            Backend, BackendStats, ConnValue, Counter, FlowKey, FlowKey4, LbConfig, SynSlot,
+            VipKey, VipMeta,
         };
         let sizes = [
             size_of::<LbConfig>(),
             Counter::COUNT as usize,
             size_of::<Backend>(),
+            size_of::<FlowKey4>(),
             size_of::<FlowKey>(),
             size_of::<ConnValue>(),
             size_of::<SynSlot>(),
@@ -286,7 +300,7 @@ mod tests {
             size_of::<VipKey>(),
             size_of::<VipMeta>(),
         ];
-        assert_eq!((LAYOUT_VERSION, sizes), (5, [76, 24, 32, 40, 8, 16, 40, 20, 8]));
+        assert_eq!((LAYOUT_VERSION, sizes), (6, [76, 24, 32, 16, 40, 8, 16, 40, 20, 8]));
     }
 
     #[test]
@@ -338,6 +352,16 @@ mod tests {
     }
 
     #[test]
+    fn a_set_of_the_previous_layout_without_the_ipv4_table_is_refused_as_another_version() {
+        let e = expected(&[]).unwrap();
+        let mut found = all(&e);
+        found.remove(map_names::CONNS4);
+        let err = decide(dir(), &e, &found, Some(5)).unwrap_err();
+        assert!(err.contains("layout version 5, this xdplb uses version 6"), "{err}");
+        assert!(err.contains("xdplb detach --pin-path /sys/fs/bpf/xdplb"), "{err}");
+    }
+
+    #[test]
     fn a_connection_table_of_another_size_is_refused_naming_conn_table_size() {
         let e = expected(&[(map_names::CONNS, 65536)]).unwrap();
         let mut found = all(&e);
@@ -346,9 +370,10 @@ mod tests {
         assert_eq!(
             err,
             "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS holds 8192 entries, \
-             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs): a table \
-             cannot be resized in place; set conn_table_size back to keep the established \
-             flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
+             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs; the IPv6 \
+             table CONNS holds a quarter of conn_table_size, the IPv4 table CONNS4 all of it): \
+             a table cannot be resized in place; set conn_table_size back to keep the \
+             established flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
              removes the pins: established flows are dropped), then start again"
         );
     }
@@ -360,9 +385,16 @@ mod tests {
         found.get_mut(map_names::CONNS).unwrap().key_size = 16;
         let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
         assert!(err.starts_with("pinned map /sys/fs/bpf/xdplb/maps/CONNS does not match"), "{err}");
-        assert!(err.contains("key 16 B, value 8 B, 1048576 entries, flags 0x2; expected"), "{err}");
+        assert!(err.contains("key 16 B, value 8 B, 262144 entries, flags 0x2; expected"), "{err}");
         let mut found = all(&e);
         found.get_mut(map_names::CONFIG).unwrap().value_size += 16;
         assert!(decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err().contains("CONFIG"));
+        let mut found = all(&e);
+        found.get_mut(map_names::CONNS4).unwrap().key_size = 40;
+        let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
+        assert!(
+            err.starts_with("pinned map /sys/fs/bpf/xdplb/maps/CONNS4 does not match"),
+            "{err}"
+        );
     }
 }

@@ -147,7 +147,8 @@ impl Balancer {
     #[must_use]
     pub fn empty_of(object: &[u8]) -> Self {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::CONNS, 8192)
+            .map_max_entries(map_names::CONNS4, 8192)
+            .map_max_entries(map_names::CONNS, lb_userspace::conn_table::v6_entries(8192))
             .load(object)
             .expect("loading the xdp-lb object");
         let prog: &mut Xdp =

@@ -141,7 +141,9 @@ fn pin_maps_with_a_small_connection_table() {
     loader::ensure_bpffs(&dir).unwrap();
     let paths: Vec<(&str, PathBuf)> = pins::OBJECT_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::CONNS, 8192);
+    for (name, entries) in lb_userspace::conn_table::max_entries(8192) {
+        loader.map_max_entries(name, entries);
+    }
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -160,7 +162,7 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     let (code, log) = d.wait_exit(Duration::from_secs(15)).unwrap();
     assert_eq!(code, Some(1), "{log}");
     assert!(
-        log.contains("/maps/CONNS holds 8192 entries, conn_table_size asks for 1048576"),
+        log.contains("/maps/CONNS4 holds 8192 entries, conn_table_size asks for 1048576"),
         "{log}"
     );
     assert!(log.contains(&format!("xdplb detach --pin-path {PIN}")), "{log}");
@@ -178,13 +180,18 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     let cpus = aya::util::nr_cpus().unwrap();
     let line = status.lines().find(|l| l.starts_with("connection table: ")).unwrap_or_default();
     assert!(
-        line.starts_with("connection table: 0 of 8192 entries in use (0.0%, counted"),
+        line.starts_with("connection table: 0 of 10240 entries in use (0.0%, counted"),
         "{status}"
     );
-    let share = format!("; LRU per CPU: {} entries on each of {cpus} CPUs", 8192 / cpus);
+    assert!(line.contains("IPv4 0 of 8192, IPv6 0 of 2048;"), "{status}");
+    let share = format!(
+        "; LRU per CPU: {} IPv4 and {} IPv6 entries on each of {cpus} CPUs",
+        8192 / cpus,
+        2048 / cpus
+    );
     assert!(line.ends_with(&share), "{status}");
     let metric = |name| d.metric(name, &[]).unwrap();
-    assert!((metric("xdplb_conntrack_capacity") - 8192.0).abs() < 0.5);
+    assert!((metric("xdplb_conntrack_capacity") - 10240.0).abs() < 0.5);
     assert!(metric("xdplb_conntrack_entries").abs() < 0.5);
     std::fs::write(&sized, format!("conn_table_size: 16384\n{text}")).unwrap();
     let answer = d.admin(&Request::Reload).unwrap();

@@ -6,7 +6,7 @@
 use std::os::fd::AsFd as _;
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
-use lb_common::{BackendState::*, Counter::*, ForwardingMode::*, proto};
+use lb_common::{BackendState::*, Counter::*, FlowKey, FlowKey4, ForwardingMode::*, proto};
 use xdplb_tests::{
     balancer::*,
     packet::{
@@ -954,8 +954,9 @@ fn a_syn_alone_puts_nothing_in_the_table_its_handshakes_ack_does() {
 fn the_connection_table_is_counted_in_batches_however_they_split_it() {
     needs_root!();
     let lb = Balancer::new(Dsr);
-    let conns = lb.map(lb_common::map_names::CONNS);
-    let count = |batch| lb_userspace::conn_table::count_by(conns.fd().as_fd(), batch).unwrap();
+    let conns = lb.map(lb_common::map_names::CONNS4);
+    let count =
+        |batch| lb_userspace::conn_table::count_by::<FlowKey4>(conns.fd().as_fd(), batch).unwrap();
     assert_eq!(count(64), 0);
     // Fewer flows than one CPU's share of the fixtures' 8192 entries: none evicted.
     for port in 0..3000 {
@@ -964,7 +965,35 @@ fn the_connection_table_is_counted_in_batches_however_they_split_it() {
     for batch in [64, 1000, 2999, 3000, 4096] {
         assert_eq!(count(batch), 3000, "{batch} per call");
     }
-    assert_eq!(lb_userspace::conn_table::count(conns.fd().as_fd()).unwrap(), 3000);
+    assert_eq!(lb_userspace::conn_table::count::<FlowKey4>(conns.fd().as_fd()).unwrap(), 3000);
+}
+
+#[test]
+fn ipv4_flows_take_the_16_byte_table_and_ipv6_flows_the_40_byte_one() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let (v4, v6) = (lb.map(lb_common::map_names::CONNS4), lb.map(lb_common::map_names::CONNS));
+    let count = || {
+        let n4 = lb_userspace::conn_table::count::<FlowKey4>(v4.fd().as_fd()).unwrap();
+        let n6 = lb_userspace::conn_table::count::<FlowKey>(v6.fd().as_fd()).unwrap();
+        (n4, n6)
+    };
+    for port in 0..30 {
+        assert_eq!(lb.run(&udp4().sport(1000 + port).frame()).action, XDP_TX);
+    }
+    for port in 0..20 {
+        assert_eq!(lb.run(&udp6().sport(1000 + port).frame()).action, XDP_TX);
+    }
+    assert_eq!(count(), (30, 20));
+    // Each flow is found under its own key (and hits: counted conn_hit).
+    let (a, b) = (udp4().sport(1000), udp6().sport(1000));
+    assert!(lb.conn(&a).is_some() && lb.conn(&b).is_some());
+    let before = lb.counters();
+    for f in [&a, &b] {
+        assert_eq!(lb.run(&f.frame()).action, XDP_TX);
+    }
+    assert_eq!(deltas(&before, &lb.counters()).get("conn_hit"), Some(&2));
+    assert_eq!(count(), (30, 20));
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! admin_socket: /run/xdplb/admin.sock   # default; mode 0600: root and xdplb's own user
 //! admin_group: xdplb-ops          # optional: its members may read `status` (socket 0660)
 //! pin_path: /sys/fs/bpf/xdplb     # default
-//! conn_table_size: 1048576        # default; connection-table entries, 1024..=67108864
-//!                                 # (~112 B each; LRU per CPU: each CPU's flows get
-//!                                 # size / CPUs); a change needs a restart and `xdplb detach`
+//! conn_table_size: 1048576        # default; IPv4 connection-table entries, 1024..=67108864
+//!                                 # (~88 B each; IPv6: a quarter of it, ~112 B each; LRU per
+//!                                 # CPU: each CPU's flows get size / CPUs); a change needs a
+//!                                 # restart and `xdplb detach`
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip
 //! accept_macs: ["00:00:5e:00:01:33"]   # optional, at most 4: destination MACs VIP traffic
@@ -107,7 +108,8 @@ pub mod defaults {
     pub const PIN_PATH: &str = "/sys/fs/bpf/xdplb";
     pub const CONN_TABLE_SIZE: u32 = lb_common::limits::CONN_TABLE_SIZE;
     /// Bounds of `conn_table_size`: below, a CPU's share of the LRU holds a
-    /// handful of flows; above, the table takes ~7 GiB (~112 B an entry).
+    /// handful of flows; above, the tables take ~7.3 GiB (~88 B an IPv4 entry, and
+    /// a quarter as many IPv6 ones at ~112 B).
     pub const CONN_TABLE_MIN: u64 = 1024;
     pub const CONN_TABLE_MAX: u64 = 1 << 26;
     /// `sync.max_entries_per_peer`: a node's return plus a drain at 1 M flows

@@ -301,8 +301,9 @@ pub struct Config {
     /// then mode 0660 in that group); `None`: root and xdplb's own user only.
     pub admin_group: Option<String>,
     pub pin_path: PathBuf,
-    /// Entries of the connection table (`CONNS`), shared by all CPUs, each CPU's
-    /// LRU list holding its share (`conntrack::TableSize`). Read at start only.
+    /// Entries of the IPv4 connection table (`CONNS4`; the IPv6 one, `CONNS`, holds a
+    /// quarter of it: `conn_table::v6_entries`), shared by all CPUs, each CPU's LRU
+    /// list holding its share (`conn_table::Size`). Read at start only.
     pub conn_table_size: u32,
     /// `None`: read from the interface.
     pub mtu: Option<u32>,

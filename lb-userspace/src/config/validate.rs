@@ -360,7 +360,8 @@ fn conn_table_size(raw: Option<u64>, c: &mut Collector<'_>) -> u32 {
             c.error(
                 "conn_table_size",
                 format!(
-                    "conn_table_size {n} is out of range {}..={} (entries; ~112 bytes each)",
+                    "conn_table_size {n} is out of range {}..={} (IPv4 entries, ~88 bytes each; \
+                     IPv6: a quarter as many, ~112 bytes each)",
                     defaults::CONN_TABLE_MIN,
                     defaults::CONN_TABLE_MAX
                 ),

@@ -189,7 +189,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let sync = match (&sync_conf, conns) {
         (Some(conf), Some(conns)) => Some(
-            sync::Service::spawn(conf, sync::conns::BpfConns::new(conns), Arc::clone(&metrics))
+            sync::Service::spawn(conf, conns, Arc::clone(&metrics))
                 .context("starting peer sync")?,
         ),
         _ => None,

@@ -160,8 +160,9 @@ mod tests {
         }
         fn conn_table(&self) -> Option<crate::conn_table::Use> {
             Some(crate::conn_table::Use {
-                size: crate::conn_table::Size::new(1000, 3),
-                entries: 77,
+                size: crate::conn_table::Size::new(8000, 3),
+                v4: 70,
+                v6: 7,
                 counted: Instant::now(),
                 error: None,
             })
@@ -239,8 +240,8 @@ mod tests {
         assert_eq!(value(&text, "xdplb_conntrack_entries", &[]), Some(77.0));
         assert_eq!(
             value(&text, "xdplb_conntrack_capacity", &[]),
-            Some(1002.0),
-            "as the kernel sizes it"
+            Some(8001.0 + 2001.0),
+            "both tables (IPv6: a quarter of conn_table_size) as the kernel sizes them"
         );
     }
 

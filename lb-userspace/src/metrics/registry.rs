@@ -390,14 +390,16 @@ impl Metrics {
         let entries = gauge(
             r,
             "xdplb_conntrack_entries",
-            "Entries in the connection table at its last count (every 10 s, off the control loop).",
+            "Entries in the connection table (IPv4 and IPv6 flows) at its last count (every 10 s, \
+             off the control loop).",
             0,
         );
         let capacity = gauge(
             r,
             "xdplb_conntrack_capacity",
-            "Entries the connection table holds (conn_table_size, rounded up to a multiple of \
-             the CPUs); each CPU's LRU list holds capacity / CPUs of them.",
+            "Entries the connection table holds: conn_table_size IPv4 flows and a quarter of \
+             that IPv6 flows (each rounded up to a multiple of the CPUs); each CPU's LRU lists \
+             hold a CPUs'th of each.",
             0,
         );
         (entries, capacity)
@@ -741,8 +743,8 @@ impl Metrics {
     /// The connection table's last count and size: `xdplb_conntrack_entries`,
     /// `xdplb_conntrack_capacity`.
     pub fn conn_table(&self, table: &crate::conn_table::Use) {
-        self.conntrack_entries.set(i64::try_from(table.entries).unwrap_or(i64::MAX));
-        self.conntrack_capacity.set(i64::from(table.size.entries));
+        self.conntrack_entries.set(i64::try_from(table.entries()).unwrap_or(i64::MAX));
+        self.conntrack_capacity.set(i64::try_from(table.size.entries()).unwrap_or(i64::MAX));
     }
 
     /// Text exposition format (version 0.0.4).

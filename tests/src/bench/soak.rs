@@ -37,7 +37,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{Backend, ConnValue, Counter, FlowKey, map_names};
+use lb_common::{Backend, ConnValue, Counter, FlowKey4, map_names};
 use lb_userspace::{admin::Request, loader, pins, stats::Stats as _};
 
 use super::progress;
@@ -225,10 +225,14 @@ impl Frames {
         (src, 10_000 + u16::try_from(id % 50_000).unwrap_or(0))
     }
 
-    /// Flow `id`'s connection-table key.
-    fn key(&self, id: u64) -> FlowKey {
+    /// Flow `id`'s connection-table key (in `CONNS4`).
+    fn key(&self, id: u64) -> FlowKey4 {
         let (src, sport) = Self::addresses(id);
-        flow_key(&Flow { src: std::net::Ipv4Addr::from(src).into(), sport, ..self.flow })
+        FlowKey4::of(&flow_key(&Flow {
+            src: std::net::Ipv4Addr::from(src).into(),
+            sport,
+            ..self.flow
+        }))
     }
 
     /// Flow `id`'s frame into `out` (checksums are left stale: the data path does
@@ -395,8 +399,9 @@ fn transitions(daemon: &Daemon) -> BTreeMap<String, f64> {
     out
 }
 
-fn conn_table() -> Result<BpfHashMap<MapData, FlowKey, ConnValue>> {
-    let data = MapData::from_pin(pins::map_path(Path::new(PIN), map_names::CONNS))?;
+/// The IPv4 connection table (the soak's flows are IPv4).
+fn conn_table() -> Result<BpfHashMap<MapData, FlowKey4, ConnValue>> {
+    let data = MapData::from_pin(pins::map_path(Path::new(PIN), map_names::CONNS4))?;
     Ok(BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?)
 }
 

@@ -115,9 +115,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut ebpf = EbpfLoader::new().load(objects::XDP_LB).context("loading xdp-lb's maps")?;
     let maps = BpfMaps::take_from(&mut ebpf)?;
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let handles =
-        (0..cpus).map(|_| maps.conns_handle().map(BpfConns::new)).collect::<Result<Vec<_>>>()?;
-    let conns = BpfConns::new(maps.conns_handle()?);
+    let handles = (0..cpus).map(|_| maps.conns_handle()).collect::<Result<Vec<_>>>()?;
+    let conns = maps.conns_handle()?;
     let mut writer = MapWriter::new(maps);
     writer.apply(&plan(false, false))?;
     let before = writer.sync_view(SEED);
