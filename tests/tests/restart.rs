@@ -193,6 +193,8 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     let metric = |name| d.metric(name, &[]).unwrap();
     assert!((metric("xdplb_conntrack_capacity") - 10240.0).abs() < 0.5);
     assert!(metric("xdplb_conntrack_entries").abs() < 0.5);
+    let family = |f| d.metric("xdplb_conntrack_family_capacity", &[("family", f)]).unwrap();
+    assert!((family("ipv4") - 8192.0).abs() < 0.5 && (family("ipv6") - 2048.0).abs() < 0.5);
     std::fs::write(&sized, format!("conn_table_size: 16384\n{text}")).unwrap();
     let answer = d.admin(&Request::Reload).unwrap();
     assert_eq!(

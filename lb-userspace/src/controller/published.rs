@@ -243,6 +243,12 @@ mod tests {
             Some(8001.0 + 2001.0),
             "both tables (IPv6: a quarter of conn_table_size) as the kernel sizes them"
         );
+        // Each family's table on its own: a full IPv4 table shows though the totals have room.
+        let family = |name, f| value(&text, name, &[("family", f)]);
+        assert_eq!(family("xdplb_conntrack_family_entries", "ipv4"), Some(70.0));
+        assert_eq!(family("xdplb_conntrack_family_entries", "ipv6"), Some(7.0));
+        assert_eq!(family("xdplb_conntrack_family_capacity", "ipv4"), Some(8001.0));
+        assert_eq!(family("xdplb_conntrack_family_capacity", "ipv6"), Some(2001.0));
     }
 
     #[test]

@@ -226,8 +226,7 @@ pub struct Metrics {
     backend_bytes: IntCounterVec,
     /// One handle per `Counter`, in `Counter::ALL` order.
     dataplane_counters: Vec<IntCounter>,
-    conntrack_entries: IntGauge,
-    conntrack_capacity: IntGauge,
+    conntrack: ConntrackGauges,
     seen: Mutex<Seen>,
     /// The balancer's own health and rings.
     pub balancer: BalancerMetrics,
@@ -347,7 +346,7 @@ impl Metrics {
         let [vip_packets, vip_bytes, backend_packets, backend_bytes] = Self::traffic_families(&r);
         let (suspicions, triggered_probes, suspicion_decision) = Self::passive_families(&r);
         let dataplane_counters = Self::dataplane_families(&r);
-        let (conntrack_entries, conntrack_capacity) = Self::conn_table_gauges(&r);
+        let conntrack = ConntrackGauges::new(&r);
         Self {
             balancer: BalancerMetrics::new(&r),
             sync: super::sync::SyncMetrics::new(&r),
@@ -380,29 +379,8 @@ impl Metrics {
                 ..Seen::default()
             }),
             dataplane_counters,
-            conntrack_entries,
-            conntrack_capacity,
+            conntrack,
         }
-    }
-
-    /// The connection table's use and size (`conn_table`), set at scrape time.
-    fn conn_table_gauges(r: &Registry) -> (IntGauge, IntGauge) {
-        let entries = gauge(
-            r,
-            "xdplb_conntrack_entries",
-            "Entries in the connection table (IPv4 and IPv6 flows) at its last count (every 10 s, \
-             off the control loop).",
-            0,
-        );
-        let capacity = gauge(
-            r,
-            "xdplb_conntrack_capacity",
-            "Entries the connection table holds: conn_table_size IPv4 flows and a quarter of \
-             that IPv6 flows (each rounded up to a multiple of the CPUs); each CPU's LRU lists \
-             hold a CPUs'th of each.",
-            0,
-        );
-        (entries, capacity)
     }
 
     /// Packets and bytes per VIP and per (VIP, backend).
@@ -741,10 +719,9 @@ impl Metrics {
     }
 
     /// The connection table's last count and size: `xdplb_conntrack_entries`,
-    /// `xdplb_conntrack_capacity`.
+    /// `xdplb_conntrack_capacity` (both tables), and each family's.
     pub fn conn_table(&self, table: &crate::conn_table::Use) {
-        self.conntrack_entries.set(i64::try_from(table.entries()).unwrap_or(i64::MAX));
-        self.conntrack_capacity.set(i64::try_from(table.size.entries()).unwrap_or(i64::MAX));
+        self.conntrack.set(table);
     }
 
     /// Text exposition format (version 0.0.4).
@@ -757,6 +734,65 @@ impl Metrics {
                 warn!("metrics: encoding failed: {e}");
                 format!("# encoding failed: {e}\n")
             }
+        }
+    }
+}
+
+/// The connection table's gauges: both tables' totals (the contract's two) and each
+/// family's table, set at scrape time from `conn_table`'s last count.
+struct ConntrackGauges {
+    entries: IntGauge,
+    capacity: IntGauge,
+    family_entries: IntGaugeVec,
+    family_capacity: IntGaugeVec,
+}
+
+impl ConntrackGauges {
+    fn new(r: &Registry) -> Self {
+        let entries = gauge(
+            r,
+            "xdplb_conntrack_entries",
+            "Entries in the connection table (IPv4 and IPv6 flows) at its last count (every 10 s, \
+             off the control loop).",
+            0,
+        );
+        let capacity = gauge(
+            r,
+            "xdplb_conntrack_capacity",
+            "Entries the connection table holds: conn_table_size IPv4 flows and a quarter of \
+             that IPv6 flows (each rounded up to a multiple of the CPUs); each CPU's LRU lists \
+             hold a CPUs'th of each.",
+            0,
+        );
+        let labels = &["family"];
+        let family_entries = gauge_vec(
+            r,
+            "xdplb_conntrack_family_entries",
+            "Entries of one family's connection table at its last count (family: ipv4, the \
+             16-byte-key table CONNS4; ipv6, CONNS).",
+            labels,
+        );
+        let family_capacity = gauge_vec(
+            r,
+            "xdplb_conntrack_family_capacity",
+            "Entries one family's connection table holds (ipv4: conn_table_size; ipv6: a \
+             quarter of it; each rounded up to a multiple of the CPUs). A full ipv4 table shows \
+             here while the totals still have room in the other.",
+            labels,
+        );
+        Self { entries, capacity, family_entries, family_capacity }
+    }
+
+    /// Sets every gauge from the last count.
+    fn set(&self, table: &crate::conn_table::Use) {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.entries.set(n(table.entries()));
+        self.capacity.set(n(table.size.entries()));
+        for (family, entries, capacity) in
+            [("ipv4", table.v4, table.size.v4), ("ipv6", table.v6, table.size.v6)]
+        {
+            self.family_entries.with_label_values(&[family]).set(n(entries));
+            self.family_capacity.with_label_values(&[family]).set(i64::from(capacity));
         }
     }
 }
