@@ -4,7 +4,7 @@
 //! (`FlowKey4`), `CONNS` IPv6 flows under the 40-byte `FlowKey`; the kernel hashes
 //! and compares the whole key on every packet, so IPv4 pays for 16 bytes, not 40.
 //! `conn_table_size` sizes the IPv4 table; the IPv6 table holds a quarter of that
-//! ([`v6_entries`]), so the memory stays what one table of `conn_table_size` flows
+//! ([`v6_entries`]) unless `conn_table_size_v6` says otherwise, so the memory stays what one table of `conn_table_size` flows
 //! under the 40-byte key took (~88 B per IPv4 entry, ~112 B per IPv6 one).
 //!
 //! Each has one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as Katran): the kernel
@@ -45,11 +45,26 @@ pub const fn v6_entries(conn_table_size: u32) -> u32 {
     if quarter < 1024 { 1024 } else { quarter }
 }
 
-/// The tables' `max_entries` for `conn_table_size`, by map name, as the loader
-/// asks for them (the kernel rounds them: [`Size`]).
-#[must_use]
-pub const fn max_entries(conn_table_size: u32) -> [(&'static str, u32); 2] {
-    [(map_names::CONNS4, conn_table_size), (map_names::CONNS, v6_entries(conn_table_size))]
+/// The entries the config asks of each table (`conn_table_size`,
+/// `conn_table_size_v6`), before the kernel rounds them ([`Size`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Configured {
+    pub v4: u32,
+    pub v6: u32,
+}
+
+impl Configured {
+    /// `conn_table_size` with the IPv6 table's default ([`v6_entries`]).
+    #[must_use]
+    pub const fn of(conn_table_size: u32) -> Self {
+        Self { v4: conn_table_size, v6: v6_entries(conn_table_size) }
+    }
+
+    /// The tables' `max_entries` by map name, as the loader asks for them.
+    #[must_use]
+    pub const fn max_entries(&self) -> [(&'static str, u32); 2] {
+        [(map_names::CONNS4, self.v4), (map_names::CONNS, self.v6)]
+    }
 }
 
 /// The two tables' sizes as the kernel holds them.
@@ -69,16 +84,16 @@ impl Size {
     /// of `cpus` so that every list holds the same share (down where rounding up
     /// would overflow).
     #[must_use]
-    pub fn new(conn_table_size: u32, cpus: u32) -> Self {
+    pub fn new(configured: Configured, cpus: u32) -> Self {
         let cpus = cpus.max(1);
         let round = |n: u32| n.checked_next_multiple_of(cpus).unwrap_or(n / cpus * cpus);
-        Self { v4: round(conn_table_size), v6: round(v6_entries(conn_table_size)), cpus }
+        Self { v4: round(configured.v4), v6: round(configured.v6), cpus }
     }
 
-    /// `conn_table_size` on this host's possible CPUs.
-    pub fn on_this_host(conn_table_size: u32) -> Result<Self> {
+    /// `configured` on this host's possible CPUs.
+    pub fn on_this_host(configured: Configured) -> Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))?;
-        Ok(Self::new(conn_table_size, u32::try_from(cpus).unwrap_or(u32::MAX)))
+        Ok(Self::new(configured, u32::try_from(cpus).unwrap_or(u32::MAX)))
     }
 
     /// Entries of both tables.
@@ -296,12 +311,19 @@ mod tests {
 
     #[test]
     fn the_sizes_are_rounded_up_to_a_share_per_cpu_as_the_kernel_does() {
-        assert_eq!(Size::new(1 << 20, 2), Size { v4: 1 << 20, v6: 1 << 18, cpus: 2 });
-        assert_eq!(Size::new(1 << 20, 2).entries(), (1 << 20) + (1 << 18));
-        assert_eq!(Size::new(8000, 3), Size { v4: 8001, v6: 2001, cpus: 3 });
-        assert_eq!(Size::new(u32::MAX, 2).v4, u32::MAX - 1, "down where up overflows");
         assert_eq!(
-            Size::new(1024, 0),
+            Size::new(Configured::of(1 << 20), 2),
+            Size { v4: 1 << 20, v6: 1 << 18, cpus: 2 }
+        );
+        assert_eq!(Size::new(Configured::of(1 << 20), 2).entries(), (1 << 20) + (1 << 18));
+        assert_eq!(Size::new(Configured::of(8000), 3), Size { v4: 8001, v6: 2001, cpus: 3 });
+        assert_eq!(
+            Size::new(Configured::of(u32::MAX), 2).v4,
+            u32::MAX - 1,
+            "down where up overflows"
+        );
+        assert_eq!(
+            Size::new(Configured::of(1024), 0),
             Size { v4: 1024, v6: 1024, cpus: 1 },
             "no CPU count: one list"
         );
@@ -310,7 +332,7 @@ mod tests {
     #[test]
     fn the_status_line_shows_size_use_of_each_table_and_each_cpus_share() {
         let at = Instant::now();
-        let size = Size::new(1 << 20, 2);
+        let size = Size::new(Configured::of(1 << 20), 2);
         let mut u = Use { size, v4: 4000, v6: 96, counted: at, error: None };
         let later = at + Duration::from_secs(3);
         assert_eq!(

@@ -142,13 +142,13 @@ pub fn load_with_pinned_maps(pin_dir: &Path) -> Result<Ebpf> {
 }
 
 /// As [`load_with_pinned_maps`], creating missing connection tables for
-/// `conn_table_size` (`conn_table::Size`; the object's defaults without one).
-fn load_pinned(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
+/// `conn_tables` (the config's sizes; the object's defaults without them).
+fn load_pinned(pin_dir: &Path, conn_tables: Option<conn_table::Configured>) -> Result<Ebpf> {
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
-    if let Some(size) = conn_table_size {
-        for (name, entries) in conn_table::max_entries(size) {
+    if let Some(tables) = conn_tables {
+        for (name, entries) in tables.max_entries() {
             loader.map_max_entries(name, entries);
         }
     }
@@ -166,14 +166,14 @@ fn load_pinned(pin_dir: &Path, conn_table_size: Option<u32>) -> Result<Ebpf> {
 }
 
 /// Loads `xdp-lb` with its maps pinned under `pin_dir/maps` (reusing pinned ones;
-/// a new connection table gets `conn_table` entries) and attaches it to
+/// new connection tables get `conn_table`'s entries) and attaches it to
 /// `interface` through a link pinned at `pin_dir/link` (replacing the program of
 /// an existing link atomically).
 pub fn load_and_attach(
     pin_dir: &Path,
     interface: &str,
     mode: XdpMode,
-    conn_table: u32,
+    conn_table: conn_table::Configured,
 ) -> Result<Loaded> {
     privileges::require("xdplb run", privileges::BALANCER)?;
     // First: a second `xdplb run` on these pins stops here, before it touches them.

@@ -159,12 +159,16 @@ pub fn decide(
         let resized = Shape { max_entries: want.max_entries, ..*have } == *want;
         let table = *name == map_names::CONNS4 || *name == map_names::CONNS;
         if table && have != want && resized {
+            // CONNS4 is sized by conn_table_size, CONNS by conn_table_size_v6.
+            let key = if *name == map_names::CONNS4 {
+                "conn_table_size"
+            } else {
+                "conn_table_size_v6 (default: a quarter of conn_table_size)"
+            };
             return Err(format!(
-                "the pinned connection table {} holds {} entries, conn_table_size asks for {} \
-                 (rounded up to a multiple of the CPUs; the IPv6 table CONNS holds a quarter of \
-                 conn_table_size, the IPv4 table CONNS4 all of it): a table cannot be resized in \
-                 place; set \
-                 conn_table_size back to keep the established flows, or {start_fresh}",
+                "the pinned connection table {} holds {} entries, {key} asks for {} (rounded up \
+                 to a multiple of the CPUs): a table cannot be resized in place; set {key} back \
+                 to keep the established flows, or {start_fresh}",
                 map_path(dir, name).display(),
                 have.max_entries,
                 want.max_entries
@@ -362,19 +366,28 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_table_of_another_size_is_refused_naming_conn_table_size() {
-        let e = expected(&[(map_names::CONNS, 65536)]).unwrap();
+    fn a_connection_table_of_another_size_is_refused_naming_its_config_key() {
+        let e = expected(&[(map_names::CONNS4, 65536), (map_names::CONNS, 16384)]).unwrap();
         let mut found = all(&e);
-        found.get_mut(map_names::CONNS).unwrap().max_entries = 8192;
+        found.get_mut(map_names::CONNS4).unwrap().max_entries = 8192;
         let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
         assert_eq!(
             err,
-            "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS holds 8192 entries, \
-             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs; the IPv6 \
-             table CONNS holds a quarter of conn_table_size, the IPv4 table CONNS4 all of it): \
-             a table cannot be resized in place; set conn_table_size back to keep the \
-             established flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
+            "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS4 holds 8192 entries, \
+             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs): a table \
+             cannot be resized in place; set conn_table_size back to keep the established \
+             flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
              removes the pins: established flows are dropped), then start again"
+        );
+        let mut found = all(&e);
+        found.get_mut(map_names::CONNS).unwrap().max_entries = 2048;
+        let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
+        assert!(
+            err.starts_with(
+                "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS holds 2048 entries, \
+                 conn_table_size_v6 (default: a quarter of conn_table_size) asks for 16384"
+            ),
+            "{err}"
         );
     }
 

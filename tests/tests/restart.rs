@@ -141,7 +141,7 @@ fn pin_maps_with_a_small_connection_table() {
     loader::ensure_bpffs(&dir).unwrap();
     let paths: Vec<(&str, PathBuf)> = pins::OBJECT_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
-    for (name, entries) in lb_userspace::conn_table::max_entries(8192) {
+    for (name, entries) in lb_userspace::conn_table::Configured::of(8192).max_entries() {
         loader.map_max_entries(name, entries);
     }
     for (name, path) in &paths {
@@ -202,6 +202,19 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
         Response::Error("config not reloaded: changing conn_table_size needs a restart".into())
     );
     d.stop().unwrap();
+    // The IPv6 table has a size of its own: another one is refused naming its key.
+    std::fs::write(&sized, format!("conn_table_size: 8192\nconn_table_size_v6: 4096\n{text}"))
+        .unwrap();
+    let mut d = net.start(&sized, &[]);
+    let (code, log) = d.wait_exit(Duration::from_secs(15)).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(
+            "/maps/CONNS holds 2048 entries, conn_table_size_v6 (default: a quarter of \
+             conn_table_size) asks for 4096"
+        ),
+        "{log}"
+    );
 
     // A complete set from a run, then one map lost: refused, not mixed with a fresh one.
     loader::remove_pins(Path::new(PIN)).unwrap();

@@ -13,6 +13,8 @@
 //!                                 # (~88 B each; IPv6: a quarter of it, ~112 B each; LRU per
 //!                                 # CPU: each CPU's flows get size / CPUs); a change needs a
 //!                                 # restart and `xdplb detach`
+//! conn_table_size_v6: 262144      # default a quarter of conn_table_size (at least 1024);
+//!                                 # IPv6 connection-table entries, same range and rules
 //! mtu: 1500                       # optional; default: the interface's
 //! gateway: 10.0.0.1               # optional next hop for ipip
 //! accept_macs: ["00:00:5e:00:01:33"]   # optional, at most 4: destination MACs VIP traffic

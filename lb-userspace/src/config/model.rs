@@ -220,6 +220,12 @@ pub struct SyncConf {
 }
 
 impl Config {
+    /// The connection tables' sizes as configured (`conn_table_size`, `_v6`).
+    #[must_use]
+    pub const fn conn_tables(&self) -> crate::conn_table::Configured {
+        crate::conn_table::Configured { v4: self.conn_table_size, v6: self.conn_table_size_v6 }
+    }
+
     /// The `sync:` section, if any, as `to_yaml` writes it.
     fn sync_yaml(&self) -> Vec<(usize, String)> {
         self.sync.as_ref().map(SyncConf::to_yaml).unwrap_or_default()
@@ -305,6 +311,9 @@ pub struct Config {
     /// quarter of it: `conn_table::v6_entries`), shared by all CPUs, each CPU's LRU
     /// list holding its share (`conn_table::Size`). Read at start only.
     pub conn_table_size: u32,
+    /// Entries of the IPv6 connection table (`CONNS`); default a quarter of
+    /// `conn_table_size` (at least 1024). Read at start only.
+    pub conn_table_size_v6: u32,
     /// `None`: read from the interface.
     pub mtu: Option<u32>,
     /// Next hop for `ipip` when backends are not on-link.
@@ -391,6 +400,7 @@ impl Config {
         }
         line(0, format!("pin_path: {}", scalar(&self.pin_path.to_string_lossy())));
         line(0, format!("conn_table_size: {}", self.conn_table_size));
+        line(0, format!("conn_table_size_v6: {}", self.conn_table_size_v6));
         for text in self.link_yaml() {
             line(0, text);
         }

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub pin_path: Option<String>,
     /// Wide, so that a size past `u32` gets our positioned range error.
     pub conn_table_size: Option<u64>,
+    pub conn_table_size_v6: Option<u64>,
     pub mtu: Option<u32>,
     pub gateway: Option<String>,
     pub accept_macs: Option<Vec<String>>,

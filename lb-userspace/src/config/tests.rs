@@ -101,6 +101,7 @@ fn readme_example_parses_with_defaults_filled_in() {
     assert_eq!(cfg.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
     assert_eq!((cfg.mtu, cfg.gateway), (None, None));
     assert_eq!(cfg.conn_table_size, 1 << 20, "the connection table's default size");
+    assert_eq!(cfg.conn_table_size_v6, 1 << 18, "the IPv6 table: a quarter of it");
     assert_eq!(cfg.vips.len(), 1);
     let vip = &cfg.vips[0];
     assert_eq!((vip.name.as_str(), vip.address, vip.port), ("waf-https", v4(203, 0, 113, 10), 443));
@@ -411,6 +412,32 @@ fn conn_table_size_is_read_and_bounded_with_its_line() {
     }
     let errs = errors(&sized("-5"));
     assert!(errs.to_string().contains("conn_table_size"), "{errs}");
+}
+
+#[test]
+fn conn_table_size_v6_defaults_to_a_quarter_and_is_bounded_with_its_line() {
+    let sized = |v4: &str, v6: &str| {
+        base().replace(
+            "interface: eth0\n",
+            &format!("interface: eth0\nconn_table_size: {v4}\nconn_table_size_v6: {v6}\n"),
+        )
+    };
+    let quarter = base().replace("interface: eth0\n", "interface: eth0\nconn_table_size: 4096\n");
+    assert_eq!(ok(&quarter).conn_table_size_v6, 1024);
+    let small = base().replace("interface: eth0\n", "interface: eth0\nconn_table_size: 2048\n");
+    assert_eq!(ok(&small).conn_table_size_v6, 1024, "at least 1024");
+    let cfg = ok(&sized("4096", "1048576"));
+    assert_eq!((cfg.conn_table_size, cfg.conn_table_size_v6), (4096, 1 << 20));
+    assert_eq!(cfg.conn_tables(), crate::conn_table::Configured { v4: 4096, v6: 1 << 20 });
+    for n in ["1023", "67108865"] {
+        assert_only_error(
+            &sized("4096", n),
+            "conn_table_size_v6",
+            3,
+            21,
+            &format!("conn_table_size_v6 {n} is out of range 1024..=67108864"),
+        );
+    }
 }
 
 #[test]

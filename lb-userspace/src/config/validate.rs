@@ -106,6 +106,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
     }
 
     let conn_table_size = conn_table_size(raw.conn_table_size, c);
+    let conn_table_size_v6 = conn_table_size_v6(raw.conn_table_size_v6, conn_table_size, c);
     if let Some(mtu) = raw.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -154,6 +155,7 @@ pub fn resolve(raw: RawConfig, c: &mut Collector<'_>) -> Config {
         admin_group,
         pin_path,
         conn_table_size,
+        conn_table_size_v6,
         mtu: raw.mtu,
         gateway,
         accept_macs,
@@ -367,6 +369,30 @@ fn conn_table_size(raw: Option<u64>, c: &mut Collector<'_>) -> u32 {
                 ),
             );
             defaults::CONN_TABLE_SIZE
+        }
+    }
+}
+
+/// `conn_table_size_v6`, within the same bounds; absent: a quarter of the IPv4
+/// table's (`conn_table::v6_entries`).
+fn conn_table_size_v6(raw: Option<u64>, v4: u32, c: &mut Collector<'_>) -> u32 {
+    let default = crate::conn_table::v6_entries(v4);
+    match raw {
+        None => default,
+        Some(n) if (defaults::CONN_TABLE_MIN..=defaults::CONN_TABLE_MAX).contains(&n) => {
+            u32::try_from(n).unwrap_or(default)
+        }
+        Some(n) => {
+            c.error(
+                "conn_table_size_v6",
+                format!(
+                    "conn_table_size_v6 {n} is out of range {}..={} (IPv6 entries, ~112 bytes \
+                     each)",
+                    defaults::CONN_TABLE_MIN,
+                    defaults::CONN_TABLE_MAX
+                ),
+            );
+            default
         }
     }
 }

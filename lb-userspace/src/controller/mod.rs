@@ -147,7 +147,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         XdpMode::Skb => AyaXdpMode::Skb,
     };
     let loaded =
-        loader::load_and_attach(&config.pin_path, &config.interface, mode, config.conn_table_size)?;
+        loader::load_and_attach(&config.pin_path, &config.interface, mode, config.conn_tables())?;
     info!(
         "xdp_lb attached to {} ({:?} mode){}",
         config.interface,

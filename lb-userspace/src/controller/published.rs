@@ -160,7 +160,7 @@ mod tests {
         }
         fn conn_table(&self) -> Option<crate::conn_table::Use> {
             Some(crate::conn_table::Use {
-                size: crate::conn_table::Size::new(8000, 3),
+                size: crate::conn_table::Size::new(crate::conn_table::Configured::of(8000), 3),
                 v4: 70,
                 v6: 7,
                 counted: Instant::now(),

@@ -236,7 +236,7 @@ mod tests {
         }
         fn conn_table(&self) -> Option<crate::conn_table::Use> {
             Some(crate::conn_table::Use {
-                size: crate::conn_table::Size::new(8192, 2),
+                size: crate::conn_table::Size::new(crate::conn_table::Configured::of(8192), 2),
                 v4: 1000,
                 v6: 24,
                 counted: std::time::Instant::now(),

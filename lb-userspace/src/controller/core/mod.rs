@@ -43,12 +43,16 @@ type Differs = fn(&Config, &Config) -> bool;
 pub const MAC_GRACE: Duration = Duration::from_secs(5);
 
 /// Config keys a reload cannot change: they are bound or attached at start.
-const NEEDS_RESTART: [(&str, Differs); 8] = [
+const NEEDS_RESTART: [(&str, Differs); 9] = [
     ("interface", |a, b| a.interface != b.interface),
     ("xdp_mode", |a, b| a.xdp_mode != b.xdp_mode),
     ("pin_path", |a, b| a.pin_path != b.pin_path),
     // The pinned table keeps its size: a new one means `xdplb detach` (flows lost).
     ("conn_table_size", |a, b| a.conn_table_size != b.conn_table_size),
+    // Named when it changed on its own (its default follows conn_table_size).
+    ("conn_table_size_v6", |a, b| {
+        a.conn_table_size_v6 != b.conn_table_size_v6 && a.conn_table_size == b.conn_table_size
+    }),
     ("metrics_listen", |a, b| a.metrics_listen != b.metrics_listen),
     ("admin_socket", |a, b| a.admin_socket != b.admin_socket),
     ("admin_group", |a, b| a.admin_group != b.admin_group),

@@ -744,6 +744,10 @@ fn a_reload_that_resizes_the_connection_table_is_refused() {
     assert_eq!(err, "config not reloaded: changing conn_table_size needs a restart");
     assert_eq!(updates(&outputs(&mut core)), [&Update::Reload { ok: false }]);
     assert_eq!(core.config(), &parse(CONFIG));
+    let resized = CONFIG.replace("interface: eth0", "interface: eth0\nconn_table_size_v6: 65536");
+    let err = core.reload(Instant::now(), Ok(parse(&resized))).unwrap_err();
+    assert_eq!(err, "config not reloaded: changing conn_table_size_v6 needs a restart");
+    assert_eq!(core.config(), &parse(CONFIG));
 }
 
 // --- neighbours ---
