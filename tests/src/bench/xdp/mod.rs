@@ -104,7 +104,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
-        return run_timed(samples, &objects, AB_INSTANCES);
+        return run_timed(samples, &objects);
     }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
@@ -112,7 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
-        run_timed(samples, &objects, 1)?;
+        run_timed(samples, &objects)?;
     }
     Ok(())
 }
@@ -199,15 +199,15 @@ fn repeat_one(runs: usize) -> Result<()> {
 const MODES: [(&str, ForwardingMode); 2] =
     [("dsr", ForwardingMode::Dsr), ("ipip", ForwardingMode::Ipip)];
 
-/// Balancers per object and mode in an A/B of objects. Two loads of one object can
-/// differ by 20-40 ns on a case, the same way run after run (where the kernel put the
-/// program or its maps, it seems): an A/B takes each object's faster instance, and
-/// shows the slower one.
-const AB_INSTANCES: usize = 2;
+/// Balancers per object and mode in the second method (the default run's one object
+/// and an A/B's every object). Two loads of one object can differ by 20-40 ns on a
+/// case, the same way run after run (where the kernel put the program or its maps, it
+/// seems): each case is reported from the faster instance, the slower one shown.
+const INSTANCES: usize = 2;
 
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
-/// every case for every object (each loaded `instances` times) in turn.
-pub fn run_timed(samples: usize, objects: &[Object], instances: usize) -> Result<()> {
+/// every case for every object (each loaded `INSTANCES` times) in turn.
+pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     use timed::{Case as T, Dispatcher, Replay};
     let mut dispatcher = Dispatcher::new()?;
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
@@ -223,10 +223,10 @@ pub fn run_timed(samples: usize, objects: &[Object], instances: usize) -> Result
     let harness: &Xdp = tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?;
     let floor: &Xdp =
         tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
-    // Balancer `(o * instances + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
+    // Balancer `(o * INSTANCES + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
     let mut lbs: Vec<Balancer> = objects
         .iter()
-        .flat_map(|o| std::iter::repeat_n(o, instances))
+        .flat_map(|o| std::iter::repeat_n(o, INSTANCES))
         .flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m)))
         .collect();
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
@@ -271,7 +271,7 @@ pub fn run_timed(samples: usize, objects: &[Object], instances: usize) -> Result
     for (m, (mode, _)) in MODES.iter().enumerate() {
         for (name, replay, want, per_unit) in &kinds {
             // The objects side by side, case by case.
-            for i in 0..objects.len() * instances {
+            for i in 0..objects.len() * INSTANCES {
                 cases.push(T {
                     name: format!("{name}, {mode}"),
                     lb: Some(i * MODES.len() + m),
@@ -288,10 +288,11 @@ pub fn run_timed(samples: usize, objects: &[Object], instances: usize) -> Result
     }
     let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
     let m = timed::measure(&cases, &mut timed, floor, harness, &mut tools_script, samples)?;
+    let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
     if objects.len() == 1 {
-        report_timed(&cases, &m, samples);
+        report_timed(&cases, &m, &rows, samples);
     } else {
-        report_objects(&cases, &m, objects, MODES.len() * instances, samples);
+        report_objects(&cases, &m, &rows, objects, samples);
     }
     Ok(())
 }
@@ -305,13 +306,47 @@ fn trimmed(v: &[f64]) -> f64 {
     mid.iter().sum::<f64>() / mid.len() as f64
 }
 
+/// One row of the second method's tables: a case's name and, per object, the indices
+/// (in `cases`) of that case on each of the object's instances (the floor's one case
+/// under every object).
+type InstanceRow = (String, Vec<Vec<usize>>);
+
+/// The cases grouped into rows by name, in their order; balancer `i` is object
+/// `i / per_object`'s.
+fn instance_rows(cases: &[timed::Case], objects: usize, per_object: usize) -> Vec<InstanceRow> {
+    let mut rows: Vec<InstanceRow> = Vec::new();
+    for (at_case, c) in cases.iter().enumerate() {
+        let at = rows.iter().position(|(n, _)| *n == c.name).unwrap_or_else(|| {
+            rows.push((c.name.clone(), vec![Vec::new(); objects]));
+            rows.len() - 1
+        });
+        match c.lb {
+            Some(i) => rows[at].1[i / per_object].push(at_case),
+            None => rows[at].1.iter_mut().for_each(|v| v.push(at_case)),
+        }
+    }
+    rows
+}
+
+/// Of one object's instances of a case, the fastest and the slowest by `net`.
+fn fastest_slowest(at: &[usize], net: impl Fn(usize) -> f64) -> Option<(usize, usize)> {
+    let by = |a: &&usize, b: &&usize| net(**a).total_cmp(&net(**b));
+    Some((*at.iter().min_by(by)?, *at.iter().max_by(by)?))
+}
+
+/// A figure of the faster instance, the slower's in brackets when they differ.
+fn with_slower(fast: f64, slow: f64, decimals: usize) -> String {
+    let (f, s) = (format!("{fast:.decimals$}"), format!("{slow:.decimals$}"));
+    if f == s { f } else { format!("{f} ({s})") }
+}
+
 /// The A/B table: each case's net ns per object (per unit for a whole connection; its
 /// fastest instance, the slowest in brackets) and each object's ratio to the first.
 fn report_objects(
     cases: &[timed::Case],
     m: &[timed::Measured],
+    rows: &[InstanceRow],
     objects: &[Object],
-    per_object: usize,
     samples: usize,
 ) {
     let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
@@ -325,33 +360,16 @@ fn report_objects(
     }
     println!();
     println!("|---|{}", "---:|".repeat(2 * names.len() - 1));
-    let mut rows: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
-    for (c, m) in cases.iter().zip(m) {
-        let net = trimmed(&m.net) * f64::from(c.per_unit);
-        let (o, name) = match c.lb {
-            None => (None, c.name.clone()),
-            Some(i) => (Some(i / per_object), c.name.clone()),
-        };
-        let at = rows.iter().position(|(n, _)| *n == name).unwrap_or_else(|| {
-            rows.push((name, vec![Vec::new(); names.len()]));
-            rows.len() - 1
-        });
-        let row = &mut rows[at];
-        match o {
-            Some(o) => row.1[o].push(net),
-            None => row.1.iter_mut().for_each(|v| v.push(net)),
-        }
-    }
+    let net = |i: usize| trimmed(&m[i].net) * f64::from(cases[i].per_unit);
     for (name, instances) in rows {
         print!("| {name} |");
-        let min = |v: &Vec<f64>| v.iter().copied().reduce(f64::min);
-        let nets: Vec<Option<f64>> = instances.iter().map(min).collect();
-        for v in &instances {
-            let max = v.iter().copied().reduce(f64::max);
-            match (min(v), max) {
-                (Some(lo), Some(hi)) if hi - lo >= 0.05 => print!(" {lo:.1} ({hi:.1}) |"),
-                (Some(lo), _) => print!(" {lo:.1} |"),
-                _ => print!(" – |"),
+        let mut nets = Vec::new();
+        for at in instances {
+            let fs = fastest_slowest(at, net);
+            nets.push(fs.map(|(f, _)| net(f)));
+            match fs {
+                Some((f, s)) => print!(" {} |", with_slower(net(f), net(s), 1)),
+                None => print!(" – |"),
             }
         }
         for n in &nets[1..] {
@@ -368,31 +386,39 @@ fn report_objects(
         "{samples} samples per case of {} runs each, the cases in a new order each sample, \
          every case followed by the harness on the same script; net = case minus harness, \
          trimmed mean of the middle 80% (a whole connection: per connection, 12 packets). \
-         Each object is loaded {AB_INSTANCES} times (two loads of one object can differ by \
+         Each object is loaded {INSTANCES} times (two loads of one object can differ by \
          20-40 ns on a case): the faster instance, the slower in brackets. Objects: {}.",
         timed::REPEAT,
         objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
     );
 }
 
-/// The second method's table, and the verdict on the connection target.
-fn report_timed(cases: &[timed::Case], m: &[timed::Measured], samples: usize) {
+/// The second method's table (each case from the faster of the balancer's instances,
+/// the slower in brackets), and the verdict on the connection target.
+fn report_timed(
+    cases: &[timed::Case],
+    m: &[timed::Measured],
+    rows: &[InstanceRow],
+    samples: usize,
+) {
     let mean = trimmed;
     let floor_net = mean(&m[0].net).max(0.1);
     println!("| case | ns per run | net of harness ns | × floor (net) | net ns per unit |");
     println!("|---|---:|---:|---:|---:|");
+    let net = |i: usize| mean(&m[i].net);
     let mut connection = Vec::new();
-    for (c, m) in cases.iter().zip(m) {
-        let net = mean(&m.net);
+    for (name, instances) in rows {
+        let Some((f, s)) = fastest_slowest(&instances[0], net) else { continue };
+        let unit = f64::from(cases[f].per_unit);
         println!(
-            "| {} | {:.1} | {net:.1} | {:.1} | {:.0} |",
-            c.name,
-            mean(&m.runs),
-            net / floor_net,
-            net * f64::from(c.per_unit)
+            "| {name} | {} | {} | {:.1} | {} |",
+            with_slower(mean(&m[f].runs), mean(&m[s].runs), 1),
+            with_slower(net(f), net(s), 1),
+            net(f) / floor_net,
+            with_slower(net(f) * unit, net(s) * unit, 0)
         );
-        if c.per_unit > 1 {
-            connection.push((c.name.clone(), net * f64::from(c.per_unit)));
+        if cases[f].per_unit > 1 {
+            connection.push((name.clone(), net(f) * unit));
         }
     }
     println!();
@@ -402,7 +428,9 @@ fn report_timed(cases: &[timed::Case], m: &[timed::Measured], samples: usize) {
          difference of the pair (trimmed mean of the middle 80%). \"A new flow each\" steps the \
          source port and address every run (cold cache lines, as under a SYN flood); \"the same \
          flow each\" repeats one frame (what the first method measures). A connection is one \
-         flow's SYN, its handshake ACK and 10 more ACKs, a new flow each.",
+         flow's SYN, its handshake ACK and 10 more ACKs, a new flow each. The balancer is \
+         loaded {INSTANCES} times per mode (two loads of one object can differ by 20-40 ns on \
+         a case): each case from the faster instance, the slower in brackets.",
         timed::REPEAT
     );
     println!();
