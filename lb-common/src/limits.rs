@@ -17,6 +17,15 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// Default connection-table size: entries of the IPv4 table (shared by all CPUs,
 /// LRU per CPU); the IPv6 table holds a quarter as many.
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+
+/// Entries of the IPv6 table (`CONNS`) when the config names none, for an IPv4
+/// table of `conn_table_size`: a quarter, at least 1024 (the smallest size), so
+/// both together take about what one table of 40-byte keys did.
+#[must_use]
+pub const fn conn_table_v6_entries(conn_table_size: u32) -> u32 {
+    let quarter = conn_table_size / 4;
+    if quarter < 1024 { 1024 } else { quarter }
+}
 /// Slots of the SYN array (`flow::SynSlot`, 16 B each): handshakes in flight that
 /// can be told apart. A slot lives one round trip (SYN to ACK); two flows that
 /// share one only matter when the ring changed in between (the ACK then follows

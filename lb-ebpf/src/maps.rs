@@ -12,7 +12,7 @@ use lb_common::{
     bench::Script,
     limits::{
         CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, SYN_SLOTS,
-        VIP_FILTER_WORDS,
+        VIP_FILTER_WORDS, conn_table_v6_entries,
     },
     vip::VipAddrKey,
 };
@@ -42,11 +42,11 @@ pub static RINGS: Array<RingSlot> = Array::with_max_entries(RING_ENTRIES, BPF_F_
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// IPv6 flow -> backend. One hash for all CPUs, an LRU list per CPU (as Katran)
-/// so eviction needs no cross-CPU lock. A quarter of `CONNS4`'s size (the
-/// controller sizes both from `conn_table_size`).
+/// so eviction needs no cross-CPU lock. The controller sizes it from
+/// `conn_table_size_v6` (default `limits::conn_table_v6_entries`).
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<FlowKey, ConnValue> =
-    LruHashMap::with_max_entries(CONN_TABLE_SIZE / 4, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(conn_table_v6_entries(CONN_TABLE_SIZE), BPF_F_NO_COMMON_LRU);
 
 /// IPv4 flow -> backend, as `CONNS` under a 16-byte key (the kernel hashes and
 /// compares the whole key on every lookup; `conns.rs`).

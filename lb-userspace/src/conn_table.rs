@@ -4,8 +4,9 @@
 //! (`FlowKey4`), `CONNS` IPv6 flows under the 40-byte `FlowKey`; the kernel hashes
 //! and compares the whole key on every packet, so IPv4 pays for 16 bytes, not 40.
 //! `conn_table_size` sizes the IPv4 table; the IPv6 table holds a quarter of that
-//! ([`v6_entries`]) unless `conn_table_size_v6` says otherwise, so the memory stays what one table of `conn_table_size` flows
-//! under the 40-byte key took (~88 B per IPv4 entry, ~112 B per IPv6 one).
+//! ([`v6_entries`]) unless `conn_table_size_v6` says otherwise, so the memory
+//! stays what one table of `conn_table_size` flows under the 40-byte key took
+//! (~88 B per IPv4 entry, ~112 B per IPv6 one).
 //!
 //! Each has one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as Katran): the kernel
 //! rounds its size up to a multiple of the possible CPUs and gives each CPU's list
@@ -37,13 +38,8 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Entries fetched per system call.
 const BATCH: usize = 4096;
 
-/// Entries of the IPv6 table (`CONNS`) for `conn_table_size` (the IPv4 table's):
-/// a quarter, at least 1024 (the smallest `conn_table_size`).
-#[must_use]
-pub const fn v6_entries(conn_table_size: u32) -> u32 {
-    let quarter = conn_table_size / 4;
-    if quarter < 1024 { 1024 } else { quarter }
-}
+/// The IPv6 table's default size, defined with the kernel's in lb-common.
+pub use lb_common::limits::conn_table_v6_entries as v6_entries;
 
 /// The entries the config asks of each table (`conn_table_size`,
 /// `conn_table_size_v6`), before the kernel rounds them ([`Size`]).
