@@ -88,20 +88,23 @@ pub fn run(which: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `bench xdp --object NAME=FILE ...`: the second method over every object, printed
-/// (an A/B for development, not a BENCHMARKS.md section).
+/// `bench xdp|live --object NAME=FILE ...`: the objects side by side (bench xdp's
+/// second method, or bench live's rates against the floor), printed (an A/B for
+/// development, not a BENCHMARKS.md section).
 pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usize>) -> Result<()> {
-    if which != ["xdp"] {
-        bail!("--object is for `cargo xtask bench xdp` alone");
-    }
+    let (bench_args, default) = match which {
+        [w] if w == "xdp" => (["xdp", "0"].as_slice(), 300),
+        [w] if w == "live" => (["live"].as_slice(), 5),
+        _ => bail!("--object is for `cargo xtask bench xdp` or `cargo xtask bench live` alone"),
+    };
     step("building the bench (release)");
     run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
     let mut bench = Command::new("target/release/bench");
-    bench.args(["xdp", "0", &samples.unwrap_or(300).to_string()]);
+    bench.args(bench_args).arg(samples.unwrap_or(default).to_string());
     for o in objects {
         bench.args(["--object", o]);
     }
-    step(format!("bench xdp, objects {}", objects.join(" ")));
+    step(format!("bench {}, objects {}", bench_args[0], objects.join(" ")));
     run_cmd(&mut bench)
 }
 

@@ -101,21 +101,29 @@ enum Task {
     /// `cargo xtask bench xdp --object A=FILE --object B=FILE [--samples N]`: the second
     /// method's cases for every object, interleaved in one run, each case's net ns per
     /// object and the ratio to the first; printed, not written into BENCHMARKS.md.
+    /// `cargo xtask bench live --object A=FILE --object B=FILE [--samples RUNS]`: each
+    /// object's live packet rate (dsr, ipip; UDP, TCP) against the floor's in the same
+    /// run (nftables left out), × floor and the ns per frame it adds, printed.
+    /// LIVE_BENCH_ONLY=dsr,udp (words: dsr, ipip, udp, tcp) keeps those modes and
+    /// protocols; `target/release/bench live RUNS --flows N` sets the flows cycled
+    /// (default 4096).
     Bench {
         /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md),
         /// or failover:balancers (the balancer-pair rows of failover alone).
         /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
-        /// `NAME=FILE`: an xdp-lb object to compare (bench xdp only; repeat it; the first
-        /// is the base of the ratios). `FILE` `main` names the object the bench embeds.
+        /// `NAME=FILE`: an xdp-lb object to compare (bench xdp or live only; repeat it;
+        /// the first is the base of the ratios). `FILE` `main` names the object the bench
+        /// embeds.
         #[arg(long = "object", value_name = "NAME=FILE")]
         objects: Vec<String>,
-        /// With --object: samples per case of the second method (default 300).
+        /// With --object: samples per case: bench xdp's second-method test runs (default
+        /// 300), bench live's runs of 2 s (default 5).
         #[arg(long, requires = "objects")]
         samples: Option<usize>,
     },
     /// Build this tree's XDP objects (lb-ebpf) as lb-userspace's build.rs does, and copy
-    /// xdp-lb to FILE: a scratch object for `cargo xtask bench xdp --object NAME=FILE`.
+    /// xdp-lb to FILE: a scratch object for `cargo xtask bench xdp|live --object NAME=FILE`.
     /// The command it runs (from the tree's root):
     /// `CARGO_ENCODED_RUSTFLAGS=$'--cfg=bpf_target_arch="x86_64"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf'
     /// rustup run nightly cargo build --package lb-ebpf --bins --release

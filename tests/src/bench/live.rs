@@ -4,38 +4,137 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::{Counter, ForwardingMode};
 use lb_userspace::stats::Stats as _;
 
 use super::{
+    object::Object,
     progress,
     stats::{Summary, ratio, show},
     veth::{self, L4, Lb, Pair},
 };
 
-/// Distinct flows (source ports) in every case.
+/// Distinct flows (source ports) in every case, unless `--flows` says otherwise.
 pub const FLOWS: u32 = 4096;
 const RUNS: usize = 5;
 const RUN: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
+/// Environment variable naming the forwarding modes and protocols to run, as
+/// comma-separated words (`dsr`, `ipip`, `udp`, `tcp`); a kind left unnamed runs whole.
+pub const ONLY: &str = "LIVE_BENCH_ONLY";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
-    Lb(ForwardingMode),
+    /// The balancer at this index of [`Setup::lbs`].
+    Lb(usize),
     Floor,
     Nft,
 }
 
-impl Case {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Lb(ForwardingMode::Dsr) => "xdplb, dsr (`xdp_lb`)",
-            Self::Lb(ForwardingMode::Ipip) => "xdplb, ipip (`xdp_lb`)",
-            Self::Floor => "floor: MAC swap + XDP_TX (not a balancer)",
-            Self::Nft => "peer: nftables DNAT (kernel forwarding)",
+/// An xdp_lb under test: which object, in which mode.
+struct LbCase {
+    object: usize,
+    mode: ForwardingMode,
+    lb: Lb,
+}
+
+/// What one `bench live` measures.
+struct Setup {
+    runs: usize,
+    flows: u32,
+    /// The objects of an A/B (`--object`), or the embedded one alone.
+    objects: Vec<Object>,
+    ab: bool,
+    lbs: Vec<LbCase>,
+    cases: Vec<Case>,
+    protos: Vec<L4>,
+}
+
+impl Setup {
+    fn label(&self, case: Case) -> String {
+        match case {
+            Case::Lb(i) => {
+                let l = &self.lbs[i];
+                let mode = mode_name(l.mode);
+                if self.ab {
+                    format!("{}, {mode}", self.objects[l.object].name)
+                } else {
+                    format!("xdplb, {mode} (`xdp_lb`)")
+                }
+            }
+            Case::Floor => "floor: MAC swap + XDP_TX (not a balancer)".into(),
+            Case::Nft => "peer: nftables DNAT (kernel forwarding)".into(),
         }
     }
+}
+
+fn mode_name(mode: ForwardingMode) -> &'static str {
+    match mode {
+        ForwardingMode::Dsr => "dsr",
+        ForwardingMode::Ipip => "ipip",
+    }
+}
+
+/// The modes and protocols `LIVE_BENCH_ONLY` (`words`) keeps.
+fn only(words: &str) -> Result<(Vec<ForwardingMode>, Vec<L4>)> {
+    let (mut modes, mut protos) = (Vec::new(), Vec::new());
+    for w in words.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match w.to_ascii_lowercase().as_str() {
+            "dsr" => modes.push(ForwardingMode::Dsr),
+            "ipip" => modes.push(ForwardingMode::Ipip),
+            "udp" => protos.push(L4::Udp),
+            "tcp" => protos.push(L4::Tcp),
+            _ => bail!("{ONLY}: unknown word `{w}` (known: dsr, ipip, udp, tcp)"),
+        }
+    }
+    if modes.is_empty() {
+        modes = vec![ForwardingMode::Dsr, ForwardingMode::Ipip];
+    }
+    if protos.is_empty() {
+        protos = vec![L4::Udp, L4::Tcp];
+    }
+    Ok((modes, protos))
+}
+
+/// `bench live [RUNS] [--flows N] [--object NAME=FILE]...`. With `--object`
+/// (repeated; `FILE` `main` = the embedded object): an A/B of the objects against the
+/// floor, nftables left out, printed for development.
+fn setup(args: &[String]) -> Result<Setup> {
+    let (mut objects, plain) = Object::split_args(args)?;
+    let (mut runs, mut flows) = (RUNS, FLOWS);
+    let mut it = plain.into_iter();
+    let mut positional = 0;
+    while let Some(a) = it.next() {
+        if a == "--flows" {
+            flows = it.next().context("--flows needs N")?.parse().context("--flows")?;
+            ensure!(flows > 0, "--flows must be > 0");
+        } else {
+            ensure!(positional == 0, "unexpected argument `{a}`");
+            runs = a.parse().context("runs")?;
+            positional += 1;
+        }
+    }
+    ensure!(runs > 0, "runs must be > 0");
+    let ab = !objects.is_empty();
+    if !ab {
+        objects.push(Object::embedded());
+    }
+    let (modes, protos) = only(&std::env::var(ONLY).unwrap_or_default())?;
+    let mut lbs = Vec::new();
+    for (o, object) in objects.iter().enumerate() {
+        for &mode in &modes {
+            let lb = Lb::new_of(object.bytes, mode)
+                .with_context(|| format!("object {}, {}", object.name, mode_name(mode)))?;
+            lbs.push(LbCase { object: o, mode, lb });
+        }
+    }
+    let mut cases: Vec<Case> = (0..lbs.len()).map(Case::Lb).collect();
+    cases.push(Case::Floor);
+    if !ab {
+        cases.push(Case::Nft);
+    }
+    Ok(Setup { runs, flows, objects, ab, lbs, cases, protos })
 }
 
 /// Per case and protocol: rates (frames/s) and the fraction of sent frames that arrived.
@@ -49,43 +148,50 @@ struct Samples {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let runs: usize = args.first().map_or(Ok(RUNS), |s| s.parse()).context("runs")?;
-    ensure!(runs > 0, "runs must be > 0");
+    let mut setup = setup(args)?;
     let mut pair = Pair::up()?;
-    let mut dsr = Lb::new(ForwardingMode::Dsr)?;
-    let mut ipip = Lb::new(ForwardingMode::Ipip)?;
-    let cases =
-        [Case::Lb(ForwardingMode::Dsr), Case::Lb(ForwardingMode::Ipip), Case::Floor, Case::Nft];
-    let protos = [L4::Udp, L4::Tcp];
-    let mut samples: Vec<Vec<Samples>> =
-        cases.iter().map(|_| protos.iter().map(|_| Samples::default()).collect()).collect();
+    let (runs, flows, ab) = (setup.runs, setup.flows, setup.ab);
+    let mut samples: Vec<Vec<Samples>> = setup
+        .cases
+        .iter()
+        .map(|_| setup.protos.iter().map(|_| Samples::default()).collect())
+        .collect();
     let mut nft_conntrack = 0;
     for r in 0..runs {
-        for (ci, &case) in cases.iter().enumerate() {
+        // An A/B starts each run at another case, so no object always follows the floor.
+        let n = setup.cases.len();
+        let order: Vec<usize> = (0..n).map(|i| if ab { (i + r) % n } else { i }).collect();
+        for ci in order {
+            let case = setup.cases[ci];
+            let label = setup.label(case);
             let _link = match case {
-                Case::Lb(ForwardingMode::Dsr) => dsr.attach()?,
-                Case::Lb(ForwardingMode::Ipip) => ipip.attach()?,
+                Case::Lb(i) => setup.lbs[i].lb.attach()?,
                 Case::Floor => pair.attach_tool("xdp_mac_swap")?,
                 // lb0 needs an XDP program to accept the generator's XDP frames;
                 // xdp_pass hands every one to the kernel stack unchanged.
                 Case::Nft => pair.attach_tool("xdp_pass")?,
             };
-            for (pi, &l4) in protos.iter().enumerate() {
-                pair.send(l4, FLOWS, WARMUP)?;
+            for (pi, &l4) in setup.protos.iter().enumerate() {
+                pair.send(l4, flows, WARMUP)?;
                 let lb = match case {
-                    Case::Lb(ForwardingMode::Dsr) => Some(&dsr),
-                    Case::Lb(ForwardingMode::Ipip) => Some(&ipip),
+                    Case::Lb(i) => Some(&setup.lbs[i].lb),
                     _ => None,
                 };
-                let before = (pair.received()?, lb.map(|l| l.stats.counters()).transpose()?);
-                let sent = pair.send(l4, FLOWS, RUN)?;
+                // An A/B object may count in another layout: its checks are then left out.
+                let counters = |lb: &Lb| {
+                    let c = lb.stats.counters();
+                    if ab { Ok(c.ok()) } else { c.map(Some) }
+                };
+                let before = (pair.received()?, lb.map(counters).transpose()?.flatten());
+                let sent = pair.send(l4, flows, RUN)?;
                 let got = pair.received()? - before.0;
                 let s = &mut samples[ci][pi];
                 s.rate.push(got as f64 / sent.cpu.as_secs_f64());
                 s.wall_rate.push(got as f64 / sent.wall.as_secs_f64());
                 s.delivered.push(got as f64 / sent.frames as f64);
-                if let (Some(lb), Some(b)) = (lb, before.1) {
-                    let a = lb.stats.counters()?;
+                if let (Some(lb), Some(b)) = (lb, before.1)
+                    && let Some(a) = counters(lb)?
+                {
                     let d = |c: Counter| (a.get(c) - b.get(c)) as f64;
                     s.lb_tx.push(d(Counter::ActionTx) / sent.frames as f64);
                     s.hit.push(
@@ -96,9 +202,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     nft_conntrack = nft_conntrack.max(veth::conntrack_count()?);
                 }
                 progress(format_args!(
-                    "run {}/{runs} {:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
+                    "run {}/{runs} {label:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
                     r + 1,
-                    case.label(),
                     l4.name(),
                     s.rate.last().copied().unwrap_or(0.0) / 1e6,
                     s.wall_rate.last().copied().unwrap_or(0.0) / 1e6,
@@ -108,17 +213,96 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     drop(pair);
-    report(&cases, &protos, &samples, runs, nft_conntrack);
+    if ab {
+        report_objects(&setup, &samples);
+        return Ok(());
+    }
+    report(&setup, &samples, nft_conntrack);
     Ok(())
 }
 
-fn report(
-    cases: &[Case],
-    protos: &[L4],
-    samples: &[Vec<Samples>],
-    runs: usize,
-    nft_conntrack: u64,
-) {
+/// The A/B table: per object, mode and protocol, the rate, its ratio to the floor of
+/// the same run (median over runs), the ns per frame it adds over that floor, and the
+/// ratio to the first object.
+fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
+    let floor = setup.cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
+    let names: Vec<&str> = setup.objects.iter().map(|o| o.name.as_str()).collect();
+    println!(
+        "### A/B of xdp-lb objects, live (`bench live --object`)\n\n\
+         Each object loaded as `xdplb run` loads it (default map sizes, filled by the map \
+         writer), against the floor in the same run; {} runs of {} s per case and protocol \
+         ({} ms warm-up), {} flows, each run starting at another case; nftables left out. \
+         \"× floor\" and \"ns over floor\" are medians of each run's figure against that run's \
+         floor (ns per frame = 1e9 / rate). Objects: {}.\n",
+        setup.runs,
+        RUN.as_secs(),
+        WARMUP.as_millis(),
+        setup.flows,
+        names.join(", ")
+    );
+    println!(
+        "| object | mode | frames | Mpps per CPU-second, median (min–max) | × floor, median (run by run) | ns per frame | ns over floor | × {} |",
+        names[0]
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for (pi, l4) in setup.protos.iter().enumerate() {
+        let floor_rate = &samples[floor][pi].rate;
+        for (ci, &case) in setup.cases.iter().enumerate() {
+            let Case::Lb(i) = case else { continue };
+            let l = &setup.lbs[i];
+            let rate = &samples[ci][pi].rate;
+            let per_run: Vec<f64> = rate.iter().zip(floor_rate).map(|(a, f)| a / f).collect();
+            let over: Vec<f64> =
+                rate.iter().zip(floor_rate).map(|(a, f)| 1e9 / a - 1e9 / f).collect();
+            // The same mode's balancer of the first object.
+            let first = setup
+                .cases
+                .iter()
+                .position(|&c| matches!(c, Case::Lb(j) if setup.lbs[j].object == 0 && setup.lbs[j].mode == l.mode))
+                .unwrap_or(ci);
+            println!(
+                "| {} | {} | {} | {} | {:.2} ({}) | {:.0} | {:.0} | {:.2} |",
+                names[l.object],
+                mode_name(l.mode),
+                l4.name(),
+                show(&rate.iter().map(|r| r / 1e6).collect::<Vec<_>>(), 2),
+                Summary::of(&per_run).map_or(f64::NAN, |s| s.median),
+                per_run.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "),
+                Summary::of(rate).map_or(f64::NAN, |r| 1e9 / r.median),
+                Summary::of(&over).map_or(f64::NAN, |s| s.median),
+                ratio(rate, &samples[first][pi].rate),
+            );
+        }
+        println!(
+            "| floor | – | {} | {} | 1.00 | {:.0} | 0 | – |",
+            l4.name(),
+            show(&floor_rate.iter().map(|r| r / 1e6).collect::<Vec<_>>(), 2),
+            Summary::of(floor_rate).map_or(f64::NAN, |r| 1e9 / r.median),
+        );
+    }
+    println!();
+    let mut notes = Vec::new();
+    for (ci, &case) in setup.cases.iter().enumerate() {
+        for (pi, l4) in setup.protos.iter().enumerate() {
+            let s = &samples[ci][pi];
+            let d = Summary::of(&s.delivered).map_or(0.0, |x| x.min);
+            let mut n = format!("{} {}: ≥ {:.1}% arrived", setup.label(case), l4.name(), 100.0 * d);
+            if let (Some(tx), Some(hit)) = (Summary::of(&s.lb_tx), Summary::of(&s.hit)) {
+                let _ = write!(
+                    n,
+                    ", {:.1}% XDP_TX, {:.2}% hits",
+                    100.0 * tx.median,
+                    100.0 * hit.median
+                );
+            }
+            notes.push(n);
+        }
+    }
+    println!("Checks: {}.", notes.join("; "));
+}
+
+fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
+    let (cases, protos, runs, flows) = (&setup.cases, &setup.protos, setup.runs, setup.flows);
     let floor = cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
     let nft = cases.iter().position(|&c| c == Case::Nft).unwrap_or(0);
     println!(
@@ -127,7 +311,7 @@ fn report(
          `gen0` in namespace `xbench-gen`; its peer `lb0` in namespace `xbench-dut` runs the case \
          and sends each frame back out of `lb0`; `xdp_count` on `gen0` counts what arrives. \
          `xdp_gen` writes every frame whole from a template and steps the source port over \
-         {FLOWS} flows (checksums updated incrementally): live mode recycles pages, and the \
+         {flows} flows (checksums updated incrementally): live mode recycles pages, and the \
          receivers rewrite them (MACs, TTL, NAT), so a generator that only bounced the page would \
          send their output. TCP frames are ACKs of established flows, UDP frames datagrams; \
          xdp_lb has one TCP and one UDP VIP over 3 backends, loaded as `xdplb run` loads it \
@@ -154,7 +338,7 @@ fn report(
             let s = &samples[ci][pi];
             println!(
                 "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} |",
-                case.label(),
+                setup.label(*case),
                 l4.name(),
                 show(&s.rate.iter().map(|r| r / 1e6).collect::<Vec<_>>(), 2),
                 ratio(&s.rate, &samples[floor][pi].rate),
@@ -172,7 +356,7 @@ fn report(
             let d = Summary::of(&s.delivered).map_or(0.0, |x| x.min);
             let mut n = format!(
                 "{} {}: ≥ {:.1}% of sent frames arrived",
-                case.label(),
+                setup.label(*case),
                 l4.name(),
                 100.0 * d
             );
@@ -193,10 +377,10 @@ fn report(
         "The nftables case held {nft_conntrack} conntrack entries (every flow was DNATed through connection tracking)."
     );
     println!();
-    targets(cases, protos, samples, floor, nft);
+    targets(setup, samples, floor, nft);
 }
 
-fn targets(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], floor: usize, nft: usize) {
+fn targets(setup: &Setup, samples: &[Vec<Samples>], floor: usize, nft: usize) {
     println!(
         "\"ns per frame, whole path\" is 1 / rate: generator, both veths, the case and the sink. \
          The part every case shares dilutes the ratios (a lighter harness would lower xdplb's \
@@ -204,15 +388,15 @@ fn targets(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], floor: usize
          xdp_lb adds per frame in place, to compare with `bench xdp`.\n"
     );
     println!("Targets (issue #5): xdplb ≥ 0.8 × the floor's packet rate; ≥ 3 × nftables DNAT.\n");
-    for (ci, case) in cases.iter().enumerate() {
+    for (ci, &case) in setup.cases.iter().enumerate() {
         let Case::Lb(_) = case else { continue };
-        for (pi, l4) in protos.iter().enumerate() {
+        for (pi, l4) in setup.protos.iter().enumerate() {
             let f = ratio(&samples[ci][pi].rate, &samples[floor][pi].rate);
             let n = ratio(&samples[ci][pi].rate, &samples[nft][pi].rate);
             let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
             println!(
                 "- {} {}: {:.2} × floor ({}), {:.2} × nftables ({}).",
-                case.label(),
+                setup.label(case),
                 l4.name(),
                 f,
                 verdict(f >= 0.8),
@@ -220,5 +404,24 @@ fn targets(cases: &[Case], protos: &[L4], samples: &[Vec<Samples>], floor: usize
                 verdict(n >= 3.0)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keeps_the_named_modes_and_protocols_and_all_of_an_unnamed_kind() {
+        let (modes, protos) = only("").unwrap();
+        assert_eq!(modes, [ForwardingMode::Dsr, ForwardingMode::Ipip]);
+        assert_eq!(protos, [L4::Udp, L4::Tcp]);
+        let (modes, protos) = only("ipip").unwrap();
+        assert_eq!(modes, [ForwardingMode::Ipip]);
+        assert_eq!(protos, [L4::Udp, L4::Tcp]);
+        let (modes, protos) = only("dsr, TCP").unwrap();
+        assert_eq!(modes, [ForwardingMode::Dsr]);
+        assert_eq!(protos, [L4::Tcp]);
+        assert!(only("dsr,sctp").unwrap_err().to_string().contains("`sctp`"));
     }
 }

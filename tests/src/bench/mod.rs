@@ -12,6 +12,7 @@ pub mod failover;
 pub mod http;
 pub mod live;
 pub mod maglev;
+pub mod object;
 pub mod soak;
 pub mod stats;
 pub mod sync;

@@ -241,7 +241,13 @@ pub struct Lb {
 
 impl Lb {
     pub fn new(mode: ForwardingMode) -> Result<Self> {
-        let mut ebpf = Ebpf::load(objects::XDP_LB).context("loading xdp-lb")?;
+        Self::new_of(objects::XDP_LB, mode)
+    }
+
+    /// [`Lb::new`] of another xdp-lb object (`bench live --object`): its maps must be
+    /// the ones this tree's lb-common describes, as the writer fills them.
+    pub fn new_of(object: &[u8], mode: ForwardingMode) -> Result<Self> {
+        let mut ebpf = Ebpf::load(object).context("loading xdp-lb")?;
         let p: &mut Xdp = ebpf.program_mut("xdp_lb").context("xdp_lb")?.try_into()?;
         p.load().context("loading xdp_lb")?;
         let maps = BpfMaps::take_from(&mut ebpf)?;

@@ -14,6 +14,7 @@ use aya::{
 use lb_common::ForwardingMode;
 use lb_userspace::objects;
 
+use super::object::Object;
 use crate::{
     balancer::{Balancer, VIP4, VIP6, XDP_PASS, XDP_TX},
     packet::Flow,
@@ -55,28 +56,6 @@ fn new_syns() -> Vec<Vec<u8>> {
     (0..16_384u16).map(|i| Flow::tcp("198.51.100.7", 1024 + i, VIP4, 80).frame()).collect()
 }
 
-/// An xdp-lb object under test: a name and its bytes.
-pub struct Object {
-    pub name: String,
-    pub bytes: &'static [u8],
-}
-
-impl Object {
-    /// `NAME=FILE`; `FILE` `main` is the object this binary embeds.
-    fn parse(arg: &str) -> Result<Self> {
-        let (name, file) =
-            arg.split_once('=').with_context(|| format!("--object {arg}: want NAME=FILE"))?;
-        let bytes: &'static [u8] = if file == "main" {
-            objects::XDP_LB
-        } else {
-            // A heap buffer this large is 16-byte aligned, as the ELF parser wants.
-            let read = std::fs::read(file).with_context(|| format!("reading {file}"))?;
-            Box::leak(read.into_boxed_slice())
-        };
-        Ok(Self { name: name.to_owned(), bytes })
-    }
-}
-
 /// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]...`: both methods, `RUNS` (100000)
 /// runs per case of the first, `SAMPLES` (300) test runs of `timed::REPEAT` per case
 /// of the second; 0 leaves a method out. With `--object` (repeated; `FILE` an xdp-lb
@@ -84,19 +63,10 @@ impl Object {
 /// one): an A/B of the objects by the second method only, each case run for every
 /// object in turn, its net ns per object and the ratio to the first object.
 pub fn run(args: &[String]) -> Result<()> {
-    let mut objects = Vec::new();
-    let mut plain = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--object" {
-            objects.push(Object::parse(it.next().context("--object needs NAME=FILE")?)?);
-        } else {
-            plain.push(a);
-        }
-    }
+    let (mut objects, plain) = Object::split_args(args)?;
     let ab = !objects.is_empty();
     if !ab {
-        objects.push(Object { name: "main".into(), bytes: objects::XDP_LB });
+        objects.push(Object::embedded());
     }
     let runs: usize = plain.first().map_or(Ok(100_000), |s| s.parse()).context("runs per case")?;
     let samples: usize = plain.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
