@@ -35,6 +35,17 @@ impl FlowKey4 {
         Self { src: flow.src[0], dst: flow.dst[0], ports: flow.ports, proto: flow.proto as u32 }
     }
 
+    /// The key as the flow cache compares it: two words (`FlowCacheSlot::key`),
+    /// built from the fields so the key needs no 8-byte alignment.
+    #[inline(always)]
+    #[must_use]
+    pub const fn words(&self) -> [u64; 2] {
+        [
+            self.src as u64 | (self.dst as u64) << 32,
+            self.ports[0] as u64 | (self.ports[1] as u64) << 16 | (self.proto as u64) << 32,
+        ]
+    }
+
     /// The same flow as a [`FlowKey`].
     #[must_use]
     pub const fn flow(&self) -> FlowKey {
@@ -59,6 +70,23 @@ pub struct ConnValue {
     pub generation: u32,
 }
 
+/// One slot of the flow cache (`FLOW_CACHE`, per CPU, direct-mapped by
+/// `hash::cache_slot`): a copy of an IPv4 flow's connection-table entry, so a
+/// table hit reads one cache line instead of the table's bucket and element. It
+/// holds while `epoch` equals `CONN_EPOCH`, which whoever changes a table entry
+/// another CPU may have copied (the controller, peer sync, a SYN that replaces a
+/// reused 5-tuple's entry) bumps after the change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    /// The flow's `FlowKey4::words` (a slot never filled holds zeros, which no flow
+    /// has: its protocol is never 0).
+    pub key: [u64; 2],
+    pub conn: ConnValue,
+    /// `CONN_EPOCH` when the slot was filled.
+    pub epoch: u64,
+}
+
 /// One slot of the SYN array (`SYNS`): the backend a TCP SYN was sent to, until
 /// the handshake's ACK puts the flow in the connection table. Direct-mapped by the
 /// flow hash (`hash::syn_slot`), so a flood of SYNs only overwrites other pending
@@ -72,4 +100,20 @@ pub struct SynSlot {
     pub backend: u32,
     /// `Backend::generation` when the SYN was sent.
     pub generation: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keys_words_are_its_bytes_as_two_little_endian_words() {
+        let k = FlowKey4 { src: 0x0403_0201, dst: 0x0807_0605, ports: [0x0a09, 0x0c0b], proto: 6 };
+        // SAFETY: FlowKey4 is 16 bytes of integers, no padding.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
+        let w = k.words();
+        assert_eq!(bytes[..8], w[0].to_le_bytes());
+        assert_eq!(bytes[8..], w[1].to_le_bytes());
+        assert_eq!(size_of::<FlowCacheSlot>(), 32, "two slots a cache line");
+    }
 }

@@ -15,8 +15,9 @@
 /// 4: a SYN waits in `SYNS`, not `CONNS` (`ConnValue` lost `flags`), and `STATS`
 /// counts `conn_handshake`. Version 5: `LbConfig` gained `accept_macs`, `STATS`
 /// counts `pass_not_for_us`. Version 6: IPv4 flows in `CONNS4` (`FlowKey4`, 16
-/// bytes), `CONNS` holds IPv6 flows only.
-pub const LAYOUT_VERSION: u32 = 6;
+/// bytes), `CONNS` holds IPv6 flows only. Version 7: the flow caches
+/// (`FLOW_CACHE`, per CPU) and their epoch (`CONN_EPOCH`) are pinned.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
 /// same slot of `BACKENDS`. The data path's state alone cannot say it (draining

@@ -6,41 +6,68 @@
     reason = "map keys go by reference, as everywhere in the data path (the measured build)"
 )]
 
-use lb_common::{ConnValue, FlowKey, FlowKey4, family};
+use lb_common::{ConnValue, FlowCacheSlot, FlowKey, FlowKey4, family, hash::Seed};
 
-use crate::maps::{CONNS, CONNS4};
+use crate::{
+    flow_cache,
+    maps::{CONNS, CONNS4},
+};
 
+/// The flow's entry: for IPv4, this CPU's flow cache first, then the table (a
+/// found entry fills the cache).
 #[inline(always)]
-pub fn get(flow: &FlowKey) -> Option<&'static ConnValue> {
+pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     if flow.family == family::V4 {
-        let conn = unsafe { CONNS4.get(&FlowKey4::of(flow)) };
+        let key = FlowKey4::of(flow);
+        let words = key.words();
+        let epoch = flow_cache::epoch();
+        let slot = flow_cache::slot(words, seed);
+        if let Some(s) = slot.map(|s| unsafe { &*s })
+            && s.key == words
+            && s.epoch == epoch
+        {
+            return Some(&s.conn);
+        }
+        let conn = unsafe { CONNS4.get(&key) };
         // Keeps LLVM from merging the two lookups into one call on a choice of
         // maps, which the verifier cannot inline (a helper call: ~15 ns a packet).
         core::hint::black_box(());
+        if let (Some(c), Some(s)) = (conn, slot) {
+            unsafe { *s = FlowCacheSlot { key: words, conn: *c, epoch } };
+        }
         conn
     } else {
         unsafe { CONNS.get(flow) }
     }
 }
 
-/// Takes the flow out of the table (nothing if it is not there).
+/// Takes the flow out of the table (nothing if it is not there), and out of every
+/// CPU's flow cache (an epoch bump: the flow's next packet may come on another CPU).
 #[inline(always)]
 pub fn remove(flow: &FlowKey) {
     if flow.family == family::V4 {
         let _ = CONNS4.remove(&FlowKey4::of(flow));
         core::hint::black_box(());
+        flow_cache::bump();
     } else {
         let _ = CONNS.remove(flow);
     }
 }
 
-/// Puts the flow in the table. A full table evicts (LRU); a failed insert only
-/// costs a re-hash later.
+/// Puts the flow in the table, and in this CPU's flow cache. A full table evicts
+/// (LRU); a failed insert only costs a re-hash later.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, conn: &ConnValue) {
+pub fn insert(flow: &FlowKey, conn: &ConnValue, seed: &Seed) {
     if flow.family == family::V4 {
-        let _ = CONNS4.insert(&FlowKey4::of(flow), conn, 0);
+        let key = FlowKey4::of(flow);
+        let words = key.words();
+        // Before the write: a bump in between then voids the slot.
+        let epoch = flow_cache::epoch();
+        let _ = CONNS4.insert(&key, conn, 0);
         core::hint::black_box(());
+        if let Some(s) = flow_cache::slot(words, seed) {
+            unsafe { *s = FlowCacheSlot { key: words, conn: *conn, epoch } };
+        }
     } else {
         let _ = CONNS.insert(flow, conn, 0);
     }

@@ -2,8 +2,13 @@
 //! Parse -> VIP lookup -> connection table / Maglev ring -> dsr or ipip -> XDP_TX.
 #![no_std]
 #![no_main]
+// `flow_cache::bump`'s atomic add: BPF has no compare-and-swap, so core's
+// atomics offer no `fetch_add` here; the intrinsic compiles to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics, for atomic_xadd (see above)")]
 
 mod conns;
+mod flow_cache;
 mod forward;
 mod icmp;
 mod maps;
@@ -76,7 +81,7 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     });
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow) };
+    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow, &cfg.hash_seed) };
     let (index, backend, handshakes) = if let Lookup::Hit(index, backend) = lookup {
         bump(stats, Counter::ConnHit);
         (index, backend, 0)

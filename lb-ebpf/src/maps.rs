@@ -7,12 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, CounterSet, FlowKey, FlowKey4, LbConfig, RingSlot, SynSlot,
-    Traffic, VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, CounterSet, FlowCacheSlot, FlowKey, FlowKey4, LbConfig,
+    RingSlot, SynSlot, Traffic, VipKey, VipMeta,
     bench::Script,
     limits::{
-        CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, SYN_SLOTS,
-        VIP_FILTER_WORDS, conn_table_v6_entries,
+        CONN_TABLE_SIZE, FLOW_CACHE_CPUS, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES,
+        SYN_SLOTS, VIP_FILTER_WORDS, conn_table_v6_entries, flow_cache_entries,
     },
     vip::VipAddrKey,
 };
@@ -53,6 +53,19 @@ pub static CONNS: LruHashMap<FlowKey, ConnValue> =
 #[map(name = "CONNS4")]
 pub static CONNS4: LruHashMap<FlowKey4, ConnValue> =
     LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Copies of IPv4 flows' `CONNS4` entries, a region of `FLOW_CACHE_SLOTS` for
+/// each CPU, direct-mapped, so a table hit reads one cache line (`flow_cache.rs`).
+/// An array, not a per-CPU array: that one's lookup reads the element's pointer
+/// first, a second cache miss. The loader sizes it for the possible CPUs.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: Array<FlowCacheSlot> =
+    Array::with_max_entries(flow_cache_entries(FLOW_CACHE_CPUS), 0);
+
+/// The flow cache's epoch: bumped (atomically, by the data path and the
+/// controller alike) after a change to a table entry another CPU may hold a copy of.
+#[map(name = "CONN_EPOCH")]
+pub static CONN_EPOCH: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// TCP SYNs waiting for their handshake's ACK, direct-mapped by flow hash: a new
 /// connection enters `CONNS` only once its handshake completes, so spoofed SYNs

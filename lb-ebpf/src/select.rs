@@ -55,8 +55,8 @@ pub enum Lookup {
 }
 
 #[inline(always)]
-pub fn established(flow: &FlowKey) -> Lookup {
-    let Some(conn) = conns::get(flow) else {
+pub fn established(flow: &FlowKey, seed: &Seed) -> Lookup {
+    let Some(conn) = conns::get(flow, seed) else {
         return Lookup::Miss;
     };
     let index = conn.backend;
@@ -86,7 +86,7 @@ pub fn syn(
     let (index, b) = from_ring(vip, h)?;
     // An entry for this 5-tuple is an earlier connection's (a reused client port, a
     // draining backend's flow): the handshake's ACK would follow it, not this SYN.
-    let mut known = conns::get(flow).is_some();
+    let mut known = conns::get(flow, seed).is_some();
     if known {
         conns::remove(flow);
     }
@@ -131,7 +131,7 @@ pub fn first(
         (index, b, 0)
     };
     if missed != Missed::IcmpError {
-        conns::insert(flow, &ConnValue { backend: index, generation: b.generation });
+        conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, seed);
     }
     Ok((index, b, counts))
 }

@@ -18,6 +18,7 @@ pub mod conn_table;
 pub mod controller;
 pub mod decap;
 pub mod desired;
+pub mod flow_cache;
 pub mod ha;
 pub mod health;
 pub mod interface;

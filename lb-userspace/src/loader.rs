@@ -23,7 +23,9 @@ use aya::{
 
 use lb_common::map_names;
 
-use crate::{conn_table, maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats};
+use crate::{
+    conn_table, flow_cache, maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats,
+};
 
 const PROGRAM: &str = "xdp_lb";
 /// bpffs magic number (statfs f_type).
@@ -147,6 +149,7 @@ fn load_pinned(pin_dir: &Path, conn_tables: Option<conn_table::Configured>) -> R
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::FLOW_CACHE, flow_cache::entries()?);
     if let Some(tables) = conn_tables {
         for (name, entries) in tables.max_entries() {
             loader.map_max_entries(name, entries);
@@ -182,8 +185,14 @@ pub fn load_and_attach(
     // Checked before aya reuses a single pin: a partial set, another layout
     // version or another size is refused with what to do.
     let size = conn_table::Size::on_this_host(conn_table)?;
-    let survey =
-        pins::survey(pin_dir, &[(map_names::CONNS4, size.v4), (map_names::CONNS, size.v6)])?;
+    let survey = pins::survey(
+        pin_dir,
+        &[
+            (map_names::CONNS4, size.v4),
+            (map_names::CONNS, size.v6),
+            (map_names::FLOW_CACHE, flow_cache::entries()?),
+        ],
+    )?;
     let adopted = matches!(survey, pins::Survey::Adopt { .. });
     if let pins::Survey::Adopt { version: 1 } = survey {
         log::info!("adopting maps pinned by an xdplb from before layout versions (version 1)");

@@ -76,6 +76,8 @@ pub struct BpfMaps {
     /// The connection table: IPv4 flows (`CONNS4`), IPv6 flows (`CONNS`).
     conns4: HashMap<MapData, FlowKey4, ConnValue>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
+    /// `CONN_EPOCH`, the flow caches' epoch (mapped by whoever writes the table).
+    conn_epoch: MapData,
     rings: RingMap,
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
     /// statistics readers, `stats.rs`, hold their own handles).
@@ -128,6 +130,7 @@ impl BpfMaps {
             backends: take(ebpf, names::BACKENDS)?,
             conns4: take(ebpf, names::CONNS4)?,
             conns: take(ebpf, names::CONNS)?,
+            conn_epoch: array_data(ebpf, names::CONN_EPOCH)?,
             rings: RingMap::new(rings)?,
             vip_stats: duplicate(ebpf, names::VIP_STATS)?,
             backend_stats: duplicate(ebpf, names::BACKEND_STATS)?,
@@ -155,16 +158,36 @@ impl BpfMaps {
         }
     }
 
-    /// Second handles on the connection table, for peer sync's own thread.
+    /// Second handles on the connection table, for peer sync's own thread (with
+    /// the flow caches' epoch, which it bumps after its writes).
     pub fn conns_handle(&self) -> Result<crate::sync::conns::BpfConns> {
         Ok(crate::sync::conns::BpfConns::new(
             second(&self.conns4, names::CONNS4)?,
             second(&self.conns, names::CONNS)?,
+            self.conn_epoch()?,
         ))
+    }
+
+    /// The flow caches' epoch (`CONN_EPOCH`), mapped.
+    pub fn conn_epoch(&self) -> Result<crate::flow_cache::ConnEpoch> {
+        let name = names::CONN_EPOCH;
+        let fd = self.conn_epoch.fd().as_fd().try_clone_to_owned();
+        let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+        crate::flow_cache::ConnEpoch::new(data)
     }
 
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
+    }
+}
+
+/// Takes the array `name` out of a loaded `xdp-lb` as its map data (for a mapping).
+fn array_data(ebpf: &mut Ebpf, name: &str) -> Result<MapData> {
+    match ebpf.take_map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        Some(_) => bail!("map {name} is not an array"),
+        None => bail!("the xdp-lb object has no map {name}"),
     }
 }
 
@@ -340,7 +363,7 @@ impl Drop for RingMap {
 // SAFETY: the mapping is plain memory owned by this struct.
 unsafe impl Send for RingMap {}
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }

@@ -20,7 +20,9 @@ use lb_common::{limits::MAX_BACKENDS, map_names, pinned::LAYOUT_VERSION};
 use crate::objects;
 
 /// Maps of the `xdp-lb` object whose contents must survive a restart (SCRATCH
-/// and TOO_BIG_RATE are per-packet or per-CPU scratch).
+/// and TOO_BIG_RATE are per-packet or per-CPU scratch). The flow caches and
+/// their epoch go with the connection table they copy: the old and the new
+/// program share them while one replaces the other.
 pub const OBJECT_MAPS: &[&str] = &[
     map_names::CONFIG,
     map_names::VIPS,
@@ -30,6 +32,8 @@ pub const OBJECT_MAPS: &[&str] = &[
     map_names::BACKENDS,
     map_names::CONNS4,
     map_names::CONNS,
+    map_names::FLOW_CACHE,
+    map_names::CONN_EPOCH,
     map_names::STATS,
     map_names::VIP_STATS,
     map_names::BACKEND_STATS,
@@ -133,7 +137,7 @@ pub fn decide(
         )
     };
     // First: another version's set may lack a map this one has (version 6 added
-    // CONNS4), which is no partial set.
+    // CONNS4, 7 FLOW_CACHE and CONN_EPOCH), which is no partial set.
     if let Some(version) = layout.filter(|v| *v != LAYOUT_VERSION) {
         return Err(other_version(version));
     }
@@ -289,8 +293,8 @@ mod tests {
         // Changing a pinned layout fails here until LAYOUT_VERSION is bumped with it
         // (and this list): an older controller must refuse the pins, not misread them.
         use lb_common::{
-            Backend, BackendStats, ConnValue, Counter, FlowKey, FlowKey4, LbConfig, SynSlot,
-            VipKey, VipMeta,
+            Backend, BackendStats, ConnValue, Counter, FlowCacheSlot, FlowKey, FlowKey4, LbConfig,
+            SynSlot, VipKey, VipMeta,
         };
         let sizes = [
             size_of::<LbConfig>(),
@@ -303,8 +307,9 @@ mod tests {
             size_of::<BackendStats>(),
             size_of::<VipKey>(),
             size_of::<VipMeta>(),
+            size_of::<FlowCacheSlot>(),
         ];
-        assert_eq!((LAYOUT_VERSION, sizes), (6, [76, 24, 32, 16, 40, 8, 16, 40, 20, 8]));
+        assert_eq!((LAYOUT_VERSION, sizes), (7, [76, 24, 32, 16, 40, 8, 16, 40, 20, 8, 32]));
     }
 
     #[test]
@@ -361,7 +366,18 @@ mod tests {
         let mut found = all(&e);
         found.remove(map_names::CONNS4);
         let err = decide(dir(), &e, &found, Some(5)).unwrap_err();
-        assert!(err.contains("layout version 5, this xdplb uses version 6"), "{err}");
+        assert!(err.contains("layout version 5, this xdplb uses version 7"), "{err}");
+        assert!(err.contains("xdplb detach --pin-path /sys/fs/bpf/xdplb"), "{err}");
+    }
+
+    #[test]
+    fn a_set_of_the_previous_layout_without_the_flow_caches_is_refused_as_another_version() {
+        let e = expected(&[]).unwrap();
+        let mut found = all(&e);
+        found.remove(map_names::FLOW_CACHE);
+        found.remove(map_names::CONN_EPOCH);
+        let err = decide(dir(), &e, &found, Some(6)).unwrap_err();
+        assert!(err.contains("layout version 6, this xdplb uses version 7"), "{err}");
         assert!(err.contains("xdplb detach --pin-path /sys/fs/bpf/xdplb"), "{err}");
     }
 

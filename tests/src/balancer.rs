@@ -149,6 +149,10 @@ impl Balancer {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::CONNS4, 8192)
             .map_max_entries(map_names::CONNS, lb_userspace::conn_table::v6_entries(8192))
+            .map_max_entries(
+                map_names::FLOW_CACHE,
+                lb_userspace::flow_cache::entries().expect("counting CPUs"),
+            )
             .load(object)
             .expect("loading the xdp-lb object");
         let prog: &mut Xdp =

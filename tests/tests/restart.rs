@@ -144,6 +144,7 @@ fn pin_maps_with_a_small_connection_table() {
     for (name, entries) in lb_userspace::conn_table::Configured::of(8192).max_entries() {
         loader.map_max_entries(name, entries);
     }
+    loader.map_max_entries(map_names::FLOW_CACHE, lb_userspace::flow_cache::entries().unwrap());
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

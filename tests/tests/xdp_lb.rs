@@ -526,11 +526,20 @@ fn too_big_answers_are_rate_limited_per_cpu() {
 }
 
 fn pin_to_one_cpu() {
+    on_cpu(0);
+}
+
+/// Runs the calling thread (and so its test runs) on CPU `cpu` from now on.
+fn on_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0,
+            "pinning to CPU {cpu} (this test needs two CPUs)"
+        );
     }
 }
 
@@ -1173,6 +1182,120 @@ fn a_backend_slot_or_vip_slot_given_to_a_newcomer_starts_counting_from_zero() {
     lb.apply();
     assert_eq!(lb.writer.vip_index("www4"), Some(web4));
     assert_eq!(lb.vip_traffic("www4").packets, 0, "web4's packets are not www4's");
+}
+
+// ---- the flow cache (IPv4 table hits) ---------------------------------------
+
+/// The copies of `flow`'s table entry the CPUs' flow caches hold (any epoch).
+fn cached(lb: &Balancer, flow: &Flow) -> Vec<lb_common::ConnValue> {
+    use lb_common::limits::FLOW_CACHE_SLOTS;
+    let map = lb.map(lb_common::map_names::FLOW_CACHE);
+    let cache: aya::maps::Array<_, lb_common::FlowCacheSlot> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    let words = FlowKey4::of(&flow_key(flow)).words();
+    let slot = lb_common::hash::cache_slot(words, &lb.plan.config.hash_seed);
+    (0..cache.len() / FLOW_CACHE_SLOTS)
+        .map(|cpu| cache.get(&(cpu * FLOW_CACHE_SLOTS + slot), 0).unwrap())
+        .filter(|s| s.key == words)
+        .map(|s| s.conn)
+        .collect()
+}
+
+#[test]
+fn a_hit_from_the_flow_cache_still_leaves_a_backend_that_went_down_or_was_replaced() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let down = pinned_flow(&mut lb, "waf-2");
+    let replaced = pinned_flow(&mut lb, "waf-3");
+    for flow in [&down, &replaced] {
+        assert_eq!(cached(&lb, flow), [lb.conn(flow).unwrap()], "the handshake's ACK copied it");
+    }
+    lb.set_state("web4", "waf-2", Down);
+    let (run, c) = lb.run_counted(&down.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &down));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
+    // waf-3 leaves and a newcomer takes its slot: the copy names the old generation.
+    let index = lb.writer.backend_index("web4", "waf-3");
+    lb.plan.vips[0].backends.retain(|b| b.name != "waf-3");
+    lb.apply();
+    lb.plan.vips[0].backends.push(backend("waf-9", "10.0.0.19"));
+    lb.apply();
+    assert_eq!(lb.writer.backend_index("web4", "waf-9"), index, "slot reused");
+    let (run, c) = lb.run_counted(&replaced.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &replaced));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
+    // The re-hash rewrote the copy too: the next packet is a plain hit there.
+    assert_eq!(cached(&lb, &replaced), [lb.conn(&replaced).unwrap()]);
+    let (run, c) = lb.run_counted(&replaced.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &replaced));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+#[test]
+fn a_syn_reusing_a_5_tuple_on_another_cpu_voids_every_cpus_copy_of_the_old_entry() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    on_cpu(0);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    lb.set_state("web4", "waf-1", Draining);
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1", "CPU 0 holds a copy");
+    // The client reuses its port; the new connection's SYN lands on CPU 1.
+    on_cpu(1);
+    let to = lb.receiver(&lb.run(&flow.syn().frame()));
+    assert_ne!(to, "waf-1");
+    // Its handshake's ACK on CPU 0 follows the SYN, not CPU 0's copy of the old entry.
+    on_cpu(0);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
+#[test]
+fn a_table_entry_peer_sync_replaces_or_removes_takes_effect_on_the_next_packet() {
+    use lb_userspace::sync::install::ConnTable as _;
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    assert_eq!(cached(&lb, &flow).len(), 1);
+    let mut conns = lb.writer.maps().conns_handle().unwrap();
+    let waf2 = lb.writer.backend_index("web4", "waf-2").unwrap();
+    let generation = lb.writer.maps().backend(waf2).unwrap().generation;
+    // As sync's install does: another balancer's entry for the flow, then publish.
+    conns.remove(&flow_key(&flow));
+    assert!(
+        conns.insert_new(&flow_key(&flow), &lb_common::ConnValue { backend: waf2, generation })
+    );
+    conns.publish();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-2", "the replaced entry, not the cached copy");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    // A withdrawal: the flow is a miss again (and hashed by the ring, to waf-1).
+    conns.remove(&flow_key(&flow));
+    conns.publish();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-1");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+}
+
+#[test]
+fn a_flow_the_table_evicted_keeps_its_backend_while_its_cpu_holds_a_copy() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    lb.set_state("web4", "waf-1", Draining);
+    assert_ne!(lb.predict("web4", &flow), "waf-1", "the ring now says another backend");
+    // The LRU evicts the entry (as a full table does: no epoch bump).
+    let conns = lb.map(lb_common::map_names::CONNS4);
+    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
+    table.remove(&FlowKey4::of(&flow_key(&flow))).unwrap();
+    assert_eq!(lb.conn(&flow), None);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-1", "the connection stays where it was");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
 }
 
 // ---- handshakes: the passive signal ---------------------------------------

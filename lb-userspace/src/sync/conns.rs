@@ -12,7 +12,10 @@ use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
 use lb_common::{ConnValue, FlowKey, FlowKey4, family};
 
 use super::install::ConnTable;
-use crate::conn_table::{self, read_batch};
+use crate::{
+    conn_table::{self, read_batch},
+    flow_cache::ConnEpoch,
+};
 
 /// `BPF_NOEXIST`: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
@@ -32,16 +35,20 @@ pub struct Cursor {
 pub struct BpfConns {
     v4: HashMap<MapData, FlowKey4, ConnValue>,
     v6: HashMap<MapData, FlowKey, ConnValue>,
+    /// Bumped after writes (`ConnTable::publish`): the data path's flow caches
+    /// hold copies of `v4`'s entries.
+    epoch: ConnEpoch,
 }
 
 impl BpfConns {
-    /// `v4`: `CONNS4`; `v6`: `CONNS`.
+    /// `v4`: `CONNS4`; `v6`: `CONNS`; `epoch`: `CONN_EPOCH`.
     #[must_use]
     pub fn new(
         v4: HashMap<MapData, FlowKey4, ConnValue>,
         v6: HashMap<MapData, FlowKey, ConnValue>,
+        epoch: ConnEpoch,
     ) -> Self {
-        Self { v4, v6 }
+        Self { v4, v6, epoch }
     }
 
     /// The next at most [`BATCH`] entries after `cursor` into `out`.
@@ -105,5 +112,9 @@ impl ConnTable for BpfConns {
         } else {
             self.v6.remove(flow)
         };
+    }
+
+    fn publish(&mut self) {
+        self.epoch.bump();
     }
 }

@@ -1,0 +1,47 @@
+//! The flow cache: per CPU, a direct-mapped copy of IPv4 flows' connection-table
+//! entries (`FLOW_CACHE`, a region for each CPU), so a table hit reads one cache line instead of the LRU
+//! table's bucket and element (its lookup was ~40 of a hit's ~80 ns, more once the
+//! table's lines fall out of the CPU's caches).
+//!
+//! A slot holds while its epoch is `CONN_EPOCH`'s. Whoever changes an entry that
+//! another CPU may have copied bumps `CONN_EPOCH` after the change: the
+//! controller and peer sync (userspace writes), and a SYN that takes a reused
+//! 5-tuple's entry out (its handshake's ACK may come on another CPU). A CPU
+//! updates its own slot when it writes the table. An entry the LRU evicts keeps
+//! its slot: the flow keeps its backend, as it would had the table kept it.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use lb_common::{
+    FlowCacheSlot,
+    hash::{Seed, cache_slot},
+    limits::FLOW_CACHE_SLOTS,
+};
+
+use crate::maps::{CONN_EPOCH, FLOW_CACHE};
+
+/// The epoch now. Read before the table: a slot filled from a table read made
+/// after a bump then carries the bumped epoch.
+#[inline(always)]
+pub fn epoch() -> u64 {
+    CONN_EPOCH.get(0).map_or(0, |e| unsafe { core::ptr::read_volatile(e) })
+}
+
+/// This CPU's slot for the flow whose `FlowKey4::words` are `key`, in this CPU's
+/// region (only this CPU's program touches it); none on a CPU past the regions.
+#[inline(always)]
+pub fn slot(key: [u64; 2], seed: &Seed) -> Option<*mut FlowCacheSlot> {
+    // The verifier inlines this helper (a per-CPU variable read).
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS).wrapping_add(cache_slot(key, seed)))
+}
+
+/// Makes every CPU's slots out of date.
+#[inline(always)]
+pub fn bump() {
+    if let Some(e) = CONN_EPOCH.get_ptr_mut(0) {
+        // SAFETY: an aligned u64 map value. An atomic add (BPF has no
+        // compare-and-swap, so `AtomicU64::fetch_add` does not exist here).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(e, 1) };
+    }
+}

@@ -1,0 +1,94 @@
+//! The data path's flow caches (lb-ebpf's `flow_cache.rs`) as the controller
+//! sees them: their size, and their epoch.
+//!
+//! `FLOW_CACHE` holds `limits::FLOW_CACHE_SLOTS` slots for each possible CPU, so
+//! a loader sizes it for this host ([`entries`]).
+//!
+//! Each CPU keeps copies of IPv4 connection-table entries and uses one only while
+//! the epoch (`CONN_EPOCH`) is the one it was copied under, so whoever writes or
+//! deletes table entries from userspace (peer sync) bumps the epoch after the
+//! writes: the next packet of a changed flow then reads the table.
+//!
+//! The map is mmapped and bumped with an atomic add, as the data path bumps it
+//! (a SYN replacing a reused 5-tuple's entry): the epoch only ever grows, so a
+//! copy made before a change never becomes valid again.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::MapData;
+use lb_common::map_names;
+
+/// Entries of `FLOW_CACHE` on this host: a region of slots for each possible CPU
+/// (the data path indexes it by CPU number).
+pub fn entries() -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))?;
+    let cpus = u32::try_from(cpus).context("possible CPUs")?;
+    Ok(lb_common::limits::flow_cache_entries(cpus))
+}
+
+/// `CONN_EPOCH`, mapped into our memory.
+pub struct ConnEpoch {
+    ptr: NonNull<u64>,
+    _map: MapData,
+}
+
+impl ConnEpoch {
+    /// Maps `map` (the loaded object's `CONN_EPOCH`, created `BPF_F_MMAPABLE`).
+    pub fn new(map: MapData) -> Result<Self> {
+        // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
+        // mapping lives as long as `_map` (the fd) in this struct.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                crate::maps::page_size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "mmap of {} (was it created without BPF_F_MMAPABLE?)",
+                    map_names::CONN_EPOCH
+                )
+            });
+        }
+        let ptr = NonNull::new(ptr.cast::<u64>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        Ok(Self { ptr, _map: map })
+    }
+
+    fn atomic(&self) -> &AtomicU64 {
+        // SAFETY: an 8-byte aligned u64 at the start of the mapping (a page), shared
+        // with the kernel, which changes it only with atomic adds.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr()) }
+    }
+
+    /// The epoch now.
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.atomic().load(Ordering::SeqCst)
+    }
+
+    /// Makes every CPU's cached copies out of date; call it after the table writes.
+    pub fn bump(&self) {
+        self.atomic().fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ConnEpoch {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), crate::maps::page_size()) };
+    }
+}
+
+// SAFETY: the mapping is plain memory owned by this struct, used atomically.
+unsafe impl Send for ConnEpoch {}
+unsafe impl Sync for ConnEpoch {}
