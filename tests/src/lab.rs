@@ -734,15 +734,21 @@ pub struct LabGuard {
 /// Waits for [`LOCK_FILE`] and holds it until the returned file closes: for a test
 /// that drives the lab through the `lab` binary rather than a [`LabGuard`].
 pub fn lock() -> Result<File> {
+    lock_file(LOCK_FILE)
+}
+
+/// Waits for an exclusive `flock` on `path` (created if missing) and holds it until
+/// the returned file closes.
+pub fn lock_file(path: &str) -> Result<File> {
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(LOCK_FILE)
-        .with_context(|| format!("opening {LOCK_FILE}"))?;
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
     // SAFETY: flock on an open file; released when the file closes.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("locking {LOCK_FILE}: {}", io::Error::last_os_error());
+        bail!("locking {path}: {}", io::Error::last_os_error());
     }
     Ok(lock)
 }

@@ -145,70 +145,115 @@ struct Samples {
     delivered: Vec<f64>,
     lb_tx: Vec<f64>,
     hit: Vec<f64>,
+    /// An A/B's floor rate measured right after each of this case's runs.
+    paired_floor: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, s: Sample) {
+        self.rate.push(s.rate);
+        self.wall_rate.push(s.wall_rate);
+        self.delivered.push(s.delivered);
+        if let Some((tx, hit)) = s.counted {
+            self.lb_tx.push(tx);
+            self.hit.push(hit);
+        }
+    }
+}
+
+/// One run of one case and protocol.
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    wall_rate: f64,
+    delivered: f64,
+    /// xdp_lb's XDP_TX and connection-table-hit fractions (an xdp_lb case).
+    counted: Option<(f64, f64)>,
+}
+
+/// Attaches `case` to lb0 and sends `l4` frames through it: a warm-up, then a run.
+fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> Result<Sample> {
+    let (ab, flows, label) = (setup.ab, setup.flows, setup.label(case));
+    let _link = match case {
+        Case::Lb(i) => setup.lbs[i].lb.attach()?,
+        Case::Floor => pair.attach_tool("xdp_mac_swap")?,
+        // lb0 needs an XDP program to accept the generator's XDP frames;
+        // xdp_pass hands every one to the kernel stack unchanged.
+        Case::Nft => pair.attach_tool("xdp_pass")?,
+    };
+    pair.send(l4, flows, WARMUP)?;
+    let lb = match case {
+        Case::Lb(i) => Some(&setup.lbs[i].lb),
+        _ => None,
+    };
+    // An A/B object may count in another layout: its checks are then left out.
+    let counters = |lb: &Lb| {
+        let c = lb.stats.counters();
+        if ab { Ok(c.ok()) } else { c.map(Some) }
+    };
+    let before = (pair.received()?, lb.map(counters).transpose()?.flatten());
+    let sent = pair.send(l4, flows, RUN)?;
+    let got = pair.received()? - before.0;
+    let mut counted = None;
+    if let (Some(lb), Some(b)) = (lb, before.1)
+        && let Some(a) = counters(lb)?
+    {
+        let d = |c: Counter| (a.get(c) - b.get(c)) as f64;
+        counted = Some((
+            d(Counter::ActionTx) / sent.frames as f64,
+            d(Counter::ConnHit) / (d(Counter::ConnHit) + d(Counter::ConnMiss)).max(1.0),
+        ));
+    }
+    let s = Sample {
+        rate: got as f64 / sent.cpu.as_secs_f64(),
+        wall_rate: got as f64 / sent.wall.as_secs_f64(),
+        delivered: got as f64 / sent.frames as f64,
+        counted,
+    };
+    progress(format_args!(
+        "run {}/{} {label:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
+        r + 1,
+        setup.runs,
+        l4.name(),
+        s.rate / 1e6,
+        s.wall_rate / 1e6,
+        100.0 * s.delivered
+    ));
+    Ok(s)
 }
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut setup = setup(args)?;
     let mut pair = Pair::up()?;
-    let (runs, flows, ab) = (setup.runs, setup.flows, setup.ab);
+    let (runs, ab, protos) = (setup.runs, setup.ab, setup.protos.clone());
     let mut samples: Vec<Vec<Samples>> = setup
         .cases
         .iter()
         .map(|_| setup.protos.iter().map(|_| Samples::default()).collect())
         .collect();
     let mut nft_conntrack = 0;
+    let floor = setup.cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
     for r in 0..runs {
-        // An A/B starts each run at another case, so no object always follows the floor.
+        // An A/B starts each run at another case, so no object always comes first.
         let n = setup.cases.len();
         let order: Vec<usize> = (0..n).map(|i| if ab { (i + r) % n } else { i }).collect();
         for ci in order {
             let case = setup.cases[ci];
-            let label = setup.label(case);
-            let _link = match case {
-                Case::Lb(i) => setup.lbs[i].lb.attach()?,
-                Case::Floor => pair.attach_tool("xdp_mac_swap")?,
-                // lb0 needs an XDP program to accept the generator's XDP frames;
-                // xdp_pass hands every one to the kernel stack unchanged.
-                Case::Nft => pair.attach_tool("xdp_pass")?,
-            };
-            for (pi, &l4) in setup.protos.iter().enumerate() {
-                pair.send(l4, flows, WARMUP)?;
-                let lb = match case {
-                    Case::Lb(i) => Some(&setup.lbs[i].lb),
-                    _ => None,
-                };
-                // An A/B object may count in another layout: its checks are then left out.
-                let counters = |lb: &Lb| {
-                    let c = lb.stats.counters();
-                    if ab { Ok(c.ok()) } else { c.map(Some) }
-                };
-                let before = (pair.received()?, lb.map(counters).transpose()?.flatten());
-                let sent = pair.send(l4, flows, RUN)?;
-                let got = pair.received()? - before.0;
-                let s = &mut samples[ci][pi];
-                s.rate.push(got as f64 / sent.cpu.as_secs_f64());
-                s.wall_rate.push(got as f64 / sent.wall.as_secs_f64());
-                s.delivered.push(got as f64 / sent.frames as f64);
-                if let (Some(lb), Some(b)) = (lb, before.1)
-                    && let Some(a) = counters(lb)?
-                {
-                    let d = |c: Counter| (a.get(c) - b.get(c)) as f64;
-                    s.lb_tx.push(d(Counter::ActionTx) / sent.frames as f64);
-                    s.hit.push(
-                        d(Counter::ConnHit) / (d(Counter::ConnHit) + d(Counter::ConnMiss)).max(1.0),
-                    );
-                }
+            // An A/B measures the floor right after each object instead (paired).
+            if ab && case == Case::Floor {
+                continue;
+            }
+            for (pi, &l4) in protos.iter().enumerate() {
+                let got = measure(&mut pair, &mut setup, case, l4, r)?;
                 if case == Case::Nft {
                     nft_conntrack = nft_conntrack.max(veth::conntrack_count()?);
                 }
-                progress(format_args!(
-                    "run {}/{runs} {label:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
-                    r + 1,
-                    l4.name(),
-                    s.rate.last().copied().unwrap_or(0.0) / 1e6,
-                    s.wall_rate.last().copied().unwrap_or(0.0) / 1e6,
-                    100.0 * s.delivered.last().copied().unwrap_or(0.0)
-                ));
+                samples[ci][pi].push(got);
+                if ab {
+                    let f = measure(&mut pair, &mut setup, Case::Floor, l4, r)?;
+                    samples[ci][pi].paired_floor.push(f.rate);
+                    samples[floor][pi].push(f);
+                }
             }
         }
     }
@@ -230,10 +275,11 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
     println!(
         "### A/B of xdp-lb objects, live (`bench live --object`)\n\n\
          Each object loaded as `xdplb run` loads it (default map sizes, filled by the map \
-         writer), against the floor in the same run; {} runs of {} s per case and protocol \
-         ({} ms warm-up), {} flows, each run starting at another case; nftables left out. \
-         \"× floor\" and \"ns over floor\" are medians of each run's figure against that run's \
-         floor (ns per frame = 1e9 / rate). Objects: {}.\n",
+         writer), each run of it followed by a run of the floor (the pair's ratio is robust to \
+         the load drifting on this shared machine); {} runs of {} s per case and protocol \
+         ({} ms warm-up), {} flows, each run starting at another object; nftables left out. \
+         \"× floor\" and \"ns over floor\" are medians over runs of each run's figure against \
+         the floor run right after it (ns per frame = 1e9 / rate). Objects: {}.\n",
         setup.runs,
         RUN.as_secs(),
         WARMUP.as_millis(),
@@ -250,10 +296,9 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
         for (ci, &case) in setup.cases.iter().enumerate() {
             let Case::Lb(i) = case else { continue };
             let l = &setup.lbs[i];
-            let rate = &samples[ci][pi].rate;
-            let per_run: Vec<f64> = rate.iter().zip(floor_rate).map(|(a, f)| a / f).collect();
-            let over: Vec<f64> =
-                rate.iter().zip(floor_rate).map(|(a, f)| 1e9 / a - 1e9 / f).collect();
+            let (rate, paired) = (&samples[ci][pi].rate, &samples[ci][pi].paired_floor);
+            let per_run: Vec<f64> = rate.iter().zip(paired).map(|(a, f)| a / f).collect();
+            let over: Vec<f64> = rate.iter().zip(paired).map(|(a, f)| 1e9 / a - 1e9 / f).collect();
             // The same mode's balancer of the first object.
             let first = setup
                 .cases

@@ -133,12 +133,21 @@ pub struct Pair {
     gen_ifindex: u32,
     cpu: usize,
     _sink: XdpLink,
+    /// [`LOCK_FILE`], held while the namespaces live (dropped after them: fields
+    /// drop after `Drop::drop` removed the namespaces).
+    _lock: std::fs::File,
 }
+
+/// Held while a [`Pair`] lives: the namespaces have fixed names, so a second bench
+/// (another helper's `bench live` or `bench conntrack`) waits instead of removing
+/// them under the first.
+pub const LOCK_FILE: &str = "/run/xdplb-xbench.lock";
 
 impl Pair {
     /// Builds the rig (removing a leftover one first). The generator runs pinned to
     /// the last CPU.
     pub fn up() -> Result<Self> {
+        let lock = crate::lab::lock_file(LOCK_FILE)?;
         remove()?;
         let built = build();
         if let Err(e) = built {
@@ -157,7 +166,7 @@ impl Pair {
             interface::index(GEN_IF).with_context(|| format!("no interface {GEN_IF}"))
         })?;
         let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
-        Ok(Self { tools, gen_ifindex, cpu, _sink: sink })
+        Ok(Self { tools, gen_ifindex, cpu, _sink: sink, _lock: lock })
     }
 
     /// A tools program (`xdp_mac_swap`, `xdp_pass`) attached to lb0 until the link drops.
