@@ -326,16 +326,27 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
         );
     }
     println!();
+    println!("Checks: {}.", checks(setup, samples));
+}
+
+/// The checks line: per case and protocol, the least fraction of sent frames that
+/// arrived and, for xdp_lb, what it counted.
+fn checks(setup: &Setup, samples: &[Vec<Samples>]) -> String {
     let mut notes = Vec::new();
     for (ci, &case) in setup.cases.iter().enumerate() {
         for (pi, l4) in setup.protos.iter().enumerate() {
             let s = &samples[ci][pi];
             let d = Summary::of(&s.delivered).map_or(0.0, |x| x.min);
-            let mut n = format!("{} {}: ≥ {:.1}% arrived", setup.label(case), l4.name(), 100.0 * d);
+            let mut n = format!(
+                "{} {}: ≥ {:.1}% of sent frames arrived",
+                setup.label(case),
+                l4.name(),
+                100.0 * d
+            );
             if let (Some(tx), Some(hit)) = (Summary::of(&s.lb_tx), Summary::of(&s.hit)) {
                 let _ = write!(
                     n,
-                    ", {:.1}% XDP_TX, {:.2}% hits",
+                    ", xdp_lb counted {:.1}% as XDP_TX, {:.2}% connection-table hits",
                     100.0 * tx.median,
                     100.0 * hit.median
                 );
@@ -343,7 +354,7 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
             notes.push(n);
         }
     }
-    println!("Checks: {}.", notes.join("; "));
+    notes.join("; ")
 }
 
 fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
@@ -394,29 +405,7 @@ fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
         }
     }
     println!();
-    let mut notes = Vec::new();
-    for (ci, case) in cases.iter().enumerate() {
-        for (pi, l4) in protos.iter().enumerate() {
-            let s = &samples[ci][pi];
-            let d = Summary::of(&s.delivered).map_or(0.0, |x| x.min);
-            let mut n = format!(
-                "{} {}: ≥ {:.1}% of sent frames arrived",
-                setup.label(*case),
-                l4.name(),
-                100.0 * d
-            );
-            if let (Some(tx), Some(hit)) = (Summary::of(&s.lb_tx), Summary::of(&s.hit)) {
-                let _ = write!(
-                    n,
-                    ", xdp_lb counted {:.1}% as XDP_TX, {:.2}% connection-table hits",
-                    100.0 * tx.median,
-                    100.0 * hit.median
-                );
-            }
-            notes.push(n);
-        }
-    }
-    println!("Checks: {}.", notes.join("; "));
+    println!("Checks: {}.", checks(setup, samples));
     println!();
     println!(
         "The nftables case held {nft_conntrack} conntrack entries (every flow was DNATed through connection tracking)."
