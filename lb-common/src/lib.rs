@@ -19,6 +19,7 @@ pub use config::{ForwardingMode, LbConfig};
 pub use flow::{ConnValue, FlowCacheSlot, FlowKey, FlowKey4, SynSlot};
 pub use stats::{
     BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
+    vip_stats,
 };
 pub use vip::{RingSlot, VipKey, VipMeta};
 

@@ -16,7 +16,9 @@
 /// counts `conn_handshake`. Version 5: `LbConfig` gained `accept_macs`, `STATS`
 /// counts `pass_not_for_us`. Version 6: IPv4 flows in `CONNS4` (`FlowKey4`, 16
 /// bytes), `CONNS` holds IPv6 flows only. Version 7: the flow caches
-/// (`FLOW_CACHE`, per CPU) and their epoch (`CONN_EPOCH`) are pinned.
+/// (`FLOW_CACHE`, per CPU) and their epoch (`CONN_EPOCH`) are pinned; a table hit
+/// is counted in `BackendStats::hits` only (`stats` module text), VIP_STATS holds
+/// the controller's retired hits after the data path's entries.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the

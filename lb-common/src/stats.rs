@@ -1,9 +1,38 @@
+//! The data path's counters, and who counts what.
+//!
+//! **A table hit is counted once** (issue #13: one per-CPU record per packet):
+//! a packet forwarded on a connection-table hit adds to its backend slot's
+//! `BackendStats::hits` and nowhere else. Every other verdict is counted as
+//! before: in `STATS` (its action and reason or connection-table event) and, when
+//! forwarded, in `VIP_STATS[vip]` and the slot's `BackendStats::traffic`. So
+//! `action_tx` and `conn_hit`, a VIP's traffic and a backend's traffic are sums
+//! that the controller derives (`lb_userspace::stats`, the one place):
+//! - `action_tx`, `conn_hit`: `STATS` plus the hit packets of every backend slot
+//!   plus those the controller moved out of slots (`vip_stats::retired`, `GONE`);
+//! - a VIP's: `VIP_STATS[vip]` plus `VIP_STATS[retired(vip)]` plus the hits of the
+//!   slots whose `BACKENDS` entry names the VIP;
+//! - a backend's: its slot's `traffic` plus `hits`.
+//!
+//! Hits stay where they were counted until the controller moves them: when a
+//! backend is removed, its slot's hits go to its VIP's retired count; when a VIP
+//! index is given to a new VIP, that index's retired count goes to `GONE`; when a
+//! slot is given to a new backend, anything left in it goes to `GONE`. Each move
+//! keeps every total the same (the controller holds readers off while it moves).
+
 /// Packets and bytes, the value of the per-VIP and per-backend per-CPU arrays.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl Traffic {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
 }
 
 /// What the TCP handshakes sent to one backend did, cumulative: the passive health
@@ -35,12 +64,44 @@ impl Handshakes {
 }
 
 /// The value of the per-backend per-CPU BACKEND_STATS array: one map lookup per
-/// packet counts both.
+/// packet counts all of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
+    /// Forwarded packets that were no table hit (SYNs, handshakes' ACKs, first
+    /// packets, re-hashed flows, ICMP errors).
     pub traffic: Traffic,
     pub handshakes: Handshakes,
+    /// Forwarded on a connection-table hit: the hit's only record (module text).
+    pub hits: Traffic,
+}
+
+impl BackendStats {
+    /// Everything forwarded to the slot: its traffic and its hits.
+    #[must_use]
+    pub fn forwarded(&self) -> Traffic {
+        let mut t = self.traffic;
+        t.add(&self.hits);
+        t
+    }
+}
+
+/// Entries of the per-CPU VIP_STATS array: the data path's per VIP, then the
+/// controller's (module text). The data path writes only `[0, MAX_VIPS)`.
+pub mod vip_stats {
+    use crate::limits::MAX_VIPS;
+
+    /// Entries of VIP_STATS.
+    pub const ENTRIES: u32 = 2 * MAX_VIPS + 1;
+
+    /// Where the hits of VIP `vip`'s removed backends are kept.
+    #[must_use]
+    pub const fn retired(vip: u32) -> u32 {
+        MAX_VIPS + vip
+    }
+
+    /// Where the retired hits of VIPs whose index went to another VIP are kept.
+    pub const GONE: u32 = 2 * MAX_VIPS;
 }
 
 /// A counter enum (index, `ALL`, `COUNT`, stable `name()`) and its per-CPU value

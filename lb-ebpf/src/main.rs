@@ -82,8 +82,8 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
     let lookup = if syn { Lookup::Miss } else { select::established(&s.flow, &cfg.hash_seed) };
+    let hit = matches!(lookup, Lookup::Hit(..));
     let (index, backend, handshakes) = if let Lookup::Hit(index, backend) = lookup {
-        bump(stats, Counter::ConnHit);
         (index, backend, 0)
     } else {
         let vip = vip::lookup(s).ok_or(not_vip)?;
@@ -108,22 +108,32 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
             (index, backend, counts)
         }
     };
-    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
-    if let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
+    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg).inspect_err(|_| {
+        // A hit not forwarded is counted here; a forwarded one in its backend's `hits`.
+        if hit {
+            bump(stats, Counter::ConnHit);
+        }
+    })?;
+    // A hit is counted once, in its backend's `hits` (lb_common::stats); any
+    // other packet in the VIP's and the backend's traffic, with its handshakes.
+    if !hit && let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
         account(unsafe { &mut *t }, frame_len);
     }
-    // One lookup counts the backend's traffic and the packet's handshake counts.
     if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
         let b = unsafe { &mut *b };
-        account(&mut b.traffic, frame_len);
-        if handshakes != 0 {
-            select::count(&mut b.handshakes, handshakes);
+        if hit {
+            account(&mut b.hits, frame_len);
+        } else {
+            account(&mut b.traffic, frame_len);
+            if handshakes != 0 {
+                select::count(&mut b.handshakes, handshakes);
+            }
         }
     }
     if pkt.kind == Kind::IcmpError {
         bump(stats, Counter::IcmpForwarded);
     }
-    Ok(verdict)
+    Ok(if hit { Verdict::TxHit } else { verdict })
 }
 
 #[inline(always)]

@@ -78,11 +78,13 @@ pub static SYNS: Array<SynSlot> = Array::with_max_entries(SYN_SLOTS, 0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<CounterSet> = PerCpuArray::with_max_entries(1, 0);
 
-/// Packets and bytes per VIP index.
+/// Packets and bytes per VIP index, but for table hits (`lb_common::stats`); the
+/// entries from `MAX_VIPS` on are the controller's.
 #[map(name = "VIP_STATS")]
-pub static VIP_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(lb_common::vip_stats::ENTRIES, 0);
 
-/// Packets, bytes and handshakes per backend index.
+/// Packets, bytes, handshakes and table hits per backend index.
 #[map(name = "BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

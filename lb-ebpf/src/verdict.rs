@@ -9,6 +9,9 @@ pub enum Verdict {
     Drop(Counter),
     /// Forwarded to a backend.
     Tx,
+    /// Forwarded to a backend on a connection-table hit: counted in the backend's
+    /// `BackendStats::hits` only (`STATS`' `action_tx` and `conn_hit` include it).
+    TxHit,
     /// Answered: the frame was turned into a reply to its sender (counted by reason).
     Reply(Counter),
 }
@@ -20,6 +23,7 @@ impl Verdict {
     #[inline(always)]
     pub fn record(self, stats: &mut CounterSet) -> u32 {
         let (action, counter, reason) = match self {
+            Self::TxHit => return xdp_action::XDP_TX,
             Self::Pass(r) => (xdp_action::XDP_PASS, Counter::ActionPass, Some(r)),
             Self::Drop(r) => (xdp_action::XDP_DROP, Counter::ActionDrop, Some(r)),
             Self::Tx => (xdp_action::XDP_TX, Counter::ActionTx, None),

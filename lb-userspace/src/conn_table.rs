@@ -21,7 +21,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, BorrowedFd},
     sync::{Arc, Mutex, PoisonError, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -167,13 +167,8 @@ pub fn count_by<K: Key>(map: BorrowedFd<'_>, batch: usize) -> io::Result<u64> {
     Ok(total)
 }
 
-/// Where a walk of the table is: the kernel's batch position.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cursor {
-    position: Option<u32>,
-    /// The walk is over.
-    pub done: bool,
-}
+/// Where a walk of the table is.
+pub use crate::batch::Cursor;
 
 /// The next entries of the walk at `cursor` (at most `keys.len()`, which must be
 /// `values.len()`) into `keys` and `values`; how many. The walk uses
@@ -184,48 +179,7 @@ pub fn read_batch<K: Key>(
     keys: &mut [K],
     values: &mut [ConnValue],
 ) -> io::Result<usize> {
-    /// `union bpf_attr`'s `batch` member.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let batch = keys.len().min(values.len());
-    let mut next = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: cursor.position.as_ref().map_or(0, |p| std::ptr::from_ref(p) as u64),
-        out_batch: (&raw mut next) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: u32::try_from(batch).unwrap_or(u32::MAX),
-        map_fd: u32::try_from(map.as_raw_fd()).unwrap_or(u32::MAX),
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: the attribute points at buffers of `batch` keys and values of the
-    // map's sizes and at two u32 batch positions (a hash map's), all alive for
-    // the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &raw mut attr, size_of::<BatchAttr>())
-    };
-    let n = attr.count as usize;
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        // ENOENT: the walk is over (this call's entries are in the buffers).
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(e);
-        }
-        cursor.done = true;
-    }
-    cursor.position = Some(next);
-    Ok(n)
+    crate::batch::lookup(map, cursor, keys, values, 1)
 }
 
 /// A thread counting the connection table every [`INTERVAL`]; dropping it stops

@@ -13,6 +13,7 @@
 pub mod access;
 pub mod admin;
 pub mod backend_setup;
+pub mod batch;
 pub mod config;
 pub mod conn_table;
 pub mod controller;

@@ -19,7 +19,10 @@ use lb_common::{
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
+    vip_stats,
 };
+
+use crate::stats;
 
 /// What the writer needs from the data path's maps.
 pub trait Maps {
@@ -32,9 +35,10 @@ pub trait Maps {
     fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()>;
     /// Overwrites ring `ring` (RING_SIZE slots). Only ever called on a ring no VIP points at.
     fn write_ring(&mut self, ring: u32, slots: &[u32]) -> Result<()>;
-    /// Zeroes the packet and byte counts of a VIP (`Slot::Vip`) or backend slot,
-    /// before the slot is given to a new VIP or backend: it must not inherit the
-    /// counts of the one that held it before.
+    /// Zeroes the counts of a VIP (`Slot::Vip`) or backend slot, before the slot
+    /// is given to a new VIP or backend: it must not inherit the counts of the one
+    /// that held it before. The table hits counted there move where the totals
+    /// that include them keep them (`lb_common::stats`).
     fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()>;
     /// The controller's view of backend slot `index` (`pinned::backend_flags`),
     /// for a restarted controller; the data path never reads it.
@@ -117,7 +121,8 @@ where
 
 impl BpfMaps {
     /// Takes the balancer's forwarding maps out of a loaded object (and second
-    /// handles on its traffic statistics, which stay in the object).
+    /// handles on its traffic statistics and BACKENDS, which stay in the object
+    /// for `stats::BpfStats`).
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
         let rings = ebpf
             .take_map(names::RINGS)
@@ -127,7 +132,7 @@ impl BpfMaps {
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
-            backends: take(ebpf, names::BACKENDS)?,
+            backends: duplicate(ebpf, names::BACKENDS)?,
             conns4: take(ebpf, names::CONNS4)?,
             conns: take(ebpf, names::CONNS)?,
             conn_epoch: array_data(ebpf, names::CONN_EPOCH)?,
@@ -245,9 +250,34 @@ impl Maps for BpfMaps {
     }
 
     fn zero_traffic(&mut self, slot: Slot, index: u32) -> Result<()> {
+        // Readers attribute a slot's hits to the VIP its BACKENDS entry names.
+        let _moving = stats::moving();
         match slot {
-            Slot::Vip => zero(&mut self.vip_stats, names::VIP_STATS, index),
-            Slot::Backend => zero(&mut self.backend_stats, names::BACKEND_STATS, index),
+            Slot::Backend => {
+                // Hits left in a slot given to another backend: its VIP keeps them.
+                let vip = self.backend(index)?.vip;
+                let left = sum(&self.backend_stats, names::BACKEND_STATS, index)?.hits;
+                add(&mut self.vip_stats, vip_stats::retired(vip), &left)?;
+                zero(&mut self.backend_stats, names::BACKEND_STATS, index)
+            }
+            Slot::Vip => {
+                // A VIP index given to another VIP: the old VIP's hits (retired, or
+                // in slots still naming the index) stay in the global totals only.
+                let mut gone = sum(&self.vip_stats, names::VIP_STATS, vip_stats::retired(index))?;
+                for slot in 0..MAX_BACKENDS {
+                    if self.backend(slot)?.vip != index {
+                        continue;
+                    }
+                    let stats = sum(&self.backend_stats, names::BACKEND_STATS, slot)?;
+                    if stats.hits != Traffic::default() {
+                        gone.add(&stats.hits);
+                        zero(&mut self.backend_stats, names::BACKEND_STATS, slot)?;
+                    }
+                }
+                add(&mut self.vip_stats, vip_stats::GONE, &gone)?;
+                zero(&mut self.vip_stats, names::VIP_STATS, vip_stats::retired(index))?;
+                zero(&mut self.vip_stats, names::VIP_STATS, index)
+            }
         }
     }
 
@@ -366,6 +396,52 @@ unsafe impl Send for RingMap {}
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// Entry `index` of a per-CPU statistics array, summed over CPUs.
+fn sum<T: aya::Pod + Default + Summed>(
+    map: &PerCpuArray<MapData, T>,
+    name: &str,
+    index: u32,
+) -> Result<T> {
+    let mut total = T::default();
+    for v in map.get(&index, 0).with_context(|| format!("reading {name}[{index}]"))?.iter() {
+        total.add_to(v);
+    }
+    Ok(total)
+}
+
+/// A statistics value that adds up over CPUs.
+trait Summed {
+    fn add_to(&mut self, other: &Self);
+}
+
+impl Summed for Traffic {
+    fn add_to(&mut self, other: &Self) {
+        self.add(other);
+    }
+}
+
+impl Summed for BackendStats {
+    fn add_to(&mut self, other: &Self) {
+        self.traffic.add(&other.traffic);
+        self.handshakes.add(&other.handshakes);
+        self.hits.add(&other.hits);
+    }
+}
+
+/// Adds `t` to entry `index` of VIP_STATS (one of the controller's entries: the
+/// data path never writes them, so nothing races this read-modify-write).
+fn add(map: &mut PerCpuArray<MapData, Traffic>, index: u32, t: &Traffic) -> Result<()> {
+    if *t == Traffic::default() {
+        return Ok(());
+    }
+    let name = names::VIP_STATS;
+    let mut values: Vec<Traffic> =
+        map.get(&index, 0).with_context(|| format!("reading {name}[{index}]"))?.to_vec();
+    values.first_mut().ok_or_else(|| anyhow!("{name}[{index}] has no CPU"))?.add(t);
+    let values = PerCpuValues::try_from(values).map_err(|e| anyhow!("{e}"))?;
+    map.set(index, values, 0).with_context(|| format!("writing {name}[{index}]"))
 }
 
 /// Zeroes entry `index` of a per-CPU statistics array on every CPU.

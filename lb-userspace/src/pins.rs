@@ -309,7 +309,7 @@ mod tests {
             size_of::<VipMeta>(),
             size_of::<FlowCacheSlot>(),
         ];
-        assert_eq!((LAYOUT_VERSION, sizes), (7, [76, 24, 32, 16, 40, 8, 16, 40, 20, 8, 32]));
+        assert_eq!((LAYOUT_VERSION, sizes), (7, [76, 24, 32, 16, 40, 8, 16, 56, 20, 8, 32]));
     }
 
     #[test]

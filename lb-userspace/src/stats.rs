@@ -1,15 +1,52 @@
 //! The data path's statistics, read-only: its global counters, the traffic per
 //! VIP and per backend, and each backend's handshakes, summed over CPUs. Status,
 //! /metrics and the passive signal read them; nothing here writes a map.
+//!
+//! A table hit is counted only in its backend slot's `hits` (`lb_common::stats`),
+//! so `action_tx`, `conn_hit` and a VIP's traffic are derived here, the one
+//! place, from every slot's hits and the hits the writer moved out of slots it
+//! gave to another backend or VIP (`maps::BpfMaps::zero_traffic`, under
+//! [`moving`], so a reader never sees a hit twice or not at all).
+
+use std::{
+    os::fd::AsFd as _,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, IterableMap as _, MapData, PerCpuArray, PerCpuValues},
 };
-use lb_common::{BackendStats, CounterSet, Handshakes, Traffic, map_names as names};
+use lb_common::{
+    Backend, BackendStats, Counter, CounterSet, Handshakes, Traffic, limits::MAX_BACKENDS,
+    map_names as names, vip_stats,
+};
 
-use crate::{conn_table, maps::take};
+use crate::{batch, conn_table, maps::take};
+
+/// Held for writing while the writer moves hits between entries, for reading
+/// while a total that includes them is read.
+static MOVING: RwLock<()> = RwLock::new(());
+
+/// The writer's hold of [`MOVING`].
+pub(crate) fn moving() -> RwLockWriteGuard<'static, ()> {
+    MOVING.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn reading() -> RwLockReadGuard<'static, ()> {
+    MOVING.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The global counters with the table hits counted outside `STATS` (`hits`: the
+/// packets of every slot's and every moved `Traffic`): each was forwarded, a hit.
+#[must_use]
+pub fn with_hits(mut counters: CounterSet, hits: u64) -> CounterSet {
+    for c in [Counter::ActionTx, Counter::ConnHit] {
+        counters.values[c as usize] += hits;
+    }
+    counters
+}
 
 /// What readers of the statistics need; `BpfStats` is the real thing.
 pub trait Stats {
@@ -17,6 +54,11 @@ pub trait Stats {
     fn counters(&self) -> Result<CounterSet>;
     /// Packets and bytes sent to VIP `index`.
     fn vip_traffic(&self, index: u32) -> Result<Traffic>;
+    /// [`Stats::vip_traffic`] of each of `indices`, in order (`BpfStats` reads the
+    /// backend slots once for all of them).
+    fn vips_traffic(&self, indices: &[u32]) -> Result<Vec<Traffic>> {
+        indices.iter().map(|&i| self.vip_traffic(i)).collect()
+    }
     /// Packets and bytes sent to backend `index`.
     fn backend_traffic(&self, index: u32) -> Result<Traffic>;
     /// The connection table's size and last count, where one is kept.
@@ -35,6 +77,8 @@ pub struct BpfStats {
     stats: PerCpuArray<MapData, CounterSet>,
     vip_stats: PerCpuArray<MapData, Traffic>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
+    /// Which VIP each backend slot's hits count for.
+    backends: Array<MapData, Backend>,
     conn_table: Option<conn_table::Watch>,
 }
 
@@ -45,6 +89,7 @@ impl BpfStats {
             stats: take(ebpf, names::STATS)?,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            backends: take(ebpf, names::BACKENDS)?,
             conn_table: None,
         })
     }
@@ -61,27 +106,72 @@ impl BpfStats {
             .get(&index, 0)
             .with_context(|| format!("reading {}[{index}]", names::BACKEND_STATS))
     }
+
+    /// Every backend slot's hits, summed over CPUs, with the VIP index its
+    /// BACKENDS entry names (two system calls, not one per slot).
+    fn slot_hits(&self) -> Result<Vec<(u32, Traffic)>> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let fd = self.backend_stats.map().fd().as_fd();
+        let stats: Vec<BackendStats> = batch::array(fd, MAX_BACKENDS, cpus)
+            .with_context(|| format!("reading {}", names::BACKEND_STATS))?;
+        let backends: Vec<Backend> =
+            batch::array(self.backends.map().fd().as_fd(), MAX_BACKENDS, 1)
+                .with_context(|| format!("reading {}", names::BACKENDS))?;
+        Ok(backends
+            .iter()
+            .zip(stats.chunks(cpus))
+            .map(|(b, per_cpu)| {
+                let mut hits = Traffic::default();
+                for s in per_cpu {
+                    hits.add(&s.hits);
+                }
+                (b.vip, hits)
+            })
+            .collect())
+    }
 }
 
 impl Stats for BpfStats {
     fn counters(&self) -> Result<CounterSet> {
+        let _reading = reading();
         let mut sum = CounterSet::default();
         for cpu in self.stats.get(&0, 0).context("reading STATS")?.iter() {
             for (total, v) in sum.values.iter_mut().zip(cpu.values) {
                 *total += v;
             }
         }
-        Ok(sum)
+        let mut hits: u64 = self.slot_hits()?.iter().map(|(_, t)| t.packets).sum();
+        for moved in vip_stats::retired(0)..vip_stats::ENTRIES {
+            hits += sum_traffic(&self.vip_stats, moved)?.packets;
+        }
+        Ok(with_hits(sum, hits))
     }
 
     fn vip_traffic(&self, index: u32) -> Result<Traffic> {
-        sum_traffic(&self.vip_stats, index)
+        Ok(self.vips_traffic(&[index])?[0])
+    }
+
+    fn vips_traffic(&self, indices: &[u32]) -> Result<Vec<Traffic>> {
+        let _reading = reading();
+        let slots = self.slot_hits()?;
+        indices
+            .iter()
+            .map(|&index| {
+                let mut sum = sum_traffic(&self.vip_stats, index)?;
+                sum.add(&sum_traffic(&self.vip_stats, vip_stats::retired(index))?);
+                for (_, hits) in slots.iter().filter(|(vip, _)| *vip == index) {
+                    sum.add(hits);
+                }
+                Ok(sum)
+            })
+            .collect()
     }
 
     fn backend_traffic(&self, index: u32) -> Result<Traffic> {
+        let _reading = reading();
         let mut sum = Traffic::default();
         for b in self.backend(index)?.iter() {
-            add_traffic(&mut sum, &b.traffic);
+            sum.add(&b.forwarded());
         }
         Ok(sum)
     }
@@ -104,12 +194,24 @@ impl HandshakeCounters for BpfStats {
 fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
     let mut sum = Traffic::default();
     for t in map.get(&index, 0).with_context(|| format!("reading traffic[{index}]"))?.iter() {
-        add_traffic(&mut sum, t);
+        sum.add(t);
     }
     Ok(sum)
 }
 
-fn add_traffic(sum: &mut Traffic, t: &Traffic) {
-    sum.packets += t.packets;
-    sum.bytes += t.bytes;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_hits_are_forwarded_packets_and_connection_table_hits() {
+        let mut stats = CounterSet::default();
+        stats.values[Counter::ActionTx as usize] = 3;
+        stats.values[Counter::ConnSyn as usize] = 2;
+        let derived = with_hits(stats, 10);
+        assert_eq!(derived.get(Counter::ActionTx), 13);
+        assert_eq!(derived.get(Counter::ConnHit), 10);
+        assert_eq!(derived.get(Counter::ConnSyn), 2, "nothing else");
+        assert_eq!(derived.values.iter().sum::<u64>(), 25);
+    }
 }

@@ -1184,6 +1184,83 @@ fn a_backend_slot_or_vip_slot_given_to_a_newcomer_starts_counting_from_zero() {
     assert_eq!(lb.vip_traffic("www4").packets, 0, "web4's packets are not www4's");
 }
 
+/// What STATS and `vip`'s VIP_STATS entry hold, per CPU, as the data path wrote them.
+fn raw_counts(lb: &Balancer, vip: &str) -> (Vec<lb_common::CounterSet>, Vec<lb_common::Traffic>) {
+    use aya::maps::{Map, PerCpuArray};
+    let stats: PerCpuArray<_, lb_common::CounterSet> =
+        PerCpuArray::try_from(Map::PerCpuArray(lb.map(lb_common::map_names::STATS))).unwrap();
+    let vips: PerCpuArray<_, lb_common::Traffic> =
+        PerCpuArray::try_from(Map::PerCpuArray(lb.map(lb_common::map_names::VIP_STATS))).unwrap();
+    let index = lb.writer.vip_index(vip).unwrap();
+    (stats.get(&0, 0).unwrap().to_vec(), vips.get(&index, 0).unwrap().to_vec())
+}
+
+#[test]
+fn a_table_hit_writes_only_its_backend_slot() {
+    // One per-CPU record per hit (issue #13): no STATS bump, no VIP_STATS write.
+    needs_root!();
+    let mut lb = Balancer::new(Ipip);
+    let flow = pinned_flow(&mut lb, "waf-3");
+    let before = raw_counts(&lb, "web4");
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-3");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "counted all the same");
+    assert_eq!(raw_counts(&lb, "web4"), before, "in the backend's slot only");
+}
+
+#[test]
+fn a_table_hit_is_counted_once_and_every_total_keeps_it_when_slots_change_hands() {
+    // A hit counts only in its backend slot (lb_common::stats); action_tx,
+    // conn_hit and the VIP's traffic are derived, and must neither lose nor
+    // double a hit when the slot or the VIP index goes to another.
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    let hit = flow.ack().payload(300).frame();
+    for _ in 0..5 {
+        let (run, c) = lb.run_counted(&hit);
+        assert_eq!(lb.receiver(&run), "waf-2");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    }
+    let opened = (flow.syn().frame().len() + flow.ack().frame().len()) as u64;
+    let want = lb_common::Traffic { packets: 7, bytes: opened + 5 * hit.len() as u64 };
+    assert_eq!(lb.vip_traffic("web4"), want, "the handshake and the hits");
+    assert_eq!(lb.backend_traffic("web4", "waf-2"), want);
+    let counted = lb.counters();
+    lb.plan.vips[0].backends.retain(|b| b.name != "waf-2");
+    lb.apply();
+    lb.plan.vips[0].backends.push(backend("waf-9", "10.0.0.19"));
+    lb.apply();
+    assert_eq!(lb.backend_traffic("web4", "waf-9").packets, 0, "waf-9 took waf-2's slot");
+    assert_eq!(lb.vip_traffic("web4"), want, "web4 keeps what waf-2 counted");
+    assert_eq!(lb.counters(), counted);
+    let web = lb.plan.vips.remove(0);
+    lb.apply();
+    lb.plan.vips.insert(0, lb_userspace::desired::DesiredVip { name: "www4".into(), ..web });
+    lb.apply();
+    assert_eq!(lb.vip_traffic("www4"), lb_common::Traffic::default(), "www4 took web4's index");
+    assert_eq!(lb.counters(), counted, "the totals keep web4's hits");
+    let flow = tcp4().sport(40000);
+    let to = open(&lb, &flow);
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    assert_eq!(lb.vip_traffic("www4").packets, 3);
+}
+
+#[test]
+fn a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer() {
+    needs_root!();
+    let mut lb = Balancer::new(Ipip);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    let before = lb.vip_traffic("web4");
+    let big = full_size(flow, 1500);
+    let (run, c) = lb.run_counted(&big.frame());
+    assert_too_big(&run, &big, MTU - 20);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1), (IcmpTooBigSent, 1)]));
+    assert_eq!(lb.vip_traffic("web4"), before, "nothing more reached a backend");
+}
+
 // ---- the flow cache (IPv4 table hits) ---------------------------------------
 
 /// The copies of `flow`'s table entry the CPUs' flow caches hold (any epoch).

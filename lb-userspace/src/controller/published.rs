@@ -87,12 +87,10 @@ impl<S: Stats> Published<S> {
     fn scrape(&self) -> String {
         let status = self.status();
         if let Ok(counters) = self.counters.counters() {
-            let vips: Vec<(String, Traffic)> = status
-                .vips()
-                .filter_map(|(v, vs)| {
-                    Some((v.name.clone(), self.counters.vip_traffic(vs.index?).ok()?))
-                })
-                .collect();
+            let (names, indices): (Vec<String>, Vec<u32>) =
+                status.vips().filter_map(|(v, vs)| Some((v.name.clone(), vs.index?))).unzip();
+            let traffic = self.counters.vips_traffic(&indices).unwrap_or_default();
+            let vips: Vec<(String, Traffic)> = names.into_iter().zip(traffic).collect();
             let backends: Vec<(String, String, Traffic)> = status
                 .backends()
                 .filter_map(|(v, b, bs)| {

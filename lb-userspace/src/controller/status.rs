@@ -136,8 +136,10 @@ impl Status {
                 "  {name:<16} {address:<40} {weight:>6}  {role:<8} {state:<9} {health:<7} {drained:<7} {mac:<17} {packets:>10}"
             );
         };
+        let indices: Vec<u32> = self.vips().filter_map(|(_, vs)| vs.index).collect();
+        let mut vip_traffic = traffic.vips_traffic(&indices).unwrap_or_default().into_iter();
         for (v, vs) in self.vips() {
-            let t = vs.index.and_then(|i| traffic.vip_traffic(i).ok()).unwrap_or_default();
+            let t = vs.index.and_then(|_| vip_traffic.next()).unwrap_or_default();
             let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
             let ring = vs.ring.map_or_else(String::new, |r| {
                 let plural = if r.members == 1 { "" } else { "s" };
