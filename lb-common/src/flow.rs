@@ -74,8 +74,8 @@ pub struct ConnValue {
 /// `hash::cache_slot`): a copy of an IPv4 flow's connection-table entry, so a
 /// table hit reads one cache line instead of the table's bucket and element. It
 /// holds while `epoch` equals `CONN_EPOCH`, which whoever changes a table entry
-/// another CPU may have copied (the controller, peer sync, a SYN that replaces a
-/// reused 5-tuple's entry) bumps after the change.
+/// another CPU may have copied (the controller, peer sync, a SYN that takes out a
+/// reused 5-tuple's entry naming another backend) bumps after the change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSlot {

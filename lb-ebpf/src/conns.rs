@@ -41,14 +41,23 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     }
 }
 
-/// Takes the flow out of the table (nothing if it is not there), and out of every
-/// CPU's flow cache (an epoch bump: the flow's next packet may come on another CPU).
+/// Takes the flow out of the table (nothing if it is not there) and out of this
+/// CPU's flow cache; out of every CPU's too (an epoch bump) when `elsewhere`: its
+/// next packet may come on another CPU that holds a copy, and the copy would
+/// mislead it. A bump voids every cached flow, so it is kept for entries that
+/// must not be followed (a client's routine port reuse would otherwise void the
+/// cache many times a second on a busy site).
 #[inline(always)]
-pub fn remove(flow: &FlowKey) {
+pub fn remove(flow: &FlowKey, seed: &Seed, elsewhere: bool) {
     if flow.family == family::V4 {
-        let _ = CONNS4.remove(&FlowKey4::of(flow));
+        let key = FlowKey4::of(flow);
+        let _ = CONNS4.remove(&key);
         core::hint::black_box(());
-        flow_cache::bump();
+        if elsewhere {
+            flow_cache::bump();
+        } else {
+            flow_cache::forget(key.words(), seed);
+        }
     } else {
         let _ = CONNS.remove(flow);
     }

@@ -5,8 +5,10 @@
 //!
 //! A slot holds while its epoch is `CONN_EPOCH`'s. Whoever changes an entry that
 //! another CPU may have copied bumps `CONN_EPOCH` after the change: the
-//! controller and peer sync (userspace writes), and a SYN that takes a reused
-//! 5-tuple's entry out (its handshake's ACK may come on another CPU). A CPU
+//! controller and peer sync (userspace writes), and a SYN that takes out a reused
+//! 5-tuple's entry naming another backend than the SYN's (its handshake's ACK may
+//! come on another CPU); a reused entry naming the SYN's own backend leaves only
+//! this CPU's slot (`forget`): a copy elsewhere sends the ACK where the SYN went. A CPU
 //! updates its own slot when it writes the table. An entry the LRU evicts keeps
 //! its slot: the flow keeps its backend, as it would had the table kept it.
 
@@ -34,6 +36,19 @@ pub fn slot(key: [u64; 2], seed: &Seed) -> Option<*mut FlowCacheSlot> {
     // The verifier inlines this helper (a per-CPU variable read).
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
     FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS).wrapping_add(cache_slot(key, seed)))
+}
+
+/// Empties this CPU's slot for the flow whose `FlowKey4::words` are `key`, if the
+/// slot holds it (another flow's copy in that slot stays).
+#[inline(always)]
+pub fn forget(key: [u64; 2], seed: &Seed) {
+    if let Some(s) = slot(key, seed) {
+        // SAFETY: this CPU's slot (see `slot`).
+        let s = unsafe { &mut *s };
+        if s.key == key {
+            s.key = [0; 2];
+        }
+    }
 }
 
 /// Makes every CPU's slots out of date.

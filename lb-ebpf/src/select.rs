@@ -86,10 +86,13 @@ pub fn syn(
     let (index, b) = from_ring(vip, h)?;
     // An entry for this 5-tuple is an earlier connection's (a reused client port, a
     // draining backend's flow): the handshake's ACK would follow it, not this SYN.
-    let mut known = conns::get(flow, seed).is_some();
-    if known {
-        conns::remove(flow);
+    let old = conns::get(flow, seed).copied();
+    if let Some(old) = old {
+        // Only an entry that names another backend can mislead the handshake's ACK
+        // on another CPU (a client's routine port reuse keeps its backend).
+        conns::remove(flow, seed, old.backend != index || old.generation != b.generation);
     }
+    let mut known = old.is_some();
     if let Some(slot) = SYNS.get_ptr_mut(syn_slot(h)) {
         // SAFETY: a map value; a racing SYN on another CPU for the same slot costs
         // at most that handshake's ACK following the ring instead.

@@ -1328,6 +1328,33 @@ fn a_syn_reusing_a_5_tuple_on_another_cpu_voids_every_cpus_copy_of_the_old_entry
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
 }
 
+/// `CONN_EPOCH`: a bump voids every CPU's cached flows.
+fn conn_epoch(lb: &Balancer) -> u64 {
+    let map = lb.map(lb_common::map_names::CONN_EPOCH);
+    let epoch: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    epoch.get(&0, 0).unwrap()
+}
+
+#[test]
+fn a_client_reusing_its_port_for_the_same_backend_voids_no_other_flows_cached_copy() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let other = pinned_flow(&mut lb, "waf-2");
+    let flow = pinned_flow(&mut lb, "waf-1");
+    let epoch = conn_epoch(&lb);
+    // A busy NAT reuses client ports the table still holds many times a second:
+    // the ring still says waf-1, so no CPU's copy of this flow can mislead its ACK.
+    assert_eq!(lb.receiver(&lb.run(&flow.syn().frame())), "waf-1");
+    assert_eq!(conn_epoch(&lb), epoch, "the cache of every other flow stays valid");
+    assert_eq!(cached(&lb, &other).len(), 1);
+    // This CPU's copy went with the entry: the handshake's ACK completes it.
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-1");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
 #[test]
 fn a_table_entry_peer_sync_replaces_or_removes_takes_effect_on_the_next_packet() {
     use lb_userspace::sync::install::ConnTable as _;
