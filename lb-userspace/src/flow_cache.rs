@@ -7,7 +7,9 @@
 //! Each CPU keeps copies of IPv4 connection-table entries and uses one only while
 //! the epoch (`CONN_EPOCH`) is the one it was copied under, so whoever writes or
 //! deletes table entries from userspace (peer sync) bumps the epoch after the
-//! writes: the next packet of a changed flow then reads the table.
+//! writes: the next packet of a changed flow then reads the table. The map writer
+//! bumps it when a backend goes down (`maps::BpfMaps::set_backend`): a copy naming
+//! it must not come back to life when it comes up.
 //!
 //! The map is mmapped and bumped with an atomic add, as the data path bumps it
 //! (a SYN replacing a reused 5-tuple's entry): the epoch only ever grows, so a

@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, FlowKey, FlowKey4, LbConfig, RingSlot, Traffic, VipKey,
-    VipMeta,
+    Backend, BackendState, BackendStats, ConnValue, FlowKey, FlowKey4, LbConfig, RingSlot, Traffic,
+    VipKey, VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -82,6 +82,8 @@ pub struct BpfMaps {
     conns: HashMap<MapData, FlowKey, ConnValue>,
     /// `CONN_EPOCH`, the flow caches' epoch (mapped by whoever writes the table).
     conn_epoch: MapData,
+    /// The same, mapped: bumped when a backend goes down (`set_backend`).
+    epoch: crate::flow_cache::ConnEpoch,
     rings: RingMap,
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
     /// statistics readers, `stats.rs`, hold their own handles).
@@ -127,6 +129,8 @@ impl BpfMaps {
         let rings = ebpf
             .take_map(names::RINGS)
             .ok_or_else(|| anyhow!("the xdp-lb object has no map {}", names::RINGS))?;
+        let conn_epoch = array_data(ebpf, names::CONN_EPOCH)?;
+        let epoch = mapped_epoch(&conn_epoch)?;
         Ok(Self {
             config: take(ebpf, names::CONFIG)?,
             vips: take(ebpf, names::VIPS)?,
@@ -135,7 +139,8 @@ impl BpfMaps {
             backends: duplicate(ebpf, names::BACKENDS)?,
             conns4: take(ebpf, names::CONNS4)?,
             conns: take(ebpf, names::CONNS)?,
-            conn_epoch: array_data(ebpf, names::CONN_EPOCH)?,
+            conn_epoch,
+            epoch,
             rings: RingMap::new(rings)?,
             vip_stats: duplicate(ebpf, names::VIP_STATS)?,
             backend_stats: duplicate(ebpf, names::BACKEND_STATS)?,
@@ -175,16 +180,21 @@ impl BpfMaps {
 
     /// The flow caches' epoch (`CONN_EPOCH`), mapped.
     pub fn conn_epoch(&self) -> Result<crate::flow_cache::ConnEpoch> {
-        let name = names::CONN_EPOCH;
-        let fd = self.conn_epoch.fd().as_fd().try_clone_to_owned();
-        let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
-            .map_err(|e| anyhow!("{name}: {e}"))?;
-        crate::flow_cache::ConnEpoch::new(data)
+        mapped_epoch(&self.conn_epoch)
     }
 
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
+}
+
+/// `CONN_EPOCH` (`data`) mapped through a handle of its own.
+fn mapped_epoch(data: &MapData) -> Result<crate::flow_cache::ConnEpoch> {
+    let name = names::CONN_EPOCH;
+    let fd = data.fd().as_fd().try_clone_to_owned();
+    let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    crate::flow_cache::ConnEpoch::new(data)
 }
 
 /// Takes the array `name` out of a loaded `xdp-lb` as its map data (for a mapping).
@@ -234,7 +244,18 @@ impl Maps for BpfMaps {
     }
 
     fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
-        self.backends.set(index, backend, 0).with_context(|| format!("writing BACKENDS[{index}]"))
+        self.backends
+            .set(index, backend, 0)
+            .with_context(|| format!("writing BACKENDS[{index}]"))?;
+        // Down is the one thing a flow cache's copy is checked against that can be
+        // undone: a CPU whose copy still names the backend would send the flow back
+        // there when it comes up, though another CPU has moved the flow meanwhile.
+        // Copies made from here on are checked while the backend is down, and the
+        // packet that makes one re-hashes it at once.
+        if backend.state == BackendState::Down as u8 {
+            self.epoch.bump();
+        }
+        Ok(())
     }
 
     fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()> {

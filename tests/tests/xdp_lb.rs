@@ -1356,6 +1356,25 @@ fn a_client_reusing_its_port_for_the_same_backend_voids_no_other_flows_cached_co
 }
 
 #[test]
+fn a_flow_moved_off_a_dead_backend_stays_moved_on_every_cpu_when_it_comes_back() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    on_cpu(1);
+    let flow = pinned_flow(&mut lb, "waf-2");
+    on_cpu(0);
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-2");
+    assert_eq!(cached(&lb, &flow).len(), 2, "both CPUs hold a copy");
+    lb.set_state("web4", "waf-2", Down);
+    let moved = lb.receiver(&lb.run(&flow.ack().frame()));
+    assert_ne!(moved, "waf-2", "CPU 0 moved the flow");
+    lb.set_state("web4", "waf-2", Up);
+    // CPU 1's copy still names waf-2, which is up again: it must not take the
+    // flow back there (the connection now lives on the other node).
+    on_cpu(1);
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), moved);
+}
+
+#[test]
 fn a_table_entry_peer_sync_replaces_or_removes_takes_effect_on_the_next_packet() {
     use lb_userspace::sync::install::ConnTable as _;
     needs_root!();
