@@ -83,8 +83,29 @@ pub struct FlowCacheSlot {
     /// has: its protocol is never 0).
     pub key: [u64; 2],
     pub conn: ConnValue,
-    /// `CONN_EPOCH` when the slot was filled.
-    pub epoch: u64,
+    /// `CONN_EPOCH` when the slot was filled or last told the table the flow is
+    /// alive. Its low half (the epoch) must match for the copy to hold; once its
+    /// high half (the controller's clock, a step a second) moves on, a hit served
+    /// here also looks the flow up in the table, so the LRU does not age out a
+    /// flow only the cache serves (an entry it evicted meanwhile is put back).
+    pub stamp: u64,
+}
+
+/// `CONN_EPOCH`, one u64 that every cache hit compares with its slot's stamp at
+/// once: the epoch in the low half (a bump voids every CPU's copies), the clock
+/// in the high half. Both only ever grow, by atomic adds.
+pub mod conn_epoch {
+    /// Adds one to the epoch.
+    pub const BUMP: u64 = 1;
+    /// Adds one step to the clock.
+    pub const CLOCK_STEP: u64 = 1 << 32;
+
+    /// Whether `a` and `b` name the same epoch (the clock aside).
+    #[inline(always)]
+    #[must_use]
+    pub const fn same_epoch(a: u64, b: u64) -> bool {
+        a as u32 == b as u32
+    }
 }
 
 /// One slot of the SYN array (`SYNS`): the backend a TCP SYN was sent to, until

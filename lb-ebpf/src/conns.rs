@@ -6,7 +6,10 @@
     reason = "map keys go by reference, as everywhere in the data path (the measured build)"
 )]
 
-use lb_common::{ConnValue, FlowCacheSlot, FlowKey, FlowKey4, family, hash::Seed};
+use aya_ebpf::bindings::BPF_NOEXIST;
+use lb_common::{
+    ConnValue, FlowCacheSlot, FlowKey, FlowKey4, family, flow::conn_epoch, hash::Seed,
+};
 
 use crate::{
     flow_cache,
@@ -20,20 +23,33 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     if flow.family == family::V4 {
         let key = FlowKey4::of(flow);
         let words = key.words();
-        let epoch = flow_cache::epoch();
+        let now = flow_cache::now();
         let slot = flow_cache::slot(words, seed);
-        if let Some(s) = slot.map(|s| unsafe { &*s })
+        if let Some(s) = slot.map(|s| unsafe { &mut *s })
             && s.key == words
-            && s.epoch == epoch
         {
-            return Some(&s.conn);
+            if s.stamp == now {
+                return Some(&s.conn);
+            }
+            if conn_epoch::same_epoch(s.stamp, now) {
+                // The clock stepped: the LRU only sees lookups, and would age out a
+                // flow only the cache serves as if it had closed; an entry it
+                // evicted meanwhile comes back from the copy (BPF_NOEXIST: never
+                // over another CPU's newer entry).
+                s.stamp = now;
+                if unsafe { CONNS4.get(&key) }.is_none() {
+                    let _ = CONNS4.insert(&key, &s.conn, u64::from(BPF_NOEXIST));
+                }
+                core::hint::black_box(());
+                return Some(&s.conn);
+            }
         }
         let conn = unsafe { CONNS4.get(&key) };
         // Keeps LLVM from merging the two lookups into one call on a choice of
         // maps, which the verifier cannot inline (a helper call: ~15 ns a packet).
         core::hint::black_box(());
         if let (Some(c), Some(s)) = (conn, slot) {
-            unsafe { *s = FlowCacheSlot { key: words, conn: *c, epoch } };
+            unsafe { *s = FlowCacheSlot { key: words, conn: *c, stamp: now } };
         }
         conn
     } else {
@@ -71,11 +87,11 @@ pub fn insert(flow: &FlowKey, conn: &ConnValue, seed: &Seed) {
         let key = FlowKey4::of(flow);
         let words = key.words();
         // Before the write: a bump in between then voids the slot.
-        let epoch = flow_cache::epoch();
+        let now = flow_cache::now();
         let _ = CONNS4.insert(&key, conn, 0);
         core::hint::black_box(());
         if let Some(s) = flow_cache::slot(words, seed) {
-            unsafe { *s = FlowCacheSlot { key: words, conn: *conn, epoch } };
+            unsafe { *s = FlowCacheSlot { key: words, conn: *conn, stamp: now } };
         }
     } else {
         let _ = CONNS.insert(flow, conn, 0);

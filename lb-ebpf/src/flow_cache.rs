@@ -16,16 +16,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use lb_common::{
     FlowCacheSlot,
+    flow::conn_epoch,
     hash::{Seed, cache_slot},
     limits::FLOW_CACHE_SLOTS,
 };
 
 use crate::maps::{CONN_EPOCH, FLOW_CACHE};
 
-/// The epoch now. Read before the table: a slot filled from a table read made
-/// after a bump then carries the bumped epoch.
+/// The epoch and clock now (`FlowCacheSlot::stamp`). Read before the table: a
+/// slot filled from a table read made after a bump then carries the bumped epoch.
 #[inline(always)]
-pub fn epoch() -> u64 {
+pub fn now() -> u64 {
     CONN_EPOCH.get(0).map_or(0, |e| unsafe { core::ptr::read_volatile(e) })
 }
 
@@ -57,6 +58,6 @@ pub fn bump() {
     if let Some(e) = CONN_EPOCH.get_ptr_mut(0) {
         // SAFETY: an aligned u64 map value. An atomic add (BPF has no
         // compare-and-swap, so `AtomicU64::fetch_add` does not exist here).
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(e, 1) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(e, conn_epoch::BUMP) };
     }
 }

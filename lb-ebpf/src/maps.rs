@@ -63,7 +63,8 @@ pub static FLOW_CACHE: Array<FlowCacheSlot> =
     Array::with_max_entries(flow_cache_entries(FLOW_CACHE_CPUS), 0);
 
 /// The flow cache's epoch: bumped (atomically, by the data path and the
-/// controller alike) after a change to a table entry another CPU may hold a copy of.
+/// controller alike) after a change to a table entry another CPU may hold a copy of,
+/// and the controller's clock (`lb_common::flow::conn_epoch`).
 #[map(name = "CONN_EPOCH")]
 pub static CONN_EPOCH: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 

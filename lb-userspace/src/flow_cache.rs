@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::MapData;
-use lb_common::map_names;
+use lb_common::{flow::conn_epoch, map_names};
 
 /// Entries of `FLOW_CACHE` on this host: a region of slots for each possible CPU
 /// (the data path indexes it by CPU number).
@@ -72,7 +72,12 @@ impl ConnEpoch {
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr()) }
     }
 
-    /// The epoch now.
+    /// Steps the clock the caches' copies refresh the table by (`FlowCacheSlot::stamp`).
+    pub fn step_clock(&self) {
+        self.atomic().fetch_add(conn_epoch::CLOCK_STEP, Ordering::SeqCst);
+    }
+
+    /// The epoch and clock now (`lb_common::flow::conn_epoch`).
     #[must_use]
     pub fn get(&self) -> u64 {
         self.atomic().load(Ordering::SeqCst)
@@ -80,7 +85,7 @@ impl ConnEpoch {
 
     /// Makes every CPU's cached copies out of date; call it after the table writes.
     pub fn bump(&self) {
-        self.atomic().fetch_add(1, Ordering::SeqCst);
+        self.atomic().fetch_add(conn_epoch::BUMP, Ordering::SeqCst);
     }
 }
 
@@ -94,3 +99,17 @@ impl Drop for ConnEpoch {
 // SAFETY: the mapping is plain memory owned by this struct, used atomically.
 unsafe impl Send for ConnEpoch {}
 unsafe impl Sync for ConnEpoch {}
+
+/// How often the clock steps: a flow only the cache serves tells the table it is
+/// alive this often, far inside the time a full table takes to age an entry out.
+pub const CLOCK_STEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Steps `epoch`'s clock every `CLOCK_STEP`, for as long as the task runs (`xdplb
+/// run` runs it: flows only the flow caches serve refresh their table entries by it).
+pub async fn keep_time(epoch: ConnEpoch) {
+    let mut step = tokio::time::interval(CLOCK_STEP);
+    loop {
+        step.tick().await;
+        epoch.step_clock();
+    }
+}

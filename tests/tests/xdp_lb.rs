@@ -1421,6 +1421,30 @@ fn a_flow_the_table_evicted_keeps_its_backend_while_its_cpu_holds_a_copy() {
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
 }
 
+#[test]
+fn a_flow_only_the_cache_serves_gets_its_table_entry_back_once_a_clock_step() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    let entry = lb.conn(&flow);
+    // Its hits never reach the LRU, which evicts it as it would a closed flow.
+    let conns = lb.map(lb_common::map_names::CONNS4);
+    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
+    table.remove(&FlowKey4::of(&flow_key(&flow))).unwrap();
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1");
+    assert_eq!(lb.conn(&flow), None, "within a clock step the copy serves alone");
+    // The controller's clock steps (`xdplb run` does every second): the next hit
+    // looks the flow up, and puts the entry back, so peers and a later cache miss
+    // find the flow where it is.
+    lb.writer.maps().conn_epoch().unwrap().step_clock();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-1");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    assert_eq!(lb.conn(&flow), entry);
+}
+
 // ---- handshakes: the passive signal ---------------------------------------
 
 /// A backend's handshake counters: SYNs forwarded, handshakes completed, SYNs retransmitted.

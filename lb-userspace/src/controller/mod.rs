@@ -177,10 +177,8 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
         .context("starting the neighbour watcher")?;
     let engines = ha::engines(&config);
     // Peer sync reads and writes the connection table through a handle of its own.
-    let conns = match &config.sync {
-        Some(_) => Some(loaded.maps.conns_handle()?),
-        None => None,
-    };
+    let conns = config.sync.as_ref().map(|_| loaded.maps.conns_handle()).transpose()?;
+    let clock = tokio::spawn(crate::flow_cache::keep_time(loaded.maps.conn_epoch()?));
     let sync_conf = config.sync.clone();
     let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, tables, now)?;
     let first = core.poll_status().ok_or_else(|| anyhow!("internal error: no status at start"))?;
@@ -235,7 +233,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     // The sampler (dropped with the loop) and the endpoints hold the statistics
     // maps, and the monitor: close them before detaching; the monitor withdraws
     // as it goes.
-    for task in [admin_task, metrics_task] {
+    for task in [admin_task, metrics_task, clock] {
         task.abort();
         let _ = task.await;
     }
