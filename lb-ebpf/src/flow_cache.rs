@@ -1,16 +1,16 @@
 //! The flow cache: per CPU, a direct-mapped copy of IPv4 flows' connection-table
-//! entries (`FLOW_CACHE`, a region for each CPU), so a table hit reads one cache line instead of the LRU
-//! table's bucket and element (its lookup was ~40 of a hit's ~80 ns, more once the
-//! table's lines fall out of the CPU's caches).
+//! entries (`FLOW_CACHE`, a region for each CPU), so a table hit reads one cache
+//! line instead of the LRU table's bucket and element (its lookup was ~40 of a
+//! hit's ~80 ns, more once the table's lines fall out of the CPU's caches).
 //!
-//! A slot holds while its epoch is `CONN_EPOCH`'s. Whoever changes an entry that
-//! another CPU may have copied bumps `CONN_EPOCH` after the change: the
-//! controller and peer sync (userspace writes), and a SYN that takes out a reused
-//! 5-tuple's entry naming another backend than the SYN's (its handshake's ACK may
-//! come on another CPU); a reused entry naming the SYN's own backend leaves only
-//! this CPU's slot (`forget`): a copy elsewhere sends the ACK where the SYN went. A CPU
-//! updates its own slot when it writes the table. An entry the LRU evicts keeps
-//! its slot: the flow keeps its backend, as it would had the table kept it.
+//! A slot holds while its stamp's epoch is `CONN_EPOCH`'s. Whoever changes an
+//! entry that another CPU may have copied bumps the epoch after the change: peer
+//! sync, the map writer when a backend goes down, and a SYN that takes out a
+//! reused 5-tuple's entry naming another backend than the SYN's (its handshake's
+//! ACK may come on another CPU; one naming the SYN's own backend only leaves this
+//! CPU's slot, `forget`). A CPU updates its own slot when it writes the table.
+//! When the controller's clock steps, a hit tells the table the flow is alive
+//! (`conns::get`); an entry the LRU evicts meanwhile keeps its slot and comes back.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

@@ -36,14 +36,14 @@ pub fn entries() -> Result<u32> {
 /// `CONN_EPOCH`, mapped into our memory.
 pub struct ConnEpoch {
     ptr: NonNull<u64>,
-    _map: MapData,
+    map: MapData,
 }
 
 impl ConnEpoch {
     /// Maps `map` (the loaded object's `CONN_EPOCH`, created `BPF_F_MMAPABLE`).
     pub fn new(map: MapData) -> Result<Self> {
         // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
-        // mapping lives as long as `_map` (the fd) in this struct.
+        // mapping lives as long as `map` (the fd) in this struct.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -63,7 +63,17 @@ impl ConnEpoch {
             });
         }
         let ptr = NonNull::new(ptr.cast::<u64>()).ok_or_else(|| anyhow!("mmap returned null"))?;
-        Ok(Self { ptr, _map: map })
+        Ok(Self { ptr, map })
+    }
+
+    /// Another mapping of the same epoch, through a handle of its own (for a
+    /// thread that bumps it or steps its clock).
+    pub fn try_clone(&self) -> Result<Self> {
+        let name = map_names::CONN_EPOCH;
+        let fd = self.map.fd().as_fd().try_clone_to_owned();
+        let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+        Self::new(data)
     }
 
     fn atomic(&self) -> &AtomicU64 {

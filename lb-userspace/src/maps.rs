@@ -80,9 +80,8 @@ pub struct BpfMaps {
     /// The connection table: IPv4 flows (`CONNS4`), IPv6 flows (`CONNS`).
     conns4: HashMap<MapData, FlowKey4, ConnValue>,
     conns: HashMap<MapData, FlowKey, ConnValue>,
-    /// `CONN_EPOCH`, the flow caches' epoch (mapped by whoever writes the table).
-    conn_epoch: MapData,
-    /// The same, mapped: bumped when a backend goes down (`set_backend`).
+    /// `CONN_EPOCH`, the flow caches' epoch, mapped: bumped when a backend goes
+    /// down (`set_backend`); sync and the clock take handles of their own.
     epoch: crate::flow_cache::ConnEpoch,
     rings: RingMap,
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
@@ -129,8 +128,7 @@ impl BpfMaps {
         let rings = ebpf
             .take_map(names::RINGS)
             .ok_or_else(|| anyhow!("the xdp-lb object has no map {}", names::RINGS))?;
-        let conn_epoch = array_data(ebpf, names::CONN_EPOCH)?;
-        let epoch = mapped_epoch(&conn_epoch)?;
+        let epoch = crate::flow_cache::ConnEpoch::new(array_data(ebpf, names::CONN_EPOCH)?)?;
         Ok(Self {
             config: take(ebpf, names::CONFIG)?,
             vips: take(ebpf, names::VIPS)?,
@@ -139,7 +137,6 @@ impl BpfMaps {
             backends: duplicate(ebpf, names::BACKENDS)?,
             conns4: take(ebpf, names::CONNS4)?,
             conns: take(ebpf, names::CONNS)?,
-            conn_epoch,
             epoch,
             rings: RingMap::new(rings)?,
             vip_stats: duplicate(ebpf, names::VIP_STATS)?,
@@ -180,21 +177,12 @@ impl BpfMaps {
 
     /// The flow caches' epoch (`CONN_EPOCH`), mapped.
     pub fn conn_epoch(&self) -> Result<crate::flow_cache::ConnEpoch> {
-        mapped_epoch(&self.conn_epoch)
+        self.epoch.try_clone()
     }
 
     pub fn backend(&self, index: u32) -> Result<Backend> {
         self.backends.get(&index, 0).with_context(|| format!("reading BACKENDS[{index}]"))
     }
-}
-
-/// `CONN_EPOCH` (`data`) mapped through a handle of its own.
-fn mapped_epoch(data: &MapData) -> Result<crate::flow_cache::ConnEpoch> {
-    let name = names::CONN_EPOCH;
-    let fd = data.fd().as_fd().try_clone_to_owned();
-    let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
-        .map_err(|e| anyhow!("{name}: {e}"))?;
-    crate::flow_cache::ConnEpoch::new(data)
 }
 
 /// Takes the array `name` out of a loaded `xdp-lb` as its map data (for a mapping).
@@ -277,19 +265,20 @@ impl Maps for BpfMaps {
             Slot::Backend => {
                 // Hits left in a slot given to another backend: its VIP keeps them.
                 let vip = self.backend(index)?.vip;
-                let left = sum(&self.backend_stats, names::BACKEND_STATS, index)?.hits;
+                let left = stats::summed(&self.backend_stats, names::BACKEND_STATS, index)?.hits;
                 add(&mut self.vip_stats, vip_stats::retired(vip), &left)?;
                 zero(&mut self.backend_stats, names::BACKEND_STATS, index)
             }
             Slot::Vip => {
                 // A VIP index given to another VIP: the old VIP's hits (retired, or
                 // in slots still naming the index) stay in the global totals only.
-                let mut gone = sum(&self.vip_stats, names::VIP_STATS, vip_stats::retired(index))?;
+                let mut gone =
+                    stats::summed(&self.vip_stats, names::VIP_STATS, vip_stats::retired(index))?;
                 for slot in 0..MAX_BACKENDS {
                     if self.backend(slot)?.vip != index {
                         continue;
                     }
-                    let stats = sum(&self.backend_stats, names::BACKEND_STATS, slot)?;
+                    let stats = stats::summed(&self.backend_stats, names::BACKEND_STATS, slot)?;
                     if stats.hits != Traffic::default() {
                         gone.add(&stats.hits);
                         zero(&mut self.backend_stats, names::BACKEND_STATS, slot)?;
@@ -417,38 +406,6 @@ unsafe impl Send for RingMap {}
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// Entry `index` of a per-CPU statistics array, summed over CPUs.
-fn sum<T: aya::Pod + Default + Summed>(
-    map: &PerCpuArray<MapData, T>,
-    name: &str,
-    index: u32,
-) -> Result<T> {
-    let mut total = T::default();
-    for v in map.get(&index, 0).with_context(|| format!("reading {name}[{index}]"))?.iter() {
-        total.add_to(v);
-    }
-    Ok(total)
-}
-
-/// A statistics value that adds up over CPUs.
-trait Summed {
-    fn add_to(&mut self, other: &Self);
-}
-
-impl Summed for Traffic {
-    fn add_to(&mut self, other: &Self) {
-        self.add(other);
-    }
-}
-
-impl Summed for BackendStats {
-    fn add_to(&mut self, other: &Self) {
-        self.traffic.add(&other.traffic);
-        self.handshakes.add(&other.handshakes);
-        self.hits.add(&other.hits);
-    }
 }
 
 /// Adds `t` to entry `index` of VIP_STATS (one of the controller's entries: the

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, IterableMap as _, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, IterableMap as _, MapData, PerCpuArray},
 };
 use lb_common::{
     Backend, BackendStats, Counter, CounterSet, Handshakes, Traffic, limits::MAX_BACKENDS,
@@ -101,12 +101,6 @@ impl BpfStats {
         Self { conn_table: Some(watch), ..self }
     }
 
-    fn backend(&self, index: u32) -> Result<PerCpuValues<BackendStats>> {
-        self.backend_stats
-            .get(&index, 0)
-            .with_context(|| format!("reading {}[{index}]", names::BACKEND_STATS))
-    }
-
     /// Every backend slot's hits, summed over CPUs, with the VIP index its
     /// BACKENDS entry names (two system calls, not one per slot).
     fn slot_hits(&self) -> Result<Vec<(u32, Traffic)>> {
@@ -142,7 +136,7 @@ impl Stats for BpfStats {
         }
         let mut hits: u64 = self.slot_hits()?.iter().map(|(_, t)| t.packets).sum();
         for moved in vip_stats::retired(0)..vip_stats::ENTRIES {
-            hits += sum_traffic(&self.vip_stats, moved)?.packets;
+            hits += summed(&self.vip_stats, names::VIP_STATS, moved)?.packets;
         }
         Ok(with_hits(sum, hits))
     }
@@ -157,8 +151,8 @@ impl Stats for BpfStats {
         indices
             .iter()
             .map(|&index| {
-                let mut sum = sum_traffic(&self.vip_stats, index)?;
-                sum.add(&sum_traffic(&self.vip_stats, vip_stats::retired(index))?);
+                let mut sum = summed(&self.vip_stats, names::VIP_STATS, index)?;
+                sum.add(&summed(&self.vip_stats, names::VIP_STATS, vip_stats::retired(index))?);
                 for (_, hits) in slots.iter().filter(|(vip, _)| *vip == index) {
                     sum.add(hits);
                 }
@@ -169,11 +163,7 @@ impl Stats for BpfStats {
 
     fn backend_traffic(&self, index: u32) -> Result<Traffic> {
         let _reading = reading();
-        let mut sum = Traffic::default();
-        for b in self.backend(index)?.iter() {
-            sum.add(&b.forwarded());
-        }
-        Ok(sum)
+        Ok(summed(&self.backend_stats, names::BACKEND_STATS, index)?.forwarded())
     }
 
     fn conn_table(&self) -> Option<conn_table::Use> {
@@ -183,20 +173,41 @@ impl Stats for BpfStats {
 
 impl HandshakeCounters for BpfStats {
     fn handshakes(&self, index: u32) -> Result<Handshakes> {
-        let mut sum = Handshakes::default();
-        for b in self.backend(index)?.iter() {
-            sum.add(&b.handshakes);
-        }
-        Ok(sum)
+        Ok(summed(&self.backend_stats, names::BACKEND_STATS, index)?.handshakes)
     }
 }
 
-fn sum_traffic(map: &PerCpuArray<MapData, Traffic>, index: u32) -> Result<Traffic> {
-    let mut sum = Traffic::default();
-    for t in map.get(&index, 0).with_context(|| format!("reading traffic[{index}]"))?.iter() {
-        sum.add(t);
+/// Entry `index` of the per-CPU statistics array `map` (called `name`), summed
+/// over CPUs.
+pub(crate) fn summed<T: aya::Pod + Default + Summed>(
+    map: &PerCpuArray<MapData, T>,
+    name: &str,
+    index: u32,
+) -> Result<T> {
+    let mut total = T::default();
+    for v in map.get(&index, 0).with_context(|| format!("reading {name}[{index}]"))?.iter() {
+        total.add_to(v);
     }
-    Ok(sum)
+    Ok(total)
+}
+
+/// A statistics value that adds up over CPUs.
+pub(crate) trait Summed {
+    fn add_to(&mut self, other: &Self);
+}
+
+impl Summed for Traffic {
+    fn add_to(&mut self, other: &Self) {
+        self.add(other);
+    }
+}
+
+impl Summed for BackendStats {
+    fn add_to(&mut self, other: &Self) {
+        self.traffic.add(&other.traffic);
+        self.handshakes.add(&other.handshakes);
+        self.hits.add(&other.hits);
+    }
 }
 
 #[cfg(test)]
