@@ -12,7 +12,7 @@ use lb_common::{
 };
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
-    VLAN_HLEN, copy_mac, copy_words, frame_len, ipv4_checksum, ptr_at,
+    VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at, write_words,
 };
 
 use crate::{
@@ -53,18 +53,27 @@ pub fn to_backend(
 #[inline(always)]
 #[expect(clippy::cast_possible_wrap, reason = "a frame is at most a page")]
 fn trim(ctx: &XdpContext, pkt: &Packet) -> Result<(), Verdict> {
-    let extra = frame_len(ctx).saturating_sub(pkt.l3_off + pkt.l3_len as usize);
-    if extra > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(extra as i32)) } != 0 {
+    if pkt.trailer > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(pkt.trailer as i32)) } != 0 {
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }
     Ok(())
 }
 
+/// What `push_l2` bounds-checks once after growing the head: the L2 header with a
+/// VLAN tag and the largest header pushed behind it (an IPv6 one). Every frame it
+/// grows is longer: it held an IP header and at least 8 bytes behind it already.
+const PUSHED: usize = ETH_HLEN + VLAN_HLEN + IPV6_HLEN;
+
 /// Grows the head by `outer` bytes and writes the L2 header in front: the given
-/// MACs, the VLAN tag if there was one, `ether_type`. Returns the offset of the
-/// new L3 header (where the old one was).
+/// MACs, the VLAN tag if there was one, `ether_type`. Returns the frame's start,
+/// checked for `PUSHED` bytes so the caller writes its header without a check of
+/// its own, and the offset of the new L3 header (where the old one was).
 #[inline(always)]
 #[expect(clippy::cast_possible_wrap, reason = "at most 48 bytes: an outer header, or IP and ICMP")]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "headers sit at even offsets; x86 BPF stores unaligned"
+)]
 pub fn push_l2(
     ctx: &XdpContext,
     l3_off: usize,
@@ -72,7 +81,7 @@ pub fn push_l2(
     dst: &[u8; 6],
     src: &[u8; 6],
     ether_type: u16,
-) -> Result<usize, Verdict> {
+) -> Result<(*mut u8, usize), Verdict> {
     let tagged = l3_off != ETH_HLEN;
     // The VLAN tag (TPID, TCI) moves with the MACs.
     let tag = if tagged {
@@ -83,16 +92,16 @@ pub fn push_l2(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer as i32)) } != 0 {
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }
-    let eth = unsafe { &mut *ptr_at::<EthHdr>(ctx, 0).map_err(|()| MALFORMED)? };
+    let l2 = ptr_at::<[u8; PUSHED]>(ctx, 0).map_err(|()| MALFORMED)?.cast::<u8>();
+    let eth = unsafe { &mut *l2.cast::<EthHdr>() };
     copy_mac(&mut eth.dst, dst);
     copy_mac(&mut eth.src, src);
     if tagged {
-        let vlan = ptr_at::<[u16; 3]>(ctx, 12).map_err(|()| MALFORMED)?;
-        unsafe { vlan.write([tag[0], tag[1], ether_type.to_be()]) };
-        Ok(ETH_HLEN + VLAN_HLEN)
+        unsafe { l2.add(12).cast::<[u16; 3]>().write([tag[0], tag[1], ether_type.to_be()]) };
+        Ok((l2, ETH_HLEN + VLAN_HLEN))
     } else {
         eth.proto = ether_type.to_be();
-        Ok(ETH_HLEN)
+        Ok((l2, ETH_HLEN))
     }
 }
 
@@ -104,7 +113,7 @@ fn encap_v4(
     cfg: &LbConfig,
     inner: u8,
 ) -> Result<Verdict, Verdict> {
-    let off = push_l2(ctx, pkt.l3_off, IPV4_HLEN, &b.mac, &cfg.src_mac, ETH_P_IP)?;
+    let (l2, off) = push_l2(ctx, pkt.l3_off, IPV4_HLEN, &b.mac, &cfg.src_mac, ETH_P_IP)?;
     let mut hdr = Ipv4Hdr {
         version_ihl: 0x45,
         tos: 0,
@@ -119,12 +128,19 @@ fn encap_v4(
         dst: b.addr[0],
     };
     hdr.check = ipv4_checksum(&hdr);
-    let ip = ptr_at::<Ipv4Hdr>(ctx, off).map_err(|()| MALFORMED)?;
-    copy_words(ip, &raw const hdr);
+    // Stored from registers: the header never goes through the stack.
+    // SAFETY: Ipv4Hdr is 20 bytes of plain integers; `push_l2` checked the frame
+    // holds it at `off`.
+    let words = unsafe { core::mem::transmute::<Ipv4Hdr, [u32; 5]>(hdr) };
+    write_words(unsafe { l2.add(off) }.cast(), words);
     Ok(Verdict::Tx)
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "headers sit at even offsets; x86 BPF stores unaligned"
+)]
 fn encap_v6(
     ctx: &XdpContext,
     pkt: &Packet,
@@ -133,10 +149,10 @@ fn encap_v6(
     cfg: &LbConfig,
     inner: u8,
 ) -> Result<Verdict, Verdict> {
-    let off = push_l2(ctx, pkt.l3_off, IPV6_HLEN, &b.mac, &cfg.src_mac, ETH_P_IPV6)?;
+    let (l2, off) = push_l2(ctx, pkt.l3_off, IPV6_HLEN, &b.mac, &cfg.src_mac, ETH_P_IPV6)?;
     // Routers on the way spread tunnels by flow (RFC 6438).
     let label = flow_label(flow);
-    let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, off).map_err(|()| MALFORMED)? };
+    let ip = unsafe { &mut *l2.add(off).cast::<Ipv6Hdr>() };
     ip.version_tc_flow = ((6 << 28) | label).to_be();
     ip.payload_len = (pkt.l3_len as u16).to_be();
     ip.next_hdr = inner;

@@ -152,19 +152,31 @@ pub fn copy_words<T>(dst: *mut T, src: *const T) {
     }
 }
 
-/// Copies a MAC address as three 16-bit words (see `copy_words`).
+/// Stores `words` four bytes at a time (see `copy_words`), e.g. a header built in
+/// registers: unlike a copy, nothing is read back from the stack.
+#[inline(always)]
+pub fn write_words<const N: usize>(dst: *mut [u32; N], words: [u32; N]) {
+    let d = dst.cast::<u32>();
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `dst` points at N words (bounds-checked by the caller for packets).
+        unsafe { d.add(i).write_volatile(words[i]) };
+        i += 1;
+    }
+}
+
+/// Copies a MAC address as a 32-bit and a 16-bit word (see `copy_words`, `mac_eq`).
 #[inline(always)]
 #[expect(
     clippy::cast_ptr_alignment,
     reason = "MACs sit at even offsets; x86 BPF loads unaligned anyway"
 )]
 pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    let (d, s) = (dst.as_mut_ptr().cast::<u16>(), src.as_ptr().cast::<u16>());
-    let mut i = 0;
-    while i < 3 {
-        // SAFETY: 6 bytes on both sides; MACs sit at even offsets in frames and structs.
-        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
-        i += 1;
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: 6 bytes on both sides: a u32 at 0 and a u16 at 4.
+    unsafe {
+        d.cast::<u32>().write_volatile(s.cast::<u32>().read_volatile());
+        d.add(4).cast::<u16>().write_volatile(s.add(4).cast::<u16>().read_volatile());
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Packet {
     /// Length of the whole IP packet, as its header says: checked to fit the frame
     /// (which may be longer: Ethernet padding).
     pub l3_len: u32,
+    /// Bytes in the frame after the IP packet (Ethernet padding, or bytes behind a
+    /// short total length): known here, so forwarding need not measure the frame again.
+    pub trailer: u32,
     pub family: u8,
     pub kind: Kind,
 }
@@ -145,7 +148,13 @@ fn ipv4(
             _ => return Err(Verdict::Pass(Counter::PassNotVip)),
         }
     };
-    Ok(Packet { l3_off, l3_len: len as u32, family: family::V4, kind })
+    Ok(Packet {
+        l3_off,
+        l3_len: len as u32,
+        trailer: (room - len) as u32,
+        family: family::V4,
+        kind,
+    })
 }
 
 #[inline(always)]
@@ -183,7 +192,13 @@ fn ipv6(
         }
         _ => return Err(Verdict::Pass(Counter::PassNotVip)),
     };
-    Ok(Packet { l3_off, l3_len: len as u32, family: family::V6, kind })
+    Ok(Packet {
+        l3_off,
+        l3_len: len as u32,
+        trailer: (room - len) as u32,
+        family: family::V6,
+        kind,
+    })
 }
 
 /// Reads the ports (and the SYN flag) of a TCP or UDP header at `off`; the header

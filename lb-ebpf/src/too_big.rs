@@ -145,7 +145,9 @@ fn reshape(
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, cut) } != 0 {
         return Err(FAILED);
     }
-    push_l2(ctx, l3_off, l3 + ICMP_HLEN, to, &cfg.src_mac, ether_type).map_err(|_| FAILED)
+    push_l2(ctx, l3_off, l3 + ICMP_HLEN, to, &cfg.src_mac, ether_type)
+        .map(|(_, off)| off)
+        .map_err(|_| FAILED)
 }
 
 /// Writes the ICMP header at `off` with a zero checksum and returns the sum of it
