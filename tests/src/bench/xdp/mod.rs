@@ -181,7 +181,7 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     use timed::{Case as T, Dispatcher, Replay};
     let mut dispatcher = Dispatcher::new()?;
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx_timed", "xdp_mac_swap_timed"] {
+    for name in ["xdp_tx_timed", "xdp_tx_timed_pushed", "xdp_mac_swap_timed"] {
         let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
         p.load()?;
         p.attach(&dispatcher.interface()?, XdpMode::Skb)?;
@@ -190,7 +190,10 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         aya::maps::Array::try_from(
             tools.take_map(lb_common::map_names::BENCH_SCRIPT).context("BENCH_SCRIPT")?,
         )?;
-    let harness: &Xdp = tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?;
+    let harness = timed::Harness {
+        plain: tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?,
+        pushed: tools.program("xdp_tx_timed_pushed").context("xdp_tx_timed_pushed")?.try_into()?,
+    };
     let floor: &Xdp =
         tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
     // Balancer `(o * INSTANCES + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
@@ -237,6 +240,7 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         replay: Replay::same(syn4.frame()),
         want: XDP_TX,
         per_unit: 1,
+        pushes: false,
     }];
     for (m, (mode, _)) in MODES.iter().enumerate() {
         for (name, replay, want, per_unit) in &kinds {
@@ -248,6 +252,8 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
                     replay: replay.clone(),
                     want: *want,
                     per_unit: *per_unit,
+                    // ipip forwards every packet it sends (XDP_TX) in a tunnel.
+                    pushes: *mode == "ipip" && *want == XDP_TX,
                 });
             }
         }
@@ -257,7 +263,7 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         cases.retain(|c| c.lb.is_none() || keep.iter().any(|k| c.name.contains(k)));
     }
     let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
-    let m = timed::measure(&cases, &mut timed, floor, harness, &mut tools_script, samples)?;
+    let m = timed::measure(&cases, &mut timed, floor, &harness, &mut tools_script, samples)?;
     let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
     if objects.len() == 1 {
         report_timed(&cases, &m, &rows, samples);

@@ -133,6 +133,16 @@ pub struct Case {
     pub want: u32,
     /// Packets in one unit of the case (12 for a whole connection), to scale its cost.
     pub per_unit: u32,
+    /// Its program pushes a header on every run (ipip forwarding): timed against the
+    /// harness that also pays the restore's move of the head back.
+    pub pushes: bool,
+}
+
+/// The empty programs behind the restore that a case's runs are paired with.
+pub struct Harness<'a> {
+    pub plain: &'a Xdp,
+    /// For a case that `pushes`.
+    pub pushed: &'a Xdp,
 }
 
 /// Per case: ns per run, and net of the harness (the difference of each pair).
@@ -146,7 +156,7 @@ pub fn measure(
     cases: &[Case],
     lbs: &mut [(&Xdp, &mut Array<MapData, Script>)],
     floor: &Xdp,
-    harness: &Xdp,
+    harness: &Harness,
     tools_script: &mut Array<MapData, Script>,
     samples: usize,
 ) -> Result<Vec<Measured>> {
@@ -172,7 +182,8 @@ pub fn measure(
                 None => Timed { prog: floor, script: tools_script }.run(&case.replay, seq)?,
             };
             ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
-            let (_, base) = Timed { prog: harness, script: tools_script }.run(&case.replay, seq)?;
+            let prog = if case.pushes { harness.pushed } else { harness.plain };
+            let (_, base) = Timed { prog, script: tools_script }.run(&case.replay, seq)?;
             m.runs.push(f64::from(ns));
             m.net.push(f64::from(ns) - f64::from(base));
         }
