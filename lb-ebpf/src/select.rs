@@ -84,22 +84,27 @@ pub fn syn(
 ) -> Result<(u32, &'static Backend, u8), Verdict> {
     let h = flow_hash64(flow, seed);
     let (index, b) = from_ring(vip, h)?;
-    // An entry for this 5-tuple is an earlier connection's (a reused client port, a
-    // draining backend's flow): the handshake's ACK would follow it, not this SYN.
-    let old = conns::get(flow, seed).copied();
-    if let Some(old) = old {
-        // Only an entry that names another backend can mislead the handshake's ACK
-        // on another CPU (a client's routine port reuse keeps its backend).
-        conns::remove(flow, seed, old.backend != index || old.generation != b.generation);
+    // SAFETY: a map value; a racing SYN on another CPU for the same slot costs at
+    // most that handshake's ACK following the ring instead.
+    let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h)).ok_or(NO_BACKEND)? };
+    // A retransmission: this VIP's handshake of the flow is still pending (its
+    // next packet empties the slot), so its first SYN took out any earlier entry
+    // and the table lookup would find none.
+    let pending =
+        slot.tag == syn_tag(h) && BACKENDS.get(slot.backend).is_some_and(|p| p.vip == vip.index);
+    let mut known = pending;
+    if !pending {
+        // An entry for this 5-tuple is an earlier connection's (a reused client port,
+        // a draining backend's flow): the handshake's ACK would follow it, not this SYN.
+        let old = conns::get(flow, seed).copied();
+        if let Some(old) = old {
+            // Only an entry that names another backend can mislead the handshake's
+            // ACK on another CPU (a client's routine port reuse keeps its backend).
+            conns::remove(flow, seed, old.backend != index || old.generation != b.generation);
+        }
+        known = old.is_some() || slot.tag == syn_tag(h);
     }
-    let mut known = old.is_some();
-    if let Some(slot) = SYNS.get_ptr_mut(syn_slot(h)) {
-        // SAFETY: a map value; a racing SYN on another CPU for the same slot costs
-        // at most that handshake's ACK following the ring instead.
-        let slot = unsafe { &mut *slot };
-        known |= slot.tag == syn_tag(h);
-        *slot = SynSlot { tag: syn_tag(h), backend: index, generation: b.generation };
-    }
+    *slot = SynSlot { tag: syn_tag(h), backend: index, generation: b.generation };
     Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)))
 }
 

@@ -1328,6 +1328,26 @@ fn a_syn_reusing_a_5_tuple_on_another_cpu_voids_every_cpus_copy_of_the_old_entry
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
 }
 
+#[test]
+fn a_syn_sharing_another_vips_pending_handshake_slot_still_takes_out_a_reused_entry() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    lb.set_state("web4", "waf-1", Draining);
+    // The same client address and ports to another VIP hash alike (the flow hash
+    // leaves out the VIP): that SYN holds the SYN array slot of this flow's.
+    let other = Flow { dst: WILDCARD_VIP4.parse().unwrap(), ..flow };
+    assert_eq!(lb.run(&other.syn().frame()).action, XDP_TX);
+    // The client reuses its port to web4: a new connection, no retransmission of
+    // the other VIP's SYN, so the old entry must go.
+    let to = lb.receiver(&lb.run(&flow.syn().frame()));
+    assert_ne!(to, "waf-1");
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
 /// `CONN_EPOCH`: a bump voids every CPU's cached flows.
 fn conn_epoch(lb: &Balancer) -> u64 {
     let map = lb.map(lb_common::map_names::CONN_EPOCH);
