@@ -70,8 +70,7 @@ pub struct ConnValue {
     pub generation: u32,
 }
 
-/// One slot of the flow cache (`FLOW_CACHE`, per CPU, direct-mapped by
-/// `hash::cache_slot`): a copy of an IPv4 flow's connection-table entry, so a
+/// One slot of the flow cache (`FlowCacheSet`): a copy of an IPv4 flow's connection-table entry, so a
 /// table hit reads one cache line instead of the table's bucket and element. It
 /// holds while `epoch` equals `CONN_EPOCH`, which whoever changes a table entry
 /// another CPU may have copied (the controller, peer sync, a SYN that takes out a
@@ -89,6 +88,17 @@ pub struct FlowCacheSlot {
     /// here also looks the flow up in the table, so the LRU does not age out a
     /// flow only the cache serves (an entry it evicted meanwhile is put back).
     pub stamp: u64,
+}
+
+/// One set of the flow cache (`FLOW_CACHE`, a region of sets per CPU, the set
+/// picked by `hash::cache_set`): two slots in one 64-byte line, both compared, so
+/// two flows that share a set are both served from it. A flow that misses takes
+/// the first slot and moves the first slot's flow to the second: the flow filled
+/// longest ago leaves (a hit moves nothing, so it writes nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSet {
+    pub ways: [FlowCacheSlot; 2],
 }
 
 /// `CONN_EPOCH`, one u64 that every cache hit compares with its slot's stamp at
@@ -135,6 +145,6 @@ mod tests {
         let w = k.words();
         assert_eq!(bytes[..8], w[0].to_le_bytes());
         assert_eq!(bytes[8..], w[1].to_le_bytes());
-        assert_eq!(size_of::<FlowCacheSlot>(), 32, "two slots a cache line");
+        assert_eq!(size_of::<FlowCacheSet>(), 64, "a set is one cache line");
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::{
     FlowKey,
-    limits::{FLOW_CACHE_SLOTS, SYN_SLOTS},
+    limits::{FLOW_CACHE_SETS, SYN_SLOTS},
 };
 
 /// A flow-hash seed: 128 bits as four words.
@@ -115,21 +115,21 @@ pub const fn syn_tag(h: u64) -> u64 {
     h | 1
 }
 
-/// The flow cache slot (`limits::FLOW_CACHE_SLOTS` per CPU) of the IPv4 flow whose
+/// The flow cache set (`limits::FLOW_CACHE_SETS` per CPU) of the IPv4 flow whose
 /// `FlowKey4::words` are `key`: a multiply-xor mix under the seed, a few
 /// instructions for every table hit where SipHash would cost ~20 ns. Flows aimed
-/// at one slot only evict each other from the cache (they are then served from
+/// at one set only evict each other from the cache (they are then served from
 /// the table, as without it), so the mix needs no keyed PRF.
 #[inline(always)]
 #[must_use]
-pub const fn cache_slot(key: [u64; 2], seed: &Seed) -> u32 {
+pub const fn cache_set(key: [u64; 2], seed: &Seed) -> u32 {
     let k0 = seed[0] as u64 | (seed[1] as u64) << 32;
     let k1 = seed[2] as u64 | (seed[3] as u64) << 32;
     // A product's top bits depend on every bit of the factor, its low bits on few:
     // fold the top half down before the second word joins.
     let h = (key[0] ^ k0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let h = (h ^ (h >> 32) ^ key[1] ^ k1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    (h >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32
+    (h >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
 }
 
 /// The outer IPv6 flow label of a tunnelled flow (RFC 6438): the same for every
@@ -234,22 +234,22 @@ mod tests {
     }
 
     #[test]
-    fn cache_slots_spread_flows_and_move_with_the_seed() {
+    fn cache_sets_spread_flows_and_move_with_the_seed() {
         let key = |port: u16, src: u32| {
             crate::FlowKey4 { src, dst: 0x0100_00cb, ports: [port, 80], proto: 6 }.words()
         };
-        let slots = |seed: &Seed| -> std::collections::BTreeSet<u32> {
-            (0..4096u16).map(|p| cache_slot(key(p, 0x0700_a8c0), seed)).collect()
+        let sets = |seed: &Seed| -> std::collections::BTreeSet<u32> {
+            (0..4096u16).map(|p| cache_set(key(p, 0x0700_a8c0), seed)).collect()
         };
-        // 4096 flows of one client over 16384 slots: ~3600 distinct slots
-        // expected if they were random; a mix that ignored the port would give 1.
-        let spread = slots(&PUBLIC_SEED);
-        assert!(spread.len() > 3400, "{} distinct slots of 4096 flows", spread.len());
-        assert!(spread.iter().all(|&s| s < FLOW_CACHE_SLOTS));
+        // 4096 flows of one client over 8192 sets: ~3200 distinct sets expected
+        // if they were random; a mix that ignored the port would give 1.
+        let spread = sets(&PUBLIC_SEED);
+        assert!(spread.len() > 3000, "{} distinct sets of 4096 flows", spread.len());
+        assert!(spread.iter().all(|&s| s < FLOW_CACHE_SETS));
         let by_client: std::collections::BTreeSet<u32> =
-            (0..4096u32).map(|a| cache_slot(key(80, a << 8), &PUBLIC_SEED)).collect();
-        assert!(by_client.len() > 3400, "{} distinct slots by client", by_client.len());
-        assert_ne!(spread, slots(&[1, 2, 3, 4]), "another seed, other slots");
+            (0..4096u32).map(|a| cache_set(key(80, a << 8), &PUBLIC_SEED)).collect();
+        assert!(by_client.len() > 3000, "{} distinct sets by client", by_client.len());
+        assert_ne!(spread, sets(&[1, 2, 3, 4]), "another seed, other sets");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod vip;
 
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
-pub use flow::{ConnValue, FlowCacheSlot, FlowKey, FlowKey4, SynSlot};
+pub use flow::{ConnValue, FlowCacheSet, FlowCacheSlot, FlowKey, FlowKey4, SynSlot};
 pub use stats::{
     BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
     vip_stats,
@@ -53,7 +53,7 @@ pub mod map_names {
     pub const CONNS4: &str = "CONNS4";
     /// TCP SYNs waiting for their handshake's ACK (`flow::SynSlot`).
     pub const SYNS: &str = "SYNS";
-    /// Per CPU: copies of IPv4 connection-table entries (`flow::FlowCacheSlot`).
+    /// Per CPU: copies of IPv4 connection-table entries (`flow::FlowCacheSet`).
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// One u64: the flow cache's epoch; a slot filled under another is not used.
     pub const CONN_EPOCH: &str = "CONN_EPOCH";
@@ -126,6 +126,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::SynSlot {}
     unsafe impl aya::Pod for super::FlowCacheSlot {}
+    unsafe impl aya::Pod for super::FlowCacheSet {}
     unsafe impl aya::Pod for super::LbConfig {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::BackendStats {}

@@ -31,18 +31,18 @@ pub const fn conn_table_v6_entries(conn_table_size: u32) -> u32 {
 /// share one only matter when the ring changed in between (the ACK then follows
 /// the ring). A power of two.
 pub const SYN_SLOTS: u32 = 1 << 18;
-/// Slots of the flow cache per CPU (`flow::FlowCacheSlot`, 32 B each: 512 KiB per
-/// CPU). Direct-mapped: a power of two.
-pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
+/// Sets of the flow cache per CPU (`flow::FlowCacheSet`, two 32-byte slots in one
+/// 64-byte line: 512 KiB per CPU). A power of two.
+pub const FLOW_CACHE_SETS: u32 = 1 << 13;
 /// CPUs the object's `FLOW_CACHE` has room for when a loader does not size it
 /// (tests, benchmarks): the CPUs past them read the table directly.
 pub const FLOW_CACHE_CPUS: u32 = 4;
 
-/// Entries of `FLOW_CACHE` for `cpus` possible CPUs: one region of slots each,
-/// so each CPU's copies are its own and no line is shared between CPUs.
+/// Entries (sets) of `FLOW_CACHE` for `cpus` possible CPUs: one region of sets
+/// each, so each CPU's copies are its own and no line is shared between CPUs.
 #[must_use]
 pub const fn flow_cache_entries(cpus: u32) -> u32 {
-    cpus * FLOW_CACHE_SLOTS
+    cpus * FLOW_CACHE_SETS
 }
 /// 64-bit words of the VIP address filter (65536 bits).
 pub const VIP_FILTER_WORDS: u32 = 1024;

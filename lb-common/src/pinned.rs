@@ -18,8 +18,10 @@
 /// bytes), `CONNS` holds IPv6 flows only. Version 7: the flow caches
 /// (`FLOW_CACHE`, per CPU) and their epoch (`CONN_EPOCH`) are pinned; a table hit
 /// is counted in `BackendStats::hits` only (`stats` module text), VIP_STATS holds
-/// the controller's retired hits after the data path's entries.
-pub const LAYOUT_VERSION: u32 = 7;
+/// the controller's retired hits after the data path's entries. Version 8:
+/// `FLOW_CACHE` holds two-slot sets (`FlowCacheSet`, 64 bytes, mmapable so each
+/// is one cache line) instead of direct-mapped slots.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
 /// same slot of `BACKENDS`. The data path's state alone cannot say it (draining

@@ -24,10 +24,8 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
         let key = FlowKey4::of(flow);
         let words = key.words();
         let now = flow_cache::now();
-        let slot = flow_cache::slot(words, seed);
-        if let Some(s) = slot.map(|s| unsafe { &mut *s })
-            && s.key == words
-        {
+        let set = flow_cache::set(words, seed);
+        if let Some(s) = set.and_then(|s| flow_cache::find(unsafe { &mut *s }, words)) {
             if s.stamp == now {
                 return Some(&s.conn);
             }
@@ -48,8 +46,11 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
         // Keeps LLVM from merging the two lookups into one call on a choice of
         // maps, which the verifier cannot inline (a helper call: ~15 ns a packet).
         core::hint::black_box(());
-        if let (Some(c), Some(s)) = (conn, slot) {
-            unsafe { *s = FlowCacheSlot { key: words, conn: *c, stamp: now } };
+        if let (Some(c), Some(s)) = (conn, set) {
+            flow_cache::fill(
+                unsafe { &mut *s },
+                FlowCacheSlot { key: words, conn: *c, stamp: now },
+            );
         }
         conn
     } else {
@@ -90,8 +91,11 @@ pub fn insert(flow: &FlowKey, conn: &ConnValue, seed: &Seed) {
         let now = flow_cache::now();
         let _ = CONNS4.insert(&key, conn, 0);
         core::hint::black_box(());
-        if let Some(s) = flow_cache::slot(words, seed) {
-            unsafe { *s = FlowCacheSlot { key: words, conn: *conn, stamp: now } };
+        if let Some(s) = flow_cache::set(words, seed) {
+            flow_cache::fill(
+                unsafe { &mut *s },
+                FlowCacheSlot { key: words, conn: *conn, stamp: now },
+            );
         }
     } else {
         let _ = CONNS.insert(flow, conn, 0);

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, CounterSet, FlowCacheSlot, FlowKey, FlowKey4, LbConfig,
+    Backend, BackendStats, ConnValue, CounterSet, FlowCacheSet, FlowKey, FlowKey4, LbConfig,
     RingSlot, SynSlot, Traffic, VipKey, VipMeta,
     bench::Script,
     limits::{
@@ -54,13 +54,14 @@ pub static CONNS: LruHashMap<FlowKey, ConnValue> =
 pub static CONNS4: LruHashMap<FlowKey4, ConnValue> =
     LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
-/// Copies of IPv4 flows' `CONNS4` entries, a region of `FLOW_CACHE_SLOTS` for
-/// each CPU, direct-mapped, so a table hit reads one cache line (`flow_cache.rs`).
-/// An array, not a per-CPU array: that one's lookup reads the element's pointer
-/// first, a second cache miss. The loader sizes it for the possible CPUs.
+/// Copies of IPv4 flows' `CONNS4` entries, a region of `FLOW_CACHE_SETS` for each
+/// CPU, so a table hit reads one cache line (`flow_cache.rs`). An array, not a
+/// per-CPU array: that one's lookup reads the element's pointer first, a second
+/// cache miss. Mmapable only for its page-aligned values: each 64-byte set is then
+/// one cache line. The loader sizes it for the possible CPUs.
 #[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: Array<FlowCacheSlot> =
-    Array::with_max_entries(flow_cache_entries(FLOW_CACHE_CPUS), 0);
+pub static FLOW_CACHE: Array<FlowCacheSet> =
+    Array::with_max_entries(flow_cache_entries(FLOW_CACHE_CPUS), BPF_F_MMAPABLE);
 
 /// The flow cache's epoch: bumped (atomically, by the data path and the
 /// controller alike) after a change to a table entry another CPU may hold a copy of,

@@ -1,7 +1,7 @@
 //! The data path's flow caches (lb-ebpf's `flow_cache.rs`) as the controller
 //! sees them: their size, and their epoch.
 //!
-//! `FLOW_CACHE` holds `limits::FLOW_CACHE_SLOTS` slots for each possible CPU, so
+//! `FLOW_CACHE` holds `limits::FLOW_CACHE_SETS` sets for each possible CPU, so
 //! a loader sizes it for this host ([`entries`]).
 //!
 //! Each CPU keeps copies of IPv4 connection-table entries and uses one only while
@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::maps::MapData;
 use lb_common::{flow::conn_epoch, map_names};
 
-/// Entries of `FLOW_CACHE` on this host: a region of slots for each possible CPU
+/// Entries of `FLOW_CACHE` on this host: a region of sets for each possible CPU
 /// (the data path indexes it by CPU number).
 pub fn entries() -> Result<u32> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))?;

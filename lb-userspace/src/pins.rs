@@ -293,7 +293,7 @@ mod tests {
         // Changing a pinned layout fails here until LAYOUT_VERSION is bumped with it
         // (and this list): an older controller must refuse the pins, not misread them.
         use lb_common::{
-            Backend, BackendStats, ConnValue, Counter, FlowCacheSlot, FlowKey, FlowKey4, LbConfig,
+            Backend, BackendStats, ConnValue, Counter, FlowCacheSet, FlowKey, FlowKey4, LbConfig,
             SynSlot, VipKey, VipMeta,
         };
         let sizes = [
@@ -307,9 +307,9 @@ mod tests {
             size_of::<BackendStats>(),
             size_of::<VipKey>(),
             size_of::<VipMeta>(),
-            size_of::<FlowCacheSlot>(),
+            size_of::<FlowCacheSet>(),
         ];
-        assert_eq!((LAYOUT_VERSION, sizes), (7, [76, 24, 32, 16, 40, 8, 16, 56, 20, 8, 32]));
+        assert_eq!((LAYOUT_VERSION, sizes), (8, [76, 24, 32, 16, 40, 8, 16, 56, 20, 8, 64]));
     }
 
     #[test]
@@ -366,7 +366,10 @@ mod tests {
         let mut found = all(&e);
         found.remove(map_names::CONNS4);
         let err = decide(dir(), &e, &found, Some(5)).unwrap_err();
-        assert!(err.contains("layout version 5, this xdplb uses version 7"), "{err}");
+        assert!(
+            err.contains(&format!("layout version 5, this xdplb uses version {LAYOUT_VERSION}")),
+            "{err}"
+        );
         assert!(err.contains("xdplb detach --pin-path /sys/fs/bpf/xdplb"), "{err}");
     }
 
@@ -377,7 +380,10 @@ mod tests {
         found.remove(map_names::FLOW_CACHE);
         found.remove(map_names::CONN_EPOCH);
         let err = decide(dir(), &e, &found, Some(6)).unwrap_err();
-        assert!(err.contains("layout version 6, this xdplb uses version 7"), "{err}");
+        assert!(
+            err.contains(&format!("layout version 6, this xdplb uses version {LAYOUT_VERSION}")),
+            "{err}"
+        );
         assert!(err.contains("xdplb detach --pin-path /sys/fs/bpf/xdplb"), "{err}");
     }
 

@@ -1263,19 +1263,83 @@ fn a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer() {
 
 // ---- the flow cache (IPv4 table hits) ---------------------------------------
 
+/// The flow-cache set (in each CPU's region) that `flow`'s copies go to.
+fn cache_set(lb: &Balancer, flow: &Flow) -> u32 {
+    lb_common::hash::cache_set(FlowKey4::of(&flow_key(flow)).words(), &lb.plan.config.hash_seed)
+}
+
 /// The copies of `flow`'s table entry the CPUs' flow caches hold (any epoch).
 fn cached(lb: &Balancer, flow: &Flow) -> Vec<lb_common::ConnValue> {
-    use lb_common::limits::FLOW_CACHE_SLOTS;
+    use lb_common::limits::FLOW_CACHE_SETS;
     let map = lb.map(lb_common::map_names::FLOW_CACHE);
-    let cache: aya::maps::Array<_, lb_common::FlowCacheSlot> =
+    let cache: aya::maps::Array<_, lb_common::FlowCacheSet> =
         aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
     let words = FlowKey4::of(&flow_key(flow)).words();
-    let slot = lb_common::hash::cache_slot(words, &lb.plan.config.hash_seed);
-    (0..cache.len() / FLOW_CACHE_SLOTS)
-        .map(|cpu| cache.get(&(cpu * FLOW_CACHE_SLOTS + slot), 0).unwrap())
+    let set = cache_set(lb, flow);
+    (0..cache.len() / FLOW_CACHE_SETS)
+        .flat_map(|cpu| cache.get(&(cpu * FLOW_CACHE_SETS + set), 0).unwrap().ways)
         .filter(|s| s.key == words)
         .map(|s| s.conn)
         .collect()
+}
+
+/// `n` TCP flows whose copies share one flow-cache set.
+fn sharing_a_set(lb: &Balancer, n: usize) -> Vec<Flow> {
+    let mut by_set = std::collections::HashMap::<u32, Vec<Flow>>::new();
+    for port in 1024..=u16::MAX {
+        let flow = tcp4().sport(port);
+        let flows = by_set.entry(cache_set(lb, &flow)).or_default();
+        flows.push(flow);
+        if flows.len() == n {
+            return flows.clone();
+        }
+    }
+    panic!("no {n} source ports share a set");
+}
+
+/// Takes `flows` out of the connection table as a full LRU does (no epoch bump).
+fn evict(lb: &Balancer, flows: &[Flow]) {
+    let conns = lb.map(lb_common::map_names::CONNS4);
+    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
+    for flow in flows {
+        table.remove(&FlowKey4::of(&flow_key(flow))).unwrap();
+    }
+}
+
+#[test]
+fn two_flows_sharing_a_flow_cache_set_are_both_served_from_it() {
+    needs_root!();
+    on_cpu(0);
+    let lb = Balancer::new(Dsr);
+    let flows = sharing_a_set(&lb, 2);
+    let to: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
+    // With the table's entries gone, a hit can only come from a copy.
+    evict(&lb, &flows);
+    for (flow, to) in flows.iter().zip(&to) {
+        let (run, c) = lb.run_counted(&flow.ack().frame());
+        assert_eq!(&lb.receiver(&run), to);
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "served from the cache");
+    }
+}
+
+#[test]
+fn a_third_flow_in_a_flow_cache_set_takes_the_place_of_the_one_filled_first() {
+    needs_root!();
+    on_cpu(0);
+    let lb = Balancer::new(Dsr);
+    let flows = sharing_a_set(&lb, 3);
+    for flow in &flows {
+        open(&lb, flow);
+    }
+    evict(&lb, &flows);
+    for flow in &flows[1..] {
+        let (_, c) = lb.run_counted(&flow.ack().frame());
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "the two filled last stay");
+    }
+    let (_, c) = lb.run_counted(&flows[0].ack().frame());
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]), "the one filled first left");
+    assert!(cached(&lb, &flows[0]).contains(&lb.conn(&flows[0]).unwrap()), "and comes back");
 }
 
 #[test]
@@ -1430,11 +1494,7 @@ fn a_flow_the_table_evicted_keeps_its_backend_while_its_cpu_holds_a_copy() {
     let flow = pinned_flow(&mut lb, "waf-1");
     lb.set_state("web4", "waf-1", Draining);
     assert_ne!(lb.predict("web4", &flow), "waf-1", "the ring now says another backend");
-    // The LRU evicts the entry (as a full table does: no epoch bump).
-    let conns = lb.map(lb_common::map_names::CONNS4);
-    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
-    table.remove(&FlowKey4::of(&flow_key(&flow))).unwrap();
+    evict(&lb, &[flow]);
     assert_eq!(lb.conn(&flow), None);
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), "waf-1", "the connection stays where it was");
@@ -1449,10 +1509,7 @@ fn a_flow_only_the_cache_serves_gets_its_table_entry_back_once_a_clock_step() {
     let flow = pinned_flow(&mut lb, "waf-1");
     let entry = lb.conn(&flow);
     // Its hits never reach the LRU, which evicts it as it would a closed flow.
-    let conns = lb.map(lb_common::map_names::CONNS4);
-    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
-    table.remove(&FlowKey4::of(&flow_key(&flow))).unwrap();
+    evict(&lb, &[flow]);
     assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1");
     assert_eq!(lb.conn(&flow), None, "within a clock step the copy serves alone");
     // The controller's clock steps (`xdplb run` does every second): the next hit
