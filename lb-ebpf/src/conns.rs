@@ -14,6 +14,7 @@ use lb_common::{
 use crate::{
     flow_cache,
     maps::{CONNS, CONNS4},
+    select,
 };
 
 /// The flow's entry: for IPv4, this CPU's flow cache first, then the table (a
@@ -36,6 +37,12 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
                 // over another CPU's newer entry).
                 s.stamp = now;
                 if unsafe { CONNS4.get(&key) }.is_none() {
+                    // A SYN since is a new connection on the 5-tuple: the SYN read
+                    // only the table (`in_table`), so it is this copy that must go.
+                    if select::syn_pending(flow, seed, &s.conn) {
+                        s.key = [0; 2];
+                        return None;
+                    }
                     let _ = CONNS4.insert(&key, &s.conn, u64::from(BPF_NOEXIST));
                 }
                 core::hint::black_box(());
@@ -52,6 +59,25 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
                 FlowCacheSlot { key: words, conn: *c, stamp: now },
             );
         }
+        conn
+    } else {
+        unsafe { CONNS.get(flow) }
+    }
+}
+
+/// The flow's table entry, for a SYN's reused-5-tuple check: the table alone,
+/// because a new flow's cache set is a cold line (~100 ns a SYN of a new flow,
+/// what a SYN flood sends). The table holds every flow a hit served before the
+/// last clock step (`get` puts an evicted entry back then); a copy idle since
+/// whose entry the LRU evicted gives way on its next packet to the pending SYN
+/// (`get`). Only a copy whose entry went within the current clock step (a full
+/// table evicting a flow used within the second) still takes the handshake's ACK.
+#[inline(always)]
+pub fn in_table(flow: &FlowKey) -> Option<&'static ConnValue> {
+    if flow.family == family::V4 {
+        let conn = unsafe { CONNS4.get(&FlowKey4::of(flow)) };
+        // Two inlined lookups, not one call on a choice of maps (see `get`).
+        core::hint::black_box(());
         conn
     } else {
         unsafe { CONNS.get(flow) }

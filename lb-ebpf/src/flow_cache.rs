@@ -12,7 +12,9 @@
 //! ACK may come on another CPU; one naming the SYN's own backend only leaves this
 //! CPU's slot, `forget`). A CPU updates its own slot when it writes the table.
 //! When the controller's clock steps, a hit tells the table the flow is alive
-//! (`conns::get`); an entry the LRU evicts meanwhile keeps its slot and comes back.
+//! (`conns::get`); an entry the LRU evicts meanwhile keeps its slot and comes back,
+//! unless a SYN of a new connection on its 5-tuple is pending (a SYN reads only the
+//! table: `conns::in_table`).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

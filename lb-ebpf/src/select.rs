@@ -96,7 +96,7 @@ pub fn syn(
     if !pending {
         // An entry for this 5-tuple is an earlier connection's (a reused client port,
         // a draining backend's flow): the handshake's ACK would follow it, not this SYN.
-        let old = conns::get(flow, seed).copied();
+        let old = conns::in_table(flow).copied();
         if let Some(old) = old {
             // Only an entry that names another backend can mislead the handshake's
             // ACK on another CPU (a client's routine port reuse keeps its backend).
@@ -106,6 +106,19 @@ pub fn syn(
     }
     *slot = SynSlot { tag: syn_tag(h), backend: index, generation: b.generation };
     Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)))
+}
+
+/// True when the SYN array holds a SYN of the flow that none of its packets has
+/// followed yet, to the VIP of `conn`'s backend: a new connection on the flow's
+/// 5-tuple (the hash leaves out the VIP, so another VIP's SYN shares the slot).
+#[inline(always)]
+pub fn syn_pending(flow: &FlowKey, seed: &Seed, conn: &ConnValue) -> bool {
+    let h = flow_hash64(flow, seed);
+    let Some(slot) = SYNS.get(syn_slot(h)).filter(|s| s.tag == syn_tag(h)) else {
+        return false;
+    };
+    let vip = |index| BACKENDS.get(index).map(|b| b.vip);
+    vip(slot.backend).is_some_and(|v| vip(conn.backend) == Some(v))
 }
 
 /// What kind of packet missed the table, for [`first`].

@@ -1522,6 +1522,27 @@ fn a_flow_only_the_cache_serves_gets_its_table_entry_back_once_a_clock_step() {
     assert_eq!(lb.conn(&flow), entry);
 }
 
+#[test]
+fn a_copy_idle_since_its_entry_was_evicted_does_not_take_a_new_connection_on_its_5_tuple() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    lb.set_state("web4", "waf-1", Draining);
+    // The LRU evicts the idle flow's entry (as a full table does: no epoch bump);
+    // this CPU keeps its copy, older than the controller's next clock step.
+    evict(&lb, &[flow]);
+    lb.writer.maps().conn_epoch().unwrap().step_clock();
+    // The client reuses its port: the new connection's SYN goes where the ring says.
+    let to = lb.receiver(&lb.run(&flow.syn().frame()));
+    assert_ne!(to, "waf-1");
+    // Its handshake's ACK follows the SYN, not the old connection's copy.
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), to);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+    assert_eq!(lb.conn(&flow).map(|c| c.backend), lb.writer.backend_index("web4", &to));
+}
+
 // ---- handshakes: the passive signal ---------------------------------------
 
 /// A backend's handshake counters: SYNs forwarded, handshakes completed, SYNs retransmitted.
