@@ -90,8 +90,7 @@ pub fn syn(
     // A retransmission: this VIP's handshake of the flow is still pending (its
     // next packet empties the slot), so its first SYN took out any earlier entry
     // and the table lookup would find none.
-    let pending =
-        slot.tag == syn_tag(h) && BACKENDS.get(slot.backend).is_some_and(|p| p.vip == vip.index);
+    let pending = holds(slot, h, vip.index);
     let mut known = pending;
     if !pending {
         // An entry for this 5-tuple is an earlier connection's (a reused client port,
@@ -109,16 +108,22 @@ pub fn syn(
 }
 
 /// True when the SYN array holds a SYN of the flow that none of its packets has
-/// followed yet, to the VIP of `conn`'s backend: a new connection on the flow's
-/// 5-tuple (the hash leaves out the VIP, so another VIP's SYN shares the slot).
+/// followed yet, to the VIP of `conn`'s backend (`holds`): a new connection on the
+/// flow's 5-tuple.
 #[inline(always)]
 pub fn syn_pending(flow: &FlowKey, seed: &Seed, conn: &ConnValue) -> bool {
     let h = flow_hash64(flow, seed);
-    let Some(slot) = SYNS.get(syn_slot(h)).filter(|s| s.tag == syn_tag(h)) else {
-        return false;
-    };
-    let vip = |index| BACKENDS.get(index).map(|b| b.vip);
-    vip(slot.backend).is_some_and(|v| vip(conn.backend) == Some(v))
+    SYNS.get(syn_slot(h))
+        .zip(BACKENDS.get(conn.backend))
+        .is_some_and(|(slot, b)| holds(slot, h, b.vip))
+}
+
+/// Whether `slot` holds the SYN of the flow with hash `h` to the VIP with index
+/// `vip`: the hash leaves out the VIP, so the same client address and ports to
+/// another VIP (another flow) shares the slot.
+#[inline(always)]
+fn holds(slot: &SynSlot, h: u64, vip: u32) -> bool {
+    slot.tag == syn_tag(h) && BACKENDS.get(slot.backend).is_some_and(|b| b.vip == vip)
 }
 
 /// What kind of packet missed the table, for [`first`].
@@ -159,19 +164,17 @@ pub fn first(
 
 /// The backend the SYN of the flow with hash `h` went to, if the SYN array still
 /// holds it and the backend is not down. The flow's own packet empties the slot
-/// (the flow moves to the table); an ICMP error leaves it. The hash leaves out the
-/// VIP, so the backend must be one of this VIP's: the same client address and
-/// ports to another VIP is another flow.
+/// (the flow moves to the table); an ICMP error leaves it. Only a SYN to this VIP
+/// counts (`holds`).
 #[inline(always)]
 fn pending(h: u64, vip: &VipMeta, missed: Missed) -> Option<(u32, &'static Backend)> {
     // SAFETY: a map value (see `syn`).
     let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h))? };
-    if slot.tag != syn_tag(h) {
+    // Another VIP's handshake keeps its slot.
+    if !holds(slot, h, vip.index) {
         return None;
     }
     let index = slot.backend;
-    // Another VIP's handshake keeps its slot.
-    BACKENDS.get(index).filter(|b| b.vip == vip.index)?;
     if missed == Missed::TcpClient {
         slot.tag = 0;
     }
