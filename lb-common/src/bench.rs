@@ -11,6 +11,11 @@
 /// Bytes a scripted frame may have.
 pub const FRAME_MAX: usize = 128;
 
+/// Outer source and destination of `xdp_ipip_floor` (`xdp-tools`): fixed, as it
+/// reads no map; the tests check its output against them.
+pub const IPIP_FLOOR_SRC: [u8; 4] = [192, 0, 2, 100];
+pub const IPIP_FLOOR_DST: [u8; 4] = [192, 0, 2, 101];
+
 /// The one entry of the `BENCH_SCRIPT` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

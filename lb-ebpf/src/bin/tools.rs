@@ -4,9 +4,12 @@
 //!   veth drops redirected frames unless the receiver runs XDP).
 //! - `xdp_tx`: returns XDP_TX and nothing else, the cost of the test harness.
 //! - `xdp_mac_swap`: swaps MACs and returns XDP_TX, the floor for any forwarder.
+//! - `xdp_ipip_floor`: swaps MACs, pushes an outer IPv4 header (IPIP, fixed
+//!   addresses) and returns XDP_TX: the floor for any IPIP forwarder. No parse
+//!   beyond the frame's length, no map read; the same header writes as xdp_lb's.
 //! - `xdp_count`: counts frames and bytes per CPU and drops them (traffic sink).
-//! - `xdp_tx_timed`, `xdp_mac_swap_timed`: the same behind the benchmarks' frame
-//!   restore (`lb_ebpf::timed`), to compare with `xdp_lb_timed`.
+//! - `xdp_tx_timed`, `xdp_mac_swap_timed`, `xdp_ipip_floor_timed`: the same behind
+//!   the benchmarks' frame restore (`lb_ebpf::timed`), to compare with `xdp_lb_timed`.
 //! - `xdp_tx_timed_pushed`: `xdp_tx_timed` for cases whose program pushes a header.
 //! - `xdp_gen`: a traffic generator for BPF_PROG_TEST_RUN in live-frames mode:
 //!   writes the frame of the next flow (from a template) and returns XDP_TX.
@@ -22,11 +25,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     Traffic,
-    bench::Script,
+    bench::{IPIP_FLOOR_DST, IPIP_FLOOR_SRC, Script},
     generator::{FRAME_LEN, GenConfig},
+    limits::ENCAP_TTL,
+    proto,
 };
 use lb_ebpf::{
-    net::{copy_words, ptr_at},
+    net::{
+        ETH_HLEN, ETH_P_IP, EthHdr, IP_DF, IPV4_HLEN, Ipv4Hdr, copy_mac, copy_words, frame_len,
+        ipv4_checksum, ptr_at, write_words,
+    },
     timed,
 };
 
@@ -114,6 +122,77 @@ fn mac_swap(ctx: &XdpContext) -> u32 {
     m[3] = dst[0];
     m[4] = dst[1];
     m[5] = dst[2];
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_ipip_floor(ctx: XdpContext) -> u32 {
+    ipip_floor(&ctx)
+}
+
+/// `xdp_ipip_floor` behind the frame restore: the ipip floor of the timed benchmarks
+/// (paired with `xdp_tx_timed_pushed`, as xdp_lb's ipip cases are).
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_ipip_floor_timed(ctx: XdpContext) -> u32 {
+    match timed::restore_from(&ctx, &BENCH_SCRIPT) {
+        Ok(()) => ipip_floor(&ctx),
+        _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// The frame behind an Ethernet header and an outer IPv4 header, sent back out with
+/// the MACs swapped: one `bpf_xdp_adjust_head` and the header writes every IPIP
+/// forwarder makes. The frame after the Ethernet header is taken as the packet (no
+/// parse): padding, if any, travels in the tunnel, where xdp_lb trims it first.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "a frame is at most a page")]
+#[expect(clippy::cast_possible_wrap, reason = "an IPv4 header is 20 bytes")]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "headers sit at even offsets; x86 BPF stores unaligned"
+)]
+fn ipip_floor(ctx: &XdpContext) -> u32 {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        copy_mac(&mut dst, &(*eth).src);
+        copy_mac(&mut src, &(*eth).dst);
+    }
+    let inner = frame_len(ctx) - ETH_HLEN;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Ok(l2) = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN]>(ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let l2 = l2.cast::<u8>();
+    // SAFETY: ptr_at checked the Ethernet and IPv4 headers' bytes.
+    let eth = unsafe { &mut *l2.cast::<EthHdr>() };
+    copy_mac(&mut eth.dst, &dst);
+    copy_mac(&mut eth.src, &src);
+    eth.proto = ETH_P_IP.to_be();
+    let mut hdr = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: ((inner + IPV4_HLEN) as u16).to_be(),
+        id: 0,
+        frag_off: IP_DF.to_be(),
+        ttl: ENCAP_TTL,
+        proto: proto::IPIP,
+        check: 0,
+        src: u32::from_ne_bytes(IPIP_FLOOR_SRC),
+        dst: u32::from_ne_bytes(IPIP_FLOOR_DST),
+    };
+    hdr.check = ipv4_checksum(&hdr);
+    // As xdp_lb's encap_v4 stores it: from registers, never through the stack.
+    // SAFETY: Ipv4Hdr is 20 bytes of plain integers.
+    let words = unsafe { core::mem::transmute::<Ipv4Hdr, [u32; 5]>(hdr) };
+    write_words(unsafe { l2.add(ETH_HLEN) }.cast(), words);
     xdp_action::XDP_TX
 }
 

@@ -155,7 +155,7 @@ impl Pair {
             return Err(e.context("building the xbench namespaces"));
         }
         let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-        for name in ["xdp_gen", "xdp_count", "xdp_mac_swap", "xdp_pass"] {
+        for name in ["xdp_gen", "xdp_count", "xdp_mac_swap", "xdp_ipip_floor", "xdp_pass"] {
             let p: &mut Xdp =
                 tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
@@ -169,7 +169,8 @@ impl Pair {
         Ok(Self { tools, gen_ifindex, cpu, _sink: sink, _lock: lock })
     }
 
-    /// A tools program (`xdp_mac_swap`, `xdp_pass`) attached to lb0 until the link drops.
+    /// A tools program (`xdp_mac_swap`, `xdp_ipip_floor`, `xdp_pass`) attached to lb0
+    /// until the link drops.
     pub fn attach_tool(&mut self, name: &str) -> Result<XdpLink> {
         let p: &mut Xdp =
             self.tools.program_mut(name).with_context(|| format!("no {name}"))?.try_into()?;

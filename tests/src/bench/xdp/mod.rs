@@ -175,13 +175,17 @@ const MODES: [(&str, ForwardingMode); 2] =
 /// seems): each case is reported from the faster instance, the slower one shown.
 const INSTANCES: usize = 2;
 
+/// The second method's reference programs (`timed::Program::Tool`, by index): the
+/// floor (MAC swap) and the ipip floor (MAC swap + outer IPv4 header).
+const REFERENCES: [&str; 2] = ["xdp_mac_swap_timed", "xdp_ipip_floor_timed"];
+
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
 /// every case for every object (each loaded `INSTANCES` times) in turn.
 pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
-    use timed::{Case as T, Dispatcher, Replay};
+    use timed::{Case as T, Dispatcher, Program, Replay};
     let mut dispatcher = Dispatcher::new()?;
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx_timed", "xdp_tx_timed_pushed", "xdp_mac_swap_timed"] {
+    for name in ["xdp_tx_timed", "xdp_tx_timed_pushed"].into_iter().chain(REFERENCES) {
         let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
         p.load()?;
         p.attach(&dispatcher.interface()?, XdpMode::Skb)?;
@@ -194,8 +198,10 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         plain: tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?,
         pushed: tools.program("xdp_tx_timed_pushed").context("xdp_tx_timed_pushed")?.try_into()?,
     };
-    let floor: &Xdp =
-        tools.program("xdp_mac_swap_timed").context("xdp_mac_swap_timed")?.try_into()?;
+    let references = REFERENCES
+        .iter()
+        .map(|&name| tools.program(name).context(name)?.try_into().map_err(Into::into))
+        .collect::<Result<Vec<&Xdp>>>()?;
     // Balancer `(o * INSTANCES + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
     let mut lbs: Vec<Balancer> = objects
         .iter()
@@ -234,21 +240,25 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
             12,
         ),
     ];
-    let mut cases = vec![T {
-        name: "MAC swap + XDP_TX (floor)".into(),
-        lb: None,
+    let reference = |name: &str, i: usize, pushes: bool| T {
+        name: name.into(),
+        prog: Program::Tool(i),
         replay: Replay::same(syn4.frame()),
         want: XDP_TX,
         per_unit: 1,
-        pushes: false,
-    }];
+        pushes,
+    };
+    let mut cases = vec![
+        reference("MAC swap + XDP_TX (floor)", 0, false),
+        reference("MAC swap + outer IPv4 header + XDP_TX (ipip floor)", 1, true),
+    ];
     for (m, (mode, _)) in MODES.iter().enumerate() {
         for (name, replay, want, per_unit) in &kinds {
             // The objects side by side, case by case.
             for i in 0..objects.len() * INSTANCES {
                 cases.push(T {
                     name: format!("{name}, {mode}"),
-                    lb: Some(i * MODES.len() + m),
+                    prog: Program::Lb(i * MODES.len() + m),
                     replay: replay.clone(),
                     want: *want,
                     per_unit: *per_unit,
@@ -260,10 +270,12 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     }
     if let Ok(only) = std::env::var("XDP_BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
-        cases.retain(|c| c.lb.is_none() || keep.iter().any(|k| c.name.contains(k)));
+        cases.retain(|c| {
+            matches!(c.prog, Program::Tool(_)) || keep.iter().any(|k| c.name.contains(k))
+        });
     }
     let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
-    let m = timed::measure(&cases, &mut timed, floor, &harness, &mut tools_script, samples)?;
+    let m = timed::measure(&cases, &mut timed, &references, &harness, &mut tools_script, samples)?;
     let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
     if objects.len() == 1 {
         report_timed(&cases, &m, &rows, samples);
@@ -296,9 +308,9 @@ fn instance_rows(cases: &[timed::Case], objects: usize, per_object: usize) -> Ve
             rows.push((c.name.clone(), vec![Vec::new(); objects]));
             rows.len() - 1
         });
-        match c.lb {
-            Some(i) => rows[at].1[i / per_object].push(at_case),
-            None => rows[at].1.iter_mut().for_each(|v| v.push(at_case)),
+        match c.prog {
+            timed::Program::Lb(i) => rows[at].1[i / per_object].push(at_case),
+            timed::Program::Tool(_) => rows[at].1.iter_mut().for_each(|v| v.push(at_case)),
         }
     }
     rows
@@ -404,7 +416,10 @@ fn report_timed(
          difference of the pair (trimmed mean of the middle 80%). \"A new flow each\" steps the \
          source port and address every run (cold cache lines, as under a SYN flood); \"the same \
          flow each\" repeats one frame (what the first method measures). A connection is one \
-         flow's SYN, its handshake ACK and 10 more ACKs, a new flow each. The balancer is \
+         flow's SYN, its handshake ACK and 10 more ACKs, a new flow each. The ipip floor \
+         (`xdp_ipip_floor`: the floor plus one head move and an outer IPv4 header, no map \
+         read) is the least any IPIP forwarder does; it and the ipip cases are paired with \
+         `xdp_tx_timed_pushed`, which makes the restore's head move too. The balancer is \
          loaded {INSTANCES} times per mode (two loads of one object can differ by 20-40 ns on \
          a case): each case from the faster instance, the slower in brackets.",
         timed::REPEAT

@@ -124,16 +124,25 @@ impl Timed<'_> {
     }
 }
 
+/// The program a case of the second method runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// Reference program `i` of `xdp-tools` (the floor, the ipip floor): one
+    /// instance, the same for every object of an A/B.
+    Tool(usize),
+    /// Balancer `i`.
+    Lb(usize),
+}
+
 /// One case of the second method.
 pub struct Case {
     pub name: String,
-    /// Which program: `None` is the floor (MAC swap), `Some(i)` balancer `i`.
-    pub lb: Option<usize>,
+    pub prog: Program,
     pub replay: Replay,
     pub want: u32,
     /// Packets in one unit of the case (12 for a whole connection), to scale its cost.
     pub per_unit: u32,
-    /// Its program pushes a header on every run (ipip forwarding): timed against the
+    /// Its program pushes a header on every run (ipip forwarding, the ipip floor): timed against the
     /// harness that also pays the restore's move of the head back.
     pub pushes: bool,
 }
@@ -155,7 +164,7 @@ pub struct Measured {
 pub fn measure(
     cases: &[Case],
     lbs: &mut [(&Xdp, &mut Array<MapData, Script>)],
-    floor: &Xdp,
+    tools: &[&Xdp],
     harness: &Harness,
     tools_script: &mut Array<MapData, Script>,
     samples: usize,
@@ -174,12 +183,14 @@ pub fn measure(
         }
         for &c in &order {
             let (case, m) = (&cases[c], &mut out[c]);
-            let (action, ns) = match case.lb {
-                Some(i) => {
+            let (action, ns) = match case.prog {
+                Program::Lb(i) => {
                     let (prog, script) = &mut lbs[i];
                     Timed { prog, script }.run(&case.replay, seq)?
                 }
-                None => Timed { prog: floor, script: tools_script }.run(&case.replay, seq)?,
+                Program::Tool(i) => {
+                    Timed { prog: tools[i], script: tools_script }.run(&case.replay, seq)?
+                }
             };
             ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
             let prog = if case.pushes { harness.pushed } else { harness.plain };
