@@ -22,8 +22,8 @@ use crate::{
 #[inline(always)]
 pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     if flow.family == family::V4 {
-        let key = FlowKey4::of(flow);
-        let words = key.words();
+        // The table's key is built where the table is read: a cache hit stores none.
+        let words = FlowKey4::of(flow).words();
         let now = flow_cache::now();
         let set = flow_cache::set(words, seed);
         if let Some(s) = set.and_then(|s| flow_cache::find(unsafe { &mut *s }, words)) {
@@ -36,20 +36,20 @@ pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
                 // evicted meanwhile comes back from the copy (BPF_NOEXIST: never
                 // over another CPU's newer entry).
                 s.stamp = now;
-                if unsafe { CONNS4.get(&key) }.is_none() {
+                if unsafe { CONNS4.get(&FlowKey4::of(flow)) }.is_none() {
                     // A SYN since is a new connection on the 5-tuple: the SYN read
                     // only the table (`in_table`), so it is this copy that must go.
                     if select::syn_pending(flow, seed, &s.conn) {
                         s.key = [0; 2];
                         return None;
                     }
-                    let _ = CONNS4.insert(&key, &s.conn, u64::from(BPF_NOEXIST));
+                    let _ = CONNS4.insert(&FlowKey4::of(flow), &s.conn, u64::from(BPF_NOEXIST));
                 }
                 core::hint::black_box(());
                 return Some(&s.conn);
             }
         }
-        let conn = unsafe { CONNS4.get(&key) };
+        let conn = unsafe { CONNS4.get(&FlowKey4::of(flow)) };
         // Keeps LLVM from merging the two lookups into one call on a choice of
         // maps, which the verifier cannot inline (a helper call: ~15 ns a packet).
         core::hint::black_box(());

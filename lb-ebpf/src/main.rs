@@ -19,13 +19,13 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, CounterSet, Traffic, proto};
+use lb_common::{Counter, Traffic, proto};
 
 use crate::{
-    maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, VIP_STATS},
+    maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, Scratch, VIP_STATS},
     parse::Kind,
     select::{Lookup, Missed},
-    verdict::{Verdict, bump},
+    verdict::{Also, Verdict},
 };
 
 #[xdp]
@@ -47,30 +47,53 @@ pub fn xdp_lb_timed(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
+    const NOT_VIP: Verdict = Verdict::Pass(Counter::PassNotVip);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return counted(NOT_VIP, &Also::default()) };
+    let s = unsafe { &mut *s };
+    // Traffic for no VIP leaves first, each exit counted on its own (straight code).
+    let ip = match parse::ip(ctx, &mut s.flow) {
+        Ok(ip) if vip::maybe(&s.flow.dst) => ip,
+        Ok(_) => return counted(NOT_VIP, &Also::default()),
+        Err(v) => return counted(v, &Also::default()),
+    };
+    let mut also = Also::default();
+    match process(ctx, s, &ip, &mut also) {
+        // A forwarded table hit is counted in its backend's `hits` alone: no STATS lookup.
+        Ok(Verdict::TxHit) if !also.icmp_forwarded => xdp_action::XDP_TX,
+        // Forwarded: one of two verdicts, spelled out so that counting it needs no
+        // match on the verdict (LLVM would otherwise merge this arm with the next).
+        Ok(v) => counted(if v == Verdict::TxHit { Verdict::TxHit } else { Verdict::Tx }, &also),
+        Err(v) => counted(v, &also),
+    }
+}
+
+/// Counts `v` and `also` in this CPU's `STATS`; returns the XDP action.
+#[inline(always)]
+fn counted(v: Verdict, also: &Also) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
     let stats = unsafe { &mut *stats };
-    match process(ctx, stats) {
-        Ok(v) | Err(v) => v.record(stats),
-    }
+    also.record(stats);
+    v.record(stats)
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict> {
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let s = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Verdict::Pass(Counter::PassNotVip))? };
-    let ip = parse::ip(ctx, &mut s.flow)?;
-    if !vip::maybe(&s.flow.dst) {
-        return Err(Verdict::Pass(Counter::PassNotVip));
-    }
+fn process(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    ip: &parse::Ip,
+    also: &mut Also,
+) -> Result<Verdict, Verdict> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // Another host's frame (a standby's bridge port floods its peer's traffic
     // here) is that host's to forward: forwarding it too sends one flow twice.
     if !parse::addressed_to_us(ctx, cfg) {
         return Err(Verdict::Pass(Counter::PassNotForUs));
     }
-    let pkt = parse::packet(ctx, &ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
+    let pkt = parse::packet(ctx, ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
+    // The frame as it came, from what parse measured (no second read of the context).
+    let frame_len = pkt.l3_off as u64 + u64::from(pkt.l3_len + pkt.trailer);
     if pkt.kind == Kind::Fragment {
         return Err(vip::fragment(s));
     }
@@ -88,7 +111,7 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
     } else {
         let vip = vip::lookup(s).ok_or(not_vip)?;
         if syn {
-            bump(stats, Counter::ConnSyn);
+            also.conn(Counter::ConnSyn);
             select::syn(&s.flow, vip, &cfg.hash_seed)?
         } else {
             let missed = match pkt.kind {
@@ -97,21 +120,18 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
                 _ => Missed::Other,
             };
             let (index, backend, counts) = select::first(&s.flow, vip, &cfg.hash_seed, missed)?;
-            bump(
-                stats,
-                match lookup {
-                    _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
-                    Lookup::Stale => Counter::ConnRehash,
-                    _ => Counter::ConnMiss,
-                },
-            );
+            also.conn(match lookup {
+                _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
+                Lookup::Stale => Counter::ConnRehash,
+                _ => Counter::ConnMiss,
+            });
             (index, backend, counts)
         }
     };
     let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg).inspect_err(|_| {
         // A hit not forwarded is counted here; a forwarded one in its backend's `hits`.
         if hit {
-            bump(stats, Counter::ConnHit);
+            also.conn(Counter::ConnHit);
         }
     })?;
     // A hit is counted once, in its backend's `hits` (lb_common::stats); any
@@ -131,7 +151,7 @@ fn process(ctx: &XdpContext, stats: &mut CounterSet) -> Result<Verdict, Verdict>
         }
     }
     if pkt.kind == Kind::IcmpError {
-        bump(stats, Counter::IcmpForwarded);
+        also.icmp_forwarded = true;
     }
     Ok(if hit { Verdict::TxHit } else { verdict })
 }

@@ -37,8 +37,41 @@ impl Verdict {
     }
 }
 
+/// What a packet counts besides its verdict: its connection event (a SYN, a
+/// miss, a hit not forwarded...) and an ICMP error forwarded. Kept until the
+/// verdict, so a forwarded table hit, which counts neither, reads no `STATS`.
+pub struct Also {
+    /// A `Counter` as an index into `CounterSet::values`; none when past its end
+    /// (the bump's bounds check is then the only branch).
+    conn: usize,
+    pub icmp_forwarded: bool,
+}
+
+impl Default for Also {
+    fn default() -> Self {
+        Self { conn: usize::MAX, icmp_forwarded: false }
+    }
+}
+
+impl Also {
+    #[inline(always)]
+    pub fn conn(&mut self, c: Counter) {
+        self.conn = c as usize;
+    }
+
+    #[inline(always)]
+    pub fn record(&self, stats: &mut CounterSet) {
+        if let Some(v) = stats.values.get_mut(self.conn) {
+            *v += 1;
+        }
+        if self.icmp_forwarded {
+            bump(stats, Counter::IcmpForwarded);
+        }
+    }
+}
+
 #[inline(always)]
-pub fn bump(stats: &mut CounterSet, c: Counter) {
+fn bump(stats: &mut CounterSet, c: Counter) {
     if let Some(v) = stats.values.get_mut(c as usize) {
         *v += 1;
     }
