@@ -524,4 +524,14 @@ mod tests {
         assert_eq!(protos, [L4::Tcp]);
         assert!(only("dsr,sctp").unwrap_err().to_string().contains("`sctp`"));
     }
+
+    #[test]
+    fn the_ipip_floor_verdict_counts_the_runs_that_reach_the_target() {
+        let none = ipip_reach(&[0.70, 0.79, 0.75]);
+        assert!(none.contains("no IPIP forwarder reaches 0.8 here"), "{none}");
+        let some = ipip_reach(&[0.93, 0.77, 0.95]);
+        assert!(some.contains("0.93 × floor (runs 0.77–0.95)"), "{some}");
+        assert!(some.contains("reaches 0.8 here in 2 of 3 runs"), "{some}");
+        assert!(ipip_reach(&[0.8]).contains("in 1 of 1 runs"), "the target itself is reached");
+    }
 }

@@ -168,14 +168,14 @@ fn repeat_one(runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The first method's cases grouped by name, in their order: each balancer case's
-/// instances (the harness and the floor have one).
-fn named_rows<'a>(cases: &[Case<'a>]) -> Vec<(&'a str, Vec<usize>)> {
+/// The first method's cases (by name) grouped into rows, in their order: a balancer
+/// case's instances (the harness and the floor have one).
+fn named_rows<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<(&'a str, Vec<usize>)> {
     let mut rows: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        match rows.iter_mut().find(|(n, _)| *n == c.name) {
+    for (i, name) in names.into_iter().enumerate() {
+        match rows.iter_mut().find(|(n, _)| *n == name) {
             Some((_, at)) => at.push(i),
-            None => rows.push((c.name, vec![i])),
+            None => rows.push((name, vec![i])),
         }
     }
     rows
@@ -463,7 +463,7 @@ fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) {
         "| case | median ns | trimmed mean ns | net of harness ns | × floor (net) | × floor (raw) | net ns, slower instance |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, at) in named_rows(cases) {
+    for (name, at) in named_rows(cases.iter().map(|c| c.name)) {
         let Some((f, s)) = fastest_slowest(&at, |i| stats[i].1) else { continue };
         let ((med, mean), net, slower) = (stats[f], stats[f].1 - harness, stats[s].1 - harness);
         by_name.insert(name, (net / floor_net, mean / stats[1].1, net, slower));
@@ -550,3 +550,26 @@ const KATRAN: [(&str, f64, Option<f64>); 5] = [
 /// Katran's cost of a whole new TCP connection (SYN + handshake ACK + 10 hits) from
 /// the same figures: a SYN and 11 table hits.
 const KATRAN_CONNECTION: f64 = 352.0 + 11.0 * 136.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_case_is_one_row_of_its_instances_reported_from_the_faster() {
+        let names = ["harness", "floor", "SYN, dsr", "hit, dsr", "SYN, dsr", "hit, dsr"];
+        let rows = named_rows(names);
+        let want = [
+            ("harness", vec![0]),
+            ("floor", vec![1]),
+            ("SYN, dsr", vec![2, 4]),
+            ("hit, dsr", vec![3, 5]),
+        ];
+        assert_eq!(rows, want);
+        let net = [70.0, 70.0, 150.0, 80.0, 190.0, 75.0];
+        let picks: Vec<_> = rows.iter().map(|(_, at)| fastest_slowest(at, |i| net[i])).collect();
+        assert_eq!(picks, [Some((0, 0)), Some((1, 1)), Some((2, 4)), Some((5, 3))]);
+        assert_eq!(with_slower(150.0, 190.0, 0), "150 (190)");
+        assert_eq!(with_slower(75.0, 75.2, 0), "75", "the same figure once");
+    }
+}
