@@ -25,7 +25,7 @@ use crate::{
     maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, Scratch, VIP_STATS},
     parse::Kind,
     select::{Lookup, Missed},
-    verdict::{Also, Verdict},
+    verdict::{Also, Counted, Verdict},
 };
 
 #[xdp]
@@ -48,13 +48,13 @@ pub fn xdp_lb_timed(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
     const NOT_VIP: Verdict = Verdict::Pass(Counter::PassNotVip);
-    let Some(s) = SCRATCH.get_ptr_mut(0) else { return counted(NOT_VIP, &Also::default()) };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return counted(NOT_VIP.into(), &Also::default()) };
     let s = unsafe { &mut *s };
     // Traffic for no VIP leaves first, each exit counted on its own (straight code).
     let ip = match parse::ip(ctx, &mut s.flow) {
         Ok(ip) if vip::maybe(&s.flow.dst) => ip,
-        Ok(_) => return counted(NOT_VIP, &Also::default()),
-        Err(v) => return counted(v, &Also::default()),
+        Ok(_) => return counted(NOT_VIP.into(), &Also::default()),
+        Err(v) => return counted(v.into(), &Also::default()),
     };
     let mut also = Also::default();
     match process(ctx, s, &ip, &mut also) {
@@ -62,14 +62,16 @@ fn balance(ctx: &XdpContext) -> u32 {
         Ok(Verdict::TxHit) if !also.icmp_forwarded => xdp_action::XDP_TX,
         // Forwarded: one of two verdicts, spelled out so that counting it needs no
         // match on the verdict (LLVM would otherwise merge this arm with the next).
-        Ok(v) => counted(if v == Verdict::TxHit { Verdict::TxHit } else { Verdict::Tx }, &also),
+        Ok(v) => {
+            counted(if v == Verdict::TxHit { Verdict::TxHit } else { Verdict::Tx }.into(), &also)
+        }
         Err(v) => counted(v, &also),
     }
 }
 
 /// Counts `v` and `also` in this CPU's `STATS`; returns the XDP action.
 #[inline(always)]
-fn counted(v: Verdict, also: &Also) -> u32 {
+fn counted(v: Counted, also: &Also) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
@@ -84,18 +86,18 @@ fn process(
     s: &mut Scratch,
     ip: &parse::Ip,
     also: &mut Also,
-) -> Result<Verdict, Verdict> {
+) -> Result<Verdict, Counted> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
     // Another host's frame (a standby's bridge port floods its peer's traffic
     // here) is that host's to forward: forwarding it too sends one flow twice.
     if !parse::addressed_to_us(ctx, cfg) {
-        return Err(Verdict::Pass(Counter::PassNotForUs));
+        return Err(Verdict::Pass(Counter::PassNotForUs).into());
     }
     let pkt = parse::packet(ctx, ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
     // The frame as it came, from what parse measured (no second read of the context).
     let frame_len = pkt.l3_off as u64 + u64::from(pkt.l3_len + pkt.trailer);
     if pkt.kind == Kind::Fragment {
-        return Err(vip::fragment(s));
+        return Err(vip::fragment(s).into());
     }
     let not_vip = Verdict::Pass(if pkt.kind == Kind::IcmpError {
         Counter::PassIcmp

@@ -18,22 +18,37 @@ pub enum Verdict {
 
 pub const MALFORMED: Verdict = Verdict::Drop(Counter::DropMalformed);
 
-impl Verdict {
+/// A verdict as what it counts: the XDP action, the action's counter and the
+/// reason's (indices into `CounterSet::values`, `NONE` for none), packed in one word
+/// so every early exit carries one constant to the counting at the end, not two.
+#[derive(Clone, Copy)]
+pub struct Counted(u32);
+
+/// No counter: past the end of `CounterSet::values`, so its bump is skipped.
+const NONE: u32 = 0xff;
+const _: () = assert!(Counter::COUNT < NONE);
+
+impl From<Verdict> for Counted {
+    #[inline(always)]
+    fn from(v: Verdict) -> Self {
+        let (action, counter, reason) = match v {
+            Verdict::TxHit => (xdp_action::XDP_TX, NONE, NONE),
+            Verdict::Pass(r) => (xdp_action::XDP_PASS, Counter::ActionPass as u32, r as u32),
+            Verdict::Drop(r) => (xdp_action::XDP_DROP, Counter::ActionDrop as u32, r as u32),
+            Verdict::Tx => (xdp_action::XDP_TX, Counter::ActionTx as u32, NONE),
+            Verdict::Reply(r) => (xdp_action::XDP_TX, Counter::ActionTx as u32, r as u32),
+        };
+        Self(action | counter << 8 | reason << 16)
+    }
+}
+
+impl Counted {
     /// Counts the action and its reason, and returns the XDP action.
     #[inline(always)]
     pub fn record(self, stats: &mut CounterSet) -> u32 {
-        let (action, counter, reason) = match self {
-            Self::TxHit => return xdp_action::XDP_TX,
-            Self::Pass(r) => (xdp_action::XDP_PASS, Counter::ActionPass, Some(r)),
-            Self::Drop(r) => (xdp_action::XDP_DROP, Counter::ActionDrop, Some(r)),
-            Self::Tx => (xdp_action::XDP_TX, Counter::ActionTx, None),
-            Self::Reply(r) => (xdp_action::XDP_TX, Counter::ActionTx, Some(r)),
-        };
-        bump(stats, counter);
-        if let Some(r) = reason {
-            bump(stats, r);
-        }
-        action
+        bump_index(stats, (self.0 >> 8) & 0xff);
+        bump_index(stats, self.0 >> 16);
+        self.0 & 0xff
     }
 }
 
@@ -41,29 +56,27 @@ impl Verdict {
 /// miss, a hit not forwarded...) and an ICMP error forwarded. Kept until the
 /// verdict, so a forwarded table hit, which counts neither, reads no `STATS`.
 pub struct Also {
-    /// A `Counter` as an index into `CounterSet::values`; none when past its end
-    /// (the bump's bounds check is then the only branch).
-    conn: usize,
+    /// A `Counter` as an index into `CounterSet::values`, or `NONE` (the bump's
+    /// bounds check is then the only branch).
+    conn: u32,
     pub icmp_forwarded: bool,
 }
 
 impl Default for Also {
     fn default() -> Self {
-        Self { conn: usize::MAX, icmp_forwarded: false }
+        Self { conn: NONE, icmp_forwarded: false }
     }
 }
 
 impl Also {
     #[inline(always)]
     pub fn conn(&mut self, c: Counter) {
-        self.conn = c as usize;
+        self.conn = c as u32;
     }
 
     #[inline(always)]
     pub fn record(&self, stats: &mut CounterSet) {
-        if let Some(v) = stats.values.get_mut(self.conn) {
-            *v += 1;
-        }
+        bump_index(stats, self.conn);
         if self.icmp_forwarded {
             bump(stats, Counter::IcmpForwarded);
         }
@@ -72,7 +85,12 @@ impl Also {
 
 #[inline(always)]
 fn bump(stats: &mut CounterSet, c: Counter) {
-    if let Some(v) = stats.values.get_mut(c as usize) {
+    bump_index(stats, c as u32);
+}
+
+#[inline(always)]
+fn bump_index(stats: &mut CounterSet, i: u32) {
+    if let Some(v) = stats.values.get_mut(i as usize) {
         *v += 1;
     }
 }
