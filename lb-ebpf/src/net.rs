@@ -239,3 +239,48 @@ pub fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
     }
     csum_fold(sum)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Ipv4Hdr, csum_fold, ipv4_checksum};
+
+    fn header(bytes: [u8; 20]) -> Ipv4Hdr {
+        // SAFETY: Ipv4Hdr is 20 bytes of plain integers in wire order.
+        unsafe { core::mem::transmute::<[u8; 20], Ipv4Hdr>(bytes) }
+    }
+
+    #[test]
+    fn the_checksum_of_a_known_header_is_its_wire_value() {
+        // 192.168.0.1 -> 192.168.0.199, UDP, 115 bytes, DF; on the wire with b861.
+        // Its sum carries out of 16 bits twice (0x2479c).
+        let wire = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_checksum(&header(wire)).to_ne_bytes(), [0xb8, 0x61]);
+    }
+
+    /// What a receiver checks (RFC 1071): the whole header, checksum included,
+    /// sums to all ones, whatever `check` held when it was computed.
+    #[test]
+    fn a_header_with_its_checksum_sums_to_all_ones() {
+        let mut all_ones = [0xff; 20];
+        all_ones[0] = 0x45;
+        let mut tunnel = [0; 20];
+        tunnel[..10].copy_from_slice(&[0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 4]);
+        tunnel[12..].copy_from_slice(&[10, 0, 0, 1, 172, 16, 255, 254]);
+        // Summed on x86 (little-endian) to 0x7ffff: folding once leaves 0x10006, a carry to fold again.
+        let mut folds_twice = all_ones;
+        folds_twice[4..6].copy_from_slice(&[0xc1, 0x00]);
+        for mut bytes in [all_ones, folds_twice, tunnel] {
+            for stale in [[0, 0], [0xff, 0xff], [0x12, 0x34]] {
+                bytes[10..12].copy_from_slice(&stale);
+                let check = ipv4_checksum(&header(bytes));
+                bytes[10..12].copy_from_slice(&check.to_ne_bytes());
+                let sum =
+                    bytes.chunks(2).map(|w| u32::from(u16::from_ne_bytes([w[0], w[1]]))).sum();
+                assert_eq!(csum_fold(sum), 0, "{bytes:02x?}");
+            }
+        }
+    }
+}

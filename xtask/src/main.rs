@@ -264,6 +264,9 @@ fn run_tests() -> Result<()> {
         "--exclude",
         "lb-ebpf",
     ]))?;
+    // lb-ebpf's bins are BPF programs; its library (wire headers, checksums) builds here too.
+    step("unit tests of the XDP programs' shared code (lb-ebpf's library)");
+    run(Command::new("cargo").args(["test", "--package", "lb-ebpf", "--lib"]))?;
     step("building the xdplb binary the namespace tests run");
     run(Command::new("cargo").args(["build", "--package", "lb-userspace", "--bin", "xdplb"]))?;
     // tests/tests/package.rs installs it and runs it as the unit would.
