@@ -323,7 +323,6 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
                 Case::Floor | Case::Nft => continue,
             };
             let per_run = per_run_ratios(rate, paired);
-            let over: Vec<f64> = rate.iter().zip(paired).map(|(a, f)| 1e9 / a - 1e9 / f).collect();
             println!(
                 "| {object} | {mode} | {} | {} | {:.2} ({}) | {:.0} | {:.0} | {vs_first} |",
                 l4.name(),
@@ -331,7 +330,7 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
                 Summary::of(&per_run).map_or(f64::NAN, |s| s.median),
                 per_run.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "),
                 Summary::of(rate).map_or(f64::NAN, |r| 1e9 / r.median),
-                Summary::of(&over).map_or(f64::NAN, |s| s.median),
+                ns_over(rate, paired),
             );
         }
         println!(
