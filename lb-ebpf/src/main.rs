@@ -6,6 +6,8 @@
 // atomics offer no `fetch_add` here; the intrinsic compiles to BPF's atomic add.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core_intrinsics, for atomic_xadd (see above)")]
+// `verdict::opaque`: a register move in asm!, which LLVM cannot see through.
+#![feature(asm_experimental_arch)]
 
 mod conns;
 mod flow_cache;

@@ -90,7 +90,23 @@ fn bump(stats: &mut CounterSet, c: Counter) {
 
 #[inline(always)]
 fn bump_index(stats: &mut CounterSet, i: u32) {
-    if let Some(v) = stats.values.get_mut(i as usize) {
+    if let Some(v) = stats.values.get_mut(opaque(i as usize)) {
         *v += 1;
     }
+}
+
+/// `i`, tested in the register it indexes with. A run-time index (a reason that
+/// came back from a BPF subprogram, say) goes through a register move LLVM cannot
+/// see through: else LLVM may test the packed word instead (`w < 24 << 16`) and
+/// index with a value shifted out of it, and the verifier, which bounds only the
+/// register tested, refuses the program ("invalid access to map value"). A
+/// constant needs no test and is left alone.
+#[inline(always)]
+fn opaque(mut i: usize) -> usize {
+    if core::intrinsics::is_val_statically_known(i) {
+        return i;
+    }
+    // SAFETY: a register move of `i` to itself.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) i, options(pure, nomem, nostack)) };
+    i
 }
