@@ -21,7 +21,7 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, Traffic, proto};
+use lb_common::{Backend, Counter, Traffic, hash::Seed, proto};
 
 use crate::{
     maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, Scratch, VIP_STATS},
@@ -47,9 +47,11 @@ pub fn xdp_lb_timed(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passed: for no VIP.
+const NOT_VIP: Verdict = Verdict::Pass(Counter::PassNotVip);
+
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
-    const NOT_VIP: Verdict = Verdict::Pass(Counter::PassNotVip);
     let Some(s) = SCRATCH.get_ptr_mut(0) else { return counted(NOT_VIP.into(), &Also::default()) };
     let s = unsafe { &mut *s };
     // Traffic for no VIP leaves first, each exit counted on its own (straight code).
@@ -101,63 +103,74 @@ fn process(
     if pkt.kind == Kind::Fragment {
         return Err(vip::fragment(s).into());
     }
-    let not_vip = Verdict::Pass(if pkt.kind == Kind::IcmpError {
-        Counter::PassIcmp
-    } else {
-        Counter::PassNotVip
-    });
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
     let lookup = if syn { Lookup::Miss } else { select::established(&s.flow, &cfg.hash_seed) };
-    let hit = matches!(lookup, Lookup::Hit(..));
-    let (index, backend, handshakes) = if let Lookup::Hit(index, backend) = lookup {
-        (index, backend, 0)
-    } else {
-        let vip = vip::lookup(s).ok_or(not_vip)?;
-        if syn {
-            also.conn(Counter::ConnSyn);
-            select::syn(&s.flow, vip, &cfg.hash_seed)?
-        } else {
-            let missed = match pkt.kind {
-                Kind::IcmpError => Missed::IcmpError,
-                _ if s.flow.proto == proto::TCP => Missed::TcpClient,
-                _ => Missed::Other,
-            };
-            let (index, backend, counts) = select::first(&s.flow, vip, &cfg.hash_seed, missed)?;
-            also.conn(match lookup {
-                _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
-                Lookup::Stale => Counter::ConnRehash,
-                _ => Counter::ConnMiss,
-            });
-            (index, backend, counts)
-        }
-    };
-    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg).inspect_err(|_| {
+    // A hit runs straight to its own end: sharing the tail with the other paths, it
+    // carried their index, handshake counts and flags in registers and on the stack.
+    if let Lookup::Hit(index, backend) = lookup {
         // A hit not forwarded is counted here; a forwarded one in its backend's `hits`.
-        if hit {
-            also.conn(Counter::ConnHit);
+        forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)
+            .inspect_err(|_| also.conn(Counter::ConnHit))?;
+        // A hit is counted once, in its backend's `hits` (lb_common::stats).
+        if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
+            account(unsafe { &mut (*b).hits }, frame_len);
         }
-    })?;
-    // A hit is counted once, in its backend's `hits` (lb_common::stats); any
-    // other packet in the VIP's and the backend's traffic, with its handshakes.
-    if !hit && let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
+        if pkt.kind == Kind::IcmpError {
+            also.icmp_forwarded = true;
+        }
+        return Ok(Verdict::TxHit);
+    }
+    let (index, backend, handshakes) = if syn {
+        let vip = vip::lookup(s).ok_or(NOT_VIP)?;
+        also.conn(Counter::ConnSyn);
+        select::syn(&s.flow, vip, &cfg.hash_seed)?
+    } else {
+        let missed = match pkt.kind {
+            Kind::IcmpError => Missed::IcmpError,
+            _ if s.flow.proto == proto::TCP => Missed::TcpClient,
+            _ => Missed::Other,
+        };
+        let (index, backend, counts) = unlisted(s, &cfg.hash_seed, missed)?;
+        also.conn(match lookup {
+            _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
+            Lookup::Stale => Counter::ConnRehash,
+            _ => Counter::ConnMiss,
+        });
+        (index, backend, counts)
+    };
+    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
+    // Counted in the VIP's and the backend's traffic, with its handshakes.
+    if let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
         account(unsafe { &mut *t }, frame_len);
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
         let b = unsafe { &mut *b };
-        if hit {
-            account(&mut b.hits, frame_len);
-        } else {
-            account(&mut b.traffic, frame_len);
-            if handshakes != 0 {
-                select::count(&mut b.handshakes, handshakes);
-            }
+        account(&mut b.traffic, frame_len);
+        if handshakes != 0 {
+            select::count(&mut b.handshakes, handshakes);
         }
     }
     if pkt.kind == Kind::IcmpError {
         also.icmp_forwarded = true;
     }
-    Ok(if hit { Verdict::TxHit } else { verdict })
+    Ok(verdict)
+}
+
+/// A packet that is no SYN, of a flow the table does not hold live: its VIP's
+/// backend (the SYN array's for a handshake's ACK, else the ring's) and what it
+/// counts for it. Out of line, a BPF subprogram: inlined, its lookups and spills
+/// shaped the registers of every table hit.
+#[inline(never)]
+fn unlisted(
+    s: &mut Scratch,
+    seed: &Seed,
+    missed: Missed,
+) -> Result<(u32, &'static Backend, u8), Counted> {
+    let not_vip =
+        if missed == Missed::IcmpError { Verdict::Pass(Counter::PassIcmp) } else { NOT_VIP };
+    let vip = vip::lookup(s).ok_or(not_vip)?;
+    Ok(select::first(&s.flow, vip, seed, missed)?)
 }
 
 #[inline(always)]
