@@ -23,18 +23,23 @@ use crate::{
 pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     if flow.family == family::V4 {
         // The table's key is built where the table is read: a cache hit stores none.
-        let words = FlowKey4::of(flow).words();
-        let now = flow_cache::now();
-        if let Some(set) = flow_cache::set(words, seed)
-            && let Some(s) = flow_cache::find(unsafe { &mut *set }, words)
-            && s.stamp == now
-        {
-            return Some(&s.conn);
+        if let Some(conn) = cached(FlowKey4::of(flow).words(), seed) {
+            return Some(conn);
         }
         from_table(flow, seed)
     } else {
         unsafe { CONNS.get(flow) }
     }
+}
+
+/// The up-to-date copy in this CPU's flow cache of the IPv4 flow whose
+/// `FlowKey4::words` are `key`; none sends the flow to the table (`get`).
+#[inline(always)]
+pub fn cached(key: [u64; 2], seed: &Seed) -> Option<&'static ConnValue> {
+    let now = flow_cache::now();
+    let set = flow_cache::set(key, seed)?;
+    let s = flow_cache::find(unsafe { &mut *set }, key)?;
+    (s.stamp == now).then_some(&s.conn)
 }
 
 /// `get` for an IPv4 flow whose copy in the cache is missing or out of date. Out of

@@ -6,10 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{
-    Backend, Counter, FlowKey, ForwardingMode, LbConfig, family, hash::flow_label,
-    limits::ENCAP_TTL, proto,
-};
+use lb_common::{Backend, Counter, ForwardingMode, LbConfig, family, limits::ENCAP_TTL, proto};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
     VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at, write_words,
@@ -21,11 +18,13 @@ use crate::{
     verdict::{MALFORMED, Verdict},
 };
 
+/// `label`: the flow's outer IPv6 flow label (`hash::flow_label`), asked for
+/// only by a tunnel to an IPv6 backend.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
-    flow: &FlowKey,
+    label: impl FnOnce() -> u32,
     b: &Backend,
     cfg: &LbConfig,
 ) -> Result<Verdict, Verdict> {
@@ -44,7 +43,7 @@ pub fn to_backend(
     if b.family == family::V4 {
         encap_v4(ctx, pkt, b, cfg, inner)
     } else {
-        encap_v6(ctx, pkt, flow, b, cfg, inner)
+        encap_v6(ctx, pkt, label, b, cfg, inner)
     }
 }
 
@@ -144,14 +143,14 @@ fn encap_v4(
 fn encap_v6(
     ctx: &XdpContext,
     pkt: &Packet,
-    flow: &FlowKey,
+    label: impl FnOnce() -> u32,
     b: &Backend,
     cfg: &LbConfig,
     inner: u8,
 ) -> Result<Verdict, Verdict> {
     let (l2, off) = push_l2(ctx, pkt.l3_off, IPV6_HLEN, &b.mac, &cfg.src_mac, ETH_P_IPV6)?;
     // Routers on the way spread tunnels by flow (RFC 6438).
-    let label = flow_label(flow);
+    let label = label();
     let ip = unsafe { &mut *l2.add(off).cast::<Ipv6Hdr>() };
     ip.version_tc_flow = ((6 << 28) | label).to_be();
     ip.payload_len = (pkt.l3_len as u16).to_be();

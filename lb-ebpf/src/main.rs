@@ -21,7 +21,11 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Backend, Counter, Traffic, hash::Seed, proto};
+use lb_common::{
+    Backend, Counter, FlowKey4, LbConfig, Traffic,
+    hash::{Seed, flow_label},
+    proto,
+};
 
 use crate::{
     maps::{BACKEND_STATS, BENCH_SCRIPT, CONFIG, SCRATCH, STATS, Scratch, VIP_STATS},
@@ -52,13 +56,31 @@ const NOT_VIP: Verdict = Verdict::Pass(Counter::PassNotVip);
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
+    // The most common packet, read at once (`parse::front`): its table hit leaves
+    // here; anything else goes on below (from the header the front read).
+    let front = parse::front(ctx);
+    if let Some(f) = &front {
+        if !vip::maybe(&[f.ip.dst, 0, 0, 0]) {
+            return counted(NOT_VIP.into(), &Also::default());
+        }
+        if let Some((pkt, key)) = parse::front_flow(ctx, f)
+            && let Some(action) = front_hit(ctx, &pkt, &key)
+        {
+            return action;
+        }
+    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else { return counted(NOT_VIP.into(), &Also::default()) };
     let s = unsafe { &mut *s };
     // Traffic for no VIP leaves first, each exit counted on its own (straight code).
-    let ip = match parse::ip(ctx, &mut s.flow) {
-        Ok(ip) if vip::maybe(&s.flow.dst) => ip,
-        Ok(_) => return counted(NOT_VIP.into(), &Also::default()),
-        Err(v) => return counted(v.into(), &Also::default()),
+    let ip = if let Some(f) = &front {
+        // The front read this header and passed its address through the filter.
+        parse::front_ip(f, &mut s.flow)
+    } else {
+        match parse::ip(ctx, &mut s.flow) {
+            Ok(ip) if vip::maybe(&s.flow.dst) => ip,
+            Ok(_) => return counted(NOT_VIP.into(), &Also::default()),
+            Err(v) => return counted(v.into(), &Also::default()),
+        }
     };
     let mut also = Also::default();
     match process(ctx, s, &ip, &mut also) {
@@ -71,6 +93,44 @@ fn balance(ctx: &XdpContext) -> u32 {
         }
         Err(v) => counted(v, &also),
     }
+}
+
+/// The common packet's table hit (`parse::front`), from the frame's own words: no
+/// flow key built, no SCRATCH, no table. None for any other packet (a cache miss,
+/// a backend down, a frame not for us...), which `process` then takes whole, as
+/// if this had not looked.
+#[inline(always)]
+fn front_hit(ctx: &XdpContext, pkt: &parse::Packet, key: &FlowKey4) -> Option<u32> {
+    let cfg = CONFIG.get(0).filter(|c| c.mtu != 0)?;
+    if !parse::addressed_to_us(ctx, cfg) {
+        return None;
+    }
+    let (index, backend) = select::cached(key.words(), &cfg.hash_seed)?;
+    let mut also = Also::default();
+    Some(match hit(ctx, pkt, || flow_label(&key.flow()), index, backend, cfg, &mut also) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(v) => counted(v.into(), &also),
+    })
+}
+
+/// Forwards a table hit to its backend (`index`) and counts it once: in the
+/// backend's `hits` (lb_common::stats), or, not forwarded, as a `ConnHit` in `also`.
+#[inline(always)]
+fn hit(
+    ctx: &XdpContext,
+    pkt: &parse::Packet,
+    label: impl FnOnce() -> u32,
+    index: u32,
+    backend: &Backend,
+    cfg: &LbConfig,
+    also: &mut Also,
+) -> Result<(), Verdict> {
+    forward::to_backend(ctx, pkt, label, backend, cfg)
+        .inspect_err(|_| also.conn(Counter::ConnHit))?;
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
+        account(unsafe { &mut (*b).hits }, pkt.frame_len());
+    }
+    Ok(())
 }
 
 /// Counts `v` and `also` in this CPU's `STATS`; returns the XDP action.
@@ -98,8 +158,7 @@ fn process(
         return Err(Verdict::Pass(Counter::PassNotForUs).into());
     }
     let pkt = parse::packet(ctx, ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
-    // The frame as it came, from what parse measured (no second read of the context).
-    let frame_len = pkt.l3_off as u64 + u64::from(pkt.l3_len + pkt.trailer);
+    let frame_len = pkt.frame_len();
     if pkt.kind == Kind::Fragment {
         return Err(vip::fragment(s).into());
     }
@@ -109,13 +168,7 @@ fn process(
     // A hit runs straight to its own end: sharing the tail with the other paths, it
     // carried their index, handshake counts and flags in registers and on the stack.
     if let Lookup::Hit(index, backend) = lookup {
-        // A hit not forwarded is counted here; a forwarded one in its backend's `hits`.
-        forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)
-            .inspect_err(|_| also.conn(Counter::ConnHit))?;
-        // A hit is counted once, in its backend's `hits` (lb_common::stats).
-        if let Some(b) = BACKEND_STATS.get_ptr_mut(index) {
-            account(unsafe { &mut (*b).hits }, frame_len);
-        }
+        hit(ctx, &pkt, || flow_label(&s.flow), index, backend, cfg, also)?;
         if pkt.kind == Kind::IcmpError {
             also.icmp_forwarded = true;
         }
@@ -139,7 +192,7 @@ fn process(
         });
         (index, backend, counts)
     };
-    let verdict = forward::to_backend(ctx, &pkt, &s.flow, backend, cfg)?;
+    let verdict = forward::to_backend(ctx, &pkt, || flow_label(&s.flow), backend, cfg)?;
     // Counted in the VIP's and the backend's traffic, with its handshakes.
     if let Some(t) = VIP_STATS.get_ptr_mut(backend.vip) {
         account(unsafe { &mut *t }, frame_len);

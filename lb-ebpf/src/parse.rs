@@ -7,9 +7,13 @@
 //! lengths against the frame, extension headers, the transport header inside the
 //! packet) and reads the ports. A header that fails a check is `DropMalformed`,
 //! which the caller turns into a pass unless the destination holds a VIP.
+//!
+//! The most common packet (untagged IPv4 without options, TCP or UDP) is read
+//! first behind one bounds check ([`front`], [`front_flow`]), so an established
+//! flow's table hit needs no flow key built; any other takes the two steps.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, LbConfig, family, limits::ACCEPT_MACS, proto};
+use lb_common::{Counter, FlowKey, FlowKey4, LbConfig, family, limits::ACCEPT_MACS, proto};
 use lb_ebpf::net::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPV4_HLEN,
     IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, NEXTHDR_AH, NEXTHDR_DEST, NEXTHDR_ESP, NEXTHDR_FRAGMENT,
@@ -57,6 +61,14 @@ pub struct Packet {
     pub kind: Kind,
 }
 
+impl Packet {
+    /// The frame's length as it came, from what parse measured (no second read of the context).
+    #[inline(always)]
+    pub fn frame_len(&self) -> u64 {
+        self.l3_off as u64 + u64::from(self.l3_len + self.trailer)
+    }
+}
+
 /// Ethernet, a VLAN tag, the fixed IPv4 or IPv6 header: fills the flow key's
 /// family and addresses. Anything that is not IP, or too short to say where it
 /// goes, passes.
@@ -76,10 +88,7 @@ pub fn ip(ctx: &XdpContext, flow: &mut FlowKey) -> Result<Ip, Verdict> {
     }
     if ether_type == ETH_P_IP.to_be() {
         let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).map_err(|()| SHORT)? };
-        flow.family = family::V4;
-        flow.src = [ip.src, 0, 0, 0];
-        flow.dst = [ip.dst, 0, 0, 0];
-        Ok(Ip { l3_off, family: family::V4 })
+        Ok(v4(ip, l3_off, flow))
     } else if ether_type == ETH_P_IPV6.to_be() {
         let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off).map_err(|()| SHORT)? };
         flow.family = family::V6;
@@ -89,6 +98,20 @@ pub fn ip(ctx: &XdpContext, flow: &mut FlowKey) -> Result<Ip, Verdict> {
     } else {
         Err(Verdict::Pass(Counter::PassNotIp))
     }
+}
+
+#[inline(always)]
+fn v4(ip: &Ipv4Hdr, l3_off: usize, flow: &mut FlowKey) -> Ip {
+    flow.family = family::V4;
+    flow.src = [ip.src, 0, 0, 0];
+    flow.dst = [ip.dst, 0, 0, 0];
+    Ip { l3_off, family: family::V4 }
+}
+
+/// What [`ip`] says of a packet [`front`] read, from the header it read.
+#[inline(always)]
+pub fn front_ip(f: &Front, flow: &mut FlowKey) -> Ip {
+    v4(f.ip, ETH_HLEN, flow)
 }
 
 /// Whether the frame is addressed to this balancer: to the interface's MAC (one
@@ -144,13 +167,11 @@ fn ipv4(
         ihl
     };
     let len = usize::from(u16::from_be(ip.tot_len));
-    // A total length under the header, or over the frame, would let the packet
-    // claim a size it does not have (the MTU check and the outer header use it).
-    if len < ihl || len > room {
+    if !ipv4_len_fits(len, ihl, room) {
         return Err(MALFORMED);
     }
     flow.proto = ip.proto;
-    let kind = if u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0 {
+    let kind = if is_fragment(ip) {
         Kind::Fragment
     } else {
         let (l4_off, end) = (l3_off + ihl, l3_off + len);
@@ -229,7 +250,7 @@ pub fn transport(
         }
         let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, off).map_err(|()| MALFORMED)? };
         flow.ports = [tcp.ports.src, tcp.ports.dst];
-        Ok(Kind::Flow { syn: tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN })
+        Ok(Kind::Flow { syn: is_syn(tcp) })
     } else {
         if off + size_of::<UdpHdr>() > end {
             return Err(MALFORMED);
@@ -238,4 +259,88 @@ pub fn transport(
         flow.ports = [udp.ports.src, udp.ports.dst];
         Ok(Kind::Flow { syn: false })
     }
+}
+
+/// A total length under the header, or over the frame (`room`), would let the
+/// packet claim a size it does not have (the MTU check and the outer header use it).
+#[inline(always)]
+const fn ipv4_len_fits(len: usize, ihl: usize, room: usize) -> bool {
+    len >= ihl && len <= room
+}
+
+#[inline(always)]
+fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0
+}
+
+/// A SYN without ACK: a new connection.
+#[inline(always)]
+fn is_syn(tcp: &TcpHdr) -> bool {
+    tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+}
+
+/// What the front reads of the most common packet at once: untagged Ethernet, an
+/// IPv4 header without options, and a TCP header's worth behind it (a UDP header
+/// and its first payload bytes, or Ethernet padding).
+pub struct Front {
+    pub ip: &'static Ipv4Hdr,
+    /// The TCP header, or the UDP header's ports (the same place in both).
+    tcp: &'static TcpHdr,
+}
+
+/// Bytes the front reads behind its one bounds check.
+const FRONT_LEN: usize = ETH_HLEN + IPV4_HLEN + size_of::<TcpHdr>();
+
+/// The front of the most common packet, behind one bounds check: none for any
+/// other (tagged, IPv6, IPv4 options, a frame too short), which takes
+/// [`ip`] and [`packet`].
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "headers sit at even offsets; x86 BPF loads unaligned"
+)]
+pub fn front(ctx: &XdpContext) -> Option<Front> {
+    let at = ptr_at::<[u8; FRONT_LEN]>(ctx, 0).ok()?.cast::<u8>();
+    let (eth, ip, tcp) = unsafe {
+        (
+            &*at.cast::<EthHdr>(),
+            &*at.add(ETH_HLEN).cast::<Ipv4Hdr>(),
+            &*at.add(ETH_HLEN + IPV4_HLEN).cast::<TcpHdr>(),
+        )
+    };
+    (eth.proto == ETH_P_IP.to_be() && ip.version_ihl == 0x45).then_some(Front { ip, tcp })
+}
+
+/// A front packet that [`packet`] would take as `Kind::Flow { syn: false }`: its
+/// `Packet` and flow. None for anything else (a fragment, a SYN, not TCP or UDP,
+/// a length that fails a check), which [`packet`] then reads. The checks are
+/// `ipv4`'s and `transport`'s, on the same predicates.
+#[inline(always)]
+pub fn front_flow(ctx: &XdpContext, f: &Front) -> Option<(Packet, FlowKey4)> {
+    let room = frame_len(ctx).wrapping_sub(ETH_HLEN);
+    let len = usize::from(u16::from_be(f.ip.tot_len));
+    let l4 = match f.ip.proto {
+        proto::TCP if !is_syn(f.tcp) => size_of::<TcpHdr>(),
+        proto::UDP => size_of::<UdpHdr>(),
+        _ => return None,
+    };
+    // `ipv4`'s length check, with the transport header inside the packet (`transport`).
+    if !ipv4_len_fits(len, IPV4_HLEN + l4, room) || is_fragment(f.ip) {
+        return None;
+    }
+    let ports = &f.tcp.ports;
+    let key = FlowKey4 {
+        src: f.ip.src,
+        dst: f.ip.dst,
+        ports: [ports.src, ports.dst],
+        proto: u32::from(f.ip.proto),
+    };
+    let pkt = Packet {
+        l3_off: ETH_HLEN,
+        l3_len: len as u32,
+        trailer: (room - len) as u32,
+        family: family::V4,
+        kind: Kind::Flow { syn: false },
+    };
+    Some((pkt, key))
 }

@@ -66,6 +66,14 @@ pub fn established(flow: &FlowKey, seed: &Seed) -> Lookup {
     }
 }
 
+/// `established` for an IPv4 flow the front read (`parse::front_flow`): a hit in
+/// this CPU's flow cache on a live backend; anything else is `established`'s.
+#[inline(always)]
+pub fn cached(key: [u64; 2], seed: &Seed) -> Option<(u32, &'static Backend)> {
+    let conn = conns::cached(key, seed)?;
+    live(conn.backend, conn.generation).map(|b| (conn.backend, b))
+}
+
 /// The backend at `index` if it still holds the slot (`generation`) and is not down.
 #[inline(always)]
 fn live(index: u32, generation: u32) -> Option<&'static Backend> {

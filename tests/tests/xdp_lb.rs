@@ -1251,6 +1251,7 @@ fn a_table_hit_is_counted_once_and_every_total_keeps_it_when_slots_change_hands(
 #[test]
 fn a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer() {
     needs_root!();
+    on_cpu(0); // a hit from this CPU's flow cache, as most hits are
     let mut lb = Balancer::new(Ipip);
     let flow = pinned_flow(&mut lb, "waf-1");
     let before = lb.vip_traffic("web4");
@@ -1371,6 +1372,153 @@ fn a_hit_from_the_flow_cache_still_leaves_a_backend_that_went_down_or_was_replac
     let (run, c) = lb.run_counted(&replaced.ack().frame());
     assert_eq!(lb.receiver(&run), lb.predict("web4", &replaced));
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+// ---- a cached flow's packets: the front and the full path ---------------------
+// An established IPv4 flow's untagged, option-less TCP or UDP packet is forwarded
+// from the frame's first bytes alone when this CPU's flow cache holds the flow (the
+// front); any other packet of that flow must come out as the full path says. Each
+// case is a packet of a flow whose copy this CPU holds, so the front sees a hit if
+// it looks. Covered elsewhere: a SYN on a cached flow
+// (`syn_is_hashed_even_when_the_table_names_another_backend`), a cached flow's
+// backend down or replaced (`a_hit_from_the_flow_cache_still_leaves_a_backend_...`),
+// a cached flow's segment too big for the tunnel
+// (`a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer`).
+
+/// An open TCP flow on `to` whose copy this CPU's flow cache holds.
+fn cached_flow(lb: &mut Balancer, to: &str) -> Flow {
+    let flow = pinned_flow(lb, to);
+    assert_eq!(cached(lb, &flow), [lb.conn(&flow).unwrap()], "the handshake's ACK copied it");
+    flow
+}
+
+#[test]
+fn a_cached_flows_packet_with_ipv4_options_is_read_past_its_options() {
+    needs_root!();
+    on_cpu(0);
+    for mode in [Dsr, Ipip] {
+        let mut lb = Balancer::new(mode);
+        let (a, b) = (cached_flow(&mut lb, "waf-2"), cached_flow(&mut lb, "waf-3"));
+        // b's packet whose options are a's ports: a reader that took its header
+        // for 20 bytes would find a's flow where b's ports are.
+        let [s0, s1] = a.sport.to_be_bytes();
+        let [d0, d1] = a.dport.to_be_bytes();
+        let mut h = ipv4_header(CLIENT4, VIP4, IpNumber::TCP);
+        h.options = Ipv4Options::try_from(&[s0, s1, d0, d1][..]).unwrap();
+        let l3 = ipv4_packet(h, &b.ack().l3()[20..]);
+        let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &l3));
+        assert_eq!(lb.receiver(&run), "waf-3", "{mode:?}");
+        assert_eq!(run.decoded().inner, l3, "options kept ({mode:?})");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    }
+}
+
+#[test]
+fn a_cached_flows_vlan_tagged_packet_goes_to_its_backend_with_its_tag() {
+    needs_root!();
+    on_cpu(0);
+    for mode in [Dsr, Ipip] {
+        let mut lb = Balancer::new(mode);
+        let flow = cached_flow(&mut lb, "waf-2").ack().vlan(100);
+        let (run, c) = lb.run_counted(&flow.frame());
+        assert_eq!(lb.receiver(&run), "waf-2", "{mode:?}");
+        assert_eq!(run.decoded().vlan, Some((ETH_P_8021Q, 100)), "{mode:?}");
+        assert_eq!(run.decoded().inner, flow.l3(), "{mode:?}");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    }
+}
+
+#[test]
+fn a_cached_flows_frame_for_another_hosts_mac_passes_untouched() {
+    needs_root!();
+    on_cpu(0);
+    for mode in [Dsr, Ipip] {
+        let mut lb = Balancer::new(mode);
+        let flow = cached_flow(&mut lb, "waf-2");
+        let frame = addressed_to(flow.ack().frame(), PEER_MAC);
+        let (run, c) = lb.run_counted(&frame);
+        assert_eq!((run.action, &run.frame), (XDP_PASS, &frame), "{mode:?}");
+        assert_eq!(c, counts(&[(ActionPass, 1), (PassNotForUs, 1)]));
+    }
+}
+
+#[test]
+fn a_cached_flows_packet_whose_ipv4_header_does_not_add_up_is_dropped() {
+    needs_root!();
+    on_cpu(0);
+    for mode in [Dsr, Ipip] {
+        let mut lb = Balancer::new(mode);
+        let flow = cached_flow(&mut lb, "waf-2").ack();
+        let l3 = flow.l3(); // 20 + 20 + 100 bytes
+        let udp = Flow::udp(CLIENT4, 40000, VIP4, 53);
+        assert_eq!(lb.run(&udp.frame()).action, XDP_TX);
+        assert_eq!(cached(&lb, &udp), [lb.conn(&udp).unwrap()], "its first packet copied it");
+        let cases = [
+            (
+                "total length past the frame",
+                ipv4_edited(&l3, |p| set_total_length(p, 141)),
+                DropMalformed,
+            ),
+            (
+                "total length under the header",
+                ipv4_edited(&l3, |p| set_total_length(p, 19)),
+                DropMalformed,
+            ),
+            (
+                "TCP header past the total length",
+                ipv4_edited(&l3, |p| set_total_length(p, 39)),
+                DropMalformed,
+            ),
+            (
+                "UDP header past the total length",
+                ipv4_edited(&udp.l3(), |p| set_total_length(p, 27)),
+                DropMalformed,
+            ),
+            ("a first fragment", ipv4_edited(&l3, |p| p[6] |= 0x20), DropFragment),
+            ("a later fragment", ipv4_edited(&l3, |p| p[7] = 185), DropFragment),
+        ];
+        for (name, bad, why) in cases {
+            let (run, c) = lb.run_counted(&ethernet(ETH_P_IP, &bad));
+            assert_eq!(run.action, XDP_DROP, "{name} ({mode:?})");
+            assert_eq!(c, counts(&[(ActionDrop, 1), (why, 1)]), "{name} ({mode:?})");
+        }
+        let (run, c) = lb.run_counted(&flow.frame());
+        assert_eq!(lb.receiver(&run), "waf-2", "the flow itself is still served ({mode:?})");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+    }
+}
+
+#[test]
+fn a_cached_flows_padded_frame_leaves_its_padding_out_of_the_tunnel() {
+    needs_root!();
+    on_cpu(0);
+    let mut lb = Balancer::new(Ipip);
+    let flow = cached_flow(&mut lb, "waf-2").ack().payload(0);
+    let mut padded = flow.frame();
+    padded.resize(60, 0);
+    let (run, c) = lb.run_counted(&padded);
+    let Outer::V4(h) = assert_encapsulated(&lb, &flow, "web4", &run) else { panic!("want IPIP") };
+    assert_eq!(usize::from(h.total_len), 20 + 40);
+    assert_eq!(run.frame.len(), 14 + 20 + 40);
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
+}
+
+#[test]
+fn a_cached_4in6_flows_tunnel_keeps_the_flows_label() {
+    needs_root!();
+    on_cpu(0);
+    let lb = Balancer::new(Ipip);
+    let flow = Flow::tcp(CLIENT4, 40000, MIXED_VIP4, 80).ack();
+    let label = lb_common::hash::flow_label(&flow_key(&flow));
+    for (packet, counted) in [("first", ConnMiss), ("cached", ConnHit)] {
+        let (run, c) = lb.run_counted(&flow.frame());
+        let Outer::V6(h) = assert_encapsulated(&lb, &flow, "mixed4", &run) else {
+            panic!("want 4in6")
+        };
+        assert_eq!(h.flow_label.value(), label, "{packet} packet");
+        assert_eq!(c, counts(&[(ActionTx, 1), (counted, 1)]), "{packet} packet");
+    }
+    assert_eq!(cached(&lb, &flow), [lb.conn(&flow).unwrap()]);
 }
 
 #[test]
