@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{Backend, Counter, ForwardingMode, LbConfig, family, limits::ENCAP_TTL, proto};
 use lb_ebpf::net::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr,
-    VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at, write_words,
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_ZLEN, EthHdr, IP_DF, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr,
+    Ipv6Hdr, VLAN_HLEN, copy_mac, copy_words, ipv4_checksum, ptr_at, write_words,
 };
 
 use crate::{
@@ -39,7 +39,7 @@ pub fn to_backend(
     if pkt.l3_len + outer > cfg.mtu {
         return Err(too_big::answer(ctx, pkt, cfg, cfg.mtu.saturating_sub(outer)));
     }
-    trim(ctx, pkt)?;
+    trim(ctx, pkt, outer, cfg.mtu)?;
     if b.family == family::V4 {
         encap_v4(ctx, pkt, b, cfg, inner)
     } else {
@@ -47,12 +47,18 @@ pub fn to_backend(
     }
 }
 
-/// Cuts what follows the IP packet (Ethernet padding, or bytes behind a short total
-/// length) so the tunnel carries the packet alone and its outer length is exact.
+/// Cuts what follows the IP packet (bytes behind a short total length) so the tunnel
+/// carries the packet alone. A shortest frame's Ethernet padding stays where it fits
+/// the MTU: the outer length is exact either way, so behind the tunnel it is padding
+/// again, and the cut (a helper call) was most of a padded TCP ACK's extra cost.
 #[inline(always)]
 #[expect(clippy::cast_possible_wrap, reason = "a frame is at most a page")]
-fn trim(ctx: &XdpContext, pkt: &Packet) -> Result<(), Verdict> {
-    if pkt.trailer > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(pkt.trailer as i32)) } != 0 {
+fn trim(ctx: &XdpContext, pkt: &Packet, outer: u32, mtu: u32) -> Result<(), Verdict> {
+    let padding = pkt.frame_len() <= ETH_ZLEN as u64 && pkt.l3_len + pkt.trailer + outer <= mtu;
+    if pkt.trailer > 0
+        && !padding
+        && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(pkt.trailer as i32)) } != 0
+    {
         return Err(Verdict::Drop(Counter::DropEncapFailed));
     }
     Ok(())

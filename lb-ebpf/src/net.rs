@@ -8,6 +8,8 @@ use core::mem::size_of;
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 
 pub const ETH_HLEN: usize = 14;
+/// The shortest Ethernet frame (without its FCS): a shorter one is padded to it.
+pub const ETH_ZLEN: usize = 60;
 pub const VLAN_HLEN: usize = 4;
 pub const IPV4_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;

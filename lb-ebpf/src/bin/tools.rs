@@ -145,7 +145,8 @@ pub fn xdp_ipip_floor_timed(ctx: XdpContext) -> u32 {
 /// The frame behind an Ethernet header and an outer IPv4 header, sent back out with
 /// the MACs swapped: one `bpf_xdp_adjust_head` and the header writes every IPIP
 /// forwarder makes. The frame after the Ethernet header is taken as the packet (no
-/// parse): padding, if any, travels in the tunnel, where xdp_lb trims it first.
+/// parse): padding, if any, travels in the tunnel (xdp_lb keeps a shortest frame's
+/// padding behind its outer packet).
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "a frame is at most a page")]
 #[expect(clippy::cast_possible_wrap, reason = "an IPv4 header is 20 bytes")]
