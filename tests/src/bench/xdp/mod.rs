@@ -563,10 +563,11 @@ fn report(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) -> Nets {
     println!(
         "{runs} runs per case, interleaved; every run's action checked. Harness = the empty \
          program's trimmed mean ({harness:.1} ns); floor (net) = MAC swap minus harness = \
-         {floor_net:.1} ns (a net ratio needs at least {RESOLVED_NS:.0}: \"–\" below it). Each balancer is loaded {INSTANCES} times per mode, its instances' \
-         runs interleaved with the rest (two loads of one object can differ by 20-40 ns on a \
-         case): each case from the faster instance (lower trimmed mean), the slower's net in \
-         the last column and in brackets below; targets are judged on the faster."
+         {floor_net:.1} ns (a net ratio needs at least {RESOLVED_NS:.0}: \"–\" below it). Each \
+         balancer is loaded {INSTANCES} times per mode, its instances' runs interleaved with \
+         the rest (two loads of one object can differ by 20-40 ns on a case): each case from \
+         the faster instance (lower trimmed mean), the slower's net in the last column and in \
+         brackets below; targets are judged on the faster."
     );
     println!();
     println!(
