@@ -18,12 +18,13 @@ use crate::{
 };
 
 /// The flow's entry: for IPv4, this CPU's flow cache first, then the table (a
-/// found entry fills the cache).
+/// found entry fills the cache). `cache_read`: the front asked `cached` already,
+/// which only `from_table` then repeats (it returns an up-to-date copy too).
 #[inline(always)]
-pub fn get(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
+pub fn get(flow: &FlowKey, seed: &Seed, cache_read: bool) -> Option<&'static ConnValue> {
     if flow.family == family::V4 {
         // The table's key is built where the table is read: a cache hit stores none.
-        if let Some(conn) = cached(FlowKey4::of(flow).words(), seed) {
+        if !cache_read && let Some(conn) = cached(FlowKey4::of(flow).words(), seed) {
             return Some(conn);
         }
         from_table(flow, seed)
@@ -42,7 +43,8 @@ pub fn cached(key: [u64; 2], seed: &Seed) -> Option<&'static ConnValue> {
     (s.stamp == now).then_some(&s.conn)
 }
 
-/// `get` for an IPv4 flow whose copy in the cache is missing or out of date. Out of
+/// `get` for an IPv4 flow whose copy in the cache is missing or out of date, or
+/// whose up-to-date copy the front found on a backend not live (`cache_read`). Out of
 /// line (a BPF subprogram): inlined, its lookups, inserts and their spills shaped
 /// the registers of every hit (~4 ns a hit in `bench xdp`).
 #[inline(never)]
@@ -53,6 +55,9 @@ fn from_table(flow: &FlowKey, seed: &Seed) -> Option<&'static ConnValue> {
     if let Some(s) = set.and_then(|s| flow_cache::find(unsafe { &mut *s }, words))
         && conn_epoch::same_epoch(s.stamp, now)
     {
+        if s.stamp == now {
+            return Some(&s.conn);
+        }
         // The clock stepped: the LRU only sees lookups, and would age out a
         // flow only the cache serves as if it had closed; an entry it
         // evicted meanwhile comes back from the copy (BPF_NOEXIST: never

@@ -55,8 +55,8 @@ pub enum Lookup {
 }
 
 #[inline(always)]
-pub fn established(flow: &FlowKey, seed: &Seed) -> Lookup {
-    let Some(conn) = conns::get(flow, seed) else {
+pub fn established(flow: &FlowKey, seed: &Seed, cache_read: bool) -> Lookup {
+    let Some(conn) = conns::get(flow, seed, cache_read) else {
         return Lookup::Miss;
     };
     let index = conn.backend;
