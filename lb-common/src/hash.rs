@@ -106,13 +106,22 @@ pub const fn syn_slot(h: u64) -> u32 {
     (h >> 40) as u32 & (SYN_SLOTS - 1)
 }
 
-/// What a SYN array slot holds to say which flow it is for: the whole 64-bit
-/// hash, never 0 (an empty slot). Two flows share a tag with odds of 2^-63, and a
-/// client cannot aim at one without the seed.
+/// What a SYN array slot holds to say which flow it is for: the flow's hash `h`
+/// (`flow_hash64` of `key`) with the VIP's address and the family mixed in (the
+/// hash leaves them out), never 0 (an empty slot). So a tag names the whole
+/// 5-tuple, and a packet whose tag a slot holds is to that SYN's VIP: the
+/// handshake's ACK needs no VIP lookup. The mix is keyed and, for an IPv4
+/// address, one-to-one: flows to two VIPs from the same client address and ports
+/// never share a tag; two flows share one with odds of 2^-63, and a client cannot
+/// aim at one without the seed.
 #[inline(always)]
 #[must_use]
-pub const fn syn_tag(h: u64) -> u64 {
-    h | 1
+pub const fn syn_tag(h: u64, key: &FlowKey, seed: &Seed) -> u64 {
+    let k0 = seed[0] as u64 | (seed[1] as u64) << 32;
+    let k1 = seed[2] as u64 | (seed[3] as u64) << 32;
+    let low = (key.dst[0] as u64 | (key.dst[1] as u64) << 32) ^ k0;
+    let high = (key.dst[2] as u64 | (key.dst[3] as u64) << 32) ^ k1 ^ (key.family as u64) << 56;
+    (h ^ (low.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ high).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) | 1
 }
 
 /// The flow cache set (`limits::FLOW_CACHE_SETS` per CPU) of the IPv4 flow whose
@@ -250,6 +259,33 @@ mod tests {
             (0..4096u32).map(|a| cache_set(key(80, a << 8), &PUBLIC_SEED)).collect();
         assert!(by_client.len() > 3000, "{} distinct sets by client", by_client.len());
         assert_ne!(spread, sets(&[1, 2, 3, 4]), "another seed, other sets");
+    }
+
+    #[test]
+    fn flows_from_one_client_and_ports_to_two_vip_addresses_never_share_a_syn_tag() {
+        // The flow hash leaves the VIP's address out, so such flows share a SYN
+        // slot; the handshake's ACK looks no VIP up and goes by the tag alone.
+        let flow = |dst: crate::Addr, family: u8| FlowKey {
+            src: [0x0700_a8c0, 0, 0, 0],
+            dst,
+            ports: [40000, 443],
+            proto: 6,
+            family,
+            ..FlowKey::default()
+        };
+        for seed in [PUBLIC_SEED, [1, 2, 3, 4]] {
+            let h = flow_hash64(&flow([0, 0, 0, 0], 4), &seed);
+            let tags: std::collections::BTreeSet<u64> = (0..4096u32)
+                .map(|a| flow([0x0000_00cb | a << 8, 0, 0, 0], 4))
+                .inspect(|f| assert_eq!(flow_hash64(f, &seed), h, "one slot"))
+                .map(|f| syn_tag(h, &f, &seed))
+                .collect();
+            assert_eq!(tags.len(), 4096, "4096 VIP addresses, 4096 tags");
+            assert!(!tags.contains(&0), "0 is an empty slot");
+            let v4 = flow([0x0100_00cb, 0, 0, 0], 4);
+            let v6 = flow([0x0100_00cb, 0, 0, 0], 6);
+            assert_ne!(syn_tag(h, &v4, &seed), syn_tag(h, &v6, &seed), "the family too");
+        }
     }
 
     #[test]

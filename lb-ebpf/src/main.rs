@@ -23,7 +23,7 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Backend, Counter, FlowKey4, LbConfig, Traffic,
-    hash::{Seed, flow_label},
+    hash::{Seed, flow_hash64, flow_label},
     proto,
 };
 
@@ -255,10 +255,17 @@ fn unlisted(
     seed: &Seed,
     missed: Missed,
 ) -> Result<(u32, &'static Backend, u8), Counted> {
+    let h = flow_hash64(&s.flow, seed);
+    if missed == Missed::TcpClient
+        && let Some((index, backend)) = select::completed(&s.flow, h, seed)
+    {
+        return Ok((index, backend, select::COMPLETED));
+    }
     let not_vip =
         if missed == Missed::IcmpError { Verdict::Pass(Counter::PassIcmp) } else { NOT_VIP };
     let vip = vip::lookup(s).ok_or(not_vip)?;
-    Ok(select::first(&s.flow, vip, seed, missed)?)
+    let (index, backend) = select::first(&s.flow, h, vip, seed, missed)?;
+    Ok((index, backend, 0))
 }
 
 #[inline(always)]

@@ -1054,7 +1054,8 @@ fn handshake_ack_to_another_vip_from_the_same_client_ports_is_not_that_vips_hand
     needs_root!();
     let lb = Balancer::new(Dsr);
     // The flow hash leaves the VIP out (each VIP has its own ring), so these two
-    // flows share a SYN array slot.
+    // flows share a SYN array slot; the slot's tag names the VIP's address, and the
+    // handshake's ACK, which looks no VIP up, is told apart by it alone.
     let to_web = tcp4();
     let to_mixed = Flow::tcp(CLIENT4, to_web.sport, MIXED_VIP4, 80);
     let web = lb.receiver(&lb.run(&to_web.frame()));
@@ -1064,6 +1065,43 @@ fn handshake_ack_to_another_vip_from_the_same_client_ports_is_not_that_vips_hand
     let (run, c) = lb.run_counted(&to_web.ack().frame());
     assert_eq!(lb.receiver(&run), web, "web4's handshake is still pending");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+}
+
+#[test]
+fn handshake_ack_whose_vip_went_while_its_syn_was_pending_is_not_forwarded() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = half_open(&lb, "waf-2");
+    let web = lb.plan.vips.remove(0);
+    lb.apply();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(run.action, XDP_PASS, "no VIP: the kernel's");
+    assert_eq!(c, counts(&[(ActionPass, 1), (PassNotVip, 1)]));
+    // Back, the VIP's backend slots are new: its ring decides the flow.
+    lb.plan.vips.insert(0, web);
+    lb.apply();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow));
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+}
+
+#[test]
+fn handshake_ack_follows_an_entry_peer_sync_wrote_while_its_syn_was_pending() {
+    use lb_userspace::sync::install::ConnTable as _;
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = half_open(&lb, "waf-2");
+    let mut conns = lb.writer.maps().conns_handle().unwrap();
+    let waf1 = lb.writer.backend_index("web4", "waf-1").unwrap();
+    let generation = lb.writer.maps().backend(waf1).unwrap().generation;
+    // The peer that saw the handshake complete says waf-1: the table is read first.
+    assert!(
+        conns.insert_new(&flow_key(&flow), &lb_common::ConnValue { backend: waf1, generation })
+    );
+    conns.publish();
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), "waf-1", "the synced entry, not the pending SYN's backend");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
 }
 
 #[test]
