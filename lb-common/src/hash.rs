@@ -111,9 +111,9 @@ pub const fn syn_slot(h: u64) -> u32 {
 /// hash leaves them out), never 0 (an empty slot). So a tag names the whole
 /// 5-tuple, and a packet whose tag a slot holds is to that SYN's VIP: the
 /// handshake's ACK needs no VIP lookup. The mix is keyed and, for an IPv4
-/// address, one-to-one: flows to two VIPs from the same client address and ports
-/// never share a tag; two flows share one with odds of 2^-63, and a client cannot
-/// aim at one without the seed.
+/// address, one-to-one but for the low bit (set: 0 is an empty slot), so flows to
+/// two VIPs from the same client address and ports share a tag only as any two
+/// flows do: with odds of 2^-63, and a client cannot aim at one without the seed.
 #[inline(always)]
 #[must_use]
 pub const fn syn_tag(h: u64, key: &FlowKey, seed: &Seed) -> u64 {
