@@ -294,6 +294,16 @@ impl Pair {
         self.start(k)
     }
 
+    /// The lines of balancer `k`'s xdplb log (of its last start, running or
+    /// killed since) that name a backend: its health, suspicions and next hops,
+    /// what explains a ring that moved under established flows.
+    pub fn backend_log(&self, k: usize) -> Result<Vec<String>> {
+        let log = self.member(k)?.config.with_extension("log");
+        let text =
+            std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        Ok(text.lines().filter(|l| l.contains("/waf")).map(str::to_owned).collect())
+    }
+
     /// Each VIP's ring digest on balancer `k`.
     pub fn digests(&self, k: usize) -> Result<BTreeMap<String, String>> {
         let digests = ring_digests(&self.daemon(k)?.status()?);
