@@ -904,6 +904,20 @@ fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
     flow
 }
 
+/// What another balancer's peer sync installs (as `sync::install` does): the
+/// table's entry for `flow` replaced by one naming web4's `backend`, published.
+fn synced_entry(lb: &Balancer, flow: &Flow, backend: &str) {
+    use lb_userspace::sync::install::ConnTable as _;
+    let mut conns = lb.writer.maps().conns_handle().unwrap();
+    let index = lb.writer.backend_index("web4", backend).unwrap();
+    let generation = lb.writer.maps().backend(index).unwrap().generation;
+    conns.remove(&flow_key(flow));
+    assert!(
+        conns.insert_new(&flow_key(flow), &lb_common::ConnValue { backend: index, generation })
+    );
+    conns.publish();
+}
+
 /// A flow whose SYN went to `from`, and no further.
 fn half_open(lb: &Balancer, from: &str) -> Flow {
     let flow = flow_to(lb, from, 30000);
@@ -1087,18 +1101,11 @@ fn handshake_ack_whose_vip_went_while_its_syn_was_pending_is_not_forwarded() {
 
 #[test]
 fn handshake_ack_follows_an_entry_peer_sync_wrote_while_its_syn_was_pending() {
-    use lb_userspace::sync::install::ConnTable as _;
     needs_root!();
     let lb = Balancer::new(Dsr);
     let flow = half_open(&lb, "waf-2");
-    let mut conns = lb.writer.maps().conns_handle().unwrap();
-    let waf1 = lb.writer.backend_index("web4", "waf-1").unwrap();
-    let generation = lb.writer.maps().backend(waf1).unwrap().generation;
     // The peer that saw the handshake complete says waf-1: the table is read first.
-    assert!(
-        conns.insert_new(&flow_key(&flow), &lb_common::ConnValue { backend: waf1, generation })
-    );
-    conns.publish();
+    synced_entry(&lb, &flow, "waf-1");
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), "waf-1", "the synced entry, not the pending SYN's backend");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
@@ -1655,19 +1662,12 @@ fn a_table_entry_peer_sync_replaces_or_removes_takes_effect_on_the_next_packet()
     let mut lb = Balancer::new(Dsr);
     let flow = pinned_flow(&mut lb, "waf-1");
     assert_eq!(cached(&lb, &flow).len(), 1);
-    let mut conns = lb.writer.maps().conns_handle().unwrap();
-    let waf2 = lb.writer.backend_index("web4", "waf-2").unwrap();
-    let generation = lb.writer.maps().backend(waf2).unwrap().generation;
-    // As sync's install does: another balancer's entry for the flow, then publish.
-    conns.remove(&flow_key(&flow));
-    assert!(
-        conns.insert_new(&flow_key(&flow), &lb_common::ConnValue { backend: waf2, generation })
-    );
-    conns.publish();
+    synced_entry(&lb, &flow, "waf-2");
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), "waf-2", "the replaced entry, not the cached copy");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
     // A withdrawal: the flow is a miss again (and hashed by the ring, to waf-1).
+    let mut conns = lb.writer.maps().conns_handle().unwrap();
     conns.remove(&flow_key(&flow));
     conns.publish();
     let (run, c) = lb.run_counted(&flow.ack().frame());
