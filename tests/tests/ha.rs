@@ -15,8 +15,13 @@
 //!   fails; their rings differ while it lasts and are identical again once the view
 //!   recovers.
 //!
-//! Every loss is counted from the client's records, never assumed. One `#[test]`
-//! per engine; both take the lab lock in turn.
+//! The death and the stop start from steady backends: the connections open and no
+//! backend changes state on either balancer meanwhile (else the start is said and
+//! made again, once; a ring that moves under flows is peer sync's to keep, see
+//! tests/sync.rs). Every loss is counted from the client's records, never
+//! assumed, and reported with where the connections went and what each balancer
+//! logged about its backends. One `#[test]` per engine; both take the lab lock in
+//! turn.
 
 #![allow(clippy::unwrap_used, reason = "test")]
 
