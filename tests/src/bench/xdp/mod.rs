@@ -12,6 +12,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
+use etherparse::IpNumber;
 use lb_common::{
     ConnValue, Counter, FlowCacheSet, FlowKey4, ForwardingMode, hash::cache_set,
     limits::FLOW_CACHE_SETS, map_names,
@@ -21,7 +22,7 @@ use lb_userspace::objects;
 use super::object::Object;
 use crate::{
     balancer::{Balancer, VIP4, VIP6, XDP_PASS, XDP_TX, flow_key},
-    packet::Flow,
+    packet::{self, Flow, Outer},
 };
 
 /// One frame through a program, timed by the kernel (BPF_PROG_TEST_RUN, repeat 1,
@@ -143,11 +144,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// The first method: every case, `runs` times, one run per `BPF_PROG_TEST_RUN`, on
 /// each balancer loaded `INSTANCES` times per mode (the instances' runs interleaved).
 fn repeat_one(runs: usize) -> Result<()> {
-    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx", "xdp_mac_swap", "xdp_ipip_floor"] {
-        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
+    let tools = first_method_tools()?;
     let empty: &Xdp = tools.program("xdp_tx").context("xdp_tx")?.try_into()?;
     let floor: &Xdp = tools.program("xdp_mac_swap").context("xdp_mac_swap")?.try_into()?;
     let lbs: Vec<(&str, Balancer)> = MODES
@@ -166,8 +163,8 @@ fn repeat_one(runs: usize) -> Result<()> {
     let open4 = Flow::tcp("198.51.100.7", 40002, VIP4, 80);
     let open_ack4 = open4.ack().payload(0);
     let mut cases = vec![
-        Case::new("empty XDP_TX (harness)", empty, syn4.frame(), XDP_TX),
-        Case::new("MAC swap + XDP_TX (floor)", floor, syn4.frame(), XDP_TX),
+        Case::new(HARNESS, empty, syn4.frame(), XDP_TX),
+        Case::new(FLOOR, floor, syn4.frame(), XDP_TX),
     ];
     for (mode, lb) in &lbs {
         let p = lb.program();
@@ -200,7 +197,7 @@ fn repeat_one(runs: usize) -> Result<()> {
     // that inserts (frames like the rows above but for the source port, taking
     // other paths) slowed the repeated SYN by ~10-20 ns and the TCP hit by ~30
     // (2026-11-30, three runs against main's bench).
-    let mut opened = vec![Case::new("empty XDP_TX (harness)", empty, syn4.frame(), XDP_TX)];
+    let mut opened = vec![Case::new(HARNESS, empty, syn4.frame(), XDP_TX)];
     for (mode, lb) in &lbs {
         let p = lb.program();
         let label =
@@ -220,6 +217,17 @@ fn repeat_one(runs: usize) -> Result<()> {
     report_connection(&nets, &opened_nets);
 
     tunnel_pass(&tools, &lbs, (&ack4, &udp4), runs, (&nets, &opened_nets))
+}
+
+/// The first method's reference programs, loaded: the harness (`xdp_tx`), the
+/// floor (`xdp_mac_swap`) and the ipip floor (`xdp_ipip_floor`).
+fn first_method_tools() -> Result<Ebpf> {
+    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
+    for name in ["xdp_tx", "xdp_mac_swap", "xdp_ipip_floor"] {
+        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+    }
+    Ok(tools)
 }
 
 /// The tunnel's pass: what the tunnel itself costs by this method, the ipip floor
@@ -251,18 +259,14 @@ fn tunnel_pass(
     );
     // The tools loaded twice too (as the balancers), each row from the faster: with
     // one load, the floor read below the harness in most runs.
-    let mut again = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx", "xdp_mac_swap", "xdp_ipip_floor"] {
-        let p: &mut Xdp = again.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-    }
+    let again = first_method_tools()?;
     let mut tunnel = Vec::new();
     for tools in [tools, &again] {
         let tool =
             |name: &str| -> Result<&Xdp> { Ok(tools.program(name).context("tool")?.try_into()?) };
         tunnel.extend([
             Case::new(HARNESS, tool("xdp_tx")?, frame.clone(), XDP_TX),
-            Case::new("MAC swap + XDP_TX (floor)", tool("xdp_mac_swap")?, frame.clone(), XDP_TX),
+            Case::new(FLOOR, tool("xdp_mac_swap")?, frame.clone(), XDP_TX),
             Case::new(IPIP_FLOOR, tool("xdp_ipip_floor")?, frame.clone(), XDP_TX),
         ]);
     }
@@ -281,22 +285,13 @@ fn tunnel_pass(
 }
 
 /// Whether `out` is `frame` (Ethernet, IPv4) behind an Ethernet header and an outer
-/// IPv4 header carrying it (IPIP), with a valid checksum and the whole frame after
-/// the inner Ethernet header as its payload, as `xdp_ipip_floor` sends it.
+/// IPv4 header carrying it (IPIP, checksum valid, no VLAN, nothing behind it), as
+/// `xdp_ipip_floor` sends it.
 fn tunnelled(out: &[u8], frame: &[u8]) -> bool {
-    let (eth, ip) = (14, 20);
-    let sum = |h: &[u8]| {
-        let s = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
-        let s = (s & 0xffff) + (s >> 16);
-        (s & 0xffff) + (s >> 16)
-    };
-    out.len() == frame.len() + ip
-        && out[12..14] == [0x08, 0x00]
-        && out[eth] == 0x45
-        && usize::from(u16::from_be_bytes([out[eth + 2], out[eth + 3]])) == frame.len() - eth + ip
-        && out[eth + 9] == 4
-        && sum(&out[eth..eth + ip]) == 0xffff
-        && out[eth + ip..] == frame[eth..]
+    let d = packet::decode(out);
+    let ipip = matches!(&d.outer, Some(Outer::V4(h))
+        if h.protocol == IpNumber::IPV4 && h.header_checksum == h.calc_header_checksum());
+    ipip && d.vlan.is_none() && out.len() == frame.len() + 20 && d.inner == frame[14..]
 }
 
 /// Runs every case `runs` times, interleaved run by run (so a noisy neighbour hurts
@@ -443,7 +438,7 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         pushes,
     };
     let mut cases = vec![
-        reference("MAC swap + XDP_TX (floor)", 0, false),
+        reference(FLOOR, 0, false),
         reference("MAC swap + outer IPv4 header + XDP_TX (ipip floor)", 1, true),
     ];
     for (m, (mode, _)) in MODES.iter().enumerate() {
@@ -814,7 +809,7 @@ fn report_tunnel(
         );
     }
     let get = |rows: &Nets, case: &str| rows.get(case).copied().unwrap_or(f64::NAN);
-    let tunnel = get(&here, IPIP_FLOOR) - get(&here, "MAC swap + XDP_TX (floor)");
+    let tunnel = get(&here, IPIP_FLOOR) - get(&here, FLOOR);
     let gap =
         |case: &str| get(&here, &format!("{case}, ipip")) - get(&here, &format!("{case}, dsr"));
     let hit = get(nets, "TCP ACK v4 (table hit), ipip");
@@ -844,8 +839,9 @@ fn report_tunnel(
     );
 }
 
-/// The tunnel pass's harness and ipip floor.
+/// The first method's harness (an empty program), floor and ipip floor.
 const HARNESS: &str = "empty XDP_TX (harness)";
+const FLOOR: &str = "MAC swap + XDP_TX (floor)";
 const IPIP_FLOOR: &str = "MAC swap + outer IPv4 header + XDP_TX (ipip floor)";
 
 /// The first method's new connection's SYN ([`Reopen`]: the table checked, nothing
@@ -915,18 +911,10 @@ mod tests {
 
     #[test]
     fn the_ipip_floors_frame_is_the_frame_behind_an_outer_ipv4_header() {
+        use crate::packet::{ETH_P_IP, ethernet, ipv4_header, ipv4_packet};
         let frame = Flow::tcp("198.51.100.7", 40001, VIP4, 80).ack().payload(0).frame();
-        let mut out = frame[..14].to_vec();
-        let len = u16::try_from(frame.len() - 14 + 20).unwrap().to_be_bytes();
-        // Version and length, total length, id, DF, TTL 64, IPIP, checksum, addresses.
-        let mut ip =
-            [0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, 4, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
-        let s: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-        let s = (s & 0xffff) + (s >> 16);
-        ip[10..12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-        out[12..14].copy_from_slice(&[0x08, 0x00]);
-        out.extend_from_slice(&ip);
-        out.extend_from_slice(&frame[14..]);
+        let outer = ipv4_header("10.0.0.1", "10.0.0.2", IpNumber::IPV4);
+        let out = ethernet(ETH_P_IP, &ipv4_packet(outer, &frame[14..]));
         assert!(tunnelled(&out, &frame));
         assert!(!tunnelled(&frame, &frame), "no outer header");
         let mut bad = out.clone();
