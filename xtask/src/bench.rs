@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, path::Path, process::Command, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::cmd::{output, run as run_cmd, step};
 
@@ -105,6 +105,22 @@ pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usi
         bench.args(["--object", o]);
     }
     step(format!("bench {}, objects {}", bench_args[0], objects.join(" ")));
+    run_cmd(&mut bench)
+}
+
+/// `bench xdp --reference NAME=PIN ...`: xdp_lb and the pinned programs side by
+/// side by the first method (printed, not a BENCHMARKS.md section: the programs are
+/// loaded outside this repository).
+pub fn against_references(which: &[String], references: &[String]) -> Result<()> {
+    ensure!(matches!(which, [w] if w == "xdp"), "--reference is for `cargo xtask bench xdp` alone");
+    step("building the bench (release)");
+    run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
+    let mut bench = Command::new("target/release/bench");
+    bench.args(["xdp", "100000", "0"]);
+    for r in references {
+        bench.args(["--reference", r]);
+    }
+    step(format!("bench xdp, first method, beside {}", references.join(" ")));
     run_cmd(&mut bench)
 }
 

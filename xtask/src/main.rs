@@ -121,6 +121,13 @@ enum Task {
         /// 300), bench live's runs of 2 s (default 5).
         #[arg(long, requires = "objects")]
         samples: Option<usize>,
+        /// `NAME=PIN`: an XDP program loaded, configured and pinned outside this
+        /// repository (Katran's balancer, for issue #13), timed by bench xdp's first method
+        /// beside xdp_lb on the same frames (SYN v4 and v6, a TCP and a UDP table hit,
+        /// non-VIP) with the targets judged against it; repeat a NAME with a second load
+        /// (the faster is kept). Printed, not written into BENCHMARKS.md.
+        #[arg(long = "reference", value_name = "NAME=PIN", conflicts_with = "objects")]
+        references: Vec<String>,
     },
     /// Build this tree's XDP objects (lb-ebpf) as lb-userspace's build.rs does, and copy
     /// xdp-lb to FILE: a scratch object for `cargo xtask bench xdp|live --object NAME=FILE`.
@@ -208,9 +215,11 @@ fn try_main() -> Result<()> {
             setup(Extras::Lab)?;
             lab::run_lab(&action)
         }
-        Task::Bench { which, objects, samples } => {
+        Task::Bench { which, objects, samples, references } => {
             setup(Extras::Bench)?;
-            if objects.is_empty() {
+            if !references.is_empty() {
+                bench::against_references(&which, &references)
+            } else if objects.is_empty() {
                 bench::run(&which)
             } else {
                 bench::compare_objects(&which, &objects, samples)
