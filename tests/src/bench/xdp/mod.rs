@@ -112,9 +112,9 @@ fn new_syns() -> Vec<Vec<u8>> {
     (0..16_384u16).map(|i| Flow::tcp("198.51.100.7", 1024 + i, VIP4, 80).frame()).collect()
 }
 
-/// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]... [--reference NAME=PIN]...`: both methods, `RUNS` (100000)
-/// runs per case of the first, `SAMPLES` (300) test runs of `timed::REPEAT` per case
-/// of the second; 0 leaves a method out. With `--object` (repeated; `FILE` an xdp-lb
+/// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]... [--reference NAME=PIN]...`:
+/// both methods, `RUNS` (100000) runs per case of the first, `SAMPLES` (300) test runs
+/// of `timed::REPEAT` per case of the second; 0 leaves a method out. With `--object` (repeated; `FILE` an xdp-lb
 /// object built by `cargo xtask build-ebpf --out FILE`, or `main` for the embedded
 /// one): an A/B of the objects by the second method only, each case run for every
 /// object in turn, its net ns per object and the ratio to the first object. With
@@ -240,8 +240,13 @@ fn repeat_one(runs: usize, refs: &[Reference]) -> Result<()> {
     let stats = interleaved(&mut opened, runs)?;
     let opened_nets = report_opened(&opened, &stats, runs);
     report_connection(&nets, &opened_nets);
-    let mut names: Vec<&str> = refs.iter().map(|r| r.name).collect();
-    names.dedup();
+    // Each name once, in the order first given (its loads need not be adjacent).
+    let mut names: Vec<&str> = Vec::new();
+    for r in refs {
+        if !names.contains(&r.name) {
+            names.push(r.name);
+        }
+    }
     for name in names {
         reference::report(name, &nets, &opened_nets);
     }
