@@ -34,6 +34,10 @@ pub struct Script {
     /// Offset of the source port and of the low 16 bits of the source address.
     pub port_off: u32,
     pub addr_off: u32,
+    /// `xdp_tail_timed` (in `xdp-tools`): the slot of `BENCH_TAIL` it hands each run
+    /// to, after the restore (another balancer's program, or the harness's).
+    pub tail: u32,
+    pub _pad: u32,
     /// Runs so far (written by the program; zeroed with the script).
     pub seq: u64,
     /// Where the frame started in the first run (written by the program; 0 until then).
@@ -51,6 +55,8 @@ impl Default for Script {
             first: 0,
             port_off: 0,
             addr_off: 0,
+            tail: 0,
+            _pad: 0,
             seq: 0,
             head: 0,
             now: 0,

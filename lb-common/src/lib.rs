@@ -108,6 +108,10 @@ pub mod map_names {
     pub const GEN_SEQ: &str = "GEN_SEQ";
     /// In the `xdp-tools` object: frames and bytes the traffic sink counted.
     pub const SINK_STATS: &str = "SINK_STATS";
+    /// In the `xdp-tools` object: the programs `xdp_tail_timed` hands a run to
+    /// (`bench::Script::tail`): another balancer's, pinned outside this repository,
+    /// and the empty ones of its harness (benchmarks only).
+    pub const BENCH_TAIL: &str = "BENCH_TAIL";
 }
 
 /// An IPv4 or IPv6 address as four 32-bit words in network byte order

@@ -39,7 +39,8 @@ mod tests {
                 map_names::GEN_CONFIG,
                 map_names::GEN_SEQ,
                 map_names::SINK_STATS,
-                map_names::BENCH_SCRIPT
+                map_names::BENCH_SCRIPT,
+                map_names::BENCH_TAIL
             ])
         );
     }

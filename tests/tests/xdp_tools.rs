@@ -4,15 +4,20 @@
 //! BPF_PROG_TEST_RUN and checks the verdict and the frame that comes out.
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
-use aya::{Ebpf, programs::Xdp};
+use aya::{
+    Ebpf,
+    maps::{Array, ProgramArray},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
 use etherparse::{IpNumber, Ipv4Header};
 use lb_common::{
-    bench::{IPIP_FLOOR_DST, IPIP_FLOOR_SRC},
+    bench::{IPIP_FLOOR_DST, IPIP_FLOOR_SRC, Script},
     limits::ENCAP_TTL,
+    map_names,
 };
 use lb_userspace::objects;
 use xdplb_tests::{
-    balancer::{VIP4, XDP_TX, run_program},
+    balancer::{VIP4, XDP_ABORTED, XDP_PASS, XDP_TX, run_program},
     packet::{CLIENT_MAC, ETH_P_IP, Flow, LB_MAC, Outer},
     privilege::have_root,
 };
@@ -62,4 +67,50 @@ fn the_ipip_floor_sends_the_frame_back_in_an_ipip_tunnel_with_its_macs_swapped()
         assert_eq!(d.inner, flow.l3(), "{flow:?}: the client's packet, whole, behind it");
         assert_eq!(run.frame.len(), flow.frame().len() + Ipv4Header::MIN_LEN);
     }
+}
+
+/// `xdp_tail_timed` hands every run, after the frame restore, to the program in the
+/// slot of `BENCH_TAIL` the script names (how `bench xdp --reference` times a
+/// program pinned outside this repository by the second method): run three times
+/// in one test run, a program that pushes a header sends the frame tunnelled once,
+/// not three times over; an empty slot aborts.
+#[test]
+fn the_tail_wrapper_restores_the_frame_then_runs_the_program_in_the_scripts_slot() {
+    needs_root!();
+    let mut ebpf = tools("xdp_tail_timed");
+    let mut slots = ProgramArray::try_from(ebpf.take_map(map_names::BENCH_TAIL).unwrap()).unwrap();
+    for (slot, name) in [(0, "xdp_pass"), (1, "xdp_ipip_floor")] {
+        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().unwrap();
+        slots.set(slot, p.fd().unwrap(), 0).unwrap();
+    }
+    let mut script: Array<_, Script> =
+        Array::try_from(ebpf.take_map(map_names::BENCH_SCRIPT).unwrap()).unwrap();
+    let prog: &Xdp = ebpf.program("xdp_tail_timed").unwrap().try_into().unwrap();
+    let flow = Flow::tcp("198.51.100.7", 40000, VIP4, 80).ack().payload(20);
+    let frame = flow.frame();
+    let mut run = |tail: u32| {
+        let mut s = Script { per_flow: 0, first: 1, tail, ..Script::default() };
+        s.frames[0][..frame.len()].copy_from_slice(&frame);
+        s.lens = [frame.len() as u32; 2];
+        script.set(0, s, 0).unwrap();
+        let mut out = vec![0u8; 2048];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 3,
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+
+    assert_eq!(run(0), (XDP_PASS, frame.clone()), "slot 0: xdp_pass, the frame as restored");
+    let (action, out) = run(1);
+    assert_eq!(action, XDP_TX, "slot 1: xdp_ipip_floor");
+    assert_eq!(out.len(), frame.len() + Ipv4Header::MIN_LEN, "one outer header: {out:02x?}");
+    assert_eq!(xdplb_tests::packet::decode(&out).inner, flow.l3());
+    assert_eq!(run(5).0, XDP_ABORTED, "an empty slot");
 }

@@ -109,18 +109,18 @@ pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usi
 }
 
 /// `bench xdp --reference NAME=PIN ...`: xdp_lb and the pinned programs side by
-/// side by the first method (printed, not a BENCHMARKS.md section: the programs are
+/// side by both methods (printed, not a BENCHMARKS.md section: the programs are
 /// loaded outside this repository).
 pub fn against_references(which: &[String], references: &[String]) -> Result<()> {
     ensure!(matches!(which, [w] if w == "xdp"), "--reference is for `cargo xtask bench xdp` alone");
     step("building the bench (release)");
     run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
     let mut bench = Command::new("target/release/bench");
-    bench.args(["xdp", "100000", "0"]);
+    bench.args(["xdp", "100000", "300"]);
     for r in references {
         bench.args(["--reference", r]);
     }
-    step(format!("bench xdp, first method, beside {}", references.join(" ")));
+    step(format!("bench xdp, both methods, beside {}", references.join(" ")));
     run_cmd(&mut bench)
 }
 

@@ -122,10 +122,12 @@ enum Task {
         #[arg(long, requires = "objects")]
         samples: Option<usize>,
         /// `NAME=PIN`: an XDP program loaded, configured and pinned outside this
-        /// repository (Katran's balancer, for issue #13), timed by bench xdp's first method
-        /// beside xdp_lb on the same frames (SYN v4 and v6, a TCP and a UDP table hit,
-        /// non-VIP) with the targets judged against it; repeat a NAME with a second load
-        /// (the faster is kept). Printed, not written into BENCHMARKS.md.
+        /// repository (Katran's balancer, for issue #13), timed by both of bench xdp's
+        /// methods beside xdp_lb on the same frames (first: SYN v4 and v6, a TCP and a UDP
+        /// table hit, non-VIP; second: its cases and a whole new connection, the program
+        /// run through a tail call behind the frame restore) with the targets judged
+        /// against it; repeat a NAME with a second load (the faster is kept). Printed, not
+        /// written into BENCHMARKS.md.
         #[arg(long = "reference", value_name = "NAME=PIN", conflicts_with = "objects")]
         references: Vec<String>,
     },

@@ -11,6 +11,10 @@
 //! - `xdp_tx_timed`, `xdp_mac_swap_timed`, `xdp_ipip_floor_timed`: the same behind
 //!   the benchmarks' frame restore (`lb_ebpf::timed`), to compare with `xdp_lb_timed`.
 //! - `xdp_tx_timed_pushed`: `xdp_tx_timed` for cases whose program pushes a header.
+//! - `xdp_tail_timed`: the frame restore, then a tail call to another program
+//!   (`BENCH_TAIL`): another balancer's, pinned outside this repository, timed by
+//!   the same method as `xdp_lb_timed`; its harness is itself in front of `xdp_tx`
+//!   or `xdp_tx_pushed` (`xdp_tx` making `xdp_tx_timed_pushed`'s head move).
 //! - `xdp_gen`: a traffic generator for BPF_PROG_TEST_RUN in live-frames mode:
 //!   writes the frame of the next flow (from a template) and returns XDP_TX.
 #![no_std]
@@ -20,7 +24,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
@@ -59,6 +63,10 @@ static GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_SCRIPT")]
 static BENCH_SCRIPT: Array<Script> = Array::with_max_entries(1, 0);
 
+/// What `xdp_tail_timed` hands a run to, by `Script::tail` (the bench fills it).
+#[map(name = "BENCH_TAIL")]
+static BENCH_TAIL: ProgramArray = ProgramArray::with_max_entries(8, 0);
+
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
@@ -95,6 +103,35 @@ pub fn xdp_tx_timed_pushed(ctx: XdpContext) -> u32 {
     match timed::restore_from(&ctx, &BENCH_SCRIPT) {
         Ok(()) if unsafe { bpf_xdp_adjust_head(ctx.ctx, 0) } == 0 => xdp_action::XDP_TX,
         _ => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// Another program behind the frame restore: the restore, then a tail call to the
+/// slot of `BENCH_TAIL` the script names. Its harness is itself with an empty
+/// program in that slot (`xdp_tx`, or `xdp_tx_pushed` for a program that pushes a
+/// header), so the tail call's cost is in both and nets out.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_tail_timed(ctx: XdpContext) -> u32 {
+    if timed::restore_from(&ctx, &BENCH_SCRIPT).is_ok()
+        && let Some(s) = BENCH_SCRIPT.get(0)
+    {
+        // SAFETY: an XDP context and a program array of XDP programs; on success the
+        // call does not return.
+        unsafe { BENCH_TAIL.tail_call(&ctx, s.tail) };
+    }
+    xdp_action::XDP_ABORTED
+}
+
+/// `xdp_tx` that makes the head move `xdp_tx_timed_pushed` makes: the callee of
+/// `xdp_tail_timed`'s harness for a program that pushes a header.
+#[xdp]
+#[expect(clippy::needless_pass_by_value, reason = "an #[xdp] entry point owns its context")]
+pub fn xdp_tx_pushed(ctx: XdpContext) -> u32 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, 0) } == 0 {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_ABORTED
     }
 }
 

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData, ProgramArray},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use etherparse::IpNumber;
@@ -119,8 +119,9 @@ fn new_syns() -> Vec<Vec<u8>> {
 /// one): an A/B of the objects by the second method only, each case run for every
 /// object in turn, its net ns per object and the ratio to the first object. With
 /// `--reference NAME=PIN` (repeated; a name twice is two loads): a program pinned
-/// outside this repository timed in the first method's pass on the same frames, and
-/// issue #13's targets judged against it side by side (`reference`).
+/// outside this repository timed by both methods on the same frames (the second
+/// through a tail call from `xdp_tail_timed`), and issue #13's targets judged
+/// against it side by side (`reference`).
 pub fn run(args: &[String]) -> Result<()> {
     let (mut objects, plain) = Object::split_args(args)?;
     let (refs, plain) = Reference::split_args(&plain)?;
@@ -131,14 +132,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let runs: usize = plain.first().map_or(Ok(100_000), |s| s.parse()).context("runs per case")?;
     let samples: usize = plain.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
     ensure!(runs > 0 || samples > 0, "nothing to measure: RUNS and SAMPLES are both 0");
-    ensure!(
-        refs.is_empty() || (!ab && runs > 0),
-        "--reference is timed by the first method: give RUNS > 0, and no --object"
-    );
+    ensure!(refs.is_empty() || !ab, "--reference and --object do not go together");
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
-        return run_timed(samples, &objects);
+        return run_timed(samples, &objects, &[]);
     }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
@@ -146,7 +144,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
-        run_timed(samples, &objects)?;
+        run_timed(samples, &objects, &refs)?;
     }
     Ok(())
 }
@@ -199,11 +197,7 @@ fn repeat_one(runs: usize, refs: &[Reference]) -> Result<()> {
         ]);
     }
     for r in refs {
-        // Its table seeded as xdp_lb's: the first ACK and datagram of a flow insert it.
-        for f in [&ack4, &udp4] {
-            let (action, _) = timed_run(&r.prog, &f.frame(), &mut [0; 2048])?;
-            ensure!(action == XDP_TX, "{}: seeding {f:?} returned action {action}", r.name);
-        }
+        seed(r, &[&ack4, &udp4])?;
         let label =
             |s: &str| -> &'static str { Box::leak(format!("{s}, {}", r.name).into_boxed_str()) };
         let frames = [syn4.frame(), ack4.frame(), udp4.frame(), syn6.frame(), other.frame()];
@@ -240,18 +234,66 @@ fn repeat_one(runs: usize, refs: &[Reference]) -> Result<()> {
     let stats = interleaved(&mut opened, runs)?;
     let opened_nets = report_opened(&opened, &stats, runs);
     report_connection(&nets, &opened_nets);
-    // Each name once, in the order first given (its loads need not be adjacent).
-    let mut names: Vec<&str> = Vec::new();
-    for r in refs {
-        if !names.contains(&r.name) {
-            names.push(r.name);
-        }
-    }
-    for name in names {
+    for name in reference::names(refs) {
         reference::report(name, &nets, &opened_nets);
     }
 
     tunnel_pass(&tools, &lbs, (&ack4, &udp4), runs, (&nets, &opened_nets))
+}
+
+/// The second method's tools, loaded and attached (`timed::Dispatcher`): the
+/// harness, the floors and, with pinned programs, `xdp_tail_timed`.
+struct TimedTools {
+    ebpf: Ebpf,
+    script: Array<MapData, lb_common::bench::Script>,
+    /// `xdp_tail_timed`'s program array (`fill_tail`), kept for the whole run: the
+    /// kernel empties a program array when its last file descriptor closes.
+    _tail_slots: Option<ProgramArray<MapData>>,
+}
+
+/// Loads the second method's tools (`TimedTools`), for the pinned programs `refs`.
+fn timed_tools(dispatcher: &mut timed::Dispatcher, refs: &[Reference]) -> Result<TimedTools> {
+    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
+    let attached = ["xdp_tx_timed", "xdp_tx_timed_pushed"].into_iter().chain(REFERENCES);
+    let tail = if refs.is_empty() { &[][..] } else { &["xdp_tail_timed"][..] };
+    for name in attached.chain(tail.iter().copied()) {
+        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+        p.attach(&dispatcher.interface()?, XdpMode::Skb)?;
+    }
+    let script = Array::try_from(tools.take_map(map_names::BENCH_SCRIPT).context("BENCH_SCRIPT")?)?;
+    let slots = if refs.is_empty() { None } else { Some(fill_tail(&mut tools, refs)?) };
+    Ok(TimedTools { ebpf: tools, script, _tail_slots: slots })
+}
+
+/// Seeds a pinned program's table as xdp_lb's is seeded: the first ACK and datagram
+/// of a flow insert it.
+fn seed(r: &Reference, flows: &[&Flow]) -> Result<()> {
+    for f in flows {
+        let (action, _) = timed_run(&r.prog, &f.frame(), &mut [0; 2048])?;
+        ensure!(action == XDP_TX, "{}: seeding {f:?} returned action {action}", r.name);
+    }
+    Ok(())
+}
+
+/// Puts `xdp_tail_timed`'s callees in `BENCH_TAIL` (`timed::TAIL_*`): the harness's
+/// empty programs (loaded here) and each pinned program. The array is returned to
+/// be kept: the kernel empties it when its last file descriptor closes.
+fn fill_tail(tools: &mut Ebpf, refs: &[Reference]) -> Result<ProgramArray<MapData>> {
+    let map = tools.take_map(map_names::BENCH_TAIL).context(map_names::BENCH_TAIL)?;
+    let mut slots = ProgramArray::try_from(map)?;
+    for (slot, name) in [(timed::TAIL_TX, "xdp_tx"), (timed::TAIL_TX_PUSHED, "xdp_tx_pushed")] {
+        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
+        p.load()?;
+        slots.set(slot, p.fd()?, 0).with_context(|| format!("{name} into BENCH_TAIL"))?;
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let slot = timed::TAIL_PINNED + u32::try_from(i)?;
+        slots.set(slot, r.prog.fd()?, 0).with_context(|| {
+            format!("{} into BENCH_TAIL (a program xdp_tail_timed can tail-call?)", r.name)
+        })?;
+    }
+    Ok(slots)
 }
 
 /// The first method's reference programs, loaded: the harness (`xdp_tx`), the
@@ -406,26 +448,21 @@ const INSTANCES: usize = 2;
 const REFERENCES: [&str; 2] = ["xdp_mac_swap_timed", "xdp_ipip_floor_timed"];
 
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
-/// every case for every object (each loaded `INSTANCES` times) in turn.
-pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
+/// every case for every object (each loaded `INSTANCES` times) in turn, and for
+/// every pinned program (`refs`, behind `xdp_tail_timed`).
+pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()> {
     use timed::{Case as T, Dispatcher, Program, Replay};
     let mut dispatcher = Dispatcher::new()?;
-    let mut tools = Ebpf::load(objects::XDP_TOOLS).context("loading xdp-tools")?;
-    for name in ["xdp_tx_timed", "xdp_tx_timed_pushed"].into_iter().chain(REFERENCES) {
-        let p: &mut Xdp = tools.program_mut(name).context(name)?.try_into()?;
-        p.load()?;
-        p.attach(&dispatcher.interface()?, XdpMode::Skb)?;
-    }
-    let mut tools_script: Array<_, lb_common::bench::Script> =
-        Array::try_from(tools.take_map(map_names::BENCH_SCRIPT).context("BENCH_SCRIPT")?)?;
+    let TimedTools { ebpf: tools, script: mut tools_script, _tail_slots } =
+        timed_tools(&mut dispatcher, refs)?;
+    let program =
+        |name: &str| -> Result<&Xdp> { Ok(tools.program(name).context("tool")?.try_into()?) };
     let harness = timed::Harness {
-        plain: tools.program("xdp_tx_timed").context("xdp_tx_timed")?.try_into()?,
-        pushed: tools.program("xdp_tx_timed_pushed").context("xdp_tx_timed_pushed")?.try_into()?,
+        plain: program("xdp_tx_timed")?,
+        pushed: program("xdp_tx_timed_pushed")?,
+        tail: if refs.is_empty() { None } else { Some(program("xdp_tail_timed")?) },
     };
-    let references = REFERENCES
-        .iter()
-        .map(|&name| tools.program(name).context(name)?.try_into().map_err(Into::into))
-        .collect::<Result<Vec<&Xdp>>>()?;
+    let references = REFERENCES.iter().map(|&name| program(name)).collect::<Result<Vec<_>>>()?;
     // Balancer `(o * INSTANCES + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
     let mut lbs: Vec<Balancer> = objects
         .iter()
@@ -448,6 +485,9 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         for f in [&ack4, &udp4] {
             ensure!(lb.run(&f.frame()).action == XDP_TX, "seeding {f:?}");
         }
+    }
+    for r in refs {
+        seed(r, &[&ack4, &udp4])?;
     }
     // (name, replay, action, packets per unit)
     let kinds = [
@@ -476,21 +516,29 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
         reference(FLOOR, 0, false),
         reference("MAC swap + outer IPv4 header + XDP_TX (ipip floor)", 1, true),
     ];
-    for (m, (mode, _)) in MODES.iter().enumerate() {
+    // Every kind for `progs` side by side, named for `who`; `tunnels`: every packet
+    // it sends (XDP_TX) goes in a tunnel (ipip; Katran).
+    let mut add = |who: &str, progs: &[Program], tunnels: bool| {
         for (name, replay, want, per_unit) in &kinds {
-            // The objects side by side, case by case.
-            for i in 0..objects.len() * INSTANCES {
+            for &prog in progs {
                 cases.push(T {
-                    name: format!("{name}, {mode}"),
-                    prog: Program::Lb(i * MODES.len() + m),
+                    name: format!("{name}, {who}"),
+                    prog,
                     replay: replay.clone(),
                     want: *want,
                     per_unit: *per_unit,
-                    // ipip forwards every packet it sends (XDP_TX) in a tunnel.
-                    pushes: *mode == "ipip" && *want == XDP_TX,
+                    pushes: tunnels && *want == XDP_TX,
                 });
             }
         }
+    };
+    for (m, (mode, _)) in MODES.iter().enumerate() {
+        let lbs: Vec<_> =
+            (0..objects.len() * INSTANCES).map(|i| Program::Lb(i * MODES.len() + m)).collect();
+        add(mode, &lbs, *mode == "ipip");
+    }
+    for (i, r) in refs.iter().enumerate() {
+        add(r.name, &[Program::Pinned(i)], true);
     }
     if let Ok(only) = std::env::var("XDP_BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
@@ -502,7 +550,10 @@ pub fn run_timed(samples: usize, objects: &[Object]) -> Result<()> {
     let m = timed::measure(&cases, &mut timed, &references, &harness, &mut tools_script, samples)?;
     let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
     if objects.len() == 1 {
-        report_timed(&cases, &m, &rows, samples);
+        let nets = report_timed(&cases, &m, &rows, samples);
+        for name in reference::names(refs) {
+            reference::report_timed(name, &nets, kinds.iter().map(|k| k.0));
+        }
     } else {
         report_objects(&cases, &m, &rows, objects, samples);
     }
@@ -534,7 +585,10 @@ fn instance_rows(cases: &[timed::Case], objects: usize, per_object: usize) -> Ve
         });
         match c.prog {
             timed::Program::Lb(i) => rows[at].1[i / per_object].push(at_case),
-            timed::Program::Tool(_) => rows[at].1.iter_mut().for_each(|v| v.push(at_case)),
+            // Not an object's: the same under every object.
+            timed::Program::Tool(_) | timed::Program::Pinned(_) => {
+                rows[at].1.iter_mut().for_each(|v| v.push(at_case));
+            }
         }
     }
     rows
@@ -612,16 +666,18 @@ fn report_timed(
     m: &[timed::Measured],
     rows: &[InstanceRow],
     samples: usize,
-) {
+) -> BTreeMap<String, f64> {
     let mean = trimmed;
     let floor_net = mean(&m[0].net).max(0.1);
     println!("| case | ns per run | net of harness ns | × floor (net) | net ns per unit |");
     println!("|---|---:|---:|---:|---:|");
     let net = |i: usize| mean(&m[i].net);
     let mut connection = Vec::new();
+    let mut per_unit = BTreeMap::new();
     for (name, instances) in rows {
         let Some((f, s)) = fastest_slowest(&instances[0], net) else { continue };
         let unit = f64::from(cases[f].per_unit);
+        per_unit.insert(name.clone(), net(f) * unit);
         println!(
             "| {name} | {} | {} | {:.1} | {} |",
             with_slower(mean(&m[f].runs), mean(&m[s].runs), 1),
@@ -629,7 +685,8 @@ fn report_timed(
             net(f) / floor_net,
             with_slower(net(f) * unit, net(s) * unit, 0)
         );
-        if cases[f].per_unit > 1 {
+        // xdp_lb's (a pinned program's is what the target is judged against).
+        if cases[f].per_unit > 1 && matches!(cases[f].prog, timed::Program::Lb(_)) {
             connection.push((name.clone(), net(f) * unit));
         }
     }
@@ -657,6 +714,7 @@ fn report_timed(
         let met = if ns <= CONNECTION_TARGET { "met" } else { "**missed**" };
         println!("- {name}: {ns:.0} ns ({met})");
     }
+    per_unit
 }
 
 /// The table of cases (`stats`: median and trimmed mean of each; a balancer case

@@ -1,8 +1,11 @@
 //! `bench xdp --reference NAME=PIN`: another balancer's XDP program, loaded,
 //! configured and pinned outside this repository (Katran's `balancer.bpf.c`, built
-//! by its own recipe: issue #13's reference), timed by the first method in the same
-//! pass as xdp_lb, on the same frames, so the two are compared side by side on one
-//! host instead of against figures taken on another.
+//! by its own recipe: issue #13's reference), timed by both methods beside xdp_lb,
+//! on the same frames (the first in the same pass; the second behind the same frame
+//! restore, through a tail call: `xdp_tail_timed`), so the two are compared side by
+//! side on one host instead of against figures taken on another.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, ensure};
 use aya::programs::Xdp;
@@ -68,20 +71,9 @@ pub fn report(name: &str, nets: &Nets, opened: &Nets) {
     println!();
     println!("| case | {name} ns | xdplb dsr ns | ÷ {name} | xdplb ipip ns | ÷ {name} |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let cell = |ours: Option<f64>, theirs: Option<f64>, share: Option<f64>| {
-        let (Some(o), Some(t)) = (ours, theirs) else { return ("–".into(), "–".into()) };
-        let ratio = o / t;
-        let verdict = match share {
-            Some(s) if ratio <= s => format!(" (≤ {s}: met)"),
-            Some(s) => format!(" (≤ {s}: **missed**)"),
-            None => String::new(),
-        };
-        (format!("{o:.1}"), format!("{ratio:.2}{verdict}"))
-    };
-    // Each case's target as a share of Katran's cost (half), judged in both modes as
-    // the issue #13 table above judges them.
-    for (case, katran, target) in KATRAN {
-        let share = target.map(|t| t / katran);
+    // Judged in both modes, as the issue #13 table above judges them.
+    for (case, ..) in KATRAN {
+        let share = share_of(case);
         let theirs = net(nets, case, name);
         let (dsr, dsr_ratio) = cell(net(nets, case, "dsr"), theirs, share);
         let (ipip, ipip_ratio) = cell(net(nets, case, "ipip"), theirs, share);
@@ -108,6 +100,74 @@ pub fn report(name: &str, nets: &Nets, opened: &Nets) {
     );
 }
 
+/// The second method's side-by-side table: each case (`cases`, as the rows of
+/// `nets` name them, net ns per unit: a whole connection per connection) for the
+/// pinned program, which ran behind `xdp_tail_timed` paired with the same tail call
+/// to an empty program, and for xdp_lb in each mode.
+pub fn report_timed<'a>(
+    name: &str,
+    nets: &BTreeMap<String, f64>,
+    cases: impl Iterator<Item = &'a str>,
+) {
+    println!();
+    println!(
+        "Measured side by side by this method (issue #13): `{name}`, pinned outside this \
+         repository (`--reference`), run behind the same frame restore through a tail call \
+         (`xdp_tail_timed`), paired with the same restore and tail call to an empty program, \
+         each case from its faster load. \"÷ {name}\" is xdp_lb's net cost over {name}'s; the \
+         targets are at most half, and the whole connection's is judged by this method."
+    );
+    println!();
+    println!("| case | {name} ns | xdplb dsr ns | ÷ {name} | xdplb ipip ns | ÷ {name} |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for case in cases {
+        let net = |who: &str| nets.get(&format!("{case}, {who}")).copied();
+        let (theirs, share) = (net(name), share_of(case));
+        let (dsr, dsr_ratio) = cell(net("dsr"), theirs, share);
+        let (ipip, ipip_ratio) = cell(net("ipip"), theirs, share);
+        let theirs = theirs.map_or("–".into(), |t| format!("{t:.1}"));
+        println!("| {case} | {theirs} | {dsr} | {dsr_ratio} | {ipip} | {ipip_ratio} |");
+    }
+}
+
+/// Issue #13's share of the reference's cost for a case of either method: a whole
+/// connection's, or the first-method case's its name begins with (`KATRAN`); none
+/// for non-VIP traffic.
+fn share_of(case: &str) -> Option<f64> {
+    if case.starts_with("new TCP") {
+        return Some(CONNECTION_TARGET_SHARE);
+    }
+    KATRAN
+        .iter()
+        .find(|(c, ..)| case.starts_with(c))
+        .and_then(|(_, katran, t)| t.map(|t| t / katran))
+}
+
+/// xdp_lb's net ns and its share of the reference's, with the verdict against `share`.
+fn cell(ours: Option<f64>, theirs: Option<f64>, share: Option<f64>) -> (String, String) {
+    let (Some(o), Some(t)) = (ours, theirs) else { return ("–".into(), "–".into()) };
+    let ratio = o / t;
+    let verdict = match share {
+        Some(s) if ratio <= s => format!(" (≤ {s}: met)"),
+        Some(s) => format!(" (≤ {s}: **missed**)"),
+        None => String::new(),
+    };
+    (format!("{o:.1}"), format!("{ratio:.2}{verdict}"))
+}
+
+/// Each reference's name once, in the order first given (a name's loads need not
+/// be adjacent).
+#[must_use]
+pub fn names(refs: &[Reference]) -> Vec<&'static str> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in refs {
+        if !names.contains(&r.name) {
+            names.push(r.name);
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +190,22 @@ mod tests {
             err(&["--reference", "katran=/nonexistent/prog"])
                 .contains("no XDP program pinned at /nonexistent/prog")
         );
+    }
+
+    #[test]
+    fn both_methods_cases_are_judged_at_half_of_the_reference_but_non_vip_traffic() {
+        for case in [
+            "TCP SYN v4",
+            "TCP SYN v4, a new flow each",
+            "TCP SYN v4, the same flow each",
+            "TCP SYN v6, a new flow each",
+            "TCP ACK v4 (table hit)",
+            "UDP v4 (table hit)",
+            "new TCP v4 connection: SYN + ACK + 10 hits",
+        ] {
+            assert_eq!(share_of(case), Some(0.5), "{case}");
+        }
+        assert_eq!(share_of("non-VIP pass"), None);
     }
 
     #[test]

@@ -106,13 +106,16 @@ impl Dispatcher {
 pub struct Timed<'a> {
     pub prog: &'a Xdp,
     pub script: &'a mut Array<MapData, Script>,
+    /// For `xdp_tail_timed`: the slot of `BENCH_TAIL` it hands the runs to.
+    pub tail: u32,
 }
 
 impl Timed<'_> {
     /// Runs `replay` from run `seq` on, `REPEAT` times; the action of the last run
     /// and the kernel's mean ns per run.
     pub fn run(&mut self, replay: &Replay, seq: u64) -> Result<(u32, u32)> {
-        self.script.set(0, replay.script(seq)?, 0).context("writing BENCH_SCRIPT")?;
+        let script = Script { tail: self.tail, ..replay.script(seq)? };
+        self.script.set(0, script, 0).context("writing BENCH_SCRIPT")?;
         let mut out = vec![0u8; 2048];
         let r = self.prog.test_run(TestRunOptions {
             data_in: Some(&replay.frames[0]),
@@ -132,7 +135,15 @@ pub enum Program {
     Tool(usize),
     /// Balancer `i`.
     Lb(usize),
+    /// Program `i` pinned outside this repository (`bench xdp --reference`), behind
+    /// `xdp_tail_timed` (`Harness::tail`).
+    Pinned(usize),
 }
+
+/// `BENCH_TAIL`'s slots: the harness's empty programs, then the pinned ones.
+pub const TAIL_TX: u32 = 0;
+pub const TAIL_TX_PUSHED: u32 = 1;
+pub const TAIL_PINNED: u32 = 2;
 
 /// One case of the second method.
 pub struct Case {
@@ -152,6 +163,9 @@ pub struct Harness<'a> {
     pub plain: &'a Xdp,
     /// For a case that `pushes`.
     pub pushed: &'a Xdp,
+    /// For a pinned program's case: `xdp_tail_timed`, its program array filled (slot
+    /// `TAIL_PINNED + i` runs pinned program `i`), in front of an empty program.
+    pub tail: Option<&'a Xdp>,
 }
 
 /// Per case: ns per run, and net of the harness (the difference of each pair).
@@ -186,15 +200,24 @@ pub fn measure(
             let (action, ns) = match case.prog {
                 Program::Lb(i) => {
                     let (prog, script) = &mut lbs[i];
-                    Timed { prog, script }.run(&case.replay, seq)?
+                    Timed { prog, script, tail: 0 }.run(&case.replay, seq)?
                 }
-                Program::Tool(i) => {
-                    Timed { prog: tools[i], script: tools_script }.run(&case.replay, seq)?
+                Program::Tool(i) => Timed { prog: tools[i], script: tools_script, tail: 0 }
+                    .run(&case.replay, seq)?,
+                Program::Pinned(i) => {
+                    let prog = harness.tail.context("a pinned case, no xdp_tail_timed")?;
+                    let tail = TAIL_PINNED + u32::try_from(i)?;
+                    Timed { prog, script: tools_script, tail }.run(&case.replay, seq)?
                 }
             };
             ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
-            let prog = if case.pushes { harness.pushed } else { harness.plain };
-            let (_, base) = Timed { prog, script: tools_script }.run(&case.replay, seq)?;
+            let (prog, tail) = match (harness.tail, case.prog) {
+                (Some(t), Program::Pinned(_)) => {
+                    (t, if case.pushes { TAIL_TX_PUSHED } else { TAIL_TX })
+                }
+                _ => (if case.pushes { harness.pushed } else { harness.plain }, 0),
+            };
+            let (_, base) = Timed { prog, script: tools_script, tail }.run(&case.replay, seq)?;
             m.runs.push(f64::from(ns));
             m.net.push(f64::from(ns) - f64::from(base));
         }
