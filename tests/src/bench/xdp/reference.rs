@@ -115,7 +115,10 @@ pub fn report_timed<'a>(
          repository (`--reference`), run behind the same frame restore through a tail call \
          (`xdp_tail_timed`), paired with the same restore and tail call to an empty program, \
          each case from its faster load. \"÷ {name}\" is xdp_lb's net cost over {name}'s; the \
-         targets are at most half, and the whole connection's is judged by this method."
+         targets are at most half, and the whole connection's is judged by this method. This \
+         method sends new flows at millions a second: a program that stops writing its table \
+         above a rate of new flows (Katran's guard, 125 000 a second on a CPU unless built \
+         with a higher MAX_CONN_RATE) then times its flood mode, not a new connection."
     );
     println!();
     println!("| case | {name} ns | xdplb dsr ns | ÷ {name} | xdplb ipip ns | ÷ {name} |");
