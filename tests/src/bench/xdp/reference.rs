@@ -50,10 +50,6 @@ impl Reference {
     }
 }
 
-/// The cases a reference is timed on, from the first pass's (its frames).
-pub const CASES: [&str; 5] =
-    ["TCP SYN v4", "TCP ACK v4 (table hit)", "UDP v4 (table hit)", "TCP SYN v6", "non-VIP pass"];
-
 /// The side-by-side table: each case's net ns for the reference and for xdp_lb in
 /// each mode, xdp_lb's share of the reference's cost and its verdict; then a whole
 /// connection, built for each as the issue built Katran's (the reference's SYN
