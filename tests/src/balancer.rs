@@ -135,6 +135,10 @@ pub fn standard_plan(mode: ForwardingMode) -> DesiredState {
     }
 }
 
+/// The fixtures' `conn_table_size`: a small table (tests use few flows), which a
+/// benchmark's stream of new flows keeps full, so every insert evicts.
+pub const FIXTURE_CONNS: u32 = 8192;
+
 impl Balancer {
     /// Loads `xdp-lb` (a small connection table: tests use few flows) with no state.
     #[must_use]
@@ -146,9 +150,18 @@ impl Balancer {
     /// benchmark); its maps must be the ones this tree's lb-common describes.
     #[must_use]
     pub fn empty_of(object: &[u8]) -> Self {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::CONNS4, 8192)
-            .map_max_entries(map_names::CONNS, lb_userspace::conn_table::v6_entries(8192))
+        Self::empty_sized(object, FIXTURE_CONNS)
+    }
+
+    /// [`Balancer::empty_of`] with the connection tables the controller sizes from
+    /// `conn_table_size: conns` (a benchmark's choice; tests take the fixtures').
+    #[must_use]
+    pub fn empty_sized(object: &[u8], conns: u32) -> Self {
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in lb_userspace::conn_table::Configured::of(conns).max_entries() {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader
             .map_max_entries(
                 map_names::FLOW_CACHE,
                 lb_userspace::flow_cache::entries().expect("counting CPUs"),
@@ -172,7 +185,13 @@ impl Balancer {
     /// [`Balancer::new`] of another xdp-lb object (see [`Balancer::empty_of`]).
     #[must_use]
     pub fn new_of(object: &[u8], mode: ForwardingMode) -> Self {
-        let mut b = Self::empty_of(object);
+        Self::new_sized(object, mode, FIXTURE_CONNS)
+    }
+
+    /// [`Balancer::new_of`] with the connection tables of [`Balancer::empty_sized`].
+    #[must_use]
+    pub fn new_sized(object: &[u8], mode: ForwardingMode, conns: u32) -> Self {
+        let mut b = Self::empty_sized(object, conns);
         b.plan = standard_plan(mode);
         b.apply();
         b

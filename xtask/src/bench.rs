@@ -91,7 +91,16 @@ pub fn run(which: &[String]) -> Result<()> {
 /// `bench xdp|live --object NAME=FILE ...`: the objects side by side (bench xdp's
 /// second method, or bench live's rates against the floor), printed (an A/B for
 /// development, not a BENCHMARKS.md section).
-pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usize>) -> Result<()> {
+pub fn compare_objects(
+    which: &[String],
+    objects: &[String],
+    samples: Option<usize>,
+    conn_table: Option<u32>,
+) -> Result<()> {
+    ensure!(
+        conn_table.is_none() || matches!(which, [w] if w == "xdp"),
+        "--conn-table is for `cargo xtask bench xdp` alone"
+    );
     let (bench_args, default) = match which {
         [w] if w == "xdp" => (["xdp", "0"].as_slice(), 300),
         [w] if w == "live" => (["live"].as_slice(), 5),
@@ -104,6 +113,7 @@ pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usi
     for o in objects {
         bench.args(["--object", o]);
     }
+    bench.args(conn_table_args(conn_table));
     step(format!("bench {}, objects {}", bench_args[0], objects.join(" ")));
     run_cmd(&mut bench)
 }
@@ -111,7 +121,11 @@ pub fn compare_objects(which: &[String], objects: &[String], samples: Option<usi
 /// `bench xdp --reference NAME=PIN ...`: xdp_lb and the pinned programs side by
 /// side by both methods (printed, not a BENCHMARKS.md section: the programs are
 /// loaded outside this repository).
-pub fn against_references(which: &[String], references: &[String]) -> Result<()> {
+pub fn against_references(
+    which: &[String],
+    references: &[String],
+    conn_table: Option<u32>,
+) -> Result<()> {
     ensure!(matches!(which, [w] if w == "xdp"), "--reference is for `cargo xtask bench xdp` alone");
     step("building the bench (release)");
     run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
@@ -120,8 +134,14 @@ pub fn against_references(which: &[String], references: &[String]) -> Result<()>
     for r in references {
         bench.args(["--reference", r]);
     }
+    bench.args(conn_table_args(conn_table));
     step(format!("bench xdp, both methods, beside {}", references.join(" ")));
     run_cmd(&mut bench)
+}
+
+/// The bench's `--conn-table N`, if asked for.
+fn conn_table_args(conn_table: Option<u32>) -> Vec<String> {
+    conn_table.map(|n| vec!["--conn-table".to_owned(), n.to_string()]).unwrap_or_default()
 }
 
 /// Where [`build_ebpf`] builds: apart from lb-userspace's own (its OUT_DIR).

@@ -130,6 +130,13 @@ enum Task {
         /// written into BENCHMARKS.md.
         #[arg(long = "reference", value_name = "NAME=PIN", conflicts_with = "objects")]
         references: Vec<String>,
+        /// With --object or --reference (bench xdp): xdp_lb's connection tables as the
+        /// controller sizes them from `conn_table_size: N`. Default: the test fixtures'
+        /// 8192, which the second method's stream of new flows keeps full, so every
+        /// inserting ACK evicts; the controller's default, 1048576, stays unfilled by it,
+        /// as Katran's default table of 8 M does.
+        #[arg(long = "conn-table", value_name = "N")]
+        conn_table: Option<u32>,
     },
     /// Build this tree's XDP objects (lb-ebpf) as lb-userspace's build.rs does, and copy
     /// xdp-lb to FILE: a scratch object for `cargo xtask bench xdp|live --object NAME=FILE`.
@@ -217,14 +224,19 @@ fn try_main() -> Result<()> {
             setup(Extras::Lab)?;
             lab::run_lab(&action)
         }
-        Task::Bench { which, objects, samples, references } => {
+        Task::Bench { which, objects, samples, references, conn_table } => {
+            anyhow::ensure!(
+                conn_table.is_none() || !(references.is_empty() && objects.is_empty()),
+                "--conn-table goes with --object or --reference (cargo xtask bench xdp): \
+                 BENCHMARKS.md's bench xdp section is measured on the fixtures' table"
+            );
             setup(Extras::Bench)?;
             if !references.is_empty() {
-                bench::against_references(&which, &references)
+                bench::against_references(&which, &references, conn_table)
             } else if objects.is_empty() {
                 bench::run(&which)
             } else {
-                bench::compare_objects(&which, &objects, samples)
+                bench::compare_objects(&which, &objects, samples, conn_table)
             }
         }
         Task::BuildEbpf { out } => {

@@ -23,7 +23,7 @@ use lb_userspace::objects;
 use self::reference::Reference;
 use super::object::Object;
 use crate::{
-    balancer::{Balancer, VIP4, VIP6, XDP_PASS, XDP_TX, flow_key},
+    balancer::{Balancer, FIXTURE_CONNS, VIP4, VIP6, XDP_PASS, XDP_TX, flow_key},
     packet::{self, Flow, Outer},
 };
 
@@ -112,7 +112,8 @@ fn new_syns() -> Vec<Vec<u8>> {
     (0..16_384u16).map(|i| Flow::tcp("198.51.100.7", 1024 + i, VIP4, 80).frame()).collect()
 }
 
-/// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]... [--reference NAME=PIN]...`:
+/// `bench xdp [RUNS] [SAMPLES] [--object NAME=FILE]... [--reference NAME=PIN]...
+/// [--conn-table N]`:
 /// both methods, `RUNS` (100000) runs per case of the first, `SAMPLES` (300) test runs
 /// of `timed::REPEAT` per case of the second; 0 leaves a method out. With `--object` (repeated; `FILE` an xdp-lb
 /// object built by `cargo xtask build-ebpf --out FILE`, or `main` for the embedded
@@ -121,10 +122,15 @@ fn new_syns() -> Vec<Vec<u8>> {
 /// `--reference NAME=PIN` (repeated; a name twice is two loads): a program pinned
 /// outside this repository timed by both methods on the same frames (the second
 /// through a tail call from `xdp_tail_timed`), and issue #13's targets judged
-/// against it side by side (`reference`).
+/// against it side by side (`reference`). `--conn-table N`: xdp_lb's connection
+/// tables as the controller sizes them from `conn_table_size: N` (default the
+/// fixtures' 8192, which the second method's new flows keep full, so every insert
+/// evicts; the controller's default, 1048576, stays unfilled here, as a reference's
+/// table of millions does).
 pub fn run(args: &[String]) -> Result<()> {
     let (mut objects, plain) = Object::split_args(args)?;
     let (refs, plain) = Reference::split_args(&plain)?;
+    let (conns, plain) = conn_table_arg(&plain)?;
     let ab = !objects.is_empty();
     if !ab {
         objects.push(Object::embedded());
@@ -136,15 +142,15 @@ pub fn run(args: &[String]) -> Result<()> {
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
-        return run_timed(samples, &objects, &[]);
+        return run_timed(samples, &objects, &[], conns);
     }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
-        repeat_one(runs, &refs)?;
+        repeat_one(runs, &refs, conns)?;
     }
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
-        run_timed(samples, &objects, &refs)?;
+        run_timed(samples, &objects, &refs, conns)?;
     }
     Ok(())
 }
@@ -152,13 +158,15 @@ pub fn run(args: &[String]) -> Result<()> {
 /// The first method: every case, `runs` times, one run per `BPF_PROG_TEST_RUN`, on
 /// each balancer loaded `INSTANCES` times per mode (the instances' runs interleaved),
 /// and on each pinned reference program (`refs`) after them.
-fn repeat_one(runs: usize, refs: &[Reference]) -> Result<()> {
+fn repeat_one(runs: usize, refs: &[Reference], conns: u32) -> Result<()> {
     let tools = first_method_tools()?;
     let empty: &Xdp = tools.program("xdp_tx").context("xdp_tx")?.try_into()?;
     let floor: &Xdp = tools.program("xdp_mac_swap").context("xdp_mac_swap")?.try_into()?;
     let lbs: Vec<(&str, Balancer)> = MODES
         .iter()
-        .flat_map(|&(mode, m)| (0..INSTANCES).map(move |_| (mode, Balancer::new(m))))
+        .flat_map(|&(mode, m)| {
+            (0..INSTANCES).map(move |_| (mode, Balancer::new_sized(objects::XDP_LB, m, conns)))
+        })
         .collect();
 
     let syn4 = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
@@ -453,7 +461,7 @@ const REFERENCES: [&str; 2] = ["xdp_mac_swap_timed", "xdp_ipip_floor_timed"];
 /// The second method (`timed`): `samples` test runs of `timed::REPEAT` runs per case,
 /// every case for every object (each loaded `INSTANCES` times) in turn, and for
 /// every pinned program (`refs`, behind `xdp_tail_timed`).
-pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()> {
+pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference], conns: u32) -> Result<()> {
     use timed::{Case as T, Dispatcher, Program, Replay};
     let mut dispatcher = Dispatcher::new()?;
     let TimedTools { ebpf: tools, script: mut tools_script, _tail_slots } =
@@ -470,7 +478,7 @@ pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference]) -> Resu
     let mut lbs: Vec<Balancer> = objects
         .iter()
         .flat_map(|o| std::iter::repeat_n(o, INSTANCES))
-        .flat_map(|o| MODES.map(|(_, m)| Balancer::new_of(o.bytes, m)))
+        .flat_map(|o| MODES.map(|(_, m)| Balancer::new_sized(o.bytes, m, conns)))
         .collect();
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
     for lb in &mut lbs {
@@ -560,7 +568,25 @@ pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference]) -> Resu
     } else {
         report_objects(&cases, &m, &rows, objects, samples);
     }
+    println!();
+    println!("{}", table_note(conns));
     Ok(())
+}
+
+/// What the second method's rows of xdp_lb owe to its connection tables' size.
+fn table_note(conns: u32) -> String {
+    let whose = if conns == FIXTURE_CONNS {
+        "the test fixtures' (`--conn-table N` for another)"
+    } else {
+        "set by `--conn-table`"
+    };
+    format!(
+        "xdp_lb's connection tables: as the controller sizes them from \
+         `conn_table_size: {conns}`, {whose}. A table smaller than the new flows a run \
+         sends is full after its first connections, and every handshake's ACK then \
+         evicts an entry (the kernel's LRU); a larger one only takes entries from its \
+         free list."
+    )
 }
 
 /// Trimmed mean: the middle 80%.
@@ -1046,4 +1072,22 @@ mod tests {
         assert_eq!(connection_like_for_like(Some(150.0), Some(400.0), Some(40.0)), Some(950.0));
         assert_eq!(connection_like_for_like(Some(150.0), None, Some(40.0)), None, "no ACK row");
     }
+}
+
+/// `--conn-table N` among `args` (`FIXTURE_CONNS` without it), and the rest.
+fn conn_table_arg<'a>(args: &[&'a String]) -> Result<(u32, Vec<&'a String>)> {
+    let mut conns = FIXTURE_CONNS;
+    let mut plain = Vec::new();
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        if a == "--conn-table" {
+            let n = it.next().context("--conn-table needs a number of entries")?;
+            conns = n.parse().ok().filter(|&n| n > 0).with_context(|| {
+                format!("--conn-table {n}: want a number of entries above 0 (conn_table_size)")
+            })?;
+        } else {
+            plain.push(a);
+        }
+    }
+    Ok((conns, plain))
 }
