@@ -474,12 +474,7 @@ pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference], conns: 
         tail: if refs.is_empty() { None } else { Some(program("xdp_tail_timed")?) },
     };
     let references = REFERENCES.iter().map(|&name| program(name)).collect::<Result<Vec<_>>>()?;
-    // Balancer `(o * INSTANCES + k) * 2 + m`: object `o`'s instance `k` in mode `m`.
-    let mut lbs: Vec<Balancer> = objects
-        .iter()
-        .flat_map(|o| std::iter::repeat_n(o, INSTANCES))
-        .flat_map(|o| MODES.map(|(_, m)| Balancer::new_sized(o.bytes, m, conns)))
-        .collect();
+    let mut lbs = timed_balancers(objects, conns);
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
     for lb in &mut lbs {
         lb.attach_timed(&dispatcher.interface()?)?;
@@ -587,6 +582,16 @@ fn table_note(conns: u32) -> String {
          evicts an entry (the kernel's LRU); a larger one only takes entries from its \
          free list."
     )
+}
+
+/// The second method's balancers: `(o * INSTANCES + k) * 2 + m` is object `o`'s
+/// instance `k` in mode `m`, its connection tables sized from `conns`.
+fn timed_balancers(objects: &[Object], conns: u32) -> Vec<Balancer> {
+    objects
+        .iter()
+        .flat_map(|o| std::iter::repeat_n(o, INSTANCES))
+        .flat_map(|o| MODES.map(|(_, m)| Balancer::new_sized(o.bytes, m, conns)))
+        .collect()
 }
 
 /// Trimmed mean: the middle 80%.
@@ -1010,9 +1015,44 @@ const KATRAN_CONNECTION: f64 = KATRAN[0].1 + 11.0 * KATRAN[2].1;
 const CONNECTION_TARGET_SHARE: f64 = 0.5;
 const CONNECTION_TARGET: f64 = KATRAN_CONNECTION * CONNECTION_TARGET_SHARE;
 
+/// `--conn-table N` among `args` (`FIXTURE_CONNS` without it), and the rest.
+fn conn_table_arg<'a>(args: &[&'a String]) -> Result<(u32, Vec<&'a String>)> {
+    let mut conns = FIXTURE_CONNS;
+    let mut plain = Vec::new();
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        if a == "--conn-table" {
+            let n = it.next().context("--conn-table needs a number of entries")?;
+            conns = n.parse().ok().filter(|&n| n > 0).with_context(|| {
+                format!("--conn-table {n}: want a number of entries above 0 (conn_table_size)")
+            })?;
+        } else {
+            plain.push(a);
+        }
+    }
+    Ok((conns, plain))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connection_tables_size_is_the_fixtures_unless_conn_table_says() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let plain = args(&["0", "300"]);
+        let (conns, rest) = conn_table_arg(&plain.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!((conns, rest.len()), (FIXTURE_CONNS, 2));
+        let sized = args(&["0", "--conn-table", "1048576", "300"]);
+        let (conns, rest) = conn_table_arg(&sized.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(conns, 1_048_576);
+        assert_eq!(rest, [&sized[0], &sized[3]], "the rest keeps its order");
+        for bad in [&["--conn-table"][..], &["--conn-table", "0"], &["--conn-table", "1M"]] {
+            let bad = args(bad);
+            let err = conn_table_arg(&bad.iter().collect::<Vec<_>>()).unwrap_err();
+            assert!(err.to_string().contains("--conn-table"), "{err}");
+        }
+    }
 
     #[test]
     fn each_case_is_one_row_of_its_instances_reported_from_the_faster() {
@@ -1072,22 +1112,4 @@ mod tests {
         assert_eq!(connection_like_for_like(Some(150.0), Some(400.0), Some(40.0)), Some(950.0));
         assert_eq!(connection_like_for_like(Some(150.0), None, Some(40.0)), None, "no ACK row");
     }
-}
-
-/// `--conn-table N` among `args` (`FIXTURE_CONNS` without it), and the rest.
-fn conn_table_arg<'a>(args: &[&'a String]) -> Result<(u32, Vec<&'a String>)> {
-    let mut conns = FIXTURE_CONNS;
-    let mut plain = Vec::new();
-    let mut it = args.iter();
-    while let Some(&a) = it.next() {
-        if a == "--conn-table" {
-            let n = it.next().context("--conn-table needs a number of entries")?;
-            conns = n.parse().ok().filter(|&n| n > 0).with_context(|| {
-                format!("--conn-table {n}: want a number of entries above 0 (conn_table_size)")
-            })?;
-        } else {
-            plain.push(a);
-        }
-    }
-    Ok((conns, plain))
 }
