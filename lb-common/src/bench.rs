@@ -37,7 +37,10 @@ pub struct Script {
     /// `xdp_tail_timed` (in `xdp-tools`): the slot of `BENCH_TAIL` it hands each run
     /// to, after the restore (another balancer's program, or the harness's).
     pub tail: u32,
-    pub _pad: u32,
+    /// Packets of a flow past its first `first` are those of the flow `lag` flows
+    /// back: a connection whose handshake ACK comes `lag` connections after its SYN
+    /// (other flows' packets in between, as a round trip puts them). 0: its own.
+    pub lag: u32,
     /// Runs so far (written by the program; zeroed with the script).
     pub seq: u64,
     /// Where the frame started in the first run (written by the program; 0 until then).
@@ -56,7 +59,7 @@ impl Default for Script {
             port_off: 0,
             addr_off: 0,
             tail: 0,
-            _pad: 0,
+            lag: 0,
             seq: 0,
             head: 0,
             now: 0,

@@ -22,8 +22,8 @@ pub fn restore_from(ctx: &XdpContext, map: &Array<Script>) -> Result<(), ()> {
 }
 
 /// Restores the frame for this run: the head where the first run had it, the
-/// scripted length and bytes, then this run's flow number added to the source
-/// port and address.
+/// scripted length and bytes, then this run's flow number (`Script::lag` flows
+/// back for a flow's later packets) added to the source port and address.
 #[inline(always)]
 #[expect(clippy::result_unit_err, reason = "the caller aborts the run on any failure")]
 #[expect(
@@ -52,7 +52,9 @@ pub fn restore(ctx: &XdpContext, s: &mut Script) -> Result<(), ()> {
         (0, 0)
     } else {
         let per_flow = u64::from(s.per_flow);
-        (usize::from(seq % per_flow >= u64::from(s.first)), seq / per_flow)
+        let later = seq % per_flow >= u64::from(s.first);
+        let lag = if later { u64::from(s.lag) } else { 0 };
+        (usize::from(later), (seq / per_flow).wrapping_sub(lag))
     };
     let want = *s.lens.get(k).ok_or(())? as usize;
     if want == 0 || want > FRAME_MAX {

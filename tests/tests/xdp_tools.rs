@@ -114,3 +114,59 @@ fn the_tail_wrapper_restores_the_frame_then_runs_the_program_in_the_scripts_slot
     assert_eq!(xdplb_tests::packet::decode(&out).inner, flow.l3());
     assert_eq!(run(5).0, XDP_ABORTED, "an empty slot");
 }
+
+/// The restore's flows (`lb_ebpf::timed`, here through `xdp_tail_timed` into
+/// `xdp_pass`, which leaves the frame as restored): run `n` of a script of flows of
+/// `per_flow` packets sends packet `n % per_flow` of flow `n / per_flow`, its source
+/// port stepped by the flow number; with a `lag`, a flow's packets past its first
+/// `first` are the flow's `lag` flows back (a handshake's ACK a round trip later).
+#[test]
+fn the_restore_sends_a_flows_later_packets_lag_flows_after_its_first() {
+    needs_root!();
+    let mut ebpf = tools("xdp_tail_timed");
+    let mut slots = ProgramArray::try_from(ebpf.take_map(map_names::BENCH_TAIL).unwrap()).unwrap();
+    let pass: &mut Xdp = ebpf.program_mut("xdp_pass").unwrap().try_into().unwrap();
+    pass.load().unwrap();
+    slots.set(0, pass.fd().unwrap(), 0).unwrap();
+    let mut script: Array<_, Script> =
+        Array::try_from(ebpf.take_map(map_names::BENCH_SCRIPT).unwrap()).unwrap();
+    let prog: &Xdp = ebpf.program("xdp_tail_timed").unwrap().try_into().unwrap();
+    let syn = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
+    let ack = syn.ack().payload(0);
+    // The frame run `seq` of a script of 2-packet flows (a SYN, then an ACK) sends.
+    let mut run = |seq: u64, lag: u32| {
+        let mut s = Script { per_flow: 2, first: 1, lag, seq, ..Script::default() };
+        for (i, f) in [syn.frame(), ack.frame()].iter().enumerate() {
+            s.frames[i][..f.len()].copy_from_slice(f);
+            s.lens[i] = f.len() as u32;
+        }
+        (s.addr_off, s.port_off) = (14 + 12 + 2, 14 + 20);
+        script.set(0, s, 0).unwrap();
+        let frame = syn.frame();
+        let mut out = vec![0u8; 2048];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        assert_eq!(r.return_value, XDP_PASS);
+        out.truncate(r.data_size_out as usize);
+        unchecked(out)
+    };
+    let at = |flow: &Flow, n: u16| unchecked(flow.sport(40000 + n).frame());
+    assert_eq!(run(4, 0), at(&syn, 2), "run 4: flow 2's SYN");
+    assert_eq!(run(5, 0), at(&ack, 2), "run 5: flow 2's ACK");
+    assert_eq!(run(4, 1), at(&syn, 2), "a flow's first packet is its own");
+    assert_eq!(run(5, 1), at(&ack, 1), "run 5 with a lag of 1: flow 1's ACK");
+    assert_eq!(run(7, 2), at(&ack, 1), "run 7 with a lag of 2: flow 1's ACK");
+}
+
+/// `frame` without its TCP checksum: the restore fixes none (the programs it
+/// times read none).
+fn unchecked(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 20 + 16..14 + 20 + 18].fill(0);
+    frame
+}

@@ -23,30 +23,47 @@ pub struct Replay {
     /// Packets per flow (0: one flow throughout, the frames as given).
     pub per_flow: u32,
     pub first: u32,
+    /// A flow's packets past its first `first` are the flow's `lag` flows back
+    /// (`Script::lag`).
+    pub lag: u32,
 }
 
 impl Replay {
     /// One frame, the same flow every run.
     #[must_use]
     pub fn same(frame: Vec<u8>) -> Self {
-        Self { frames: [frame.clone(), frame], per_flow: 0, first: 1 }
+        Self { frames: [frame.clone(), frame], per_flow: 0, first: 1, lag: 0 }
     }
 
     /// One frame, a new flow every run (source port and address stepped).
     #[must_use]
     pub fn new_flows(frame: Vec<u8>) -> Self {
-        Self { frames: [frame.clone(), frame], per_flow: 1, first: 1 }
+        Self { frames: [frame.clone(), frame], per_flow: 1, first: 1, lag: 0 }
     }
 
     /// Flows of `per_flow` packets: `first` of `a`, the rest `b`.
     #[must_use]
     pub fn flows(a: Vec<u8>, b: Vec<u8>, per_flow: u32, first: u32) -> Self {
-        Self { frames: [a, b], per_flow, first }
+        Self { frames: [a, b], per_flow, first, lag: 0 }
+    }
+
+    /// These flows, each one's packets past its first `first` sent `lag` flows
+    /// later: a handshake's ACK a round trip after its SYN, other connections' SYNs
+    /// and hits in between.
+    #[must_use]
+    pub fn lagging(self, lag: u32) -> Self {
+        Self { lag, ..self }
     }
 
     /// The script, starting at run `seq` (so flows do not repeat across test runs).
     fn script(&self, seq: u64) -> Result<Script> {
-        let mut s = Script { per_flow: self.per_flow, first: self.first, seq, ..Script::default() };
+        let mut s = Script {
+            per_flow: self.per_flow,
+            first: self.first,
+            lag: self.lag,
+            seq,
+            ..Script::default()
+        };
         for (i, f) in self.frames.iter().enumerate() {
             ensure!(
                 f.len() <= FRAME_MAX,
