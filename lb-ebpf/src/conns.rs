@@ -104,15 +104,6 @@ pub fn in_table(flow: &FlowKey) -> Option<&'static ConnValue> {
     }
 }
 
-/// Readies this CPU's flow cache for a flow whose handshake's SYN this is: the
-/// ACK that completes it reads and fills the flow's set (`flow_cache::make_room`).
-#[inline(always)]
-pub fn expect(flow: &FlowKey, seed: &Seed) {
-    if flow.family == family::V4 {
-        flow_cache::make_room(FlowKey4::of(flow).words(), seed);
-    }
-}
-
 /// Takes the flow out of the table (nothing if it is not there) and out of this
 /// CPU's flow cache; out of every CPU's too (an epoch bump) when `elsewhere`: its
 /// next packet may come on another CPU that holds a copy, and the copy would

@@ -67,20 +67,6 @@ pub fn fill(set: &mut FlowCacheSet, copy: FlowCacheSlot) {
     set.ways[0] = copy;
 }
 
-/// Empties the older slot of this CPU's set for the flow whose `FlowKey4::words`
-/// are `key`, without reading the set: a store does not wait for its line, so a
-/// SYN brings in the line its handshake's ACK reads first (a new flow's set is
-/// cold: ~140 ns of a connection's ~1200 in `bench xdp`'s second method). The
-/// ACK's fill would push that slot's copy out anyway (`fill`); a SYN that no ACK
-/// follows (a flood) only sends that copy's flow to the table once.
-#[inline(always)]
-pub fn make_room(key: [u64; 2], seed: &Seed) {
-    if let Some(set) = set(key, seed) {
-        // SAFETY: this CPU's set (see `set`).
-        unsafe { (*set).ways[1].key = [0; 2] };
-    }
-}
-
 /// Empties this CPU's slot for the flow whose `FlowKey4::words` are `key`, if its
 /// set holds it (other flows' copies stay).
 #[inline(always)]

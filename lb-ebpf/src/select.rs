@@ -92,8 +92,6 @@ pub fn syn(
 ) -> Result<(u32, &'static Backend, u8), Verdict> {
     let h = flow_hash64(flow, seed);
     let tag = syn_tag(h, flow, seed);
-    // First: the line it stores to comes in while the rest of the SYN runs.
-    conns::expect(flow, seed);
     let (index, b) = from_ring(vip, h)?;
     // SAFETY: a map value; a racing SYN on another CPU for the same slot costs at
     // most that handshake's ACK following the ring instead.

@@ -1392,29 +1392,6 @@ fn a_third_flow_in_a_flow_cache_set_takes_the_place_of_the_one_filled_first() {
 }
 
 #[test]
-fn a_syn_empties_the_older_slot_of_the_flow_cache_set_its_handshakes_ack_fills() {
-    needs_root!();
-    on_cpu(0);
-    let lb = Balancer::new(Dsr);
-    let flows = sharing_a_set(&lb, 3);
-    let (older, newer, new) = (&flows[0], &flows[1], &flows[2]);
-    let to_older = open(&lb, older);
-    open(&lb, newer);
-    let (run, _) = lb.run_counted(&new.syn().frame());
-    let to_new = lb.receiver(&run);
-    assert_eq!(cached(&lb, older), [], "the SYN made room where its ACK will fill");
-    assert_eq!(cached(&lb, newer), [lb.conn(newer).unwrap()], "the newer copy stays");
-    // The flow whose copy went is served from the table, and copied again.
-    let (run, c) = lb.run_counted(&older.ack().frame());
-    assert_eq!(lb.receiver(&run), to_older);
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
-    assert_eq!(cached(&lb, older), [lb.conn(older).unwrap()]);
-    let (run, c) = lb.run_counted(&new.ack().frame());
-    assert_eq!(lb.receiver(&run), to_new, "the handshake's ACK follows its SYN");
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
-}
-
-#[test]
 fn a_hit_from_the_flow_cache_still_leaves_a_backend_that_went_down_or_was_replaced() {
     needs_root!();
     on_cpu(0);
