@@ -6,7 +6,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, ProgramArray},
+    maps::{Array, MapData, ProgramArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use etherparse::{IpNumber, Ipv4Header};
@@ -77,15 +77,7 @@ fn the_ipip_floor_sends_the_frame_back_in_an_ipip_tunnel_with_its_macs_swapped()
 #[test]
 fn the_tail_wrapper_restores_the_frame_then_runs_the_program_in_the_scripts_slot() {
     needs_root!();
-    let mut ebpf = tools("xdp_tail_timed");
-    let mut slots = ProgramArray::try_from(ebpf.take_map(map_names::BENCH_TAIL).unwrap()).unwrap();
-    for (slot, name) in [(0, "xdp_pass"), (1, "xdp_ipip_floor")] {
-        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-        p.load().unwrap();
-        slots.set(slot, p.fd().unwrap(), 0).unwrap();
-    }
-    let mut script: Array<_, Script> =
-        Array::try_from(ebpf.take_map(map_names::BENCH_SCRIPT).unwrap()).unwrap();
+    let (ebpf, mut script, _slots) = tail_wrapper(&["xdp_pass", "xdp_ipip_floor"]);
     let prog: &Xdp = ebpf.program("xdp_tail_timed").unwrap().try_into().unwrap();
     let flow = Flow::tcp("198.51.100.7", 40000, VIP4, 80).ack().payload(20);
     let frame = flow.frame();
@@ -94,17 +86,7 @@ fn the_tail_wrapper_restores_the_frame_then_runs_the_program_in_the_scripts_slot
         s.frames[0][..frame.len()].copy_from_slice(&frame);
         s.lens = [frame.len() as u32; 2];
         script.set(0, s, 0).unwrap();
-        let mut out = vec![0u8; 2048];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                repeat: 3,
-                ..TestRunOptions::new()
-            })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(prog, &frame, 3)
     };
 
     assert_eq!(run(0), (XDP_PASS, frame.clone()), "slot 0: xdp_pass, the frame as restored");
@@ -123,13 +105,7 @@ fn the_tail_wrapper_restores_the_frame_then_runs_the_program_in_the_scripts_slot
 #[test]
 fn the_restore_sends_a_flows_later_packets_lag_flows_after_its_first() {
     needs_root!();
-    let mut ebpf = tools("xdp_tail_timed");
-    let mut slots = ProgramArray::try_from(ebpf.take_map(map_names::BENCH_TAIL).unwrap()).unwrap();
-    let pass: &mut Xdp = ebpf.program_mut("xdp_pass").unwrap().try_into().unwrap();
-    pass.load().unwrap();
-    slots.set(0, pass.fd().unwrap(), 0).unwrap();
-    let mut script: Array<_, Script> =
-        Array::try_from(ebpf.take_map(map_names::BENCH_SCRIPT).unwrap()).unwrap();
+    let (ebpf, mut script, _slots) = tail_wrapper(&["xdp_pass"]);
     let prog: &Xdp = ebpf.program("xdp_tail_timed").unwrap().try_into().unwrap();
     let syn = Flow::tcp("198.51.100.7", 40000, VIP4, 80);
     let ack = syn.ack().payload(0);
@@ -142,18 +118,8 @@ fn the_restore_sends_a_flows_later_packets_lag_flows_after_its_first() {
         }
         (s.addr_off, s.port_off) = (14 + 12 + 2, 14 + 20);
         script.set(0, s, 0).unwrap();
-        let frame = syn.frame();
-        let mut out = vec![0u8; 2048];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::new()
-            })
-            .unwrap();
-        assert_eq!(r.return_value, XDP_PASS);
-        out.truncate(r.data_size_out as usize);
+        let (action, out) = test_run(prog, &syn.frame(), 1);
+        assert_eq!(action, XDP_PASS);
         unchecked(out)
     };
     let at = |flow: &Flow, n: u16| unchecked(flow.sport(40000 + n).frame());
@@ -162,6 +128,36 @@ fn the_restore_sends_a_flows_later_packets_lag_flows_after_its_first() {
     assert_eq!(run(4, 1), at(&syn, 2), "a flow's first packet is its own");
     assert_eq!(run(5, 1), at(&ack, 1), "run 5 with a lag of 1: flow 1's ACK");
     assert_eq!(run(7, 2), at(&ack, 1), "run 7 with a lag of 2: flow 1's ACK");
+}
+
+/// The tools object with `xdp_tail_timed` loaded and the programs `slots` names in
+/// `BENCH_TAIL`'s slots 0, 1, ..., and its script. The slots' map goes with them:
+/// the kernel empties a program array when its last handle in user space closes.
+fn tail_wrapper(slots: &[&str]) -> (Ebpf, Array<MapData, Script>, ProgramArray<MapData>) {
+    let mut ebpf = tools("xdp_tail_timed");
+    let mut tail = ProgramArray::try_from(ebpf.take_map(map_names::BENCH_TAIL).unwrap()).unwrap();
+    for (slot, name) in (0..).zip(slots) {
+        let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        p.load().unwrap();
+        tail.set(slot, p.fd().unwrap(), 0).unwrap();
+    }
+    let script = Array::try_from(ebpf.take_map(map_names::BENCH_SCRIPT).unwrap()).unwrap();
+    (ebpf, script, tail)
+}
+
+/// `prog`'s action and frame out after `repeat` runs in one test run on `frame`.
+fn test_run(prog: &Xdp, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; 2048];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
 }
 
 /// `frame` without its TCP checksum: the restore fixes none (the programs it
