@@ -581,6 +581,9 @@ fn timed_kinds(
 ) -> [(&'static str, timed::Replay, u32, u32); 8] {
     use timed::Replay;
     let connection = || Replay::flows(syn4.frame(), syn4.ack().payload(0).frame(), 12, 1);
+    let lagging =
+        format!("new TCP v4 connection, its ACK and hits {CONNECTION_LAG} connections later");
+    let lagging: &'static str = Box::leak(lagging.into_boxed_str());
     [
         ("TCP SYN v4, a new flow each", Replay::new_flows(syn4.frame()), XDP_TX, 1),
         ("TCP SYN v4, the same flow each", Replay::same(syn4.frame()), XDP_TX, 1),
@@ -589,7 +592,7 @@ fn timed_kinds(
         ("TCP SYN v6, a new flow each", Replay::new_flows(syn6.frame()), XDP_TX, 1),
         ("non-VIP pass", Replay::same(other.frame()), XDP_PASS, 1),
         ("new TCP v4 connection: SYN + ACK + 10 hits", connection(), XDP_TX, 12),
-        (CONNECTION_LAGGING, connection().lagging(CONNECTION_LAG), XDP_TX, 12),
+        (lagging, connection().lagging(CONNECTION_LAG), XDP_TX, 12),
     ]
 }
 
@@ -991,13 +994,12 @@ const IPIP_FLOOR: &str = "MAC swap + outer IPv4 header + XDP_TX (ipip floor)";
 /// written) and its handshake ACK (the table written, as Katran's SYN writes it).
 const OPENING_SYN: &str = "TCP SYN v4 (opens a connection)";
 const INSERTING_ACK: &str = "TCP ACK v4 (completes it: inserts)";
-/// The second method's whole connection whose handshake ACK and hits come
-/// `CONNECTION_LAG` connections after its SYN: at ~12 packets a connection, ~12 000
+/// Connections between the SYN of the second method's lagging connection and its
+/// handshake ACK and hits: at ~12 packets a connection, ~12 000
 /// packets of other flows between them, as a round trip of ~10 ms puts at ~1 M
 /// packets a second on a CPU; what its SYN left in the CPU's caches for them has
 /// to last that long. (The first `CONNECTION_LAG` connections' ACKs are of flows
 /// no SYN opened, the ring's pick and an insert: 4% of a 300-sample run.)
-const CONNECTION_LAGGING: &str = "new TCP v4 connection, its ACK and hits 1000 connections later";
 const CONNECTION_LAG: u32 = 1000;
 
 /// A whole connection as the issue built Katran's figure from this method's rows: a

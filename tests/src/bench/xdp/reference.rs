@@ -64,18 +64,8 @@ pub fn report(name: &str, nets: &Nets, opened: &Nets) {
          frames, net of the same harness, each case from its faster load. \"÷ {name}\" is \
          xdp_lb's net cost over {name}'s; the target is at most half."
     );
-    println!();
-    println!("| case | {name} ns | xdplb dsr ns | ÷ {name} | xdplb ipip ns | ÷ {name} |");
-    println!("|---|---:|---:|---:|---:|---:|");
     // Judged in both modes, as the issue #13 table above judges them.
-    for (case, ..) in KATRAN {
-        let share = share_of(case);
-        let theirs = net(nets, case, name);
-        let (dsr, dsr_ratio) = cell(net(nets, case, "dsr"), theirs, share);
-        let (ipip, ipip_ratio) = cell(net(nets, case, "ipip"), theirs, share);
-        let theirs = theirs.map_or("–".into(), |t| format!("{t:.1}"));
-        println!("| {case} | {theirs} | {dsr} | {dsr_ratio} | {ipip} | {ipip_ratio} |");
-    }
+    table(name, KATRAN.iter().map(|k| k.0), |case, who| net(nets, case, who));
     let theirs = connection_by_construction(
         net(nets, "TCP SYN v4", name),
         net(nets, "TCP ACK v4 (table hit)", name),
@@ -116,14 +106,23 @@ pub fn report_timed<'a>(
          above a rate of new flows (Katran's guard, 125 000 a second on a CPU unless built \
          with a higher MAX_CONN_RATE) then times its flood mode, not a new connection."
     );
+    table(name, cases, |case, who| nets.get(&format!("{case}, {who}")).copied());
+}
+
+/// The side-by-side rows of `cases`: the reference's net ns (`net(case, name)`),
+/// xdp_lb's in each mode, its share of the reference's and the verdict (`share_of`).
+fn table<'a>(
+    name: &str,
+    cases: impl Iterator<Item = &'a str>,
+    net: impl Fn(&str, &str) -> Option<f64>,
+) {
     println!();
     println!("| case | {name} ns | xdplb dsr ns | ÷ {name} | xdplb ipip ns | ÷ {name} |");
     println!("|---|---:|---:|---:|---:|---:|");
     for case in cases {
-        let net = |who: &str| nets.get(&format!("{case}, {who}")).copied();
-        let (theirs, share) = (net(name), share_of(case));
-        let (dsr, dsr_ratio) = cell(net("dsr"), theirs, share);
-        let (ipip, ipip_ratio) = cell(net("ipip"), theirs, share);
+        let (theirs, share) = (net(case, name), share_of(case));
+        let (dsr, dsr_ratio) = cell(net(case, "dsr"), theirs, share);
+        let (ipip, ipip_ratio) = cell(net(case, "ipip"), theirs, share);
         let theirs = theirs.map_or("–".into(), |t| format!("{t:.1}"));
         println!("| {case} | {theirs} | {dsr} | {dsr_ratio} | {ipip} | {ipip_ratio} |");
     }
