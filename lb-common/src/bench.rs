@@ -49,6 +49,22 @@ pub struct Script {
     pub now: u64,
 }
 
+impl Script {
+    /// What run `seq` sends: which of `frames` (0 or 1), and the flow number added
+    /// to its source port and address (0 with `per_flow` 0: the frames as given).
+    #[inline(always)]
+    #[must_use]
+    pub const fn run(&self, seq: u64) -> (usize, u64) {
+        if self.per_flow == 0 {
+            return (0, 0);
+        }
+        let per_flow = self.per_flow as u64;
+        let later = seq % per_flow >= self.first as u64;
+        let lag = if later { self.lag as u64 } else { 0 };
+        (later as usize, (seq / per_flow).wrapping_sub(lag))
+    }
+}
+
 impl Default for Script {
     fn default() -> Self {
         Self {

@@ -48,14 +48,7 @@ pub fn restore(ctx: &XdpContext, s: &mut Script) -> Result<(), ()> {
     }
     let seq = s.seq;
     s.seq = seq + 1;
-    let (k, flow) = if s.per_flow == 0 {
-        (0, 0)
-    } else {
-        let per_flow = u64::from(s.per_flow);
-        let later = seq % per_flow >= u64::from(s.first);
-        let lag = if later { u64::from(s.lag) } else { 0 };
-        (usize::from(later), (seq / per_flow).wrapping_sub(lag))
-    };
+    let (k, flow) = s.run(seq);
     let want = *s.lens.get(k).ok_or(())? as usize;
     if want == 0 || want > FRAME_MAX {
         return Err(());

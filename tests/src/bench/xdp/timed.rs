@@ -15,6 +15,11 @@ use lb_common::bench::{FRAME_MAX, Script};
 /// Runs per timed section.
 pub const REPEAT: u32 = 1000;
 
+/// Flows a case has to itself (`Replay::first_run`): more than a run of
+/// `REPEAT` new flows per sample sends in 16 000 samples, and few enough that
+/// 256 cases fit in the source address's low 16 bits (`Script::per_flow`).
+const CASE_FLOWS: u64 = 1 << 24;
+
 /// Which frames a case replays.
 #[derive(Clone, Debug)]
 pub struct Replay {
@@ -55,7 +60,18 @@ impl Replay {
         Self { lag, ..self }
     }
 
-    /// The script, starting at run `seq` (so flows do not repeat across test runs).
+    /// Case `case`'s first run in sample `sample`: a flow is never sent twice,
+    /// in one case's samples (each starts where the last ended) or by two cases
+    /// (each has `CASE_FLOWS` flows of its own). Two cases of one balancer share its
+    /// tables: another case's entry for a flow would make a connection's SYN a
+    /// retransmission, or its ACK a table hit.
+    #[must_use]
+    pub fn first_run(&self, case: usize, sample: usize) -> u64 {
+        let own = u64::from(self.per_flow) * CASE_FLOWS * case as u64;
+        own + sample as u64 * u64::from(REPEAT)
+    }
+
+    /// The script, starting at run `seq` (`first_run`).
     fn script(&self, seq: u64) -> Result<Script> {
         let mut s = Script {
             per_flow: self.per_flow,
@@ -208,12 +224,12 @@ pub fn measure(
     let mut order: Vec<usize> = (0..cases.len()).collect();
     let mut rng = lb_userspace::xorshift::XorShift::new(0x5eed);
     for s in 0..samples {
-        let seq = s as u64 * u64::from(REPEAT);
         for i in (1..order.len()).rev() {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for &c in &order {
             let (case, m) = (&cases[c], &mut out[c]);
+            let seq = case.replay.first_run(c, s);
             let (action, ns) = match case.prog {
                 Program::Lb(i) => {
                     let (prog, script) = &mut lbs[i];
@@ -243,4 +259,45 @@ pub fn measure(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The flows (as the restore numbers them: their low 32 bits step the source
+    /// port and address) that `replay`, as case `case`, sends in `samples` samples.
+    fn flows_sent(replay: &Replay, case: usize, samples: usize) -> HashSet<u32> {
+        let script = replay.script(replay.first_run(case, 0)).unwrap();
+        (0..samples)
+            .flat_map(|s| {
+                let first = replay.first_run(case, s);
+                (first..first + u64::from(REPEAT)).map(|seq| script.run(seq).1 as u32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_two_cases_of_a_balancer_send_the_same_flow() {
+        let frame = vec![0; 60];
+        let connection = Replay::flows(frame.clone(), frame.clone(), 12, 1);
+        let cases = [
+            Replay::new_flows(frame.clone()),
+            connection.clone(),
+            connection.lagging(1000),
+            Replay::new_flows(frame),
+        ];
+        let samples = 300;
+        let sent: Vec<_> =
+            cases.iter().enumerate().map(|(c, r)| flows_sent(r, c, samples)).collect();
+        // Every run of a new-flow case is a flow of its own; a connection is 12 runs.
+        assert_eq!(sent[0].len(), samples * REPEAT as usize);
+        assert!(sent[1].len() >= samples * REPEAT as usize / 12);
+        for (a, b) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)] {
+            let shared = sent[a].intersection(&sent[b]).count();
+            assert_eq!(shared, 0, "cases {a} and {b} send {shared} flows both");
+        }
+    }
 }
