@@ -221,6 +221,13 @@ pub fn measure(
     // Each sample takes the cases in a new order: the first case after another
     // balancer's runs pays for the switch (~20 ns a run on an ipip hit), and a fixed
     // order would charge it to the same case, the first object's, every time.
+    // Past 256 cases the flows of one would be another's again (`CASE_FLOWS`).
+    ensure!(
+        cases.len() as u64 * CASE_FLOWS <= 1 << 32,
+        "{} cases: at most {} (fewer objects or references)",
+        cases.len(),
+        (1u64 << 32) / CASE_FLOWS
+    );
     let mut order: Vec<usize> = (0..cases.len()).collect();
     let mut rng = lb_userspace::xorshift::XorShift::new(0x5eed);
     for s in 0..samples {
