@@ -998,8 +998,8 @@ const INSERTING_ACK: &str = "TCP ACK v4 (completes it: inserts)";
 /// handshake ACK and hits: at ~12 packets a connection, ~12 000
 /// packets of other flows between them, as a round trip of ~10 ms puts at ~1 M
 /// packets a second on a CPU; what its SYN left in the CPU's caches for them has
-/// to last that long. (The first `CONNECTION_LAG` connections' ACKs are of flows
-/// no SYN opened, the ring's pick and an insert: 4% of a 300-sample run.)
+/// to last that long. (The case first runs `Replay::lead` samples untimed, whose
+/// SYNs open the flows its first timed ACKs are for.)
 const CONNECTION_LAG: u32 = 1000;
 
 /// A whole connection as the issue built Katran's figure from this method's rows: a

@@ -71,6 +71,14 @@ impl Replay {
         own + sample as u64 * u64::from(REPEAT)
     }
 
+    /// Untimed samples a case runs before its first timed one: enough that every
+    /// later packet of a lagging case (`lag`) is of a flow whose first packets it
+    /// has sent, so each ACK of a lagging connection follows its own SYN.
+    #[must_use]
+    pub fn lead(&self) -> usize {
+        (u64::from(self.lag) * u64::from(self.per_flow)).div_ceil(u64::from(REPEAT)) as usize
+    }
+
     /// The script, starting at run `seq` (`first_run`).
     fn script(&self, seq: u64) -> Result<Script> {
         let mut s = Script {
@@ -228,6 +236,11 @@ pub fn measure(
         cases.len(),
         (1u64 << 32) / CASE_FLOWS
     );
+    for (c, case) in cases.iter().enumerate() {
+        for s in 0..case.replay.lead() {
+            run_case(case, case.replay.first_run(c, s), lbs, tools, harness, tools_script)?;
+        }
+    }
     let mut order: Vec<usize> = (0..cases.len()).collect();
     let mut rng = lb_userspace::xorshift::XorShift::new(0x5eed);
     for s in 0..samples {
@@ -236,21 +249,8 @@ pub fn measure(
         }
         for &c in &order {
             let (case, m) = (&cases[c], &mut out[c]);
-            let seq = case.replay.first_run(c, s);
-            let (action, ns) = match case.prog {
-                Program::Lb(i) => {
-                    let (prog, script) = &mut lbs[i];
-                    Timed { prog, script, tail: 0 }.run(&case.replay, seq)?
-                }
-                Program::Tool(i) => Timed { prog: tools[i], script: tools_script, tail: 0 }
-                    .run(&case.replay, seq)?,
-                Program::Pinned(i) => {
-                    let prog = harness.tail.context("a pinned case, no xdp_tail_timed")?;
-                    let tail = TAIL_PINNED + u32::try_from(i)?;
-                    Timed { prog, script: tools_script, tail }.run(&case.replay, seq)?
-                }
-            };
-            ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
+            let seq = case.replay.first_run(c, case.replay.lead() + s);
+            let ns = run_case(case, seq, lbs, tools, harness, tools_script)?;
             let (prog, tail) = match (harness.tail, case.prog) {
                 (Some(t), Program::Pinned(_)) => {
                     (t, if case.pushes { TAIL_TX_PUSHED } else { TAIL_TX })
@@ -266,6 +266,34 @@ pub fn measure(
         }
     }
     Ok(out)
+}
+
+/// Runs `case` from run `seq` (`Timed::run`), checks its action, and returns the
+/// kernel's mean ns per run.
+fn run_case(
+    case: &Case,
+    seq: u64,
+    lbs: &mut [(&Xdp, &mut Array<MapData, Script>)],
+    tools: &[&Xdp],
+    harness: &Harness,
+    tools_script: &mut Array<MapData, Script>,
+) -> Result<u32> {
+    let (action, ns) = match case.prog {
+        Program::Lb(i) => {
+            let (prog, script) = &mut lbs[i];
+            Timed { prog, script, tail: 0 }.run(&case.replay, seq)?
+        }
+        Program::Tool(i) => {
+            Timed { prog: tools[i], script: tools_script, tail: 0 }.run(&case.replay, seq)?
+        }
+        Program::Pinned(i) => {
+            let prog = harness.tail.context("a pinned case, no xdp_tail_timed")?;
+            let tail = TAIL_PINNED + u32::try_from(i)?;
+            Timed { prog, script: tools_script, tail }.run(&case.replay, seq)?
+        }
+    };
+    ensure!(action == case.want, "{}: action {action}, want {}", case.name, case.want);
+    Ok(ns)
 }
 
 #[cfg(test)]
@@ -284,6 +312,35 @@ mod tests {
                 (first..first + u64::from(REPEAT)).map(|seq| script.run(seq).1 as u32)
             })
             .collect()
+    }
+
+    #[test]
+    fn every_ack_of_a_lagging_connection_that_is_timed_follows_its_own_syn() {
+        let frame = vec![0; 60];
+        let lagging = Replay::flows(frame.clone(), frame, 12, 1).lagging(1000);
+        let (case, samples) = (3, 20);
+        let script = lagging.script(0).unwrap();
+        let runs = |s: usize| {
+            let first = lagging.first_run(case, s);
+            first..first + u64::from(REPEAT)
+        };
+        let mut opened = HashSet::new();
+        for seq in (0..lagging.lead()).flat_map(runs) {
+            if let (0, flow) = script.run(seq) {
+                opened.insert(flow);
+            }
+        }
+        let mut acks = 0;
+        for seq in (lagging.lead()..lagging.lead() + samples).flat_map(runs) {
+            match script.run(seq) {
+                (0, flow) => assert!(opened.insert(flow), "flow {flow} opened twice"),
+                (_, flow) => {
+                    assert!(opened.contains(&flow), "run {seq}: an ACK of flow {flow}, no SYN");
+                    acks += 1;
+                }
+            }
+        }
+        assert_eq!(acks, samples * REPEAT as usize * 11 / 12);
     }
 
     #[test]
