@@ -15,9 +15,9 @@ use lb_common::bench::{FRAME_MAX, Script};
 /// Runs per timed section.
 pub const REPEAT: u32 = 1000;
 
-/// Flows a case has to itself (`Replay::first_run`): more than a run of
-/// `REPEAT` new flows per sample sends in 16 000 samples, and few enough that
-/// 256 cases fit in the source address's low 16 bits (`Script::per_flow`).
+/// Flows a case has to itself (`Replay::first_run`): enough for 16 000 samples
+/// of `REPEAT` new flows, and few enough that 256 cases fit in the source
+/// address's low 16 bits (`Script::per_flow`).
 const CASE_FLOWS: u64 = 1 << 24;
 
 /// Which frames a case replays.
@@ -226,9 +226,6 @@ pub fn measure(
 ) -> Result<Vec<Measured>> {
     let mut out: Vec<Measured> =
         cases.iter().map(|_| Measured { runs: Vec::new(), net: Vec::new() }).collect();
-    // Each sample takes the cases in a new order: the first case after another
-    // balancer's runs pays for the switch (~20 ns a run on an ipip hit), and a fixed
-    // order would charge it to the same case, the first object's, every time.
     // Past 256 cases the flows of one would be another's again (`CASE_FLOWS`).
     ensure!(
         cases.len() as u64 * CASE_FLOWS <= 1 << 32,
@@ -236,11 +233,15 @@ pub fn measure(
         cases.len(),
         (1u64 << 32) / CASE_FLOWS
     );
+    // Untimed: the lagging cases' first SYNs (`Replay::lead`).
     for (c, case) in cases.iter().enumerate() {
         for s in 0..case.replay.lead() {
             run_case(case, case.replay.first_run(c, s), lbs, tools, harness, tools_script)?;
         }
     }
+    // Each sample takes the cases in a new order: the first case after another
+    // balancer's runs pays for the switch (~20 ns a run on an ipip hit), and a fixed
+    // order would charge it to the same case, the first object's, every time.
     let mut order: Vec<usize> = (0..cases.len()).collect();
     let mut rng = lb_userspace::xorshift::XorShift::new(0x5eed);
     for s in 0..samples {
