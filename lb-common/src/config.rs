@@ -36,6 +36,13 @@ pub struct LbConfig {
     /// passes untouched. Unused entries repeat `src_mac` (see [`accept_macs`]), so
     /// the data path compares them all without a count.
     pub accept_macs: [[u8; 6]; ACCEPT_MACS],
+    /// `FLOWS4`'s sets less one (a power of two less one): the mask of
+    /// `hash::flow_set`, as the controller sized the table.
+    pub flow_sets_mask: u32,
+    /// The seed of `hash::flow_set`: the table's, chosen when it was created and
+    /// kept while it lives (pinned restarts, reloads), not `hash_seed`, which a
+    /// reload may change: a flow's set must not move under its entry.
+    pub flow_seed: Seed,
 }
 
 /// `LbConfig::accept_macs` for the interface's MAC `own` and the `extra` ones

@@ -13,7 +13,7 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Connection-table key of an IPv4 flow (`CONNS4`): the flow of a [`FlowKey`] of
+/// Connection-table key of an IPv4 flow (`FLOWS4`, as its `words`): the flow of a [`FlowKey`] of
 /// family V4 in 16 bytes instead of 40, so the kernel hashes and compares less
 /// than half as much on every lookup and insert.
 #[repr(C)]
@@ -35,7 +35,7 @@ impl FlowKey4 {
         Self { src: flow.src[0], dst: flow.dst[0], ports: flow.ports, proto: flow.proto as u32 }
     }
 
-    /// The key as the flow cache compares it: two words (`FlowCacheSlot::key`),
+    /// The key as `FLOWS4` holds and compares it: two words (`FlowWay::key`),
     /// built from the fields so the key needs no 8-byte alignment.
     #[inline(always)]
     #[must_use]
@@ -70,52 +70,13 @@ pub struct ConnValue {
     pub generation: u32,
 }
 
-/// One slot of the flow cache (`FlowCacheSet`): a copy of an IPv4 flow's connection-table entry, so a
-/// table hit reads one cache line instead of the table's bucket and element. It
-/// holds while `epoch` equals `CONN_EPOCH`, which whoever changes a table entry
-/// another CPU may have copied (the controller, peer sync, a SYN that takes out a
-/// reused 5-tuple's entry naming another backend) bumps after the change.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheSlot {
-    /// The flow's `FlowKey4::words` (a slot never filled holds zeros, which no flow
-    /// has: its protocol is never 0).
-    pub key: [u64; 2],
-    pub conn: ConnValue,
-    /// `CONN_EPOCH` when the slot was filled or last told the table the flow is
-    /// alive. Its low half (the epoch) must match for the copy to hold; once its
-    /// high half (the controller's clock, a step a second) moves on, a hit served
-    /// here also looks the flow up in the table, so the LRU does not age out a
-    /// flow only the cache serves (an entry it evicted meanwhile is put back).
-    pub stamp: u64,
-}
-
-/// One set of the flow cache (`FLOW_CACHE`, a region of sets per CPU, the set
-/// picked by `hash::cache_set`): two slots in one 64-byte line, both compared, so
-/// two flows that share a set are both served from it. A flow that misses takes
-/// the first slot and moves the first slot's flow to the second: the flow filled
-/// longest ago leaves (a hit moves nothing, so it writes nothing).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheSet {
-    pub ways: [FlowCacheSlot; 2],
-}
-
-/// `CONN_EPOCH`, one u64 that every cache hit compares with its slot's stamp at
-/// once: the epoch in the low half (a bump voids every CPU's copies), the clock
-/// in the high half. Both only ever grow, by atomic adds.
+/// `CONN_EPOCH`, one u64: the controller's clock in the high half (a step a
+/// second, by atomic adds), which `FLOWS4` stamps a way with when a packet uses
+/// it (`flow_table::FlowWay::clock`). The low half held the flow caches' epoch
+/// (layouts 7 and 8) and is no longer read.
 pub mod conn_epoch {
-    /// Adds one to the epoch.
-    pub const BUMP: u64 = 1;
     /// Adds one step to the clock.
     pub const CLOCK_STEP: u64 = 1 << 32;
-
-    /// Whether `a` and `b` name the same epoch (the clock aside).
-    #[inline(always)]
-    #[must_use]
-    pub const fn same_epoch(a: u64, b: u64) -> bool {
-        a as u32 == b as u32
-    }
 }
 
 /// One slot of the SYN array (`SYNS`): the backend a TCP SYN was sent to, until
@@ -145,6 +106,5 @@ mod tests {
         let w = k.words();
         assert_eq!(bytes[..8], w[0].to_le_bytes());
         assert_eq!(bytes[8..], w[1].to_le_bytes());
-        assert_eq!(size_of::<FlowCacheSet>(), 64, "a set is one cache line");
     }
 }

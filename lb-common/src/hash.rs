@@ -9,10 +9,7 @@
 //! public or 32-bit seed, or an unkeyed mix like Murmur (whose collisions do not
 //! depend on the seed), would let it. The ring itself (Maglev) does not use it.
 
-use crate::{
-    FlowKey,
-    limits::{FLOW_CACHE_SETS, SYN_SLOTS},
-};
+use crate::{FlowKey, limits::SYN_SLOTS};
 
 /// A flow-hash seed: 128 bits as four words.
 pub type Seed = [u32; 4];
@@ -124,21 +121,21 @@ pub const fn syn_tag(h: u64, key: &FlowKey, seed: &Seed) -> u64 {
     (h ^ (low.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ high).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) | 1
 }
 
-/// The flow cache set (`limits::FLOW_CACHE_SETS` per CPU) of the IPv4 flow whose
+/// The set of `FLOWS4` (`flow_table`, `mask + 1` sets) of the IPv4 flow whose
 /// `FlowKey4::words` are `key`: a multiply-xor mix under the seed, a few
-/// instructions for every table hit where SipHash would cost ~20 ns. Flows aimed
-/// at one set only evict each other from the cache (they are then served from
-/// the table, as without it), so the mix needs no keyed PRF.
+/// instructions for every packet where SipHash would cost ~20 ns. Flows aimed at
+/// one set only evict each other (a SYN there then waits in the SYN array), so
+/// the mix needs no keyed PRF; the seed still keeps a client from aiming blind.
 #[inline(always)]
 #[must_use]
-pub const fn cache_set(key: [u64; 2], seed: &Seed) -> u32 {
+pub const fn flow_set(key: [u64; 2], seed: &Seed, mask: u32) -> u32 {
     let k0 = seed[0] as u64 | (seed[1] as u64) << 32;
     let k1 = seed[2] as u64 | (seed[3] as u64) << 32;
     // A product's top bits depend on every bit of the factor, its low bits on few:
-    // fold the top half down before the second word joins.
+    // fold the top half down before the second word joins; take the top half.
     let h = (key[0] ^ k0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let h = (h ^ (h >> 32) ^ key[1] ^ k1).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    (h >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
+    (h >> 32) as u32 & mask
 }
 
 /// The outer IPv6 flow label of a tunnelled flow (RFC 6438): the same for every
@@ -243,20 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn cache_sets_spread_flows_and_move_with_the_seed() {
+    fn flow_sets_spread_flows_and_move_with_the_seed() {
+        const SETS: u32 = 8192;
         let key = |port: u16, src: u32| {
             crate::FlowKey4 { src, dst: 0x0100_00cb, ports: [port, 80], proto: 6 }.words()
         };
         let sets = |seed: &Seed| -> std::collections::BTreeSet<u32> {
-            (0..4096u16).map(|p| cache_set(key(p, 0x0700_a8c0), seed)).collect()
+            (0..4096u16).map(|p| flow_set(key(p, 0x0700_a8c0), seed, SETS - 1)).collect()
         };
         // 4096 flows of one client over 8192 sets: ~3200 distinct sets expected
         // if they were random; a mix that ignored the port would give 1.
         let spread = sets(&PUBLIC_SEED);
         assert!(spread.len() > 3000, "{} distinct sets of 4096 flows", spread.len());
-        assert!(spread.iter().all(|&s| s < FLOW_CACHE_SETS));
+        assert!(spread.iter().all(|&s| s < SETS));
         let by_client: std::collections::BTreeSet<u32> =
-            (0..4096u32).map(|a| cache_set(key(80, a << 8), &PUBLIC_SEED)).collect();
+            (0..4096u32).map(|a| flow_set(key(80, a << 8), &PUBLIC_SEED, SETS - 1)).collect();
         assert!(by_client.len() > 3000, "{} distinct sets by client", by_client.len());
         assert_ne!(spread, sets(&[1, 2, 3, 4]), "another seed, other sets");
     }

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod flow;
+pub mod flow_table;
 pub mod generator;
 pub mod hash;
 pub mod limits;
@@ -16,7 +17,8 @@ pub mod vip;
 
 pub use backend::{Backend, BackendState};
 pub use config::{ForwardingMode, LbConfig};
-pub use flow::{ConnValue, FlowCacheSet, FlowCacheSlot, FlowKey, FlowKey4, SynSlot};
+pub use flow::{ConnValue, FlowKey, FlowKey4, SynSlot};
+pub use flow_table::{FlowSet, FlowWay};
 pub use stats::{
     BackendStats, Counter, CounterSet, DecapCounter, DecapCounterSet, Handshakes, Traffic,
     vip_stats,
@@ -49,13 +51,13 @@ pub mod map_names {
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNS: &str = "CONNS";
-    /// The connection table of IPv4 flows (`flow::FlowKey4`); `CONNS` holds IPv6's.
-    pub const CONNS4: &str = "CONNS4";
+    /// The connection table of IPv4 flows (`flow_table`: sets of `FlowWay`s under
+    /// `flow::FlowKey4`'s words, shared by every CPU); `CONNS` holds IPv6's.
+    pub const FLOWS4: &str = "FLOWS4";
     /// TCP SYNs waiting for their handshake's ACK (`flow::SynSlot`).
     pub const SYNS: &str = "SYNS";
-    /// Per CPU: copies of IPv4 connection-table entries (`flow::FlowCacheSet`).
-    pub const FLOW_CACHE: &str = "FLOW_CACHE";
-    /// One u64: the flow cache's epoch; a slot filled under another is not used.
+    /// One u64: the controller's clock (`flow::conn_epoch`), by which `FLOWS4`
+    /// tells the flows used longest ago.
     pub const CONN_EPOCH: &str = "CONN_EPOCH";
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
@@ -75,9 +77,8 @@ pub mod map_names {
         RINGS,
         BACKENDS,
         CONNS,
-        CONNS4,
+        FLOWS4,
         SYNS,
-        FLOW_CACHE,
         CONN_EPOCH,
         STATS,
         VIP_STATS,
@@ -129,8 +130,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::SynSlot {}
-    unsafe impl aya::Pod for super::FlowCacheSlot {}
-    unsafe impl aya::Pod for super::FlowCacheSet {}
+    unsafe impl aya::Pod for super::FlowWay {}
+    unsafe impl aya::Pod for super::FlowSet {}
     unsafe impl aya::Pod for super::LbConfig {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::BackendStats {}

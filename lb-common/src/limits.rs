@@ -14,8 +14,9 @@ pub const RING_ENTRIES: u32 = MAX_VIPS * RINGS_PER_VIP * RING_SIZE;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Ring slot value for a VIP with no usable backend.
 pub const NO_BACKEND: u32 = u32::MAX;
-/// Default connection-table size: entries of the IPv4 table (shared by all CPUs,
-/// LRU per CPU); the IPv6 table holds a quarter as many.
+/// Default connection-table size: entries of the IPv4 table (`FLOWS4`, sets of
+/// two shared by all CPUs: `flow_table::sets_for`); the IPv6 table (an LRU per
+/// CPU) holds a quarter as many.
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 
 /// Entries of the IPv6 table (`CONNS`) when the config names none, for an IPv4
@@ -31,19 +32,6 @@ pub const fn conn_table_v6_entries(conn_table_size: u32) -> u32 {
 /// share one only matter when the ring changed in between (the ACK then follows
 /// the ring). A power of two.
 pub const SYN_SLOTS: u32 = 1 << 18;
-/// Sets of the flow cache per CPU (`flow::FlowCacheSet`, two 32-byte slots in one
-/// 64-byte line: 512 KiB per CPU). A power of two.
-pub const FLOW_CACHE_SETS: u32 = 1 << 13;
-/// CPUs the object's `FLOW_CACHE` has room for when a loader does not size it
-/// (tests, benchmarks): the CPUs past them read the table directly.
-pub const FLOW_CACHE_CPUS: u32 = 4;
-
-/// Entries (sets) of `FLOW_CACHE` for `cpus` possible CPUs: one region of sets
-/// each, so each CPU's copies are its own and no line is shared between CPUs.
-#[must_use]
-pub const fn flow_cache_entries(cpus: u32) -> u32 {
-    cpus * FLOW_CACHE_SETS
-}
 /// 64-bit words of the VIP address filter (65536 bits).
 pub const VIP_FILTER_WORDS: u32 = 1024;
 /// Distinct VIP addresses (fragments are matched by address alone).

@@ -20,8 +20,11 @@
 /// is counted in `BackendStats::hits` only (`stats` module text), VIP_STATS holds
 /// the controller's retired hits after the data path's entries. Version 8:
 /// `FLOW_CACHE` holds two-slot sets (`FlowCacheSet`, 64 bytes, mmapable so each
-/// is one cache line) instead of direct-mapped slots.
-pub const LAYOUT_VERSION: u32 = 8;
+/// is one cache line) instead of direct-mapped slots. Version 9: IPv4 flows in
+/// `FLOWS4` (`flow_table`: sets of four `FlowWay`s shared by every CPU, pending
+/// handshakes among them) instead of `CONNS4` and the flow caches (`FLOW_CACHE`
+/// is gone); `LbConfig` gained `flow_sets_mask`.
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Bits of a `BACKEND_FLAGS` entry: the controller's view of the backend in the
 /// same slot of `BACKENDS`. The data path's state alone cannot say it (draining

@@ -2,15 +2,14 @@
 //! Parse -> VIP lookup -> connection table / Maglev ring -> dsr or ipip -> XDP_TX.
 #![no_std]
 #![no_main]
-// `flow_cache::bump`'s atomic add: BPF has no compare-and-swap, so core's
-// atomics offer no `fetch_add` here; the intrinsic compiles to BPF's atomic add.
+// `verdict::opaque`: `is_val_statically_known`, and a register move in asm!,
+// which LLVM cannot see through.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core_intrinsics, for atomic_xadd (see above)")]
-// `verdict::opaque`: a register move in asm!, which LLVM cannot see through.
+#![expect(internal_features, reason = "core_intrinsics, for is_val_statically_known")]
 #![feature(asm_experimental_arch)]
 
 mod conns;
-mod flow_cache;
+mod flow_table;
 mod forward;
 mod icmp;
 mod maps;
@@ -23,7 +22,7 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Backend, Counter, FlowKey4, LbConfig, Traffic,
-    hash::{Seed, flow_hash64, flow_label},
+    hash::{flow_hash64, flow_label},
     proto,
 };
 
@@ -107,10 +106,10 @@ fn balance(ctx: &XdpContext) -> u32 {
 }
 
 /// The common packet's table hit (`parse::front`), from the frame's own words: no
-/// flow key built, no SCRATCH, no table. Any other packet is `process`'s: with
-/// the config this found and checked the MAC against, when this read the flow's
-/// cache copy (a cache miss, a backend down); else (no config, a frame not for
-/// us) whole, as if this had not looked.
+/// flow key built, no SCRATCH, one read of the flow's set. Any other packet is
+/// `process`'s: with the config this found and checked the MAC against, when this
+/// read the flow's set (no established entry, a backend down); else (no config,
+/// a frame not for us) whole, as if this had not looked.
 #[inline(always)]
 fn front_hit(
     ctx: &XdpContext,
@@ -121,7 +120,7 @@ fn front_hit(
     if !parse::addressed_to_us(ctx, cfg) {
         return Err(None);
     }
-    let (index, backend) = select::cached(key.words(), &cfg.hash_seed).ok_or(Some(cfg))?;
+    let (index, backend) = select::established4(key.words(), cfg).ok_or(Some(cfg))?;
     let mut also = Also::default();
     Ok(match hit(ctx, pkt, || flow_label(&key.flow()), index, backend, cfg, &mut also) {
         Ok(()) => xdp_action::XDP_TX,
@@ -135,7 +134,7 @@ enum Start {
     /// family and addresses.
     Ip(parse::Ip),
     /// From the packet `front_hit` read (its flow in the flow key), with the config
-    /// it found and checked the MAC against; it read the flow's cache copy.
+    /// it found and checked the MAC against; it read the flow's set.
     Front(parse::Packet, &'static LbConfig),
 }
 
@@ -177,8 +176,8 @@ fn process(
     start: Start,
     also: &mut Also,
 ) -> Result<Verdict, Counted> {
-    let (cfg, pkt, cache_read) = match start {
-        Start::Front(pkt, cfg) => (cfg, pkt, true),
+    let (cfg, pkt) = match start {
+        Start::Front(pkt, cfg) => (cfg, pkt),
         Start::Ip(ip) => {
             let cfg =
                 CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
@@ -189,7 +188,7 @@ fn process(
             }
             let pkt =
                 parse::packet(ctx, &ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
-            (cfg, pkt, false)
+            (cfg, pkt)
         }
     };
     let frame_len = pkt.frame_len();
@@ -198,8 +197,7 @@ fn process(
     }
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let lookup =
-        if syn { Lookup::Miss } else { select::established(&s.flow, &cfg.hash_seed, cache_read) };
+    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow, cfg) };
     // A hit runs straight to its own end: sharing the tail with the other paths, it
     // carried their index, handshake counts and flags in registers and on the stack.
     if let Lookup::Hit(index, backend) = lookup {
@@ -212,14 +210,14 @@ fn process(
     let (index, backend, handshakes) = if syn {
         let vip = vip::lookup(s).ok_or(NOT_VIP)?;
         also.conn(Counter::ConnSyn);
-        select::syn(&s.flow, vip, &cfg.hash_seed)?
+        select::syn(&s.flow, vip, cfg)?
     } else {
         let missed = match pkt.kind {
             Kind::IcmpError => Missed::IcmpError,
             _ if s.flow.proto == proto::TCP => Missed::TcpClient,
             _ => Missed::Other,
         };
-        let (index, backend, counts) = unlisted(s, &cfg.hash_seed, missed)?;
+        let (index, backend, counts) = unlisted(s, cfg, missed)?;
         also.conn(match lookup {
             _ if counts & select::COMPLETED != 0 => Counter::ConnHandshake,
             Lookup::Stale => Counter::ConnRehash,
@@ -252,19 +250,19 @@ fn process(
 #[inline(never)]
 fn unlisted(
     s: &mut Scratch,
-    seed: &Seed,
+    cfg: &LbConfig,
     missed: Missed,
 ) -> Result<(u32, &'static Backend, u8), Counted> {
-    let h = flow_hash64(&s.flow, seed);
+    let h = flow_hash64(&s.flow, &cfg.hash_seed);
     if missed == Missed::TcpClient
-        && let Some((index, backend)) = select::completed(&s.flow, h, seed)
+        && let Some((index, backend)) = select::completed(&s.flow, h, cfg)
     {
         return Ok((index, backend, select::COMPLETED));
     }
     let not_vip =
         if missed == Missed::IcmpError { Verdict::Pass(Counter::PassIcmp) } else { NOT_VIP };
     let vip = vip::lookup(s).ok_or(not_vip)?;
-    let (index, backend) = select::first(&s.flow, h, vip, seed, missed)?;
+    let (index, backend) = select::first(&s.flow, h, vip, cfg, missed)?;
     Ok((index, backend, 0))
 }
 

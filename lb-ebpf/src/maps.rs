@@ -7,12 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendStats, ConnValue, CounterSet, FlowCacheSet, FlowKey, FlowKey4, LbConfig,
-    RingSlot, SynSlot, Traffic, VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, CounterSet, FlowKey, FlowSet, LbConfig, RingSlot, SynSlot,
+    Traffic, VipKey, VipMeta,
     bench::Script,
+    flow_table::sets_for,
     limits::{
-        CONN_TABLE_SIZE, FLOW_CACHE_CPUS, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES,
-        SYN_SLOTS, VIP_FILTER_WORDS, conn_table_v6_entries, flow_cache_entries,
+        CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIP_ADDRS, MAX_VIPS, RING_ENTRIES, SYN_SLOTS,
+        VIP_FILTER_WORDS, conn_table_v6_entries,
     },
     vip::VipAddrKey,
 };
@@ -48,24 +49,16 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static CONNS: LruHashMap<FlowKey, ConnValue> =
     LruHashMap::with_max_entries(conn_table_v6_entries(CONN_TABLE_SIZE), BPF_F_NO_COMMON_LRU);
 
-/// IPv4 flow -> backend, as `CONNS` under a 16-byte key (the kernel hashes and
-/// compares the whole key on every lookup; `conns.rs`).
-#[map(name = "CONNS4")]
-pub static CONNS4: LruHashMap<FlowKey4, ConnValue> =
-    LruHashMap::with_max_entries(CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+/// IPv4 flow -> backend: sets of four ways shared by every CPU, pending handshakes
+/// among them (`lb_common::flow_table`). Mmapable only for its page-aligned
+/// values: each 128-byte set is then two cache lines of its own. The controller
+/// sizes it from `conn_table_size` (`flow_table::sets_for`).
+#[map(name = "FLOWS4")]
+pub static FLOWS4: Array<FlowSet> =
+    Array::with_max_entries(sets_for(CONN_TABLE_SIZE), BPF_F_MMAPABLE);
 
-/// Copies of IPv4 flows' `CONNS4` entries, a region of `FLOW_CACHE_SETS` for each
-/// CPU, so a table hit reads one cache line (`flow_cache.rs`). An array, not a
-/// per-CPU array: that one's lookup reads the element's pointer first, a second
-/// cache miss. Mmapable only for its page-aligned values: each 64-byte set is then
-/// one cache line. The loader sizes it for the possible CPUs.
-#[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: Array<FlowCacheSet> =
-    Array::with_max_entries(flow_cache_entries(FLOW_CACHE_CPUS), BPF_F_MMAPABLE);
-
-/// The flow cache's epoch: bumped (atomically, by the data path and the
-/// controller alike) after a change to a table entry another CPU may hold a copy of,
-/// and the controller's clock (`lb_common::flow::conn_epoch`).
+/// The controller's clock (`lb_common::flow::conn_epoch`): `FLOWS4` stamps a way
+/// with it when a packet uses it.
 #[map(name = "CONN_EPOCH")]
 pub static CONN_EPOCH: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 

@@ -6,11 +6,14 @@
 //! a draining backend keeps its hits. A TCP SYN skips the table: a new connection
 //! always goes where the ring says, so it never lands on a draining backend.
 //!
-//! A SYN does not enter the table: the SYN array remembers its backend, and the
-//! handshake's ACK puts the flow in the table there. The table therefore holds only
-//! flows that completed a handshake (or sent data: UDP, flows from before a
-//! restart), so spoofed SYNs cannot evict established flows; and the ACK follows
-//! its SYN even when the ring changed in between, unless that backend went down.
+//! A SYN does not enter the table established: an IPv4 SYN waits as a pending way
+//! of its flow's set (`flow_table`), which never takes an established flow's way;
+//! an IPv6 SYN, or an IPv4 one whose set holds two established flows, waits in
+//! the SYN array. The handshake's ACK makes the flow established there. The
+//! table's established entries are therefore only flows that completed a
+//! handshake (or sent data: UDP, flows from before a restart), so spoofed SYNs
+//! cannot evict established flows; and the ACK follows its SYN even when the ring
+//! changed in between, unless that backend went down.
 //!
 //! Each step also says what the packet counts for its backend's `Handshakes` (the
 //! passive health signal): a SYN; a SYN for a flow the SYN array or the table
@@ -18,13 +21,15 @@
 //! flow from the SYN array into the table (a completed handshake, once per flow).
 
 use lb_common::{
-    Backend, BackendState, ConnValue, Counter, FlowKey, Handshakes, SynSlot, VipMeta,
-    hash::{Seed, flow_hash64, ring_hash, syn_slot, syn_tag},
+    Backend, BackendState, ConnValue, Counter, FlowKey, FlowKey4, Handshakes, LbConfig, SynSlot,
+    VipMeta, family,
+    flow_table::State,
+    hash::{flow_hash64, ring_hash, syn_slot, syn_tag},
     limits::RING_SIZE,
 };
 
 use crate::{
-    conns,
+    conns, flow_table,
     maps::{BACKENDS, RINGS, SYNS},
     verdict::Verdict,
 };
@@ -55,8 +60,8 @@ pub enum Lookup {
 }
 
 #[inline(always)]
-pub fn established(flow: &FlowKey, seed: &Seed, cache_read: bool) -> Lookup {
-    let Some(conn) = conns::get(flow, seed, cache_read) else {
+pub fn established(flow: &FlowKey, cfg: &LbConfig) -> Lookup {
+    let Some(conn) = conns::get(flow, cfg) else {
         return Lookup::Miss;
     };
     let index = conn.backend;
@@ -66,11 +71,12 @@ pub fn established(flow: &FlowKey, seed: &Seed, cache_read: bool) -> Lookup {
     }
 }
 
-/// `established` for an IPv4 flow the front read (`parse::front_flow`): a hit in
-/// this CPU's flow cache on a live backend; anything else is `established`'s.
+/// `established` for an IPv4 flow the front read (`parse::front_flow`), whose
+/// `FlowKey4::words` are `key`: a hit on a live backend; anything else is
+/// `established`'s.
 #[inline(always)]
-pub fn cached(key: [u64; 2], seed: &Seed) -> Option<(u32, &'static Backend)> {
-    let conn = conns::cached(key, seed)?;
+pub fn established4(key: [u64; 2], cfg: &LbConfig) -> Option<(u32, &'static Backend)> {
+    let conn = flow_table::established(key, cfg)?;
     live(conn.backend, conn.generation).map(|b| (conn.backend, b))
 }
 
@@ -82,49 +88,51 @@ fn live(index: u32, generation: u32) -> Option<&'static Backend> {
         .filter(|b| b.generation == generation && b.state != BackendState::Down as u8)
 }
 
-/// A new TCP connection (a SYN): the ring's pick, remembered in the SYN array; and
-/// what the SYN counts (`SYN`, `SYN_RETRANSMIT`).
-#[inline(always)]
+/// A new TCP connection (a SYN): the ring's pick, remembered as a pending way of
+/// the flow's set (IPv4) or in the SYN array; and what the SYN counts (`SYN`,
+/// `SYN_RETRANSMIT`). Out of line (a BPF subprogram): inlined, it grew the
+/// benchmarks' `xdp_lb_timed` past what LLVM inlines `balance` into (a call in
+/// every packet's path there, ~6 ns, which `xdp_lb` does not pay).
+#[inline(never)]
 pub fn syn(
     flow: &FlowKey,
     vip: &VipMeta,
-    seed: &Seed,
+    cfg: &LbConfig,
 ) -> Result<(u32, &'static Backend, u8), Verdict> {
+    let seed = &cfg.hash_seed;
     let h = flow_hash64(flow, seed);
-    let tag = syn_tag(h, flow, seed);
     let (index, b) = from_ring(vip, h)?;
+    let conn = ConnValue { backend: index, generation: b.generation };
+    let mut known = false;
+    if flow.family == family::V4 {
+        let key = FlowKey4::of(flow).words();
+        let set = flow_table::set(key, cfg).ok_or(NO_BACKEND)?;
+        // Over the flow's own way, if any: a retransmission, or an earlier
+        // connection on the 5-tuple, whose entry the handshake's ACK must not follow.
+        if flow_table::pend(set, key, conn, &mut known) {
+            return Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)));
+        }
+        // Two established flows hold the set (neither this one): the SYN array.
+    }
+    let tag = syn_tag(h, flow, seed);
     // SAFETY: a map value; a racing SYN on another CPU for the same slot costs at
     // most that handshake's ACK following the ring instead.
     let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h)).ok_or(NO_BACKEND)? };
     // A retransmission: this VIP's handshake of the flow is still pending (its
     // next packet empties the slot), so its first SYN took out any earlier entry
-    // and the table lookup would find none.
+    // and the table lookup would find none. An IPv4 flow here is in no set.
     let pending = holds(slot, tag, vip.index);
-    let mut known = pending;
-    if !pending {
+    known = pending || slot.tag == tag;
+    if !pending && flow.family != family::V4 {
         // An entry for this 5-tuple is an earlier connection's (a reused client port,
         // a draining backend's flow): the handshake's ACK would follow it, not this SYN.
-        let old = conns::in_table(flow).copied();
-        if let Some(old) = old {
-            // Only an entry that names another backend can mislead the handshake's
-            // ACK on another CPU (a client's routine port reuse keeps its backend).
-            conns::remove(flow, seed, old.backend != index || old.generation != b.generation);
+        if conns::in_table_v6(flow).is_some() {
+            conns::remove_v6(flow);
+            known = true;
         }
-        known = old.is_some() || slot.tag == tag;
     }
     *slot = SynSlot { tag, backend: index, generation: b.generation };
     Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)))
-}
-
-/// True when the SYN array holds a SYN of the flow that none of its packets has
-/// followed yet, to the VIP of `conn`'s backend (`holds`): a new connection on the
-/// flow's 5-tuple.
-#[inline(always)]
-pub fn syn_pending(flow: &FlowKey, seed: &Seed, conn: &ConnValue) -> bool {
-    let h = flow_hash64(flow, seed);
-    SYNS.get(syn_slot(h))
-        .zip(BACKENDS.get(conn.backend))
-        .is_some_and(|(slot, b)| holds(slot, syn_tag(h, flow, seed), b.vip))
 }
 
 /// Whether `slot` holds the SYN of the flow with tag `tag` (`syn_tag`) to the VIP
@@ -147,24 +155,39 @@ pub enum Missed {
     Other,
 }
 
-/// A TCP packet that is no SYN, of a flow (hash `h`) the table does not hold (or
-/// names a dead backend for), whose SYN the SYN array holds: a completed handshake.
-/// It goes where its SYN went, unless that backend is down, and the flow enters the
-/// table there. The slot's tag names the whole 5-tuple (`syn_tag`), so the packet
-/// is to the SYN's VIP: no VIP lookup (~20 ns of the inserting ACK by `bench xdp`'s
-/// first method). The flow's packet empties the slot either way; none: the VIP's
-/// ring decides (`first`).
+/// A TCP packet that is no SYN, of a flow (hash `h`) the table does not hold
+/// established (or names a dead backend for), whose SYN waits pending in its set
+/// or in the SYN array: a completed handshake. It goes where its SYN went, unless
+/// that backend is down, and the flow becomes established there: in place in its
+/// set, or entering the table from the SYN array. The pending way or slot names
+/// the whole 5-tuple (the key; `syn_tag`), so the packet is to the SYN's VIP: no
+/// VIP lookup (~20 ns of the inserting ACK by `bench xdp`'s first method). The
+/// flow's packet empties a slot either way, and a pending way whose backend is
+/// down; none: the VIP's ring decides (`first`).
 #[inline(always)]
-pub fn completed(flow: &FlowKey, h: u64, seed: &Seed) -> Option<(u32, &'static Backend)> {
+pub fn completed(flow: &FlowKey, h: u64, cfg: &LbConfig) -> Option<(u32, &'static Backend)> {
+    if flow.family == family::V4 {
+        let key = FlowKey4::of(flow).words();
+        if let Some((way, w, State::Pending)) =
+            flow_table::set(key, cfg).and_then(|set| flow_table::find(set, key))
+        {
+            let Some(b) = live(w.conn.backend, w.conn.generation) else {
+                flow_table::clear(way);
+                return None;
+            };
+            flow_table::establish(way, &w);
+            return Some((w.conn.backend, b));
+        }
+    }
     // SAFETY: a map value (see `syn`).
     let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h))? };
-    if slot.tag != syn_tag(h, flow, seed) {
+    if slot.tag != syn_tag(h, flow, &cfg.hash_seed) {
         return None;
     }
     slot.tag = 0;
     let index = slot.backend;
     let b = live(index, slot.generation)?;
-    conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, seed);
+    conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, cfg);
     Some((index, b))
 }
 
@@ -177,27 +200,45 @@ pub fn first(
     flow: &FlowKey,
     h: u64,
     vip: &VipMeta,
-    seed: &Seed,
+    cfg: &LbConfig,
     missed: Missed,
 ) -> Result<(u32, &'static Backend), Verdict> {
-    let pending = if missed == Missed::IcmpError { pending(flow, h, vip, seed) } else { None };
+    let pending = if missed == Missed::IcmpError { pending(flow, h, vip, cfg) } else { None };
     let (index, b) = if let Some((index, b)) = pending { (index, b) } else { from_ring(vip, h)? };
     if missed != Missed::IcmpError {
-        conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, seed);
+        conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, cfg);
     }
     Ok((index, b))
 }
 
 /// For an ICMP error quoting the flow with hash `h`: the backend the flow's SYN
-/// went to, if the SYN array still holds it (to this VIP: `holds`) and the
-/// backend is not down. The slot stays: the flow's own packets empty it.
+/// went to, if it waits pending in the flow's set or the SYN array (to this VIP:
+/// `holds`) and the backend is not down. It stays pending: the flow's own packets
+/// complete it.
 #[inline(always)]
-fn pending(flow: &FlowKey, h: u64, vip: &VipMeta, seed: &Seed) -> Option<(u32, &'static Backend)> {
-    let slot = SYNS.get(syn_slot(h))?;
-    if !holds(slot, syn_tag(h, flow, seed), vip.index) {
+fn pending(
+    flow: &FlowKey,
+    h: u64,
+    vip: &VipMeta,
+    cfg: &LbConfig,
+) -> Option<(u32, &'static Backend)> {
+    let key = FlowKey4::of(flow).words();
+    let syn = if flow.family == family::V4
+        && let Some((_, w, State::Pending)) =
+            flow_table::set(key, cfg).and_then(|set| flow_table::find(set, key))
+    {
+        SynSlot { tag: 0, backend: w.conn.backend, generation: w.conn.generation }
+    } else {
+        let slot = SYNS.get(syn_slot(h))?;
+        if slot.tag != syn_tag(h, flow, &cfg.hash_seed) {
+            return None;
+        }
+        *slot
+    };
+    if BACKENDS.get(syn.backend).is_none_or(|b| b.vip != vip.index) {
         return None;
     }
-    live(slot.backend, slot.generation).map(|b| (slot.backend, b))
+    live(syn.backend, syn.generation).map(|b| (syn.backend, b))
 }
 
 /// The backend the VIP's ring gives the flow with hash `h`.

@@ -1,23 +1,22 @@
 //! The connection table's size and use, for `xdplb status` and `/metrics`.
 //!
-//! The table is two LRU hashes: `CONNS4` holds IPv4 flows under a 16-byte key
-//! (`FlowKey4`), `CONNS` IPv6 flows under the 40-byte `FlowKey`; the kernel hashes
-//! and compares the whole key on every packet, so IPv4 pays for 16 bytes, not 40.
-//! `conn_table_size` sizes the IPv4 table; the IPv6 table holds a quarter of that
-//! ([`v6_entries`]) unless `conn_table_size_v6` says otherwise, so the memory
-//! stays what one table of `conn_table_size` flows under the 40-byte key took
-//! (~88 B per IPv4 entry, ~112 B per IPv6 one).
+//! IPv4 flows are in `FLOWS4` (`lb_common::flow_table`): sets of four ways shared
+//! by every CPU, `conn_table_size` entries rounded up to a power of two sets
+//! (32 B an entry). IPv6 flows are in `CONNS`, an LRU hash under the 40-byte
+//! `FlowKey`, holding a quarter of `conn_table_size` ([`v6_entries`]) unless
+//! `conn_table_size_v6` says otherwise (~112 B an entry).
 //!
-//! Each has one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as Katran): the kernel
+//! `CONNS` has one LRU list per CPU (`BPF_F_NO_COMMON_LRU`, as Katran): the kernel
 //! rounds its size up to a multiple of the possible CPUs and gives each CPU's list
 //! an equal share. A flow's entry comes from the list of the CPU that inserted it
 //! (its RSS queue's), so a CPU that receives more flows than its share evicts
-//! while the others have room. The kernel does not say which list holds an entry,
-//! so the use is counted for each table; status shows each CPU's share beside it.
+//! while the others have room; status shows each CPU's share. `FLOWS4` has no
+//! such split: a flow's set is a hash of its key, whichever CPU receives it.
 //!
-//! Counting walks the tables (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per
-//! system call; tens of milliseconds at a million): a thread of its own does it
-//! every [`INTERVAL`], never the control loop, and readers take the last count.
+//! Counting reads `FLOWS4` whole through its mapping and walks `CONNS`
+//! (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per system call): tens of
+//! milliseconds at a million, so a thread of its own does it every [`INTERVAL`],
+//! never the control loop, and readers take the last count.
 
 use std::{
     io,
@@ -29,7 +28,13 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::MapData;
-use lb_common::{ConnValue, FlowKey, FlowKey4, map_names};
+use lb_common::{
+    ConnValue, FlowKey, FlowKey4,
+    flow_table::{WAYS, sets_for},
+    map_names,
+};
+
+use crate::flows4::Flows4;
 
 /// How often the table is counted: a scrape every 15 s sees a count at most
 /// this old; a walk of a full default table costs one CPU tens of milliseconds.
@@ -56,34 +61,37 @@ impl Configured {
         Self { v4: conn_table_size, v6: v6_entries(conn_table_size) }
     }
 
-    /// The tables' `max_entries` by map name, as the loader asks for them.
+    /// The tables' `max_entries` by map name, as the loader asks for them:
+    /// `FLOWS4`'s sets, `CONNS`'s entries.
     #[must_use]
     pub const fn max_entries(&self) -> [(&'static str, u32); 2] {
-        [(map_names::CONNS4, self.v4), (map_names::CONNS, self.v6)]
+        [(map_names::FLOWS4, sets_for(self.v4)), (map_names::CONNS, self.v6)]
     }
 }
 
 /// The two tables' sizes as the kernel holds them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size {
-    /// Entries of the IPv4 table (`CONNS4`).
+    /// Entries of the IPv4 table (`FLOWS4`: its sets times their ways).
     pub v4: u32,
     /// Entries of the IPv6 table (`CONNS`).
     pub v6: u32,
-    /// Possible CPUs: one LRU list each, in each table.
+    /// Possible CPUs: one LRU list each in the IPv6 table.
     pub cpus: u32,
 }
 
 impl Size {
-    /// The tables for `conn_table_size` as the kernel sizes a per-CPU LRU hash
-    /// over `cpus` possible CPUs (`htab_map_alloc`): each rounded up to a multiple
-    /// of `cpus` so that every list holds the same share (down where rounding up
-    /// would overflow).
+    /// The tables for the configured sizes: the IPv4 table in whole sets of a
+    /// power of two (`flow_table::sets_for`); the IPv6 one as the kernel sizes a
+    /// per-CPU LRU hash over `cpus` possible CPUs (`htab_map_alloc`): rounded up
+    /// to a multiple of `cpus` so that every list holds the same share (down
+    /// where rounding up would overflow).
     #[must_use]
     pub fn new(configured: Configured, cpus: u32) -> Self {
         let cpus = cpus.max(1);
         let round = |n: u32| n.checked_next_multiple_of(cpus).unwrap_or(n / cpus * cpus);
-        Self { v4: round(configured.v4), v6: round(configured.v6), cpus }
+        let v4 = sets_for(configured.v4).saturating_mul(WAYS as u32);
+        Self { v4, v6: round(configured.v6), cpus }
     }
 
     /// `configured` on this host's possible CPUs.
@@ -131,18 +139,18 @@ impl Use {
             self.error.as_ref().map_or_else(String::new, |e| format!("; counting failed: {e}"));
         format!(
             "connection table: {} of {size} entries in use ({percent:.1}%, counted {age} s ago): \
-             IPv4 {} of {v4}, IPv6 {} of {v6}; LRU per CPU: {} IPv4 and {} IPv6 entries on each \
-             of {cpus} CPUs{failed}",
+             IPv4 {} of {v4} (sets of {WAYS}, shared by all CPUs), IPv6 {} of {v6}; LRU per CPU: \
+             {} IPv6 entries on each of {cpus} CPUs{failed}",
             self.entries(),
             self.v4,
             self.v6,
-            v4 / cpus,
             v6 / cpus,
         )
     }
 }
 
-/// A key type of the connection table: `FlowKey4` (`CONNS4`) or `FlowKey` (`CONNS`).
+/// A key type of an LRU hash of the connection table's kind: `FlowKey` (`CONNS`),
+/// or `FlowKey4` (tests' and benchmarks' own maps).
 pub trait Key: Copy + Default {}
 impl Key for FlowKey {}
 impl Key for FlowKey4 {}
@@ -192,16 +200,16 @@ pub struct Watch {
 
 /// The two tables, for [`Watch`].
 pub struct Tables {
-    /// `CONNS4`.
-    pub v4: MapData,
+    /// `FLOWS4`, mapped.
+    pub v4: Flows4,
     /// `CONNS`.
     pub v6: MapData,
 }
 
 impl Tables {
-    /// Counts both: (IPv4, IPv6) entries.
+    /// Counts both: (IPv4, IPv6) established entries.
     fn count(&self) -> io::Result<(u64, u64)> {
-        Ok((count::<FlowKey4>(self.v4.fd().as_fd())?, count::<FlowKey>(self.v6.fd().as_fd())?))
+        Ok((self.v4.count().established, count::<FlowKey>(self.v6.fd().as_fd())?))
     }
 }
 
@@ -260,17 +268,22 @@ mod tests {
     }
 
     #[test]
-    fn the_sizes_are_rounded_up_to_a_share_per_cpu_as_the_kernel_does() {
+    fn the_ipv4_table_is_whole_sets_and_the_ipv6_one_a_share_per_cpu_as_the_kernel_sizes_it() {
         assert_eq!(
             Size::new(Configured::of(1 << 20), 2),
             Size { v4: 1 << 20, v6: 1 << 18, cpus: 2 }
         );
         assert_eq!(Size::new(Configured::of(1 << 20), 2).entries(), (1 << 20) + (1 << 18));
-        assert_eq!(Size::new(Configured::of(8000), 3), Size { v4: 8001, v6: 2001, cpus: 3 });
+        assert_eq!(Size::new(Configured::of(8000), 3), Size { v4: 8192, v6: 2001, cpus: 3 });
         assert_eq!(
-            Size::new(Configured::of(u32::MAX), 2).v4,
+            Size::new(Configured { v4: 1024, v6: u32::MAX }, 2).v6,
             u32::MAX - 1,
             "down where up overflows"
+        );
+        assert_eq!(
+            Configured::of(8000).max_entries(),
+            [(map_names::FLOWS4, 2048), (map_names::CONNS, 2000)],
+            "the loader asks for sets of FLOWS4"
         );
         assert_eq!(
             Size::new(Configured::of(1024), 0),
@@ -288,8 +301,8 @@ mod tests {
         assert_eq!(
             u.line(later),
             "connection table: 4096 of 1310720 entries in use (0.3%, counted 3 s ago): IPv4 4000 \
-             of 1048576, IPv6 96 of 262144; LRU per CPU: 524288 IPv4 and 131072 IPv6 entries on \
-             each of 2 CPUs"
+             of 1048576 (sets of 4, shared by all CPUs), IPv6 96 of 262144; LRU per CPU: 131072 \
+             IPv6 entries on each of 2 CPUs"
         );
         u.error = Some("Operation not permitted".into());
         assert!(u.line(later).ends_with("; counting failed: Operation not permitted"));

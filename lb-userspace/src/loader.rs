@@ -21,11 +21,9 @@ use aya::{
     },
 };
 
-use lb_common::map_names;
+use lb_common::{flow_table::WAYS, map_names};
 
-use crate::{
-    conn_table, flow_cache, maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats,
-};
+use crate::{conn_table, maps::BpfMaps, netlink, objects, pins, privileges, stats::BpfStats};
 
 const PROGRAM: &str = "xdp_lb";
 /// bpffs magic number (statfs f_type).
@@ -149,7 +147,6 @@ fn load_pinned(pin_dir: &Path, conn_tables: Option<conn_table::Configured>) -> R
     let maps_dir = maps_dir(pin_dir);
     ensure_bpffs(&maps_dir)?;
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(map_names::FLOW_CACHE, flow_cache::entries()?);
     if let Some(tables) = conn_tables {
         for (name, entries) in tables.max_entries() {
             loader.map_max_entries(name, entries);
@@ -187,11 +184,7 @@ pub fn load_and_attach(
     let size = conn_table::Size::on_this_host(conn_table)?;
     let survey = pins::survey(
         pin_dir,
-        &[
-            (map_names::CONNS4, size.v4),
-            (map_names::CONNS, size.v6),
-            (map_names::FLOW_CACHE, flow_cache::entries()?),
-        ],
+        &[(map_names::FLOWS4, size.v4 / WAYS as u32), (map_names::CONNS, size.v6)],
     )?;
     let adopted = matches!(survey, pins::Survey::Adopt { .. });
     if let pins::Survey::Adopt { version: 1 } = survey {
@@ -201,11 +194,9 @@ pub fn load_and_attach(
     let maps = BpfMaps::take_from(&mut ebpf)?.with_flags(pins::backend_flags(pin_dir)?);
     // The set is complete: record which layout it has (last, see `pins`).
     pins::write_layout(pin_dir)?;
-    let table = |name| {
-        MapData::from_pin(pins::map_path(pin_dir, name))
-            .with_context(|| format!("opening the pinned connection table {name}"))
-    };
-    let tables = conn_table::Tables { v4: table(map_names::CONNS4)?, v6: table(map_names::CONNS)? };
+    let v6 = MapData::from_pin(pins::map_path(pin_dir, map_names::CONNS))
+        .with_context(|| format!("opening the pinned connection table {}", map_names::CONNS))?;
+    let tables = conn_table::Tables { v4: maps.flows4()?, v6 };
     let stats = BpfStats::take_from(&mut ebpf)?.counting(conn_table::Watch::spawn(
         tables,
         size,

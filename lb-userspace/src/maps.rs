@@ -14,8 +14,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use lb_common::{
-    Backend, BackendState, BackendStats, ConnValue, FlowKey, FlowKey4, LbConfig, RingSlot, Traffic,
-    VipKey, VipMeta,
+    Backend, BackendStats, ConnValue, FlowKey, FlowKey4, LbConfig, RingSlot, Traffic, VipKey,
+    VipMeta,
     limits::{MAX_BACKENDS, RING_ENTRIES, RING_SIZE},
     map_names as names,
     vip::VipAddrKey,
@@ -77,12 +77,12 @@ pub struct BpfMaps {
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     vip_filter: Array<MapData, u64>,
     backends: Array<MapData, Backend>,
-    /// The connection table: IPv4 flows (`CONNS4`), IPv6 flows (`CONNS`).
-    conns4: HashMap<MapData, FlowKey4, ConnValue>,
+    /// The connection table: IPv4 flows (`FLOWS4`, mapped), IPv6 flows (`CONNS`).
+    flows4: crate::flows4::Flows4,
     conns: HashMap<MapData, FlowKey, ConnValue>,
-    /// `CONN_EPOCH`, the flow caches' epoch, mapped: bumped when a backend goes
-    /// down (`set_backend`); sync and the clock take handles of their own.
-    epoch: crate::flow_cache::ConnEpoch,
+    /// `CONN_EPOCH`, the controller's clock, mapped: the clock and sync take
+    /// handles of their own.
+    epoch: crate::clock::ConnEpoch,
     rings: RingMap,
     /// Per-VIP and per-backend traffic, zeroed when a slot changes hands (the
     /// statistics readers, `stats.rs`, hold their own handles).
@@ -128,14 +128,21 @@ impl BpfMaps {
         let rings = ebpf
             .take_map(names::RINGS)
             .ok_or_else(|| anyhow!("the xdp-lb object has no map {}", names::RINGS))?;
-        let epoch = crate::flow_cache::ConnEpoch::new(array_data(ebpf, names::CONN_EPOCH)?)?;
+        let epoch = crate::clock::ConnEpoch::new(array_data(ebpf, names::CONN_EPOCH)?)?;
+        let config: Array<MapData, LbConfig> = take(ebpf, names::CONFIG)?;
+        // A pinned table keeps the index a previous controller stamped into the
+        // pinned config; a new one gets its own (`flows4::Index`).
+        let written = config.get(&0, 0).context("reading CONFIG")?;
+        let flows4 = array_data(ebpf, names::FLOWS4)?;
+        let sets = flows4.info().map_err(|e| anyhow!("{}: {e}", names::FLOWS4))?.max_entries();
+        let index = crate::flows4::Index::of(sets, &written)?;
         Ok(Self {
-            config: take(ebpf, names::CONFIG)?,
+            config,
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
             backends: duplicate(ebpf, names::BACKENDS)?,
-            conns4: take(ebpf, names::CONNS4)?,
+            flows4: crate::flows4::Flows4::new(flows4, index)?,
             conns: take(ebpf, names::CONNS)?,
             epoch,
             rings: RingMap::new(rings)?,
@@ -151,14 +158,13 @@ impl BpfMaps {
         Self { flags, ..self }
     }
 
-    /// The connection-table entry of a flow, if any (`CONNS4` holds IPv4 flows).
+    /// The established connection-table entry of a flow, if any (`FLOWS4` holds
+    /// IPv4 flows).
     pub fn conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>> {
-        let got = if flow.family == lb_common::family::V4 {
-            self.conns4.get(&FlowKey4::of(flow), 0)
-        } else {
-            self.conns.get(flow, 0)
-        };
-        match got {
+        if flow.family == lb_common::family::V4 {
+            return Ok(self.flows4.established(&FlowKey4::of(flow)));
+        }
+        match self.conns.get(flow, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading the connection table"),
@@ -166,17 +172,22 @@ impl BpfMaps {
     }
 
     /// Second handles on the connection table, for peer sync's own thread (with
-    /// the flow caches' epoch, which it bumps after its writes).
+    /// the clock, which its writes stamp entries with).
     pub fn conns_handle(&self) -> Result<crate::sync::conns::BpfConns> {
         Ok(crate::sync::conns::BpfConns::new(
-            second(&self.conns4, names::CONNS4)?,
+            self.flows4.try_clone()?,
             second(&self.conns, names::CONNS)?,
             self.conn_epoch()?,
         ))
     }
 
-    /// The flow caches' epoch (`CONN_EPOCH`), mapped.
-    pub fn conn_epoch(&self) -> Result<crate::flow_cache::ConnEpoch> {
+    /// A second mapping of the IPv4 table (`FLOWS4`).
+    pub fn flows4(&self) -> Result<crate::flows4::Flows4> {
+        self.flows4.try_clone()
+    }
+
+    /// The controller's clock (`CONN_EPOCH`), mapped.
+    pub fn conn_epoch(&self) -> Result<crate::clock::ConnEpoch> {
         self.epoch.try_clone()
     }
 
@@ -207,7 +218,8 @@ fn second<K: aya::Pod>(
 
 impl Maps for BpfMaps {
     fn set_config(&mut self, config: &LbConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing CONFIG")
+        let stamped = self.flows4.index().stamp(*config);
+        self.config.set(0, stamped, 0).context("writing CONFIG")
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
@@ -232,18 +244,7 @@ impl Maps for BpfMaps {
     }
 
     fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
-        self.backends
-            .set(index, backend, 0)
-            .with_context(|| format!("writing BACKENDS[{index}]"))?;
-        // Down is the one thing a flow cache's copy is checked against that can be
-        // undone: a CPU whose copy still names the backend would send the flow back
-        // there when it comes up, though another CPU has moved the flow meanwhile.
-        // Copies made from here on are checked while the backend is down, and the
-        // packet that makes one re-hashes it at once.
-        if backend.state == BackendState::Down as u8 {
-            self.epoch.bump();
-        }
-        Ok(())
+        self.backends.set(index, backend, 0).with_context(|| format!("writing BACKENDS[{index}]"))
     }
 
     fn set_vip_filter(&mut self, index: u32, word: u64) -> Result<()> {

@@ -15,14 +15,13 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, Map, MapData, MapInfo};
-use lb_common::{limits::MAX_BACKENDS, map_names, pinned::LAYOUT_VERSION};
+use lb_common::{flow_table::WAYS, limits::MAX_BACKENDS, map_names, pinned::LAYOUT_VERSION};
 
 use crate::objects;
 
 /// Maps of the `xdp-lb` object whose contents must survive a restart (SCRATCH
-/// and TOO_BIG_RATE are per-packet or per-CPU scratch). The flow caches and
-/// their epoch go with the connection table they copy: the old and the new
-/// program share them while one replaces the other.
+/// and TOO_BIG_RATE are per-packet or per-CPU scratch). The clock goes with the
+/// IPv4 table whose ways it stamps.
 pub const OBJECT_MAPS: &[&str] = &[
     map_names::CONFIG,
     map_names::VIPS,
@@ -30,9 +29,8 @@ pub const OBJECT_MAPS: &[&str] = &[
     map_names::VIP_FILTER,
     map_names::RINGS,
     map_names::BACKENDS,
-    map_names::CONNS4,
+    map_names::FLOWS4,
     map_names::CONNS,
-    map_names::FLOW_CACHE,
     map_names::CONN_EPOCH,
     map_names::STATS,
     map_names::VIP_STATS,
@@ -137,7 +135,7 @@ pub fn decide(
         )
     };
     // First: another version's set may lack a map this one has (version 6 added
-    // CONNS4, 7 FLOW_CACHE and CONN_EPOCH), which is no partial set.
+    // CONNS4, 7 FLOW_CACHE and CONN_EPOCH, 9 FLOWS4), which is no partial set.
     if let Some(version) = layout.filter(|v| *v != LAYOUT_VERSION) {
         return Err(other_version(version));
     }
@@ -161,21 +159,25 @@ pub fn decide(
     for (name, want) in expected {
         let Some(have) = found.get(*name) else { continue };
         let resized = Shape { max_entries: want.max_entries, ..*have } == *want;
-        let table = *name == map_names::CONNS4 || *name == map_names::CONNS;
-        if table && have != want && resized {
-            // CONNS4 is sized by conn_table_size, CONNS by conn_table_size_v6.
-            let key = if *name == map_names::CONNS4 {
-                "conn_table_size"
+        let v4 = *name == map_names::FLOWS4;
+        if (v4 || *name == map_names::CONNS) && have != want && resized {
+            // FLOWS4 is sized by conn_table_size (in sets), CONNS by conn_table_size_v6.
+            let (key, per, rounding) = if v4 {
+                ("conn_table_size", WAYS as u32, "a power of two sets of four")
             } else {
-                "conn_table_size_v6 (default: a quarter of conn_table_size)"
+                (
+                    "conn_table_size_v6 (default: a quarter of conn_table_size)",
+                    1,
+                    "a multiple of the CPUs",
+                )
             };
             return Err(format!(
                 "the pinned connection table {} holds {} entries, {key} asks for {} (rounded up \
-                 to a multiple of the CPUs): a table cannot be resized in place; set {key} back \
-                 to keep the established flows, or {start_fresh}",
+                 to {rounding}): a table cannot be resized in place; set {key} back to keep the \
+                 established flows, or {start_fresh}",
                 map_path(dir, name).display(),
-                have.max_entries,
-                want.max_entries
+                have.max_entries.saturating_mul(per),
+                want.max_entries.saturating_mul(per)
             ));
         }
         if have != want {
@@ -293,7 +295,7 @@ mod tests {
         // Changing a pinned layout fails here until LAYOUT_VERSION is bumped with it
         // (and this list): an older controller must refuse the pins, not misread them.
         use lb_common::{
-            Backend, BackendStats, ConnValue, Counter, FlowCacheSet, FlowKey, FlowKey4, LbConfig,
+            Backend, BackendStats, ConnValue, Counter, FlowKey, FlowKey4, FlowSet, LbConfig,
             SynSlot, VipKey, VipMeta,
         };
         let sizes = [
@@ -307,9 +309,9 @@ mod tests {
             size_of::<BackendStats>(),
             size_of::<VipKey>(),
             size_of::<VipMeta>(),
-            size_of::<FlowCacheSet>(),
+            size_of::<FlowSet>(),
         ];
-        assert_eq!((LAYOUT_VERSION, sizes), (8, [76, 24, 32, 16, 40, 8, 16, 56, 20, 8, 64]));
+        assert_eq!((LAYOUT_VERSION, sizes), (9, [96, 24, 32, 16, 40, 8, 16, 56, 20, 8, 128]));
     }
 
     #[test]
@@ -364,7 +366,12 @@ mod tests {
     fn a_set_of_the_previous_layout_without_the_ipv4_table_is_refused_as_another_version() {
         let e = expected(&[]).unwrap();
         let mut found = all(&e);
-        found.remove(map_names::CONNS4);
+        found.remove(map_names::FLOWS4);
+        let err = decide(dir(), &e, &found, Some(8)).unwrap_err();
+        assert!(
+            err.contains(&format!("layout version 8, this xdplb uses version {LAYOUT_VERSION}")),
+            "{err}"
+        );
         let err = decide(dir(), &e, &found, Some(5)).unwrap_err();
         assert!(
             err.contains(&format!("layout version 5, this xdplb uses version {LAYOUT_VERSION}")),
@@ -374,10 +381,10 @@ mod tests {
     }
 
     #[test]
-    fn a_set_of_the_previous_layout_without_the_flow_caches_is_refused_as_another_version() {
+    fn a_set_of_an_older_layout_without_the_clock_is_refused_as_another_version() {
         let e = expected(&[]).unwrap();
         let mut found = all(&e);
-        found.remove(map_names::FLOW_CACHE);
+        found.remove(map_names::FLOWS4);
         found.remove(map_names::CONN_EPOCH);
         let err = decide(dir(), &e, &found, Some(6)).unwrap_err();
         assert!(
@@ -389,14 +396,14 @@ mod tests {
 
     #[test]
     fn a_connection_table_of_another_size_is_refused_naming_its_config_key() {
-        let e = expected(&[(map_names::CONNS4, 65536), (map_names::CONNS, 16384)]).unwrap();
+        let e = expected(&[(map_names::FLOWS4, 16384), (map_names::CONNS, 16384)]).unwrap();
         let mut found = all(&e);
-        found.get_mut(map_names::CONNS4).unwrap().max_entries = 8192;
+        found.get_mut(map_names::FLOWS4).unwrap().max_entries = 2048;
         let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
         assert_eq!(
             err,
-            "the pinned connection table /sys/fs/bpf/xdplb/maps/CONNS4 holds 8192 entries, \
-             conn_table_size asks for 65536 (rounded up to a multiple of the CPUs): a table \
+            "the pinned connection table /sys/fs/bpf/xdplb/maps/FLOWS4 holds 8192 entries, \
+             conn_table_size asks for 65536 (rounded up to a power of two sets of four): a table \
              cannot be resized in place; set conn_table_size back to keep the established \
              flows, or run `xdplb detach --pin-path /sys/fs/bpf/xdplb` (it detaches XDP and \
              removes the pins: established flows are dropped), then start again"
@@ -425,10 +432,10 @@ mod tests {
         found.get_mut(map_names::CONFIG).unwrap().value_size += 16;
         assert!(decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err().contains("CONFIG"));
         let mut found = all(&e);
-        found.get_mut(map_names::CONNS4).unwrap().key_size = 40;
+        found.get_mut(map_names::FLOWS4).unwrap().value_size = 32;
         let err = decide(dir(), &e, &found, Some(LAYOUT_VERSION)).unwrap_err();
         assert!(
-            err.starts_with("pinned map /sys/fs/bpf/xdplb/maps/CONNS4 does not match"),
+            err.starts_with("pinned map /sys/fs/bpf/xdplb/maps/FLOWS4 does not match"),
             "{err}"
         );
     }

@@ -122,6 +122,9 @@ pub fn standard_plan(mode: ForwardingMode) -> DesiredState {
             tunnel_src_v6: v6,
             hash_seed: SEED,
             accept_macs: lb_common::config::accept_macs(LB_MAC, &[]),
+            // The IPv4 table's own: stamped by `BpfMaps` (`flows4::Index`).
+            flow_sets_mask: 0,
+            flow_seed: [0; 4],
         },
         vips: vec![
             vip("web4", VIP4, 80, proto::TCP, wafs4()),
@@ -161,13 +164,7 @@ impl Balancer {
         for (name, entries) in lb_userspace::conn_table::Configured::of(conns).max_entries() {
             loader.map_max_entries(name, entries);
         }
-        let mut ebpf = loader
-            .map_max_entries(
-                map_names::FLOW_CACHE,
-                lb_userspace::flow_cache::entries().expect("counting CPUs"),
-            )
-            .load(object)
-            .expect("loading the xdp-lb object");
+        let mut ebpf = loader.load(object).expect("loading the xdp-lb object");
         let prog: &mut Xdp =
             ebpf.program_mut("xdp_lb").expect("xdp_lb program").try_into().expect("an XDP program");
         prog.load().expect("the verifier accepts xdp_lb");
@@ -220,6 +217,12 @@ impl Balancer {
             })
             .unwrap_or_else(|| panic!("xdp_lb uses no map {name}"));
         MapData::from_id(id).expect("opening the map")
+    }
+
+    /// A mapping of the IPv4 connection table (`FLOWS4`).
+    #[must_use]
+    pub fn flows4(&self) -> lb_userspace::flows4::Flows4 {
+        self.writer.maps().flows4().expect("mapping FLOWS4")
     }
 
     #[must_use]

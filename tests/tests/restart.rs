@@ -144,7 +144,6 @@ fn pin_maps_with_a_small_connection_table() {
     for (name, entries) in lb_userspace::conn_table::Configured::of(8192).max_entries() {
         loader.map_max_entries(name, entries);
     }
-    loader.map_max_entries(map_names::FLOW_CACHE, lb_userspace::flow_cache::entries().unwrap());
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -163,7 +162,7 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     let (code, log) = d.wait_exit(Duration::from_secs(15)).unwrap();
     assert_eq!(code, Some(1), "{log}");
     assert!(
-        log.contains("/maps/CONNS4 holds 8192 entries, conn_table_size asks for 1048576"),
+        log.contains("/maps/FLOWS4 holds 8192 entries, conn_table_size asks for 1048576"),
         "{log}"
     );
     assert!(log.contains(&format!("xdplb detach --pin-path {PIN}")), "{log}");
@@ -171,7 +170,7 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
     assert!(pins::map_path(Path::new(PIN), map_names::CONNS).exists(), "the pins are left alone");
 
     // The config that sized them adopts them; status shows the size, use and
-    // each CPU's share; a reload that resizes the table is refused.
+    // each CPU's share of the IPv6 LRU; a reload that resizes the table is refused.
     let sized = net.config("eth0", "skb");
     let text = std::fs::read_to_string(&sized).unwrap();
     std::fs::write(&sized, format!("conn_table_size: 8192\n{text}")).unwrap();
@@ -184,12 +183,11 @@ fn pins_of_another_size_or_a_partial_set_are_refused_with_what_to_do() {
         line.starts_with("connection table: 0 of 10240 entries in use (0.0%, counted"),
         "{status}"
     );
-    assert!(line.contains("IPv4 0 of 8192, IPv6 0 of 2048;"), "{status}");
-    let share = format!(
-        "; LRU per CPU: {} IPv4 and {} IPv6 entries on each of {cpus} CPUs",
-        8192 / cpus,
-        2048 / cpus
+    assert!(
+        line.contains("IPv4 0 of 8192 (sets of 4, shared by all CPUs), IPv6 0 of 2048;"),
+        "{status}"
     );
+    let share = format!("; LRU per CPU: {} IPv6 entries on each of {cpus} CPUs", 2048 / cpus);
     assert!(line.ends_with(&share), "{status}");
     let metric = |name| d.metric(name, &[]).unwrap();
     assert!((metric("xdplb_conntrack_capacity") - 10240.0).abs() < 0.5);

@@ -6,7 +6,14 @@
 use std::os::fd::AsFd as _;
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
-use lb_common::{BackendState::*, Counter::*, FlowKey, FlowKey4, ForwardingMode::*, proto};
+use lb_common::{
+    BackendState::*,
+    Counter::*,
+    FlowKey, FlowKey4,
+    ForwardingMode::*,
+    flow_table::{State, WAYS},
+    proto,
+};
 use xdplb_tests::{
     balancer::*,
     packet::{
@@ -905,7 +912,7 @@ fn pinned_flow(lb: &mut Balancer, from: &str) -> Flow {
 }
 
 /// What another balancer's peer sync installs (as `sync::install` does): the
-/// table's entry for `flow` replaced by one naming web4's `backend`, published.
+/// table's entry for `flow` replaced by one naming web4's `backend`.
 fn synced_entry(lb: &Balancer, flow: &Flow, backend: &str) {
     use lb_userspace::sync::install::ConnTable as _;
     let mut conns = lb.writer.maps().conns_handle().unwrap();
@@ -915,7 +922,6 @@ fn synced_entry(lb: &Balancer, flow: &Flow, backend: &str) {
     assert!(
         conns.insert_new(&flow_key(flow), &lb_common::ConnValue { backend: index, generation })
     );
-    conns.publish();
 }
 
 /// A flow whose SYN went to `from`, and no further.
@@ -979,30 +985,30 @@ fn a_syn_alone_puts_nothing_in_the_table_its_handshakes_ack_does() {
 #[test]
 fn the_connection_table_is_counted_in_batches_however_they_split_it() {
     needs_root!();
+    on_cpu(0);
     let lb = Balancer::new(Dsr);
-    let conns = lb.map(lb_common::map_names::CONNS4);
+    let conns = lb.map(lb_common::map_names::CONNS);
     let count =
-        |batch| lb_userspace::conn_table::count_by::<FlowKey4>(conns.fd().as_fd(), batch).unwrap();
+        |batch| lb_userspace::conn_table::count_by::<FlowKey>(conns.fd().as_fd(), batch).unwrap();
     assert_eq!(count(64), 0);
-    // Fewer flows than one CPU's share of the fixtures' 8192 entries: none evicted.
-    for port in 0..3000 {
-        assert_eq!(lb.run(&udp4().sport(1000 + port).frame()).action, XDP_TX);
+    // Fewer IPv6 flows than one CPU's share of the fixtures' 2048 entries: none evicted.
+    for port in 0..1000 {
+        assert_eq!(lb.run(&udp6().sport(1000 + port).frame()).action, XDP_TX);
     }
-    for batch in [64, 1000, 2999, 3000, 4096] {
-        assert_eq!(count(batch), 3000, "{batch} per call");
+    for batch in [64, 500, 999, 1000, 4096] {
+        assert_eq!(count(batch), 1000, "{batch} per call");
     }
-    assert_eq!(lb_userspace::conn_table::count::<FlowKey4>(conns.fd().as_fd()).unwrap(), 3000);
+    assert_eq!(lb_userspace::conn_table::count::<FlowKey>(conns.fd().as_fd()).unwrap(), 1000);
 }
 
 #[test]
-fn ipv4_flows_take_the_16_byte_table_and_ipv6_flows_the_40_byte_one() {
+fn ipv4_flows_take_the_table_of_sets_and_ipv6_flows_the_40_byte_lru() {
     needs_root!();
     let lb = Balancer::new(Dsr);
-    let (v4, v6) = (lb.map(lb_common::map_names::CONNS4), lb.map(lb_common::map_names::CONNS));
+    let (v4, v6) = (lb.flows4(), lb.map(lb_common::map_names::CONNS));
     let count = || {
-        let n4 = lb_userspace::conn_table::count::<FlowKey4>(v4.fd().as_fd()).unwrap();
         let n6 = lb_userspace::conn_table::count::<FlowKey>(v6.fd().as_fd()).unwrap();
-        (n4, n6)
+        (v4.count().established, n6)
     };
     for port in 0..30 {
         assert_eq!(lb.run(&udp4().sport(1000 + port).frame()).action, XDP_TX);
@@ -1299,7 +1305,7 @@ fn a_table_hit_is_counted_once_and_every_total_keeps_it_when_slots_change_hands(
 #[test]
 fn a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer() {
     needs_root!();
-    on_cpu(0); // a hit from this CPU's flow cache, as most hits are
+    on_cpu(0); // a hit the front serves, as most hits are
     let mut lb = Balancer::new(Ipip);
     let flow = pinned_flow(&mut lb, "waf-1");
     let before = lb.vip_traffic("web4");
@@ -1310,34 +1316,15 @@ fn a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer() {
     assert_eq!(lb.vip_traffic("web4"), before, "nothing more reached a backend");
 }
 
-// ---- the flow cache (IPv4 table hits) ---------------------------------------
+// ---- the IPv4 table's sets (`FLOWS4`) ------------------------------------------
 
-/// The flow-cache set (in each CPU's region) that `flow`'s copies go to.
-fn cache_set(lb: &Balancer, flow: &Flow) -> u32 {
-    lb_common::hash::cache_set(FlowKey4::of(&flow_key(flow)).words(), &lb.plan.config.hash_seed)
-}
-
-/// The copies of `flow`'s table entry the CPUs' flow caches hold (any epoch).
-fn cached(lb: &Balancer, flow: &Flow) -> Vec<lb_common::ConnValue> {
-    use lb_common::limits::FLOW_CACHE_SETS;
-    let map = lb.map(lb_common::map_names::FLOW_CACHE);
-    let cache: aya::maps::Array<_, lb_common::FlowCacheSet> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
-    let words = FlowKey4::of(&flow_key(flow)).words();
-    let set = cache_set(lb, flow);
-    (0..cache.len() / FLOW_CACHE_SETS)
-        .flat_map(|cpu| cache.get(&(cpu * FLOW_CACHE_SETS + set), 0).unwrap().ways)
-        .filter(|s| s.key == words)
-        .map(|s| s.conn)
-        .collect()
-}
-
-/// `n` TCP flows whose copies share one flow-cache set.
+/// `n` TCP flows whose entries share one set of `FLOWS4`.
 fn sharing_a_set(lb: &Balancer, n: usize) -> Vec<Flow> {
-    let mut by_set = std::collections::HashMap::<u32, Vec<Flow>>::new();
+    let index = lb.flows4().index();
+    let mut by_set = std::collections::HashMap::<usize, Vec<Flow>>::new();
     for port in 1024..=u16::MAX {
         let flow = tcp4().sport(port);
-        let flows = by_set.entry(cache_set(lb, &flow)).or_default();
+        let flows = by_set.entry(index.set(&FlowKey4::of(&flow_key(&flow)))).or_default();
         flows.push(flow);
         if flows.len() == n {
             return flows.clone();
@@ -1346,66 +1333,124 @@ fn sharing_a_set(lb: &Balancer, n: usize) -> Vec<Flow> {
     panic!("no {n} source ports share a set");
 }
 
-/// Takes `flows` out of the connection table as a full LRU does (no epoch bump).
-fn evict(lb: &Balancer, flows: &[Flow]) {
-    let conns = lb.map(lb_common::map_names::CONNS4);
-    let mut table: aya::maps::HashMap<_, FlowKey4, lb_common::ConnValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(conns)).unwrap();
-    for flow in flows {
-        table.remove(&FlowKey4::of(&flow_key(flow))).unwrap();
-    }
+/// What `FLOWS4` holds for `flow`: its entry and state, read whole.
+fn in_set(lb: &Balancer, flow: &Flow) -> Option<(lb_common::ConnValue, State)> {
+    lb.flows4().get(&FlowKey4::of(&flow_key(flow)))
 }
 
 #[test]
-fn two_flows_sharing_a_flow_cache_set_are_both_served_from_it() {
+fn flows_sharing_a_set_are_all_served_from_it_up_to_its_ways() {
     needs_root!();
-    on_cpu(0);
     let lb = Balancer::new(Dsr);
-    let flows = sharing_a_set(&lb, 2);
+    let flows = sharing_a_set(&lb, WAYS);
     let to: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
-    // With the table's entries gone, a hit can only come from a copy.
-    evict(&lb, &flows);
     for (flow, to) in flows.iter().zip(&to) {
         let (run, c) = lb.run_counted(&flow.ack().frame());
         assert_eq!(&lb.receiver(&run), to);
-        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "served from the cache");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
     }
 }
 
 #[test]
-fn a_third_flow_in_a_flow_cache_set_takes_the_place_of_the_one_filled_first() {
+fn a_flow_beyond_a_full_sets_ways_takes_the_way_used_longest_ago() {
     needs_root!();
-    on_cpu(0);
     let lb = Balancer::new(Dsr);
-    let flows = sharing_a_set(&lb, 3);
-    for flow in &flows {
+    let flows = sharing_a_set(&lb, WAYS + 1);
+    for flow in &flows[..WAYS] {
         open(&lb, flow);
     }
-    evict(&lb, &flows);
+    // A clock step later, every flow but the first is used again (each packet
+    // stamps its way once a step); then the set's next flow arrives.
+    lb.writer.maps().conn_epoch().unwrap().step_clock();
+    for flow in &flows[1..WAYS] {
+        assert_eq!(lb.run(&flow.ack().frame()).action, XDP_TX);
+    }
+    open(&lb, &flows[WAYS]);
+    assert_eq!(lb.conn(&flows[0]), None, "the flow used longest ago gave its way up");
     for flow in &flows[1..] {
         let (_, c) = lb.run_counted(&flow.ack().frame());
-        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "the two filled last stay");
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "{flow:?}");
     }
     let (_, c) = lb.run_counted(&flows[0].ack().frame());
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]), "the one filled first left");
-    assert!(cached(&lb, &flows[0]).contains(&lb.conn(&flows[0]).unwrap()), "and comes back");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]), "a miss: the ring's pick");
 }
 
 #[test]
-fn a_hit_from_the_flow_cache_still_leaves_a_backend_that_went_down_or_was_replaced() {
+fn syns_never_take_an_established_flows_way_and_wait_in_the_syn_array_instead() {
     needs_root!();
-    on_cpu(0);
+    let lb = Balancer::new(Dsr);
+    let flows = sharing_a_set(&lb, WAYS + 3);
+    let (established, syns) = flows.split_at(WAYS);
+    for flow in established {
+        open(&lb, flow);
+    }
+    // A SYN flood into the full set: each SYN goes out, none takes a way.
+    for flow in syns {
+        assert_eq!(lb.run(&flow.syn().frame()).action, XDP_TX);
+        assert_eq!(in_set(&lb, flow), None, "{flow:?} waits elsewhere");
+    }
+    for flow in established {
+        let (_, c) = lb.run_counted(&flow.ack().frame());
+        assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]), "{flow:?} kept its way");
+    }
+    // A flooded handshake still completes where its SYN went (the SYN array),
+    // and enters the set over the way used longest ago.
+    let (run, c) = lb.run_counted(&syns[0].ack().frame());
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
+    let to = lb.writer.backend_index("web4", &lb.receiver(&run));
+    assert_eq!(lb.conn(&syns[0]).map(|c| c.backend), to);
+}
+
+#[test]
+fn a_syn_waits_as_a_pending_way_of_its_set_and_its_ack_makes_it_established_there() {
+    needs_root!();
+    let lb = Balancer::new(Dsr);
+    let flow = tcp4();
+    let to = lb.receiver(&lb.run(&flow.syn().frame()));
+    let (pending, state) = in_set(&lb, &flow).expect("the SYN waits in its set");
+    assert_eq!(
+        (Some(pending.backend), state),
+        (lb.writer.backend_index("web4", &to), State::Pending)
+    );
+    assert_eq!(lb.conn(&flow), None, "pending is no connection yet");
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!((lb.receiver(&run), c), (to, counts(&[(ActionTx, 1), (ConnHandshake, 1)])));
+    assert_eq!(in_set(&lb, &flow), Some((pending, State::Established)));
+}
+
+#[test]
+fn a_way_half_written_is_taken_for_empty_never_for_another_flows_entry() {
+    needs_root!();
+    let mut lb = Balancer::new(Dsr);
+    let flow = pinned_flow(&mut lb, "waf-1");
+    // The flow's way with its entry from one writer and its seal from another
+    // (as two CPUs writing the way at once could leave it).
+    let map = lb.map(lb_common::map_names::FLOWS4);
+    let mut sets: aya::maps::Array<_, lb_common::FlowSet> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    let key = FlowKey4::of(&flow_key(&flow));
+    let at = u32::try_from(lb.flows4().index().set(&key)).unwrap();
+    let mut set = sets.get(&at, 0).unwrap();
+    let way = set.ways.iter_mut().find(|w| w.key == key.words()).expect("the flow's way");
+    way.conn.backend = lb.writer.backend_index("web4", "waf-2").unwrap();
+    sets.set(at, set, 0).unwrap();
+    assert_eq!(lb.conn(&flow), None, "no whole entry");
+    let (run, c) = lb.run_counted(&flow.ack().frame());
+    assert_eq!(lb.receiver(&run), lb.predict("web4", &flow), "the ring's pick, not waf-2");
+    assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
+}
+
+#[test]
+fn a_table_hit_still_leaves_a_backend_that_went_down_or_was_replaced() {
+    needs_root!();
     let mut lb = Balancer::new(Dsr);
     let down = pinned_flow(&mut lb, "waf-2");
     let replaced = pinned_flow(&mut lb, "waf-3");
-    for flow in [&down, &replaced] {
-        assert_eq!(cached(&lb, flow), [lb.conn(flow).unwrap()], "the handshake's ACK copied it");
-    }
     lb.set_state("web4", "waf-2", Down);
     let (run, c) = lb.run_counted(&down.ack().frame());
     assert_eq!(lb.receiver(&run), lb.predict("web4", &down));
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
-    // waf-3 leaves and a newcomer takes its slot: the copy names the old generation.
+    // waf-3 leaves and a newcomer takes its slot: the entry names the old generation.
     let index = lb.writer.backend_index("web4", "waf-3");
     lb.plan.vips[0].backends.retain(|b| b.name != "waf-3");
     lb.apply();
@@ -1415,28 +1460,27 @@ fn a_hit_from_the_flow_cache_still_leaves_a_backend_that_went_down_or_was_replac
     let (run, c) = lb.run_counted(&replaced.ack().frame());
     assert_eq!(lb.receiver(&run), lb.predict("web4", &replaced));
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnRehash, 1)]));
-    // The re-hash rewrote the copy too: the next packet is a plain hit there.
-    assert_eq!(cached(&lb, &replaced), [lb.conn(&replaced).unwrap()]);
+    // The re-hash rewrote the entry: the next packet is a plain hit there.
     let (run, c) = lb.run_counted(&replaced.ack().frame());
     assert_eq!(lb.receiver(&run), lb.predict("web4", &replaced));
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
 }
 
-// ---- a cached flow's packets: the front and the full path ---------------------
+// ---- an established flow's packets: the front and the full path --------------
 // An established IPv4 flow's untagged, option-less TCP or UDP packet is forwarded
-// from the frame's first bytes alone when this CPU's flow cache holds the flow (the
-// front); any other packet of that flow must come out as the full path says. Each
-// case is a packet of a flow whose copy this CPU holds, so the front sees a hit if
-// it looks. Covered elsewhere: a SYN on a cached flow
-// (`syn_is_hashed_even_when_the_table_names_another_backend`), a cached flow's
-// backend down or replaced (`a_hit_from_the_flow_cache_still_leaves_a_backend_...`),
-// a cached flow's segment too big for the tunnel
+// from the frame's first bytes alone (the front); any other packet of that flow
+// must come out as the full path says. Each case is a packet of an established
+// flow, so the front sees a hit if it looks. Covered elsewhere: a SYN on an
+// established flow (`syn_is_hashed_even_when_the_table_names_another_backend`),
+// an established flow's backend down or replaced
+// (`a_table_hit_still_leaves_a_backend_that_went_down_or_was_replaced`), an
+// established flow's segment too big for the tunnel
 // (`a_table_hit_answered_too_big_counts_as_a_hit_and_an_answer`).
 
-/// An open TCP flow on `to` whose copy this CPU's flow cache holds.
+/// An open TCP flow on `to`, established in the table.
 fn cached_flow(lb: &mut Balancer, to: &str) -> Flow {
     let flow = pinned_flow(lb, to);
-    assert_eq!(cached(lb, &flow), [lb.conn(&flow).unwrap()], "the handshake's ACK copied it");
+    assert!(lb.conn(&flow).is_some(), "the handshake's ACK made it established");
     flow
 }
 
@@ -1500,7 +1544,7 @@ fn a_cached_flows_packet_whose_ipv4_header_does_not_add_up_is_dropped() {
         let l3 = flow.l3(); // 20 + 20 + 100 bytes
         let udp = Flow::udp(CLIENT4, 40000, VIP4, 53);
         assert_eq!(lb.run(&udp.frame()).action, XDP_TX);
-        assert_eq!(cached(&lb, &udp), [lb.conn(&udp).unwrap()], "its first packet copied it");
+        assert!(lb.conn(&udp).is_some(), "its first packet put it in the table");
         let cases = [
             (
                 "total length past the frame",
@@ -1566,22 +1610,22 @@ fn a_cached_4in6_flows_tunnel_keeps_the_flows_label() {
         assert_eq!(h.flow_label.value(), label, "{packet} packet");
         assert_eq!(c, counts(&[(ActionTx, 1), (counted, 1)]), "{packet} packet");
     }
-    assert_eq!(cached(&lb, &flow), [lb.conn(&flow).unwrap()]);
+    assert!(lb.conn(&flow).is_some());
 }
 
 #[test]
-fn a_syn_reusing_a_5_tuple_on_another_cpu_voids_every_cpus_copy_of_the_old_entry() {
+fn a_syn_reusing_a_5_tuple_on_another_cpu_takes_the_old_entrys_place_for_every_cpu() {
     needs_root!();
     let mut lb = Balancer::new(Dsr);
     on_cpu(0);
     let flow = pinned_flow(&mut lb, "waf-1");
     lb.set_state("web4", "waf-1", Draining);
-    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1", "CPU 0 holds a copy");
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1", "CPU 0 used the entry");
     // The client reuses its port; the new connection's SYN lands on CPU 1.
     on_cpu(1);
     let to = lb.receiver(&lb.run(&flow.syn().frame()));
     assert_ne!(to, "waf-1");
-    // Its handshake's ACK on CPU 0 follows the SYN, not CPU 0's copy of the old entry.
+    // Its handshake's ACK on CPU 0 follows the SYN, not the old entry.
     on_cpu(0);
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), to);
@@ -1608,28 +1652,17 @@ fn a_syn_sharing_another_vips_pending_handshake_slot_still_takes_out_a_reused_en
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
 }
 
-/// `CONN_EPOCH`: a bump voids every CPU's cached flows.
-fn conn_epoch(lb: &Balancer) -> u64 {
-    let map = lb.map(lb_common::map_names::CONN_EPOCH);
-    let epoch: aya::maps::Array<_, u64> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
-    epoch.get(&0, 0).unwrap()
-}
-
 #[test]
-fn a_client_reusing_its_port_for_the_same_backend_voids_no_other_flows_cached_copy() {
+fn a_client_reusing_its_port_for_the_same_backend_leaves_every_other_flow_alone() {
     needs_root!();
-    on_cpu(0);
     let mut lb = Balancer::new(Dsr);
     let other = pinned_flow(&mut lb, "waf-2");
     let flow = pinned_flow(&mut lb, "waf-1");
-    let epoch = conn_epoch(&lb);
     // A busy NAT reuses client ports the table still holds many times a second:
-    // the ring still says waf-1, so no CPU's copy of this flow can mislead its ACK.
+    // the SYN takes its own flow's way, no other.
     assert_eq!(lb.receiver(&lb.run(&flow.syn().frame())), "waf-1");
-    assert_eq!(conn_epoch(&lb), epoch, "the cache of every other flow stays valid");
-    assert_eq!(cached(&lb, &other).len(), 1);
-    // This CPU's copy went with the entry: the handshake's ACK completes it.
+    assert_eq!(in_set(&lb, &flow).map(|(_, s)| s), Some(State::Pending));
+    assert_eq!(in_set(&lb, &other).map(|(_, s)| s), Some(State::Established));
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), "waf-1");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
@@ -1642,14 +1675,13 @@ fn a_flow_moved_off_a_dead_backend_stays_moved_on_every_cpu_when_it_comes_back()
     on_cpu(1);
     let flow = pinned_flow(&mut lb, "waf-2");
     on_cpu(0);
-    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-2");
-    assert_eq!(cached(&lb, &flow).len(), 2, "both CPUs hold a copy");
+    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-2", "both CPUs used it");
     lb.set_state("web4", "waf-2", Down);
     let moved = lb.receiver(&lb.run(&flow.ack().frame()));
     assert_ne!(moved, "waf-2", "CPU 0 moved the flow");
     lb.set_state("web4", "waf-2", Up);
-    // CPU 1's copy still names waf-2, which is up again: it must not take the
-    // flow back there (the connection now lives on the other node).
+    // CPU 1 used the entry when it named waf-2, which is up again: it must not
+    // take the flow back there (the connection now lives on the other node).
     on_cpu(1);
     assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), moved);
 }
@@ -1661,75 +1693,39 @@ fn a_table_entry_peer_sync_replaces_or_removes_takes_effect_on_the_next_packet()
     on_cpu(0);
     let mut lb = Balancer::new(Dsr);
     let flow = pinned_flow(&mut lb, "waf-1");
-    assert_eq!(cached(&lb, &flow).len(), 1);
     synced_entry(&lb, &flow, "waf-2");
     let (run, c) = lb.run_counted(&flow.ack().frame());
-    assert_eq!(lb.receiver(&run), "waf-2", "the replaced entry, not the cached copy");
+    assert_eq!(lb.receiver(&run), "waf-2", "the replaced entry");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
     // A withdrawal: the flow is a miss again (and hashed by the ring, to waf-1).
     let mut conns = lb.writer.maps().conns_handle().unwrap();
     conns.remove(&flow_key(&flow));
-    conns.publish();
     let (run, c) = lb.run_counted(&flow.ack().frame());
     assert_eq!(lb.receiver(&run), "waf-1");
     assert_eq!(c, counts(&[(ActionTx, 1), (ConnMiss, 1)]));
 }
 
 #[test]
-fn a_flow_the_table_evicted_keeps_its_backend_while_its_cpu_holds_a_copy() {
+fn a_hit_stamps_its_way_with_the_clock_once_a_step() {
     needs_root!();
-    on_cpu(0);
     let mut lb = Balancer::new(Dsr);
     let flow = pinned_flow(&mut lb, "waf-1");
-    lb.set_state("web4", "waf-1", Draining);
-    assert_ne!(lb.predict("web4", &flow), "waf-1", "the ring now says another backend");
-    evict(&lb, &[flow]);
-    assert_eq!(lb.conn(&flow), None);
-    let (run, c) = lb.run_counted(&flow.ack().frame());
-    assert_eq!(lb.receiver(&run), "waf-1", "the connection stays where it was");
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
-}
-
-#[test]
-fn a_flow_only_the_cache_serves_gets_its_table_entry_back_once_a_clock_step() {
-    needs_root!();
-    on_cpu(0);
-    let mut lb = Balancer::new(Dsr);
-    let flow = pinned_flow(&mut lb, "waf-1");
-    let entry = lb.conn(&flow);
-    // Its hits never reach the LRU, which evicts it as it would a closed flow.
-    evict(&lb, &[flow]);
-    assert_eq!(lb.receiver(&lb.run(&flow.ack().frame())), "waf-1");
-    assert_eq!(lb.conn(&flow), None, "within a clock step the copy serves alone");
-    // The controller's clock steps (`xdplb run` does every second): the next hit
-    // looks the flow up, and puts the entry back, so peers and a later cache miss
-    // find the flow where it is.
+    let clock = || {
+        let table = lb.flows4();
+        let key = FlowKey4::of(&flow_key(&flow));
+        let set = lb.map(lb_common::map_names::FLOWS4);
+        let sets: aya::maps::Array<_, lb_common::FlowSet> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(set)).unwrap();
+        let at = u32::try_from(table.index().set(&key)).unwrap();
+        let set = sets.get(&at, 0).unwrap();
+        set.ways.iter().find(|w| w.key == key.words()).map(lb_common::FlowWay::clock).unwrap()
+    };
+    let now = || lb.writer.maps().conn_epoch().unwrap().clock();
+    assert_eq!(clock(), now(), "stamped when its handshake completed");
     lb.writer.maps().conn_epoch().unwrap().step_clock();
-    let (run, c) = lb.run_counted(&flow.ack().frame());
-    assert_eq!(lb.receiver(&run), "waf-1");
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHit, 1)]));
-    assert_eq!(lb.conn(&flow), entry);
-}
-
-#[test]
-fn a_copy_idle_since_its_entry_was_evicted_does_not_take_a_new_connection_on_its_5_tuple() {
-    needs_root!();
-    on_cpu(0);
-    let mut lb = Balancer::new(Dsr);
-    let flow = pinned_flow(&mut lb, "waf-1");
-    lb.set_state("web4", "waf-1", Draining);
-    // The LRU evicts the idle flow's entry (as a full table does: no epoch bump);
-    // this CPU keeps its copy, older than the controller's next clock step.
-    evict(&lb, &[flow]);
-    lb.writer.maps().conn_epoch().unwrap().step_clock();
-    // The client reuses its port: the new connection's SYN goes where the ring says.
-    let to = lb.receiver(&lb.run(&flow.syn().frame()));
-    assert_ne!(to, "waf-1");
-    // Its handshake's ACK follows the SYN, not the old connection's copy.
-    let (run, c) = lb.run_counted(&flow.ack().frame());
-    assert_eq!(lb.receiver(&run), to);
-    assert_eq!(c, counts(&[(ActionTx, 1), (ConnHandshake, 1)]));
-    assert_eq!(lb.conn(&flow).map(|c| c.backend), lb.writer.backend_index("web4", &to));
+    assert_eq!(clock(), now() - 1, "until a packet uses it");
+    assert_eq!(lb.run(&flow.ack().frame()).action, XDP_TX);
+    assert_eq!(clock(), now());
 }
 
 // ---- handshakes: the passive signal ---------------------------------------

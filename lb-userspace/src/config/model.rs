@@ -307,9 +307,9 @@ pub struct Config {
     /// then mode 0660 in that group); `None`: root and xdplb's own user only.
     pub admin_group: Option<String>,
     pub pin_path: PathBuf,
-    /// Entries of the IPv4 connection table (`CONNS4`; the IPv6 one, `CONNS`, holds a
-    /// quarter of it: `conn_table::v6_entries`), shared by all CPUs, each CPU's LRU
-    /// list holding its share (`conn_table::Size`). Read at start only.
+    /// Entries of the IPv4 connection table (`FLOWS4`: sets of four shared by all
+    /// CPUs, rounded up to a power of two sets; the IPv6 one, `CONNS`, holds a
+    /// quarter of it: `conn_table::v6_entries`). Read at start only.
     pub conn_table_size: u32,
     /// Entries of the IPv6 connection table (`CONNS`); default a quarter of
     /// `conn_table_size` (at least 1024). Read at start only.

@@ -178,7 +178,7 @@ pub async fn run(path: &Path, options: RunOptions) -> Result<()> {
     let engines = ha::engines(&config);
     // Peer sync reads and writes the connection table through a handle of its own.
     let conns = config.sync.as_ref().map(|_| loaded.maps.conns_handle()).transpose()?;
-    let clock = tokio::spawn(crate::flow_cache::keep_time(loaded.maps.conn_epoch()?));
+    let clock = tokio::spawn(crate::clock::keep_time(loaded.maps.conn_epoch()?));
     let sync_conf = config.sync.clone();
     let mut core = Core::start(config, interface, loaded.maps, loaded.adopted, tables, now)?;
     let first = core.poll_status().ok_or_else(|| anyhow!("internal error: no status at start"))?;

@@ -89,6 +89,10 @@ pub fn lb_config(cfg: &Config, src_mac: Mac, interface_mtu: u32) -> LbConfig {
         tunnel_src_v6: cfg.tunnel_source.ipv6.map_or([0; 4], |a| addr_words(a.into()).0),
         hash_seed: cfg.hash_seed.seed,
         accept_macs: accept_macs(src_mac, &cfg.accept_macs),
+        // The IPv4 table's own, not the config's: `BpfMaps` stamps them into
+        // every config it writes (`flows4::Index`).
+        flow_sets_mask: 0,
+        flow_seed: [0; 4],
     }
 }
 

@@ -238,14 +238,14 @@ mod tests {
         assert_eq!(value(&text, "xdplb_conntrack_entries", &[]), Some(77.0));
         assert_eq!(
             value(&text, "xdplb_conntrack_capacity", &[]),
-            Some(8001.0 + 2001.0),
-            "both tables (IPv6: a quarter of conn_table_size) as the kernel sizes them"
+            Some(8192.0 + 2001.0),
+            "both tables (IPv4: whole sets; IPv6: a quarter of conn_table_size) as sized"
         );
         // Each family's table on its own: a full IPv4 table shows though the totals have room.
         let family = |name, f| value(&text, name, &[("family", f)]);
         assert_eq!(family("xdplb_conntrack_family_entries", "ipv4"), Some(70.0));
         assert_eq!(family("xdplb_conntrack_family_entries", "ipv6"), Some(7.0));
-        assert_eq!(family("xdplb_conntrack_family_capacity", "ipv4"), Some(8001.0));
+        assert_eq!(family("xdplb_conntrack_family_capacity", "ipv4"), Some(8192.0));
         assert_eq!(family("xdplb_conntrack_family_capacity", "ipv6"), Some(2001.0));
     }
 

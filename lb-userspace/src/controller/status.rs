@@ -289,7 +289,7 @@ mod tests {
              xdp: attached\n\
              flow hash: hash_seed in the config, fingerprint {:08x}\n\
              health: ok\n\
-             connection table: 1024 of 10240 entries in use (10.0%, counted 0 s ago): IPv4 1000 of 8192, IPv6 24 of 2048; LRU per CPU: 4096 IPv4 and 1024 IPv6 entries on each of 2 CPUs\n\
+             connection table: 1024 of 10240 entries in use (10.0%, counted 0 s ago): IPv4 1000 of 8192 (sets of 4, shared by all CPUs), IPv6 24 of 2048; LRU per CPU: 1024 IPv6 entries on each of 2 CPUs\n\
              \n\
              VIP web 192.0.2.1:*/tcp  packets 20  bytes 2000  tier primary (1 of 2 primaries usable, min_primaries 1; 1 of 2 reserves usable)  all_down drop  down_flows move  ring 0000000000c0ffee (1 backend)\n  \
              BACKEND          ADDRESS                                  WEIGHT  ROLE     STATE     HEALTH  DRAINED MAC                  PACKETS\n  \

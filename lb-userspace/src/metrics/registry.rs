@@ -769,7 +769,7 @@ impl ConntrackGauges {
             r,
             "xdplb_conntrack_family_entries",
             "Entries of one family's connection table at its last count (family: ipv4, the \
-             16-byte-key table CONNS4; ipv6, CONNS).",
+             table of sets FLOWS4; ipv6, the LRU hash CONNS).",
             labels,
         );
         let family_capacity = gauge_vec(

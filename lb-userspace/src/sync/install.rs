@@ -12,16 +12,14 @@ use lb_common::{ConnValue, FlowKey};
 
 use super::{exceptions::View, wire::Entry};
 
-/// The connection table as sync uses it (the kernel's `CONNS4` and `CONNS`, or a
+/// The connection table as sync uses it (the kernel's `FLOWS4` and `CONNS`, or a
 /// fake).
 pub trait ConnTable {
     fn get(&self, flow: &FlowKey) -> Option<ConnValue>;
     /// Inserts unless the flow has an entry (`BPF_NOEXIST`); false when it had one.
     fn insert_new(&mut self, flow: &FlowKey, conn: &ConnValue) -> bool;
+    /// Takes the flow out: its next packet finds no entry, on every CPU.
     fn remove(&mut self, flow: &FlowKey);
-    /// Makes the writes so far take effect on the next packet: the data path's
-    /// flow caches drop their copies of table entries (an epoch bump).
-    fn publish(&mut self) {}
 }
 
 impl<S: BuildHasher> ConnTable for HashMap<FlowKey, ConnValue, S> {
@@ -93,9 +91,6 @@ pub fn apply<S: BuildHasher>(
         } else {
             out.present += 1;
         }
-    }
-    if out.installed + out.removed > 0 {
-        table.publish();
     }
     out
 }
@@ -173,45 +168,5 @@ mod tests {
         let out = apply(&view, &mut table, &mut installed, &many, 4);
         assert_eq!((out.installed, out.cap), (4, 6));
         assert_eq!(table.len(), 4);
-    }
-
-    /// A table that counts when its writes were published.
-    #[derive(Default)]
-    struct Published {
-        table: HashMap<FlowKey, ConnValue>,
-        /// Writes so far, and how many there were at each `publish`.
-        writes: usize,
-        at: Vec<usize>,
-    }
-
-    impl ConnTable for Published {
-        fn get(&self, flow: &FlowKey) -> Option<ConnValue> {
-            self.table.get(flow).copied()
-        }
-        fn insert_new(&mut self, flow: &FlowKey, conn: &ConnValue) -> bool {
-            self.writes += 1;
-            ConnTable::insert_new(&mut self.table, flow, conn)
-        }
-        fn remove(&mut self, flow: &FlowKey) {
-            self.writes += 1;
-            ConnTable::remove(&mut self.table, flow);
-        }
-        fn publish(&mut self) {
-            self.at.push(self.writes);
-        }
-    }
-
-    #[test]
-    fn a_snapshot_that_changed_the_table_is_published_once_after_its_writes() {
-        let view = here();
-        let mut t = Published::default();
-        let mut installed = HashMap::new();
-        let (a, b) = (entry_v(1, false), entry_v(2, false));
-        apply(&view, &mut t, &mut installed, &[a, b], 100);
-        assert_eq!(t.at, [2], "once, after both installs");
-        apply(&view, &mut t, &mut installed, &[a, b], 100);
-        assert_eq!(t.at, [2], "nothing changed: nothing to publish");
-        apply(&view, &mut t, &mut installed, &[], 100);
-        assert_eq!(t.at, [2, 4], "after both withdrawals");
     }
 }

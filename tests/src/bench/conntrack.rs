@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::MapInfo;
-use lb_common::{Counter, FlowKey4, ForwardingMode, limits::CONN_TABLE_SIZE, map_names};
+use lb_common::{Counter, ForwardingMode, limits::CONN_TABLE_SIZE, map_names};
 use lb_userspace::stats::Stats as _;
 
 use super::{
@@ -83,19 +83,10 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Entries in `xdp_lb`'s connection table now (`conn_table::count`, as `xdplb
-/// status` counts them).
+/// Established entries in `xdp_lb`'s IPv4 connection table now (the flows are
+/// IPv4; as `xdplb status` counts them).
 fn table_entries(lb: &Lb) -> Result<u64> {
-    let ids =
-        lb.program()?.info()?.map_ids()?.context("the kernel does not list a program's maps")?;
-    for id in ids {
-        let info = MapInfo::from_id(id)?;
-        // The flows are IPv4: in CONNS4.
-        if info.name_as_str() == Some(map_names::CONNS4) {
-            return Ok(lb_userspace::conn_table::count::<FlowKey4>(info.fd()?.as_fd())?);
-        }
-    }
-    anyhow::bail!("xdp_lb uses no map {}", map_names::CONNS4)
+    Ok(lb.writer.maps().flows4()?.count().established)
 }
 
 fn possible_cpus() -> usize {
@@ -202,7 +193,7 @@ struct MapMemory {
 /// declared with (none for the program's own per-packet scratch).
 fn layout(name: &str) -> Option<(usize, usize, &'static str)> {
     use lb_common::{
-        Backend, BackendStats, ConnValue, CounterSet, FlowKey, FlowKey4, LbConfig, RingSlot,
+        Backend, BackendStats, ConnValue, CounterSet, FlowKey, FlowSet, LbConfig, RingSlot,
         SynSlot, Traffic, VipKey, VipMeta, bench::Script, vip::VipAddrKey,
     };
     let index = size_of::<u32>();
@@ -213,9 +204,7 @@ fn layout(name: &str) -> Option<(usize, usize, &'static str)> {
         map_names::VIP_FILTER | map_names::TOO_BIG_RATE => (index, size_of::<u64>(), "u32 / u64"),
         map_names::RINGS => (index, size_of::<RingSlot>(), "u32 / RingSlot"),
         map_names::BACKENDS => (index, size_of::<Backend>(), "u32 / Backend"),
-        map_names::CONNS4 => {
-            (size_of::<FlowKey4>(), size_of::<ConnValue>(), "FlowKey4 / ConnValue")
-        }
+        map_names::FLOWS4 => (index, size_of::<FlowSet>(), "u32 / FlowSet"),
         map_names::CONNS => (size_of::<FlowKey>(), size_of::<ConnValue>(), "FlowKey / ConnValue"),
         map_names::SYNS => (index, size_of::<SynSlot>(), "u32 / SynSlot"),
         map_names::STATS => (index, size_of::<CounterSet>(), "u32 / CounterSet"),

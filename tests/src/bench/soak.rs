@@ -34,11 +34,11 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{Array, MapData},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{Backend, ConnValue, Counter, FlowKey4, map_names};
-use lb_userspace::{admin::Request, loader, pins, stats::Stats as _};
+use lb_common::{Backend, Counter, FlowKey4, map_names};
+use lb_userspace::{admin::Request, flows4::Flows4, loader, pins, stats::Stats as _};
 
 use super::progress;
 use crate::{
@@ -225,7 +225,7 @@ impl Frames {
         (src, 10_000 + u16::try_from(id % 50_000).unwrap_or(0))
     }
 
-    /// Flow `id`'s connection-table key (in `CONNS4`).
+    /// Flow `id`'s connection-table key (in `FLOWS4`).
     fn key(&self, id: u64) -> FlowKey4 {
         let (src, sport) = Self::addresses(id);
         FlowKey4::of(&flow_key(&Flow {
@@ -294,7 +294,7 @@ fn worker(
                 }
                 // Whether the table still holds an established flow (a lookup
                 // does not touch the LRU's reference bit).
-                let lost = !fresh && conns.get(&frames.key(id), 0).is_err();
+                let lost = !fresh && conns.established(&frames.key(id)).is_none();
                 t.evicted += u64::from(lost);
                 frames.write(id, false, &mut frame);
                 let (action, len) = run(&frame, &mut out)?;
@@ -400,14 +400,13 @@ fn transitions(daemon: &Daemon) -> BTreeMap<String, f64> {
 }
 
 /// The IPv4 connection table (the soak's flows are IPv4).
-fn conn_table() -> Result<BpfHashMap<MapData, FlowKey4, ConnValue>> {
-    let data = MapData::from_pin(pins::map_path(Path::new(PIN), map_names::CONNS4))?;
-    Ok(BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))?)
+fn conn_table() -> Result<Flows4> {
+    Flows4::pinned(Path::new(PIN))
 }
 
-/// Entries in the pinned connection table (walks its keys: a second or two at 1 M).
+/// Established entries in the pinned connection table (reads it whole).
 fn conn_entries() -> Result<usize> {
-    Ok(conn_table()?.keys().flatten().count())
+    Ok(usize::try_from(conn_table()?.count().established)?)
 }
 
 fn backend_slots() -> Result<usize> {

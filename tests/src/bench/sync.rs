@@ -1,5 +1,5 @@
 //! `bench sync`: peer sync's cost at a million flows (#15). The kernel's
-//! connection table (IPv4 flows: `CONNS4`, 1,048,576 entries) is filled with 1 M flows as the
+//! connection table (IPv4 flows: `FLOWS4`, 1,048,576 entries) is filled with 1 M flows as the
 //! data path would (each on its ring's pick), then for each ring change: the time
 //! to read the table in batches and find the exceptions (what the sync thread
 //! does after a ring change, off the control loop), the exceptions found, and the
@@ -128,15 +128,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut out = String::new();
     writeln!(
         out,
-        "Method: the kernel's connection table (`CONNS4`, the IPv4 flows' LRU hash of 1,048,576"
+        "Method: the kernel's connection table (`FLOWS4`, the IPv4 flows' table of 1,048,576"
     )?;
     writeln!(
         out,
-        "entries, as loaded by `xdplb run`; read through `sync::conns::BpfConns`, which walks"
+        "entries in sets of four, as loaded by `xdplb run`; read through `sync::conns::BpfConns`, which walks"
     )?;
     writeln!(
         out,
-        "`CONNS4`, then the empty IPv6 `CONNS`) filled with {FLOWS} TCP flows to one VIP of \
+        "`FLOWS4`'s sets, then the empty IPv6 `CONNS`) filled with {FLOWS} TCP flows to one VIP of \
          five nodes (weights equal),"
     )?;
     writeln!(

@@ -311,6 +311,9 @@ fn plan(mode: ForwardingMode) -> DesiredState {
             tunnel_src_v6: v6,
             hash_seed: crate::balancer::SEED,
             accept_macs: lb_common::config::accept_macs(LB_MAC, &[]),
+            // The IPv4 table's own: stamped by `BpfMaps` (`flows4::Index`).
+            flow_sets_mask: 0,
+            flow_seed: [0; 4],
         },
         vips: vec![vip("tcp", TCP_PORT, proto::TCP), vip("udp", UDP_PORT, proto::UDP)],
     }

@@ -10,15 +10,12 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::{Context as _, Result, ensure};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, ProgramArray},
+    maps::{Array, MapData, ProgramArray},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use etherparse::IpNumber;
-use lb_common::{
-    ConnValue, Counter, FlowCacheSet, FlowKey4, ForwardingMode, hash::cache_set,
-    limits::FLOW_CACHE_SETS, map_names,
-};
-use lb_userspace::objects;
+use lb_common::{Counter, FlowKey4, ForwardingMode, map_names};
+use lb_userspace::{flows4::Flows4, objects};
 
 use self::reference::Reference;
 use super::object::Object;
@@ -61,15 +58,12 @@ impl<'a> Case<'a> {
 
 /// A connection opened again and again on one 5-tuple, as Katran's SYN was timed
 /// (its every run writes its LRU): before each run of the opening SYN, the flow's
-/// entry leaves the table and its copies every CPU's flow cache (a test run runs on
-/// the bench thread's CPU, whichever that is), so the SYN finds a new connection and
-/// the handshake's ACK right after it (the next case) inserts. The entry must be
-/// there: the last run's ACK put it in, so an ACK that hit instead fails the run.
+/// entry leaves the table, so the SYN finds a new connection and the handshake's
+/// ACK right after it (the next case) completes it. The entry must be there: the
+/// last run's ACK made it established, so an ACK that hit instead fails the run.
 struct Reopen {
-    table: HashMap<MapData, FlowKey4, ConnValue>,
-    cache: Array<MapData, FlowCacheSet>,
+    table: Flows4,
     key: FlowKey4,
-    set: u32,
 }
 
 impl Reopen {
@@ -82,26 +76,15 @@ impl Reopen {
             run.action == XDP_TX && counted.get(Counter::ConnHandshake.name()) == Some(&1),
             "{ack:?} completes no handshake: {counted:?}"
         );
-        let key = FlowKey4::of(&flow_key(syn));
-        Ok(Self {
-            table: HashMap::try_from(Map::LruHashMap(lb.map(map_names::CONNS4)))?,
-            cache: Array::try_from(Map::Array(lb.map(map_names::FLOW_CACHE)))?,
-            key,
-            set: cache_set(key.words(), &lb.plan.config.hash_seed),
-        })
+        Ok(Self { table: lb.flows4(), key: FlowKey4::of(&flow_key(syn)) })
     }
 
     fn run(&mut self) -> Result<()> {
-        self.table.remove(&self.key).context("the handshake's ACK left no table entry")?;
-        let words = self.key.words();
-        for region in 0..self.cache.len() / FLOW_CACHE_SETS {
-            let at = region * FLOW_CACHE_SETS + self.set;
-            let mut set = self.cache.get(&at, 0)?;
-            let copies = set.ways.iter_mut().filter(|w| w.key == words);
-            if copies.map(|w| w.key = [0; 2]).count() > 0 {
-                self.cache.set(at, set, 0)?;
-            }
-        }
+        ensure!(
+            self.table.established(&self.key).is_some(),
+            "the handshake's ACK left no table entry"
+        );
+        ensure!(self.table.remove(&self.key), "the entry went while it was checked");
         Ok(())
     }
 }
@@ -563,10 +546,12 @@ fn table_note(conns: u32) -> String {
     };
     format!(
         "xdp_lb's connection tables: as the controller sizes them from \
-         `conn_table_size: {conns}`, {whose}. A table smaller than the new flows a run \
-         sends is full after its first connections, and every handshake's ACK then \
-         evicts an entry (the kernel's LRU); a larger one only takes entries from its \
-         free list."
+         `conn_table_size: {conns}`, {whose}. In an IPv4 table smaller than the new \
+         flows a run sends, every set is full of established flows after the first \
+         connections: from then on each SYN waits in the SYN array (a SYN never takes an \
+         established flow's way) and each handshake's ACK takes the way its set used \
+         longest ago, a busy balancer's steady state. A larger one fills as the run goes: \
+         its SYNs wait as pending ways of their own sets while these have room."
     )
 }
 

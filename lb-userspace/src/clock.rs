@@ -1,19 +1,10 @@
-//! The data path's flow caches (lb-ebpf's `flow_cache.rs`) as the controller
-//! sees them: their size, and their epoch.
+//! The controller's clock (`CONN_EPOCH`'s high half, `lb_common::flow::conn_epoch`):
+//! stepped every [`CLOCK_STEP`] while `xdplb run` runs; a packet that uses an IPv4
+//! flow's entry stamps it with the clock (`flow_table::FlowWay::clock`), so a full
+//! set gives up the way used longest ago.
 //!
-//! `FLOW_CACHE` holds `limits::FLOW_CACHE_SETS` sets for each possible CPU, so
-//! a loader sizes it for this host ([`entries`]).
-//!
-//! Each CPU keeps copies of IPv4 connection-table entries and uses one only while
-//! the epoch (`CONN_EPOCH`) is the one it was copied under, so whoever writes or
-//! deletes table entries from userspace (peer sync) bumps the epoch after the
-//! writes: the next packet of a changed flow then reads the table. The map writer
-//! bumps it when a backend goes down (`maps::BpfMaps::set_backend`): a copy naming
-//! it must not come back to life when it comes up.
-//!
-//! The map is mmapped and bumped with an atomic add, as the data path bumps it
-//! (a SYN replacing a reused 5-tuple's entry): the epoch only ever grows, so a
-//! copy made before a change never becomes valid again.
+//! The map is mmapped and stepped with an atomic add, as the data path's atomic
+//! adds to it: the clock only ever grows.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -24,14 +15,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::MapData;
 use lb_common::{flow::conn_epoch, map_names};
-
-/// Entries of `FLOW_CACHE` on this host: a region of sets for each possible CPU
-/// (the data path indexes it by CPU number).
-pub fn entries() -> Result<u32> {
-    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("reading {what}: {e}"))?;
-    let cpus = u32::try_from(cpus).context("possible CPUs")?;
-    Ok(lb_common::limits::flow_cache_entries(cpus))
-}
 
 /// `CONN_EPOCH`, mapped into our memory.
 pub struct ConnEpoch {
@@ -66,8 +49,8 @@ impl ConnEpoch {
         Ok(Self { ptr, map })
     }
 
-    /// Another mapping of the same epoch, through a handle of its own (for a
-    /// thread that bumps it or steps its clock).
+    /// Another mapping of the same clock, through a handle of its own (for a
+    /// thread that steps it or stamps entries with it).
     pub fn try_clone(&self) -> Result<Self> {
         let name = map_names::CONN_EPOCH;
         let fd = self.map.fd().as_fd().try_clone_to_owned();
@@ -78,11 +61,11 @@ impl ConnEpoch {
 
     fn atomic(&self) -> &AtomicU64 {
         // SAFETY: an 8-byte aligned u64 at the start of the mapping (a page), shared
-        // with the kernel, which changes it only with atomic adds.
+        // with the kernel, which only reads it.
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr()) }
     }
 
-    /// Steps the clock the caches' copies refresh the table by (`FlowCacheSlot::stamp`).
+    /// Steps the clock.
     pub fn step_clock(&self) {
         self.atomic().fetch_add(conn_epoch::CLOCK_STEP, Ordering::SeqCst);
     }
@@ -93,9 +76,10 @@ impl ConnEpoch {
         self.atomic().load(Ordering::SeqCst)
     }
 
-    /// Makes every CPU's cached copies out of date; call it after the table writes.
-    pub fn bump(&self) {
-        self.atomic().fetch_add(conn_epoch::BUMP, Ordering::SeqCst);
+    /// The clock now, as the data path stamps ways with it.
+    #[must_use]
+    pub fn clock(&self) -> u32 {
+        (self.get() >> 32) as u32
     }
 }
 
@@ -110,12 +94,12 @@ impl Drop for ConnEpoch {
 unsafe impl Send for ConnEpoch {}
 unsafe impl Sync for ConnEpoch {}
 
-/// How often the clock steps: a flow only the cache serves tells the table it is
-/// alive this often, far inside the time a full table takes to age an entry out.
+/// How often the clock steps: a flow's way is stamped at most this often, and
+/// its set tells flows used within one step from those used before.
 pub const CLOCK_STEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Steps `epoch`'s clock every `CLOCK_STEP`, for as long as the task runs (`xdplb
-/// run` runs it: flows only the flow caches serve refresh their table entries by it).
+/// run` runs it).
 pub async fn keep_time(epoch: ConnEpoch) {
     let mut step = tokio::time::interval(CLOCK_STEP);
     loop {
