@@ -253,6 +253,11 @@ fn unlisted(
     cfg: &LbConfig,
     missed: Missed,
 ) -> Result<(u32, &'static Backend, u8), Counted> {
+    if missed == Missed::TcpClient
+        && let Some((index, backend)) = select::completed_in_set(&s.flow, cfg)
+    {
+        return Ok((index, backend, select::COMPLETED));
+    }
     let h = flow_hash64(&s.flow, &cfg.hash_seed);
     if missed == Missed::TcpClient
         && let Some((index, backend)) = select::completed(&s.flow, h, cfg)

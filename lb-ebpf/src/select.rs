@@ -155,30 +155,38 @@ pub enum Missed {
     Other,
 }
 
-/// A TCP packet that is no SYN, of a flow (hash `h`) the table does not hold
-/// established (or names a dead backend for), whose SYN waits pending in its set
-/// or in the SYN array: a completed handshake. It goes where its SYN went, unless
-/// that backend is down, and the flow becomes established there: in place in its
-/// set, or entering the table from the SYN array. The pending way or slot names
-/// the whole 5-tuple (the key; `syn_tag`), so the packet is to the SYN's VIP: no
-/// VIP lookup (~20 ns of the inserting ACK by `bench xdp`'s first method). The
-/// flow's packet empties a slot either way, and a pending way whose backend is
-/// down; none: the VIP's ring decides (`first`).
+/// A TCP packet that is no SYN, of an IPv4 flow the table does not hold
+/// established (or names a dead backend for), whose SYN waits as a pending way of
+/// its set: a completed handshake. It goes where its SYN went, unless that backend
+/// is down, and the flow becomes established there, in place. The way's key is
+/// the whole 5-tuple, so the packet is to the SYN's VIP: no VIP lookup (~20 ns of
+/// the inserting ACK by `bench xdp`'s first method), and no flow hash: the set is
+/// the line the packet read already. A pending way whose backend is down is
+/// emptied; none: the SYN array (`completed`), then the VIP's ring (`first`).
+#[inline(always)]
+pub fn completed_in_set(flow: &FlowKey, cfg: &LbConfig) -> Option<(u32, &'static Backend)> {
+    if flow.family != family::V4 {
+        return None;
+    }
+    let key = FlowKey4::of(flow).words();
+    let (way, w, State::Pending) = flow_table::find(flow_table::set(key, cfg)?, key)? else {
+        return None;
+    };
+    let Some(b) = live(w.conn.backend, w.conn.generation) else {
+        flow_table::clear(way);
+        return None;
+    };
+    flow_table::establish(way, &w);
+    Some((w.conn.backend, b))
+}
+
+/// As `completed_in_set`, for a flow (hash `h`) whose SYN waits in the SYN array
+/// (an IPv6 flow's, or an IPv4 one whose set held only established flows): the
+/// flow enters the table there. The slot's tag names the whole 5-tuple
+/// (`syn_tag`): no VIP lookup either. The flow's packet empties the slot either
+/// way; none: the VIP's ring decides (`first`).
 #[inline(always)]
 pub fn completed(flow: &FlowKey, h: u64, cfg: &LbConfig) -> Option<(u32, &'static Backend)> {
-    if flow.family == family::V4 {
-        let key = FlowKey4::of(flow).words();
-        if let Some((way, w, State::Pending)) =
-            flow_table::set(key, cfg).and_then(|set| flow_table::find(set, key))
-        {
-            let Some(b) = live(w.conn.backend, w.conn.generation) else {
-                flow_table::clear(way);
-                return None;
-            };
-            flow_table::establish(way, &w);
-            return Some((w.conn.backend, b));
-        }
-    }
     // SAFETY: a map value (see `syn`).
     let slot = unsafe { &mut *SYNS.get_ptr_mut(syn_slot(h))? };
     if slot.tag != syn_tag(h, flow, &cfg.hash_seed) {
