@@ -869,10 +869,10 @@ fn report_opened(cases: &[Case<'_>], stats: &[(f64, f64)], runs: usize) -> Nets 
     println!(
         "A pass of its own, {runs} runs per case, interleaved with its harness ({harness:.1} ns). \
          Before each run of the opening SYN (untimed) the flow's table entry, which the last \
-         run's ACK must have put in, is taken out, and its copies out of every CPU's flow \
-         cache: the SYN finds a new connection (it checks the table for a reused 5-tuple and \
-         writes the SYN array), and its handshake ACK, run next, finds no copy and no entry, \
-         follows the SYN and inserts. A SYN of the same frame every run, as Katran's was timed."
+         run's ACK must have made established, is taken out: the SYN finds a new connection \
+         (it reads its flow's set and waits there as a pending way), and its handshake ACK, \
+         run next, finds it pending and makes it established in place. A SYN of the same \
+         frame every run, as Katran's was timed."
     );
     nets
 }
