@@ -89,45 +89,30 @@ fn table_entries(lb: &Lb) -> Result<u64> {
     Ok(lb.writer.maps().flows4()?.count().established)
 }
 
-fn possible_cpus() -> usize {
-    // "0-1" or "0-3,5": count the CPUs in every range.
-    std::fs::read_to_string("/sys/devices/system/cpu/possible").ok().map_or(1, |s| {
-        s.trim()
-            .split(',')
-            .map(|r| match r.split_once('-') {
-                Some((a, b)) => {
-                    b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0)
-                }
-                None => 1,
-            })
-            .sum()
-    })
-}
-
 fn report(samples: &[Samples], runs: usize, memory: &[MapMemory]) {
-    let per_cpu = CONN_TABLE_SIZE as usize / possible_cpus();
+    let sets = lb_common::flow_table::sets_for(CONN_TABLE_SIZE);
     println!(
         "Method: the rig of `bench live` (generator pinned to one CPU, `xdp_lb` in dsr mode on \
          `lb0`, 64-byte frames), with the generator stepping over 1 k, 256 k or 1 M flows (source \
          port, then source address) in turn. Each case first opens its flows with real \
-         handshakes: SYNs over every flow (a SYN goes to the ring's pick and waits in the SYN \
-         array, {syn_slots} slots, direct-mapped: it takes no table entry), then ACKs over every \
-         flow (the handshake's ACK puts the flow in the table where its SYN went; an ACK whose \
-         SYN's slot was taken by a later SYN is a mid-flow pickup, hashed to the ring, and enters \
-         the table too); then TCP ACKs of the established flows are timed. The connection \
-         table is the default one ({CONN_TABLE_SIZE} entries, `BPF_F_NO_COMMON_LRU`: one LRU list \
-         per CPU, each holding {CONN_TABLE_SIZE} / {} possible CPUs = {per_cpu} entries). One \
-         generator CPU is one RSS queue: all its flows live in that CPU's list, so 256 k flows fit \
-         and 1 M flows cycle through a list half their size (most packets a miss, an eviction and \
-         an insert; the kernel's LRU is approximate, so some still hit): the worst case of LRU \
-         pressure, not the steady state of 1 M flows spread over every CPU's list. Rates are frames per CPU-second as in `bench live`; each case warms up by \
-         offering every flow twice (SYNs, then ACKs), then {runs} interleaved runs of {} s. Hits \
-         are xdp_lb's own counters (`conn_hit` / (`conn_hit` + `conn_miss`)); handshakes are its \
-         `conn_handshake` count during the warm-up; entries are the table's, counted after the \
-         warm-up as `xdplb status` counts them (a batched walk, `lb_userspace::conn_table`). Both \
-         are the first run's: the table starts empty and each case's flows include the smaller \
-         case's (later runs find the larger cases' flows still there).\n",
-        possible_cpus(),
+         handshakes: SYNs over every flow (a SYN goes to the ring's pick and waits as a pending \
+         way of its flow's set, or, that set full of established flows, in the SYN array, \
+         {syn_slots} slots, direct-mapped: it takes no established entry), then ACKs over every \
+         flow (the handshake's ACK makes the flow established where its SYN went; an ACK whose \
+         SYN is no longer pending is a mid-flow pickup, hashed to the ring, and enters the table \
+         too); then TCP ACKs of the established flows are timed. The IPv4 connection table is \
+         the default one ({CONN_TABLE_SIZE} entries: {sets} sets of four ways, shared by every \
+         CPU). A flow whose set is full takes the way used longest ago by the controller's \
+         clock, which no controller steps here: within a set every way ties on age, so 1 M flows \
+         in 1 M entries (a set's share of them overflowing its four ways) evict each other as \
+         they come, the worst case for the table, not the steady state. Rates are frames per \
+         CPU-second as in `bench live`; each case warms up by offering every flow twice (SYNs, \
+         then ACKs), then {runs} interleaved runs of {} s. Hits are xdp_lb's own counters \
+         (`conn_hit` / (`conn_hit` + `conn_miss`)); handshakes are its `conn_handshake` count \
+         during the warm-up; entries are the table's established ways, counted after the \
+         warm-up as `xdplb status` counts them (`lb_userspace::flows4`). Both are the first \
+         run's: the table starts empty and each case's flows include the smaller case's (later \
+         runs find the larger cases' flows still there).\n",
         RUN.as_secs(),
         syn_slots = lb_common::limits::SYN_SLOTS,
     );
