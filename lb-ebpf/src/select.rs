@@ -8,17 +8,18 @@
 //!
 //! A SYN does not enter the table established: an IPv4 SYN waits as a pending way
 //! of its flow's set (`flow_table`), which never takes an established flow's way;
-//! an IPv6 SYN, or an IPv4 one whose set holds two established flows, waits in
-//! the SYN array. The handshake's ACK makes the flow established there. The
+//! an IPv6 SYN, or an IPv4 one whose set holds established flows in every way,
+//! waits in the SYN array. The handshake's ACK makes the flow established there. The
 //! table's established entries are therefore only flows that completed a
 //! handshake (or sent data: UDP, flows from before a restart), so spoofed SYNs
 //! cannot evict established flows; and the ACK follows its SYN even when the ring
 //! changed in between, unless that backend went down.
 //!
 //! Each step also says what the packet counts for its backend's `Handshakes` (the
-//! passive health signal): a SYN; a SYN for a flow the SYN array or the table
-//! already holds (a retransmission, or a reused 5-tuple); the packet that takes a
-//! flow from the SYN array into the table (a completed handshake, once per flow).
+//! passive health signal): a SYN; a SYN for a flow the table (pending or
+//! established) or the SYN array already holds (a retransmission, or a reused
+//! 5-tuple); the packet that makes a pending flow established (a completed
+//! handshake, once per flow).
 
 use lb_common::{
     Backend, BackendState, ConnValue, Counter, FlowKey, FlowKey4, Handshakes, LbConfig, SynSlot,
@@ -112,7 +113,7 @@ pub fn syn(
         if flow_table::pend(set, key, conn, &mut known) {
             return Ok((index, b, SYN | (u8::from(known) * SYN_RETRANSMIT)));
         }
-        // Two established flows hold the set (neither this one): the SYN array.
+        // Established flows hold every way of the set (none this one's): the SYN array.
     }
     let tag = syn_tag(h, flow, seed);
     // SAFETY: a map value; a racing SYN on another CPU for the same slot costs at
