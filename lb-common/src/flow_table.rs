@@ -6,7 +6,7 @@
 //! a free node.
 //!
 //! A TCP handshake in flight is a way of the same set (`State::Pending`, its SYN's
-//! backend): the handshake's ACK finds it in the line it reads anyway and
+//! backend): the handshake's ACK finds it in the set it reads anyway and
 //! completes it in place. A SYN never takes an established flow's way, so spoofed
 //! SYNs cannot evict established flows; a SYN that finds no room waits in the SYN
 //! array instead (`SYNS`). An established entry takes, in turn, its own way, an
@@ -15,7 +15,7 @@
 //! table within each set.
 //!
 //! No locks: every CPU and the controller write ways in place, word by word
-//! (`store`). A way's `meta` carries a check of its key and entry, so a reader that
+//! (`store`). A way's `meta` carries a seal of its key and entry, so a reader that
 //! meets a way half written (two writers at once, or a write under its read) takes
 //! it for empty, never for another flow's entry.
 
@@ -89,8 +89,8 @@ impl FlowWay {
         Self { key, conn, meta: (clock as u64) << 32 | seal(key, conn, state) as u64 }
     }
 
-    /// What the way holds, if it is whole: a key, and a check that agrees with
-    /// its key and entry.
+    /// What the way holds, if it is whole: a key, and a seal that agrees with its
+    /// key and entry.
     #[inline(always)]
     #[must_use]
     pub const fn state(&self) -> Option<State> {
@@ -114,8 +114,8 @@ impl FlowWay {
         (self.meta >> 32) as u32
     }
 
-    /// `meta` with the state `state` and the clock `clock` (the check stays: the
-    /// key and entry are the same).
+    /// `meta` with the state `state` and the clock `clock` (the seal's mix stays:
+    /// the key and entry are the same).
     #[inline(always)]
     #[must_use]
     pub const fn meta_as(&self, state: State, clock: u32) -> u64 {

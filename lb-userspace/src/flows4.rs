@@ -159,12 +159,6 @@ impl Flows4 {
         self.index
     }
 
-    /// Entries the table holds at most: sets times ways.
-    #[must_use]
-    pub const fn entries(&self) -> u64 {
-        (self.sets * WAYS) as u64
-    }
-
     fn way(&self, set: usize, at: usize) -> *mut FlowWay {
         assert!(set < self.sets && at < WAYS);
         // SAFETY: in bounds of the mapping (checked above).
@@ -202,13 +196,6 @@ impl Flows4 {
         }
         self.write(at, &set, FlowWay::new(key.words(), conn, State::Established, clock));
         true
-    }
-
-    /// Puts the flow in the table established over whatever it held.
-    pub fn insert(&self, key: &FlowKey4, conn: ConnValue, clock: u32) {
-        let at = self.index.set(key);
-        let set = self.read_set(at);
-        self.write(at, &set, FlowWay::new(key.words(), conn, State::Established, clock));
     }
 
     fn write(&self, at: usize, set: &FlowSet, way: FlowWay) {
