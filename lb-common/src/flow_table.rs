@@ -132,18 +132,24 @@ impl FlowSet {
         self.ways.iter().position(|w| w.key == key)
     }
 
+    /// What each way holds, its seal checked once for all the choices below.
+    #[inline(always)]
+    fn states(&self) -> [Option<State>; WAYS] {
+        self.ways.each_ref().map(FlowWay::state)
+    }
+
     /// The first way that holds nothing whole (empty, or half written).
     #[inline(always)]
-    fn free(&self) -> Option<usize> {
-        self.ways.iter().position(|w| w.state().is_none())
+    fn free(states: [Option<State>; WAYS]) -> Option<usize> {
+        states.iter().position(Option::is_none)
     }
 
     /// Of the ways in `state`, the one used longest ago (the last on a tie).
     #[inline(always)]
-    fn oldest(&self, state: State) -> Option<usize> {
+    fn oldest(&self, states: [Option<State>; WAYS], state: State) -> Option<usize> {
         let mut oldest: Option<(usize, u32)> = None;
-        for (i, w) in self.ways.iter().enumerate() {
-            if w.state() == Some(state) && oldest.is_none_or(|(_, c)| w.clock() <= c) {
+        for (i, (w, s)) in self.ways.iter().zip(states).enumerate() {
+            if s == Some(state) && oldest.is_none_or(|(_, c)| w.clock() <= c) {
                 oldest = Some((i, w.clock()));
             }
         }
@@ -156,11 +162,13 @@ impl FlowSet {
     #[inline(always)]
     #[must_use]
     pub fn way_for_established(&self, key: [u64; 2]) -> usize {
-        self.position(key)
-            .or_else(|| self.free())
-            .or_else(|| self.oldest(State::Pending))
-            .or_else(|| self.oldest(State::Established))
-            .unwrap_or(WAYS - 1)
+        self.position(key).unwrap_or_else(|| {
+            let states = self.states();
+            Self::free(states)
+                .or_else(|| self.oldest(states, State::Pending))
+                .or_else(|| self.oldest(states, State::Established))
+                .unwrap_or(WAYS - 1)
+        })
     }
 
     /// Where a SYN of the flow `key` waits: its own way (a retransmission, or an
@@ -170,7 +178,10 @@ impl FlowSet {
     #[inline(always)]
     #[must_use]
     pub fn way_for_pending(&self, key: [u64; 2]) -> Option<usize> {
-        self.position(key).or_else(|| self.free()).or_else(|| self.oldest(State::Pending))
+        self.position(key).or_else(|| {
+            let states = self.states();
+            Self::free(states).or_else(|| self.oldest(states, State::Pending))
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The connection table: IPv4 flows in `FLOWS4` (`flow_table`: one line a flow,
+//! The connection table: IPv4 flows in `FLOWS4` (`flow_table`: one set a flow,
 //! pending handshakes among them), IPv6 flows in `CONNS`, an LRU hash under the
 //! whole `FlowKey` (IPv6's pending handshakes wait in the SYN array).
 
@@ -21,12 +21,6 @@ pub fn get(flow: &FlowKey, cfg: &LbConfig) -> Option<ConnValue> {
 #[inline(always)]
 pub fn remove_v6(flow: &FlowKey) {
     let _ = CONNS.remove(flow);
-}
-
-/// The IPv6 flow's entry, for a SYN's reused-5-tuple check.
-#[inline(always)]
-pub fn in_table_v6(flow: &FlowKey) -> Option<ConnValue> {
-    unsafe { CONNS.get(flow) }.copied()
 }
 
 /// Puts the flow in the table, established. A full IPv4 set gives up the way used

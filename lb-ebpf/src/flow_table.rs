@@ -84,7 +84,7 @@ pub fn insert(key: [u64; 2], conn: ConnValue, cfg: &LbConfig) {
 }
 
 /// Puts a SYN of the flow in its set, pending (`FlowSet::way_for_pending`): false
-/// when both ways hold established flows. Whether the set held the flow already
+/// when every way holds an established flow. Whether the set held the flow already
 /// (a retransmission, or an earlier connection on the 5-tuple) in `known`.
 #[inline(always)]
 pub fn pend(set: *mut FlowSet, key: [u64; 2], conn: ConnValue, known: &mut bool) -> bool {

@@ -127,7 +127,7 @@ pub fn syn(
     if !pending && flow.family != family::V4 {
         // An entry for this 5-tuple is an earlier connection's (a reused client port,
         // a draining backend's flow): the handshake's ACK would follow it, not this SYN.
-        if conns::in_table_v6(flow).is_some() {
+        if conns::get(flow, cfg).is_some() {
             conns::remove_v6(flow);
             known = true;
         }

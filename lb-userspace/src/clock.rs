@@ -7,12 +7,11 @@
 //! adds to it: the clock only ever grows.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::Result;
 use aya::maps::MapData;
 use lb_common::{flow::conn_epoch, map_names};
 
@@ -25,38 +24,16 @@ pub struct ConnEpoch {
 impl ConnEpoch {
     /// Maps `map` (the loaded object's `CONN_EPOCH`, created `BPF_F_MMAPABLE`).
     pub fn new(map: MapData) -> Result<Self> {
-        // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
-        // mapping lives as long as `map` (the fd) in this struct.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                crate::maps::page_size(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!(
-                    "mmap of {} (was it created without BPF_F_MMAPABLE?)",
-                    map_names::CONN_EPOCH
-                )
-            });
-        }
-        let ptr = NonNull::new(ptr.cast::<u64>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        // The mapping lives as long as `map` (the fd) in this struct.
+        let ptr = crate::maps::mmap_shared(&map, crate::maps::page_size(), map_names::CONN_EPOCH)?
+            .cast::<u64>();
         Ok(Self { ptr, map })
     }
 
     /// Another mapping of the same clock, through a handle of its own (for a
     /// thread that steps it or stamps entries with it).
     pub fn try_clone(&self) -> Result<Self> {
-        let name = map_names::CONN_EPOCH;
-        let fd = self.map.fd().as_fd().try_clone_to_owned();
-        let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
-            .map_err(|e| anyhow!("{name}: {e}"))?;
-        Self::new(data)
+        Self::new(crate::maps::dup(&self.map, map_names::CONN_EPOCH)?)
     }
 
     fn atomic(&self) -> &AtomicU64 {

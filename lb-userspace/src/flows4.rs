@@ -10,11 +10,7 @@
 //! them back from the pinned config, so a flow's set never moves under its entry
 //! (a reload may change `hash_seed`, which would).
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    path::Path,
-    ptr::NonNull,
-};
+use std::{path::Path, ptr::NonNull};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{Array, Map, MapData};
@@ -104,25 +100,8 @@ impl Flows4 {
                 size_of::<FlowSet>()
             );
         }
-        // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
-        // mapping lives as long as `map` (the fd) in this struct.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::bytes(sets),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| {
-                format!("mmap of {name} (was it created without BPF_F_MMAPABLE?)")
-            });
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<FlowSet>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        // The mapping lives as long as `map` (the fd) in this struct.
+        let ptr = crate::maps::mmap_shared(&map, Self::bytes(sets), name)?.cast::<FlowSet>();
         Ok(Self { ptr, sets, index, map })
     }
 
@@ -142,11 +121,7 @@ impl Flows4 {
     /// Another mapping of the same table, through a handle of its own (for a
     /// thread of its own: sync, the counter).
     pub fn try_clone(&self) -> Result<Self> {
-        let name = map_names::FLOWS4;
-        let fd = self.map.fd().as_fd().try_clone_to_owned();
-        let data = MapData::from_fd(fd.with_context(|| format!("{name}: dup"))?)
-            .map_err(|e| anyhow!("{name}: {e}"))?;
-        Self::new(data, self.index)
+        Self::new(crate::maps::dup(&self.map, map_names::FLOWS4)?, self.index)
     }
 
     fn bytes(sets: usize) -> usize {

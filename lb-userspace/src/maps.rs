@@ -111,8 +111,7 @@ where
     let (Map::PerCpuArray(data) | Map::Array(data)) = map else {
         bail!("map {name} is not an array")
     };
-    let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("map {name}: dup"))?;
-    let data = MapData::from_fd(fd).map_err(|e| anyhow!("map {name}: {e}"))?;
+    let data = dup(data, name)?;
     let map = match map {
         Map::Array(_) => Map::Array(data),
         _ => Map::PerCpuArray(data),
@@ -211,9 +210,36 @@ fn second<K: aya::Pod>(
     name: &str,
 ) -> Result<HashMap<MapData, K, ConnValue>> {
     use aya::maps::IterableMap as _;
-    let fd = map.map().fd().as_fd().try_clone_to_owned().with_context(|| format!("{name}: dup"))?;
-    let data = MapData::from_fd(fd).map_err(|e| anyhow!("{name}: {e}"))?;
+    let data = dup(map.map(), name)?;
     HashMap::try_from(Map::LruHashMap(data)).map_err(|e| anyhow!("{name}: {e}"))
+}
+
+/// A second handle on the map `map` (called `name`), its own file descriptor.
+pub(crate) fn dup(map: &MapData, name: &str) -> Result<MapData> {
+    let fd = map.fd().as_fd().try_clone_to_owned().with_context(|| format!("map {name}: dup"))?;
+    MapData::from_fd(fd).map_err(|e| anyhow!("map {name}: {e}"))
+}
+
+/// The first `bytes` of the array `map` (called `name`, created
+/// `BPF_F_MMAPABLE`) mapped shared into our memory, read-write; the caller
+/// unmaps it (`libc::munmap`) before it drops `map`.
+pub(crate) fn mmap_shared(map: &MapData, bytes: usize, name: &str) -> Result<NonNull<u8>> {
+    // SAFETY: mapping a BPF array fd; the kernel checks size and flags.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mmap of {name} (was it created without BPF_F_MMAPABLE?)"));
+    }
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(|| anyhow!("mmap of {name} returned null"))
 }
 
 impl Maps for BpfMaps {
@@ -346,24 +372,8 @@ impl RingMap {
         let Map::Array(data) = map else { bail!("map {} is not an array", names::RINGS) };
         let len = RING_ENTRIES as usize;
         let bytes = (len * size_of::<RingSlot>()).next_multiple_of(page_size());
-        // SAFETY: mapping a BPF array fd; the kernel checks size and flags. The
-        // mapping lives as long as `_map` (the fd) in this struct.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("mmap of RINGS (was it created without BPF_F_MMAPABLE?)");
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<RingSlot>()).ok_or_else(|| anyhow!("mmap returned null"))?;
+        // The mapping lives as long as `_map` (the fd) in this struct.
+        let ptr = mmap_shared(&data, bytes, names::RINGS)?.cast::<RingSlot>();
         Ok(Self { ptr, len, _map: data })
     }
 
