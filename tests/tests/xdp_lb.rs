@@ -1120,23 +1120,27 @@ fn handshake_ack_follows_an_entry_peer_sync_wrote_while_its_syn_was_pending() {
 #[test]
 fn a_spoofed_syn_flood_evicts_no_established_flow() {
     needs_root!();
-    // One CPU: its LRU list is the table's only share in use (4096 of the fixtures'
-    // 8192 entries), and the flood offers five times that in new flows.
-    pin_to_one_cpu();
+    // The flood offers more than twice the fixtures' 8192 entries in new flows.
     let mut lb = Balancer::new(Dsr);
     let flows: Vec<Flow> = (0..500).map(|i| tcp4().sport(10000 + i)).collect();
     let first: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
+    // A set holds four flows: with the table's seed random, five of these 500 share
+    // one of its 2048 sets in about one run in a hundred, and the fifth opened takes
+    // the way of the one used longest ago, before any SYN of the flood.
+    let established: Vec<(&Flow, &String)> =
+        flows.iter().zip(&first).filter(|(f, _)| lb.conn(f).is_some()).collect();
+    assert!(established.len() >= flows.len() - 2, "{} of 500 opened", established.len());
     for i in 0..20_000u32 {
         let [_, _, hi, lo] = i.to_be_bytes();
         let spoofed = Flow::tcp(&format!("100.64.{hi}.{lo}"), 1024 + (i % 50_000) as u16, VIP4, 80);
         assert_eq!(lb.run(&spoofed.frame()).action, XDP_TX);
     }
-    let kept = flows.iter().filter(|f| lb.conn(f).is_some()).count();
-    assert_eq!(kept, flows.len(), "established flows evicted by SYNs");
+    let kept = established.iter().filter(|(f, _)| lb.conn(f).is_some()).count();
+    assert_eq!(kept, established.len(), "established flows evicted by SYNs");
     // And they still go to their backends after a ring change.
     lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
     lb.apply();
-    for (flow, backend) in flows.iter().zip(&first) {
+    for (flow, backend) in established {
         assert_eq!(&lb.receiver(&lb.run(&flow.ack().frame())), backend, "{flow:?} moved");
     }
 }
