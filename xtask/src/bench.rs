@@ -103,7 +103,7 @@ pub fn compare_objects(
     );
     let (bench_args, default) = match which {
         [w] if w == "xdp" => (["xdp", "0"].as_slice(), 300),
-        [w] if w == "live" => (["live"].as_slice(), 5),
+        [w] if w == "live" => (["live"].as_slice(), 6),
         _ => bail!("--object is for `cargo xtask bench xdp` or `cargo xtask bench live` alone"),
     };
     step("building the bench (release)");

@@ -114,11 +114,12 @@ enum Task {
         which: Vec<String>,
         /// `NAME=FILE`: an xdp-lb object to compare (bench xdp or live only; repeat it;
         /// the first is the base of the ratios). `FILE` `main` names the object the bench
-        /// embeds.
+        /// embeds. bench live takes `NAME=FILE@N` too: that object's connection tables
+        /// as `conn_table_size: N` sizes them.
         #[arg(long = "object", value_name = "NAME=FILE")]
         objects: Vec<String>,
         /// With --object: samples per case: bench xdp's second-method test runs (default
-        /// 300), bench live's runs of 2 s (default 5).
+        /// 300), bench live's runs of 2 s (default 6).
         #[arg(long, requires = "objects")]
         samples: Option<usize>,
         /// `NAME=PIN`: an XDP program loaded, configured and pinned outside this

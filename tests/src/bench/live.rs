@@ -18,7 +18,11 @@ use super::{
 
 /// Distinct flows (source ports) in every case, unless `--flows` says otherwise.
 pub const FLOWS: u32 = 4096;
-const RUNS: usize = 5;
+const RUNS: usize = 6;
+/// Loads of each balancer, measured in turn run by run: two loads of one object
+/// differ by up to ~15 ns per frame here (where the kernel puts the program, it
+/// seems), so a figure from one load is partly that load's luck.
+const LOADS: usize = 2;
 const RUN: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_millis(300);
 /// Environment variable naming the forwarding modes and protocols to run, as
@@ -37,11 +41,19 @@ enum Case {
     Nft,
 }
 
-/// An xdp_lb under test: which object, in which mode.
+/// An xdp_lb under test: which object, in which mode, loaded [`LOADS`] times.
 struct LbCase {
     object: usize,
     mode: ForwardingMode,
-    lb: Lb,
+    loads: Vec<Lb>,
+}
+
+impl LbCase {
+    /// The load run `r` measures.
+    fn load(&mut self, r: usize) -> &mut Lb {
+        let n = self.loads.len();
+        &mut self.loads[r % n]
+    }
 }
 
 /// What one `bench live` measures.
@@ -132,9 +144,13 @@ fn setup(args: &[String]) -> Result<Setup> {
     let mut lbs = Vec::new();
     for (o, object) in objects.iter().enumerate() {
         for &mode in &modes {
-            let lb = Lb::new_of(object.bytes, mode)
-                .with_context(|| format!("object {}, {}", object.name, mode_name(mode)))?;
-            lbs.push(LbCase { object: o, mode, lb });
+            let loads = (0..LOADS)
+                .map(|_| {
+                    Lb::new_of(object.bytes, mode, object.conns)
+                        .with_context(|| format!("object {}, {}", object.name, mode_name(mode)))
+                })
+                .collect::<Result<_>>()?;
+            lbs.push(LbCase { object: o, mode, loads });
         }
     }
     let mut cases: Vec<Case> = (0..lbs.len()).map(Case::Lb).collect();
@@ -186,7 +202,7 @@ struct Sample {
 fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> Result<Sample> {
     let (ab, flows, label) = (setup.ab, setup.flows, setup.label(case));
     let _link = match case {
-        Case::Lb(i) => setup.lbs[i].lb.attach()?,
+        Case::Lb(i) => setup.lbs[i].load(r).attach()?,
         Case::Floor => pair.attach_tool("xdp_mac_swap")?,
         Case::IpipFloor => pair.attach_tool("xdp_ipip_floor")?,
         // lb0 needs an XDP program to accept the generator's XDP frames;
@@ -195,7 +211,7 @@ fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> 
     };
     pair.send(l4, flows, WARMUP)?;
     let lb = match case {
-        Case::Lb(i) => Some(&setup.lbs[i].lb),
+        Case::Lb(i) => Some(&*setup.lbs[i].load(r)),
         _ => None,
     };
     // An A/B object may count in another layout: its checks are then left out.
@@ -222,10 +238,15 @@ fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> 
         delivered: got as f64 / sent.frames as f64,
         counted,
     };
+    let load = match case {
+        Case::Lb(_) => format!(", load {}", r % LOADS + 1),
+        _ => String::new(),
+    };
     progress(format_args!(
-        "run {}/{} {label:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
+        "run {}/{} {:<45} {}: {:.2} Mpps per CPU-s, {:.2} Mpps wall, {:.1}% delivered",
         r + 1,
         setup.runs,
+        label + &load,
         l4.name(),
         s.rate / 1e6,
         s.wall_rate / 1e6,
@@ -246,13 +267,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut nft_conntrack = 0;
     let floor = setup.cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
     for r in 0..runs {
-        // An A/B starts each run at another case, so no object always comes first.
+        // Each run starts at another case, so no case always comes first.
         let n = setup.cases.len();
-        let order: Vec<usize> = (0..n).map(|i| if ab { (i + r) % n } else { i }).collect();
-        for ci in order {
+        for ci in (0..n).map(|i| (i + r) % n) {
             let case = setup.cases[ci];
-            // An A/B measures the floor right after each object instead (paired).
-            if ab && case == Case::Floor {
+            // The floor is measured right after each other case's run (paired): the
+            // load on this shared machine drifts over a minute, and ratios to a floor
+            // measured once a round moved by ±0.1.
+            if case == Case::Floor {
                 continue;
             }
             for (pi, &l4) in protos.iter().enumerate() {
@@ -261,11 +283,9 @@ pub fn run(args: &[String]) -> Result<()> {
                     nft_conntrack = nft_conntrack.max(veth::conntrack_count()?);
                 }
                 samples[ci][pi].push(got);
-                if ab {
-                    let f = measure(&mut pair, &mut setup, Case::Floor, l4, r)?;
-                    samples[ci][pi].paired_floor.push(f.rate);
-                    samples[floor][pi].push(f);
-                }
+                let f = measure(&mut pair, &mut setup, Case::Floor, l4, r)?;
+                samples[ci][pi].paired_floor.push(f.rate);
+                samples[floor][pi].push(f);
             }
         }
     }
@@ -286,8 +306,9 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
     let names: Vec<&str> = setup.objects.iter().map(|o| o.name.as_str()).collect();
     println!(
         "### A/B of xdp-lb objects, live (`bench live --object`)\n\n\
-         Each object loaded as `xdplb run` loads it (default map sizes, filled by the map \
-         writer), each run of it followed by a run of the floor (the pair's ratio is robust to \
+         Each object loaded as `xdplb run` loads it (default map sizes unless `NAME=FILE@N` \
+         gives `conn_table_size: N`, filled by the map writer), {LOADS} times, the loads measured \
+         in turn run by run, each run of it followed by a run of the floor (the pair's ratio is robust to \
          the load drifting on this shared machine); {} runs of {} s per case and protocol \
          ({} ms warm-up), {} flows, each run starting at another object; nftables left out. \
          \"× floor\" and \"ns over floor\" are medians over runs of each run's figure against \
@@ -356,6 +377,14 @@ fn per_run_ratios(rate: &[f64], floor: &[f64]) -> Vec<f64> {
     rate.iter().zip(floor).map(|(a, f)| a / f).collect()
 }
 
+/// The median of each load's runs among `per_run` (run r measured load r % LOADS).
+fn by_load(per_run: &[f64]) -> [Option<f64>; LOADS] {
+    core::array::from_fn(|l| {
+        let of: Vec<f64> = per_run.iter().skip(l).step_by(LOADS).copied().collect();
+        Summary::of(&of).map(|x| x.median)
+    })
+}
+
 /// What the ipip floor's runs (× floor) say of [`FLOOR_TARGET`] for any IPIP
 /// forwarder on this host: xdp_lb in ipip mode does at least what it does.
 fn ipip_reach(per_run: &[f64]) -> String {
@@ -402,7 +431,6 @@ fn checks(setup: &Setup, samples: &[Vec<Samples>]) -> String {
 
 fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
     let (cases, protos, runs, flows) = (&setup.cases, &setup.protos, setup.runs, setup.flows);
-    let floor = cases.iter().position(|&c| c == Case::Floor).unwrap_or(0);
     let nft = cases.iter().position(|&c| c == Case::Nft).unwrap_or(0);
     println!(
         "Method: a traffic generator on BPF_PROG_TEST_RUN in live-frames mode (`xdp_gen` in \
@@ -422,28 +450,41 @@ fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
          generator, forwarder and sink share one CPU in every case. The rate is the sink's frames \
          per CPU-second spent on them (the generator thread's CPU time, which includes the polls \
          run inline, plus that CPU's ksoftirqd time): time taken by other processes on this shared \
-         machine is left out; the wall-clock rate, which includes it, is shown too. Cases are interleaved run by run ({runs} runs of {} s each per case and \
-         protocol, after a {} ms warm-up), so a busy neighbour slows all of them alike; read the \
-         ratios.\n",
+         machine is left out; the wall-clock rate, which includes it, is shown too. Cases are \
+         interleaved run by run ({runs} runs of {} s each per case and protocol, after a {} ms \
+         warm-up), each run starting at another case, and every run of a case is followed by a \
+         run of the floor: \"× floor\" and \"ns over floor\" are medians over runs of each run's \
+         figure against the floor run right after it (the load on this shared machine drifts \
+         over a minute; a floor measured once a round moved the ratios by ±0.1). Each balancer \
+         is loaded {LOADS} times, as `xdplb run` would load it, the loads measured in turn run by \
+         run (two loads of one object differ by up to ~15 ns per frame here, where the kernel \
+         put the program, it seems): the figures pool both, and each target line gives the \
+         median of each load's runs too.\n",
         RUN.as_secs(),
         WARMUP.as_millis()
     );
     println!(
-        "| case | frames | Mpps per CPU-second, median (min–max) | × floor | × nftables | ns per frame, whole path | ns over floor | wall-clock Mpps, median |"
+        "| case | frames | Mpps per CPU-second, median (min–max) | × floor, median of paired runs (min–max) | × nftables | ns per frame, whole path | ns over floor | wall-clock Mpps, median |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (pi, l4) in protos.iter().enumerate() {
         for (ci, case) in cases.iter().enumerate() {
             let s = &samples[ci][pi];
+            let (vs_floor, over) = if *case == Case::Floor {
+                ("1.00".to_owned(), 0.0)
+            } else {
+                (
+                    show(&per_run_ratios(&s.rate, &s.paired_floor), 2),
+                    ns_over(&s.rate, &s.paired_floor),
+                )
+            };
             println!(
-                "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} |",
+                "| {} | {} | {} | {vs_floor} | {:.2} | {:.0} | {over:.0} | {:.2} |",
                 setup.label(*case),
                 l4.name(),
                 show(&s.rate.iter().map(|r| r / 1e6).collect::<Vec<_>>(), 2),
-                ratio(&s.rate, &samples[floor][pi].rate),
                 ratio(&s.rate, &samples[nft][pi].rate),
                 Summary::of(&s.rate).map_or(f64::NAN, |r| 1e9 / r.median),
-                ns_over(&s.rate, &samples[floor][pi].rate),
                 Summary::of(&s.wall_rate).map_or(f64::NAN, |w| w.median / 1e6)
             );
         }
@@ -455,17 +496,17 @@ fn report(setup: &Setup, samples: &[Vec<Samples>], nft_conntrack: u64) {
         "The nftables case held {nft_conntrack} conntrack entries (every flow was DNATed through connection tracking)."
     );
     println!();
-    targets(setup, samples, floor, nft);
+    targets(setup, samples, nft);
 }
 
-/// Median over runs of the ns per frame a case adds to the floor's run of the same
-/// round (cases are interleaved run by run).
+/// Median over runs of the ns per frame a case adds to the floor's run paired with
+/// it (measured right after it).
 fn ns_over(rate: &[f64], floor: &[f64]) -> f64 {
     let over: Vec<f64> = rate.iter().zip(floor).map(|(a, f)| 1e9 / a - 1e9 / f).collect();
     Summary::of(&over).map_or(f64::NAN, |s| s.median)
 }
 
-fn targets(setup: &Setup, samples: &[Vec<Samples>], floor: usize, nft: usize) {
+fn targets(setup: &Setup, samples: &[Vec<Samples>], nft: usize) {
     println!(
         "\"ns per frame, whole path\" is 1 / rate: generator, both veths, the case and the sink. \
          The part every case shares dilutes the ratios (a lighter harness would lower xdplb's \
@@ -476,25 +517,32 @@ fn targets(setup: &Setup, samples: &[Vec<Samples>], floor: usize, nft: usize) {
         "Targets (issue #5): xdplb ≥ {FLOOR_TARGET} × the floor's packet rate; ≥ 3 × nftables \
          DNAT. Every row is judged against the floor (MAC swap); next to ipip's, what the ipip \
          floor (the least any IPIP forwarder does: the floor plus one head move and an outer \
-         header, frames 20 bytes longer on the way back, as ipip's) reads against the same \
-         floor, run by run.\n"
+         header, frames 20 bytes longer on the way back, as ipip's) reads against its paired \
+         floors, run by run.\n"
     );
     let ipip_floor = setup.cases.iter().position(|&c| c == Case::IpipFloor);
     for (ci, &case) in setup.cases.iter().enumerate() {
         let Case::Lb(i) = case else { continue };
         for (pi, l4) in setup.protos.iter().enumerate() {
-            let f = ratio(&samples[ci][pi].rate, &samples[floor][pi].rate);
-            let n = ratio(&samples[ci][pi].rate, &samples[nft][pi].rate);
+            let got = &samples[ci][pi];
+            let per_run = per_run_ratios(&got.rate, &got.paired_floor);
+            let f = Summary::of(&per_run).map_or(f64::NAN, |x| x.median);
+            let n = ratio(&got.rate, &samples[nft][pi].rate);
+            let loads = by_load(&per_run)
+                .iter()
+                .map(|m| m.map_or("–".to_owned(), |m| format!("{m:.2}")))
+                .collect::<Vec<_>>()
+                .join(", ");
             let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
             let reach = match ipip_floor {
                 Some(c) if setup.lbs[i].mode == ForwardingMode::Ipip => format!(
                     "; {}",
-                    ipip_reach(&per_run_ratios(&samples[c][pi].rate, &samples[floor][pi].rate))
+                    ipip_reach(&per_run_ratios(&samples[c][pi].rate, &samples[c][pi].paired_floor))
                 ),
                 _ => String::new(),
             };
             println!(
-                "- {} {}: {:.2} × floor ({}), {:.2} × nftables ({}){reach}.",
+                "- {} {}: {:.2} × floor ({}; by load {loads}), {:.2} × nftables ({}){reach}.",
                 setup.label(case),
                 l4.name(),
                 f,
@@ -522,6 +570,14 @@ mod tests {
         assert_eq!(modes, [ForwardingMode::Dsr]);
         assert_eq!(protos, [L4::Tcp]);
         assert!(only("dsr,sctp").unwrap_err().to_string().contains("`sctp`"));
+    }
+
+    #[test]
+    fn each_loads_median_is_of_the_runs_that_measured_it() {
+        // Runs alternate the loads: 1, 2, 1, 2, 1, 2.
+        let per_run = [0.80, 0.90, 0.82, 0.92, 0.84, 0.94];
+        assert_eq!(by_load(&per_run), [Some(0.82), Some(0.92)]);
+        assert_eq!(by_load(&[0.8]), [Some(0.8), None], "one run measured one load");
     }
 
     #[test]

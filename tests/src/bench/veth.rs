@@ -251,13 +251,19 @@ pub struct Lb {
 
 impl Lb {
     pub fn new(mode: ForwardingMode) -> Result<Self> {
-        Self::new_of(objects::XDP_LB, mode)
+        Self::new_of(objects::XDP_LB, mode, None)
     }
 
     /// [`Lb::new`] of another xdp-lb object (`bench live --object`): its maps must be
     /// the ones this tree's lb-common describes, as the writer fills them.
-    pub fn new_of(object: &[u8], mode: ForwardingMode) -> Result<Self> {
-        let mut ebpf = Ebpf::load(object).context("loading xdp-lb")?;
+    pub fn new_of(object: &[u8], mode: ForwardingMode, conns: Option<u32>) -> Result<Self> {
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(conns) = conns {
+            for (name, entries) in lb_userspace::conn_table::Configured::of(conns).max_entries() {
+                loader.map_max_entries(name, entries);
+            }
+        }
+        let mut ebpf = loader.load(object).context("loading xdp-lb")?;
         let p: &mut Xdp = ebpf.program_mut("xdp_lb").context("xdp_lb")?.try_into()?;
         p.load().context("loading xdp_lb")?;
         let maps = BpfMaps::take_from(&mut ebpf)?;

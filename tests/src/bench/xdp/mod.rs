@@ -122,6 +122,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let samples: usize = plain.get(1).map_or(Ok(300), |s| s.parse()).context("timed samples")?;
     ensure!(runs > 0 || samples > 0, "nothing to measure: RUNS and SAMPLES are both 0");
     ensure!(refs.is_empty() || !ab, "--reference and --object do not go together");
+    ensure!(
+        objects.iter().all(|o| o.conns.is_none()),
+        "bench xdp sizes every object's tables with --conn-table N, not NAME=FILE@N"
+    );
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
