@@ -41,6 +41,10 @@ pub struct Script {
     /// back: a connection whose handshake ACK comes `lag` connections after its SYN
     /// (other flows' packets in between, as a round trip puts them). 0: its own.
     pub lag: u32,
+    /// Flows the script cycles through: flow numbers are taken modulo `wrap`, so a
+    /// flow comes back every `wrap` flows (table hits over a working set of `wrap`
+    /// flows). 0: never.
+    pub wrap: u64,
     /// Runs so far (written by the program; zeroed with the script).
     pub seq: u64,
     /// Where the frame started in the first run (written by the program; 0 until then).
@@ -61,7 +65,8 @@ impl Script {
         let per_flow = self.per_flow as u64;
         let later = seq % per_flow >= self.first as u64;
         let lag = if later { self.lag as u64 } else { 0 };
-        (later as usize, (seq / per_flow).wrapping_sub(lag))
+        let flow = (seq / per_flow).wrapping_sub(lag);
+        (later as usize, if self.wrap == 0 { flow } else { flow % self.wrap })
     }
 }
 
@@ -76,9 +81,24 @@ impl Default for Script {
             addr_off: 0,
             tail: 0,
             lag: 0,
+            wrap: 0,
             seq: 0,
             head: 0,
             now: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapping_script_comes_back_to_its_first_flow_every_wrap_flows() {
+        let s = Script { per_flow: 1, first: 1, wrap: 4, ..Script::default() };
+        let flows: [u64; 10] = core::array::from_fn(|seq| s.run(seq as u64).1);
+        assert_eq!(flows, [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]);
+        let open = Script { wrap: 0, ..s };
+        assert_eq!(open.run(9), (0, 9), "without wrap a flow never comes back");
     }
 }

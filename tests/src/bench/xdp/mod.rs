@@ -4,6 +4,7 @@
 
 pub mod reference;
 pub mod timed;
+pub mod working_set;
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -129,7 +130,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if ab {
         ensure!(samples > 0, "an A/B of objects needs SAMPLES > 0 (the second method)");
         println!("### A/B of xdp-lb objects (many runs per timed section)\n");
-        return run_timed(samples, &objects, &[], conns);
+        run_timed(samples, &objects, &[], conns)?;
+        println!("\n#### Table hits over a working set\n");
+        return working_set::run(samples, &objects, &[]);
     }
     if runs > 0 {
         println!("### One run per timed section (repeat 1)\n");
@@ -138,6 +141,8 @@ pub fn run(args: &[String]) -> Result<()> {
     if samples > 0 {
         println!("\n### Many runs per timed section (`xdp_*_timed`)\n");
         run_timed(samples, &objects, &refs, conns)?;
+        println!("\n#### Table hits over a working set\n");
+        working_set::run(samples, &objects, &refs)?;
     }
     Ok(())
 }

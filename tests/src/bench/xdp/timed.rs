@@ -31,25 +31,54 @@ pub struct Replay {
     /// A flow's packets past its first `first` are the flow's `lag` flows back
     /// (`Script::lag`).
     pub lag: u32,
+    /// Flows cycled through (`Script::wrap`; 0: a new flow each time).
+    pub wrap: u32,
+    /// A cycling case's every timed test run comes right after untimed ones through
+    /// all its flows (`Replay::warmed`).
+    pub warm: bool,
 }
 
 impl Replay {
     /// One frame, the same flow every run.
     #[must_use]
     pub fn same(frame: Vec<u8>) -> Self {
-        Self { frames: [frame.clone(), frame], per_flow: 0, first: 1, lag: 0 }
+        Self { frames: [frame.clone(), frame], per_flow: 0, first: 1, lag: 0, wrap: 0, warm: false }
     }
 
     /// One frame, a new flow every run (source port and address stepped).
     #[must_use]
     pub fn new_flows(frame: Vec<u8>) -> Self {
-        Self { frames: [frame.clone(), frame], per_flow: 1, first: 1, lag: 0 }
+        Self { frames: [frame.clone(), frame], per_flow: 1, first: 1, lag: 0, wrap: 0, warm: false }
+    }
+
+    /// One frame, `flows` flows in turn (the first is the frame's own): once the
+    /// untimed lead has sent each, every run is a table hit over a working set.
+    /// `flows` is a power of two, so every case's flows start at the frame's own.
+    #[must_use]
+    pub fn cycling(frame: Vec<u8>, flows: u32) -> Self {
+        assert!(flows.is_power_of_two() && u64::from(flows) <= CASE_FLOWS, "{flows} flows");
+        Self { wrap: flows, ..Self::new_flows(frame) }
+    }
+
+    /// These cycling flows, each timed test run right after untimed ones through all
+    /// of them: their lines as warm as a steady stream over them leaves them (`bench
+    /// live`'s), where without it each was last touched samples ago, other cases' runs
+    /// in between (a hit on a line gone cold).
+    #[must_use]
+    pub fn warmed(self) -> Self {
+        Self { warm: true, ..self }
+    }
+
+    /// Untimed test runs right before each timed one (`warmed`).
+    #[must_use]
+    pub fn warm_runs(&self) -> usize {
+        if self.warm { self.lead() } else { 0 }
     }
 
     /// Flows of `per_flow` packets: `first` of `a`, the rest `b`.
     #[must_use]
     pub fn flows(a: Vec<u8>, b: Vec<u8>, per_flow: u32, first: u32) -> Self {
-        Self { frames: [a, b], per_flow, first, lag: 0 }
+        Self { frames: [a, b], per_flow, first, lag: 0, wrap: 0, warm: false }
     }
 
     /// These flows, each one's packets past its first `first` sent `lag` flows
@@ -73,10 +102,12 @@ impl Replay {
 
     /// Untimed samples a case runs before its first timed one: enough that every
     /// later packet of a lagging case (`lag`) is of a flow whose first packets it
-    /// has sent, so each ACK of a lagging connection follows its own SYN.
+    /// has sent, so each ACK of a lagging connection follows its own SYN; and that a
+    /// cycling case (`wrap`) has sent each of its flows once.
     #[must_use]
     pub fn lead(&self) -> usize {
-        (u64::from(self.lag) * u64::from(self.per_flow)).div_ceil(u64::from(REPEAT)) as usize
+        let runs = u64::from(self.lag.max(self.wrap)) * u64::from(self.per_flow);
+        runs.div_ceil(u64::from(REPEAT)) as usize
     }
 
     /// The script, starting at run `seq` (`first_run`).
@@ -85,6 +116,7 @@ impl Replay {
             per_flow: self.per_flow,
             first: self.first,
             lag: self.lag,
+            wrap: u64::from(self.wrap),
             seq,
             ..Script::default()
         };
@@ -251,6 +283,9 @@ pub fn measure(
         for &c in &order {
             let (case, m) = (&cases[c], &mut out[c]);
             let seq = case.replay.first_run(c, case.replay.lead() + s);
+            for back in (1..=case.replay.warm_runs() as u64).rev() {
+                run_case(case, seq - back * u64::from(REPEAT), lbs, tools, harness, tools_script)?;
+            }
             let ns = run_case(case, seq, lbs, tools, harness, tools_script)?;
             let (prog, tail) = match (harness.tail, case.prog) {
                 (Some(t), Program::Pinned(_)) => {
@@ -342,6 +377,23 @@ mod tests {
             }
         }
         assert_eq!(acks, samples * REPEAT as usize * 11 / 12);
+    }
+
+    #[test]
+    fn a_cycling_case_sends_each_of_its_flows_in_its_lead_and_only_those_after() {
+        let cycling = Replay::cycling(vec![0; 60], 4096);
+        assert_eq!(cycling.lead(), 5, "4096 flows take 5 test runs of 1000");
+        for case in [0, 7] {
+            let lead = flows_sent(&cycling, case, cycling.lead());
+            assert_eq!(lead, (0..4096).collect(), "case {case}: from the frame's own flow on");
+            let script = cycling.script(0).unwrap();
+            let first = cycling.first_run(case, cycling.lead());
+            let timed = (first..first + 20 * u64::from(REPEAT)).map(|seq| script.run(seq).1 as u32);
+            assert!(
+                timed.clone().all(|f| lead.contains(&f)),
+                "case {case}: a flow outside the lead's"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! `bench xdp`, a pass of the second method of its own: table hits over a working
+//! set. The other cases hit one flow, whose set line and page translation stay in
+//! the CPU's caches; in service (and in `bench live`, 4096 flows) a hit finds its
+//! flow's line in L2 or further and its page's translation often missed. Here
+//! each case cycles through 1, 4096 or 65536 established flows of its own, in
+//! tables as the controller sizes them by default, so what a hit pays for memory
+//! is resolved to about a nanosecond, where `bench live` reads it to ±15.
+
+use anyhow::{Result, ensure};
+use lb_common::{Counter, limits::CONN_TABLE_SIZE};
+
+use super::{
+    INSTANCES, MODES, Object, fastest_slowest, instance_rows,
+    reference::{self, Reference},
+    report_objects,
+    timed::{self, Case, Program, Replay},
+    timed_balancers, timed_tools, trimmed, with_slower,
+};
+use crate::{
+    balancer::{Balancer, VIP4, XDP_TX},
+    packet::Flow,
+};
+
+/// Flows each case cycles through, and whether each timed test run comes right
+/// after untimed ones through all of them (`Replay::warmed`, the steady stream of
+/// `bench live`) or finds them as other cases' runs left them (gone cold): one
+/// flow (the other passes' hit), `bench live`'s 4096, and 65536 (a set line each:
+/// 4 MiB, past this CPU's L2 and its TLB's reach).
+pub const WORKING_SETS: [(u32, bool); 4] = [(1, true), (4096, true), (65536, true), (4096, false)];
+
+/// The pass: every kind for every balancer (each object's, each loaded `INSTANCES`
+/// times per mode) and every reference, `samples` samples, and its table.
+pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()> {
+    let mut dispatcher = timed::Dispatcher::new()?;
+    let mut tools = timed_tools(&mut dispatcher, refs)?;
+    let program = |name: &str| -> Result<&aya::programs::Xdp> {
+        Ok(tools.ebpf.program(name).ok_or_else(|| anyhow::anyhow!("{name}"))?.try_into()?)
+    };
+    let harness = timed::Harness {
+        plain: program("xdp_tx_timed")?,
+        pushed: program("xdp_tx_timed_pushed")?,
+        tail: if refs.is_empty() { None } else { Some(program("xdp_tail_timed")?) },
+    };
+    let mut lbs = timed_balancers(objects, CONN_TABLE_SIZE);
+    let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
+    for lb in &mut lbs {
+        lb.attach_timed(&dispatcher.interface()?)?;
+    }
+    let kinds = kinds();
+    let mut cases = Vec::new();
+    let mut add = |who: &str, prog: Program, tunnels: bool| {
+        for (name, replay) in &kinds {
+            cases.push(Case {
+                name: format!("{name}, {who}"),
+                prog,
+                replay: replay.clone(),
+                want: XDP_TX,
+                per_unit: 1,
+                pushes: tunnels,
+            });
+        }
+    };
+    for (m, (mode, _)) in MODES.iter().enumerate() {
+        for i in 0..objects.len() * INSTANCES {
+            add(mode, Program::Lb(i * MODES.len() + m), *mode == "ipip");
+        }
+    }
+    for (i, r) in refs.iter().enumerate() {
+        add(r.name, Program::Pinned(i), true);
+    }
+    let before: Vec<_> = lbs.iter().map(Balancer::counters).collect();
+    let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
+    let m = timed::measure(&cases, &mut timed, &[], &harness, &mut tools.script, samples)?;
+    // Every timed run must have been a hit: misses past the lead's first packets of
+    // each flow would be inserts, timed as hits.
+    let seeded: u64 = WORKING_SETS.iter().map(|&(w, _)| u64::from(w)).max().unwrap_or(0) * 2;
+    for (lb, before) in lbs.iter().zip(&before) {
+        let after = lb.counters();
+        let missed = after.get(Counter::ConnMiss) - before.get(Counter::ConnMiss);
+        ensure!(
+            missed <= seeded,
+            "{missed} table misses, where the leads insert {seeded} flows: the working set \
+             did not stay in the table"
+        );
+    }
+    let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
+    if objects.len() > 1 {
+        report_objects(&cases, &m, &rows, objects, samples);
+        return Ok(());
+    }
+    let net = |i: usize| trimmed(&m[i].net);
+    let whos: Vec<&str> =
+        MODES.iter().map(|(mode, _)| *mode).chain(reference::names(refs)).collect();
+    print!("| case |");
+    for who in &whos {
+        print!(" {who} net ns |");
+    }
+    println!();
+    println!("|---|{}", "---:|".repeat(whos.len()));
+    for (kind, _) in &kinds {
+        print!("| {kind} |");
+        for who in &whos {
+            let name = format!("{kind}, {who}");
+            let cell = rows
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, at)| fastest_slowest(&at[0], net))
+                .map_or("–".into(), |(f, s)| with_slower(net(f), net(s), 1));
+            print!(" {cell} |");
+        }
+        println!();
+    }
+    println!();
+    println!(
+        "A pass of its own, {samples} samples per case of {} runs each, the cases in a new \
+         order each sample, each followed by its harness on the same script (as above). Each \
+         case cycles through its flows, a source port (and address) each: the first is the \
+         hit above's, and an untimed lead sends each once, so each of xdp_lb's timed runs is \
+         a table hit (checked: the balancers counted no miss past the leads' first packets). \
+         \"In turn\": each timed test run comes right after untimed ones through all the \
+         case's flows, so each flow's lines are as a steady stream over them leaves them \
+         (`bench live`'s 4096 flows; a flow's lines were last touched one round of the others \
+         ago); \"gone cold\": without them, each flow was last touched samples ago, the other \
+         cases' runs in between (a connection's lines between its bursts, or a huge table's). \
+         xdp_lb's tables as the controller sizes them by default (`conn_table_size: \
+         {CONN_TABLE_SIZE}`), its IPv4 table 32 MiB of sets in 4 KiB pages, each flow's set \
+         on a line (and most on a page) of its own; the balancer loaded {INSTANCES} times per \
+         mode, the faster instance's figure, the slower's in brackets (a reference's two loads \
+         likewise).",
+        timed::REPEAT
+    );
+    Ok(())
+}
+
+/// The pass's cases: a table-hit ACK and datagram over each working set.
+fn kinds() -> Vec<(String, Replay)> {
+    let ack4 = Flow::tcp("198.51.100.7", 40001, VIP4, 80).ack().payload(0);
+    let udp4 = Flow::udp("198.51.100.7", 40001, VIP4, 53).payload(18);
+    let mut kinds = Vec::new();
+    for (what, flow) in [("TCP ACK v4 (table hit)", &ack4), ("UDP v4 (table hit)", &udp4)] {
+        for (flows, warm) in WORKING_SETS {
+            let (over, replay) = match (flows, warm) {
+                (1, _) => ("one flow".to_owned(), Replay::same(flow.frame())),
+                (_, true) => (
+                    format!("{flows} flows in turn"),
+                    Replay::cycling(flow.frame(), flows).warmed(),
+                ),
+                (_, false) => {
+                    (format!("{flows} flows, each gone cold"), Replay::cycling(flow.frame(), flows))
+                }
+            };
+            kinds.push((format!("{what}, {over}"), replay));
+        }
+    }
+    kinds
+}
