@@ -99,11 +99,13 @@ enum Task {
     /// A/B of xdp-lb objects (no rebuild of the bench between them): build each tree's
     /// object with `cargo xtask build-ebpf --out FILE`, then
     /// `cargo xtask bench xdp --object A=FILE --object B=FILE [--samples N]`: the second
-    /// method's cases for every object, interleaved in one run, each case's net ns per
-    /// object and the ratio to the first; printed, not written into BENCHMARKS.md.
+    /// method's cases, and its table hits over working sets of 1 to 65536 flows, for
+    /// every object, interleaved in one run, each case's net ns per object and the
+    /// ratio to the first; printed, not written into BENCHMARKS.md.
     /// `cargo xtask bench live --object A=FILE --object B=FILE [--samples RUNS]`: each
     /// object's live packet rate (dsr, ipip; UDP, TCP) against the floor's in the same
-    /// run (nftables left out), × floor and the ns per frame it adds, printed.
+    /// run (nftables left out), × floor and the ns per frame it adds, printed;
+    /// `--object A=FILE@N` sizes A's connection tables as `conn_table_size: N`.
     /// LIVE_BENCH_ONLY=dsr,udp (words: dsr, ipip, udp, tcp) keeps those modes and
     /// protocols; `target/release/bench live RUNS --flows N` sets the flows cycled
     /// (default 4096).
