@@ -22,14 +22,18 @@ use crate::{
 };
 
 /// Flows each case cycles through, and whether each timed test run comes right
-/// after untimed ones through all of them (`Replay::warmed`, the steady stream of
-/// `bench live`) or finds them as other cases' runs left them (gone cold): one
-/// flow (the other passes' hit), `bench live`'s 4096, and 65536 (a set line each:
-/// 4 MiB, past this CPU's L2 and its TLB's reach).
-pub const WORKING_SETS: [(u32, bool); 4] = [(1, true), (4096, true), (65536, true), (4096, false)];
+/// after untimed ones through all of them (`Replay::warmed`) or finds them as the
+/// other cases' runs left them (gone cold). First each of one flow (the other
+/// passes' hit) and `bench live`'s 4096 by itself, its samples back to back, as
+/// `bench live` cycles one balancer's 4096 flows of one protocol with nothing else
+/// in between: interleaved with the other cases, even right after a warm-up through
+/// its flows, a hit over 4096 read 38-60 ns where alone it read 19-32 (the other
+/// balancers' flows took the caches). Then 65536 (a set line each: 4 MiB, past
+/// this CPU's L2 and its TLB's reach) and 4096 gone cold, interleaved.
+const ALONE: &[(u32, bool)] = &[(1, false), (4096, false)];
+const TOGETHER: &[(u32, bool)] = &[(65536, true), (4096, false)];
 
-/// The pass: every kind for every balancer (each object's, each loaded `INSTANCES`
-/// times per mode) and every reference, `samples` samples, and its table.
+/// The passes, `samples` samples each, and their table.
 pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()> {
     let mut dispatcher = timed::Dispatcher::new()?;
     let mut tools = timed_tools(&mut dispatcher, refs)?;
@@ -46,34 +50,24 @@ pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()>
     for lb in &mut lbs {
         lb.attach_timed(&dispatcher.interface()?)?;
     }
-    let kinds = kinds();
-    let mut cases = Vec::new();
-    let mut add = |who: &str, prog: Program, tunnels: bool| {
-        for (name, replay) in &kinds {
-            cases.push(Case {
-                name: format!("{name}, {who}"),
-                prog,
-                replay: replay.clone(),
-                want: XDP_TX,
-                per_unit: 1,
-                pushes: tunnels,
-            });
-        }
-    };
-    for (m, (mode, _)) in MODES.iter().enumerate() {
-        for i in 0..objects.len() * INSTANCES {
-            add(mode, Program::Lb(i * MODES.len() + m), *mode == "ipip");
-        }
-    }
-    for (i, r) in refs.iter().enumerate() {
-        add(r.name, Program::Pinned(i), true);
-    }
     let before: Vec<_> = lbs.iter().map(Balancer::counters).collect();
     let mut timed: Vec<_> = lbs.iter().map(Balancer::timed_program).zip(&mut scripts).collect();
-    let m = timed::measure(&cases, &mut timed, &[], &harness, &mut tools.script, samples)?;
+    let (mut cases, mut m, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let alone = kinds_of(ALONE, false);
+    for case in cases_of(&alone, objects.len(), refs) {
+        let one = std::slice::from_ref(&case);
+        m.extend(timed::measure(one, &mut timed, &[], &harness, &mut tools.script, samples)?);
+        cases.push(case);
+    }
+    let together = kinds_of(TOGETHER, true);
+    let pass = cases_of(&together, objects.len(), refs);
+    m.extend(timed::measure(&pass, &mut timed, &[], &harness, &mut tools.script, samples)?);
+    cases.extend(pass);
+    kinds.extend(alone.into_iter().chain(together));
     // Every timed run must have been a hit: misses past the lead's first packets of
     // each flow would be inserts, timed as hits.
-    let seeded: u64 = WORKING_SETS.iter().map(|&(w, _)| u64::from(w)).max().unwrap_or(0) * 2;
+    let most = ALONE.iter().chain(TOGETHER).map(|&(w, _)| u64::from(w)).max();
+    let seeded = most.unwrap_or(0) * 2;
     for (lb, before) in lbs.iter().zip(&before) {
         let after = lb.counters();
         let missed = after.get(Counter::ConnMiss) - before.get(Counter::ConnMiss);
@@ -112,40 +106,74 @@ pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()>
     }
     println!();
     println!(
-        "A pass of its own, {samples} samples per case of {} runs each, the cases in a new \
-         order each sample, each followed by its harness on the same script (as above). Each \
-         case cycles through its flows, a source port (and address) each: the first is the \
-         hit above's, and an untimed lead sends each once, so each of xdp_lb's timed runs is \
-         a table hit (checked: the balancers counted no miss past the leads' first packets). \
-         \"In turn\": each timed test run comes right after untimed ones through all the \
-         case's flows, so each flow's lines are as a steady stream over them leaves them \
-         (`bench live`'s 4096 flows; a flow's lines were last touched one round of the others \
-         ago); \"gone cold\": without them, each flow was last touched samples ago, the other \
-         cases' runs in between (a connection's lines between its bursts, or a huge table's). \
-         xdp_lb's tables as the controller sizes them by default (`conn_table_size: \
-         {CONN_TABLE_SIZE}`), its IPv4 table 32 MiB of sets in 4 KiB pages, each flow's set \
-         on a line (and most on a page) of its own; the balancer loaded {INSTANCES} times per \
-         mode, the faster instance's figure, the slower's in brackets (a reference's two loads \
-         likewise).",
+        "Passes of their own, {samples} samples per case of {} runs each, each followed by \
+         its harness on the same script (as above). Each case cycles through its flows, a \
+         source port (and address) each: the first is the one-flow hit's, and an untimed lead \
+         sends each once, so each of xdp_lb's timed runs is a table hit (checked: the \
+         balancers counted no miss past the leads' first packets). One flow and 4096 flows in \
+         turn: each case by itself, its samples back to back, as `bench live` cycles one \
+         balancer's 4096 flows of one protocol (interleaved with the other cases, even right \
+         after untimed runs through its flows, a hit over 4096 read 38-60 ns where alone it \
+         reads 19-32: the other balancers' flows took the caches). 65536 flows in turn (each \
+         timed test run right after untimed ones through all of them) and 4096 flows gone \
+         cold (each last touched a sample ago, 65536-flow runs in between: a connection's \
+         lines between its bursts, or a huge table's): one pass, the cases in a new order \
+         each sample. xdp_lb's tables as the controller sizes them by default \
+         (`conn_table_size: {CONN_TABLE_SIZE}`), its IPv4 table 32 MiB of sets in 4 KiB \
+         pages, each flow's set on a line (and most on a page) of its own; the balancer \
+         loaded {INSTANCES} times per mode, the faster instance's figure, the slower's in \
+         brackets (a reference's two loads likewise).",
         timed::REPEAT
     );
     Ok(())
 }
 
-/// The pass's cases: a table-hit ACK and datagram over each working set.
-fn kinds() -> Vec<(String, Replay)> {
+/// Every kind for every balancer (each object's, each loaded `INSTANCES` times per
+/// mode) and every reference.
+fn cases_of(kinds: &[(String, Replay)], objects: usize, refs: &[Reference]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |who: &str, prog: Program, tunnels: bool| {
+        for (name, replay) in kinds {
+            cases.push(Case {
+                name: format!("{name}, {who}"),
+                prog,
+                replay: replay.clone(),
+                want: XDP_TX,
+                per_unit: 1,
+                pushes: tunnels,
+            });
+        }
+    };
+    for (m, (mode, _)) in MODES.iter().enumerate() {
+        for i in 0..objects * INSTANCES {
+            add(mode, Program::Lb(i * MODES.len() + m), *mode == "ipip");
+        }
+    }
+    for (i, r) in refs.iter().enumerate() {
+        add(r.name, Program::Pinned(i), true);
+    }
+    cases
+}
+
+/// A pass's kinds: a table-hit ACK and datagram over each of its working sets,
+/// `warm` or not (`together`: with other cases' runs in between; alone, a case's
+/// runs are back to back, and its flows as warm as its own runs leave them).
+fn kinds_of(working_sets: &[(u32, bool)], together: bool) -> Vec<(String, Replay)> {
     let ack4 = Flow::tcp("198.51.100.7", 40001, VIP4, 80).ack().payload(0);
     let udp4 = Flow::udp("198.51.100.7", 40001, VIP4, 53).payload(18);
     let mut kinds = Vec::new();
     for (what, flow) in [("TCP ACK v4 (table hit)", &ack4), ("UDP v4 (table hit)", &udp4)] {
-        for (flows, warm) in WORKING_SETS {
-            let (over, replay) = match (flows, warm) {
-                (1, _) => ("one flow".to_owned(), Replay::same(flow.frame())),
-                (_, true) => (
+        for &(flows, warm) in working_sets {
+            let (over, replay) = match (flows, warm, together) {
+                (1, ..) => ("one flow".to_owned(), Replay::same(flow.frame())),
+                (_, true, _) => (
                     format!("{flows} flows in turn"),
                     Replay::cycling(flow.frame(), flows).warmed(),
                 ),
-                (_, false) => {
+                (_, false, false) => {
+                    (format!("{flows} flows in turn"), Replay::cycling(flow.frame(), flows))
+                }
+                (_, false, true) => {
                     (format!("{flows} flows, each gone cold"), Replay::cycling(flow.frame(), flows))
                 }
             };
