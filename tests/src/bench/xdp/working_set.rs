@@ -4,7 +4,11 @@
 //! flow's line in L2 or further and its page's translation often missed. Here
 //! each case cycles through 1, 4096 or 65536 established flows of its own, in
 //! tables as the controller sizes them by default, so what a hit pays for memory
-//! is resolved to about a nanosecond, where `bench live` reads it to ±15.
+//! is resolved to about a nanosecond, where `bench live` reads it to ±15. What
+//! lies between two packets of a flow decides it: nothing but the flow's own
+//! working set (the cases run by themselves, a lower bound), or other flows and
+//! programs (the cases interleaved; `bench live`'s kernel path between packets,
+//! where 4096 flows cost 25-50 ns a frame more than one).
 
 use anyhow::{Result, ensure};
 use lb_common::{Counter, limits::CONN_TABLE_SIZE};
@@ -24,12 +28,13 @@ use crate::{
 /// Flows each case cycles through, and whether each timed test run comes right
 /// after untimed ones through all of them (`Replay::warmed`) or finds them as the
 /// other cases' runs left them (gone cold). First each of one flow (the other
-/// passes' hit) and `bench live`'s 4096 by itself, its samples back to back, as
-/// `bench live` cycles one balancer's 4096 flows of one protocol with nothing else
-/// in between: interleaved with the other cases, even right after a warm-up through
-/// its flows, a hit over 4096 read 38-60 ns where alone it read 19-32 (the other
-/// balancers' flows took the caches). Then 65536 (a set line each: 4 MiB, past
-/// this CPU's L2 and its TLB's reach) and 4096 gone cold, interleaved.
+/// passes' hit) and `bench live`'s 4096 by itself, its samples back to back: the
+/// least a hit over 4096 flows pays, nothing between a flow's packets but the
+/// others' (interleaved with the other cases, even right after a warm-up through
+/// its flows, it read 38-60 ns where alone it read 19-32: the other balancers'
+/// flows took the caches, as the kernel's path between packets does in `bench
+/// live`). Then 65536 (a set line each: 4 MiB, past this CPU's L2 and its TLB's
+/// reach) and 4096 gone cold, interleaved.
 const ALONE: &[(u32, bool)] = &[(1, false), (4096, false)];
 const TOGETHER: &[(u32, bool)] = &[(65536, true), (4096, false)];
 
@@ -111,10 +116,12 @@ pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()>
          source port (and address) each: the first is the one-flow hit's, and an untimed lead \
          sends each once, so each of xdp_lb's timed runs is a table hit (checked: the \
          balancers counted no miss past the leads' first packets). One flow and 4096 flows in \
-         turn: each case by itself, its samples back to back, as `bench live` cycles one \
-         balancer's 4096 flows of one protocol (interleaved with the other cases, even right \
-         after untimed runs through its flows, a hit over 4096 read 38-60 ns where alone it \
-         reads 19-32: the other balancers' flows took the caches). 65536 flows in turn (each \
+         turn: each case by itself, its samples back to back, nothing between a flow's \
+         packets but its working set's: the least a hit over them pays (interleaved with the \
+         other cases, even right after untimed runs through its flows, a hit over 4096 read \
+         38-60 ns where alone it reads 19-32: the other balancers' flows took the caches, as \
+         the kernel's path between packets does in `bench live`, where 4096 flows cost 25-50 \
+         ns a frame more than one, session 17). 65536 flows in turn (each \
          timed test run right after untimed ones through all of them) and 4096 flows gone \
          cold (each last touched a sample ago, 65536-flow runs in between: a connection's \
          lines between its bursts, or a huge table's): one pass, the cases in a new order \
