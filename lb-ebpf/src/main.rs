@@ -66,7 +66,7 @@ fn balance(ctx: &XdpContext) -> u32 {
         if let Some((pkt, key)) = parse::front_flow(ctx, f) {
             match front_hit(ctx, &pkt, &key) {
                 Ok(action) => return action,
-                Err(cfg) => looked = cfg,
+                Err(found) => looked = found,
             }
         }
     }
@@ -76,11 +76,11 @@ fn balance(ctx: &XdpContext) -> u32 {
     let start = if let Some(f) = &front {
         // Read again from the front's header, not carried from the front: carried,
         // they were spilled before every hit (~5 ns a hit in `bench xdp`).
-        if let Some(cfg) = looked
+        if let Some((cfg, lookup)) = looked
             && let Some((pkt, key)) = parse::front_flow(ctx, f)
         {
             s.flow = key.flow();
-            Start::Front(pkt, cfg)
+            Start::Front(pkt, cfg, lookup)
         } else {
             // The front read this header and passed its address through the filter.
             Start::Ip(parse::front_ip(f, &mut s.flow))
@@ -107,20 +107,23 @@ fn balance(ctx: &XdpContext) -> u32 {
 
 /// The common packet's table hit (`parse::front`), from the frame's own words: no
 /// flow key built, no SCRATCH, one read of the flow's set. Any other packet is
-/// `process`'s: with the config this found and checked the MAC against, when this
-/// read the flow's set (no established entry, a backend down); else (no config,
-/// a frame not for us) whole, as if this had not looked.
+/// `process`'s: with the config this found and checked the MAC against and what
+/// the set held, when this read it (no established entry, a backend down); else
+/// (no config, a frame not for us) whole, as if this had not looked.
 #[inline(always)]
 fn front_hit(
     ctx: &XdpContext,
     pkt: &parse::Packet,
     key: &FlowKey4,
-) -> Result<u32, Option<&'static LbConfig>> {
+) -> Result<u32, Option<(&'static LbConfig, Lookup)>> {
     let cfg = CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(None)?;
     if !parse::addressed_to_us(ctx, cfg) {
         return Err(None);
     }
-    let (index, backend) = select::established4(key.words(), cfg).ok_or(Some(cfg))?;
+    let (index, backend) = match select::established4(key.words(), cfg) {
+        Lookup::Hit(index, backend) => (index, backend),
+        missed => return Err(Some((cfg, missed))),
+    };
     let mut also = Also::default();
     Ok(match hit(ctx, pkt, || flow_label(&key.flow()), index, backend, cfg, &mut also) {
         Ok(()) => xdp_action::XDP_TX,
@@ -134,8 +137,8 @@ enum Start {
     /// family and addresses.
     Ip(parse::Ip),
     /// From the packet `front_hit` read (its flow in the flow key), with the config
-    /// it found and checked the MAC against; it read the flow's set.
-    Front(parse::Packet, &'static LbConfig),
+    /// it found and checked the MAC against, and what the flow's set held (no hit).
+    Front(parse::Packet, &'static LbConfig, Lookup),
 }
 
 /// Forwards a table hit to its backend (`index`) and counts it once: in the
@@ -176,8 +179,8 @@ fn process(
     start: Start,
     also: &mut Also,
 ) -> Result<Verdict, Counted> {
-    let (cfg, pkt) = match start {
-        Start::Front(pkt, cfg) => (cfg, pkt),
+    let (cfg, pkt, looked) = match start {
+        Start::Front(pkt, cfg, lookup) => (cfg, pkt, Some(lookup)),
         Start::Ip(ip) => {
             let cfg =
                 CONFIG.get(0).filter(|c| c.mtu != 0).ok_or(Verdict::Drop(Counter::DropNoConfig))?;
@@ -188,7 +191,7 @@ fn process(
             }
             let pkt =
                 parse::packet(ctx, &ip, &mut s.flow).map_err(|v| vip::unless_malformed(s, v))?;
-            (cfg, pkt)
+            (cfg, pkt, None)
         }
     };
     let frame_len = pkt.frame_len();
@@ -197,7 +200,12 @@ fn process(
     }
     // An established flow needs no VIP lookup: its backend entry names the VIP.
     let syn = pkt.kind == Kind::Flow { syn: true };
-    let lookup = if syn { Lookup::Miss } else { select::established(&s.flow, cfg) };
+    // The front's packet (never a SYN) had its set read there already.
+    let lookup = match looked {
+        Some(lookup) => lookup,
+        None if syn => Lookup::Miss,
+        None => select::established(&s.flow, cfg),
+    };
     // A hit runs straight to its own end: sharing the tail with the other paths, it
     // carried their index, handshake counts and flags in registers and on the stack.
     if let Lookup::Hit(index, backend) = lookup {

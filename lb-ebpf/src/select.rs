@@ -62,7 +62,12 @@ pub enum Lookup {
 
 #[inline(always)]
 pub fn established(flow: &FlowKey, cfg: &LbConfig) -> Lookup {
-    let Some(conn) = conns::get(flow, cfg) else {
+    looked_up(conns::get(flow, cfg))
+}
+
+#[inline(always)]
+fn looked_up(conn: Option<ConnValue>) -> Lookup {
+    let Some(conn) = conn else {
         return Lookup::Miss;
     };
     let index = conn.backend;
@@ -73,12 +78,10 @@ pub fn established(flow: &FlowKey, cfg: &LbConfig) -> Lookup {
 }
 
 /// `established` for an IPv4 flow the front read (`parse::front_flow`), whose
-/// `FlowKey4::words` are `key`: a hit on a live backend; anything else is
-/// `established`'s.
+/// `FlowKey4::words` are `key`.
 #[inline(always)]
-pub fn established4(key: [u64; 2], cfg: &LbConfig) -> Option<(u32, &'static Backend)> {
-    let conn = flow_table::established(key, cfg)?;
-    live(conn.backend, conn.generation).map(|b| (conn.backend, b))
+pub fn established4(key: [u64; 2], cfg: &LbConfig) -> Lookup {
+    looked_up(flow_table::established(key, cfg))
 }
 
 /// The backend at `index` if it still holds the slot (`generation`) and is not down.
