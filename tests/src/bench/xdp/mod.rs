@@ -269,6 +269,21 @@ fn timed_tools(dispatcher: &mut timed::Dispatcher, refs: &[Reference]) -> Result
     Ok(TimedTools { ebpf: tools, script, _tail_slots: slots })
 }
 
+/// A program of the second method's tools (`TimedTools::ebpf`).
+fn tool<'a>(tools: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    Ok(tools.program(name).with_context(|| format!("tool {name}"))?.try_into()?)
+}
+
+/// The empty programs the second method pairs each case with, from its tools; for
+/// the pinned programs `refs`, `xdp_tail_timed` too.
+fn timed_harness<'a>(tools: &'a Ebpf, refs: &[Reference]) -> Result<timed::Harness<'a>> {
+    Ok(timed::Harness {
+        plain: tool(tools, "xdp_tx_timed")?,
+        pushed: tool(tools, "xdp_tx_timed_pushed")?,
+        tail: if refs.is_empty() { None } else { Some(tool(tools, "xdp_tail_timed")?) },
+    })
+}
+
 /// Seeds a pinned program's table as xdp_lb's is seeded: the first ACK and datagram
 /// of a flow insert it.
 fn seed(r: &Reference, flows: &[&Flow]) -> Result<()> {
@@ -458,14 +473,9 @@ pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference], conns: 
     let mut dispatcher = Dispatcher::new()?;
     let TimedTools { ebpf: tools, script: mut tools_script, _tail_slots } =
         timed_tools(&mut dispatcher, refs)?;
-    let program =
-        |name: &str| -> Result<&Xdp> { Ok(tools.program(name).context("tool")?.try_into()?) };
-    let harness = timed::Harness {
-        plain: program("xdp_tx_timed")?,
-        pushed: program("xdp_tx_timed_pushed")?,
-        tail: if refs.is_empty() { None } else { Some(program("xdp_tail_timed")?) },
-    };
-    let references = REFERENCES.iter().map(|&name| program(name)).collect::<Result<Vec<_>>>()?;
+    let harness = timed_harness(&tools, refs)?;
+    let references =
+        REFERENCES.iter().map(|&name| tool(&tools, name)).collect::<Result<Vec<_>>>()?;
     let mut lbs = timed_balancers(objects, conns);
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
     for lb in &mut lbs {

@@ -18,7 +18,7 @@ use super::{
     reference::{self, Reference},
     report_objects,
     timed::{self, Case, Program, Replay},
-    timed_balancers, timed_tools, trimmed, with_slower,
+    timed_balancers, timed_harness, timed_tools, trimmed, with_slower,
 };
 use crate::{
     balancer::{Balancer, VIP4, XDP_TX},
@@ -42,14 +42,7 @@ const TOGETHER: &[(u32, bool)] = &[(65536, true), (4096, false)];
 pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()> {
     let mut dispatcher = timed::Dispatcher::new()?;
     let mut tools = timed_tools(&mut dispatcher, refs)?;
-    let program = |name: &str| -> Result<&aya::programs::Xdp> {
-        Ok(tools.ebpf.program(name).ok_or_else(|| anyhow::anyhow!("{name}"))?.try_into()?)
-    };
-    let harness = timed::Harness {
-        plain: program("xdp_tx_timed")?,
-        pushed: program("xdp_tx_timed_pushed")?,
-        tail: if refs.is_empty() { None } else { Some(program("xdp_tail_timed")?) },
-    };
+    let harness = timed_harness(&tools.ebpf, refs)?;
     let mut lbs = timed_balancers(objects, CONN_TABLE_SIZE);
     let mut scripts: Vec<_> = lbs.iter_mut().map(Balancer::load_timed).collect();
     for lb in &mut lbs {
