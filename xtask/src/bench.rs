@@ -118,24 +118,30 @@ pub fn compare_objects(
     run_cmd(&mut bench)
 }
 
-/// `bench xdp --reference NAME=PIN ...`: xdp_lb and the pinned programs side by
-/// side by both methods (printed, not a BENCHMARKS.md section: the programs are
-/// loaded outside this repository).
+/// `bench xdp|live --reference NAME=PIN ...`: xdp_lb and the pinned programs side
+/// by side (bench xdp: by both methods; bench live: packet rates against the floor),
+/// printed, not a BENCHMARKS.md section: the programs are loaded outside this
+/// repository.
 pub fn against_references(
     which: &[String],
     references: &[String],
     conn_table: Option<u32>,
 ) -> Result<()> {
-    ensure!(matches!(which, [w] if w == "xdp"), "--reference is for `cargo xtask bench xdp` alone");
+    let (bench_args, what) = match which {
+        [w] if w == "xdp" => (["xdp", "100000", "300"].as_slice(), "bench xdp, both methods"),
+        [w] if w == "live" && conn_table.is_none() => (["live"].as_slice(), "bench live"),
+        [w] if w == "live" => bail!("--conn-table is for `cargo xtask bench xdp` alone"),
+        _ => bail!("--reference is for `cargo xtask bench xdp` or `cargo xtask bench live` alone"),
+    };
     step("building the bench (release)");
     run_cmd(&mut cargo_release("build", &["xdplb-tests"], &["bench"]))?;
     let mut bench = Command::new("target/release/bench");
-    bench.args(["xdp", "100000", "300"]);
+    bench.args(bench_args);
     for r in references {
         bench.args(["--reference", r]);
     }
     bench.args(conn_table_args(conn_table));
-    step(format!("bench xdp, both methods, beside {}", references.join(" ")));
+    step(format!("{what}, beside {}", references.join(" ")));
     run_cmd(&mut bench)
 }
 

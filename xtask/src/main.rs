@@ -129,8 +129,10 @@ enum Task {
         /// methods beside xdp_lb on the same frames (first: SYN v4 and v6, a TCP and a UDP
         /// table hit, non-VIP; second: its cases and a whole new connection, the program
         /// run through a tail call behind the frame restore) with the targets judged
-        /// against it; repeat a NAME with a second load (the faster is kept). Printed, not
-        /// written into BENCHMARKS.md.
+        /// against it; repeat a NAME with a second load (the faster is kept). With bench
+        /// live: its packet rate against the floor beside xdp_lb's (configure it for
+        /// bench live's VIP, 198.19.100.1 TCP 80 and UDP 53; loads measured in turn).
+        /// Printed, not written into BENCHMARKS.md.
         #[arg(long = "reference", value_name = "NAME=PIN", conflicts_with = "objects")]
         references: Vec<String>,
         /// With --object or --reference (bench xdp): xdp_lb's connection tables as the

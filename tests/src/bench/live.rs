@@ -1,7 +1,8 @@
 //! `bench live`: packets per second forwarded through a veth by xdplb (dsr, ipip),
 //! by the least an XDP forwarder does (MAC swap + XDP_TX, the floor), by the least
-//! an IPIP forwarder does (the floor plus an outer IPv4 header, the ipip floor) and
-//! by the kernel's nftables DNAT (the kernel peer), side by side in one run.
+//! an IPIP forwarder does (the floor plus an outer IPv4 header, the ipip floor), by
+//! the kernel's nftables DNAT (the kernel peer) and by any balancer pinned outside
+//! this repository (`--reference`: Katran), side by side in one run.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -12,6 +13,7 @@ use lb_userspace::stats::Stats as _;
 use super::{
     object::Object,
     progress,
+    reference::Reference,
     stats::{Summary, ratio, show},
     veth::{self, L4, Lb, Pair},
 };
@@ -39,6 +41,8 @@ enum Case {
     /// `xdp_ipip_floor`: what no IPIP forwarder can skip (runs when ipip does).
     IpipFloor,
     Nft,
+    /// The pinned program at this index of [`Setup::refs`] (`--reference`).
+    Reference(usize),
 }
 
 /// An xdp_lb under test: which object, in which mode, loaded [`LOADS`] times.
@@ -56,6 +60,25 @@ impl LbCase {
     }
 }
 
+/// A program pinned outside this repository (`--reference NAME=PIN`; a name given
+/// twice is two loads, measured in turn as xdp_lb's are).
+struct RefCase {
+    name: &'static str,
+    loads: Vec<Reference>,
+}
+
+/// The loads of each reference, grouped by name in the order first given.
+fn ref_cases(refs: Vec<Reference>) -> Vec<RefCase> {
+    let mut cases: Vec<RefCase> = Vec::new();
+    for r in refs {
+        match cases.iter_mut().find(|c| c.name == r.name) {
+            Some(c) => c.loads.push(r),
+            None => cases.push(RefCase { name: r.name, loads: vec![r] }),
+        }
+    }
+    cases
+}
+
 /// What one `bench live` measures.
 struct Setup {
     runs: usize,
@@ -64,6 +87,7 @@ struct Setup {
     objects: Vec<Object>,
     ab: bool,
     lbs: Vec<LbCase>,
+    refs: Vec<RefCase>,
     cases: Vec<Case>,
     protos: Vec<L4>,
 }
@@ -85,6 +109,9 @@ impl Setup {
                 "ipip floor: MAC swap + outer IPv4 header + XDP_TX (not a balancer)".into()
             }
             Case::Nft => "peer: nftables DNAT (kernel forwarding)".into(),
+            Case::Reference(i) => {
+                format!("{} (`--reference`, pinned outside this repository)", self.refs[i].name)
+            }
         }
     }
 }
@@ -117,11 +144,15 @@ fn only(words: &str) -> Result<(Vec<ForwardingMode>, Vec<L4>)> {
     Ok((modes, protos))
 }
 
-/// `bench live [RUNS] [--flows N] [--object NAME=FILE]...`. With `--object`
-/// (repeated; `FILE` `main` = the embedded object): an A/B of the objects against the
-/// floor, nftables left out, printed for development.
+/// `bench live [RUNS] [--flows N] [--object NAME=FILE]... [--reference NAME=PIN]...`.
+/// With `--object` (repeated; `FILE` `main` = the embedded object): an A/B of the
+/// objects against the floor, nftables left out, printed for development. With
+/// `--reference` (repeated; a name twice is two loads): a program loaded, configured
+/// for this rig's VIP (`veth::VIP`, TCP 80 and UDP 53) and pinned outside this
+/// repository, run as one more case beside xdp_lb.
 fn setup(args: &[String]) -> Result<Setup> {
     let (mut objects, plain) = Object::split_args(args)?;
+    let (refs, plain) = Reference::split_args(&plain)?;
     let (mut runs, mut flows) = (RUNS, FLOWS);
     let mut it = plain.into_iter();
     let mut positional = 0;
@@ -137,6 +168,7 @@ fn setup(args: &[String]) -> Result<Setup> {
     }
     ensure!(runs > 0, "runs must be > 0");
     let ab = !objects.is_empty();
+    ensure!(refs.is_empty() || !ab, "--reference and --object do not go together");
     if !ab {
         objects.push(Object::embedded());
     }
@@ -161,7 +193,9 @@ fn setup(args: &[String]) -> Result<Setup> {
     if !ab {
         cases.push(Case::Nft);
     }
-    Ok(Setup { runs, flows, objects, ab, lbs, cases, protos })
+    let refs = ref_cases(refs);
+    cases.extend((0..refs.len()).map(Case::Reference));
+    Ok(Setup { runs, flows, objects, ab, lbs, refs, cases, protos })
 }
 
 /// Per case and protocol: rates (frames/s) and the fraction of sent frames that arrived.
@@ -208,6 +242,11 @@ fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> 
         // lb0 needs an XDP program to accept the generator's XDP frames;
         // xdp_pass hands every one to the kernel stack unchanged.
         Case::Nft => pair.attach_tool("xdp_pass")?,
+        Case::Reference(i) => {
+            let loads = &mut setup.refs[i].loads;
+            let n = loads.len();
+            veth::attach_dut(&mut loads[r % n].prog)?
+        }
     };
     pair.send(l4, flows, WARMUP)?;
     let lb = match case {
@@ -240,6 +279,9 @@ fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> 
     };
     let load = match case {
         Case::Lb(_) => format!(", load {}", r % LOADS + 1),
+        Case::Reference(i) if setup.refs[i].loads.len() > 1 => {
+            format!(", load {}", r % setup.refs[i].loads.len() + 1)
+        }
         _ => String::new(),
     };
     progress(format_args!(
@@ -341,7 +383,7 @@ fn report_objects(setup: &Setup, samples: &[Vec<Samples>]) {
                     (names[l.object], mode_name(l.mode), vs)
                 }
                 Case::IpipFloor => ("ipip floor", "–", "–".to_owned()),
-                Case::Floor | Case::Nft => continue,
+                Case::Floor | Case::Nft | Case::Reference(_) => continue,
             };
             let per_run = per_run_ratios(rate, paired);
             println!(
@@ -377,12 +419,23 @@ fn per_run_ratios(rate: &[f64], floor: &[f64]) -> Vec<f64> {
     rate.iter().zip(floor).map(|(a, f)| a / f).collect()
 }
 
-/// The median of each load's runs among `per_run` (run r measured load r % LOADS).
-fn by_load(per_run: &[f64]) -> [Option<f64>; LOADS] {
-    core::array::from_fn(|l| {
-        let of: Vec<f64> = per_run.iter().skip(l).step_by(LOADS).copied().collect();
-        Summary::of(&of).map(|x| x.median)
-    })
+/// The median of each load's runs among `per_run` (run r measured load r % loads).
+fn by_load(per_run: &[f64], loads: usize) -> Vec<Option<f64>> {
+    (0..loads)
+        .map(|l| {
+            let of: Vec<f64> = per_run.iter().skip(l).step_by(loads).copied().collect();
+            Summary::of(&of).map(|x| x.median)
+        })
+        .collect()
+}
+
+/// `by_load` as a target line shows it: "0.82, 0.85".
+fn show_by_load(per_run: &[f64], loads: usize) -> String {
+    by_load(per_run, loads)
+        .iter()
+        .map(|m| m.map_or("–".to_owned(), |m| format!("{m:.2}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the ipip floor's runs (× floor) say of [`FLOOR_TARGET`] for any IPIP
@@ -528,11 +581,7 @@ fn targets(setup: &Setup, samples: &[Vec<Samples>], nft: usize) {
             let per_run = per_run_ratios(&got.rate, &got.paired_floor);
             let f = Summary::of(&per_run).map_or(f64::NAN, |x| x.median);
             let n = ratio(&got.rate, &samples[nft][pi].rate);
-            let loads = by_load(&per_run)
-                .iter()
-                .map(|m| m.map_or("–".to_owned(), |m| format!("{m:.2}")))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let loads = show_by_load(&per_run, LOADS);
             let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
             let reach = match ipip_floor {
                 Some(c) if setup.lbs[i].mode == ForwardingMode::Ipip => format!(
@@ -549,6 +598,46 @@ fn targets(setup: &Setup, samples: &[Vec<Samples>], nft: usize) {
                 verdict(f >= FLOOR_TARGET),
                 n,
                 verdict(n >= 3.0)
+            );
+        }
+    }
+    references(setup, samples);
+}
+
+/// Each `--reference` beside xdp_lb: its rate against the floor (paired as
+/// xdp_lb's), and xdp_lb's in each mode over its (the medians of each against the
+/// floor: both pairings cancel the load's drift).
+fn references(setup: &Setup, samples: &[Vec<Samples>]) {
+    let against_floor = |ci: usize, pi: usize| {
+        let s: &Samples = &samples[ci][pi];
+        per_run_ratios(&s.rate, &s.paired_floor)
+    };
+    let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |x| x.median);
+    for (ci, &case) in setup.cases.iter().enumerate() {
+        let Case::Reference(i) = case else { continue };
+        let name = setup.refs[i].name;
+        for (pi, l4) in setup.protos.iter().enumerate() {
+            let theirs = against_floor(ci, pi);
+            let ours: Vec<String> = setup
+                .cases
+                .iter()
+                .enumerate()
+                .filter_map(|(c, &k)| match k {
+                    Case::Lb(j) => Some(format!(
+                        "{} {:.2}",
+                        mode_name(setup.lbs[j].mode),
+                        median(&against_floor(c, pi)) / median(&theirs)
+                    )),
+                    _ => None,
+                })
+                .collect();
+            println!(
+                "- {name} {}: {:.2} × floor (by load {}); xdplb's rate over {name}'s: {} \
+                 (medians against the floor).",
+                l4.name(),
+                median(&theirs),
+                show_by_load(&theirs, setup.refs[i].loads.len()),
+                ours.join(", ")
             );
         }
     }
@@ -576,8 +665,10 @@ mod tests {
     fn each_loads_median_is_of_the_runs_that_measured_it() {
         // Runs alternate the loads: 1, 2, 1, 2, 1, 2.
         let per_run = [0.80, 0.90, 0.82, 0.92, 0.84, 0.94];
-        assert_eq!(by_load(&per_run), [Some(0.82), Some(0.92)]);
-        assert_eq!(by_load(&[0.8]), [Some(0.8), None], "one run measured one load");
+        assert_eq!(by_load(&per_run, 2), [Some(0.82), Some(0.92)]);
+        assert_eq!(by_load(&[0.8], 2), [Some(0.8), None], "one run measured one load");
+        // Three loads (a reference given three times): runs 1, 2, 3, 1, 2, 3.
+        assert_eq!(by_load(&[0.5, 1.0, 2.0, 0.5, 1.0, 2.0], 3), [Some(0.5), Some(1.0), Some(2.0)]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod live;
 pub mod maglev;
 pub mod object;
+pub mod reference;
 pub mod soak;
 pub mod stats;
 pub mod sync;

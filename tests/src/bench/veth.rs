@@ -325,6 +325,11 @@ fn plan(mode: ForwardingMode) -> DesiredState {
     }
 }
 
+/// Attaches `p` (a program loaded elsewhere: a pinned one) to lb0 until the link drops.
+pub fn attach_dut(p: &mut Xdp) -> Result<XdpLink> {
+    attach(p, NS_DUT, DUT_IF)
+}
+
 /// Attaches `p` in driver mode to `ifname` in namespace `ns`; the returned link
 /// detaches it when dropped.
 fn attach(p: &mut Xdp, ns: &str, ifname: &str) -> Result<XdpLink> {

@@ -18,7 +18,7 @@ fn main() -> Result<()> {
         Some("soak") => bench::soak::run(rest),
         Some("sync") => bench::sync::run(rest),
         _ => bail!(
-            "usage: bench xdp [RUNS] [SAMPLES] [--object NAME=FILE].. | live [RUNS] [--flows N] [--object NAME=FILE[@N]].. | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS] | sync [RUNS]"
+            "usage: bench xdp [RUNS] [SAMPLES] [--object NAME=FILE].. [--reference NAME=PIN].. | live [RUNS] [--flows N] [--object NAME=FILE[@N]].. [--reference NAME=PIN].. | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS] | sync [RUNS]"
         ),
     }
 }

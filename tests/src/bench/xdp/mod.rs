@@ -18,8 +18,8 @@ use etherparse::IpNumber;
 use lb_common::{Counter, FlowKey4, ForwardingMode, map_names};
 use lb_userspace::{flows4::Flows4, objects};
 
-use self::reference::Reference;
 use super::object::Object;
+use super::reference::Reference;
 use crate::{
     balancer::{Balancer, FIXTURE_CONNS, VIP4, VIP6, XDP_PASS, XDP_TX, flow_key},
     packet::{self, Flow, Outer},
@@ -237,7 +237,7 @@ fn repeat_one(runs: usize, refs: &[Reference], conns: u32) -> Result<()> {
     let stats = interleaved(&mut opened, runs)?;
     let opened_nets = report_opened(&opened, &stats, runs);
     report_connection(&nets, &opened_nets);
-    for name in reference::names(refs) {
+    for name in Reference::names(refs) {
         reference::report(name, &nets, &opened_nets);
     }
 
@@ -545,7 +545,7 @@ pub fn run_timed(samples: usize, objects: &[Object], refs: &[Reference], conns: 
     let rows = instance_rows(&cases, objects.len(), MODES.len() * INSTANCES);
     if objects.len() == 1 {
         let nets = report_timed(&cases, &m, &rows, samples);
-        for name in reference::names(refs) {
+        for name in Reference::names(refs) {
             reference::report_timed(name, &nets, kinds.iter().map(|k| k.0));
         }
     } else {

@@ -14,9 +14,7 @@ use anyhow::{Result, ensure};
 use lb_common::{Counter, limits::CONN_TABLE_SIZE};
 
 use super::{
-    INSTANCES, MODES, Object, fastest_slowest, instance_rows,
-    reference::{self, Reference},
-    report_objects,
+    INSTANCES, MODES, Object, Reference, fastest_slowest, instance_rows, report_objects,
     timed::{self, Case, Program, Replay},
     timed_balancers, timed_harness, timed_tools, trimmed, with_slower,
 };
@@ -82,7 +80,7 @@ pub fn run(samples: usize, objects: &[Object], refs: &[Reference]) -> Result<()>
     }
     let net = |i: usize| trimmed(&m[i].net);
     let whos: Vec<&str> =
-        MODES.iter().map(|(mode, _)| *mode).chain(reference::names(refs)).collect();
+        MODES.iter().map(|(mode, _)| *mode).chain(Reference::names(refs)).collect();
     print!("| case |");
     for who in &whos {
         print!(" {who} net ns |");
