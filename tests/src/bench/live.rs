@@ -69,14 +69,21 @@ struct RefCase {
 
 /// The loads of each reference, grouped by name in the order first given.
 fn ref_cases(refs: Vec<Reference>) -> Vec<RefCase> {
-    let mut cases: Vec<RefCase> = Vec::new();
-    for r in refs {
-        match cases.iter_mut().find(|c| c.name == r.name) {
-            Some(c) => c.loads.push(r),
-            None => cases.push(RefCase { name: r.name, loads: vec![r] }),
+    by_name(refs, |r| r.name).into_iter().map(|(name, loads)| RefCase { name, loads }).collect()
+}
+
+/// `items` grouped by `name`, the groups in the order each name first comes, each
+/// group's items in their order.
+fn by_name<T>(items: Vec<T>, name: impl Fn(&T) -> &'static str) -> Vec<(&'static str, Vec<T>)> {
+    let mut groups: Vec<(&'static str, Vec<T>)> = Vec::new();
+    for item in items {
+        let n = name(&item);
+        match groups.iter_mut().find(|g| g.0 == n) {
+            Some(g) => g.1.push(item),
+            None => groups.push((n, vec![item])),
         }
     }
-    cases
+    groups
 }
 
 /// What one `bench live` measures.
@@ -659,6 +666,15 @@ mod tests {
         assert_eq!(modes, [ForwardingMode::Dsr]);
         assert_eq!(protos, [L4::Tcp]);
         assert!(only("dsr,sctp").unwrap_err().to_string().contains("`sctp`"));
+    }
+
+    #[test]
+    fn a_references_loads_are_one_case_however_they_were_given() {
+        let given = vec![("katran", 1), ("other", 1), ("katran", 2)];
+        let groups = by_name(given, |g| g.0);
+        assert_eq!(groups.len(), 2, "one case per name");
+        assert_eq!(groups[0], ("katran", vec![("katran", 1), ("katran", 2)]));
+        assert_eq!(groups[1], ("other", vec![("other", 1)]));
     }
 
     #[test]
