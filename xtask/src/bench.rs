@@ -129,8 +129,10 @@ pub fn against_references(
 ) -> Result<()> {
     let (bench_args, what) = match which {
         [w] if w == "xdp" => (["xdp", "100000", "300"].as_slice(), "bench xdp, both methods"),
-        [w] if w == "live" && conn_table.is_none() => (["live"].as_slice(), "bench live"),
-        [w] if w == "live" => bail!("--conn-table is for `cargo xtask bench xdp` alone"),
+        [w] if w == "live" => {
+            ensure!(conn_table.is_none(), "--conn-table is for `cargo xtask bench xdp` alone");
+            (["live"].as_slice(), "bench live")
+        }
         _ => bail!("--reference is for `cargo xtask bench xdp` or `cargo xtask bench live` alone"),
     };
     step("building the bench (release)");

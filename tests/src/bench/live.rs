@@ -67,6 +67,14 @@ struct RefCase {
     loads: Vec<Reference>,
 }
 
+impl RefCase {
+    /// The load run `r` measures.
+    fn load(&mut self, r: usize) -> &mut Reference {
+        let n = self.loads.len();
+        &mut self.loads[r % n]
+    }
+}
+
 /// The loads of each reference, grouped by name in the order first given.
 fn ref_cases(refs: Vec<Reference>) -> Vec<RefCase> {
     by_name(refs, |r| r.name).into_iter().map(|(name, loads)| RefCase { name, loads }).collect()
@@ -249,11 +257,7 @@ fn measure(pair: &mut Pair, setup: &mut Setup, case: Case, l4: L4, r: usize) -> 
         // lb0 needs an XDP program to accept the generator's XDP frames;
         // xdp_pass hands every one to the kernel stack unchanged.
         Case::Nft => pair.attach_tool("xdp_pass")?,
-        Case::Reference(i) => {
-            let loads = &mut setup.refs[i].loads;
-            let n = loads.len();
-            veth::attach_dut(&mut loads[r % n].prog)?
-        }
+        Case::Reference(i) => veth::attach_dut(&mut setup.refs[i].load(r).prog)?,
     };
     pair.send(l4, flows, WARMUP)?;
     let lb = match case {
