@@ -19,6 +19,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("http", "HTTP through the balancer: xdplb against HAProxy"),
     ("maglev", "Maglev table: build time, disruption, balance"),
     ("conntrack", "Connection table under pressure, and map memory"),
+    ("synflood", "SYN flood: established flows kept under a spoofed flood, by table size"),
     ("failover", "Failover: a dead WAF node stops getting new connections — xdplb against HAProxy"),
     ("soak", "Soak: ten minutes of 1 M flows, flapping backends and reloads"),
     ("sync", "Peer sync: exceptions and bytes per ring change at 1 M flows"),

@@ -110,8 +110,8 @@ enum Task {
     /// protocols; `target/release/bench live RUNS --flows N` sets the flows cycled
     /// (default 4096).
     Bench {
-        /// Which: xdp, live, http, maglev, conntrack, failover, soak, sync (see BENCHMARKS.md),
-        /// or failover:balancers (the balancer-pair rows of failover alone).
+        /// Which: xdp, live, http, maglev, conntrack, synflood, failover, soak, sync (see
+        /// BENCHMARKS.md), or failover:balancers (the balancer-pair rows of failover alone).
         /// Default: all but soak (ten minutes; `cargo xtask bench soak`).
         which: Vec<String>,
         /// `NAME=FILE`: an xdp-lb object to compare (bench xdp or live only; repeat it;

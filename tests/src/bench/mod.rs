@@ -17,6 +17,7 @@ pub mod reference;
 pub mod soak;
 pub mod stats;
 pub mod sync;
+pub mod synflood;
 pub mod veth;
 pub mod xdp;
 

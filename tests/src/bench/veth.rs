@@ -58,7 +58,7 @@ pub const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
 pub const DUT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// The VIP (RFC 2544 benchmarking range, like every address here).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 100, 1);
-/// Flow 0's source; flow `i` adds `i / ports` to the last octet and `i % ports` to the port.
+/// Flow 0's source; flow `i` adds `i / ports` to the address's low half and `i % ports` to the port.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT_PORT: u16 = 10_000;
 pub const BACKENDS: [Ipv4Addr; 3] =
@@ -95,7 +95,13 @@ impl L4 {
 /// The frame of flow 0 (64 bytes on the wire with the FCS).
 #[must_use]
 pub fn template(l4: L4) -> [u8; FRAME_LEN] {
-    let (src, dst) = (CLIENT.to_string(), VIP.to_string());
+    template_from(l4, CLIENT)
+}
+
+/// [`template`] from `source` (and [`CLIENT_PORT`]).
+#[must_use]
+pub fn template_from(l4: L4, source: Ipv4Addr) -> [u8; FRAME_LEN] {
+    let (src, dst) = (source.to_string(), VIP.to_string());
     let mut f = match l4 {
         L4::Tcp => Flow::tcp(&src, CLIENT_PORT, &dst, TCP_PORT).ack().payload(0).frame(),
         L4::Udp => Flow::udp(&src, CLIENT_PORT, &dst, UDP_PORT).payload(18).frame(),
@@ -107,7 +113,7 @@ pub fn template(l4: L4) -> [u8; FRAME_LEN] {
 }
 
 /// Source ports per source address for `flows` flows (addresses then step in the
-/// last octet; flows beyond 2^14 use several addresses).
+/// low half of the address; flows beyond 2^14 use several addresses).
 #[must_use]
 pub fn ports_for(flows: u32) -> u32 {
     flows.clamp(1, 1 << 14)
@@ -188,11 +194,24 @@ impl Pair {
     /// Sends `l4` frames over `flows` flows for about `duration`, from the
     /// generator's pinned CPU; returns what it sent.
     pub fn send(&mut self, l4: L4, flows: u32, duration: Duration) -> Result<Sent> {
-        let frame = template(l4);
+        self.send_from(l4, CLIENT, flows, duration)
+    }
+
+    /// [`Pair::send`] with flow 0 from `source`: flow `i` adds `i / ports` to its
+    /// address, which stays in `source`'s /16 (the generator steps the low half).
+    pub fn send_from(
+        &mut self,
+        l4: L4,
+        source: Ipv4Addr,
+        flows: u32,
+        duration: Duration,
+    ) -> Result<Sent> {
+        let frame = template_from(l4, source);
         let ports = ports_for(flows);
+        let low = u32::from(source) & 0xffff;
         ensure!(
-            u32::from(CLIENT_PORT) + ports <= 65_536 && flows.div_ceil(ports) < 200,
-            "{flows} flows do not fit the generator's port and address ranges"
+            u32::from(CLIENT_PORT) + ports <= 65_536 && low + flows.div_ceil(ports) <= 0xffff,
+            "{flows} flows from {source} do not fit the generator's port and address ranges"
         );
         let config = GenConfig::new(&frame, flows, ports, l4 != L4::Udp);
         let mut map: Array<_, GenConfig> = Array::try_from(

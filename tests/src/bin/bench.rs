@@ -14,11 +14,12 @@ fn main() -> Result<()> {
         Some("http") => bench::http::run(rest),
         Some("maglev") => bench::maglev::run(rest),
         Some("conntrack") => bench::conntrack::run(rest),
+        Some("synflood") => bench::synflood::run(rest),
         Some("failover") => bench::failover::run(rest),
         Some("soak") => bench::soak::run(rest),
         Some("sync") => bench::sync::run(rest),
         _ => bail!(
-            "usage: bench xdp [RUNS] [SAMPLES] [--object NAME=FILE].. [--reference NAME=PIN].. | live [RUNS] [--flows N] [--object NAME=FILE[@N]].. [--reference NAME=PIN].. | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | failover [EVENTS] | soak [SECONDS] | sync [RUNS]"
+            "usage: bench xdp [RUNS] [SAMPLES] [--object NAME=FILE].. [--reference NAME=PIN].. | live [RUNS] [--flows N] [--object NAME=FILE[@N]].. [--reference NAME=PIN].. | http [RUNS] | maglev [RUNS] | conntrack [RUNS] | synflood [RUNS] | failover [EVENTS] | soak [SECONDS] | sync [RUNS]"
         ),
     }
 }
