@@ -3,7 +3,10 @@
 //! and checks the verdict, the frame that comes out, and the counters it moved.
 #![allow(clippy::unwrap_used, reason = "test helpers panic with the failing value")]
 
-use std::os::fd::AsFd as _;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+};
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Options};
 use lb_common::{
@@ -77,14 +80,14 @@ fn assert_encapsulated(lb: &Balancer, flow: &Flow, vip: &str, run: &Run) -> Oute
             assert_eq!(h.total_len as usize, inner.len() + 20, "outer total length");
             assert_eq!(h.time_to_live, 64);
             assert!(h.dont_fragment);
-            assert_eq!(h.source, TUNNEL_V4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+            assert_eq!(h.source, TUNNEL_V4.parse::<Ipv4Addr>().unwrap().octets());
             assert_eq!(h.protocol, if inner_is_v4 { IpNumber::IPV4 } else { IpNumber::IPV6 });
         }
         Outer::V6(h) => {
             assert_eq!(d.ether_type, ETH_P_IPV6);
             assert_eq!(h.payload_length as usize, inner.len(), "outer payload length");
             assert_eq!(h.hop_limit, 64);
-            assert_eq!(h.source, TUNNEL_V6.parse::<std::net::Ipv6Addr>().unwrap().octets());
+            assert_eq!(h.source, TUNNEL_V6.parse::<Ipv6Addr>().unwrap().octets());
             assert_eq!(h.next_header, if inner_is_v4 { IpNumber::IPV4 } else { IpNumber::IPV6 });
         }
     }
@@ -144,7 +147,7 @@ fn ipip_tcp_v4_is_encapsulated_in_ipv4_to_the_backend() {
     let Outer::V4(h) = assert_encapsulated(&lb, &tcp4(), "web4", &run) else { panic!("want IPIP") };
     let want = lb.predict("web4", &tcp4());
     let addr = lb.plan.vips[0].backends.iter().find(|b| b.name == want).unwrap().address;
-    assert_eq!(std::net::IpAddr::from(h.destination), addr);
+    assert_eq!(IpAddr::from(h.destination), addr);
     assert_eq!(c, new_flow_counts(true));
 }
 
@@ -187,7 +190,7 @@ fn ipip_v4_vip_to_v6_backend_is_4in6() {
     let flow = Flow::tcp(CLIENT4, 40000, MIXED_VIP4, 80);
     let run = lb.run(&flow.frame());
     let Outer::V6(h) = assert_encapsulated(&lb, &flow, "mixed4", &run) else { panic!("want 4in6") };
-    assert_eq!(h.destination, "fd00::21".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    assert_eq!(h.destination, "fd00::21".parse::<Ipv6Addr>().unwrap().octets());
 }
 
 #[test]
@@ -1120,25 +1123,47 @@ fn handshake_ack_follows_an_entry_peer_sync_wrote_while_its_syn_was_pending() {
 #[test]
 fn a_spoofed_syn_flood_evicts_no_established_flow() {
     needs_root!();
+    syn_flood_keeps_established_flows(tcp4(), 0, ("waf-4", "10.0.0.14"), |i| {
+        let [_, _, hi, lo] = i.to_be_bytes();
+        Ipv4Addr::new(100, 64, hi, lo).into()
+    });
+}
+
+#[test]
+fn a_spoofed_syn_flood_evicts_no_established_ipv6_flow() {
+    needs_root!();
+    syn_flood_keeps_established_flows(tcp6(), 2, ("waf-4", "fd00::14"), |i| {
+        Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, (i >> 16) as u16, i as u16).into()
+    });
+}
+
+/// 500 flows like `flow` opened through VIP `vip` of the fixture's plan, then
+/// 20 000 spoofed SYNs from `source(i)`, then a ring change that adds `new`: every
+/// flow established before the flood is still in the table and on its backend.
+fn syn_flood_keeps_established_flows(
+    flow: Flow,
+    vip: usize,
+    new: (&str, &str),
+    source: impl Fn(u32) -> IpAddr,
+) {
     // The flood offers more than twice the fixtures' 8192 entries in new flows.
     let mut lb = Balancer::new(Dsr);
-    let flows: Vec<Flow> = (0..500).map(|i| tcp4().sport(10000 + i)).collect();
+    let flows: Vec<Flow> = (0..500).map(|i| flow.sport(10000 + i)).collect();
     let first: Vec<String> = flows.iter().map(|f| open(&lb, f)).collect();
-    // A set holds four flows: with the table's seed random, five of these 500 share
-    // one of its 2048 sets in about one run in a hundred, and the fifth opened takes
-    // the way of the one used longest ago, before any SYN of the flood.
+    // IPv4: a set holds four flows; with the table's seed random, five of these 500
+    // share one of its 2048 sets in about one run in a hundred, and the fifth opened
+    // takes the way of the one used longest ago, before any SYN of the flood.
     let established: Vec<(&Flow, &String)> =
         flows.iter().zip(&first).filter(|(f, _)| lb.conn(f).is_some()).collect();
     assert!(established.len() >= flows.len() - 2, "{} of 500 opened", established.len());
     for i in 0..20_000u32 {
-        let [_, _, hi, lo] = i.to_be_bytes();
-        let spoofed = Flow::tcp(&format!("100.64.{hi}.{lo}"), 1024 + (i % 50_000) as u16, VIP4, 80);
+        let spoofed = Flow { src: source(i), sport: 1024 + (i % 50_000) as u16, ..flow.syn() };
         assert_eq!(lb.run(&spoofed.frame()).action, XDP_TX);
     }
     let kept = established.iter().filter(|(f, _)| lb.conn(f).is_some()).count();
     assert_eq!(kept, established.len(), "established flows evicted by SYNs");
     // And they still go to their backends after a ring change.
-    lb.plan.vips[0].backends.push(backend("waf-4", "10.0.0.14"));
+    lb.plan.vips[vip].backends.push(backend(new.0, new.1));
     lb.apply();
     for (flow, backend) in established {
         assert_eq!(&lb.receiver(&lb.run(&flow.ack().frame())), backend, "{flow:?} moved");
