@@ -80,6 +80,7 @@ fn fate(before: &HashMap<FlowKey, u32>, after: &HashMap<FlowKey, u32>) -> Fate {
 }
 
 struct Outcome {
+    run: usize,
     table: u32,
     flood: Flood,
     established: usize,
@@ -102,7 +103,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for r in 0..runs {
         for table in TABLES {
             for flood in Flood::ALL {
-                let o = case(&mut pair, table, flood)?;
+                let o = case(&mut pair, r + 1, table, flood)?;
                 progress(format_args!(
                     "run {}/{runs}, table {table}, {} flood: {:.1} M frames at {:.2} Mpps per \
                      CPU-s; of {} established flows {} kept, {} moved, {} lost",
@@ -126,7 +127,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// One flood into a freshly loaded `xdp_lb` whose table is half full of flows
 /// established by real handshakes.
-fn case(pair: &mut Pair, table: u32, flood: Flood) -> Result<Outcome> {
+fn case(pair: &mut Pair, run: usize, table: u32, flood: Flood) -> Result<Outcome> {
     let mut lb = Lb::new_of(objects::XDP_LB, ForwardingMode::Dsr, Some(table))?;
     let _link = lb.attach()?;
     let flows = table / 2;
@@ -166,6 +167,7 @@ fn case(pair: &mut Pair, table: u32, flood: Flood) -> Result<Outcome> {
     );
     let now = established(&lb)?;
     Ok(Outcome {
+        run,
         table,
         flood,
         established: before.len(),
@@ -213,14 +215,15 @@ fn report(out: &[Outcome]) {
         CLOCK_STEP.as_secs(),
     );
     println!(
-        "| table entries | flood | established flows before | forged frames, M | Mpps per \
+        "| run | table entries | flood | established flows before | forged frames, M | Mpps per \
          CPU-second (wall) | frames per table entry | SYNs counted | pickups counted | \
          handshakes completed | kept | moved | lost | pending ways after |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in out {
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} ({:.2}) | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.2} ({:.2}) | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            o.run,
             o.table,
             o.flood.name(),
             o.established,
