@@ -1,20 +1,23 @@
-//! Peer sync (#15) end to end on the VRRP balancer pair (keepalived moving a
-//! floating next hop, dsr), four WAF nodes weighted 1:2:3:4, IPv4 and IPv6 at
-//! once. The sequence that breaks connections when balancers share nothing:
+//! Peer sync (#15) end to end on each balancer pair of the lab, dsr, four WAF
+//! nodes weighted 1:2:3:4, IPv4 and IPv6 at once: the VRRP pair (keepalived
+//! moving a floating next hop; the master carries every connection) and the
+//! BGP/ECMP pair (BIRD announcing the VIPs; the router spreads connections over
+//! both). The sequence that breaks connections when balancers share nothing:
 //!
 //! 1. waf2 is down on both balancers (its nginx stopped) while long-lived
-//!    connections open through the active balancer, so none is on waf2;
+//!    connections open, so none is on waf2;
 //! 2. waf2 comes back (the ring gives it back its slots on both balancers) and
 //!    waf3 is drained on both (`xdplb drain` on each), until both rings agree;
-//!    the active keeps every connection on its node through its connection
-//!    table; the standby's ring now sends part of them elsewhere;
-//! 3. the active balancer's host dies; the standby takes over the VIPs.
+//!    each balancer keeps every connection it carries on its node through its
+//!    connection table; the other's ring now sends part of them elsewhere;
+//! 3. a balancer's host dies (the VRRP master; with BGP, the first of the
+//!    router's two next hops); the other takes over its connections.
 //!
-//! With sync off (no `sync:` section), the connections whose slot moved to waf2
-//! and every connection on waf3 break: the test counts them and requires some
-//! (what proves the sequence moves flows). With sync on, the standby holds the
-//! active's exceptions before the kill (waited for on the metrics, never by
-//! sleeping), and not one connection is lost. Every connection exchanges data
+//! With sync off (no `sync:` section), the dead balancer's connections whose slot
+//! moved to waf2 and those on waf3 break: the test counts them and requires some
+//! (what proves the sequence moves flows). With sync on, the survivor holds the
+//! dead balancer's exceptions before the kill (waited for on the metrics, never
+//! by sleeping), and not one connection is lost. Every connection exchanges data
 //! after the takeover before it is judged. One pair serves both halves: sync off
 //! first, then both balancers restart with a `sync:` section.
 
@@ -52,7 +55,17 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn sync_vrrp() {
-    let what = "peer sync (vrrp)";
+    run(Redundancy::Vrrp);
+}
+
+#[test]
+fn sync_bgp() {
+    run(Redundancy::Bgp);
+}
+
+fn run(ha: Redundancy) {
+    let what = format!("peer sync ({ha})");
+    let what = what.as_str();
     if !have_root(what) {
         return;
     }
@@ -67,7 +80,7 @@ fn sync_vrrp() {
     binary().expect("the xdplb binary: `cargo build -p lb-userspace --bin xdplb`");
     let started = Instant::now();
     let text = config_text(Mode::Dsr, WAFS, &Checks::default(), &WEIGHTS);
-    let mut pair = Pair::up_with(Mode::Dsr, Redundancy::Vrrp, WAFS, &text, None)
+    let mut pair = Pair::up_with(Mode::Dsr, ha, WAFS, &text, None)
         .unwrap_or_else(|e| panic!("pair up: {e:#}"));
     let key = Path::new(LAB_DIR).join("sync.key");
     let mut failed = Vec::new();
@@ -110,9 +123,9 @@ fn sync_vrrp() {
 /// What one half saw.
 struct Outcome {
     connections: usize,
-    /// Of them, on the drained node.
+    /// Of the victim's, on the drained node.
     on_drained: usize,
-    /// With sync: the exceptions the active held and sent, and the standby
+    /// With sync: the exceptions the victim held and sent, and the survivor
     /// installed, before the kill.
     sync: Option<Exceptions>,
     takeover: Duration,
@@ -120,12 +133,12 @@ struct Outcome {
 }
 
 struct Exceptions {
-    /// The active's own (`xdplb_sync_exceptions{origin="local"}`).
+    /// The victim's own (`xdplb_sync_exceptions{origin="local"}`).
     held: f64,
-    /// Entries the active sent its peer so far (`xdplb_sync_entries_sent_total`;
+    /// Entries the victim sent its peer so far (`xdplb_sync_entries_sent_total`;
     /// a snapshot goes out every second, so it counts repeats).
     sent: f64,
-    /// The standby's from its peer (`xdplb_sync_exceptions{origin="peer"}`).
+    /// The survivor's from its peer (`xdplb_sync_exceptions{origin="peer"}`).
     installed: f64,
 }
 
@@ -133,13 +146,13 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections ({} on the drained waf{DRAINED}); ",
+            "{} connections ({} of the victim's on the drained waf{DRAINED}); ",
             self.connections, self.on_drained
         )?;
         match &self.sync {
             Some(e) => write!(
                 f,
-                "exceptions held {} / sent {} / installed on the standby {}; ",
+                "exceptions held {} / sent {} / installed on the survivor {}; ",
                 e.held, e.sent, e.installed
             )?,
             None => write!(f, "no sync; ")?,
@@ -242,8 +255,9 @@ fn exceptions(pair: &Pair, k: usize, origin: &str) -> Result<f64> {
 
 /// The sequence of the module doc; what it lost.
 fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outcome> {
-    let active = *pair.carriers(web4().ip())?.first().context("nothing carries the VIPs")?;
-    let standby = other(active);
+    // The balancer that dies: the VRRP master, or with BGP the first next hop.
+    let victim = *pair.carriers(web4().ip())?.first().context("nothing carries the VIPs")?;
+    let survivor = other(victim);
     let (returning, drained) = (format!("waf{RETURNING}"), format!("waf{DRAINED}"));
 
     // 1. A node down on both balancers while the connections open (neighbours
@@ -251,21 +265,32 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
     warm_neighbours(WAFS, WAIT)?;
     pair.lab.stop_waf(RETURNING)?;
     wait_state(pair, RETURNING, "down")?;
-    let rings_before = pair.digests(active)?;
+    let rings_before = pair.digests(victim)?;
     let conns = Conns::open(pair, &[web4(), web6()], PER_FAMILY, PERIOD, None)?;
-    let by_node = conns.by_node();
-    eprintln!("{tag}: {} connections via balancer {active}: {by_node:?}", conns.len());
-    ensure!(
-        conns.conns.iter().all(|(_, _, k)| *k == active),
-        "{tag}: not every connection went through the active balancer {active}"
+    let (by_node, spread) = (conns.by_node(), conns.spread());
+    eprintln!(
+        "{tag}: {} connections by (family, balancer) {spread:?}, by node {by_node:?}",
+        conns.len()
     );
+    match pair.ha {
+        Redundancy::Vrrp => ensure!(
+            conns.conns.iter().all(|(_, _, k)| *k == victim),
+            "{tag}: not every connection went through the VRRP master {victim}"
+        ),
+        // Both carry some of each family: the dead one's are at stake, the
+        // survivor's show that its own stay.
+        Redundancy::Bgp => ensure!(
+            spread.len() == 4 && spread.values().all(|&n| n >= 5),
+            "{tag}: ECMP did not spread the connections over both balancers: {spread:?}"
+        ),
+    }
     ensure!(
         by_node.keys().all(|(_, n)| *n != returning),
         "{tag}: connections reached {returning} while it was down"
     );
-    let on_drained: usize =
-        by_node.iter().filter(|((_, n), _)| *n == drained).map(|(_, c)| *c).sum();
-    ensure!(on_drained > 0, "{tag}: no connection on {drained}: {by_node:?}");
+    let on_drained =
+        conns.conns.iter().filter(|(c, _, k)| *k == victim && c.backend == drained).count();
+    ensure!(on_drained > 0, "{tag}: no connection via balancer {victim} on {drained}");
 
     // 2. It comes back and another node drains, on both balancers.
     pair.lab.start_waf(RETURNING)?;
@@ -279,23 +304,23 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
     }
     wait_state(pair, DRAINED, "draining")?;
     Pair::wait("identical rings after the change", WAIT, || same_rings(pair).unwrap_or(false))?;
-    let rings_after = pair.digests(active)?;
+    let rings_after = pair.digests(victim)?;
     ensure!(
         VIPS.iter().all(|v| rings_before.get(*v) != rings_after.get(*v)),
         "{tag}: the web rings did not change: {rings_before:?} -> {rings_after:?}"
     );
 
-    // 3. With sync, the standby holds the active's exceptions.
+    // 3. With sync, the survivor holds the victim's exceptions.
     let exchanged =
-        if sync { Some(standby_holds(pair, tag, active, &conns, on_drained)?) } else { None };
+        if sync { Some(survivor_holds(pair, tag, victim, &conns, on_drained)?) } else { None };
     let broken = conns.lost();
     ensure!(broken.is_empty(), "{tag}: connections broke before the kill: {broken:#?}");
 
-    // 4. The active balancer's host dies.
+    // 4. The victim's host dies.
     let t_kill = Instant::now();
-    pair.kill(active)?;
+    pair.kill(victim)?;
     let takeover =
-        pair.wait_carriers(&[standby], WAIT).with_context(|| format!("{tag}: no takeover"))?;
+        pair.wait_carriers(&[survivor], WAIT).with_context(|| format!("{tag}: no takeover"))?;
     let settled = conns
         .settle(t_kill + takeover, WAIT)
         .with_context(|| format!("{tag}: connections after the takeover"))?;
@@ -308,7 +333,7 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
         lost: lost.len(),
     };
     eprintln!(
-        "{tag}: balancer {active} killed, balancer {standby} took over; every connection \
+        "{tag}: balancer {victim} killed, balancer {survivor} took over; every connection \
          exchanged data {} ms later: {outcome}; lost by (family, node): {:?}",
         settled.as_millis(),
         conns.lost_by_node()
@@ -324,40 +349,40 @@ fn ring_change_then_death(pair: &mut Pair, tag: &str, sync: bool) -> Result<Outc
     Ok(outcome)
 }
 
-/// Waits until the standby holds the active's exceptions (the metrics, polled),
-/// at least one per connection on the drained node: the active found them after
+/// Waits until the survivor holds the victim's exceptions (the metrics, polled),
+/// at least one per connection on the drained node: the victim found them after
 /// the drain, not only after the earlier return. (Forged, replayed and other bad
 /// sync messages: tests/tests/sync_forged.rs.)
-fn standby_holds(
+fn survivor_holds(
     pair: &Pair,
     tag: &str,
-    active: usize,
+    victim: usize,
     conns: &Conns,
     on_drained: usize,
 ) -> Result<Exceptions> {
-    let standby = other(active);
+    let survivor = other(victim);
     #[expect(clippy::cast_precision_loss, reason = "a few hundred connections")]
     let (floor, ceiling) = (on_drained as f64, conns.len() as f64);
-    let took = Pair::wait("the standby to hold the active's exceptions", WAIT, || {
-        let local = exceptions(pair, active, "local").unwrap_or(-1.0);
-        let peer = exceptions(pair, standby, "peer").unwrap_or(-2.0);
+    let took = Pair::wait("the survivor to hold the victim's exceptions", WAIT, || {
+        let local = exceptions(pair, victim, "local").unwrap_or(-1.0);
+        let peer = exceptions(pair, survivor, "peer").unwrap_or(-2.0);
         local >= floor && same(local, peer)
     })?;
-    let held = exceptions(pair, active, "local")?;
-    let installed = exceptions(pair, standby, "peer")?;
-    let sent = pair.daemon(active)?.metric("xdplb_sync_entries_sent_total", &[])?;
+    let held = exceptions(pair, victim, "local")?;
+    let installed = exceptions(pair, survivor, "peer")?;
+    let sent = pair.daemon(victim)?.metric("xdplb_sync_entries_sent_total", &[])?;
     eprintln!(
-        "{tag}: the standby holds the active's {held} exceptions {} ms after the rings agreed \
+        "{tag}: the survivor holds the victim's {held} exceptions {} ms after the rings agreed \
          ({sent} entries sent)",
         took.as_millis()
     );
     // The tables started empty: every entry is one of these connections.
     ensure!(held <= ceiling, "{tag}: {held} exceptions held for {ceiling} connections");
-    // `xdplb status` says the same: the active's own count, the standby's row for it.
+    // `xdplb status` says the same: the victim's own count, the survivor's row for it.
     Pair::wait("xdplb status to show the exceptions on both balancers", WAIT, || {
-        let own = peers_section(pair, active).ok().map(|(own, _)| own);
-        let row = peers_section(pair, standby).ok().and_then(|(_, rows)| {
-            rows.into_iter().find(|(peer, _)| *peer == pair::sync_address(active).to_string())
+        let own = peers_section(pair, victim).ok().map(|(own, _)| own);
+        let row = peers_section(pair, survivor).ok().and_then(|(_, rows)| {
+            rows.into_iter().find(|(peer, _)| *peer == pair::sync_address(victim).to_string())
         });
         own.is_some_and(|n| same(n, held)) && row.is_some_and(|(_, n)| same(n, installed))
     })
