@@ -12,7 +12,10 @@
 //! array instead (`SYNS`). An established entry takes, in turn, its own way, an
 //! empty one, a pending one, and then the one used longest ago (`FlowWay::clock`,
 //! the controller's clock when a packet last used it): a least-recently-used
-//! table within each set.
+//! table within each set. A flow picked up mid-stream (`State::Picked`: a packet
+//! that completes no handshake here, which a forged source can send) takes the
+//! same ways but the last: of the flows, only another picked one, so forged
+//! mid-flow packets cannot evict a flow that completed its handshake either.
 //!
 //! No locks: every CPU and the controller write ways in place, word by word
 //! (`store`). A way's `meta` carries a seal of its key and entry, so a reader that
@@ -52,24 +55,38 @@ pub struct FlowSet {
 /// What a whole way holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// A flow that completed its handshake, or sent data (UDP, a flow from before a
-    /// restart, a peer's): its packets go to `conn`'s backend.
+    /// A flow that completed its handshake here, or that the controller put in (a
+    /// peer's, through sync): its packets go to `conn`'s backend.
     Established,
     /// A TCP SYN's backend, until the handshake's next packet makes it established.
     Pending,
+    /// A flow that entered without a handshake seen here: UDP, or a TCP packet
+    /// mid-flow (a flow from before an unpinned restart, or that another balancer
+    /// carried). Served as an established one; it gives way to any flow.
+    Picked,
 }
 
+/// The state bits of a sealed way whose packets are served: established or
+/// picked (`established_bits & SERVED_MASK == established's`; pending's differ).
+pub const SERVED_MASK: u32 = !2;
+
 /// The low half of a whole way's `meta`: 24 bits of a mix of its key and entry,
-/// then its state (1 established, 2 pending). A way half written by one writer
-/// and half by another (or read half written) fails it with odds of 1 - 2^-24;
-/// a reader compares it in one go with what the key it looks for and the entry it
-/// read would give.
+/// then its state (1 established, 2 pending, 3 picked). A way half written by one
+/// writer and half by another (or read half written) fails it with odds of
+/// 1 - 2^-24; a reader compares it in one go with what the key it looks for and
+/// the entry it read would give (masked with `SERVED_MASK` for either served state).
 #[inline(always)]
 #[must_use]
 pub const fn seal(key: [u64; 2], conn: ConnValue, state: State) -> u32 {
+    mix(key, conn) | state.bits()
+}
+
+/// The seal's 24 bits of key and entry, shifted in place.
+#[inline(always)]
+const fn mix(key: [u64; 2], conn: ConnValue) -> u32 {
     let c = conn.backend as u64 | (conn.generation as u64) << 32;
     let h = (key[0] ^ key[1].rotate_left(29) ^ c).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 40) as u32) << 8 | state.bits()
+    ((h >> 40) as u32) << 8
 }
 
 impl State {
@@ -77,7 +94,14 @@ impl State {
         match self {
             Self::Established => 1,
             Self::Pending => 2,
+            Self::Picked => 3,
         }
+    }
+
+    /// Whether the way's packets go to its entry: established or picked.
+    #[must_use]
+    pub const fn served(self) -> bool {
+        !matches!(self, Self::Pending)
     }
 }
 
@@ -95,14 +119,14 @@ impl FlowWay {
     #[must_use]
     pub const fn state(&self) -> Option<State> {
         let low = self.meta as u32;
-        if self.key[0] == 0 {
-            None
-        } else if low == seal(self.key, self.conn, State::Established) {
-            Some(State::Established)
-        } else if low == seal(self.key, self.conn, State::Pending) {
-            Some(State::Pending)
-        } else {
-            None
+        if self.key[0] == 0 || low & !0xff != mix(self.key, self.conn) {
+            return None;
+        }
+        match low & 0xff {
+            1 => Some(State::Established),
+            2 => Some(State::Pending),
+            3 => Some(State::Picked),
+            _ => None,
         }
     }
 
@@ -144,12 +168,13 @@ impl FlowSet {
         states.iter().position(Option::is_none)
     }
 
-    /// Of the ways in `state`, the one used longest ago (the last on a tie).
+    /// Of the ways whose state `of` takes, the one used longest ago (the last on
+    /// a tie).
     #[inline(always)]
-    fn oldest(&self, states: [Option<State>; WAYS], state: State) -> Option<usize> {
+    fn oldest(&self, states: [Option<State>; WAYS], of: impl Fn(State) -> bool) -> Option<usize> {
         let mut oldest: Option<(usize, u32)> = None;
         for (i, (w, s)) in self.ways.iter().zip(states).enumerate() {
-            if s == Some(state) && oldest.is_none_or(|(_, c)| w.clock() <= c) {
+            if s.is_some_and(&of) && oldest.is_none_or(|(_, c)| w.clock() <= c) {
                 oldest = Some((i, w.clock()));
             }
         }
@@ -158,29 +183,45 @@ impl FlowSet {
 
     /// Where an established entry of the flow `key` goes: its own way, else an
     /// empty (or half-written) one, else the pending one waiting longest, else the
-    /// one used longest ago. Never none: an established flow always enters.
+    /// flow (established or picked) used longest ago. Never none: an established
+    /// flow always enters.
     #[inline(always)]
     #[must_use]
     pub fn way_for_established(&self, key: [u64; 2]) -> usize {
         self.position(key).unwrap_or_else(|| {
             let states = self.states();
             Self::free(states)
-                .or_else(|| self.oldest(states, State::Pending))
-                .or_else(|| self.oldest(states, State::Established))
+                .or_else(|| self.oldest(states, |s| s == State::Pending))
+                .or_else(|| self.oldest(states, State::served))
                 .unwrap_or(WAYS - 1)
+        })
+    }
+
+    /// Where a flow picked up mid-stream goes: as an established one, but of the
+    /// flows only the picked one used longest ago. None when every other way holds
+    /// an established flow: forged mid-flow packets never evict one (the packet
+    /// still goes where the ring says).
+    #[inline(always)]
+    #[must_use]
+    pub fn way_for_picked(&self, key: [u64; 2]) -> Option<usize> {
+        self.position(key).or_else(|| {
+            let states = self.states();
+            Self::free(states)
+                .or_else(|| self.oldest(states, |s| s == State::Pending))
+                .or_else(|| self.oldest(states, |s| s == State::Picked))
         })
     }
 
     /// Where a SYN of the flow `key` waits: its own way (a retransmission, or an
     /// earlier connection on the same 5-tuple, which the new one replaces), else
     /// an empty (or half-written) one, else the pending one waiting longest. None
-    /// when every way holds an established flow: a SYN never evicts one.
+    /// when every way holds a flow (established or picked): a SYN never evicts one.
     #[inline(always)]
     #[must_use]
     pub fn way_for_pending(&self, key: [u64; 2]) -> Option<usize> {
         self.position(key).or_else(|| {
             let states = self.states();
-            Self::free(states).or_else(|| self.oldest(states, State::Pending))
+            Self::free(states).or_else(|| self.oldest(states, |s| s == State::Pending))
         })
     }
 }
@@ -260,6 +301,9 @@ mod tests {
     fn pend(key: [u64; 2], clock: u32) -> FlowWay {
         FlowWay::new(key, TO_2, State::Pending, clock)
     }
+    fn picked(key: [u64; 2], clock: u32) -> FlowWay {
+        FlowWay::new(key, TO_1, State::Picked, clock)
+    }
     /// A set of established flows used at `clocks`, one a way.
     fn used_at(clocks: [u32; WAYS]) -> FlowSet {
         FlowSet { ways: core::array::from_fn(|i| est(other(i as u64), clocks[i])) }
@@ -276,7 +320,10 @@ mod tests {
     fn a_way_is_whole_only_when_its_seal_agrees_with_its_key_and_entry() {
         assert_eq!(est(A, 5).state(), Some(State::Established));
         assert_eq!(pend(A, 5).state(), Some(State::Pending));
+        assert_eq!(picked(A, 5).state(), Some(State::Picked));
         assert_eq!(FlowWay::default().state(), None, "empty");
+        let unknown = FlowWay { meta: est(A, 5).meta | 0xff, ..est(A, 5) };
+        assert_eq!(unknown.state(), None, "no such state");
         // Half of one writer's way, half of another's.
         let torn = FlowWay { conn: TO_2, ..est(A, 5) };
         assert_eq!(torn.state(), None);
@@ -307,6 +354,44 @@ mod tests {
     }
 
     #[test]
+    fn the_data_paths_one_masked_compare_serves_established_and_picked_ways_alone() {
+        let served = seal(A, TO_1, State::Established);
+        for (state, serves) in
+            [(State::Established, true), (State::Picked, true), (State::Pending, false)]
+        {
+            assert_eq!(seal(A, TO_1, state) & SERVED_MASK == served, serves, "{state:?}");
+            assert_eq!(state.served(), serves, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_picked_flow_takes_an_empty_way_a_pending_one_or_the_oldest_picked_never_an_established_one()
+     {
+        assert_eq!(used_at([1, 2, 3, 4]).way_for_picked(A), None, "every way established");
+        let mut s = used_at([1, 2, 3, 4]);
+        s.ways[2] = picked(other(8), 9);
+        s.ways[3] = picked(other(9), 7);
+        assert_eq!(s.way_for_picked(A), Some(3), "the picked one used longest ago");
+        s.ways[1] = pend(other(7), 9);
+        assert_eq!(s.way_for_picked(A), Some(1), "a pending one before any flow");
+        s.ways[0] = FlowWay::default();
+        assert_eq!(s.way_for_picked(A), Some(0), "an empty one first");
+        // Its own way: a flow whose entry names a dead backend is picked up again.
+        let mut s = used_at([1, 2, 3, 4]);
+        s.ways[1] = est(A, 1);
+        assert_eq!(s.way_for_picked(A), Some(1));
+    }
+
+    #[test]
+    fn an_established_flow_takes_the_flow_used_longest_ago_picked_or_not() {
+        let mut s = used_at([5, 3, 9, 4]);
+        s.ways[3] = picked(other(8), 6);
+        assert_eq!(s.way_for_established(A), 1, "an established one, older");
+        s.ways[0] = picked(other(9), 2);
+        assert_eq!(s.way_for_established(A), 0, "a picked one, older");
+    }
+
+    #[test]
     fn a_syn_never_takes_an_established_flows_way() {
         assert_eq!(used_at([1, 2, 3, 4]).way_for_pending(A), None);
         let mut s = used_at([1, 2, 3, 4]);
@@ -315,6 +400,9 @@ mod tests {
         assert_eq!(s.way_for_pending(A), Some(1), "the pending one waiting longest");
         s.ways[2] = FlowWay::default();
         assert_eq!(s.way_for_pending(A), Some(2), "an empty one first");
+        let mut s = used_at([1, 2, 3, 4]);
+        s.ways[0] = picked(other(8), 0);
+        assert_eq!(s.way_for_pending(A), None, "nor a picked flow's");
         // Its own way, established or not: a new connection on the 5-tuple
         // replaces the old one's entry; a retransmission its own pending one.
         let mut s = used_at([1, 2, 3, 4]);

@@ -5,7 +5,7 @@
 
 use lb_common::{
     ConnValue, FlowSet, FlowWay, LbConfig,
-    flow_table::{State, WAYS, load, seal, store},
+    flow_table::{SERVED_MASK, State, WAYS, load, seal, store},
     hash::flow_set,
 };
 
@@ -40,16 +40,17 @@ pub fn find(set: *mut FlowSet, key: [u64; 2]) -> Option<(*mut FlowWay, FlowWay, 
     Some((way, w, state))
 }
 
-/// The flow's established entry; a packet that uses it stamps it with the clock
-/// (once a clock step: most packets write nothing), which keeps it from being the
-/// way its set gives up first. Every packet's path: plain reads (the seal, not
-/// their order, tells a whole way), one compare for the key's way, one for its seal.
+/// The flow's established (or picked) entry; a packet that uses it stamps it with
+/// the clock (once a clock step: most packets write nothing), which keeps it from
+/// being the way its set gives up first. Every packet's path: plain reads (the
+/// seal, not their order, tells a whole way), one compare for the key's way, one
+/// for its seal, masked to take either served state.
 #[inline(always)]
 pub fn established(key: [u64; 2], cfg: &LbConfig) -> Option<ConnValue> {
     let way = position(set(key, cfg)?, key)?;
     // SAFETY: a map value; `store` writes it (see the module text).
     let (conn, meta) = unsafe { ((*way).conn, (*way).meta) };
-    if meta as u32 != seal(key, conn, State::Established) {
+    if meta as u32 & SERVED_MASK != seal(key, conn, State::Established) {
         return None;
     }
     let now = clock();
@@ -80,6 +81,17 @@ pub fn insert(key: [u64; 2], conn: ConnValue, cfg: &LbConfig) {
     if let Some(set) = set(key, cfg) {
         let at = unsafe { (*set).way_for_established(key) };
         write(set, at, &FlowWay::new(key, conn, State::Established, clock()));
+    }
+}
+
+/// Puts a flow picked up mid-stream in its set (`FlowSet::way_for_picked`): not
+/// when every other way holds an established flow.
+#[inline(always)]
+pub fn pick_up(key: [u64; 2], conn: ConnValue, cfg: &LbConfig) {
+    if let Some(set) = set(key, cfg)
+        && let Some(at) = unsafe { (*set).way_for_picked(key) }
+    {
+        write(set, at, &FlowWay::new(key, conn, State::Picked, clock()));
     }
 }
 

@@ -11,9 +11,11 @@
 //! an IPv6 SYN, or an IPv4 one whose set holds established flows in every way,
 //! waits in the SYN array. The handshake's ACK makes the flow established there. The
 //! table's established entries are therefore only flows that completed a
-//! handshake (or sent data: UDP, flows from before a restart), so spoofed SYNs
-//! cannot evict established flows; and the ACK follows its SYN even when the ring
-//! changed in between, unless that backend went down.
+//! handshake, so spoofed SYNs cannot evict established flows; and the ACK follows
+//! its SYN even when the ring changed in between, unless that backend went down.
+//! A flow that sends data without a handshake seen here (UDP, a flow from before a
+//! restart or another balancer's) enters as picked up: an IPv4 one takes no
+//! established flow's way, so forged mid-flow packets cannot evict those either.
 //!
 //! Each step also says what the packet counts for its backend's `Handshakes` (the
 //! passive health signal): a SYN; a SYN for a flow the table (pending or
@@ -206,7 +208,7 @@ pub fn completed(flow: &FlowKey, h: u64, cfg: &LbConfig) -> Option<(u32, &'stati
 /// A packet of a flow (hash `h`) the table does not hold (or names a dead backend
 /// for) and that completes no handshake (`completed`): an ICMP error goes where a
 /// pending SYN of the flow went, anything else where the ring says, and the flow
-/// enters the table (but for an ICMP error).
+/// enters the table picked up (but for an ICMP error).
 #[inline(always)]
 pub fn first(
     flow: &FlowKey,
@@ -218,7 +220,7 @@ pub fn first(
     let pending = if missed == Missed::IcmpError { pending(flow, h, vip, cfg) } else { None };
     let (index, b) = if let Some((index, b)) = pending { (index, b) } else { from_ring(vip, h)? };
     if missed != Missed::IcmpError {
-        conns::insert(flow, &ConnValue { backend: index, generation: b.generation }, cfg);
+        conns::pick_up(flow, &ConnValue { backend: index, generation: b.generation }, cfg);
     }
     Ok((index, b))
 }

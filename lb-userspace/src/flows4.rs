@@ -66,6 +66,7 @@ impl Index {
 /// How many ways hold what, at one walk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
+    /// Flows served from the table: established or picked up.
     pub established: u64,
     pub pending: u64,
 }
@@ -153,10 +154,10 @@ impl Flows4 {
         w.state().map(|state| (w.conn, state))
     }
 
-    /// The flow's established entry.
+    /// The flow's entry, established or picked up.
     #[must_use]
     pub fn established(&self, key: &FlowKey4) -> Option<ConnValue> {
-        self.get(key).and_then(|(conn, state)| (state == State::Established).then_some(conn))
+        self.get(key).and_then(|(conn, state)| state.served().then_some(conn))
     }
 
     /// Puts the flow in the table established, used at `clock`, unless its set
@@ -189,7 +190,7 @@ impl Flows4 {
         true
     }
 
-    /// The established entries of sets `from..` (at most `sets` of them) into
+    /// The established (or picked-up) entries of sets `from..` (at most `sets` of them) into
     /// `out`; the set to go on from, `None` at the end of the table.
     pub fn scan(
         &self,
@@ -200,7 +201,7 @@ impl Flows4 {
         let end = from.saturating_add(sets).min(self.sets);
         for at in from..end {
             for w in self.read_set(at).ways {
-                if w.state() == Some(State::Established) {
+                if w.state().is_some_and(State::served) {
                     out.push((FlowKey4::from_words(w.key).flow(), w.conn));
                 }
             }
@@ -215,7 +216,7 @@ impl Flows4 {
         for at in 0..self.sets {
             for w in self.read_set(at).ways {
                 match w.state() {
-                    Some(State::Established) => c.established += 1,
+                    Some(State::Established | State::Picked) => c.established += 1,
                     Some(State::Pending) => c.pending += 1,
                     None => {}
                 }

@@ -1123,25 +1123,37 @@ fn handshake_ack_follows_an_entry_peer_sync_wrote_while_its_syn_was_pending() {
 #[test]
 fn a_spoofed_syn_flood_evicts_no_established_flow() {
     needs_root!();
-    syn_flood_keeps_established_flows(tcp4(), 0, ("waf-4", "10.0.0.14"), |i| {
-        let [_, _, hi, lo] = i.to_be_bytes();
-        Ipv4Addr::new(100, 64, hi, lo).into()
-    });
+    flood_keeps_established_flows(tcp4(), Flow::syn, 0, ("waf-4", "10.0.0.14"), spoofed4);
+}
+
+#[test]
+fn a_forged_mid_flow_ack_flood_evicts_no_established_flow() {
+    needs_root!();
+    // ACKs of no handshake seen here: each is picked up as a flow of its own, and
+    // takes only a free, pending or picked-up way.
+    flood_keeps_established_flows(tcp4(), Flow::ack, 0, ("waf-4", "10.0.0.14"), spoofed4);
+}
+
+fn spoofed4(i: u32) -> IpAddr {
+    let [_, _, hi, lo] = i.to_be_bytes();
+    Ipv4Addr::new(100, 64, hi, lo).into()
 }
 
 #[test]
 fn a_spoofed_syn_flood_evicts_no_established_ipv6_flow() {
     needs_root!();
-    syn_flood_keeps_established_flows(tcp6(), 2, ("waf-4", "fd00::14"), |i| {
+    flood_keeps_established_flows(tcp6(), Flow::syn, 2, ("waf-4", "fd00::14"), |i| {
         Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, (i >> 16) as u16, i as u16).into()
     });
 }
 
 /// 500 flows like `flow` opened through VIP `vip` of the fixture's plan, then
-/// 20 000 spoofed SYNs from `source(i)`, then a ring change that adds `new`: every
-/// flow established before the flood is still in the table and on its backend.
-fn syn_flood_keeps_established_flows(
+/// 20 000 spoofed packets made by `kind` (a SYN, an ACK) from `source(i)`, then a
+/// ring change that adds `new`: every flow established before the flood is still
+/// in the table and on its backend.
+fn flood_keeps_established_flows(
     flow: Flow,
+    kind: impl Fn(Flow) -> Flow,
     vip: usize,
     new: (&str, &str),
     source: impl Fn(u32) -> IpAddr,
@@ -1156,12 +1168,15 @@ fn syn_flood_keeps_established_flows(
     let established: Vec<(&Flow, &String)> =
         flows.iter().zip(&first).filter(|(f, _)| lb.conn(f).is_some()).collect();
     assert!(established.len() >= flows.len() - 2, "{} of 500 opened", established.len());
+    // The clock steps, as `xdplb run` steps it, and the established flows send
+    // nothing: theirs are the ways used longest ago, the first a full set gives up.
+    lb.writer.maps().conn_epoch().unwrap().step_clock();
     for i in 0..20_000u32 {
-        let spoofed = Flow { src: source(i), sport: 1024 + (i % 50_000) as u16, ..flow.syn() };
+        let spoofed = Flow { src: source(i), sport: 1024 + (i % 50_000) as u16, ..kind(flow) };
         assert_eq!(lb.run(&spoofed.frame()).action, XDP_TX);
     }
     let kept = established.iter().filter(|(f, _)| lb.conn(f).is_some()).count();
-    assert_eq!(kept, established.len(), "established flows evicted by SYNs");
+    assert_eq!(kept, established.len(), "established flows evicted by the flood");
     // And they still go to their backends after a ring change.
     lb.plan.vips[vip].backends.push(backend(new.0, new.1));
     lb.apply();

@@ -1,9 +1,12 @@
 //! `bench synflood`: what a spoofed SYN flood at the rig's highest rate takes out of
 //! the connection table, by table size (issue #13). Established flows are opened
 //! with real handshakes and the table is read; SYNs from forged sources follow, as
-//! fast as the generator sends them, and the table is read again. A flood of forged
-//! mid-flow ACKs, which the table takes in as pickups, runs beside it: the same
-//! count finds the flows those push out, so the SYN flood's zero is a measurement.
+//! fast as the generator sends them, and the table is read again. Two more floods
+//! run beside it: forged mid-flow ACKs, which the table takes in as pickups that
+//! give way to any flow; and forged whole handshakes (each flow's SYN, then its
+//! ACK), which a balancer that sees one direction cannot tell from real ones. The
+//! same count finds the flows the last pushes out, so the others' zeros are
+//! measurements.
 
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
@@ -32,27 +35,49 @@ const FLOOD_FLOWS: u32 = 1 << 24;
 enum Flood {
     /// SYNs: what the issue protects established flows from.
     Syn,
-    /// ACKs of flows the table never saw: mid-flow pickups, which it takes in.
+    /// ACKs of flows the table never saw: mid-flow pickups.
     Ack,
+    /// Each flow's SYN, then its ACK: handshakes completed from forged sources.
+    Handshake,
 }
 
 impl Flood {
-    const ALL: [Self; 2] = [Self::Syn, Self::Ack];
-
-    fn l4(self) -> L4 {
-        match self {
-            Self::Syn => L4::Syn,
-            Self::Ack => L4::Tcp,
-        }
-    }
+    const ALL: [Self; 3] = [Self::Syn, Self::Ack, Self::Handshake];
 
     fn name(self) -> &'static str {
         match self {
             Self::Syn => "SYN",
             Self::Ack => "ACK (mid-flow pickups)",
+            Self::Handshake => "SYN then ACK (forged handshakes)",
+        }
+    }
+
+    /// One clock step's flood, the `step`th: SYNs or ACKs over the flood's flows;
+    /// or, from a /24 of its own, a SYN pass then an ACK pass over as many flows as
+    /// half a step sends each of, so that most of its SYNs' handshakes complete.
+    fn send(self, pair: &mut Pair, step: u8) -> Result<Sent> {
+        match self {
+            Self::Syn => pair.send_from(L4::Syn, FLOOD_SOURCE, FLOOD_FLOWS, CLOCK_STEP),
+            Self::Ack => pair.send_from(L4::Tcp, FLOOD_SOURCE, FLOOD_FLOWS, CLOCK_STEP),
+            Self::Handshake => {
+                let [a, b, c, _] = FLOOD_SOURCE.octets();
+                let source = Ipv4Addr::new(a, b, c + step, 0);
+                let half = CLOCK_STEP / 2;
+                let syns = pair.send_from(L4::Syn, source, HANDSHAKE_FLOWS, half)?;
+                let acks = pair.send_from(L4::Tcp, source, HANDSHAKE_FLOWS, half)?;
+                Ok(Sent {
+                    frames: syns.frames + acks.frames,
+                    wall: syns.wall + acks.wall,
+                    cpu: syns.cpu + acks.cpu,
+                })
+            }
         }
     }
 }
+
+/// A forged-handshake step's flows (16384 ports × 32 addresses): fewer than half a
+/// step sends at the generator's rate, so each pass goes over every one.
+const HANDSHAKE_FLOWS: u32 = 1 << 19;
 
 /// What became of the flows established before a flood.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,9 +173,9 @@ fn case(pair: &mut Pair, run: usize, table: u32, flood: Flood) -> Result<Outcome
     // gives up.
     let clock = lb.writer.maps().conn_epoch()?;
     let mut sent = Sent::default();
-    for _ in 0..FLOOD.as_secs() / CLOCK_STEP.as_secs() {
+    for step in 0..(FLOOD.as_secs() / CLOCK_STEP.as_secs()) as u8 {
         clock.step_clock();
-        let s = pair.send_from(flood.l4(), FLOOD_SOURCE, FLOOD_FLOWS, CLOCK_STEP)?;
+        let s = flood.send(pair, step)?;
         sent.frames += s.frames;
         sent.wall += s.wall;
         sent.cpu += s.cpu;
@@ -205,8 +230,10 @@ fn report(out: &[Outcome]) {
          still in the table on its backend, \"moved\" one on another backend, \"lost\" one no \
          longer in it (its next packet follows the ring: after any ring change since its \
          handshake, to another node). A SYN flood's frames are SYNs; the ACK flood's are ACKs \
-         of flows the table never saw, which it takes in as mid-flow pickups: it runs to show \
-         that the count finds the flows a flood pushes out. The table's clock steps every {} s during \
+         of flows the table never saw, which it takes in as mid-flow pickups; the forged \
+         handshakes' are, each clock step, a SYN pass then an ACK pass over {HANDSHAKE_FLOWS} \
+         flows of a /24 of their own, which complete handshakes as a client would: they run to \
+         show that the count finds the flows a flood pushes out. The table's clock steps every {} s during \
          the flood, as `xdplb run` steps it, and the established flows send nothing \
          meanwhile: theirs are the ways used longest ago, which a full set gives up first. Rates are frames per CPU-second as in `bench \
          live`; the counters are xdp_lb's over the flood; pending ways are read after it.\n",
@@ -253,15 +280,22 @@ fn report(out: &[Outcome]) {
         syn.len(),
         top / 1e6,
     );
-    let ack: Vec<&Outcome> = out.iter().filter(|o| o.flood == Flood::Ack).collect();
+    let broken = |flood: Flood| {
+        let of: Vec<&Outcome> = out.iter().filter(|o| o.flood == flood).collect();
+        let broken: usize = of.iter().map(|o| o.fate.moved + o.fate.lost).sum();
+        (broken, of.iter().map(|o| o.established).sum::<usize>())
+    };
+    let (ack, ack_of) = broken(Flood::Ack);
+    let (forged, forged_of) = broken(Flood::Handshake);
     println!(
-        "\nThe ACK floods beside them: {} of {} established flows lost or moved, so the count \
-         finds what a flood pushes out. That is a limit of its own, not this target's: a \
-         mid-flow pickup keeps a connection whose entry is gone (a balancer's restart, a flow a \
-         peer took over) on its node while the ring is unchanged, so it enters the table, and a \
-         forged flood of them replaces the idle flows in every set it fills.",
-        ack.iter().map(|o| o.fate.moved + o.fate.lost).sum::<usize>(),
-        ack.iter().map(|o| o.established).sum::<usize>(),
+        "\nThe ACK floods beside them: {ack} of {ack_of} established flows lost or moved. A \
+         mid-flow pickup enters the table (it keeps a connection whose entry is gone, after an \
+         unpinned restart or from a peer, on its node while the ring is unchanged) but takes \
+         only a free, pending or picked-up way, never a completed handshake's. The forged \
+         handshakes: {forged} of {forged_of} lost or moved, so the count finds what a flood \
+         pushes out. That is a limit of its own: a balancer that sees only the client's side \
+         cannot tell a blind SYN-then-ACK from a handshake (the backend's SYN cookies can), and \
+         each such flow is established, replacing the flow its set used longest ago.",
     );
 }
 
