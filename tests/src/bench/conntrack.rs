@@ -100,10 +100,11 @@ fn report(samples: &[Samples], runs: usize, memory: &[MapMemory]) {
          {syn_slots} slots, direct-mapped: it takes no established entry), then ACKs over every \
          flow (the handshake's ACK makes the flow established where its SYN went; an ACK whose \
          SYN is no longer pending is a mid-flow pickup, hashed to the ring, and enters the table \
-         too); then TCP ACKs of the established flows are timed. The IPv4 connection table is \
-         the default one ({CONN_TABLE_SIZE} entries: {sets} sets of four ways, shared by every \
-         CPU). A flow whose set is full takes the way used longest ago by the controller's \
-         clock, which no controller steps here: within a set every way ties on age, so 1 M flows \
+         too, unless every other way of its set holds an established flow); then TCP ACKs of \
+         the established flows are timed. The IPv4 connection table is the default one \
+         ({CONN_TABLE_SIZE} entries: {sets} sets of four ways, shared by every CPU). An \
+         established flow whose set is full takes the way used longest ago by the controller's \
+         clock (a pickup only a pickup's), which no controller steps here: within a set every way ties on age, so 1 M flows \
          in 1 M entries (a set's share of them overflowing its four ways) evict each other as \
          they come, the worst case for the table, not the steady state. Rates are frames per \
          CPU-second as in `bench live`; each case warms up by offering every flow twice (SYNs, \
